@@ -1,0 +1,116 @@
+//! `add-contact`, `contacts` (alias `list-contacts`), `remove-contact` and
+//! `rename-contact`.
+
+use anyhow::Result;
+use clap::Args;
+use serde_json::json;
+
+use super::{parse_key, print_json, Context};
+use crate::identity::PublicKey;
+use crate::store::{Contact, ContactName};
+
+/// Arguments of `add-contact`.
+#[derive(Debug, Args)]
+pub struct AddArgs {
+    /// The name to call them by (unique, ignoring case).
+    name: String,
+    /// Their public key, as printed by their `chat-p2p whoami --key`.
+    #[arg(value_parser = parse_key)]
+    pubkey: PublicKey,
+    /// Print the new contact as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Arguments of `contacts` and `list-contacts`.
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    /// Print the contacts as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Arguments of `remove-contact`.
+#[derive(Debug, Args)]
+pub struct RemoveArgs {
+    /// The contact's name.
+    name: String,
+}
+
+/// Arguments of `rename-contact`.
+#[derive(Debug, Args)]
+pub struct RenameArgs {
+    /// The contact's current name.
+    old: String,
+    /// The new name.
+    new: String,
+}
+
+fn contact_json(c: &Contact) -> serde_json::Value {
+    json!({
+        "name": c.name,
+        "public_key": c.key.to_base64(),
+        "fingerprint": c.key.fingerprint(),
+        "added_at": c.added_at,
+    })
+}
+
+/// Saves a contact.
+pub fn add(ctx: &Context, args: AddArgs) -> Result<()> {
+    let name = ContactName::parse(&args.name)?;
+    let (mut store, _) = ctx.open_with_identity()?;
+    let contact = store.add_contact(&name, &args.pubkey)?;
+    if args.json {
+        return print_json(&contact_json(&contact));
+    }
+    println!(
+        "Added contact '{}' (fingerprint {}).",
+        contact.name,
+        contact.key.fingerprint()
+    );
+    Ok(())
+}
+
+/// Lists contacts.
+pub fn list(ctx: &Context, args: ListArgs) -> Result<()> {
+    let (store, _) = ctx.open_with_identity()?;
+    let contacts = store.contacts()?;
+    if args.json {
+        return print_json(&contacts.iter().map(contact_json).collect());
+    }
+    if contacts.is_empty() {
+        println!("No contacts yet. Add one with: chat-p2p add-contact NAME PUBKEY");
+        return Ok(());
+    }
+    let width = contacts
+        .iter()
+        .map(|c| c.name.chars().count())
+        .max()
+        .unwrap_or(0)
+        .max("NAME".len());
+    println!("{:width$}  {:24}  PUBLIC KEY", "NAME", "FINGERPRINT");
+    for c in &contacts {
+        println!("{:width$}  {:24}  {}", c.name, c.key.fingerprint(), c.key);
+    }
+    Ok(())
+}
+
+/// Removes a contact.
+pub fn remove(ctx: &Context, args: RemoveArgs) -> Result<()> {
+    let (mut store, _) = ctx.open_with_identity()?;
+    let contact = store.remove_contact(&args.name)?;
+    println!(
+        "Removed contact '{}' ({}). Your history with this key is kept.",
+        contact.name, contact.key
+    );
+    Ok(())
+}
+
+/// Renames a contact.
+pub fn rename(ctx: &Context, args: RenameArgs) -> Result<()> {
+    let new = ContactName::parse(&args.new)?;
+    let (mut store, _) = ctx.open_with_identity()?;
+    let contact = store.rename_contact(&args.old, &new)?;
+    println!("Renamed contact '{}' to '{}'.", args.old, contact.name);
+    Ok(())
+}

@@ -1,0 +1,96 @@
+//! `init` and `whoami`.
+
+use anyhow::Result;
+use clap::Args;
+use serde_json::json;
+
+use super::{print_json, Context};
+use crate::identity::Identity;
+use crate::store::{self, Store};
+
+/// Arguments of `init`.
+#[derive(Debug, Args)]
+pub struct InitArgs {
+    /// Replace an existing identity. The old secret key is destroyed: your
+    /// contacts can no longer reach you at the old key.
+    #[arg(long)]
+    force: bool,
+    /// Print the result as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Arguments of `whoami`.
+#[derive(Debug, Args)]
+pub struct WhoamiArgs {
+    /// Print only the public key (for scripts).
+    #[arg(long, conflicts_with = "json")]
+    key: bool,
+    /// Print the result as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Creates the profile's identity.
+pub fn init(ctx: &Context, args: InitArgs) -> Result<()> {
+    let mut store = Store::create(&ctx.profile.db_path())?;
+    let identity = Identity::generate();
+    let replaced = match store.set_identity(&identity, args.force) {
+        Err(store::Error::IdentityExists(key)) => anyhow::bail!(
+            "profile '{}' already has an identity ({key}). \
+             'init --force' replaces it, destroying the old secret key",
+            ctx.profile.name
+        ),
+        other => other?,
+    };
+    if let Some(old) = &replaced {
+        eprintln!(
+            "warning: replaced the identity {old}. Its secret key is gone: \
+             contacts who know the old key can no longer reach you, and \
+             messages still queued for it cannot be read."
+        );
+    }
+    let key = identity.public_key();
+    if args.json {
+        return print_json(&json!({
+            "profile": ctx.profile.name.as_str(),
+            "public_key": key.to_base64(),
+            "fingerprint": key.fingerprint(),
+            "database": store.path(),
+            "replaced": replaced.map(|k| k.to_base64()),
+        }));
+    }
+    println!("Created a new identity for profile '{}'.", ctx.profile.name);
+    println!();
+    println!("  Public key:  {key}");
+    println!("  Fingerprint: {}", key.fingerprint());
+    println!("  Database:    {}", store.path().display());
+    println!();
+    println!("Give your public key to the people you want to talk to; they run:");
+    println!("  chat-p2p add-contact <your-name> {key}");
+    println!("Compare fingerprints aloud to be sure nobody swapped the key.");
+    Ok(())
+}
+
+/// Shows the profile's identity.
+pub fn whoami(ctx: &Context, args: WhoamiArgs) -> Result<()> {
+    let (store, identity) = ctx.open_with_identity()?;
+    let key = identity.public_key();
+    if args.key {
+        println!("{key}");
+        return Ok(());
+    }
+    if args.json {
+        return print_json(&json!({
+            "profile": ctx.profile.name.as_str(),
+            "public_key": key.to_base64(),
+            "fingerprint": key.fingerprint(),
+            "database": store.path(),
+        }));
+    }
+    println!("Profile:     {}", ctx.profile.name);
+    println!("Public key:  {key}");
+    println!("Fingerprint: {}", key.fingerprint());
+    println!("Database:    {}", store.path().display());
+    Ok(())
+}

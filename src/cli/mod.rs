@@ -1,0 +1,194 @@
+//! The command line: parses what the user typed, resolves it once into a
+//! [`Context`], calls the library and prints the result.
+//!
+//! Exit codes are decided here only: 0 success, 1 failure, 2 bad usage.
+
+mod contacts;
+mod identity;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context as _, Result};
+use clap::{Args, Parser, Subcommand};
+
+use crate::identity::PublicKey;
+use crate::profile::{self, Profile, ProfileName};
+use crate::store::{self, Store};
+
+/// A private, end-to-end encrypted messenger for the terminal.
+///
+/// Each profile is one SQLite file holding its identity, contacts and
+/// messages; open it with `sqlite3` whenever you like.
+#[derive(Debug, Parser)]
+#[command(name = "chat-p2p", version, propagate_version = true)]
+pub struct Cli {
+    #[command(flatten)]
+    global: GlobalArgs,
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Options that every command takes.
+#[derive(Debug, Args)]
+struct GlobalArgs {
+    /// Profile to use: one identity, its contacts and messages.
+    #[arg(
+        long,
+        short = 'p',
+        global = true,
+        env = "CHAT_PROFILE",
+        default_value = "default",
+        value_parser = clap::value_parser!(ProfileName)
+    )]
+    profile: ProfileName,
+    /// Directory holding the profiles [default: the platform data directory,
+    /// e.g. ~/.local/share/chat-p2p].
+    #[arg(long, global = true, env = "CHAT_HOME", value_name = "DIR")]
+    home: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Create this profile's identity (an ed25519 key pair) and print its
+    /// public key.
+    Init(identity::InitArgs),
+    /// Show this profile's public key, fingerprint and database path.
+    Whoami(identity::WhoamiArgs),
+    /// Save someone's public key under a name.
+    AddContact(contacts::AddArgs),
+    /// List contacts (the same as `contacts`).
+    ListContacts(contacts::ListArgs),
+    /// List contacts.
+    Contacts(contacts::ListArgs),
+    /// Forget a contact's name and key; your history with them is kept.
+    RemoveContact(contacts::RemoveArgs),
+    /// Give a contact another name.
+    RenameContact(contacts::RenameArgs),
+}
+
+/// What every command needs, resolved once from the arguments and the
+/// environment.
+pub struct Context {
+    /// The profile in use.
+    pub profile: Profile,
+}
+
+impl Context {
+    fn resolve(global: GlobalArgs) -> Result<Self> {
+        let home = match global.home {
+            Some(home) => home,
+            None => profile::default_home().context(
+                "cannot find a data directory for this user: set CHAT_HOME or pass --home DIR",
+            )?,
+        };
+        Ok(Self {
+            profile: Profile::new(&home, global.profile),
+        })
+    }
+
+    /// How to name this profile in a command the user can copy.
+    fn cli_prefix(&self) -> String {
+        match self.profile.name.as_str() {
+            "default" => "chat-p2p".to_owned(),
+            name => format!("chat-p2p --profile {}", shell_quote(name)),
+        }
+    }
+
+    /// Opens the profile's database, which must exist.
+    fn open_store(&self) -> Result<Store> {
+        match Store::open(&self.profile.db_path()) {
+            Err(store::Error::Missing(_)) => Err(self.no_identity()),
+            other => Ok(other?),
+        }
+    }
+
+    /// Opens the profile's database and loads its identity.
+    fn open_with_identity(&self) -> Result<(Store, crate::identity::Identity)> {
+        let store = self.open_store()?;
+        match store.identity()? {
+            Some(id) => Ok((store, id)),
+            None => Err(self.no_identity()),
+        }
+    }
+
+    fn no_identity(&self) -> anyhow::Error {
+        anyhow::anyhow!(
+            "no identity in profile '{}': run '{} init'",
+            self.profile.name,
+            self.cli_prefix()
+        )
+    }
+}
+
+/// Quotes `s` for a POSIX shell when it needs it.
+fn shell_quote(s: &str) -> String {
+    if s.chars()
+        .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+    {
+        s.to_owned()
+    } else {
+        format!("'{}'", s.replace('\'', r"'\''"))
+    }
+}
+
+/// Parses a public key typed on the command line.
+fn parse_key(text: &str) -> Result<PublicKey, String> {
+    PublicKey::parse(text).map_err(|e| e.to_string())
+}
+
+/// Prints `value` as pretty JSON on stdout.
+fn print_json(value: &serde_json::Value) -> Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}
+
+/// Runs the command line and returns the process's exit code.
+pub fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            // Help and --version are not errors; usage mistakes exit 2.
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
+        }
+    };
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("chat-p2p: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Runs a parsed command.
+pub fn run(cli: Cli) -> Result<()> {
+    let ctx = Context::resolve(cli.global)?;
+    match cli.command {
+        Command::Init(args) => identity::init(&ctx, args),
+        Command::Whoami(args) => identity::whoami(&ctx, args),
+        Command::AddContact(args) => contacts::add(&ctx, args),
+        Command::ListContacts(args) | Command::Contacts(args) => contacts::list(&ctx, args),
+        Command::RemoveContact(args) => contacts::remove(&ctx, args),
+        Command::RenameContact(args) => contacts::rename(&ctx, args),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn quotes_only_when_needed() {
+        assert_eq!(shell_quote("bob"), "bob");
+        assert_eq!(shell_quote("my profile"), "'my profile'");
+        assert_eq!(shell_quote("it's"), r"'it'\''s'");
+    }
+}

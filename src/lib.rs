@@ -1,0 +1,16 @@
+//! chat-p2p: a private, end-to-end encrypted messenger for the terminal.
+//!
+//! Everything a profile owns (its identity, contacts and messages) lives in
+//! one SQLite file opened through [`store::Store`]. The binary is a thin
+//! layer over this library: [`cli`] parses arguments, calls into the other
+//! modules and formats their results.
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+#![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
+
+pub mod cli;
+pub mod clock;
+pub mod identity;
+pub mod profile;
+pub mod store;

@@ -1,0 +1,321 @@
+//! The `contacts` table: a name for each public key this profile talks to.
+//!
+//! Names are unique ignoring case (in every script: the folded name is kept
+//! in `name_key`), and so are keys. Messages refer to peers by key, not by
+//! contact row, so renaming or removing a contact never touches history.
+
+use std::fmt;
+
+use rusqlite::{params, OptionalExtension, Row};
+
+use super::{Error, Result, Store};
+use crate::clock;
+use crate::identity::PublicKey;
+
+/// The longest contact name accepted, in characters.
+pub const MAX_CONTACT_NAME_CHARS: usize = 64;
+
+/// A validated contact name: trimmed, 1 to 64 characters, printable.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContactName(String);
+
+impl ContactName {
+    /// Validates a contact name; surrounding white space is dropped.
+    pub fn parse(name: &str) -> Result<Self> {
+        let name = name.trim();
+        let bad = |why: &str| Err(Error::BadContactName(why.to_owned()));
+        if name.is_empty() {
+            return bad("a contact name cannot be empty");
+        }
+        if name.chars().count() > MAX_CONTACT_NAME_CHARS {
+            return bad("a contact name can be at most 64 characters long");
+        }
+        if name.chars().any(char::is_control) {
+            return bad("a contact name cannot contain control characters");
+        }
+        if name.contains("://") {
+            // `chat ws://host/ws bob` takes a URL where a name would go.
+            return bad("a contact name cannot contain '://' (it would read as a server URL)");
+        }
+        Ok(Self(name.to_owned()))
+    }
+
+    /// The name as typed.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The name folded for case-insensitive comparison.
+    fn key(&self) -> String {
+        fold(&self.0)
+    }
+}
+
+impl fmt::Display for ContactName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+fn fold(name: &str) -> String {
+    name.to_lowercase()
+}
+
+/// A saved contact.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Contact {
+    /// Row id.
+    pub id: i64,
+    /// The name the user gave.
+    pub name: String,
+    /// The contact's public key.
+    pub key: PublicKey,
+    /// When the contact was added (UTC, RFC 3339).
+    pub added_at: String,
+}
+
+const CONTACT_COLUMNS: &str = "id, name, public_key, added_at";
+
+fn contact_from_row(row: &Row<'_>) -> rusqlite::Result<Contact> {
+    let key_text: String = row.get(2)?;
+    let key = PublicKey::parse(&key_text).map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(2, rusqlite::types::Type::Text, Box::new(e))
+    })?;
+    Ok(Contact {
+        id: row.get(0)?,
+        name: row.get(1)?,
+        key,
+        added_at: row.get(3)?,
+    })
+}
+
+impl Store {
+    /// Saves `key` under `name`. Refuses the profile's own key, a name in
+    /// use (ignoring case) and a key already saved under another name.
+    pub fn add_contact(&mut self, name: &ContactName, key: &PublicKey) -> Result<Contact> {
+        if let Some(own) = self.identity()? {
+            if own.public_key() == *key {
+                return Err(Error::OwnKey);
+            }
+        }
+        let tx = self.conn.transaction()?;
+        if let Some(existing) = find_by_key(&tx, key)? {
+            return Err(Error::KeyTaken(existing.name));
+        }
+        if let Some(existing) = find_by_name(&tx, name)? {
+            return Err(Error::NameTaken(existing.name));
+        }
+        tx.execute(
+            "INSERT INTO contacts (name, name_key, public_key, added_at)
+             VALUES (?1, ?2, ?3, ?4)",
+            params![name.as_str(), name.key(), key.to_base64(), clock::now()],
+        )?;
+        let contact = find_by_key(&tx, key)?.ok_or(Error::Corrupt {
+            what: "contact",
+            detail: "the new row vanished".into(),
+        })?;
+        tx.commit()?;
+        Ok(contact)
+    }
+
+    /// Every contact, ordered by name.
+    pub fn contacts(&self) -> Result<Vec<Contact>> {
+        let mut stmt = self.conn.prepare(&format!(
+            "SELECT {CONTACT_COLUMNS} FROM contacts ORDER BY name_key"
+        ))?;
+        let rows = stmt.query_map([], contact_from_row)?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// The contact called `name` (ignoring case), or
+    /// [`Error::UnknownContact`] with names that look alike.
+    pub fn contact(&self, name: &str) -> Result<Contact> {
+        let parsed = ContactName::parse(name);
+        if let Ok(parsed) = &parsed {
+            if let Some(contact) = find_by_name(&self.conn, parsed)? {
+                return Ok(contact);
+            }
+        }
+        Err(Error::UnknownContact {
+            name: name.to_owned(),
+            suggestions: self.similar_names(name)?,
+        })
+    }
+
+    /// The contact saved with `key`, if any.
+    pub fn contact_by_key(&self, key: &PublicKey) -> Result<Option<Contact>> {
+        find_by_key(&self.conn, key)
+    }
+
+    /// Removes the contact called `name`. Messages exchanged with its key
+    /// stay in the history.
+    pub fn remove_contact(&mut self, name: &str) -> Result<Contact> {
+        let contact = self.contact(name)?;
+        self.conn
+            .execute("DELETE FROM contacts WHERE id = ?1", [contact.id])?;
+        Ok(contact)
+    }
+
+    /// Gives the contact called `old` the name `new`.
+    pub fn rename_contact(&mut self, old: &str, new: &ContactName) -> Result<Contact> {
+        let contact = self.contact(old)?;
+        let tx = self.conn.transaction()?;
+        if let Some(other) = find_by_name(&tx, new)? {
+            if other.id != contact.id {
+                return Err(Error::NameTaken(other.name));
+            }
+        }
+        tx.execute(
+            "UPDATE contacts SET name = ?1, name_key = ?2 WHERE id = ?3",
+            params![new.as_str(), new.key(), contact.id],
+        )?;
+        tx.commit()?;
+        Ok(Contact {
+            name: new.as_str().to_owned(),
+            ..contact
+        })
+    }
+
+    /// Up to three contact names that look like `name`, best first.
+    fn similar_names(&self, name: &str) -> Result<Vec<String>> {
+        let wanted = fold(name.trim());
+        let mut scored: Vec<(f64, String)> = self
+            .contacts()?
+            .into_iter()
+            .filter_map(|c| {
+                let folded = fold(&c.name);
+                let score = if !wanted.is_empty()
+                    && (folded.contains(&wanted) || wanted.contains(&folded))
+                {
+                    1.0
+                } else {
+                    strsim::jaro_winkler(&wanted, &folded)
+                };
+                (score >= 0.8).then_some((score, c.name))
+            })
+            .collect();
+        scored.sort_by(|a, b| b.0.total_cmp(&a.0));
+        Ok(scored.into_iter().take(3).map(|(_, n)| n).collect())
+    }
+}
+
+fn find_by_name(conn: &rusqlite::Connection, name: &ContactName) -> Result<Option<Contact>> {
+    Ok(conn
+        .query_row(
+            &format!("SELECT {CONTACT_COLUMNS} FROM contacts WHERE name_key = ?1"),
+            [name.key()],
+            contact_from_row,
+        )
+        .optional()?)
+}
+
+fn find_by_key(conn: &rusqlite::Connection, key: &PublicKey) -> Result<Option<Contact>> {
+    Ok(conn
+        .query_row(
+            &format!("SELECT {CONTACT_COLUMNS} FROM contacts WHERE public_key = ?1"),
+            [key.to_base64()],
+            contact_from_row,
+        )
+        .optional()?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::identity::Identity;
+    use crate::store::test_util::temp_store;
+
+    fn name(n: &str) -> ContactName {
+        ContactName::parse(n).unwrap()
+    }
+
+    fn key() -> PublicKey {
+        Identity::generate().public_key()
+    }
+
+    #[test]
+    fn adds_lists_renames_and_removes() {
+        let (_dir, mut store) = temp_store();
+        let bob = key();
+        store.add_contact(&name("bob"), &bob).unwrap();
+        store.add_contact(&name("Alice"), &key()).unwrap();
+        let names: Vec<_> = store
+            .contacts()
+            .unwrap()
+            .into_iter()
+            .map(|c| c.name)
+            .collect();
+        assert_eq!(names, ["Alice", "bob"]);
+
+        store.rename_contact("BOB", &name("Robert")).unwrap();
+        assert_eq!(store.contact("robert").unwrap().key, bob);
+        store.remove_contact("Robert").unwrap();
+        assert!(store.contact_by_key(&bob).unwrap().is_none());
+    }
+
+    #[test]
+    fn names_are_unique_ignoring_case_in_any_script() {
+        let (_dir, mut store) = temp_store();
+        store.add_contact(&name("Zoë"), &key()).unwrap();
+        assert!(matches!(
+            store.add_contact(&name("ZOË"), &key()),
+            Err(Error::NameTaken(n)) if n == "Zoë"
+        ));
+    }
+
+    #[test]
+    fn a_key_is_saved_under_one_name_only() {
+        let (_dir, mut store) = temp_store();
+        let k = key();
+        store.add_contact(&name("bob"), &k).unwrap();
+        assert!(matches!(
+            store.add_contact(&name("bobby"), &k),
+            Err(Error::KeyTaken(n)) if n == "bob"
+        ));
+    }
+
+    #[test]
+    fn refuses_the_profiles_own_key() {
+        let (_dir, mut store) = temp_store();
+        let me = Identity::generate();
+        store.set_identity(&me, false).unwrap();
+        assert!(matches!(
+            store.add_contact(&name("me"), &me.public_key()),
+            Err(Error::OwnKey)
+        ));
+    }
+
+    #[test]
+    fn rename_refuses_a_taken_name_but_allows_a_case_change() {
+        let (_dir, mut store) = temp_store();
+        store.add_contact(&name("bob"), &key()).unwrap();
+        store.add_contact(&name("carol"), &key()).unwrap();
+        assert!(matches!(
+            store.rename_contact("bob", &name("Carol")),
+            Err(Error::NameTaken(_))
+        ));
+        assert_eq!(
+            store.rename_contact("bob", &name("Bob")).unwrap().name,
+            "Bob"
+        );
+    }
+
+    #[test]
+    fn unknown_names_come_with_suggestions() {
+        let (_dir, mut store) = temp_store();
+        store.add_contact(&name("bobby"), &key()).unwrap();
+        store.add_contact(&name("carol"), &key()).unwrap();
+        match store.contact("bob") {
+            Err(Error::UnknownContact { suggestions, .. }) => assert_eq!(suggestions, ["bobby"]),
+            other => panic!("unexpected: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn validates_names() {
+        assert_eq!(name("  bob ").as_str(), "bob");
+        for bad in ["", "   ", "a\tb", "ws://x", &"x".repeat(65)] {
+            assert!(ContactName::parse(bad).is_err(), "accepted {bad:?}");
+        }
+    }
+}

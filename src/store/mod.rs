@@ -1,0 +1,203 @@
+//! The profile database: one SQLite file holding a profile's identity,
+//! contacts and messages.
+//!
+//! [`Store::open`] and [`Store::create`] are the only places a connection is
+//! made, so every connection gets the same settings: WAL (readers such as
+//! `history` never block the chat loop's writes), `synchronous = FULL` (a
+//! committed transaction survives a power cut), foreign keys, and a busy
+//! timeout so two writers wait for each other instead of failing.
+//!
+//! Before anything is written, an existing file is inspected read-only: a
+//! file that is not SQLite, an SQLite file of another application, and a
+//! database from a newer chat-p2p are refused with the file left untouched.
+//! Then the migrations in `migrations/` are applied.
+
+mod contacts;
+mod error;
+mod identity;
+mod schema;
+
+pub use contacts::{Contact, ContactName};
+pub use error::Error;
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rusqlite::Connection;
+
+/// The result of a store operation.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// How long a writer waits for another before giving up with "busy".
+const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// An open profile database.
+#[derive(Debug)]
+pub struct Store {
+    conn: Connection,
+    path: PathBuf,
+}
+
+impl Store {
+    /// Opens an existing profile database, migrating it to the current
+    /// schema. Fails with [`Error::Missing`] when there is no file.
+    pub fn open(path: &Path) -> Result<Self> {
+        if !path.exists() {
+            return Err(Error::Missing(path.to_path_buf()));
+        }
+        Self::open_checked(path)
+    }
+
+    /// Opens a profile database, creating it (and its 0700 directory, with
+    /// the file 0600) when it does not exist yet.
+    pub fn create(path: &Path) -> Result<Self> {
+        if !path.exists() {
+            create_private_file(path)?;
+        }
+        Self::open_checked(path)
+    }
+
+    fn open_checked(path: &Path) -> Result<Self> {
+        schema::inspect(path)?;
+        let mut conn = connect(path)?;
+        schema::migrate(&mut conn)?;
+        Ok(Self {
+            conn,
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// The path of the database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The underlying connection, for reads that have no helper yet.
+    pub fn conn(&self) -> &Connection {
+        &self.conn
+    }
+
+    /// The schema version this database is at.
+    pub fn schema_version(&self) -> Result<i64> {
+        schema::current_version(&self.conn)
+    }
+}
+
+/// Opens a read-write connection with the settings every connection needs.
+fn connect(path: &Path) -> Result<Connection> {
+    let conn = Connection::open(path)?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    let mode: String =
+        conn.pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(Error::Pragma {
+            pragma: "journal_mode",
+            wanted: "wal",
+            got: mode,
+        });
+    }
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    conn.pragma_update(None, "temp_store", "MEMORY")?;
+    Ok(conn)
+}
+
+/// Creates the database file, readable by the user alone, inside a
+/// directory only the user can enter.
+fn create_private_file(path: &Path) -> Result<()> {
+    let io_err = |source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    if let Some(dir) = path.parent() {
+        create_private_dir(dir).map_err(io_err)?;
+    }
+    let mut options = fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    match options.open(path) {
+        Ok(_) => Ok(()),
+        // Another process created it between our check and now: fine.
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(io_err(e)),
+    }
+}
+
+fn create_private_dir(dir: &Path) -> io::Result<()> {
+    let mut builder = fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        builder.mode(0o700);
+    }
+    builder.create(dir)
+}
+
+#[cfg(test)]
+pub(crate) mod test_util {
+    use super::*;
+
+    /// A fresh store in a temporary directory, kept alive with it.
+    pub fn temp_store() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::create(&dir.path().join("p").join("chat.db")).unwrap();
+        (dir, store)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::test_util::temp_store;
+    use super::*;
+
+    #[test]
+    fn new_store_uses_wal_full_sync_and_foreign_keys() {
+        let (_dir, store) = temp_store();
+        let get = |p: &str| -> String {
+            store
+                .conn()
+                .pragma_query_value(None, p, |r| r.get::<_, rusqlite::types::Value>(0))
+                .map(|v| format!("{v:?}"))
+                .unwrap()
+        };
+        assert_eq!(get("journal_mode"), "Text(\"wal\")");
+        assert_eq!(get("synchronous"), "Integer(2)");
+        assert_eq!(get("foreign_keys"), "Integer(1)");
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn new_store_is_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let (_dir, store) = temp_store();
+        let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(store.path()), 0o600);
+        assert_eq!(mode(store.path().parent().unwrap()), 0o700);
+    }
+
+    #[test]
+    fn open_refuses_a_missing_file_without_creating_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("nope").join("chat.db");
+        assert!(matches!(Store::open(&path), Err(Error::Missing(_))));
+        assert!(!path.exists());
+        assert!(!path.parent().unwrap().exists());
+    }
+
+    #[test]
+    fn reopening_is_a_no_op() {
+        let (_dir, store) = temp_store();
+        let path = store.path().to_path_buf();
+        let version = store.schema_version().unwrap();
+        drop(store);
+        let again = Store::open(&path).unwrap();
+        assert_eq!(again.schema_version().unwrap(), version);
+    }
+}

@@ -1,0 +1,251 @@
+//! The schema: the migrations embedded from `migrations/`, and the checks
+//! that decide, without writing a byte, whether a file may be migrated.
+
+use std::fs::File;
+use std::io::Read;
+use std::path::Path;
+
+use rusqlite::{Connection, OpenFlags, OptionalExtension};
+
+use super::{Error, Result};
+
+mod embedded {
+    refinery::embed_migrations!("migrations");
+}
+
+/// The `application_id` stamped into the header of every chat-p2p database
+/// ('CP2P' in ASCII).
+pub const APPLICATION_ID: i32 = 0x4350_3250;
+
+/// The table where refinery records applied migrations.
+const HISTORY_TABLE: &str = "refinery_schema_history";
+
+/// The first 16 bytes of every SQLite 3 database file.
+const SQLITE_MAGIC: &[u8; 16] = b"SQLite format 3\0";
+
+/// The newest schema version this binary knows.
+pub fn latest_version() -> i64 {
+    embedded::migrations::runner()
+        .get_migrations()
+        .iter()
+        .map(|m| i64::from(m.version()))
+        .max()
+        .unwrap_or(0)
+}
+
+/// Decides whether the file at `path` may be opened read-write and migrated.
+///
+/// Everything here reads only: a refused file is left exactly as it was.
+pub fn inspect(path: &Path) -> Result<()> {
+    let header = read_header(path)?;
+    if header.is_empty() {
+        // A file we just created (or an empty one): SQLite treats it as a
+        // new database.
+        return Ok(());
+    }
+    if header.len() < SQLITE_MAGIC.len() || &header[..SQLITE_MAGIC.len()] != SQLITE_MAGIC {
+        return Err(not_ours(path, "it is not an SQLite database"));
+    }
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    inspect_open(path, &conn)
+}
+
+fn inspect_open(path: &Path, conn: &Connection) -> Result<()> {
+    let app_id: i32 = conn
+        .pragma_query_value(None, "application_id", |r| r.get(0))
+        .map_err(|e| not_ours(path, &format!("SQLite cannot read it ({e})")))?;
+    if app_id != APPLICATION_ID {
+        if app_id != 0 {
+            return Err(not_ours(
+                path,
+                &format!("it belongs to another application (application_id {app_id:#x})"),
+            ));
+        }
+        let tables: i64 = conn.query_row(
+            "SELECT count(*) FROM sqlite_schema WHERE type = 'table'",
+            [],
+            |r| r.get(0),
+        )?;
+        if tables > 0 {
+            return Err(not_ours(path, "it holds another application's tables"));
+        }
+        // An empty SQLite database: ours to fill.
+        return Ok(());
+    }
+    let newest = recorded_version(path, conn)?;
+    let known = latest_version();
+    if newest > known {
+        return Err(Error::TooNew {
+            path: path.to_path_buf(),
+            found: newest,
+            known,
+        });
+    }
+    Ok(())
+}
+
+/// The newest version in the migration history, after checking that every
+/// row is well formed (refinery panics on a malformed row, so a damaged
+/// file must be caught here).
+fn recorded_version(path: &Path, conn: &Connection) -> Result<i64> {
+    let exists: Option<i64> = conn
+        .query_row(
+            "SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = ?1",
+            [HISTORY_TABLE],
+            |r| r.get(0),
+        )
+        .optional()?;
+    if exists.is_none() {
+        return Err(not_ours(path, "its schema history is missing"));
+    }
+    let mut stmt = conn.prepare(
+        "SELECT version, applied_on, checksum
+         FROM refinery_schema_history
+         ORDER BY version",
+    )?;
+    let mut rows = stmt.query([])?;
+    let mut newest = 0;
+    while let Some(row) = rows.next()? {
+        let version: Option<i64> = row.get(0).ok();
+        let applied_on: Option<String> = row.get(1).ok();
+        let checksum: Option<String> = row.get(2).ok();
+        let well_formed = version.is_some_and(|v| i32::try_from(v).is_ok())
+            && applied_on.is_some_and(|t| chrono::DateTime::parse_from_rfc3339(&t).is_ok())
+            && checksum.is_some_and(|c| c.parse::<u64>().is_ok());
+        if !well_formed {
+            return Err(not_ours(path, "its schema history is damaged"));
+        }
+        newest = newest.max(version.unwrap_or(0));
+    }
+    Ok(newest)
+}
+
+/// Applies every migration this database has not seen yet.
+pub fn migrate(conn: &mut Connection) -> Result<()> {
+    embedded::migrations::runner()
+        .set_abort_divergent(true)
+        .set_abort_missing(true)
+        .run(conn)?;
+    Ok(())
+}
+
+/// The schema version recorded in an open, migrated database.
+pub fn current_version(conn: &Connection) -> Result<i64> {
+    Ok(conn.query_row(
+        "SELECT coalesce(max(version), 0) FROM refinery_schema_history",
+        [],
+        |r| r.get(0),
+    )?)
+}
+
+fn read_header(path: &Path) -> Result<Vec<u8>> {
+    let io_err = |source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut header = Vec::with_capacity(SQLITE_MAGIC.len());
+    File::open(path)
+        .map_err(io_err)?
+        .take(SQLITE_MAGIC.len() as u64)
+        .read_to_end(&mut header)
+        .map_err(io_err)?;
+    Ok(header)
+}
+
+fn not_ours(path: &Path, reason: &str) -> Error {
+    Error::NotOurs {
+        path: path.to_path_buf(),
+        reason: reason.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{test_util::temp_store, Store};
+    use std::fs;
+
+    fn assert_refused_untouched(path: &Path, check: impl Fn(&Error) -> bool) {
+        let before = fs::read(path).unwrap();
+        let err = Store::open(path).unwrap_err();
+        assert!(check(&err), "unexpected error: {err}");
+        assert_eq!(fs::read(path).unwrap(), before, "file changed");
+    }
+
+    #[test]
+    fn fresh_store_is_at_the_latest_version_and_stamped() {
+        let (_dir, store) = temp_store();
+        assert_eq!(store.schema_version().unwrap(), latest_version());
+        let id: i32 = store
+            .conn()
+            .pragma_query_value(None, "application_id", |r| r.get(0))
+            .unwrap();
+        assert_eq!(id, APPLICATION_ID);
+    }
+
+    #[test]
+    fn refuses_a_file_that_is_not_sqlite() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("chat.db");
+        fs::write(&path, b"hello, this is not a database at all").unwrap();
+        assert_refused_untouched(&path, |e| matches!(e, Error::NotOurs { .. }));
+    }
+
+    #[test]
+    fn refuses_another_applications_database() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("chat.db");
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch("CREATE TABLE photos (id INTEGER PRIMARY KEY);")
+            .unwrap();
+        drop(conn);
+        assert_refused_untouched(&path, |e| matches!(e, Error::NotOurs { .. }));
+    }
+
+    #[test]
+    fn refuses_a_newer_schema() {
+        let (_dir, store) = temp_store();
+        let path = store.path().to_path_buf();
+        store
+            .conn()
+            .execute(
+                "INSERT INTO refinery_schema_history (version, name, applied_on, checksum)
+                 VALUES (?1, 'from_the_future', '2030-01-01T00:00:00Z', '1')",
+                [latest_version() + 1],
+            )
+            .unwrap();
+        store
+            .conn()
+            .pragma_update(None, "wal_checkpoint", "TRUNCATE")
+            .unwrap();
+        drop(store);
+        assert_refused_untouched(&path, |e| matches!(e, Error::TooNew { .. }));
+    }
+
+    #[test]
+    fn refuses_a_damaged_history_instead_of_panicking() {
+        let (_dir, store) = temp_store();
+        let path = store.path().to_path_buf();
+        store
+            .conn()
+            .execute(
+                "UPDATE refinery_schema_history SET applied_on = 'yesterday'",
+                [],
+            )
+            .unwrap();
+        drop(store);
+        assert!(matches!(Store::open(&path), Err(Error::NotOurs { .. })));
+    }
+
+    #[test]
+    fn adopts_an_empty_sqlite_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("chat.db");
+        fs::write(&path, b"").unwrap();
+        let store = Store::open(&path).unwrap();
+        assert_eq!(store.schema_version().unwrap(), latest_version());
+    }
+}
