@@ -15,10 +15,16 @@
 mod contacts;
 mod error;
 mod identity;
+pub mod messages;
 mod schema;
+pub mod search;
+mod status;
 
 pub use contacts::{Contact, ContactName};
 pub use error::Error;
+pub use messages::{Event, Inserted, Message};
+pub use search::{Filter, Hit, Order, TimeBound};
+pub use status::{Direction, MessageId, Status};
 
 use std::fs;
 use std::io;
