@@ -20,7 +20,9 @@ mod schema;
 pub mod search;
 mod status;
 
-pub use contacts::{Contact, ContactName};
+pub(crate) use contacts::merge_contact_tx;
+pub use contacts::{Contact, ContactName, Merge};
+pub(crate) use identity::set_identity_tx;
 pub use error::Error;
 pub use messages::{Event, Inserted, Message};
 pub use search::{Filter, Hit, Order, TimeBound};
