@@ -39,7 +39,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .map(|(line, key)| writeln!(out, "{line}").map(|()| key))
         .collect::<Result<_, _>>()?;
 
-    let vocabulary: Vec<String> = (0..5000).map(|i| word(i)).collect();
+    let vocabulary: Vec<String> = (0..5000).map(word).collect();
     for n in 0..messages {
         let ms = START_MS + n * 30_000 + rng.gen_range(0..1000);
         let peer = &keys[rng.gen_range(0..keys.len())];
@@ -94,9 +94,20 @@ fn message(rng: &mut StdRng, ms: u64, peer: &str, vocabulary: &[String]) -> serd
     let roll: f64 = rng.gen();
     if outgoing {
         let (status, steps): (&str, &[(&str, &String)]) = if roll < 0.70 {
-            ("read", &[("pending", &t0), ("sent", &t1), ("delivered", &t2), ("read", &t3)])
+            (
+                "read",
+                &[
+                    ("pending", &t0),
+                    ("sent", &t1),
+                    ("delivered", &t2),
+                    ("read", &t3),
+                ],
+            )
         } else if roll < 0.95 {
-            ("delivered", &[("pending", &t0), ("sent", &t1), ("delivered", &t2)])
+            (
+                "delivered",
+                &[("pending", &t0), ("sent", &t1), ("delivered", &t2)],
+            )
         } else if roll < 0.99 {
             ("sent", &[("pending", &t0), ("sent", &t1)])
         } else {

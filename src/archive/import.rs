@@ -28,7 +28,8 @@ use crate::store::{self, ContactName, Direction, Merge, Status, Store};
 
 /// The trigger that keeps `messages_fts` in step with live inserts, exactly
 /// as `migrations/V2__messages.sql` creates it.
-pub(crate) const FTS_INSERT_TRIGGER: &str = "CREATE TRIGGER messages_fts_insert AFTER INSERT ON messages BEGIN
+pub(crate) const FTS_INSERT_TRIGGER: &str =
+    "CREATE TRIGGER messages_fts_insert AFTER INSERT ON messages BEGIN
     INSERT INTO messages_fts (rowid, body) VALUES (new.id, new.body);
 END";
 
@@ -314,7 +315,10 @@ fn with_id(fault: Fault, id: &store::MessageId) -> Fault {
 /// Rebuilds a timeline from the `*_at` fields, for records without events.
 fn timeline(m: &MessageRecord) -> Vec<Event> {
     let steps = [
-        (Status::Pending, Some(&m.created_at).filter(|_| m.direction == Direction::Out)),
+        (
+            Status::Pending,
+            Some(&m.created_at).filter(|_| m.direction == Direction::Out),
+        ),
         (Status::Received, m.received_at.as_ref()),
         (Status::Sent, m.sent_at.as_ref()),
         (Status::Delivered, m.delivered_at.as_ref()),
@@ -366,7 +370,12 @@ pub fn import_file(
         path: path.to_path_buf(),
         source,
     })?;
-    import_reader(store, BufReader::with_capacity(1 << 16, file), options, progress)
+    import_reader(
+        store,
+        BufReader::with_capacity(1 << 16, file),
+        options,
+        progress,
+    )
 }
 
 /// Imports an export read from `reader`, JSON document or JSON Lines.
@@ -413,15 +422,23 @@ fn is_json_line(first: &[u8]) -> bool {
     )
 }
 
-fn read_lines(importer: &mut Importer<'_>, first: &[u8], mut reader: impl BufRead) -> Result<(), Error> {
+fn read_lines(
+    importer: &mut Importer<'_>,
+    first: &[u8],
+    mut reader: impl BufRead,
+) -> Result<(), Error> {
     let mut line = String::from_utf8(first.to_vec())
         .map_err(|_| malformed("line 1", "not UTF-8 text".into()))?;
     let mut number = 1usize;
     loop {
         if !line.trim().is_empty() {
             let at = || format!("line {number}");
-            let record: Line = serde_json::from_str(&line)
-                .map_err(|e| malformed(&format!("line {number}, column {}", e.column()), strip_position(&e)))?;
+            let record: Line = serde_json::from_str(&line).map_err(|e| {
+                malformed(
+                    &format!("line {number}, column {}", e.column()),
+                    strip_position(&e),
+                )
+            })?;
             let result = match record {
                 Line::Header(h) => importer.header(h),
                 Line::Contact(c) => importer.contact(c),

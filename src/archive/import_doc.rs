@@ -5,7 +5,9 @@
 use std::fmt;
 use std::io::Read;
 
-use serde::de::{self, DeserializeOwned, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::de::{
+    self, DeserializeOwned, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor,
+};
 
 use super::import::{malformed, strip_position, Fault, Importer};
 use super::{ContactRecord, Error, Header, MessageRecord};

@@ -160,7 +160,10 @@ fn read_identity(found: &Found) -> Result<Option<Identity>, Error> {
     let seed: &[u8; 32] = bytes.as_slice().try_into().map_err(|_| {
         malformed(
             &path.display().to_string(),
-            format!("a private key is 32 raw bytes, this file has {}", bytes.len()),
+            format!(
+                "a private key is 32 raw bytes, this file has {}",
+                bytes.len()
+            ),
         )
     })?;
     let identity = Identity::from_secret_bytes(seed);
@@ -192,7 +195,12 @@ fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, Error> {
     let bytes = read(path)?;
     serde_json::from_slice(&bytes).map_err(|e| {
         malformed(
-            &format!("{}, line {}, column {}", path.display(), e.line(), e.column()),
+            &format!(
+                "{}, line {}, column {}",
+                path.display(),
+                e.line(),
+                e.column()
+            ),
             super::import::strip_position(&e),
         )
     })
@@ -236,7 +244,11 @@ fn to_record(peer: &str, index: usize, m: &LegacyMessage) -> Result<MessageRecor
         peer_key: peer.to_owned(),
         direction,
         body: m.content.clone(),
-        status: if m.incoming { Status::Read } else { Status::Sent },
+        status: if m.incoming {
+            Status::Read
+        } else {
+            Status::Sent
+        },
         created_at: at.clone(),
         sent_at: (!m.incoming).then(|| at.clone()),
         delivered_at: None,

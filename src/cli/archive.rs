@@ -146,7 +146,11 @@ pub fn import(ctx: &Context, args: ImportArgs) -> Result<()> {
             );
         };
         let size = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
-        let bar = bar(size, BAR_MIN_BYTES, "importing {bar:40} {bytes}/{total_bytes}, {eta} left");
+        let bar = bar(
+            size,
+            BAR_MIN_BYTES,
+            "importing {bar:40} {bytes}/{total_bytes}, {eta} left",
+        );
         let mut progress = |n: u64| {
             if let Some(bar) = &bar {
                 bar.set_position(n);

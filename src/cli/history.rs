@@ -14,9 +14,11 @@ use crate::store::{self, Direction, Filter, Hit, Message, Order, Status, Store, 
 
 /// Arguments of `history`.
 #[derive(Debug, Args)]
-#[command(after_help = "Times are shown in local time; --json gives them in UTC (RFC 3339).\n\
+#[command(
+    after_help = "Times are shown in local time; --json gives them in UTC (RFC 3339).\n\
     Search syntax (FTS5): words match ignoring case and accents; secr* is a prefix; \
-    \"secret plan\" a phrase; AND, OR, NOT and parentheses combine terms.")]
+    \"secret plan\" a phrase; AND, OR, NOT and parentheses combine terms."
+)]
 pub struct HistoryArgs {
     /// A contact's name (or a public key); all conversations when omitted.
     peer: Option<String>,
@@ -79,7 +81,11 @@ pub fn history(ctx: &Context, args: HistoryArgs) -> Result<()> {
         }
         return Ok(());
     };
-    let order = if args.rank { Order::Rank } else { Order::Newest };
+    let order = if args.rank {
+        Order::Rank
+    } else {
+        Order::Newest
+    };
     let hits = store.search(query, &filter, order, limit)?;
     let context = args.context.unwrap_or(0) as usize;
     if args.json {
@@ -114,7 +120,9 @@ pub fn history(ctx: &Context, args: HistoryArgs) -> Result<()> {
 fn resolve_peer(store: &Store, peer: &str) -> Result<PublicKey> {
     match store.contact(peer) {
         Ok(contact) => Ok(contact.key),
-        Err(e @ store::Error::UnknownContact { .. }) => PublicKey::parse(peer).map_err(|_| e.into()),
+        Err(e @ store::Error::UnknownContact { .. }) => {
+            PublicKey::parse(peer).map_err(|_| e.into())
+        }
         Err(e) => Err(e.into()),
     }
 }

@@ -22,8 +22,8 @@ mod status;
 
 pub(crate) use contacts::merge_contact_tx;
 pub use contacts::{Contact, ContactName, Merge};
-pub(crate) use identity::set_identity_tx;
 pub use error::Error;
+pub(crate) use identity::set_identity_tx;
 pub use messages::{Event, Inserted, Message};
 pub use search::{Filter, Hit, Order, TimeBound};
 pub use status::{Direction, MessageId, Status};

@@ -319,10 +319,7 @@ mod tests {
         let (_dir, store) = temp_store();
         for q in ["\"unbalanced", "AND", "secret AND", "(a"] {
             let err = store.search(q, &Filter::default(), Order::Rank, 5);
-            assert!(
-                matches!(err, Err(Error::BadSearch { .. })),
-                "{q}: {err:?}"
-            );
+            assert!(matches!(err, Err(Error::BadSearch { .. })), "{q}: {err:?}");
         }
     }
 
