@@ -33,6 +33,9 @@ pub(crate) const FTS_INSERT_TRIGGER: &str =
     INSERT INTO messages_fts (rowid, body) VALUES (new.id, new.body);
 END";
 
+/// The page cache an import uses, in KiB.
+const IMPORT_CACHE_KIB: i64 = 128 * 1024;
+
 /// How to import.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ImportOptions {
@@ -90,6 +93,12 @@ impl<'a> Importer<'a> {
     /// Opens the transaction and detaches the per-row FTS trigger.
     pub(crate) fn begin(store: &'a mut Store, options: ImportOptions) -> Result<Self, Error> {
         let own_key = store.identity()?.map(|i| i.public_key().to_base64());
+        // A bulk import touches index pages all over the file: with the
+        // default 2 MB cache SQLite spills dirty pages to the WAL mid-way
+        // and reads them back. The connection ends with the command.
+        store
+            .conn()
+            .pragma_update(None, "cache_size", -IMPORT_CACHE_KIB)?;
         let tx = store.transaction()?;
         let last: i64 = tx.query_row("SELECT coalesce(max(id), 0) FROM messages", [], |r| {
             r.get(0)
