@@ -3,7 +3,9 @@
 //!
 //! Exit codes are decided here only: 0 success, 1 failure, 2 bad usage.
 
+mod archive;
 mod contacts;
+mod history;
 mod identity;
 
 use std::path::PathBuf;
@@ -65,6 +67,13 @@ enum Command {
     RemoveContact(contacts::RemoveArgs),
     /// Give a contact another name.
     RenameContact(contacts::RenameArgs),
+    /// Show a conversation's latest messages, or search all of them.
+    History(history::HistoryArgs),
+    /// Write contacts and every message, with status and events, as JSON.
+    Export(archive::ExportArgs),
+    /// Read an export (or, with --legacy, the original client's files)
+    /// into this profile; importing twice changes nothing.
+    Import(archive::ImportArgs),
 }
 
 /// What every command needs, resolved once from the arguments and the
@@ -172,6 +181,9 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::ListContacts(args) | Command::Contacts(args) => contacts::list(&ctx, args),
         Command::RemoveContact(args) => contacts::remove(&ctx, args),
         Command::RenameContact(args) => contacts::rename(&ctx, args),
+        Command::History(args) => history::history(&ctx, args),
+        Command::Export(args) => archive::export(&ctx, args),
+        Command::Import(args) => archive::import(&ctx, args),
     }
 }
 

@@ -199,6 +199,52 @@ impl Store {
     }
 }
 
+/// What [`merge_contact_tx`] did with an imported contact.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Merge {
+    /// A new contact was saved.
+    Added,
+    /// The same key was already saved under the same name.
+    Unchanged,
+    /// The key is already saved under this other name, which is kept.
+    KeptName(String),
+    /// Another key already uses the name: the contact was not saved.
+    NameClash,
+    /// The key is the profile's own.
+    OwnKey,
+}
+
+/// Saves an imported contact unless its key is known or its name is taken:
+/// contacts merge by key, and an existing name is never overwritten.
+pub(crate) fn merge_contact_tx(
+    conn: &rusqlite::Connection,
+    name: &ContactName,
+    key: &PublicKey,
+    own: Option<&str>,
+    added_at: &str,
+) -> Result<Merge> {
+    let key_text = key.to_base64();
+    if own == Some(key_text.as_str()) {
+        return Ok(Merge::OwnKey);
+    }
+    if let Some(existing) = find_by_key(conn, key)? {
+        return Ok(if existing.name == name.as_str() {
+            Merge::Unchanged
+        } else {
+            Merge::KeptName(existing.name)
+        });
+    }
+    if find_by_name(conn, name)?.is_some() {
+        return Ok(Merge::NameClash);
+    }
+    conn.execute(
+        "INSERT INTO contacts (name, name_key, public_key, added_at)
+         VALUES (?1, ?2, ?3, ?4)",
+        params![name.as_str(), name.key(), key_text, added_at],
+    )?;
+    Ok(Merge::Added)
+}
+
 fn find_by_name(conn: &rusqlite::Connection, name: &ContactName) -> Result<Option<Contact>> {
     Ok(conn
         .query_row(

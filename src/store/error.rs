@@ -71,6 +71,27 @@ pub enum Error {
         /// Existing names that look like it.
         suggestions: Vec<String>,
     },
+    /// No message has this id.
+    #[error("no message with id {0}")]
+    UnknownMessage(String),
+    /// A status that a message of this direction cannot have.
+    #[error("message {msg_id} is {direction}going and cannot become '{status}'")]
+    StatusMismatch {
+        /// The message.
+        msg_id: String,
+        /// Its direction.
+        direction: String,
+        /// The status asked for.
+        status: String,
+    },
+    /// A search query FTS5 cannot parse.
+    #[error("cannot search for {query:?}: {problem}. Quote words with \"...\" in pairs, put AND/OR/NOT between two terms, and end a prefix with *")]
+    BadSearch {
+        /// The query as typed.
+        query: String,
+        /// What SQLite found wrong with it.
+        problem: String,
+    },
     /// A file could not be read or written.
     #[error("cannot access '{}': {source}", path.display())]
     Io {

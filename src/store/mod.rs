@@ -15,10 +15,18 @@
 mod contacts;
 mod error;
 mod identity;
+pub mod messages;
 mod schema;
+pub mod search;
+mod status;
 
-pub use contacts::{Contact, ContactName};
+pub(crate) use contacts::merge_contact_tx;
+pub use contacts::{Contact, ContactName, Merge};
 pub use error::Error;
+pub(crate) use identity::set_identity_tx;
+pub use messages::{Event, Inserted, Message};
+pub use search::{Filter, Hit, Order, TimeBound};
+pub use status::{Direction, MessageId, Status};
 
 use std::fs;
 use std::io;

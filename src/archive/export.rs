@@ -1,0 +1,298 @@
+//! Streaming export: rows go straight from SQLite to the writer.
+//!
+//! Messages and their events are read by two cursors in the same order
+//! (message row id) and merged, so each message is written once, complete,
+//! without a query per message and without holding anything in memory.
+
+use std::fs;
+use std::io::{self, BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine as _;
+use rusqlite::types::Value;
+use rusqlite::Connection;
+
+use super::{ContactRecord, Error, Header, Progress, FORMAT, VERSION};
+use crate::clock;
+use crate::identity::PublicKey;
+use crate::store::messages::{message_from_row, Event, MESSAGE_COLUMNS, MESSAGE_FROM};
+use crate::store::Store;
+
+/// One JSON document, or one JSON object per line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Layout {
+    /// `{"format": ..., "contacts": [...], "messages": [...]}`.
+    Json,
+    /// A header line, then one line per contact and per message, each with a
+    /// `"kind"` field.
+    Jsonl,
+}
+
+/// What to export.
+#[derive(Debug, Clone)]
+pub struct ExportOptions {
+    /// Document or lines.
+    pub layout: Layout,
+    /// Only this contact's conversation (and only this contact).
+    pub contact: Option<PublicKey>,
+    /// Put the secret key in the export.
+    pub include_secret: bool,
+}
+
+/// What an export wrote.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ExportSummary {
+    /// Contacts written.
+    pub contacts: u64,
+    /// Messages written.
+    pub messages: u64,
+}
+
+/// How many messages pass between two progress reports.
+const PROGRESS_EVERY: u64 = 4096;
+
+/// Writes the export to `out`, streaming.
+pub fn export(
+    store: &Store,
+    out: &mut dyn Write,
+    options: &ExportOptions,
+    progress: Progress<'_>,
+) -> Result<ExportSummary, Error> {
+    // One read transaction: both cursors see the same snapshot even while
+    // the chat client writes.
+    let tx = store.conn().unchecked_transaction()?;
+    let mut writer = Writer {
+        out,
+        layout: options.layout,
+        buf: Vec::with_capacity(1024),
+    };
+    writer.header(&header(store, options.include_secret)?)?;
+    let mut summary = ExportSummary::default();
+    for contact in contacts(&tx, options.contact.as_ref())? {
+        writer.contact(&contact, summary.contacts == 0)?;
+        summary.contacts += 1;
+    }
+    writer.between_sections()?;
+    summary.messages = messages(&tx, options.contact.as_ref(), &mut writer, progress)?;
+    writer.end()?;
+    writer.out.flush().map_err(Error::Write)?;
+    tx.finish()?;
+    Ok(summary)
+}
+
+/// Writes the export to `path` through a temporary file in the same
+/// directory, renamed into place only once complete and synced: an
+/// interrupted export never leaves a truncated file under the final name.
+pub fn export_to_path(
+    store: &Store,
+    path: &Path,
+    options: &ExportOptions,
+    progress: Progress<'_>,
+) -> Result<ExportSummary, Error> {
+    let io_err = |p: &Path| {
+        let p = p.to_path_buf();
+        move |source| Error::Io { path: p, source }
+    };
+    let tmp = temp_name(path);
+    let file = fs::File::create(&tmp).map_err(io_err(&tmp))?;
+    let mut out = BufWriter::with_capacity(1 << 16, file);
+    let result = export(store, &mut out, options, progress).and_then(|summary| {
+        let file = out.into_inner().map_err(|e| Error::Write(e.into_error()))?;
+        file.sync_all().map_err(io_err(&tmp))?;
+        fs::rename(&tmp, path).map_err(io_err(path))?;
+        Ok(summary)
+    });
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
+fn temp_name(path: &Path) -> PathBuf {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "export".to_owned());
+    path.with_file_name(format!(".{name}.tmp-{}", std::process::id()))
+}
+
+fn header(store: &Store, include_secret: bool) -> Result<Header, Error> {
+    let identity = store.identity()?;
+    Ok(Header {
+        format: FORMAT.to_owned(),
+        version: VERSION,
+        exported_at: Some(clock::now()),
+        public_key: identity.as_ref().map(|i| i.public_key().to_base64()),
+        secret_key: identity
+            .filter(|_| include_secret)
+            .map(|i| STANDARD.encode(*i.secret_bytes())),
+    })
+}
+
+fn contacts(conn: &Connection, only: Option<&PublicKey>) -> Result<Vec<ContactRecord>, Error> {
+    let mut stmt = conn.prepare(
+        "SELECT name, public_key, added_at FROM contacts
+         WHERE ?1 IS NULL OR public_key = ?1 ORDER BY name_key",
+    )?;
+    let rows = stmt.query_map([only.map(PublicKey::to_base64)], |r| {
+        Ok(ContactRecord {
+            name: r.get(0)?,
+            public_key: r.get(1)?,
+            added_at: r.get(2)?,
+        })
+    })?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+/// Streams every message with its events; returns how many.
+fn messages(
+    conn: &Connection,
+    only: Option<&PublicKey>,
+    writer: &mut Writer<'_>,
+    progress: Progress<'_>,
+) -> Result<u64, Error> {
+    let peer = Value::from(only.map(PublicKey::to_base64));
+    let mut msg_stmt = conn.prepare(&format!(
+        "SELECT {MESSAGE_COLUMNS} FROM {MESSAGE_FROM}
+         WHERE ?1 IS NULL OR m.peer_key = ?1 ORDER BY m.id"
+    ))?;
+    let mut ev_stmt = conn.prepare(
+        "SELECT e.message_id, e.status, e.at, e.detail
+         FROM message_events AS e
+         WHERE ?1 IS NULL
+            OR e.message_id IN (SELECT id FROM messages WHERE peer_key = ?1)
+         ORDER BY e.message_id, e.id",
+    )?;
+    let mut msgs = msg_stmt.query([&peer])?;
+    let mut evs = ev_stmt.query([&peer])?;
+    let mut next_event = read_event(evs.next()?)?;
+    let mut events = Vec::new();
+    let mut count = 0u64;
+    while let Some(row) = msgs.next()? {
+        let message = message_from_row(row)?;
+        events.clear();
+        // Events of messages not exported (none, with one snapshot) are
+        // skipped; those of this message are collected.
+        while let Some((id, event)) = next_event.take() {
+            if id > message.id {
+                next_event = Some((id, event));
+                break;
+            }
+            if id == message.id {
+                events.push(event);
+            }
+            next_event = read_event(evs.next()?)?;
+        }
+        writer.message(&message, &events, count == 0)?;
+        count += 1;
+        if count % PROGRESS_EVERY == 0 {
+            progress(count);
+        }
+    }
+    progress(count);
+    Ok(count)
+}
+
+fn read_event(row: Option<&rusqlite::Row<'_>>) -> rusqlite::Result<Option<(i64, Event)>> {
+    row.map(|r| {
+        Ok((
+            r.get(0)?,
+            Event {
+                status: r.get(1)?,
+                at: r.get(2)?,
+                detail: r.get(3)?,
+            },
+        ))
+    })
+    .transpose()
+}
+
+/// Lays records out as a document or as lines.
+struct Writer<'a> {
+    out: &'a mut dyn Write,
+    layout: Layout,
+    buf: Vec<u8>,
+}
+
+impl Writer<'_> {
+    /// Serialises `value` into `buf` as an object, without its closing
+    /// brace, so fields can be added.
+    fn open_object(&mut self, kind: &str, value: &impl serde::Serialize) -> Result<(), Error> {
+        self.buf.clear();
+        let jsonl = self.layout == Layout::Jsonl;
+        if jsonl {
+            write!(self.buf, "{{\"kind\":\"{kind}\",").map_err(Error::Write)?;
+        }
+        let start = self.buf.len();
+        serde_json::to_writer(&mut self.buf, value).map_err(json_write)?;
+        if jsonl {
+            // The value's own opening brace: the kind's brace opened it.
+            self.buf.remove(start);
+        }
+        self.buf.pop();
+        Ok(())
+    }
+
+    fn emit(&mut self, separator: &[u8]) -> Result<(), Error> {
+        self.out.write_all(separator).map_err(Error::Write)?;
+        self.out.write_all(&self.buf).map_err(Error::Write)
+    }
+
+    fn header(&mut self, header: &Header) -> Result<(), Error> {
+        self.open_object("header", header)?;
+        match self.layout {
+            Layout::Json => self.buf.extend_from_slice(b",\"contacts\":["),
+            Layout::Jsonl => self.buf.extend_from_slice(b"}"),
+        }
+        self.emit(b"")
+    }
+
+    fn contact(&mut self, contact: &ContactRecord, first: bool) -> Result<(), Error> {
+        self.open_object("contact", contact)?;
+        self.buf.push(b'}');
+        self.emit(self.separator(first))
+    }
+
+    fn between_sections(&mut self) -> Result<(), Error> {
+        if self.layout == Layout::Json {
+            self.out
+                .write_all(b"\n],\n\"messages\":[")
+                .map_err(Error::Write)?;
+        }
+        Ok(())
+    }
+
+    fn message(
+        &mut self,
+        message: &crate::store::Message,
+        events: &[Event],
+        first: bool,
+    ) -> Result<(), Error> {
+        self.open_object("message", message)?;
+        self.buf.extend_from_slice(b",\"events\":");
+        serde_json::to_writer(&mut self.buf, events).map_err(json_write)?;
+        self.buf.push(b'}');
+        self.emit(self.separator(first))
+    }
+
+    fn separator(&self, first: bool) -> &'static [u8] {
+        match (self.layout, first) {
+            (Layout::Json, true) => b"\n",
+            (Layout::Json, false) => b",\n",
+            (Layout::Jsonl, _) => b"\n",
+        }
+    }
+
+    fn end(&mut self) -> Result<(), Error> {
+        let tail: &[u8] = match self.layout {
+            Layout::Json => b"\n]}\n",
+            Layout::Jsonl => b"\n",
+        };
+        self.out.write_all(tail).map_err(Error::Write)
+    }
+}
+
+fn json_write(e: serde_json::Error) -> Error {
+    Error::Write(io::Error::other(e))
+}

@@ -1,0 +1,557 @@
+//! Import: reads an export (JSON document or JSON Lines) record by record
+//! into the profile, in one pass and one transaction, so a malformed or
+//! truncated file commits nothing.
+//!
+//! Message ids deduplicate and contacts merge by key, so importing the same
+//! file twice changes nothing. The FTS index is not fed row by row through
+//! its trigger (FTS5 flushes at every statement savepoint, three times
+//! slower): the trigger is dropped inside the transaction, the new rows are
+//! indexed with one statement at the end, and the trigger is put back
+//! before the commit.
+
+use std::collections::HashSet;
+use std::fs::File;
+use std::io::{self, BufRead, BufReader, Read};
+use std::path::Path;
+
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine as _;
+use chrono::DateTime;
+use rusqlite::{params, Transaction};
+use serde::Serialize;
+
+use super::{ContactRecord, Error, Header, Line, MessageRecord, Progress, FORMAT, VERSION};
+use crate::clock;
+use crate::identity::{Identity, PublicKey};
+use crate::store::messages::{append_event, Event};
+use crate::store::{self, ContactName, Direction, Merge, Status, Store};
+
+/// The trigger that keeps `messages_fts` in step with live inserts, exactly
+/// as `migrations/V2__messages.sql` creates it.
+pub(crate) const FTS_INSERT_TRIGGER: &str =
+    "CREATE TRIGGER messages_fts_insert AFTER INSERT ON messages BEGIN
+    INSERT INTO messages_fts (rowid, body) VALUES (new.id, new.body);
+END";
+
+/// The page cache an import uses, in KiB.
+const IMPORT_CACHE_KIB: i64 = 128 * 1024;
+
+/// How to import.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ImportOptions {
+    /// Replace this profile's identity with the one in the import.
+    pub force: bool,
+}
+
+/// What an import did.
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct ImportReport {
+    /// New messages stored.
+    pub messages_added: u64,
+    /// Messages already stored (same id), left as they were.
+    pub messages_known: u64,
+    /// New contacts saved.
+    pub contacts_added: u64,
+    /// Contacts already saved with the same key.
+    pub contacts_known: u64,
+    /// Contacts not saved or saved under another name, one line each.
+    pub contact_notes: Vec<String>,
+    /// The identity the profile took from the import, if it did.
+    pub identity_adopted: Option<String>,
+    /// The identity that the import was replacing, with `--force`.
+    pub identity_replaced: Option<String>,
+    /// The export's public key when it differs from the profile's and no
+    /// key pair came with it: its "out" messages were written by that key.
+    pub foreign_export: Option<String>,
+}
+
+/// A problem with one record: `Invalid` is the input's fault and gets its
+/// line or path attached by the reader; `Fatal` is not about the input.
+pub(crate) enum Fault {
+    Invalid(String),
+    Fatal(Error),
+}
+
+impl<E: Into<Error>> From<E> for Fault {
+    fn from(e: E) -> Self {
+        Fault::Fatal(e.into())
+    }
+}
+
+/// Writes records into one open transaction.
+pub(crate) struct Importer<'a> {
+    tx: Transaction<'a>,
+    force: bool,
+    own_key: Option<String>,
+    valid_keys: HashSet<String>,
+    first_new_id: i64,
+    saw_header: bool,
+    report: ImportReport,
+}
+
+impl<'a> Importer<'a> {
+    /// Opens the transaction and detaches the per-row FTS trigger.
+    pub(crate) fn begin(store: &'a mut Store, options: ImportOptions) -> Result<Self, Error> {
+        let own_key = store.identity()?.map(|i| i.public_key().to_base64());
+        // A bulk import touches index pages all over the file: with the
+        // default 2 MB cache SQLite spills dirty pages to the WAL mid-way
+        // and reads them back. The connection ends with the command.
+        store
+            .conn()
+            .pragma_update(None, "cache_size", -IMPORT_CACHE_KIB)?;
+        let tx = store.transaction()?;
+        let last: i64 = tx.query_row("SELECT coalesce(max(id), 0) FROM messages", [], |r| {
+            r.get(0)
+        })?;
+        tx.execute_batch("DROP TRIGGER messages_fts_insert")?;
+        Ok(Self {
+            tx,
+            force: options.force,
+            own_key,
+            valid_keys: HashSet::new(),
+            first_new_id: last + 1,
+            saw_header: false,
+            report: ImportReport::default(),
+        })
+    }
+
+    /// Indexes the new rows, restores the trigger and commits.
+    pub(crate) fn finish(self) -> Result<ImportReport, Error> {
+        self.tx.execute(
+            "INSERT INTO messages_fts (rowid, body)
+             SELECT id, body FROM messages WHERE id >= ?1",
+            [self.first_new_id],
+        )?;
+        self.tx.execute_batch(FTS_INSERT_TRIGGER)?;
+        self.tx.commit()?;
+        Ok(self.report)
+    }
+
+    /// Makes `identity` the profile's: adopted when it has none, refused
+    /// when it has another unless `force`.
+    pub(crate) fn identity(&mut self, identity: &Identity) -> Result<(), Fault> {
+        let key = identity.public_key().to_base64();
+        match &self.own_key {
+            Some(own) if *own == key => return Ok(()),
+            Some(own) if !self.force => {
+                return Err(Fault::Fatal(Error::IdentityConflict {
+                    existing: own.clone(),
+                    incoming: key,
+                }))
+            }
+            _ => {}
+        }
+        let replaced = store::set_identity_tx(&self.tx, identity, true)?;
+        self.report.identity_replaced = replaced.map(|k| k.to_base64());
+        self.report.identity_adopted = Some(key.clone());
+        self.own_key = Some(key);
+        Ok(())
+    }
+
+    /// Starts an import that has no header (the original client's files).
+    pub(crate) fn headerless(&mut self) {
+        self.saw_header = true;
+    }
+
+    /// Checks the header and takes its key pair, if it carries one.
+    pub(crate) fn header(&mut self, header: Header) -> Result<(), Fault> {
+        if self.saw_header {
+            return Err(Fault::Invalid("a second header".into()));
+        }
+        self.saw_header = true;
+        if header.format != FORMAT {
+            return Err(Fault::Invalid(format!(
+                "not a chat-p2p export (format is '{}', expected '{FORMAT}')",
+                header.format
+            )));
+        }
+        if header.version != VERSION {
+            return Err(Fault::Invalid(format!(
+                "export format version {} is not supported (this chat-p2p reads version {VERSION}); upgrade chat-p2p",
+                header.version
+            )));
+        }
+        if let Some(secret) = &header.secret_key {
+            let identity = decode_secret(secret)?;
+            if header.public_key.as_deref() != Some(&identity.public_key().to_base64()) {
+                return Err(Fault::Invalid(
+                    "the secret key does not match the public key".into(),
+                ));
+            }
+            return self.identity(&identity);
+        }
+        if let (Some(theirs), Some(own)) = (&header.public_key, &self.own_key) {
+            if theirs != own {
+                self.report.foreign_export = Some(theirs.clone());
+            }
+        }
+        Ok(())
+    }
+
+    fn require_header(&self) -> Result<(), Fault> {
+        if self.saw_header {
+            Ok(())
+        } else {
+            Err(Fault::Invalid(
+                "the header (format and version) must come before contacts and messages".into(),
+            ))
+        }
+    }
+
+    /// Merges one contact by key.
+    pub(crate) fn contact(&mut self, contact: ContactRecord) -> Result<(), Fault> {
+        self.require_header()?;
+        let name = ContactName::parse(&contact.name)
+            .map_err(|e| Fault::Invalid(format!("contact '{}': {e}", contact.name)))?;
+        let key = PublicKey::parse(&contact.public_key)
+            .map_err(|e| Fault::Invalid(format!("contact '{}': {e}", contact.name)))?;
+        let added_at = match &contact.added_at {
+            Some(at) => normalize(at, "added_at")?,
+            None => clock::now(),
+        };
+        let merge =
+            store::merge_contact_tx(&self.tx, &name, &key, self.own_key.as_deref(), &added_at)?;
+        let note = match merge {
+            Merge::Added => {
+                self.report.contacts_added += 1;
+                return Ok(());
+            }
+            Merge::Unchanged => {
+                self.report.contacts_known += 1;
+                return Ok(());
+            }
+            Merge::KeptName(existing) => {
+                self.report.contacts_known += 1;
+                format!("'{name}' is already saved as '{existing}'; kept '{existing}'")
+            }
+            Merge::NameClash => format!(
+                "'{name}' not saved: another key already has that name; its messages are kept under its fingerprint {}",
+                key.fingerprint()
+            ),
+            Merge::OwnKey => format!("'{name}' not saved: it is this profile's own key"),
+        };
+        self.report.contact_notes.push(note);
+        Ok(())
+    }
+
+    /// Stores one message unless its id is known.
+    pub(crate) fn message(&mut self, record: MessageRecord) -> Result<(), Fault> {
+        self.require_header()?;
+        let m = self.validate(record)?;
+        let added = self
+            .tx
+            .prepare_cached(
+                "INSERT INTO messages
+                     (msg_id, peer_key, direction, body, status, created_at, sent_at,
+                      delivered_at, read_at, received_at, failed_at, failure_reason)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)
+                 ON CONFLICT (msg_id) DO NOTHING",
+            )?
+            .execute(params![
+                m.msg_id,
+                m.peer_key,
+                m.direction,
+                m.body,
+                m.status,
+                m.created_at,
+                m.sent_at,
+                m.delivered_at,
+                m.read_at,
+                m.received_at,
+                m.failed_at,
+                m.failure_reason,
+            ])?;
+        if added == 0 {
+            self.report.messages_known += 1;
+            return Ok(());
+        }
+        self.report.messages_added += 1;
+        let rowid = self.tx.last_insert_rowid();
+        let events = if m.events.is_empty() {
+            timeline(&m)
+        } else {
+            m.events
+        };
+        for e in &events {
+            append_event(&self.tx, rowid, e.status, &e.at, e.detail.as_deref())?;
+        }
+        Ok(())
+    }
+
+    /// Checks a record against what the schema promises, normalising times.
+    fn validate(&mut self, mut m: MessageRecord) -> Result<MessageRecord, Fault> {
+        let id = m.msg_id;
+        let bad = |what: String| Fault::Invalid(format!("message {id}: {what}"));
+        if !self.valid_keys.contains(&m.peer_key) {
+            PublicKey::parse(&m.peer_key).map_err(|e| bad(format!("peer_key: {e}")))?;
+            self.valid_keys.insert(m.peer_key.clone());
+        }
+        if !m.status.fits(m.direction) {
+            return Err(bad(format!(
+                "an {}going message cannot be '{}'",
+                m.direction, m.status
+            )));
+        }
+        m.created_at = normalize(&m.created_at, "created_at").map_err(|e| with_id(e, &id))?;
+        for (field, value) in [
+            ("sent_at", &mut m.sent_at),
+            ("delivered_at", &mut m.delivered_at),
+            ("read_at", &mut m.read_at),
+            ("received_at", &mut m.received_at),
+            ("failed_at", &mut m.failed_at),
+        ] {
+            if let Some(at) = value {
+                *at = normalize(at, field).map_err(|e| with_id(e, &id))?;
+            }
+        }
+        for e in &mut m.events {
+            if !e.status.fits(m.direction) {
+                return Err(bad(format!("an event '{}' does not fit", e.status)));
+            }
+            e.at = normalize(&e.at, "events.at").map_err(|e| with_id(e, &id))?;
+        }
+        Ok(m)
+    }
+}
+
+fn with_id(fault: Fault, id: &store::MessageId) -> Fault {
+    match fault {
+        Fault::Invalid(text) => Fault::Invalid(format!("message {id}: {text}")),
+        other => other,
+    }
+}
+
+/// Rebuilds a timeline from the `*_at` fields, for records without events.
+fn timeline(m: &MessageRecord) -> Vec<Event> {
+    let steps = [
+        (
+            Status::Pending,
+            Some(&m.created_at).filter(|_| m.direction == Direction::Out),
+        ),
+        (Status::Received, m.received_at.as_ref()),
+        (Status::Sent, m.sent_at.as_ref()),
+        (Status::Delivered, m.delivered_at.as_ref()),
+        (Status::Read, m.read_at.as_ref()),
+        (Status::Failed, m.failed_at.as_ref()),
+    ];
+    steps
+        .into_iter()
+        .filter_map(|(status, at)| {
+            at.map(|at| Event {
+                status,
+                at: at.clone(),
+                detail: (status == Status::Failed)
+                    .then(|| m.failure_reason.clone())
+                    .flatten(),
+            })
+        })
+        .collect()
+}
+
+/// Parses an RFC 3339 time and formats it the way the database stores it.
+fn normalize(text: &str, field: &str) -> Result<String, Fault> {
+    DateTime::parse_from_rfc3339(text)
+        .map(|t| clock::format(t.to_utc()))
+        .map_err(|_| Fault::Invalid(format!("{field} '{text}' is not an RFC 3339 time")))
+}
+
+fn decode_secret(text: &str) -> Result<Identity, Fault> {
+    let bytes = zeroize::Zeroizing::new(
+        STANDARD
+            .decode(text.trim())
+            .map_err(|_| Fault::Invalid("secret_key is not base64".into()))?,
+    );
+    let seed: &[u8; 32] = bytes
+        .as_slice()
+        .try_into()
+        .map_err(|_| Fault::Invalid("secret_key is not 32 bytes".into()))?;
+    Ok(Identity::from_secret_bytes(seed))
+}
+
+/// Imports the export at `path`.
+pub fn import_file(
+    store: &mut Store,
+    path: &Path,
+    options: ImportOptions,
+    progress: Progress<'_>,
+) -> Result<ImportReport, Error> {
+    let file = File::open(path).map_err(|source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    import_reader(
+        store,
+        BufReader::with_capacity(1 << 16, file),
+        options,
+        progress,
+    )
+}
+
+/// Imports an export read from `reader`, JSON document or JSON Lines.
+pub fn import_reader(
+    store: &mut Store,
+    reader: impl BufRead,
+    options: ImportOptions,
+    progress: Progress<'_>,
+) -> Result<ImportReport, Error> {
+    let mut reader = Counting {
+        inner: reader,
+        count: 0,
+        reported: 0,
+        progress,
+    };
+    let mut first = Vec::new();
+    (&mut reader)
+        .take(1 << 20)
+        .read_until(b'\n', &mut first)
+        .map_err(read_error)?;
+    if first.iter().all(u8::is_ascii_whitespace) {
+        return Err(malformed("line 1", "the file is empty".into()));
+    }
+    let mut importer = Importer::begin(store, options)?;
+    if is_json_line(&first) {
+        read_lines(&mut importer, &first, reader)?;
+    } else {
+        super::import_doc::read_document(&mut importer, io::Cursor::new(first).chain(reader))?;
+    }
+    if !importer.saw_header {
+        return Err(malformed(
+            "the file",
+            "no header: it does not look like a chat-p2p export".into(),
+        ));
+    }
+    importer.finish()
+}
+
+/// Whether the first line is a whole JSON object with a `kind`: JSON Lines.
+fn is_json_line(first: &[u8]) -> bool {
+    matches!(
+        serde_json::from_slice::<serde_json::Value>(first),
+        Ok(serde_json::Value::Object(map)) if map.contains_key("kind")
+    )
+}
+
+fn read_lines(
+    importer: &mut Importer<'_>,
+    first: &[u8],
+    mut reader: impl BufRead,
+) -> Result<(), Error> {
+    let mut line = String::from_utf8(first.to_vec())
+        .map_err(|_| malformed("line 1", "not UTF-8 text".into()))?;
+    let mut number = 1usize;
+    loop {
+        if !line.trim().is_empty() {
+            let at = || format!("line {number}");
+            let record: Line = serde_json::from_str(&line).map_err(|e| {
+                malformed(
+                    &format!("line {number}, column {}", e.column()),
+                    strip_position(&e),
+                )
+            })?;
+            let result = match record {
+                Line::Header(h) => importer.header(h),
+                Line::Contact(c) => importer.contact(c),
+                Line::Message(m) => importer.message(*m),
+            };
+            result.map_err(|f| fault_at(f, &at()))?;
+        }
+        line.clear();
+        number += 1;
+        if reader.read_line(&mut line).map_err(read_error)? == 0 {
+            return Ok(());
+        }
+    }
+}
+
+/// Turns a record's fault into an error naming where it is.
+pub(crate) fn fault_at(fault: Fault, at: &str) -> Error {
+    match fault {
+        Fault::Invalid(problem) => malformed(at, problem),
+        Fault::Fatal(e) => e,
+    }
+}
+
+pub(crate) fn malformed(at: &str, problem: String) -> Error {
+    Error::Malformed {
+        at: at.to_owned(),
+        problem,
+    }
+}
+
+/// serde_json's message without its " at line L column C" suffix, which
+/// the error states in its own words.
+pub(crate) fn strip_position(e: &serde_json::Error) -> String {
+    let text = e.to_string();
+    match text.rfind(" at line ") {
+        Some(i) => text[..i].to_owned(),
+        None => text,
+    }
+}
+
+fn read_error(e: io::Error) -> Error {
+    if e.kind() == io::ErrorKind::InvalidData {
+        malformed("the file", "not UTF-8 text".into())
+    } else {
+        Error::Io {
+            path: "the import".into(),
+            source: e,
+        }
+    }
+}
+
+/// Counts bytes read and reports them now and then.
+struct Counting<'p, R> {
+    inner: R,
+    count: u64,
+    reported: u64,
+    progress: Progress<'p>,
+}
+
+impl<R: Read> Read for Counting<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.advance(n);
+        Ok(n)
+    }
+}
+
+impl<R> Counting<'_, R> {
+    fn advance(&mut self, n: usize) {
+        self.count += n as u64;
+        if self.count - self.reported >= 1 << 20 || n == 0 {
+            self.reported = self.count;
+            (self.progress)(self.count);
+        }
+    }
+}
+
+impl<R: BufRead> BufRead for Counting<'_, R> {
+    fn fill_buf(&mut self) -> io::Result<&[u8]> {
+        self.inner.fill_buf()
+    }
+
+    fn consume(&mut self, n: usize) {
+        self.inner.consume(n);
+        self.advance(n);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::test_util::temp_store;
+
+    #[test]
+    fn the_trigger_text_matches_the_migration() {
+        let (_dir, store) = temp_store();
+        let sql: String = store
+            .conn()
+            .query_row(
+                "SELECT sql FROM sqlite_schema WHERE name = 'messages_fts_insert'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(sql, FTS_INSERT_TRIGGER);
+    }
+}

@@ -1,0 +1,225 @@
+//! `history`: a conversation's latest messages, or full-text search.
+
+use std::io::{IsTerminal, Write};
+
+use anyhow::Result;
+use chrono::{DateTime, Local};
+use clap::Args;
+use serde_json::json;
+
+use super::{print_json, Context};
+use crate::identity::PublicKey;
+use crate::store::search::{MATCH_END, MATCH_START};
+use crate::store::{self, Direction, Filter, Hit, Message, Order, Status, Store, TimeBound};
+
+/// Arguments of `history`.
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Times are shown in local time; --json gives them in UTC (RFC 3339).\n\
+    Search syntax (FTS5): words match ignoring case and accents; secr* is a prefix; \
+    \"secret plan\" a phrase; AND, OR, NOT and parentheses combine terms."
+)]
+pub struct HistoryArgs {
+    /// A contact's name (or a public key); all conversations when omitted.
+    peer: Option<String>,
+    /// Full-text search query; hits are listed newest first.
+    #[arg(long, short = 's', value_name = "QUERY")]
+    search: Option<String>,
+    /// With --search: order hits by relevance (bm25) instead of newest first.
+    #[arg(long, requires = "search")]
+    rank: bool,
+    /// How many messages (or hits) to show.
+    #[arg(long, short = 'n', default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..))]
+    limit: u32,
+    /// Only messages written at or after this date (a UTC day) or RFC 3339 time.
+    #[arg(long, value_name = "T", value_parser = TimeBound::parse)]
+    since: Option<TimeBound>,
+    /// Only messages written before the end of this date (UTC) or at or before this time.
+    #[arg(long, value_name = "T", value_parser = TimeBound::parse)]
+    until: Option<TimeBound>,
+    /// Only messages with this status (pending, sent, delivered, read, failed, received).
+    #[arg(long, value_name = "S")]
+    status: Option<Status>,
+    /// Only incoming (in) or outgoing (out) messages.
+    #[arg(long, value_name = "in|out")]
+    direction: Option<Direction>,
+    /// With --search: show N messages of the conversation around each hit.
+    #[arg(short = 'C', long = "context", value_name = "N", requires = "search")]
+    context: Option<u32>,
+    /// Print every field as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Shows history or search results.
+pub fn history(ctx: &Context, args: HistoryArgs) -> Result<()> {
+    let store = ctx.open_store()?;
+    let filter = Filter {
+        peer: args
+            .peer
+            .as_deref()
+            .map(|p| resolve_peer(&store, p))
+            .transpose()?,
+        since: args.since.map(|t| t.as_since()),
+        until: args.until.map(|t| t.as_until()),
+        status: args.status,
+        direction: args.direction,
+    };
+    let limit = args.limit as usize;
+    let style = Style::detect();
+    let Some(query) = &args.search else {
+        let messages = store.recent(&filter, limit)?;
+        if args.json {
+            return print_json(&serde_json::to_value(&messages)?);
+        }
+        if messages.is_empty() {
+            println!("No messages.");
+        }
+        let mut out = std::io::stdout().lock();
+        for m in &messages {
+            writeln!(out, "{}", line(m, &style))?;
+        }
+        return Ok(());
+    };
+    let order = if args.rank {
+        Order::Rank
+    } else {
+        Order::Newest
+    };
+    let hits = store.search(query, &filter, order, limit)?;
+    let context = args.context.unwrap_or(0) as usize;
+    if args.json {
+        return print_json(&hits_json(&store, &hits, context)?);
+    }
+    if hits.is_empty() {
+        println!("No messages match.");
+    }
+    let mut out = std::io::stdout().lock();
+    for (i, hit) in hits.iter().enumerate() {
+        if context > 0 {
+            if i > 0 {
+                writeln!(out, "--")?;
+            }
+            let (before, after) = store.context(&hit.message, context)?;
+            for m in &before {
+                writeln!(out, "  {}", line(m, &style))?;
+            }
+            writeln!(out, "> {}", hit_line(hit, &style))?;
+            for m in &after {
+                writeln!(out, "  {}", line(m, &style))?;
+            }
+        } else {
+            writeln!(out, "{}", hit_line(hit, &style))?;
+        }
+    }
+    Ok(())
+}
+
+/// A contact's key by name, or a key typed as such; an unknown name gets
+/// the store's error with suggestions.
+fn resolve_peer(store: &Store, peer: &str) -> Result<PublicKey> {
+    match store.contact(peer) {
+        Ok(contact) => Ok(contact.key),
+        Err(e @ store::Error::UnknownContact { .. }) => {
+            PublicKey::parse(peer).map_err(|_| e.into())
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn hits_json(store: &Store, hits: &[Hit], context: usize) -> Result<serde_json::Value> {
+    let mut out = Vec::with_capacity(hits.len());
+    for hit in hits {
+        let mut value = serde_json::to_value(&hit.message)?;
+        if let Some(obj) = value.as_object_mut() {
+            obj.insert("snippet".into(), json!(plain(&hit.snippet)));
+            if context > 0 {
+                let (before, after) = store.context(&hit.message, context)?;
+                obj.insert("context_before".into(), serde_json::to_value(before)?);
+                obj.insert("context_after".into(), serde_json::to_value(after)?);
+            }
+        }
+        out.push(value);
+    }
+    Ok(serde_json::Value::Array(out))
+}
+
+/// Whether to colour: only on a terminal, and never with NO_COLOR set.
+struct Style {
+    colour: bool,
+}
+
+impl Style {
+    fn detect() -> Self {
+        Self {
+            colour: std::io::stdout().is_terminal()
+                && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()),
+        }
+    }
+
+    fn paint(&self, code: &str, text: &str) -> String {
+        if self.colour {
+            format!("\x1b[{code}m{text}\x1b[0m")
+        } else {
+            text.to_owned()
+        }
+    }
+}
+
+/// `[2026-11-25 20:32] you → bob ✓✓: hello` or `[...] bob: hi`.
+fn line(m: &Message, style: &Style) -> String {
+    let time = style.paint("2", &format!("[{}]", local_time(&m.created_at)));
+    let peer = peer_label(m);
+    match m.direction {
+        Direction::Out => {
+            let mark = match m.status {
+                Status::Failed => style.paint("31", m.status.mark()),
+                s => s.mark().to_owned(),
+            };
+            format!("{time} you → {peer} {mark}: {}", m.body)
+        }
+        Direction::In => format!("{time} {}: {}", style.paint("1", &peer), m.body),
+    }
+}
+
+/// `bob  [2026-11-25 20:32] you: a secret plan` with the matches marked.
+fn hit_line(hit: &Hit, style: &Style) -> String {
+    let m = &hit.message;
+    let who = match m.direction {
+        Direction::Out => format!("you {}", m.status.mark()).trim_end().to_owned(),
+        Direction::In => peer_label(m),
+    };
+    let snippet = if style.colour {
+        hit.snippet
+            .replace(MATCH_START, "\x1b[1;33m")
+            .replace(MATCH_END, "\x1b[0m")
+    } else {
+        plain(&hit.snippet)
+    };
+    format!(
+        "{}  {} {who}: {snippet}",
+        style.paint("1", &peer_label(m)),
+        style.paint("2", &format!("[{}]", local_time(&m.created_at))),
+    )
+}
+
+fn plain(snippet: &str) -> String {
+    snippet.replace([MATCH_START, MATCH_END], "")
+}
+
+/// The contact's name, or "unknown" with the key's fingerprint.
+fn peer_label(m: &Message) -> String {
+    match &m.contact {
+        Some(name) => name.clone(),
+        None => match PublicKey::parse(&m.peer_key) {
+            Ok(key) => format!("unknown ({})", key.fingerprint()),
+            Err(_) => "unknown".to_owned(),
+        },
+    }
+}
+
+fn local_time(stored: &str) -> String {
+    DateTime::parse_from_rfc3339(stored)
+        .map(|t| t.with_timezone(&Local).format("%Y-%m-%d %H:%M").to_string())
+        .unwrap_or_else(|_| stored.to_owned())
+}

@@ -1,0 +1,418 @@
+//! The `messages` and `message_events` tables: what the chat client writes
+//! and updates, each operation in a `*_tx` form for a caller's transaction
+//! plus a [`Store`] method that opens and commits one.
+//!
+//! Every status change goes through [`apply_status_tx`], which asks
+//! [`Status::may_become`] and appends the event in the same transaction.
+
+use rusqlite::{params, OptionalExtension, Row, Transaction};
+use serde::Serialize;
+
+use super::status::{Direction, MessageId, Status};
+use super::{Error, Result, Store};
+use crate::clock;
+use crate::identity::PublicKey;
+
+/// One stored message with every status field.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Message {
+    /// Local row id (arrival order here).
+    #[serde(skip)]
+    pub id: i64,
+    /// The wire id.
+    pub msg_id: MessageId,
+    /// The other side's public key (base64).
+    pub peer_key: String,
+    /// The contact's name for `peer_key`, if it is a contact.
+    pub contact: Option<String>,
+    /// Who wrote it.
+    pub direction: Direction,
+    /// The text.
+    pub body: String,
+    /// Where it is in its life.
+    pub status: Status,
+    /// The author's clock when written.
+    pub created_at: String,
+    /// When the router accepted it (outgoing).
+    pub sent_at: Option<String>,
+    /// When the peer stored it (outgoing).
+    pub delivered_at: Option<String>,
+    /// When it was read (by the peer for outgoing, here for incoming).
+    pub read_at: Option<String>,
+    /// When it was stored here (incoming).
+    pub received_at: Option<String>,
+    /// When sending was given up (outgoing).
+    pub failed_at: Option<String>,
+    /// Why sending was given up.
+    pub failure_reason: Option<String>,
+}
+
+/// One status change in a message's timeline.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct Event {
+    /// The status reached.
+    pub status: Status,
+    /// When (UTC, RFC 3339).
+    pub at: String,
+    /// E.g. a failure reason.
+    #[serde(default)]
+    pub detail: Option<String>,
+}
+
+/// What [`insert_incoming_tx`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Inserted {
+    /// The message is new and now stored.
+    New(Box<Message>),
+    /// A message with this id was already stored; nothing changed.
+    Duplicate,
+}
+
+/// The columns [`message_from_row`] reads, from `messages m` joined with
+/// `contacts c`.
+pub(crate) const MESSAGE_COLUMNS: &str = "m.id, m.msg_id, m.peer_key, c.name, m.direction, \
+     m.body, m.status, m.created_at, m.sent_at, m.delivered_at, m.read_at, m.received_at, \
+     m.failed_at, m.failure_reason";
+
+/// The FROM clause that goes with [`MESSAGE_COLUMNS`].
+pub(crate) const MESSAGE_FROM: &str =
+    "messages AS m LEFT JOIN contacts AS c ON c.public_key = m.peer_key";
+
+/// Reads a message from a row selected with [`MESSAGE_COLUMNS`].
+pub(crate) fn message_from_row(row: &Row<'_>) -> rusqlite::Result<Message> {
+    Ok(Message {
+        id: row.get(0)?,
+        msg_id: row.get(1)?,
+        peer_key: row.get(2)?,
+        contact: row.get(3)?,
+        direction: row.get(4)?,
+        body: row.get(5)?,
+        status: row.get(6)?,
+        created_at: row.get(7)?,
+        sent_at: row.get(8)?,
+        delivered_at: row.get(9)?,
+        read_at: row.get(10)?,
+        received_at: row.get(11)?,
+        failed_at: row.get(12)?,
+        failure_reason: row.get(13)?,
+    })
+}
+
+/// The message stored with `msg_id`, if any.
+pub fn message_tx(tx: &rusqlite::Connection, msg_id: &MessageId) -> Result<Option<Message>> {
+    Ok(tx
+        .query_row(
+            &format!("SELECT {MESSAGE_COLUMNS} FROM {MESSAGE_FROM} WHERE m.msg_id = ?1"),
+            [msg_id],
+            message_from_row,
+        )
+        .optional()?)
+}
+
+fn require(tx: &rusqlite::Connection, msg_id: &MessageId) -> Result<Message> {
+    message_tx(tx, msg_id)?.ok_or_else(|| Error::UnknownMessage(msg_id.to_text()))
+}
+
+/// Appends one row to a message's timeline.
+pub(crate) fn append_event(
+    tx: &rusqlite::Connection,
+    rowid: i64,
+    status: Status,
+    at: &str,
+    detail: Option<&str>,
+) -> Result<()> {
+    tx.prepare_cached(
+        "INSERT INTO message_events (message_id, status, at, detail)
+         VALUES (?1, ?2, ?3, ?4)",
+    )?
+    .execute(params![rowid, status, at, detail])?;
+    Ok(())
+}
+
+/// Stores a new outgoing message, `pending`, before anything is sent.
+pub fn insert_outgoing_tx(tx: &Transaction<'_>, peer: &PublicKey, body: &str) -> Result<Message> {
+    let msg_id = MessageId::new_v7();
+    let now = clock::now();
+    tx.execute(
+        "INSERT INTO messages (msg_id, peer_key, direction, body, status, created_at)
+         VALUES (?1, ?2, 'out', ?3, 'pending', ?4)",
+        params![msg_id, peer.to_base64(), body, now],
+    )?;
+    append_event(tx, tx.last_insert_rowid(), Status::Pending, &now, None)?;
+    require(tx, &msg_id)
+}
+
+/// Stores a received message unless its id is already known (at-least-once
+/// delivery repeats messages). `created_at` is the author's clock.
+pub fn insert_incoming_tx(
+    tx: &Transaction<'_>,
+    msg_id: &MessageId,
+    peer: &PublicKey,
+    body: &str,
+    created_at: &str,
+) -> Result<Inserted> {
+    let now = clock::now();
+    let added = tx.execute(
+        "INSERT INTO messages
+             (msg_id, peer_key, direction, body, status, created_at, received_at)
+         VALUES (?1, ?2, 'in', ?3, 'received', ?4, ?5)
+         ON CONFLICT (msg_id) DO NOTHING",
+        params![msg_id, peer.to_base64(), body, created_at, now],
+    )?;
+    if added == 0 {
+        return Ok(Inserted::Duplicate);
+    }
+    append_event(tx, tx.last_insert_rowid(), Status::Received, &now, None)?;
+    Ok(Inserted::New(Box::new(require(tx, msg_id)?)))
+}
+
+/// Moves a message to `status` at time `at` if [`Status::may_become`]
+/// allows it, setting the matching `*_at` column (and `failure_reason` from
+/// `detail` for `failed`) and appending the event. Returns whether anything
+/// changed: a repeated or late event changes nothing and appends nothing.
+pub fn apply_status_tx(
+    tx: &Transaction<'_>,
+    msg_id: &MessageId,
+    status: Status,
+    at: &str,
+    detail: Option<&str>,
+) -> Result<bool> {
+    let current = require(tx, msg_id)?;
+    if !status.fits(current.direction) {
+        return Err(Error::StatusMismatch {
+            msg_id: msg_id.to_text(),
+            direction: current.direction.to_string(),
+            status: status.to_string(),
+        });
+    }
+    if !current.status.may_become(status) {
+        return Ok(false);
+    }
+    // The column name comes from a closed match, never from input.
+    let column = status.time_column();
+    let reason = if status == Status::Failed {
+        detail
+    } else {
+        None
+    };
+    tx.execute(
+        &format!(
+            "UPDATE messages SET status = ?1, {column} = ?2,
+                 failure_reason = CASE WHEN ?1 = 'failed' THEN ?3 ELSE NULL END
+             WHERE id = ?4"
+        ),
+        params![status, at, reason, current.id],
+    )?;
+    append_event(tx, current.id, status, at, detail)?;
+    Ok(true)
+}
+
+/// Outgoing messages still `pending`, oldest first: what to send on connect.
+pub fn outbox_tx(tx: &rusqlite::Connection) -> Result<Vec<Message>> {
+    let mut stmt = tx.prepare_cached(&format!(
+        "SELECT {MESSAGE_COLUMNS} FROM {MESSAGE_FROM}
+         WHERE m.status = 'pending' AND m.direction = 'out'
+         ORDER BY m.id"
+    ))?;
+    let rows = stmt.query_map([], message_from_row)?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+/// A message's timeline, oldest first.
+pub fn events_tx(tx: &rusqlite::Connection, msg_id: &MessageId) -> Result<Vec<Event>> {
+    let mut stmt = tx.prepare_cached(
+        "SELECT e.status, e.at, e.detail
+         FROM message_events AS e JOIN messages AS m ON m.id = e.message_id
+         WHERE m.msg_id = ?1 ORDER BY e.id",
+    )?;
+    let rows = stmt.query_map([msg_id], |r| {
+        Ok(Event {
+            status: r.get(0)?,
+            at: r.get(1)?,
+            detail: r.get(2)?,
+        })
+    })?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+impl Store {
+    /// Opens a transaction for the `*_tx` functions.
+    pub fn transaction(&mut self) -> Result<Transaction<'_>> {
+        Ok(self.conn.transaction()?)
+    }
+
+    /// See [`insert_outgoing_tx`].
+    pub fn insert_outgoing(&mut self, peer: &PublicKey, body: &str) -> Result<Message> {
+        let tx = self.conn.transaction()?;
+        let message = insert_outgoing_tx(&tx, peer, body)?;
+        tx.commit()?;
+        Ok(message)
+    }
+
+    /// See [`insert_incoming_tx`].
+    pub fn insert_incoming(
+        &mut self,
+        msg_id: &MessageId,
+        peer: &PublicKey,
+        body: &str,
+        created_at: &str,
+    ) -> Result<Inserted> {
+        let tx = self.conn.transaction()?;
+        let inserted = insert_incoming_tx(&tx, msg_id, peer, body, created_at)?;
+        tx.commit()?;
+        Ok(inserted)
+    }
+
+    /// See [`apply_status_tx`].
+    pub fn apply_status(
+        &mut self,
+        msg_id: &MessageId,
+        status: Status,
+        at: &str,
+        detail: Option<&str>,
+    ) -> Result<bool> {
+        let tx = self.conn.transaction()?;
+        let changed = apply_status_tx(&tx, msg_id, status, at, detail)?;
+        tx.commit()?;
+        Ok(changed)
+    }
+
+    /// See [`outbox_tx`].
+    pub fn outbox(&self) -> Result<Vec<Message>> {
+        outbox_tx(&self.conn)
+    }
+
+    /// The message with `msg_id`, if stored.
+    pub fn message(&self, msg_id: &MessageId) -> Result<Option<Message>> {
+        message_tx(&self.conn, msg_id)
+    }
+
+    /// See [`events_tx`].
+    pub fn events(&self, msg_id: &MessageId) -> Result<Vec<Event>> {
+        events_tx(&self.conn, msg_id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::identity::Identity;
+    use crate::store::test_util::temp_store;
+
+    fn key() -> PublicKey {
+        Identity::generate().public_key()
+    }
+
+    fn statuses(store: &Store, id: &MessageId) -> Vec<Status> {
+        store
+            .events(id)
+            .unwrap()
+            .into_iter()
+            .map(|e| e.status)
+            .collect()
+    }
+
+    #[test]
+    fn outgoing_starts_pending_in_the_outbox() {
+        let (_dir, mut store) = temp_store();
+        let m = store.insert_outgoing(&key(), "hello").unwrap();
+        assert_eq!(m.status, Status::Pending);
+        assert_eq!(m.direction, Direction::Out);
+        assert_eq!(store.outbox().unwrap(), vec![m.clone()]);
+        assert_eq!(statuses(&store, &m.msg_id), [Status::Pending]);
+    }
+
+    #[test]
+    fn status_moves_forward_only_and_logs_each_change() {
+        let (_dir, mut store) = temp_store();
+        let m = store.insert_outgoing(&key(), "hi").unwrap();
+        let id = m.msg_id;
+        assert!(store
+            .apply_status(&id, Status::Sent, "2026-01-01T00:00:01.000Z", None)
+            .unwrap());
+        // Out of order: read arrives before delivered.
+        assert!(store
+            .apply_status(&id, Status::Read, "2026-01-01T00:00:03.000Z", None)
+            .unwrap());
+        assert!(!store
+            .apply_status(&id, Status::Delivered, "2026-01-01T00:00:02.000Z", None)
+            .unwrap());
+        assert!(!store
+            .apply_status(&id, Status::Read, "2026-01-01T00:00:04.000Z", None)
+            .unwrap());
+        assert!(!store
+            .apply_status(&id, Status::Failed, "2026-01-01T00:00:05.000Z", Some("x"))
+            .unwrap());
+        let now = store.message(&id).unwrap().unwrap();
+        assert_eq!(now.status, Status::Read);
+        assert_eq!(now.sent_at.as_deref(), Some("2026-01-01T00:00:01.000Z"));
+        assert_eq!(now.delivered_at, None);
+        assert_eq!(now.read_at.as_deref(), Some("2026-01-01T00:00:03.000Z"));
+        assert_eq!(
+            statuses(&store, &id),
+            [Status::Pending, Status::Sent, Status::Read]
+        );
+        assert!(store.outbox().unwrap().is_empty());
+    }
+
+    #[test]
+    fn failure_keeps_its_reason() {
+        let (_dir, mut store) = temp_store();
+        let id = store.insert_outgoing(&key(), "hi").unwrap().msg_id;
+        let at = "2026-01-01T00:00:01.000Z";
+        assert!(store
+            .apply_status(&id, Status::Failed, at, Some("router refused"))
+            .unwrap());
+        let m = store.message(&id).unwrap().unwrap();
+        assert_eq!(m.status, Status::Failed);
+        assert_eq!(m.failure_reason.as_deref(), Some("router refused"));
+        assert_eq!(m.failed_at.as_deref(), Some(at));
+        let events = store.events(&id).unwrap();
+        assert_eq!(events[1].detail.as_deref(), Some("router refused"));
+        assert!(!store.apply_status(&id, Status::Failed, at, None).unwrap());
+    }
+
+    #[test]
+    fn incoming_is_deduplicated_by_id() {
+        let (_dir, mut store) = temp_store();
+        let (id, peer) = (MessageId::new_v7(), key());
+        let at = "2026-01-01T00:00:00.000Z";
+        let first = store.insert_incoming(&id, &peer, "yo", at).unwrap();
+        assert!(matches!(first, Inserted::New(m) if m.status == Status::Received));
+        assert_eq!(
+            store.insert_incoming(&id, &peer, "yo", at).unwrap(),
+            Inserted::Duplicate
+        );
+        assert_eq!(statuses(&store, &id), [Status::Received]);
+        assert!(store.apply_status(&id, Status::Read, at, None).unwrap());
+        assert!(!store.apply_status(&id, Status::Read, at, None).unwrap());
+    }
+
+    #[test]
+    fn statuses_of_the_other_direction_are_refused() {
+        let (_dir, mut store) = temp_store();
+        let id = MessageId::new_v7();
+        let at = "2026-01-01T00:00:00.000Z";
+        store.insert_incoming(&id, &key(), "yo", at).unwrap();
+        assert!(matches!(
+            store.apply_status(&id, Status::Delivered, at, None),
+            Err(Error::StatusMismatch { .. })
+        ));
+        assert!(matches!(
+            store.apply_status(&MessageId::new_v7(), Status::Read, at, None),
+            Err(Error::UnknownMessage(_))
+        ));
+    }
+
+    #[test]
+    fn messages_show_the_contact_name_when_there_is_one() {
+        let (_dir, mut store) = temp_store();
+        let peer = key();
+        let m = store.insert_outgoing(&peer, "hi").unwrap();
+        assert_eq!(m.contact, None);
+        let name = crate::store::ContactName::parse("bob").unwrap();
+        store.add_contact(&name, &peer).unwrap();
+        let m = store.message(&m.msg_id).unwrap().unwrap();
+        assert_eq!(m.contact.as_deref(), Some("bob"));
+    }
+}
