@@ -11,6 +11,8 @@
 
 pub mod cli;
 pub mod clock;
+pub mod crypto;
 pub mod identity;
 pub mod profile;
+pub mod protocol;
 pub mod store;
