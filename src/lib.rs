@@ -15,4 +15,5 @@ pub mod crypto;
 pub mod identity;
 pub mod profile;
 pub mod protocol;
+pub mod router;
 pub mod store;
