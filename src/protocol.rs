@@ -12,7 +12,6 @@
 //! statement and no two field splits give the same bytes.
 
 use base64::engine::general_purpose::STANDARD;
-use base64::Engine as _;
 use ed25519_dalek::{Signature, Signer as _};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;

@@ -5,6 +5,7 @@
 
 mod contacts;
 mod identity;
+mod router;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -65,6 +66,9 @@ enum Command {
     RemoveContact(contacts::RemoveArgs),
     /// Give a contact another name.
     RenameContact(contacts::RenameArgs),
+    /// Run a router: relays end-to-end encrypted frames between peers and
+    /// queues them durably for offline recipients.
+    Router(router::RouterArgs),
 }
 
 /// What every command needs, resolved once from the arguments and the
@@ -164,14 +168,21 @@ pub fn main() -> ExitCode {
 
 /// Runs a parsed command.
 pub fn run(cli: Cli) -> Result<()> {
+    // A router has no profile: it must not need one to resolve.
+    let command = match cli.command {
+        Command::Router(args) => return router::run(args, cli.global.home),
+        other => other,
+    };
     let ctx = Context::resolve(cli.global)?;
-    match cli.command {
+    match command {
         Command::Init(args) => identity::init(&ctx, args),
         Command::Whoami(args) => identity::whoami(&ctx, args),
         Command::AddContact(args) => contacts::add(&ctx, args),
         Command::ListContacts(args) | Command::Contacts(args) => contacts::list(&ctx, args),
         Command::RemoveContact(args) => contacts::remove(&ctx, args),
         Command::RenameContact(args) => contacts::rename(&ctx, args),
+        // Not reached (routed above); kept correct rather than panicking.
+        Command::Router(args) => router::run(args, ctx.profile.dir.parent().map(PathBuf::from)),
     }
 }
 

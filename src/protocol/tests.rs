@@ -1,4 +1,5 @@
 use super::*;
+use base64::Engine as _;
 
 fn alice() -> Identity {
     Identity::from_secret_bytes(&[0x01; 32])
