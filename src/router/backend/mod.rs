@@ -30,6 +30,8 @@ pub struct NewFrame {
 }
 
 /// What happened to one submitted frame.
+// Mostly `Stored`, so boxing it would only add an allocation.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Enqueued {
     /// Committed now.
