@@ -7,6 +7,7 @@ mod archive;
 mod contacts;
 mod history;
 mod identity;
+mod router;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -74,6 +75,9 @@ enum Command {
     /// Read an export (or, with --legacy, the original client's files)
     /// into this profile; importing twice changes nothing.
     Import(archive::ImportArgs),
+    /// Run a router: relays end-to-end encrypted frames between peers and
+    /// queues them durably for offline recipients.
+    Router(router::RouterArgs),
 }
 
 /// What every command needs, resolved once from the arguments and the
@@ -173,8 +177,13 @@ pub fn main() -> ExitCode {
 
 /// Runs a parsed command.
 pub fn run(cli: Cli) -> Result<()> {
+    // A router has no profile: it must not need one to resolve.
+    let command = match cli.command {
+        Command::Router(args) => return router::run(args, cli.global.home),
+        other => other,
+    };
     let ctx = Context::resolve(cli.global)?;
-    match cli.command {
+    match command {
         Command::Init(args) => identity::init(&ctx, args),
         Command::Whoami(args) => identity::whoami(&ctx, args),
         Command::AddContact(args) => contacts::add(&ctx, args),
@@ -184,6 +193,8 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::History(args) => history::history(&ctx, args),
         Command::Export(args) => archive::export(&ctx, args),
         Command::Import(args) => archive::import(&ctx, args),
+        // Not reached (routed above); kept correct rather than panicking.
+        Command::Router(args) => router::run(args, ctx.profile.dir.parent().map(PathBuf::from)),
     }
 }
 

@@ -142,3 +142,8 @@ pub fn write_jsonl(path: &Path, records: &[Value]) {
 pub fn id(n: u32) -> String {
     format!("00000000-0000-7000-8000-{n:012}")
 }
+
+// The router and raw WebSocket clients, for tests that need the network.
+mod net;
+#[allow(unused_imports)]
+pub use net::*;

@@ -1,0 +1,112 @@
+//! `router`: runs a router until SIGINT or SIGTERM.
+
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context as _, Result};
+use clap::Args;
+
+use crate::router::{self, RouterConfig};
+
+/// Arguments of `router`.
+#[derive(Debug, Args)]
+pub struct RouterArgs {
+    /// Address to listen on; port 0 picks a free port (the bound address is
+    /// printed on start).
+    #[arg(long, default_value = "127.0.0.1:8080", value_name = "ADDR")]
+    listen: SocketAddr,
+    /// Directory for the queue database [default: <home>/router, where home
+    /// is --home, CHAT_HOME or the platform data directory].
+    #[arg(long, value_name = "DIR")]
+    data: Option<PathBuf>,
+    /// Largest frame accepted, in bytes.
+    #[arg(long, default_value_t = 65_536, value_name = "BYTES")]
+    max_frame_bytes: usize,
+    /// Most frames queued for one recipient.
+    #[arg(long, default_value_t = 10_000, value_name = "N")]
+    max_queued: u64,
+    /// Days an undelivered frame is kept before it is dropped.
+    #[arg(long, default_value_t = 30, value_name = "DAYS")]
+    retention_days: u64,
+    /// Frames per second one connection may send.
+    #[arg(long, default_value_t = 100, value_name = "N")]
+    max_rate: u32,
+    /// Most simultaneous connections.
+    #[arg(long, default_value_t = 20_000, value_name = "N")]
+    max_connections: usize,
+    /// Seconds a client has to authenticate.
+    #[arg(long, default_value_t = 10, value_name = "SECS")]
+    auth_timeout: u64,
+    /// Seconds between keep-alive pings; silent sessions are reaped after two.
+    #[arg(long, default_value_t = 30, value_name = "SECS")]
+    ping_interval: u64,
+    /// Frames delivered to a client and not yet acknowledged, at most.
+    #[arg(long, default_value_t = 256, value_name = "N")]
+    delivery_window: usize,
+}
+
+impl RouterArgs {
+    fn config(self, home: Option<PathBuf>) -> Result<(SocketAddr, RouterConfig)> {
+        let data = match self.data {
+            Some(dir) => dir,
+            None => home
+                .or_else(crate::profile::default_home)
+                .context("cannot find a data directory: pass --data DIR")?
+                .join("router"),
+        };
+        let mut config = RouterConfig::new(data);
+        config.max_frame_bytes = self.max_frame_bytes;
+        config.max_queued_per_recipient = self.max_queued;
+        config.retention = Duration::from_secs(self.retention_days.saturating_mul(86_400));
+        config.max_frames_per_sec = self.max_rate;
+        config.max_connections = self.max_connections;
+        config.auth_timeout = Duration::from_secs(self.auth_timeout);
+        config.ping_interval = Duration::from_secs(self.ping_interval.max(1));
+        config.delivery_window = self.delivery_window;
+        Ok((self.listen, config))
+    }
+}
+
+/// Runs the router in the foreground.
+pub fn run(args: RouterArgs, home: Option<PathBuf>) -> Result<()> {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .try_init();
+    let (listen, config) = args.config(home)?;
+    let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("cannot listen on {listen}"))?;
+        let bound = listener.local_addr()?;
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "listening on {bound}")?;
+        out.flush()?;
+        drop(out);
+        router::serve(listener, config, shutdown_signal())
+            .await
+            .context("the router failed")
+    })
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
+}

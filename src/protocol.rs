@@ -1,0 +1,498 @@
+//! Wire protocol v1: the JSON frames router and clients exchange over a
+//! WebSocket, the exact byte strings that are signed, and the client-side
+//! helpers that seal and open messages.
+//!
+//! `docs/PROTOCOL.md` is the specification; this module is its reference
+//! implementation and the unit tests check its test vector.
+//!
+//! Every signed or encrypted-over byte string is a concatenation of
+//! length-prefixed parts ([`crate::crypto::length_prefixed`]: a 4-byte
+//! big-endian length, then the bytes), opened by a label naming its purpose
+//! and version, so no signature can be replayed as another kind of
+//! statement and no two field splits give the same bytes.
+
+use base64::engine::general_purpose::STANDARD;
+use ed25519_dalek::{Signature, Signer as _};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::crypto::{self, length_prefixed, CryptoError, NONCE_LEN};
+use crate::identity::{Identity, PublicKey};
+
+/// The protocol version this build speaks.
+pub const VERSION: u32 = 1;
+
+/// The versions a router built from this code accepts, newest first.
+pub const SUPPORTED_VERSIONS: &[u32] = &[VERSION];
+
+/// The default cap on a frame's size, in bytes of JSON text.
+pub const MAX_FRAME_BYTES: usize = 64 * 1024;
+
+/// The label opening the bytes signed to authenticate a session.
+pub const AUTH_LABEL: &[u8] = b"chat-p2p/auth";
+/// The label opening the bytes a message signature covers.
+pub const MESSAGE_SIG_LABEL: &[u8] = b"chat-p2p/v1/message-sig";
+/// The label opening a message's associated data.
+pub const MESSAGE_AD_LABEL: &[u8] = b"chat-p2p/v1/message-ad";
+
+/// Length of the nonce a router sends in its challenge.
+pub const CHALLENGE_LEN: usize = 32;
+
+/// Every frame of protocol v1, told apart by its `"type"`.
+// Frames live briefly on the stack, one at a time: boxing the message
+// variant would cost an allocation per frame for nothing.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "kebab-case")]
+pub enum Frame {
+    /// Router to client, first frame of a session.
+    Challenge(Challenge),
+    /// Client to router, the answer to the challenge.
+    Auth(Auth),
+    /// Router to client: the session is authenticated.
+    Ready(Ready),
+    /// Either way: an end-to-end encrypted message or receipt.
+    Message(MessageFrame),
+    /// Either way: a frame is durably stored (router to sender, with `at`),
+    /// or received and stored by the recipient (client to router).
+    Ack(Ack),
+    /// Router to client: something was refused.
+    Error(ErrorFrame),
+}
+
+/// The router's challenge: a fresh random nonce, and the versions it speaks.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Challenge {
+    /// Protocol versions the router accepts, newest first.
+    pub versions: Vec<u32>,
+    /// 32 random bytes the client must sign.
+    #[serde(with = "b64_array")]
+    pub nonce: [u8; CHALLENGE_LEN],
+}
+
+/// The client's proof that it holds the key it connected as.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Auth {
+    /// The protocol version the client chose from the challenge's list.
+    pub version: u32,
+    /// ed25519 signature over [`auth_signed_bytes`].
+    #[serde(with = "b64_array")]
+    pub sig: [u8; 64],
+}
+
+/// The router accepted the session.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ready {
+    /// The version in use for this session.
+    pub version: u32,
+    /// The key the session is authenticated as.
+    pub key: PublicKey,
+}
+
+/// An end-to-end encrypted, signed message (text or receipt).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MessageFrame {
+    /// Unique message id chosen by the author (UUID, v7 preferred).
+    pub id: Uuid,
+    /// The author's key.
+    pub from: PublicKey,
+    /// The recipient's key.
+    pub to: PublicKey,
+    /// The author's clock, RFC 3339 UTC with milliseconds.
+    pub ts: String,
+    /// The encrypted content.
+    pub payload: Payload,
+    /// ed25519 signature by `from` over [`message_signed_bytes`].
+    #[serde(with = "b64_array")]
+    pub sig: [u8; 64],
+}
+
+/// The encrypted part of a message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Payload {
+    /// The fresh random 24-byte XChaCha20-Poly1305 nonce.
+    #[serde(with = "b64_array")]
+    pub nonce: [u8; NONCE_LEN],
+    /// Ciphertext with its 16-byte Poly1305 tag appended.
+    #[serde(with = "b64_vec")]
+    pub ciphertext: Vec<u8>,
+}
+
+/// An acknowledgement of one message id.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ack {
+    /// The acknowledged message.
+    pub id: Uuid,
+    /// When the router committed it (router to sender only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub at: Option<String>,
+}
+
+/// A refusal, with a stable machine-readable code.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorFrame {
+    /// The message concerned, when the refused frame had a readable id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<Uuid>,
+    /// What went wrong, stable across versions.
+    pub code: ErrorCode,
+    /// What went wrong, for people.
+    pub message: String,
+}
+
+/// The stable error codes of protocol v1.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ErrorCode {
+    /// Not JSON, not a known frame shape, or a field is invalid.
+    BadFrame,
+    /// A `type` this router does not know. The connection stays up.
+    UnknownType,
+    /// Larger than the router's frame size limit.
+    TooLarge,
+    /// A message whose `from` is not the session's key.
+    SpoofedFrom,
+    /// A frame other than `auth` before the session is authenticated.
+    NotAuthenticated,
+    /// The `auth` signature does not verify.
+    BadSignature,
+    /// No `auth` within the router's auth timeout.
+    AuthTimeout,
+    /// The client chose a version the router does not speak.
+    UnsupportedVersion,
+    /// More frames per second than the router allows one connection.
+    RateLimited,
+    /// The recipient has as many frames queued as the router allows.
+    QuotaExceeded,
+    /// The router has as many connections as it allows.
+    TooManyConnections,
+    /// The recipient does not read its frames fast enough.
+    TooSlow,
+    /// The router failed to store the frame; send it again later.
+    Internal,
+    /// A code from a newer version of the protocol.
+    #[serde(other)]
+    Unknown,
+}
+
+impl ErrorCode {
+    /// The code as it appears on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::BadFrame => "bad-frame",
+            Self::UnknownType => "unknown-type",
+            Self::TooLarge => "too-large",
+            Self::SpoofedFrom => "spoofed-from",
+            Self::NotAuthenticated => "not-authenticated",
+            Self::BadSignature => "bad-signature",
+            Self::AuthTimeout => "auth-timeout",
+            Self::UnsupportedVersion => "unsupported-version",
+            Self::RateLimited => "rate-limited",
+            Self::QuotaExceeded => "quota-exceeded",
+            Self::TooManyConnections => "too-many-connections",
+            Self::TooSlow => "too-slow",
+            Self::Internal => "internal",
+            Self::Unknown => "unknown",
+        }
+    }
+}
+
+/// The plaintext inside a message's ciphertext. Receipts travel as messages
+/// too, so the router cannot tell them from text.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum Content {
+    /// A text message.
+    Text {
+        /// The text.
+        body: String,
+    },
+    /// The author stored these messages.
+    Delivered {
+        /// The message ids.
+        ids: Vec<Uuid>,
+    },
+    /// The author displayed these messages.
+    Read {
+        /// The message ids.
+        ids: Vec<Uuid>,
+    },
+}
+
+/// Why a frame could not be parsed, or a message not sealed or opened.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ProtocolError {
+    /// Longer than the size limit.
+    #[error("frame of {size} bytes is larger than the limit of {limit} bytes")]
+    TooLarge {
+        /// The frame's size.
+        size: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// A `type` we do not know.
+    #[error("unknown frame type '{0}'")]
+    UnknownType(String),
+    /// Not JSON or not a valid frame.
+    #[error("malformed frame: {0}")]
+    BadFrame(String),
+    /// `ts` is not an RFC 3339 time.
+    #[error("'ts' is not an RFC 3339 timestamp")]
+    BadTimestamp,
+    /// The message signature does not verify against `from`.
+    #[error("the message signature does not verify: it was altered or forged")]
+    BadSignature,
+    /// The message is addressed to another key.
+    #[error("the message is addressed to another key")]
+    NotForMe,
+    /// Encryption or decryption failed.
+    #[error(transparent)]
+    Crypto(#[from] CryptoError),
+    /// The decrypted content is not valid content JSON.
+    #[error("the decrypted content is malformed: {0}")]
+    BadContent(String),
+}
+
+impl ProtocolError {
+    /// The wire error code for a frame refused with this error.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            Self::TooLarge { .. } => ErrorCode::TooLarge,
+            Self::UnknownType(_) => ErrorCode::UnknownType,
+            _ => ErrorCode::BadFrame,
+        }
+    }
+}
+
+/// Parses one text frame with the default size limit.
+pub fn parse(text: &str) -> Result<Frame, ProtocolError> {
+    parse_with_limit(text, MAX_FRAME_BYTES)
+}
+
+/// Parses one text frame of at most `limit` bytes. Never panics.
+pub fn parse_with_limit(text: &str, limit: usize) -> Result<Frame, ProtocolError> {
+    if text.len() > limit {
+        return Err(ProtocolError::TooLarge {
+            size: text.len(),
+            limit,
+        });
+    }
+    match serde_json::from_str::<Frame>(text) {
+        Ok(frame) => {
+            check(&frame)?;
+            Ok(frame)
+        }
+        Err(e) => Err(classify(text, e)),
+    }
+}
+
+/// Parses raw bytes (e.g. a WebSocket binary frame) as a text frame.
+pub fn from_slice(bytes: &[u8], limit: usize) -> Result<Frame, ProtocolError> {
+    if bytes.len() > limit {
+        return Err(ProtocolError::TooLarge {
+            size: bytes.len(),
+            limit,
+        });
+    }
+    let text = std::str::from_utf8(bytes)
+        .map_err(|_| ProtocolError::BadFrame("not UTF-8 text".to_owned()))?;
+    parse_with_limit(text, limit)
+}
+
+/// Checks what serde cannot: the timestamp's format.
+fn check(frame: &Frame) -> Result<(), ProtocolError> {
+    if let Frame::Message(m) = frame {
+        if chrono::DateTime::parse_from_rfc3339(&m.ts).is_err() || m.ts.len() > 40 {
+            return Err(ProtocolError::BadTimestamp);
+        }
+    }
+    Ok(())
+}
+
+/// Tells an unknown `type` from a malformed frame, only on the error path.
+fn classify(text: &str, error: serde_json::Error) -> ProtocolError {
+    #[derive(Deserialize)]
+    struct TypeOnly {
+        #[serde(rename = "type")]
+        kind: String,
+    }
+    const KNOWN: &[&str] = &["challenge", "auth", "ready", "message", "ack", "error"];
+    match serde_json::from_str::<TypeOnly>(text) {
+        Ok(t) if !KNOWN.contains(&t.kind.as_str()) => {
+            let mut kind = t.kind;
+            kind.truncate(64);
+            ProtocolError::UnknownType(kind)
+        }
+        _ => ProtocolError::BadFrame(error.to_string()),
+    }
+}
+
+/// Serializes a frame as JSON text.
+pub fn to_text(frame: &Frame) -> String {
+    // Serializing these types cannot fail: no maps with non-string keys, no
+    // custom serializers that error.
+    serde_json::to_string(frame).unwrap_or_default()
+}
+
+/// The bytes a client signs to authenticate as `key` against `nonce`.
+pub fn auth_signed_bytes(version: u32, key: &PublicKey, nonce: &[u8; CHALLENGE_LEN]) -> Vec<u8> {
+    length_prefixed(&[AUTH_LABEL, &version.to_be_bytes(), key.as_bytes(), nonce])
+}
+
+/// The client half of the handshake: answers a challenge as `identity`.
+pub fn sign_challenge(identity: &Identity, version: u32, nonce: &[u8; CHALLENGE_LEN]) -> Auth {
+    let bytes = auth_signed_bytes(version, &identity.public_key(), nonce);
+    Auth {
+        version,
+        sig: identity.signing_key().sign(&bytes).to_bytes(),
+    }
+}
+
+/// The router half: does `auth` prove ownership of `key` for `nonce`?
+pub fn verify_auth(key: &PublicKey, nonce: &[u8; CHALLENGE_LEN], auth: &Auth) -> bool {
+    let bytes = auth_signed_bytes(auth.version, key, nonce);
+    key.verifying_key()
+        .verify_strict(&bytes, &Signature::from_bytes(&auth.sig))
+        .is_ok()
+}
+
+/// The associated data binding a message's envelope to its ciphertext.
+pub fn message_ad(id: &Uuid, from: &PublicKey, to: &PublicKey, ts: &str) -> Vec<u8> {
+    length_prefixed(&[
+        MESSAGE_AD_LABEL,
+        id.as_bytes(),
+        from.as_bytes(),
+        to.as_bytes(),
+        ts.as_bytes(),
+    ])
+}
+
+/// The bytes a message's signature covers.
+pub fn message_signed_bytes(
+    id: &Uuid,
+    from: &PublicKey,
+    to: &PublicKey,
+    ts: &str,
+    payload: &Payload,
+) -> Vec<u8> {
+    length_prefixed(&[
+        MESSAGE_SIG_LABEL,
+        id.as_bytes(),
+        from.as_bytes(),
+        to.as_bytes(),
+        ts.as_bytes(),
+        &payload.nonce,
+        &payload.ciphertext,
+    ])
+}
+
+/// Encrypts and signs `content` from `identity` to `to`.
+pub fn seal(
+    identity: &Identity,
+    to: &PublicKey,
+    id: Uuid,
+    ts: &str,
+    content: &Content,
+) -> Result<MessageFrame, ProtocolError> {
+    seal_with_nonce(identity, to, id, ts, content, &crypto::random_nonce())
+}
+
+/// [`seal`] with a given nonce. Only for test vectors: a reused nonce
+/// breaks the encryption.
+pub fn seal_with_nonce(
+    identity: &Identity,
+    to: &PublicKey,
+    id: Uuid,
+    ts: &str,
+    content: &Content,
+    nonce: &[u8; NONCE_LEN],
+) -> Result<MessageFrame, ProtocolError> {
+    let from = identity.public_key();
+    let key = crypto::message_key(identity, to, &from, to)?;
+    let plaintext = zeroize::Zeroizing::new(
+        serde_json::to_vec(content).map_err(|e| ProtocolError::BadContent(e.to_string()))?,
+    );
+    let ad = message_ad(&id, &from, to, ts);
+    let payload = Payload {
+        nonce: *nonce,
+        ciphertext: crypto::encrypt(&key, nonce, &ad, &plaintext)?,
+    };
+    let signed = message_signed_bytes(&id, &from, to, ts, &payload);
+    Ok(MessageFrame {
+        id,
+        from,
+        to: *to,
+        ts: ts.to_owned(),
+        payload,
+        sig: identity.signing_key().sign(&signed).to_bytes(),
+    })
+}
+
+/// Checks a message's signature against its `from`.
+pub fn verify_message(frame: &MessageFrame) -> Result<(), ProtocolError> {
+    let signed = message_signed_bytes(&frame.id, &frame.from, &frame.to, &frame.ts, &frame.payload);
+    frame
+        .from
+        .verifying_key()
+        .verify_strict(&signed, &Signature::from_bytes(&frame.sig))
+        .map_err(|_| ProtocolError::BadSignature)
+}
+
+/// Verifies, decrypts and parses a message addressed to `identity`.
+pub fn open(identity: &Identity, frame: &MessageFrame) -> Result<Content, ProtocolError> {
+    if frame.to != identity.public_key() {
+        return Err(ProtocolError::NotForMe);
+    }
+    verify_message(frame)?;
+    let key = crypto::message_key(identity, &frame.from, &frame.from, &frame.to)?;
+    let ad = message_ad(&frame.id, &frame.from, &frame.to, &frame.ts);
+    let plaintext = crypto::decrypt(&key, &frame.payload.nonce, &ad, &frame.payload.ciphertext)?;
+    serde_json::from_slice(&plaintext).map_err(|e| ProtocolError::BadContent(e.to_string()))
+}
+
+/// Base64 (standard, padded) for fixed-size byte arrays.
+mod b64_array {
+    use super::STANDARD;
+    use base64::Engine as _;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer, const N: usize>(
+        bytes: &[u8; N],
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&STANDARD.encode(bytes))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>, const N: usize>(
+        deserializer: D,
+    ) -> Result<[u8; N], D::Error> {
+        let text = <std::borrow::Cow<'de, str>>::deserialize(deserializer)?;
+        let bytes = STANDARD
+            .decode(text.as_bytes())
+            .map_err(|_| serde::de::Error::custom("not standard base64"))?;
+        bytes.as_slice().try_into().map_err(|_| {
+            serde::de::Error::custom(format!("expected {N} bytes, got {}", bytes.len()))
+        })
+    }
+}
+
+/// Base64 (standard, padded) for byte vectors.
+mod b64_vec {
+    use super::STANDARD;
+    use base64::Engine as _;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(bytes: &[u8], serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&STANDARD.encode(bytes))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<u8>, D::Error> {
+        let text = <std::borrow::Cow<'de, str>>::deserialize(deserializer)?;
+        STANDARD
+            .decode(text.as_bytes())
+            .map_err(|_| serde::de::Error::custom("not standard base64"))
+    }
+}
+
+#[cfg(test)]
+mod tests;

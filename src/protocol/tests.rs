@@ -1,0 +1,288 @@
+use super::*;
+use base64::Engine as _;
+
+fn alice() -> Identity {
+    Identity::from_secret_bytes(&[0x01; 32])
+}
+
+fn bob() -> Identity {
+    Identity::from_secret_bytes(&[0x02; 32])
+}
+
+const ID: &str = "0193a1b2-c3d4-7e5f-8a6b-7c8d9e0f1a2b";
+const TS: &str = "2026-11-25T20:00:00.000Z";
+
+fn vector_frame() -> MessageFrame {
+    let nonce: [u8; 24] = std::array::from_fn(|i| i as u8);
+    seal_with_nonce(
+        &alice(),
+        &bob().public_key(),
+        Uuid::parse_str(ID).unwrap(),
+        TS,
+        &Content::Text {
+            body: "hello, bob".to_owned(),
+        },
+        &nonce,
+    )
+    .unwrap()
+}
+
+// The test vector published in docs/PROTOCOL.md. An independent check with
+// Python's `cryptography` (X25519 secret = SHA-512(seed)[..32], HKDF-SHA256)
+// gave the same X25519 key and message key.
+const ALICE: &str = "iojj3XQJ8ZX9UtstPLpdcspnCb8dlBIb83SIAbQPb1w=";
+const BOB: &str = "gTl3Dqh9F19Wo1Rmw0x+zMuNipG07jeiXfYPW4/Js5Q=";
+const ALICE_X25519: &str = "GxtY3VDqFLYNoXt5DNAnVNlwybq4ZOuzwPMBb+UdP1c=";
+const BOB_X25519: &str = "YDRufJEaX2uhVBKRdMr+dbKUrDu9VUljL0jOxiZvhBA=";
+const KEY_HEX: &str = "d79b8b7fd70b55cabfae0e687ae770a9a29752d2431a4059bde7b061eaff1abc";
+const CIPHERTEXT: &str = "tXv6xozs4V0Iu1lV0jfP0UCuPJ1crtxXvQ3jzopCU4AvsfxKdXv/JkNFeSdh2w/1FglK";
+const SIG: &str =
+    "9z76k9XHHRhz/bgORe/KxDtlssAjw4bnntLUYepAiz9DGUXEEZUPRTcm1kRIHx2IvbTCavFnSiPkuAh/2MIwBg==";
+const AUTH_SIG: &str =
+    "KMS8VPnQ9rdDW/UXvKbLyakboICF9VvC4MnB2JPeTPCs6D1rXqwUIvzcr0cP5GUIgjb3D4fC1X2y/8TUIHI+AA==";
+const AUTH_BYTES_HEX: &str = "0000000d636861742d7032702f617574680000000400000001000000208a88e3dd7409f195fd52db2d3cba5d72ca6709bf1d94121bf3748801b40f6f5c00000020aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+
+#[test]
+fn test_vector_keys_and_map() {
+    assert_eq!(alice().public_key().to_base64(), ALICE);
+    assert_eq!(bob().public_key().to_base64(), BOB);
+    let ax = STANDARD.encode(crypto::x25519_public(&alice().public_key()));
+    let bx = STANDARD.encode(crypto::x25519_public(&bob().public_key()));
+    assert_eq!((ax.as_str(), bx.as_str()), (ALICE_X25519, BOB_X25519));
+    let f = vector_frame();
+    let key = crypto::message_key(&alice(), &bob().public_key(), &f.from, &f.to).unwrap();
+    assert_eq!(hex(key.as_bytes()), KEY_HEX);
+}
+
+#[test]
+fn test_vector_ciphertext_and_signature() {
+    let f = vector_frame();
+    assert_eq!(STANDARD.encode(&f.payload.ciphertext), CIPHERTEXT);
+    assert_eq!(STANDARD.encode(f.sig), SIG);
+    assert_eq!(
+        open(&bob(), &f).unwrap(),
+        Content::Text {
+            body: "hello, bob".to_owned()
+        }
+    );
+}
+
+#[test]
+fn test_vector_auth() {
+    let nonce = [0xAA; 32];
+    let auth = sign_challenge(&alice(), 1, &nonce);
+    assert_eq!(STANDARD.encode(auth.sig), AUTH_SIG);
+    assert_eq!(
+        hex(&auth_signed_bytes(1, &alice().public_key(), &nonce)),
+        AUTH_BYTES_HEX
+    );
+    assert!(verify_auth(&alice().public_key(), &nonce, &auth));
+    assert!(!verify_auth(&bob().public_key(), &nonce, &auth));
+    assert!(!verify_auth(&alice().public_key(), &[0xAB; 32], &auth));
+    let other_version = Auth { version: 2, ..auth };
+    assert!(!verify_auth(&alice().public_key(), &nonce, &other_version));
+}
+
+#[test]
+fn frames_round_trip_through_text() {
+    let frames = vec![
+        Frame::Challenge(Challenge {
+            versions: vec![1],
+            nonce: [7; 32],
+        }),
+        Frame::Auth(sign_challenge(&alice(), 1, &[7; 32])),
+        Frame::Ready(Ready {
+            version: 1,
+            key: alice().public_key(),
+        }),
+        Frame::Message(vector_frame()),
+        Frame::Ack(Ack {
+            id: Uuid::now_v7(),
+            at: Some(TS.to_owned()),
+        }),
+        Frame::Ack(Ack {
+            id: Uuid::now_v7(),
+            at: None,
+        }),
+        Frame::Error(ErrorFrame {
+            id: None,
+            code: ErrorCode::RateLimited,
+            message: "slow down".to_owned(),
+        }),
+    ];
+    for frame in frames {
+        let text = to_text(&frame);
+        assert_eq!(parse(&text).unwrap(), frame, "{text}");
+    }
+}
+
+#[test]
+fn error_codes_serialize_as_documented() {
+    for code in [
+        ErrorCode::BadFrame,
+        ErrorCode::UnknownType,
+        ErrorCode::TooLarge,
+        ErrorCode::SpoofedFrom,
+        ErrorCode::NotAuthenticated,
+        ErrorCode::BadSignature,
+        ErrorCode::AuthTimeout,
+        ErrorCode::UnsupportedVersion,
+        ErrorCode::RateLimited,
+        ErrorCode::QuotaExceeded,
+        ErrorCode::TooManyConnections,
+        ErrorCode::TooSlow,
+        ErrorCode::Internal,
+    ] {
+        let json = serde_json::to_string(&code).unwrap();
+        assert_eq!(json, format!("\"{}\"", code.as_str()));
+    }
+    let future: ErrorCode = serde_json::from_str("\"from-the-future\"").unwrap();
+    assert_eq!(future, ErrorCode::Unknown);
+}
+
+#[test]
+fn unknown_types_are_told_from_bad_frames() {
+    assert_eq!(
+        parse(r#"{"type":"presence","x":1}"#),
+        Err(ProtocolError::UnknownType("presence".to_owned()))
+    );
+    assert!(matches!(
+        parse("{not json"),
+        Err(ProtocolError::BadFrame(_))
+    ));
+    assert!(matches!(
+        parse(r#"{"no":"type"}"#),
+        Err(ProtocolError::BadFrame(_))
+    ));
+    assert!(matches!(
+        parse(r#"{"type":"ack","id":"not-a-uuid"}"#),
+        Err(ProtocolError::BadFrame(_))
+    ));
+    assert_eq!(
+        parse(r#"{"type":"presence"}"#).unwrap_err().code(),
+        ErrorCode::UnknownType
+    );
+}
+
+#[test]
+fn size_limit_is_enforced_before_parsing() {
+    let big = format!(r#"{{"type":"ack","id":"{}"}}"#, "x".repeat(100));
+    assert!(matches!(
+        parse_with_limit(&big, 50),
+        Err(ProtocolError::TooLarge { limit: 50, .. })
+    ));
+    assert_eq!(
+        parse_with_limit(&big, 50).unwrap_err().code(),
+        ErrorCode::TooLarge
+    );
+}
+
+#[test]
+fn message_fields_are_validated() {
+    let good = to_text(&Frame::Message(vector_frame()));
+    let bad_ts = good.replace(TS, "yesterday");
+    assert_eq!(parse(&bad_ts), Err(ProtocolError::BadTimestamp));
+    let bad_key = good.replace(BOB, "AAAA");
+    assert!(matches!(parse(&bad_key), Err(ProtocolError::BadFrame(_))));
+    let short_nonce = good.replace("AAECAwQFBgcICQoLDA0ODxAREhMUFRYX", "AAEC");
+    assert!(matches!(
+        parse(&short_nonce),
+        Err(ProtocolError::BadFrame(_))
+    ));
+}
+
+#[test]
+fn receipts_seal_and_open() {
+    let ids = vec![Uuid::now_v7(), Uuid::now_v7()];
+    for content in [
+        Content::Delivered { ids: ids.clone() },
+        Content::Read { ids },
+    ] {
+        let f = seal(&bob(), &alice().public_key(), Uuid::now_v7(), TS, &content).unwrap();
+        assert_eq!(open(&alice(), &f).unwrap(), content);
+    }
+}
+
+#[test]
+fn fresh_nonces_per_seal() {
+    let content = Content::Text { body: "x".into() };
+    let a = seal(&alice(), &bob().public_key(), Uuid::now_v7(), TS, &content).unwrap();
+    let b = seal(&alice(), &bob().public_key(), Uuid::now_v7(), TS, &content).unwrap();
+    assert_ne!(a.payload.nonce, b.payload.nonce);
+}
+
+#[test]
+fn open_refuses_tampering_and_misaddressing() {
+    let f = vector_frame();
+    assert_eq!(open(&alice(), &f), Err(ProtocolError::NotForMe));
+    let mut later = f.clone();
+    later.ts = "2026-11-25T20:00:01.000Z".to_owned();
+    assert_eq!(open(&bob(), &later), Err(ProtocolError::BadSignature));
+    let mut flipped = f.clone();
+    flipped.payload.ciphertext[0] ^= 1;
+    assert_eq!(open(&bob(), &flipped), Err(ProtocolError::BadSignature));
+    // A third party re-signing alice's ciphertext as its own cannot make bob
+    // decrypt it: the key and the associated data name the real sender.
+    let mallory = Identity::from_secret_bytes(&[0x03; 32]);
+    let mut forged = f.clone();
+    forged.from = mallory.public_key();
+    let signed = message_signed_bytes(
+        &forged.id,
+        &forged.from,
+        &forged.to,
+        &forged.ts,
+        &forged.payload,
+    );
+    forged.sig = mallory.signing_key().sign(&signed).to_bytes();
+    assert_eq!(
+        open(&bob(), &forged),
+        Err(ProtocolError::Crypto(CryptoError::Decrypt))
+    );
+}
+
+#[test]
+fn binary_input_is_checked_as_utf8() {
+    assert!(matches!(
+        from_slice(&[0xff, 0xfe], 100),
+        Err(ProtocolError::BadFrame(_))
+    ));
+    assert!(matches!(
+        from_slice(&[b'{'; 200], 100),
+        Err(ProtocolError::TooLarge { .. })
+    ));
+}
+
+mod prop {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn parser_never_panics_on_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let _ = from_slice(&bytes, MAX_FRAME_BYTES);
+        }
+
+        #[test]
+        fn parser_never_panics_on_frame_like_text(
+            kind in "(message|ack|auth|error|[a-z]{0,8})",
+            body in "[ -~]{0,200}",
+        ) {
+            let text = format!(r#"{{"type":"{kind}",{body}}}"#);
+            let _ = parse(&text);
+        }
+
+        #[test]
+        fn mutated_messages_never_panic(pos in 0usize..600, byte in any::<u8>()) {
+            let mut bytes = to_text(&Frame::Message(vector_frame())).into_bytes();
+            let i = pos % bytes.len();
+            bytes[i] = byte;
+            if let Ok(Frame::Message(m)) = from_slice(&bytes, MAX_FRAME_BYTES) {
+                let _ = open(&bob(), &m);
+            }
+        }
+    }
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}

@@ -1,0 +1,23 @@
+-- The router's durable queue: every frame a router accepts waits here until
+-- its recipient acknowledges it (or it expires). `seq` only ever grows
+-- (AUTOINCREMENT), so a session can resume delivery after the highest seq
+-- it sent without missing a frame committed later.
+CREATE TABLE queue (
+    seq         INTEGER PRIMARY KEY AUTOINCREMENT,
+    -- 32 raw bytes of the recipient's ed25519 key.
+    recipient   BLOB NOT NULL,
+    -- 16 raw bytes of the message id; (recipient, id) deduplicates.
+    id          BLOB NOT NULL,
+    -- 32 raw bytes of the sender's key, for quotas and operators.
+    sender      BLOB NOT NULL,
+    -- When the router committed it, RFC 3339 UTC with milliseconds.
+    received_at TEXT NOT NULL,
+    -- The frame exactly as it is delivered (JSON text).
+    frame       TEXT NOT NULL,
+    UNIQUE (recipient, id)
+) STRICT;
+
+-- Delivery order per recipient (the rowid `seq` is implied in the index).
+CREATE INDEX queue_by_recipient ON queue (recipient);
+-- Expiry scans.
+CREATE INDEX queue_by_received_at ON queue (received_at);

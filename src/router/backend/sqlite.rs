@@ -1,0 +1,497 @@
+//! The SQLite queue: one file under the router's data directory.
+//!
+//! One writer thread owns the only read-write connection. It takes whatever
+//! submissions are waiting, applies them all in ONE transaction, commits
+//! (WAL, `synchronous = FULL`: the commit survives a power cut), and only
+//! then answers each submission through its oneshot. So a burst of frames
+//! from many sessions costs one fsync, not one each, and no `ack` precedes
+//! its commit. Reads (delivery) use separate connections, which WAL lets
+//! run beside the writer.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Transaction};
+use tokio::sync::{mpsc, oneshot};
+use uuid::Uuid;
+
+use super::{Backend, BackendError, Enqueued, NewFrame, Queued};
+use crate::clock;
+use crate::identity::PublicKey;
+
+mod embedded {
+    refinery::embed_migrations!("src/router/backend/migrations");
+}
+
+/// `application_id` of a router queue file ('CP2R').
+pub const APPLICATION_ID: i32 = 0x4350_3252;
+
+/// The queue file's name inside the data directory.
+pub const FILE_NAME: &str = "queue.sqlite3";
+
+/// Submissions waiting for the writer; senders wait when it is full.
+const WRITER_QUEUE: usize = 4096;
+
+/// Most submissions applied in one transaction.
+const MAX_BATCH: usize = 2048;
+
+type Reply<T> = oneshot::Sender<Result<T, BackendError>>;
+
+/// One unit of work for the writer.
+enum Op {
+    Enqueue(Vec<NewFrame>, Reply<Vec<Enqueued>>),
+    Remove(PublicKey, Vec<Uuid>, Reply<u64>),
+    Expire(String, Reply<u64>),
+    Close(oneshot::Sender<()>),
+}
+
+/// The SQLite implementation of [`Backend`].
+#[derive(Clone)]
+pub struct SqliteBackend {
+    ops: mpsc::Sender<Op>,
+    readers: Arc<Mutex<Vec<Connection>>>,
+    path: Arc<PathBuf>,
+}
+
+impl std::fmt::Debug for SqliteBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteBackend")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SqliteBackend {
+    /// Opens (creating if needed) the queue in `dir`, migrates it and starts
+    /// its writer thread. `quota` caps the frames queued per recipient.
+    pub fn open(dir: &Path, quota: u64) -> Result<Self, BackendError> {
+        std::fs::create_dir_all(dir).map_err(|source| BackendError::Io {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        let path = dir.join(FILE_NAME);
+        let mut conn = connect(&path, false)?;
+        check_ours(&conn, &path)?;
+        embedded::migrations::runner().run(&mut conn)?;
+        conn.pragma_update(None, "application_id", APPLICATION_ID)?;
+        let counts = load_counts(&conn)?;
+        let (ops, rx) = mpsc::channel(WRITER_QUEUE);
+        let writer = Writer {
+            conn,
+            counts,
+            quota,
+        };
+        std::thread::Builder::new()
+            .name("queue-writer".to_owned())
+            .spawn(move || writer.run(rx))
+            .map_err(|source| BackendError::Io {
+                path: path.clone(),
+                source,
+            })?;
+        Ok(Self {
+            ops,
+            readers: Arc::new(Mutex::new(Vec::new())),
+            path: Arc::new(path),
+        })
+    }
+
+    /// The queue file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Submits `op` built around a fresh reply channel and awaits the reply.
+    fn submit<T: Send + 'static>(
+        &self,
+        make: impl FnOnce(Reply<T>) -> Op,
+    ) -> impl std::future::Future<Output = Result<T, BackendError>> + Send + 'static {
+        let ops = self.ops.clone();
+        let (tx, rx) = oneshot::channel();
+        // Hand the op over now when there is room, so one session's
+        // submissions reach the writer in the order it made them (an ack's
+        // removal before a later frame, say); wait only when it is full.
+        let waiting = match ops.try_send(make(tx)) {
+            Ok(()) => None,
+            Err(mpsc::error::TrySendError::Full(op)) => Some(op),
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                return futures_util::future::Either::Left(std::future::ready(Err(
+                    BackendError::Closed,
+                )))
+            }
+        };
+        futures_util::future::Either::Right(async move {
+            if let Some(op) = waiting {
+                ops.send(op).await.map_err(|_| BackendError::Closed)?;
+            }
+            rx.await.map_err(|_| BackendError::Closed)?
+        })
+    }
+}
+
+impl Backend for SqliteBackend {
+    fn enqueue(
+        &self,
+        frames: Vec<NewFrame>,
+    ) -> impl std::future::Future<Output = Result<Vec<Enqueued>, BackendError>> + Send + 'static
+    {
+        self.submit(move |reply| Op::Enqueue(frames, reply))
+    }
+
+    fn fetch(
+        &self,
+        recipient: PublicKey,
+        after: i64,
+        limit: usize,
+    ) -> impl std::future::Future<Output = Result<Vec<Queued>, BackendError>> + Send + 'static {
+        let readers = Arc::clone(&self.readers);
+        let path = Arc::clone(&self.path);
+        async move {
+            tokio::task::spawn_blocking(move || {
+                let conn = take_reader(&readers, &path)?;
+                let rows = fetch_rows(&conn, &recipient, after, limit);
+                if let Ok(mut pool) = readers.lock() {
+                    pool.push(conn);
+                }
+                rows
+            })
+            .await
+            .map_err(|_| BackendError::Closed)?
+        }
+    }
+
+    fn remove(
+        &self,
+        recipient: PublicKey,
+        ids: Vec<Uuid>,
+    ) -> impl std::future::Future<Output = Result<u64, BackendError>> + Send + 'static {
+        self.submit(move |reply| Op::Remove(recipient, ids, reply))
+    }
+
+    fn expire(
+        &self,
+        before: String,
+    ) -> impl std::future::Future<Output = Result<u64, BackendError>> + Send + 'static {
+        self.submit(move |reply| Op::Expire(before, reply))
+    }
+
+    fn close(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let ops = self.ops.clone();
+        async move {
+            let (tx, rx) = oneshot::channel();
+            if ops.send(Op::Close(tx)).await.is_ok() {
+                let _ = rx.await;
+            }
+        }
+    }
+}
+
+/// Opens a connection with the queue's settings.
+fn connect(path: &Path, read_only: bool) -> Result<Connection, BackendError> {
+    let flags = if read_only {
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX
+    } else {
+        OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX
+    };
+    let conn = Connection::open_with_flags(path, flags)?;
+    conn.busy_timeout(Duration::from_secs(10))?;
+    if !read_only {
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+    }
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.pragma_update(None, "temp_store", "MEMORY")?;
+    Ok(conn)
+}
+
+/// Refuses a file another application (or a profile) owns.
+fn check_ours(conn: &Connection, path: &Path) -> Result<(), BackendError> {
+    let app_id: i32 = conn.pragma_query_value(None, "application_id", |r| r.get(0))?;
+    if app_id == APPLICATION_ID {
+        return Ok(());
+    }
+    let tables: i64 = conn.query_row(
+        "SELECT count(*) FROM sqlite_schema WHERE type = 'table'",
+        [],
+        |r| r.get(0),
+    )?;
+    if app_id != 0 || tables > 0 {
+        return Err(BackendError::NotOurs(path.to_path_buf()));
+    }
+    Ok(())
+}
+
+fn take_reader(readers: &Mutex<Vec<Connection>>, path: &Path) -> Result<Connection, BackendError> {
+    let pooled = readers.lock().ok().and_then(|mut pool| pool.pop());
+    match pooled {
+        Some(conn) => Ok(conn),
+        None => connect(path, true),
+    }
+}
+
+fn fetch_rows(
+    conn: &Connection,
+    recipient: &PublicKey,
+    after: i64,
+    limit: usize,
+) -> Result<Vec<Queued>, BackendError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT seq, id, received_at, frame
+         FROM queue
+         WHERE recipient = ?1 AND seq > ?2
+         ORDER BY seq
+         LIMIT ?3",
+    )?;
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    let rows = stmt.query_map(params![recipient.as_bytes(), after, limit], |r| {
+        let id: Vec<u8> = r.get(1)?;
+        let text: String = r.get(3)?;
+        Ok((r.get::<_, i64>(0)?, id, r.get::<_, String>(2)?, text))
+    })?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (seq, id, at, text) = row?;
+        // Rows are written only by the writer below, always 16 bytes.
+        let Ok(id) = Uuid::from_slice(&id) else {
+            continue;
+        };
+        out.push(Queued {
+            seq,
+            id,
+            recipient: *recipient,
+            at,
+            text: text.into(),
+        });
+    }
+    Ok(out)
+}
+
+fn load_counts(conn: &Connection) -> Result<HashMap<[u8; 32], u64>, BackendError> {
+    let mut stmt = conn.prepare(
+        "SELECT recipient, count(*)
+         FROM queue
+         GROUP BY recipient",
+    )?;
+    let rows = stmt.query_map([], |r| Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, i64>(1)?)))?;
+    let mut counts = HashMap::new();
+    for row in rows {
+        let (key, n) = row?;
+        if let Ok(key) = <[u8; 32]>::try_from(key.as_slice()) {
+            counts.insert(key, u64::try_from(n).unwrap_or(0));
+        }
+    }
+    Ok(counts)
+}
+
+/// A reply to send once the batch's transaction committed.
+enum Pending {
+    Enqueue(Reply<Vec<Enqueued>>, Vec<Enqueued>),
+    Count(Reply<u64>, u64),
+}
+
+/// The single writer: owns the read-write connection and the per-recipient
+/// counts the quota checks (kept in memory, since only it writes).
+struct Writer {
+    conn: Connection,
+    counts: HashMap<[u8; 32], u64>,
+    quota: u64,
+}
+
+impl Writer {
+    fn run(mut self, mut rx: mpsc::Receiver<Op>) {
+        while let Some(first) = rx.blocking_recv() {
+            let mut batch = vec![first];
+            while batch.len() < MAX_BATCH {
+                match rx.try_recv() {
+                    Ok(op) => batch.push(op),
+                    Err(_) => break,
+                }
+            }
+            if self.apply(batch) {
+                break;
+            }
+        }
+        tracing::debug!("queue writer stopped");
+    }
+
+    /// Applies a batch in one transaction; returns true when asked to stop.
+    fn apply(&mut self, batch: Vec<Op>) -> bool {
+        let mut closers = Vec::new();
+        let mut ops = Vec::with_capacity(batch.len());
+        for op in batch {
+            match op {
+                Op::Close(done) => closers.push(done),
+                other => ops.push(other),
+            }
+        }
+        if !ops.is_empty() {
+            self.commit(ops);
+        }
+        let stop = !closers.is_empty();
+        for done in closers {
+            let _ = done.send(());
+        }
+        stop
+    }
+
+    fn commit(&mut self, ops: Vec<Op>) {
+        let mut deltas: HashMap<[u8; 32], i64> = HashMap::new();
+        let mut replies = Vec::with_capacity(ops.len());
+        let result = (|| -> Result<(), BackendError> {
+            let tx = self.conn.transaction()?;
+            let now = clock::now();
+            for op in ops {
+                let pending = match op {
+                    Op::Enqueue(frames, reply) => {
+                        let outcomes =
+                            enqueue_tx(&tx, &frames, &now, self.quota, &self.counts, &mut deltas)?;
+                        Pending::Enqueue(reply, outcomes)
+                    }
+                    Op::Remove(recipient, ids, reply) => {
+                        let n = remove_tx(&tx, &recipient, &ids)?;
+                        *deltas.entry(*recipient.as_bytes()).or_default() -= n as i64;
+                        Pending::Count(reply, n)
+                    }
+                    Op::Expire(before, reply) => {
+                        let gone = expire_tx(&tx, &before)?;
+                        for key in &gone {
+                            *deltas.entry(*key).or_default() -= 1;
+                        }
+                        Pending::Count(reply, gone.len() as u64)
+                    }
+                    Op::Close(_) => continue,
+                };
+                replies.push(pending);
+            }
+            tx.commit()?;
+            Ok(())
+        })();
+        match result {
+            Ok(()) => {
+                self.merge(deltas);
+                for pending in replies {
+                    match pending {
+                        Pending::Enqueue(reply, outcomes) => {
+                            let _ = reply.send(Ok(outcomes));
+                        }
+                        Pending::Count(reply, n) => {
+                            let _ = reply.send(Ok(n));
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "queue commit failed; the batch is refused");
+                let err = || BackendError::Commit(e.to_string());
+                for pending in replies {
+                    match pending {
+                        Pending::Enqueue(reply, _) => {
+                            let _ = reply.send(Err(err()));
+                        }
+                        Pending::Count(reply, _) => {
+                            let _ = reply.send(Err(err()));
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn merge(&mut self, deltas: HashMap<[u8; 32], i64>) {
+        for (key, delta) in deltas {
+            let count = self.counts.entry(key).or_default();
+            *count = count.saturating_add_signed(delta);
+            if *count == 0 {
+                self.counts.remove(&key);
+            }
+        }
+    }
+}
+
+/// Inserts frames, deduplicating and enforcing the quota.
+fn enqueue_tx(
+    tx: &Transaction,
+    frames: &[NewFrame],
+    now: &str,
+    quota: u64,
+    counts: &HashMap<[u8; 32], u64>,
+    deltas: &mut HashMap<[u8; 32], i64>,
+) -> Result<Vec<Enqueued>, BackendError> {
+    let mut insert = tx.prepare_cached(
+        "INSERT INTO queue (recipient, id, sender, received_at, frame)
+         VALUES (?1, ?2, ?3, ?4, ?5)
+         ON CONFLICT (recipient, id) DO NOTHING
+         RETURNING seq",
+    )?;
+    let mut existing = tx.prepare_cached(
+        "SELECT received_at FROM queue
+         WHERE recipient = ?1 AND id = ?2",
+    )?;
+    let mut out = Vec::with_capacity(frames.len());
+    for f in frames {
+        let key = *f.recipient.as_bytes();
+        let queued =
+            counts.get(&key).copied().unwrap_or(0) as i64 + deltas.get(&key).copied().unwrap_or(0);
+        if queued >= quota as i64 {
+            out.push(Enqueued::QuotaExceeded);
+            continue;
+        }
+        let seq: Option<i64> = insert
+            .query_row(
+                params![key, f.id.as_bytes(), f.sender.as_bytes(), now, &*f.text],
+                |r| r.get(0),
+            )
+            .optional()?;
+        match seq {
+            Some(seq) => {
+                *deltas.entry(key).or_default() += 1;
+                out.push(Enqueued::Stored(Queued {
+                    seq,
+                    id: f.id,
+                    recipient: f.recipient,
+                    at: now.to_owned(),
+                    text: Arc::clone(&f.text),
+                }));
+            }
+            None => {
+                let at: String = existing.query_row(params![key, f.id.as_bytes()], |r| r.get(0))?;
+                out.push(Enqueued::Duplicate { at });
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn remove_tx(tx: &Transaction, recipient: &PublicKey, ids: &[Uuid]) -> Result<u64, BackendError> {
+    let mut delete = tx.prepare_cached(
+        "DELETE FROM queue
+         WHERE recipient = ?1 AND id = ?2",
+    )?;
+    let mut n = 0;
+    for id in ids {
+        n += delete.execute(params![recipient.as_bytes(), id.as_bytes()])? as u64;
+    }
+    Ok(n)
+}
+
+/// Deletes expired frames; returns the recipient of each.
+fn expire_tx(tx: &Transaction, before: &str) -> Result<Vec<[u8; 32]>, BackendError> {
+    let mut delete = tx.prepare_cached(
+        "DELETE FROM queue
+         WHERE received_at < ?1
+         RETURNING recipient",
+    )?;
+    let rows = delete.query_map([before], |r| r.get::<_, Vec<u8>>(0))?;
+    let mut gone = Vec::new();
+    for row in rows {
+        if let Ok(key) = <[u8; 32]>::try_from(row?.as_slice()) {
+            gone.push(key);
+        }
+    }
+    Ok(gone)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,133 @@
+//! The queue's story, told against the SQLite backend: store, dedup,
+//! quota, fetch in order, remove on ack, expire, survive a reopen.
+
+use super::*;
+use crate::identity::Identity;
+
+fn frame(to: &PublicKey, from: &PublicKey, id: Uuid) -> NewFrame {
+    NewFrame {
+        recipient: *to,
+        sender: *from,
+        id,
+        text: format!("{{\"id\":\"{id}\"}}").into(),
+    }
+}
+
+#[tokio::test]
+async fn queue_story() {
+    let dir = tempfile::tempdir().unwrap();
+    let (alice, bob) = (
+        Identity::generate().public_key(),
+        Identity::generate().public_key(),
+    );
+    let db = SqliteBackend::open(dir.path(), 3).unwrap();
+    let ids: Vec<Uuid> = (0..4).map(|_| Uuid::now_v7()).collect();
+
+    let first = db
+        .enqueue(vec![
+            frame(&bob, &alice, ids[0]),
+            frame(&bob, &alice, ids[0]),
+        ])
+        .await
+        .unwrap();
+    assert!(matches!(first[0], Enqueued::Stored(_)));
+    assert!(
+        matches!(first[1], Enqueued::Duplicate { .. }),
+        "same id twice in one batch"
+    );
+
+    let more = db
+        .enqueue(ids[1..].iter().map(|id| frame(&bob, &alice, *id)).collect())
+        .await
+        .unwrap();
+    assert!(matches!(more[0], Enqueued::Stored(_)));
+    assert!(matches!(more[1], Enqueued::Stored(_)));
+    assert_eq!(more[2], Enqueued::QuotaExceeded, "quota of 3 per recipient");
+
+    // Nothing queued for alice; bob's three come back in order.
+    assert!(db.fetch(alice, 0, 10).await.unwrap().is_empty());
+    let got = db.fetch(bob, 0, 10).await.unwrap();
+    assert_eq!(
+        got.iter().map(|q| q.id).collect::<Vec<_>>(),
+        ids[..3].to_vec()
+    );
+    assert!(got.windows(2).all(|w| w[0].seq < w[1].seq));
+    let after_first = db.fetch(bob, got[0].seq, 1).await.unwrap();
+    assert_eq!(after_first[0].id, ids[1]);
+
+    // Only the recipient's ack removes, and it frees quota.
+    assert_eq!(db.remove(alice, vec![ids[0]]).await.unwrap(), 0);
+    assert_eq!(db.remove(bob, vec![ids[0]]).await.unwrap(), 1);
+    let again = db.enqueue(vec![frame(&bob, &alice, ids[3])]).await.unwrap();
+    assert!(matches!(again[0], Enqueued::Stored(_)));
+    db.close().await;
+    assert!(matches!(
+        db.enqueue(vec![frame(&bob, &alice, Uuid::now_v7())]).await,
+        Err(BackendError::Closed)
+    ));
+
+    // Reopen: everything committed is there, and counts were reloaded.
+    let db = SqliteBackend::open(dir.path(), 3).unwrap();
+    let got = db.fetch(bob, 0, 10).await.unwrap();
+    assert_eq!(
+        got.iter().map(|q| q.id).collect::<Vec<_>>(),
+        ids[1..].to_vec()
+    );
+    let full = db
+        .enqueue(vec![frame(&bob, &alice, Uuid::now_v7())])
+        .await
+        .unwrap();
+    assert_eq!(full[0], Enqueued::QuotaExceeded);
+
+    // Expiry drops what is older than the cutoff.
+    assert_eq!(
+        db.expire("1970-01-01T00:00:00.000Z".into()).await.unwrap(),
+        0
+    );
+    assert_eq!(
+        db.expire("9999-01-01T00:00:00.000Z".into()).await.unwrap(),
+        3
+    );
+    assert!(db.fetch(bob, 0, 10).await.unwrap().is_empty());
+    db.close().await;
+}
+
+#[tokio::test]
+async fn seq_never_reuses_a_deleted_maximum() {
+    let dir = tempfile::tempdir().unwrap();
+    let (alice, bob) = (
+        Identity::generate().public_key(),
+        Identity::generate().public_key(),
+    );
+    let db = SqliteBackend::open(dir.path(), 100).unwrap();
+    let id = Uuid::now_v7();
+    let Enqueued::Stored(first) =
+        db.enqueue(vec![frame(&bob, &alice, id)]).await.unwrap()[0].clone()
+    else {
+        panic!("not stored")
+    };
+    db.remove(bob, vec![id]).await.unwrap();
+    let Enqueued::Stored(second) = db
+        .enqueue(vec![frame(&bob, &alice, Uuid::now_v7())])
+        .await
+        .unwrap()[0]
+        .clone()
+    else {
+        panic!("not stored")
+    };
+    assert!(second.seq > first.seq);
+    db.close().await;
+}
+
+#[test]
+fn refuses_a_foreign_database() {
+    let dir = tempfile::tempdir().unwrap();
+    let conn = Connection::open(dir.path().join(FILE_NAME)).unwrap();
+    conn.execute_batch("CREATE TABLE other (x INTEGER)")
+        .unwrap();
+    drop(conn);
+    assert!(matches!(
+        SqliteBackend::open(dir.path(), 10),
+        Err(BackendError::NotOurs(_))
+    ));
+}

@@ -1,0 +1,151 @@
+//! Who is online: one live session per key, and how to tell it that a
+//! frame for it was committed.
+//!
+//! The hand-off is a bounded channel filled with `try_send`: the hub never
+//! waits for a session. When a session's channel is full, the frame is not
+//! lost (it is in the queue): the session's `lagged` flag is raised and it
+//! fetches from the queue once it has room.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::{mpsc, Notify};
+
+use super::backend::Queued;
+use crate::identity::PublicKey;
+
+/// The hub's side of a session.
+#[derive(Debug, Clone)]
+pub struct Handle {
+    id: u64,
+    deliver: mpsc::Sender<Queued>,
+    /// Raised when a frame could not be handed over.
+    pub lagged: Arc<AtomicBool>,
+    /// Notified when a newer session for the same key replaces this one.
+    pub replaced: Arc<Notify>,
+}
+
+/// What a session keeps from registering.
+#[derive(Debug)]
+pub struct Registration {
+    /// This session's id in the hub.
+    pub id: u64,
+    /// Frames committed for this key.
+    pub deliveries: mpsc::Receiver<Queued>,
+    /// See [`Handle::lagged`].
+    pub lagged: Arc<AtomicBool>,
+    /// See [`Handle::replaced`].
+    pub replaced: Arc<Notify>,
+}
+
+/// The registry of live sessions.
+#[derive(Debug, Default)]
+pub struct Hub {
+    sessions: Mutex<HashMap<PublicKey, Handle>>,
+    next_id: AtomicU64,
+}
+
+impl Hub {
+    /// Registers the live session for `key`, replacing (and notifying) any
+    /// older one. `capacity` bounds its delivery channel.
+    pub fn register(&self, key: PublicKey, capacity: usize) -> Registration {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = mpsc::channel(capacity.max(1));
+        let handle = Handle {
+            id,
+            deliver: tx,
+            lagged: Arc::new(AtomicBool::new(false)),
+            replaced: Arc::new(Notify::new()),
+        };
+        let registration = Registration {
+            id,
+            deliveries: rx,
+            lagged: Arc::clone(&handle.lagged),
+            replaced: Arc::clone(&handle.replaced),
+        };
+        let old = self.lock().insert(key, handle);
+        if let Some(old) = old {
+            old.replaced.notify_one();
+        }
+        registration
+    }
+
+    /// Forgets session `id` for `key`, unless a newer one replaced it.
+    pub fn unregister(&self, key: &PublicKey, id: u64) {
+        let mut sessions = self.lock();
+        if sessions.get(key).is_some_and(|h| h.id == id) {
+            sessions.remove(key);
+        }
+    }
+
+    /// Hands a committed frame to its recipient's session, if online.
+    pub fn notify(&self, frame: Queued) {
+        let sessions = self.lock();
+        if let Some(handle) = sessions.get(&frame.recipient) {
+            if handle.deliver.try_send(frame).is_err() {
+                handle.lagged.store(true, Ordering::Release);
+            }
+        }
+    }
+
+    /// How many sessions are live.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// Whether no session is live.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<PublicKey, Handle>> {
+        // A panic while holding this lock cannot leave the map inconsistent
+        // (every operation is a single insert/remove/get), so recover.
+        self.sessions.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::identity::Identity;
+
+    fn queued(to: PublicKey, seq: i64) -> Queued {
+        Queued {
+            seq,
+            id: uuid::Uuid::now_v7(),
+            recipient: to,
+            at: String::new(),
+            text: "{}".into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn newer_session_replaces_older() {
+        let hub = Hub::default();
+        let key = Identity::generate().public_key();
+        let old = hub.register(key, 4);
+        let mut new = hub.register(key, 4);
+        // The permit is stored, so the old session sees it even if it was
+        // not waiting yet.
+        old.replaced.notified().await;
+        hub.unregister(&key, old.id);
+        assert_eq!(hub.len(), 1, "the old session must not unregister the new");
+        hub.notify(queued(key, 1));
+        assert_eq!(new.deliveries.recv().await.unwrap().seq, 1);
+    }
+
+    #[test]
+    fn full_channel_raises_lagged() {
+        let hub = Hub::default();
+        let key = Identity::generate().public_key();
+        let reg = hub.register(key, 1);
+        hub.notify(queued(key, 1));
+        assert!(!reg.lagged.load(Ordering::Acquire));
+        hub.notify(queued(key, 2));
+        assert!(reg.lagged.load(Ordering::Acquire));
+        // Nobody online: dropped silently (it is in the queue).
+        hub.notify(queued(Identity::generate().public_key(), 3));
+    }
+}

@@ -1,0 +1,182 @@
+//! The router: a WebSocket server that authenticates sessions, stores every
+//! frame in a durable queue, delivers it to its recipient and deletes it
+//! when the recipient acknowledges it. It never sees plaintext.
+//!
+//! [`serve`] takes its listener and a shutdown future, so tests bind
+//! `127.0.0.1:0` and stop it cleanly. On shutdown it stops accepting,
+//! tells every session to finish (each waits for its in-flight commits and
+//! sends their acks, then closes with a reason), and closes the queue after
+//! its last commit.
+
+pub mod backend;
+mod http;
+pub mod hub;
+mod session;
+pub mod state;
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Semaphore};
+use tokio::task::JoinSet;
+
+use self::backend::sqlite::SqliteBackend;
+use self::backend::{Backend, BackendError};
+use self::hub::Hub;
+use crate::protocol::MAX_FRAME_BYTES;
+
+/// Every limit and setting of a router. [`RouterConfig::new`] gives the
+/// defaults.
+#[derive(Debug, Clone)]
+pub struct RouterConfig {
+    /// Directory holding the queue database.
+    pub data_dir: PathBuf,
+    /// Largest frame accepted, in bytes of JSON text.
+    pub max_frame_bytes: usize,
+    /// Most frames queued for one recipient.
+    pub max_queued_per_recipient: u64,
+    /// How long an undelivered frame is kept.
+    pub retention: Duration,
+    /// Frames per second one connection may send (bursts up to the same).
+    pub max_frames_per_sec: u32,
+    /// Most simultaneous WebSocket connections.
+    pub max_connections: usize,
+    /// How long a client has to authenticate.
+    pub auth_timeout: Duration,
+    /// Interval of WebSocket pings; a session silent for two is reaped.
+    pub ping_interval: Duration,
+    /// How long a write to a client may take before it is dropped as too
+    /// slow.
+    pub write_timeout: Duration,
+    /// Most frames delivered to a client and not yet acknowledged.
+    pub delivery_window: usize,
+    /// How long sessions get to finish on shutdown.
+    pub shutdown_grace: Duration,
+}
+
+impl RouterConfig {
+    /// The defaults, with the queue in `data_dir`.
+    pub fn new(data_dir: PathBuf) -> Self {
+        Self {
+            data_dir,
+            max_frame_bytes: MAX_FRAME_BYTES,
+            max_queued_per_recipient: 10_000,
+            retention: Duration::from_secs(30 * 24 * 3600),
+            max_frames_per_sec: 100,
+            max_connections: 20_000,
+            auth_timeout: Duration::from_secs(10),
+            ping_interval: Duration::from_secs(30),
+            write_timeout: Duration::from_secs(10),
+            delivery_window: 256,
+            shutdown_grace: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Why a router could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum RouterError {
+    /// Opening the queue failed.
+    #[error(transparent)]
+    Backend(#[from] BackendError),
+}
+
+/// What every connection shares.
+struct Shared<B> {
+    config: RouterConfig,
+    backend: B,
+    hub: Hub,
+    connections: Arc<Semaphore>,
+    stop: watch::Receiver<bool>,
+}
+
+/// Serves on `listener` with the SQLite queue in `config.data_dir` until
+/// `shutdown` resolves, then shuts down gracefully.
+pub async fn serve(
+    listener: TcpListener,
+    config: RouterConfig,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), RouterError> {
+    let backend = SqliteBackend::open(&config.data_dir, config.max_queued_per_recipient)?;
+    tracing::info!(queue = %backend.path().display(), "queue opened");
+    serve_with_backend(listener, config, backend, shutdown).await;
+    Ok(())
+}
+
+/// [`serve`] with any [`Backend`].
+pub async fn serve_with_backend<B: Backend>(
+    listener: TcpListener,
+    config: RouterConfig,
+    backend: B,
+    shutdown: impl Future<Output = ()>,
+) {
+    let (stop_tx, stop) = watch::channel(false);
+    let shared = Arc::new(Shared {
+        connections: Arc::new(Semaphore::new(config.max_connections)),
+        config,
+        backend,
+        hub: Hub::default(),
+        stop,
+    });
+    let mut tasks = JoinSet::new();
+    tasks.spawn(expire_loop(Arc::clone(&shared)));
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            () = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    // Small frames and acks must not wait for Nagle.
+                    let _ = stream.set_nodelay(true);
+                    tasks.spawn(session::handle_connection(stream, peer, Arc::clone(&shared)));
+                }
+                Err(e) => {
+                    // Usually out of file descriptors: back off instead of
+                    // spinning, the sessions that end will free some.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            },
+            Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+        }
+    }
+    drop(listener);
+    tracing::info!(sessions = shared.hub.len(), "shutting down");
+    let _ = stop_tx.send(true);
+    let drained = tokio::time::timeout(shared.config.shutdown_grace, async {
+        while tasks.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!("some connections did not finish in time; dropping them");
+        tasks.shutdown().await;
+    }
+    shared.backend.close().await;
+    tracing::info!("router stopped");
+}
+
+/// Drops expired frames at start and then periodically.
+async fn expire_loop<B: Backend>(shared: Arc<Shared<B>>) {
+    let retention = shared.config.retention;
+    let period = (retention / 10).clamp(Duration::from_secs(1), Duration::from_secs(3600));
+    let mut stop = shared.stop.clone();
+    let mut tick = tokio::time::interval(period);
+    loop {
+        tokio::select! {
+            _ = stop.changed() => return,
+            _ = tick.tick() => {}
+        }
+        let Ok(retention) = chrono::Duration::from_std(retention) else {
+            return;
+        };
+        let cutoff = crate::clock::format(chrono::Utc::now() - retention);
+        match shared.backend.expire(cutoff.clone()).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(frames = n, before = %cutoff, "expired undelivered frames"),
+            Err(e) => tracing::warn!(error = %e, "expiring old frames failed"),
+        }
+    }
+}

@@ -1,0 +1,570 @@
+//! One connection: the HTTP head, the WebSocket upgrade, the handshake, then
+//! one `select!` loop over the socket, the committed-frame hand-off, the
+//! queue's answers, the heartbeat and shutdown. Each branch calls a named
+//! method; the protocol state lives in [`super::state`].
+
+use std::io::Cursor;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+
+use futures_util::future::BoxFuture;
+use futures_util::stream::FuturesUnordered;
+use futures_util::{FutureExt as _, SinkExt as _, StreamExt as _};
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+use tokio_tungstenite::WebSocketStream;
+use uuid::Uuid;
+
+use super::backend::{Backend, BackendError, Enqueued, NewFrame, Queued};
+use super::http::{self, Request};
+use super::hub::Registration;
+use super::state::{Delivery, Handshake, RateLimit};
+use super::Shared;
+use crate::identity::PublicKey;
+use crate::protocol::{self, Ack, ErrorCode, ErrorFrame, Frame, Ready};
+
+/// Queue submissions a session may have awaiting their commit; beyond
+/// that it stops reading its socket (backpressure to the client).
+const MAX_PENDING: usize = 256;
+
+/// Most hand-offs or commit answers handled before one flush.
+const BATCH: usize = 64;
+
+/// Capacity of a session's committed-frame hand-off channel.
+const HANDOFF: usize = 256;
+
+/// Close code for a session replaced by a newer one for the same key.
+const CLOSE_REPLACED: u16 = 4000;
+
+/// Handles one accepted TCP connection to the end.
+pub(super) async fn handle_connection<B: Backend>(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    shared: Arc<Shared<B>>,
+) {
+    let Ok(head) = http::read_head(&mut stream, shared.config.auth_timeout).await else {
+        return;
+    };
+    let key = match http::route(&head) {
+        Request::Health => {
+            let _ = http::respond(&mut stream, "200 OK", "ok\n").await;
+            return;
+        }
+        Request::NotFound => {
+            let _ = http::respond(
+                &mut stream,
+                "404 Not Found",
+                "not found: use /ws or /healthz\n",
+            )
+            .await;
+            return;
+        }
+        Request::BadKey(reason) => {
+            let _ = http::respond(&mut stream, "400 Bad Request", &format!("{reason}\n")).await;
+            return;
+        }
+        Request::Session(key) => key,
+    };
+    let permit = Arc::clone(&shared.connections).try_acquire_owned().ok();
+    // Hand tungstenite the head we already read, then the rest of the stream.
+    let (read, write) = stream.into_split();
+    let io = tokio::io::join(Cursor::new(head).chain(read), write);
+    let ws = match tokio_tungstenite::accept_async_with_config(io, Some(ws_config(&shared))).await {
+        Ok(ws) => ws,
+        Err(e) => {
+            tracing::debug!(%peer, error = %e, "WebSocket handshake failed");
+            return;
+        }
+    };
+    let mut conn = Conn {
+        ws,
+        shared: &shared,
+    };
+    if permit.is_none() {
+        tracing::warn!(%peer, "connection limit reached; refusing a session");
+        conn.refuse(
+            ErrorCode::TooManyConnections,
+            "the router has as many connections as it allows; try again later",
+            CloseCode::Again,
+        )
+        .await;
+        return;
+    }
+    let Some(registration) = conn.authenticate(key).await else {
+        return;
+    };
+    tracing::info!(%peer, key = %key, "session started");
+    let id = registration.id;
+    let exit = Session::new(conn, key, registration).run().await;
+    shared.hub.unregister(&key, id);
+    tracing::info!(%peer, key = %key, ?exit, "session ended");
+    drop(permit);
+}
+
+/// WebSocket limits: a small read buffer (idle sessions cost ~10 KB, not
+/// 137 KB), and message caps a little above the frame limit so a frame
+/// just over it gets a `too-large` error instead of a dropped connection.
+fn ws_config<B>(shared: &Shared<B>) -> WebSocketConfig {
+    let cap = shared.config.max_frame_bytes.saturating_mul(2).max(4096);
+    WebSocketConfig::default()
+        .read_buffer_size(4096)
+        .write_buffer_size(0)
+        .max_write_buffer_size(4 * 1024 * 1024)
+        .max_message_size(Some(cap))
+        .max_frame_size(Some(cap))
+}
+
+/// Why a session ended.
+#[derive(Debug)]
+enum Exit {
+    /// The client closed or the socket failed.
+    Closed,
+    /// A newer session for the same key took over.
+    Replaced,
+    /// The router is shutting down.
+    Shutdown,
+    /// No sign of life for two ping intervals.
+    Dead,
+    /// Writes to the client stalled.
+    TooSlow,
+    /// A frame larger than the WebSocket cap.
+    TooLarge,
+    /// The queue failed.
+    Internal,
+}
+
+/// A WebSocket plus the router: writing frames and closing with reasons.
+struct Conn<'a, B, S> {
+    ws: WebSocketStream<S>,
+    shared: &'a Shared<B>,
+}
+
+impl<B: Backend, S: AsyncRead + AsyncWrite + Unpin> Conn<'_, B, S> {
+    /// Queues a frame for the next flush.
+    async fn feed(&mut self, frame: &Frame) -> Result<(), Exit> {
+        let text = protocol::to_text(frame);
+        self.feed_text(text).await
+    }
+
+    async fn feed_text(&mut self, text: String) -> Result<(), Exit> {
+        let limit = self.shared.config.write_timeout;
+        match tokio::time::timeout(limit, self.ws.feed(Message::text(text))).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(Exit::Closed),
+            Err(_) => Err(Exit::TooSlow),
+        }
+    }
+
+    async fn flush(&mut self) -> Result<(), Exit> {
+        let limit = self.shared.config.write_timeout;
+        match tokio::time::timeout(limit, self.ws.flush()).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(Exit::Closed),
+            Err(_) => Err(Exit::TooSlow),
+        }
+    }
+
+    async fn send(&mut self, frame: &Frame) -> Result<(), Exit> {
+        self.feed(frame).await?;
+        self.flush().await
+    }
+
+    async fn error(
+        &mut self,
+        id: Option<Uuid>,
+        code: ErrorCode,
+        message: &str,
+    ) -> Result<(), Exit> {
+        self.feed(&error_frame(id, code, message)).await
+    }
+
+    /// Sends an error, then closes with `close` and the message as reason.
+    async fn refuse(&mut self, code: ErrorCode, message: &str, close: CloseCode) {
+        let _ = self.send(&error_frame(None, code, message)).await;
+        self.close(close, code.as_str()).await;
+    }
+
+    async fn close(&mut self, code: CloseCode, reason: &str) {
+        let frame = CloseFrame {
+            code,
+            reason: reason.to_owned().into(),
+        };
+        let limit = self.shared.config.write_timeout;
+        let _ = tokio::time::timeout(limit, self.ws.close(Some(frame))).await;
+    }
+
+    /// Challenge, verify the answer, register. `None` when refused.
+    async fn authenticate(&mut self, key: PublicKey) -> Option<Registration> {
+        let handshake = Handshake::new(key);
+        self.send(&Frame::Challenge(handshake.challenge()))
+            .await
+            .ok()?;
+        let limit = self.shared.config.auth_timeout;
+        let mut stop = self.shared.stop.clone();
+        let answer = tokio::select! {
+            answer = tokio::time::timeout(limit, self.first_frame()) => answer,
+            _ = stop.changed() => {
+                self.close(CloseCode::Away, "router shutting down").await;
+                return None;
+            }
+        };
+        let frame = match answer {
+            Err(_) => {
+                let msg = "no auth answer in time: sign the challenge and send 'auth'";
+                self.refuse(ErrorCode::AuthTimeout, msg, CloseCode::Policy)
+                    .await;
+                return None;
+            }
+            Ok(None) => return None,
+            Ok(Some(Err(e))) => {
+                let msg = format!("the first frame must be 'auth': {e}");
+                self.refuse(ErrorCode::NotAuthenticated, &msg, CloseCode::Policy)
+                    .await;
+                return None;
+            }
+            Ok(Some(Ok(frame))) => frame,
+        };
+        match handshake.answer(&frame) {
+            Ok(version) => {
+                let registration = self.shared.hub.register(key, HANDOFF);
+                let ready = Frame::Ready(Ready { version, key });
+                self.send(&ready).await.ok()?;
+                Some(registration)
+            }
+            Err((code, msg)) => {
+                tracing::info!(key = %key, code = code.as_str(), "authentication refused");
+                self.refuse(code, msg, CloseCode::Policy).await;
+                None
+            }
+        }
+    }
+
+    /// The first data frame, parsed; `None` if the client went away.
+    async fn first_frame(&mut self) -> Option<Result<Frame, protocol::ProtocolError>> {
+        loop {
+            match self.ws.next().await? {
+                Ok(Message::Text(text)) => {
+                    return Some(protocol::parse_with_limit(
+                        text.as_str(),
+                        self.shared.config.max_frame_bytes,
+                    ))
+                }
+                Ok(Message::Binary(bytes)) => {
+                    return Some(protocol::from_slice(
+                        &bytes,
+                        self.shared.config.max_frame_bytes,
+                    ))
+                }
+                Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_)) => {}
+                Ok(Message::Close(_)) | Err(_) => return None,
+            }
+        }
+    }
+}
+
+fn error_frame(id: Option<Uuid>, code: ErrorCode, message: &str) -> Frame {
+    Frame::Error(ErrorFrame {
+        id,
+        code,
+        message: message.to_owned(),
+    })
+}
+
+/// The answer to one queue submission.
+enum Done {
+    Enqueued(Uuid, Result<Vec<Enqueued>, BackendError>),
+    Removed(Result<u64, BackendError>),
+}
+
+/// An authenticated session.
+struct Session<'a, B, S> {
+    conn: Conn<'a, B, S>,
+    key: PublicKey,
+    registration: Registration,
+    delivery: Delivery,
+    rate: RateLimit,
+    pending: FuturesUnordered<BoxFuture<'static, Done>>,
+    last_seen: Instant,
+}
+
+impl<'a, B: Backend, S: AsyncRead + AsyncWrite + Unpin> Session<'a, B, S> {
+    fn new(conn: Conn<'a, B, S>, key: PublicKey, registration: Registration) -> Self {
+        let config = &conn.shared.config;
+        Self {
+            delivery: Delivery::new(config.delivery_window),
+            rate: RateLimit::new(config.max_frames_per_sec, Instant::now()),
+            conn,
+            key,
+            registration,
+            pending: FuturesUnordered::new(),
+            last_seen: Instant::now(),
+        }
+    }
+
+    async fn run(mut self) -> Exit {
+        let exit = match self.serve().await {
+            Ok(()) => Exit::Closed,
+            Err(exit) => exit,
+        };
+        self.finish(exit).await
+    }
+
+    /// The loop; returns only with the reason to stop.
+    async fn serve(&mut self) -> Result<(), Exit> {
+        let period = self.conn.shared.config.ping_interval;
+        let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+        let mut stop = self.conn.shared.stop.clone();
+        let replaced = Arc::clone(&self.registration.replaced);
+        loop {
+            if self.registration.lagged.swap(false, Ordering::AcqRel) {
+                self.delivery.on_lagged();
+            }
+            if let Some((after, limit)) = self.delivery.fetch_request() {
+                self.deliver_backlog(after, limit).await?;
+                continue;
+            }
+            tokio::select! {
+                biased;
+                _ = stop.changed() => return Err(Exit::Shutdown),
+                () = replaced.notified() => return Err(Exit::Replaced),
+                Some(done) = self.pending.next(), if !self.pending.is_empty() => {
+                    self.on_done(done).await?;
+                }
+                Some(frame) = self.registration.deliveries.recv() => {
+                    self.on_handoff(frame).await?;
+                }
+                msg = self.conn.ws.next(), if self.pending.len() < MAX_PENDING => {
+                    self.on_message(msg).await?;
+                }
+                _ = heartbeat.tick() => self.on_heartbeat(period).await?,
+            }
+        }
+    }
+
+    /// Sends queued frames after the cursor, as many as the window allows.
+    async fn deliver_backlog(&mut self, after: i64, limit: usize) -> Result<(), Exit> {
+        let rows = self
+            .conn
+            .shared
+            .backend
+            .fetch(self.key, after, limit)
+            .await
+            .map_err(|e| {
+                tracing::error!(error = %e, "fetching the queue failed");
+                Exit::Internal
+            })?;
+        for row in self.delivery.on_fetched(&rows, limit) {
+            self.conn.feed_text(row.text.to_string()).await?;
+        }
+        self.conn.flush().await
+    }
+
+    /// Frames committed for this key while it is online.
+    async fn on_handoff(&mut self, first: Queued) -> Result<(), Exit> {
+        let mut next = Some(first);
+        let mut count = 0;
+        while let Some(frame) = next {
+            if self.delivery.on_notify(&frame) {
+                self.conn.feed_text(frame.text.to_string()).await?;
+            }
+            count += 1;
+            next = if count < BATCH {
+                self.registration.deliveries.try_recv().ok()
+            } else {
+                None
+            };
+        }
+        self.conn.flush().await
+    }
+
+    /// Answers to queue submissions: acks after commits, and the hand-off
+    /// to recipients.
+    async fn on_done(&mut self, first: Done) -> Result<(), Exit> {
+        let mut next = Some(first);
+        let mut count = 0;
+        while let Some(done) = next {
+            self.answer(done).await?;
+            count += 1;
+            next = if count < BATCH {
+                self.pending.next().now_or_never().flatten()
+            } else {
+                None
+            };
+        }
+        self.conn.flush().await
+    }
+
+    async fn answer(&mut self, done: Done) -> Result<(), Exit> {
+        match done {
+            Done::Enqueued(id, Ok(outcomes)) => {
+                for outcome in outcomes {
+                    self.answer_enqueued(id, outcome).await?;
+                }
+                Ok(())
+            }
+            Done::Enqueued(id, Err(e)) => {
+                tracing::warn!(error = %e, "a frame could not be stored");
+                let msg = "the router could not store this frame; send it again later";
+                self.conn.error(Some(id), ErrorCode::Internal, msg).await
+            }
+            Done::Removed(Err(e)) => {
+                tracing::warn!(error = %e, "removing an acknowledged frame failed");
+                Ok(())
+            }
+            Done::Removed(Ok(_)) => Ok(()),
+        }
+    }
+
+    async fn answer_enqueued(&mut self, id: Uuid, outcome: Enqueued) -> Result<(), Exit> {
+        let ack = |at: String| Frame::Ack(Ack { id, at: Some(at) });
+        match outcome {
+            Enqueued::Stored(queued) => {
+                let frame = ack(queued.at.clone());
+                self.conn.shared.hub.notify(queued);
+                self.conn.feed(&frame).await
+            }
+            Enqueued::Duplicate { at } => self.conn.feed(&ack(at)).await,
+            Enqueued::QuotaExceeded => {
+                let msg = "the recipient has too many frames waiting; try again later";
+                self.conn
+                    .error(Some(id), ErrorCode::QuotaExceeded, msg)
+                    .await
+            }
+        }
+    }
+
+    /// One message from the socket.
+    async fn on_message(&mut self, msg: Option<Result<Message, WsError>>) -> Result<(), Exit> {
+        self.last_seen = Instant::now();
+        match msg {
+            None | Some(Ok(Message::Close(_))) => Err(Exit::Closed),
+            Some(Err(WsError::Capacity(_))) => Err(Exit::TooLarge),
+            Some(Err(_)) => Err(Exit::Closed),
+            Some(Ok(Message::Text(text))) => {
+                let parsed = protocol::parse_with_limit(
+                    text.as_str(),
+                    self.conn.shared.config.max_frame_bytes,
+                );
+                self.on_frame(parsed, text.as_str()).await?;
+                self.conn.flush().await
+            }
+            Some(Ok(Message::Binary(_))) => {
+                let msg = "binary frames are not part of the protocol: send JSON text frames";
+                self.conn.error(None, ErrorCode::BadFrame, msg).await?;
+                self.conn.flush().await
+            }
+            Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => Ok(()),
+        }
+    }
+
+    async fn on_frame(
+        &mut self,
+        parsed: Result<Frame, protocol::ProtocolError>,
+        text: &str,
+    ) -> Result<(), Exit> {
+        let frame = match parsed {
+            Ok(frame) => frame,
+            Err(e) => return self.conn.error(None, e.code(), &e.to_string()).await,
+        };
+        // Acks for frames this session delivered are free: limiting them
+        // would only cause redeliveries.
+        let free = matches!(&frame, Frame::Ack(a) if self.delivery.is_in_flight(&a.id));
+        if !free && !self.rate.allow(Instant::now()) {
+            let id = match &frame {
+                Frame::Message(m) => Some(m.id),
+                _ => None,
+            };
+            let msg = "too many frames per second; slow down and send it again";
+            return self.conn.error(id, ErrorCode::RateLimited, msg).await;
+        }
+        match frame {
+            Frame::Message(m) if m.from != self.key => {
+                let msg = "'from' must be the key this session authenticated as";
+                self.conn
+                    .error(Some(m.id), ErrorCode::SpoofedFrom, msg)
+                    .await
+            }
+            Frame::Message(m) => {
+                self.submit(m.id, m.to, text);
+                Ok(())
+            }
+            Frame::Ack(ack) => {
+                self.delivery.on_ack(&ack.id);
+                let removal = self.conn.shared.backend.remove(self.key, vec![ack.id]);
+                self.pending.push(removal.map(Done::Removed).boxed());
+                Ok(())
+            }
+            Frame::Auth(_) => {
+                let msg = "this session is already authenticated";
+                self.conn.error(None, ErrorCode::BadFrame, msg).await
+            }
+            Frame::Challenge(_) | Frame::Ready(_) | Frame::Error(_) => {
+                let msg = "only routers send 'challenge', 'ready' and 'error' frames";
+                self.conn.error(None, ErrorCode::BadFrame, msg).await
+            }
+        }
+    }
+
+    /// Stores a message; its ack is sent when the commit answers.
+    fn submit(&mut self, id: Uuid, to: PublicKey, text: &str) {
+        let frame = NewFrame {
+            recipient: to,
+            sender: self.key,
+            id,
+            text: text.into(),
+        };
+        let stored = self.conn.shared.backend.enqueue(vec![frame]);
+        self.pending
+            .push(stored.map(move |r| Done::Enqueued(id, r)).boxed());
+    }
+
+    async fn on_heartbeat(&mut self, period: std::time::Duration) -> Result<(), Exit> {
+        if self.last_seen.elapsed() > period * 2 {
+            return Err(Exit::Dead);
+        }
+        let limit = self.conn.shared.config.write_timeout;
+        match tokio::time::timeout(limit, self.conn.ws.send(Message::Ping(Vec::new().into()))).await
+        {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(Exit::Closed),
+            Err(_) => Err(Exit::TooSlow),
+        }
+    }
+
+    /// Waits for in-flight commits (acking them if the socket still works),
+    /// then closes with the reason.
+    async fn finish(mut self, exit: Exit) -> Exit {
+        let socket_ok = !matches!(exit, Exit::Closed | Exit::Dead | Exit::TooSlow);
+        while let Some(done) = self.pending.next().await {
+            if socket_ok {
+                // Acks the sender and hands the frame to its recipient.
+                let _ = self.answer(done).await;
+            } else if let Done::Enqueued(_, Ok(outcomes)) = done {
+                for outcome in outcomes {
+                    if let Enqueued::Stored(queued) = outcome {
+                        self.conn.shared.hub.notify(queued);
+                    }
+                }
+            }
+        }
+        let (code, reason) = match exit {
+            Exit::Closed | Exit::Dead => return exit,
+            Exit::Replaced => (
+                CloseCode::from(CLOSE_REPLACED),
+                "replaced by a newer session for this key",
+            ),
+            Exit::Shutdown => (CloseCode::Away, "router shutting down"),
+            Exit::TooSlow => (CloseCode::Policy, "too slow: writes to this client stalled"),
+            Exit::TooLarge => (CloseCode::Size, "frame larger than the router accepts"),
+            Exit::Internal => (CloseCode::Error, "router storage failure; reconnect later"),
+        };
+        let _ = self.conn.flush().await;
+        self.conn.close(code, reason).await;
+        exit
+    }
+}

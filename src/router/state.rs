@@ -1,0 +1,271 @@
+//! A session's protocol state as plain structs, testable without sockets:
+//! the authentication handshake, the delivery window with its resume
+//! cursor, and the per-connection rate limit.
+
+use std::collections::HashSet;
+use std::time::Instant;
+
+use uuid::Uuid;
+
+use super::backend::Queued;
+use crate::identity::PublicKey;
+use crate::protocol::{self, Challenge, ErrorCode, Frame, CHALLENGE_LEN};
+
+/// The router's half of the authentication handshake.
+#[derive(Debug)]
+pub struct Handshake {
+    key: PublicKey,
+    nonce: [u8; CHALLENGE_LEN],
+}
+
+impl Handshake {
+    /// A handshake for a client claiming `key`, with a fresh nonce.
+    pub fn new(key: PublicKey) -> Self {
+        let mut nonce = [0u8; CHALLENGE_LEN];
+        rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut nonce);
+        Self { key, nonce }
+    }
+
+    /// The challenge to send first.
+    pub fn challenge(&self) -> Challenge {
+        Challenge {
+            versions: protocol::SUPPORTED_VERSIONS.to_vec(),
+            nonce: self.nonce,
+        }
+    }
+
+    /// Checks the client's first frame: the negotiated version, or why the
+    /// session must be closed.
+    pub fn answer(&self, frame: &Frame) -> Result<u32, (ErrorCode, &'static str)> {
+        let Frame::Auth(auth) = frame else {
+            return Err((
+                ErrorCode::NotAuthenticated,
+                "the first frame must be 'auth' answering the challenge",
+            ));
+        };
+        if !protocol::SUPPORTED_VERSIONS.contains(&auth.version) {
+            return Err((
+                ErrorCode::UnsupportedVersion,
+                "this router does not speak that protocol version",
+            ));
+        }
+        if !protocol::verify_auth(&self.key, &self.nonce, auth) {
+            return Err((
+                ErrorCode::BadSignature,
+                "the auth signature does not verify for this key",
+            ));
+        }
+        Ok(auth.version)
+    }
+}
+
+/// Which frames a session sent its client and may send next.
+///
+/// At most `window` frames are unacknowledged at once; beyond that, frames
+/// wait in the queue (not in memory) until acks make room. `cursor` is the
+/// highest `seq` sent, so a fetch resumes after it.
+#[derive(Debug)]
+pub struct Delivery {
+    cursor: i64,
+    in_flight: HashSet<Uuid>,
+    window: usize,
+    need_fetch: bool,
+}
+
+impl Delivery {
+    /// A fresh session: whatever is queued must be fetched first.
+    pub fn new(window: usize) -> Self {
+        Self {
+            cursor: 0,
+            in_flight: HashSet::new(),
+            window: window.max(1),
+            need_fetch: true,
+        }
+    }
+
+    /// A frame committed while the session is live: send it now?
+    pub fn on_notify(&mut self, frame: &Queued) -> bool {
+        if frame.seq <= self.cursor {
+            return false;
+        }
+        if self.need_fetch || self.room() == 0 {
+            // Fetch it later, in order, with what came before it.
+            self.need_fetch = true;
+            return false;
+        }
+        self.mark_sent(frame);
+        true
+    }
+
+    /// A frame could not be handed over live (the hub's channel was full).
+    pub fn on_lagged(&mut self) {
+        self.need_fetch = true;
+    }
+
+    /// The `(after, limit)` to fetch next, if a fetch is due and there is room.
+    pub fn fetch_request(&self) -> Option<(i64, usize)> {
+        (self.need_fetch && self.room() > 0).then(|| (self.cursor, self.room()))
+    }
+
+    /// A fetch of `limit` rows returned `rows`: which to send.
+    pub fn on_fetched<'a>(&mut self, rows: &'a [Queued], limit: usize) -> Vec<&'a Queued> {
+        let mut send = Vec::with_capacity(rows.len());
+        for row in rows {
+            if row.seq > self.cursor && self.room() > 0 {
+                self.mark_sent(row);
+                send.push(row);
+            }
+        }
+        // A short page means the queue is drained up to now; later commits
+        // arrive through on_notify.
+        self.need_fetch = rows.len() >= limit;
+        send
+    }
+
+    /// The client acknowledged `id`.
+    pub fn on_ack(&mut self, id: &Uuid) {
+        self.in_flight.remove(id);
+    }
+
+    /// Whether `id` was sent in this session and not acknowledged yet.
+    pub fn is_in_flight(&self, id: &Uuid) -> bool {
+        self.in_flight.contains(id)
+    }
+
+    /// Frames sent and not yet acknowledged.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.len()
+    }
+
+    fn room(&self) -> usize {
+        self.window.saturating_sub(self.in_flight.len())
+    }
+
+    fn mark_sent(&mut self, frame: &Queued) {
+        self.cursor = frame.seq;
+        self.in_flight.insert(frame.id);
+    }
+}
+
+/// A token bucket: `rate` frames per second, bursts up to `rate`.
+#[derive(Debug)]
+pub struct RateLimit {
+    rate: f64,
+    tokens: f64,
+    last: Instant,
+}
+
+impl RateLimit {
+    /// A full bucket.
+    pub fn new(rate: u32, now: Instant) -> Self {
+        let rate = f64::from(rate.max(1));
+        Self {
+            rate,
+            tokens: rate,
+            last: now,
+        }
+    }
+
+    /// Takes a token if one is left at `now`.
+    pub fn allow(&mut self, now: Instant) -> bool {
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        self.last = now;
+        self.tokens = (self.tokens + elapsed * self.rate).min(self.rate);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::identity::Identity;
+    use std::time::Duration;
+
+    fn q(seq: i64) -> Queued {
+        Queued {
+            seq,
+            id: Uuid::now_v7(),
+            recipient: Identity::from_secret_bytes(&[9; 32]).public_key(),
+            at: String::new(),
+            text: "{}".into(),
+        }
+    }
+
+    #[test]
+    fn handshake_accepts_only_the_keys_owner() {
+        let alice = Identity::generate();
+        let hs = Handshake::new(alice.public_key());
+        let nonce = hs.challenge().nonce;
+        let good = Frame::Auth(protocol::sign_challenge(&alice, 1, &nonce));
+        assert_eq!(hs.answer(&good), Ok(1));
+        let mallory = Identity::generate();
+        let bad = Frame::Auth(protocol::sign_challenge(&mallory, 1, &nonce));
+        assert_eq!(hs.answer(&bad).unwrap_err().0, ErrorCode::BadSignature);
+        let stale = Frame::Auth(protocol::sign_challenge(&alice, 1, &[0; 32]));
+        assert_eq!(hs.answer(&stale).unwrap_err().0, ErrorCode::BadSignature);
+        let v2 = Frame::Auth(protocol::sign_challenge(&alice, 2, &nonce));
+        assert_eq!(hs.answer(&v2).unwrap_err().0, ErrorCode::UnsupportedVersion);
+        let ack = Frame::Ack(protocol::Ack {
+            id: Uuid::now_v7(),
+            at: None,
+        });
+        assert_eq!(hs.answer(&ack).unwrap_err().0, ErrorCode::NotAuthenticated);
+    }
+
+    #[test]
+    fn backlog_first_then_live() {
+        let mut d = Delivery::new(10);
+        let (a, b, c) = (q(1), q(2), q(3));
+        // Live frames before the backlog is fetched wait for the fetch.
+        assert!(!d.on_notify(&b));
+        assert_eq!(d.fetch_request(), Some((0, 10)));
+        let rows = [a.clone(), b.clone()];
+        assert_eq!(d.on_fetched(&rows, 10).len(), 2);
+        assert_eq!(d.fetch_request(), None);
+        // Already sent through the fetch: skipped; newer: sent.
+        assert!(!d.on_notify(&b));
+        assert!(d.on_notify(&c));
+        assert_eq!(d.in_flight(), 3);
+    }
+
+    #[test]
+    fn full_window_parks_frames_in_the_queue() {
+        let mut d = Delivery::new(2);
+        d.on_fetched(&[], 2);
+        assert!(d.on_notify(&q(1)));
+        let second = q(2);
+        assert!(d.on_notify(&second));
+        assert!(!d.on_notify(&q(3)), "window full");
+        assert_eq!(d.fetch_request(), None, "no room to fetch into");
+        d.on_ack(&second.id);
+        assert_eq!(d.fetch_request(), Some((2, 1)));
+        let page = [q(3)];
+        assert_eq!(d.on_fetched(&page, 1).len(), 1);
+        assert!(d.fetch_request().is_none(), "still full");
+    }
+
+    #[test]
+    fn lag_forces_a_fetch_after_the_cursor() {
+        let mut d = Delivery::new(10);
+        d.on_fetched(&[], 10);
+        assert!(d.on_notify(&q(5)));
+        d.on_lagged();
+        assert_eq!(d.fetch_request(), Some((5, 9)));
+        assert!(!d.on_notify(&q(7)), "in order: through the fetch");
+    }
+
+    #[test]
+    fn rate_limit_refills_over_time() {
+        let t0 = Instant::now();
+        let mut r = RateLimit::new(2, t0);
+        assert!(r.allow(t0));
+        assert!(r.allow(t0));
+        assert!(!r.allow(t0));
+        assert!(r.allow(t0 + Duration::from_millis(600)));
+    }
+}

@@ -1,0 +1,269 @@
+//! A real router process and raw WebSocket clients, for the router tests.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use chat_p2p::identity::{Identity, PublicKey};
+use chat_p2p::protocol::{self, Content, Frame, MessageFrame};
+use futures_util::{SinkExt, StreamExt};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use uuid::Uuid;
+
+/// How long a test waits for something the router must send. Only a guard
+/// against hanging forever; nothing is asserted about timing.
+const GUARD: Duration = Duration::from_secs(20);
+
+/// A `chat-p2p router` child process, killed when dropped.
+pub struct Router {
+    child: Child,
+    /// `127.0.0.1:PORT`.
+    pub addr: String,
+    data: PathBuf,
+}
+
+impl Router {
+    /// Starts a router on a free port with its queue in `data`.
+    pub fn start(data: &Path, extra: &[&str]) -> Router {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_chat-p2p"))
+            .env_clear()
+            .env("CHAT_HOME", data)
+            .env("RUST_LOG", "debug")
+            .args(["router", "--listen", "127.0.0.1:0", "--data"])
+            .arg(data)
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(
+                std::fs::File::options()
+                    .create(true)
+                    .append(true)
+                    .open(data.with_extension("log"))
+                    .map(Stdio::from)
+                    .unwrap_or_else(|_| Stdio::null()),
+            )
+            .spawn()
+            .expect("start the router");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut line = String::new();
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("read the router's first line");
+        let addr = line
+            .trim()
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+            .to_owned();
+        Router {
+            child,
+            addr,
+            data: data.to_path_buf(),
+        }
+    }
+
+    /// Kills the process at once (no graceful shutdown) and waits for it.
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Sends SIGTERM and waits for a clean exit.
+    pub fn terminate(mut self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success());
+        let exit = self.child.wait().expect("wait for the router");
+        assert!(exit.success(), "router exited with {exit:?}");
+    }
+
+    /// Starts a new router on the same data directory.
+    pub fn restart(self, extra: &[&str]) -> Router {
+        let data = self.data.clone();
+        self.kill();
+        Router::start(&data, extra)
+    }
+}
+
+impl Drop for Router {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A raw WebSocket to the router.
+pub type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// Opens `/ws?pub=KEY` without authenticating.
+pub async fn connect_raw(addr: &str, key: &PublicKey) -> Socket {
+    let text = key.to_base64();
+    let key = percent_encoding::utf8_percent_encode(&text, percent_encoding::NON_ALPHANUMERIC);
+    let url = format!("ws://{addr}/ws?pub={key}");
+    let (ws, _) = tokio_tungstenite::connect_async(url)
+        .await
+        .expect("WebSocket connect");
+    ws
+}
+
+/// Next data frame on `ws`, parsed; panics when the socket closes.
+pub async fn next_frame(ws: &mut Socket) -> Frame {
+    loop {
+        let msg = tokio::time::timeout(GUARD, ws.next())
+            .await
+            .expect("the router sent nothing")
+            .expect("the socket closed")
+            .expect("socket error");
+        match msg {
+            Message::Text(text) => return protocol::parse(text.as_str()).expect("a valid frame"),
+            Message::Close(c) => panic!("closed by the router: {c:?}"),
+            _ => {}
+        }
+    }
+}
+
+/// Reads until the router closes; returns its close frame and any frames
+/// it sent before.
+pub async fn until_close(ws: &mut Socket) -> (Option<CloseFrame>, Vec<Frame>) {
+    let mut frames = Vec::new();
+    loop {
+        let msg = tokio::time::timeout(GUARD, ws.next())
+            .await
+            .expect("the router neither sent nor closed");
+        match msg {
+            Some(Ok(Message::Text(text))) => {
+                frames.push(protocol::parse(text.as_str()).expect("a valid frame"))
+            }
+            Some(Ok(Message::Close(c))) => return (c, frames),
+            Some(Ok(_)) => {}
+            None | Some(Err(_)) => return (None, frames),
+        }
+    }
+}
+
+/// Sends one text frame.
+pub async fn send_text(ws: &mut Socket, text: &str) {
+    ws.send(Message::text(text.to_owned())).await.expect("send");
+}
+
+/// Sends one frame.
+pub async fn send_frame(ws: &mut Socket, frame: &Frame) {
+    send_text(ws, &protocol::to_text(frame)).await;
+}
+
+/// The challenge's nonce.
+pub async fn read_challenge(ws: &mut Socket) -> [u8; 32] {
+    match next_frame(ws).await {
+        Frame::Challenge(c) => {
+            assert!(c.versions.contains(&protocol::VERSION));
+            c.nonce
+        }
+        other => panic!("expected a challenge, got {other:?}"),
+    }
+}
+
+/// An authenticated client.
+pub struct Client {
+    /// Its identity.
+    pub id: Identity,
+    /// Its socket.
+    pub ws: Socket,
+}
+
+impl Client {
+    /// Connects and authenticates as `id`.
+    pub async fn connect(addr: &str, id: Identity) -> Client {
+        let mut ws = connect_raw(addr, &id.public_key()).await;
+        let nonce = read_challenge(&mut ws).await;
+        send_frame(
+            &mut ws,
+            &Frame::Auth(protocol::sign_challenge(&id, protocol::VERSION, &nonce)),
+        )
+        .await;
+        match next_frame(&mut ws).await {
+            Frame::Ready(r) => assert_eq!(r.key, id.public_key()),
+            other => panic!("expected ready, got {other:?}"),
+        }
+        Client { id, ws }
+    }
+
+    /// This client's key.
+    pub fn key(&self) -> PublicKey {
+        self.id.public_key()
+    }
+
+    /// Seals a text message to `to`.
+    pub fn seal(&self, to: &PublicKey, body: &str) -> MessageFrame {
+        protocol::seal(
+            &self.id,
+            to,
+            Uuid::now_v7(),
+            &chat_p2p::clock::now(),
+            &Content::Text {
+                body: body.to_owned(),
+            },
+        )
+        .expect("seal")
+    }
+
+    /// Sends a sealed text to `to` and returns it (without waiting).
+    pub async fn send(&mut self, to: &PublicKey, body: &str) -> MessageFrame {
+        let m = self.seal(to, body);
+        send_frame(&mut self.ws, &Frame::Message(m.clone())).await;
+        m
+    }
+
+    /// Sends a text to `to` and waits for the router's ack.
+    pub async fn send_acked(&mut self, to: &PublicKey, body: &str) -> MessageFrame {
+        let m = self.send(to, body).await;
+        self.expect_ack(m.id).await;
+        m
+    }
+
+    /// Waits for the router's ack of `id`.
+    pub async fn expect_ack(&mut self, id: Uuid) -> String {
+        match self.next().await {
+            Frame::Ack(a) if a.id == id => a.at.expect("router acks carry 'at'"),
+            other => panic!("expected ack of {id}, got {other:?}"),
+        }
+    }
+
+    /// Waits for an error frame and returns it.
+    pub async fn expect_error(&mut self) -> protocol::ErrorFrame {
+        match self.next().await {
+            Frame::Error(e) => e,
+            other => panic!("expected an error, got {other:?}"),
+        }
+    }
+
+    /// Next frame.
+    pub async fn next(&mut self) -> Frame {
+        next_frame(&mut self.ws).await
+    }
+
+    /// Waits for a delivered message, opens it, and returns it with its
+    /// text (without acking).
+    pub async fn receive(&mut self) -> (MessageFrame, String) {
+        match self.next().await {
+            Frame::Message(m) => match protocol::open(&self.id, &m).expect("open") {
+                Content::Text { body } => (m, body),
+                other => panic!("expected text, got {other:?}"),
+            },
+            other => panic!("expected a message, got {other:?}"),
+        }
+    }
+
+    /// Acknowledges a delivered message.
+    pub async fn ack(&mut self, id: Uuid) {
+        send_frame(&mut self.ws, &Frame::Ack(protocol::Ack { id, at: None })).await;
+    }
+
+    /// Closes the socket politely.
+    pub async fn close(mut self) {
+        let _ = self.ws.close(None).await;
+    }
+}
