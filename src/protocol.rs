@@ -58,6 +58,10 @@ pub enum Frame {
     Ack(Ack),
     /// Router to client: something was refused.
     Error(ErrorFrame),
+    /// Router to client, once per session: everything that was queued for
+    /// the key has been delivered (frames committed later follow as they
+    /// arrive). Lets `sync` stop without guessing from silence.
+    Synced,
 }
 
 /// The router's challenge: a fresh random nonce, and the versions it speaks.

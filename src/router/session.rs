@@ -361,6 +361,9 @@ impl<'a, B: Backend, S: AsyncRead + AsyncWrite + Unpin> Session<'a, B, S> {
         for row in self.delivery.on_fetched(&rows, limit) {
             self.conn.feed_text(row.text.to_string()).await?;
         }
+        if self.delivery.take_synced() {
+            self.conn.feed(&Frame::Synced).await?;
+        }
         self.conn.flush().await
     }
 
@@ -503,8 +506,8 @@ impl<'a, B: Backend, S: AsyncRead + AsyncWrite + Unpin> Session<'a, B, S> {
                 let msg = "this session is already authenticated";
                 self.conn.error(None, ErrorCode::BadFrame, msg).await
             }
-            Frame::Challenge(_) | Frame::Ready(_) | Frame::Error(_) => {
-                let msg = "only routers send 'challenge', 'ready' and 'error' frames";
+            Frame::Challenge(_) | Frame::Ready(_) | Frame::Error(_) | Frame::Synced => {
+                let msg = "only routers send 'challenge', 'ready', 'error' and 'synced' frames";
                 self.conn.error(None, ErrorCode::BadFrame, msg).await
             }
         }

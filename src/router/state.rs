@@ -70,6 +70,8 @@ pub struct Delivery {
     in_flight: HashSet<Uuid>,
     window: usize,
     need_fetch: bool,
+    /// Whether the client was told its backlog is delivered.
+    synced_sent: bool,
 }
 
 impl Delivery {
@@ -80,6 +82,7 @@ impl Delivery {
             in_flight: HashSet::new(),
             window: window.max(1),
             need_fetch: true,
+            synced_sent: false,
         }
     }
 
@@ -120,6 +123,16 @@ impl Delivery {
         // arrive through on_notify.
         self.need_fetch = rows.len() >= limit;
         send
+    }
+
+    /// True once per session, after the first fetch that found the queue
+    /// drained: the moment to send `synced`.
+    pub fn take_synced(&mut self) -> bool {
+        if self.need_fetch || self.synced_sent {
+            return false;
+        }
+        self.synced_sent = true;
+        true
     }
 
     /// The client acknowledged `id`.
@@ -231,6 +244,23 @@ mod tests {
         assert!(!d.on_notify(&b));
         assert!(d.on_notify(&c));
         assert_eq!(d.in_flight(), 3);
+    }
+
+    #[test]
+    fn synced_is_announced_once_when_the_backlog_is_drained() {
+        let mut d = Delivery::new(2);
+        assert!(!d.take_synced(), "nothing fetched yet");
+        let page = [q(1), q(2)];
+        d.on_fetched(&page, 2);
+        assert!(!d.take_synced(), "a full page: there may be more");
+        d.on_ack(&page[0].id);
+        d.on_ack(&page[1].id);
+        d.on_fetched(&[q(3)], 2);
+        assert!(d.take_synced(), "a short page: drained");
+        assert!(!d.take_synced(), "only once per session");
+        d.on_lagged();
+        d.on_fetched(&[], 2);
+        assert!(!d.take_synced());
     }
 
     #[test]

@@ -16,6 +16,8 @@ mod contacts;
 mod error;
 mod identity;
 pub mod messages;
+pub mod receipts;
+pub mod rejected;
 mod schema;
 pub mod search;
 mod status;

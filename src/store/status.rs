@@ -34,9 +34,20 @@ impl MessageId {
         Uuid::parse_str(text).map(Self)
     }
 
+    /// The UUID itself, as frames carry it.
+    pub fn uuid(&self) -> Uuid {
+        self.0
+    }
+
     /// The hyphenated lower-case text form, as stored.
     pub fn to_text(&self) -> String {
         self.0.hyphenated().to_string()
+    }
+}
+
+impl From<Uuid> for MessageId {
+    fn from(uuid: Uuid) -> Self {
+        Self(uuid)
     }
 }
 

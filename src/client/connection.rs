@@ -1,0 +1,258 @@
+//! One authenticated WebSocket session with a router, from the client's
+//! side: connect to `/ws?pub=KEY`, answer the challenge, then exchange
+//! frames.
+
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::http::Uri;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+use super::ClientError;
+use crate::identity::{Identity, PublicKey};
+use crate::protocol::{self, Frame, MAX_FRAME_BYTES, SUPPORTED_VERSIONS};
+
+/// The router used when neither `--server` nor `CHAT_SERVER` says otherwise.
+pub const DEFAULT_SERVER: &str = "ws://localhost:8080/ws";
+
+/// The most frames taken from the socket into one batch: one transaction
+/// and one round of acks for all of them.
+const MAX_BATCH: usize = 512;
+
+/// A router's WebSocket address, `ws://` or `wss://`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerUrl(String);
+
+impl ServerUrl {
+    /// Checks that `text` is a `ws://` or `wss://` URL with a host.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let uri: Uri = text
+            .parse()
+            .map_err(|e| format!("'{text}' is not a URL ({e})"))?;
+        match uri.scheme_str() {
+            Some("ws" | "wss") => {}
+            _ => {
+                return Err(format!(
+                    "'{text}' is not a router address: it must start with ws:// or wss://, \
+                     e.g. {DEFAULT_SERVER}"
+                ))
+            }
+        }
+        if uri.host().is_none_or(str::is_empty) {
+            return Err(format!("'{text}' has no host"));
+        }
+        Ok(Self(text.to_owned()))
+    }
+
+    /// Whether `text` looks like a router address rather than a name.
+    pub fn looks_like_url(text: &str) -> bool {
+        text.starts_with("ws://") || text.starts_with("wss://")
+    }
+
+    /// The URL to open for `key`: `?pub=` with the key percent-encoded.
+    fn for_key(&self, key: &PublicKey) -> String {
+        let encoded = percent_encoding::utf8_percent_encode(
+            &key.to_base64(),
+            percent_encoding::NON_ALPHANUMERIC,
+        )
+        .to_string();
+        let sep = if self.0.contains('?') { '&' } else { '?' };
+        format!("{}{sep}pub={encoded}", self.0)
+    }
+}
+
+impl FromStr for ServerUrl {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Self, String> {
+        Self::parse(text)
+    }
+}
+
+impl fmt::Display for ServerUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// An authenticated session with a router.
+pub struct Connection {
+    ws: Socket,
+}
+
+/// Connects to `server` and authenticates as `identity`, all within
+/// `timeout`.
+pub async fn connect(
+    server: &ServerUrl,
+    identity: &Identity,
+    timeout: Duration,
+) -> Result<Connection, ClientError> {
+    tokio::time::timeout(timeout, connect_inner(server, identity))
+        .await
+        .map_err(|_| ClientError::Unreachable {
+            server: server.to_string(),
+            reason: format!("no answer within {}s", timeout.as_secs_f32()),
+        })?
+}
+
+async fn connect_inner(server: &ServerUrl, identity: &Identity) -> Result<Connection, ClientError> {
+    let mut config = WebSocketConfig::default();
+    // Twice the frame limit: a frame the router accepts always fits.
+    config.max_message_size = Some(2 * MAX_FRAME_BYTES);
+    config.max_frame_size = Some(2 * MAX_FRAME_BYTES);
+    let url = server.for_key(&identity.public_key());
+    let (ws, _) = tokio_tungstenite::connect_async_with_config(url, Some(config), true)
+        .await
+        .map_err(|e| ClientError::Unreachable {
+            server: server.to_string(),
+            reason: e.to_string(),
+        })?;
+    let mut conn = Connection { ws };
+    conn.authenticate(identity).await?;
+    Ok(conn)
+}
+
+impl Connection {
+    async fn authenticate(&mut self, identity: &Identity) -> Result<(), ClientError> {
+        let challenge = match self.next_frame().await? {
+            Some(Frame::Challenge(c)) => c,
+            Some(Frame::Error(e)) => return Err(ClientError::Refused {
+                code: e.code,
+                message: e.message,
+            }),
+            other => return Err(handshake(format!("expected a challenge, got {other:?}"))),
+        };
+        let version = SUPPORTED_VERSIONS
+            .iter()
+            .copied()
+            .filter(|v| challenge.versions.contains(v))
+            .max()
+            .ok_or_else(|| {
+                handshake(format!(
+                    "the router speaks protocol versions {:?}, this client {:?}: upgrade one of them",
+                    challenge.versions, SUPPORTED_VERSIONS
+                ))
+            })?;
+        let auth = protocol::sign_challenge(identity, version, &challenge.nonce);
+        self.send(&[Frame::Auth(auth)]).await?;
+        match self.next_frame().await? {
+            Some(Frame::Ready(_)) => Ok(()),
+            Some(Frame::Error(e)) => Err(ClientError::Refused {
+                code: e.code,
+                message: e.message,
+            }),
+            other => Err(handshake(format!("expected ready, got {other:?}"))),
+        }
+    }
+
+    /// Sends `frames` and flushes them.
+    pub async fn send(&mut self, frames: &[Frame]) -> Result<(), ClientError> {
+        if frames.is_empty() {
+            return Ok(());
+        }
+        for frame in frames {
+            self.ws
+                .feed(Message::text(protocol::to_text(frame)))
+                .await
+                .map_err(lost)?;
+        }
+        self.ws.flush().await.map_err(lost)
+    }
+
+    /// The next frame, or `None` when the router closed the session.
+    /// Frames this client cannot parse (from a newer router, say) are
+    /// skipped.
+    async fn next_frame(&mut self) -> Result<Option<Frame>, ClientError> {
+        loop {
+            let Some(msg) = self.ws.next().await else {
+                return Ok(None);
+            };
+            match msg.map_err(lost)? {
+                Message::Text(text) => match protocol::parse_with_limit(&text, 2 * MAX_FRAME_BYTES)
+                {
+                    Ok(frame) => return Ok(Some(frame)),
+                    Err(e) => tracing::warn!(error = %e, "ignoring a frame from the router"),
+                },
+                Message::Close(close) => {
+                    return Err(ClientError::Closed(
+                        close
+                            .map(|c| format!("{} ({})", c.reason, u16::from(c.code)))
+                            .unwrap_or_else(|| "no reason given".to_owned()),
+                    ))
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Waits for at least one frame, then takes whatever else is already
+    /// there (up to a batch), so a backlog is stored in few transactions.
+    /// `None` when the router closed the session.
+    pub async fn recv_batch(&mut self) -> Result<Option<Vec<Frame>>, ClientError> {
+        let Some(first) = self.next_frame().await? else {
+            return Ok(None);
+        };
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match futures_util::FutureExt::now_or_never(self.next_frame()) {
+                Some(Ok(Some(frame))) => batch.push(frame),
+                Some(Ok(None)) | None => break,
+                Some(Err(e)) => {
+                    if batch.is_empty() {
+                        return Err(e);
+                    }
+                    // Process what arrived; the error shows on the next call.
+                    break;
+                }
+            }
+        }
+        Ok(Some(batch))
+    }
+
+    /// Closes the session politely, waiting briefly for the router's answer.
+    pub async fn close(mut self) {
+        let _ = self.ws.close(None).await;
+        let _ = tokio::time::timeout(Duration::from_secs(1), async {
+            while let Some(Ok(_)) = self.ws.next().await {}
+        })
+        .await;
+    }
+}
+
+fn handshake(detail: String) -> ClientError {
+    ClientError::Handshake(detail)
+}
+
+fn lost(e: tokio_tungstenite::tungstenite::Error) -> ClientError {
+    ClientError::Lost(e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accepts_ws_and_wss_urls_only() {
+        assert!(ServerUrl::parse("ws://localhost:8080/ws").is_ok());
+        assert!(ServerUrl::parse("wss://chat.example.org/ws").is_ok());
+        for bad in ["http://x/ws", "localhost:8080", "bob", "ws://", ""] {
+            assert!(ServerUrl::parse(bad).is_err(), "accepted {bad:?}");
+        }
+    }
+
+    #[test]
+    fn the_key_is_percent_encoded_into_the_query() {
+        let key = Identity::from_secret_bytes(&[1; 32]).public_key();
+        let url = ServerUrl::parse("ws://h:1/ws").unwrap().for_key(&key);
+        assert!(url.starts_with("ws://h:1/ws?pub="));
+        assert!(!url["ws://h:1/ws?pub=".len()..].contains(['+', '/', '=']));
+        let url = ServerUrl::parse("ws://h:1/ws?x=1").unwrap().for_key(&key);
+        assert!(url.contains("?x=1&pub="));
+    }
+}

@@ -1,0 +1,471 @@
+//! The client's protocol state over the profile database, with no sockets:
+//! frames in, frames out, and updates for whoever shows them.
+//!
+//! The rules that make delivery safe live here:
+//! - an outgoing message is stored `pending` before its frame exists;
+//! - incoming messages are verified, decrypted and stored in one
+//!   transaction, together with the delivered receipts they cause; only
+//!   after that commit are the router's acks and the receipts sent;
+//! - a duplicate is acknowledged again and stored once;
+//! - a frame that fails verification or decryption is recorded as
+//!   rejected and acknowledged, so it does not come back forever;
+//! - a receipt changes a message only if it comes from that message's peer.
+
+use std::collections::{HashMap, HashSet};
+
+use chrono::DateTime;
+use rusqlite::Transaction;
+use uuid::Uuid;
+
+use super::ClientError;
+use crate::clock;
+use crate::crypto::{self, MessageKey};
+use crate::identity::{Identity, PublicKey};
+use crate::protocol::{self, Ack, Content, ErrorCode, ErrorFrame, Frame, MessageFrame};
+use crate::store::messages::{apply_status_tx, insert_incoming_tx, message_tx};
+use crate::store::receipts::{
+    pending_receipts_tx, queue_receipts_tx, remove_receipt_tx, unread_from_tx, PendingReceipt,
+    ReceiptKind,
+};
+use crate::store::rejected::record_rejected_tx;
+use crate::store::{self, Direction, Inserted, Message, MessageId, Status, Store};
+
+/// The longest message body accepted, in bytes: sealed and base64-encoded
+/// it stays well below the router's 64 KiB frame limit.
+pub const MAX_BODY_BYTES: usize = 32 * 1024;
+
+/// Something the user should see.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Update {
+    /// A new message arrived and is stored.
+    Received(Message),
+    /// An outgoing message changed status (sent, delivered, read, failed).
+    Status(Message),
+    /// A frame was refused and recorded as rejected.
+    Rejected {
+        /// The key it claimed to come from.
+        from: PublicKey,
+        /// Why.
+        reason: String,
+    },
+    /// The router refused something temporarily; it will be sent again.
+    Retrying {
+        /// The router's code.
+        code: ErrorCode,
+        /// The router's explanation.
+        message: String,
+    },
+    /// The router reported an error not tied to one of our frames.
+    RouterError {
+        /// The router's code.
+        code: ErrorCode,
+        /// The router's explanation.
+        message: String,
+    },
+}
+
+/// What the caller must do after the engine handled some frames.
+#[derive(Debug, Default)]
+pub struct Reaction {
+    /// Frames to send to the router, in order.
+    pub send: Vec<Frame>,
+    /// Things to show.
+    pub updates: Vec<Update>,
+    /// A frame was refused for now: send the outbox again after a pause.
+    pub retry: bool,
+}
+
+/// Counts for a one-line summary.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Tally {
+    /// Our messages the router accepted.
+    pub sent: usize,
+    /// New messages stored.
+    pub received: usize,
+    /// Messages that were already stored.
+    pub duplicates: usize,
+    /// Receipts applied to our messages.
+    pub receipts: usize,
+    /// Frames refused.
+    pub rejected: usize,
+    /// Our messages the router refused for good.
+    pub failed: usize,
+}
+
+/// The client's state for one profile.
+pub struct Engine {
+    store: Store,
+    identity: Identity,
+    me: PublicKey,
+    /// Keys for messages from each peer to us: one X25519 + HKDF per peer,
+    /// not per message.
+    inbound_keys: HashMap<PublicKey, MessageKey>,
+    /// Frames sent in this connection and not yet acknowledged by the router.
+    in_flight: HashSet<Uuid>,
+    tally: Tally,
+}
+
+impl Engine {
+    /// An engine over `store`, speaking as `identity`.
+    pub fn new(store: Store, identity: Identity) -> Self {
+        let me = identity.public_key();
+        Self {
+            store,
+            identity,
+            me,
+            inbound_keys: HashMap::new(),
+            in_flight: HashSet::new(),
+            tally: Tally::default(),
+        }
+    }
+
+    /// The profile database.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// This profile's identity.
+    pub fn identity(&self) -> &Identity {
+        &self.identity
+    }
+
+    /// This profile's public key.
+    pub fn me(&self) -> &PublicKey {
+        &self.me
+    }
+
+    /// What happened so far.
+    pub fn tally(&self) -> Tally {
+        self.tally
+    }
+
+    /// How many frames await the router's acknowledgement.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.len()
+    }
+
+    /// Forgets what was in flight on a connection that is gone: it will be
+    /// sent again from the database.
+    pub fn connection_lost(&mut self) {
+        self.in_flight.clear();
+    }
+
+    /// Stores a new message to `peer` as `pending` and returns it with its
+    /// frame. The message is committed before the frame exists.
+    pub fn compose(&mut self, peer: &PublicKey, body: &str) -> Result<(Message, Frame), ClientError> {
+        if body.len() > MAX_BODY_BYTES {
+            return Err(ClientError::TooLong {
+                len: body.len(),
+                max: MAX_BODY_BYTES,
+            });
+        }
+        let message = self.store.insert_outgoing(peer, body)?;
+        let frame = self.seal_text(&message)?;
+        Ok((message, frame))
+    }
+
+    /// Frames for everything waiting: pending messages, oldest first, then
+    /// receipts. Frames already in flight are not repeated.
+    pub fn outbox_frames(&mut self) -> Result<Vec<Frame>, ClientError> {
+        let mut frames = Vec::new();
+        for message in self.store.outbox()? {
+            if !self.in_flight.contains(&message.msg_id.uuid()) {
+                frames.push(self.seal_text(&message)?);
+            }
+        }
+        for receipt in pending_receipts_tx(self.store.conn())? {
+            if !self.in_flight.contains(&receipt.receipt_id.uuid()) {
+                frames.push(self.seal_receipt(&receipt)?);
+            }
+        }
+        Ok(frames)
+    }
+
+    /// Marks every message received from `peer` and not yet read as read,
+    /// and queues one read receipt for them. Returns the receipt frames.
+    pub fn mark_read(&mut self, peer: &PublicKey) -> Result<Vec<Frame>, ClientError> {
+        let tx = self.store.transaction()?;
+        let unread = unread_from_tx(&tx, peer)?;
+        if unread.is_empty() {
+            return Ok(Vec::new());
+        }
+        let now = clock::now();
+        for id in &unread {
+            apply_status_tx(&tx, id, Status::Read, &now, None)?;
+        }
+        let receipts = queue_receipts_tx(&tx, peer, ReceiptKind::Read, &unread)?;
+        tx.commit().map_err(store::Error::from)?;
+        receipts.iter().map(|r| self.seal_receipt(r)).collect()
+    }
+
+    /// Handles frames from the router, in order.
+    pub fn handle(&mut self, frames: Vec<Frame>) -> Result<Reaction, ClientError> {
+        let mut reaction = Reaction::default();
+        let mut messages = Vec::new();
+        let mut acks = Vec::new();
+        for frame in frames {
+            match frame {
+                Frame::Message(m) => messages.push(m),
+                Frame::Ack(ack) => acks.push(ack),
+                Frame::Error(e) => self.on_error(e, &mut reaction)?,
+                // Handshake frames mid-session mean nothing to us.
+                Frame::Challenge(_) | Frame::Auth(_) | Frame::Ready(_) | Frame::Synced => {}
+            }
+        }
+        if !acks.is_empty() {
+            self.on_acks(&acks, &mut reaction)?;
+        }
+        if !messages.is_empty() {
+            self.on_messages(messages, &mut reaction)?;
+        }
+        Ok(reaction)
+    }
+
+    /// The router stored our frames: messages become `sent`, receipts are
+    /// forgotten. One transaction for all of them.
+    fn on_acks(&mut self, acks: &[Ack], reaction: &mut Reaction) -> Result<(), ClientError> {
+        let tx = self.store.transaction()?;
+        let mut changed = Vec::new();
+        for ack in acks {
+            self.in_flight.remove(&ack.id);
+            let id = MessageId::from(ack.id);
+            if remove_receipt_tx(&tx, &id)? {
+                continue;
+            }
+            let Some(message) = message_tx(&tx, &id)? else {
+                continue;
+            };
+            if message.direction != Direction::Out {
+                continue;
+            }
+            let at = ack.at.as_deref().and_then(normalize).unwrap_or_else(clock::now);
+            if apply_status_tx(&tx, &id, Status::Sent, &at, None)? {
+                changed.push(id);
+            }
+        }
+        let updated = reload(&tx, &changed)?;
+        tx.commit().map_err(store::Error::from)?;
+        self.tally.sent += updated.len();
+        reaction.updates.extend(updated.into_iter().map(Update::Status));
+        Ok(())
+    }
+
+    /// The router refused a frame of ours (or something else).
+    fn on_error(&mut self, error: ErrorFrame, reaction: &mut Reaction) -> Result<(), ClientError> {
+        let Some(id) = error.id else {
+            reaction.updates.push(Update::RouterError {
+                code: error.code,
+                message: error.message,
+            });
+            return Ok(());
+        };
+        self.in_flight.remove(&id);
+        if is_temporary(error.code) {
+            reaction.retry = true;
+            reaction.updates.push(Update::Retrying {
+                code: error.code,
+                message: error.message,
+            });
+            return Ok(());
+        }
+        let id = MessageId::from(id);
+        let reason = format!("the router refused it ({}): {}", error.code.as_str(), error.message);
+        let tx = self.store.transaction()?;
+        if remove_receipt_tx(&tx, &id)? {
+            tx.commit().map_err(store::Error::from)?;
+            reaction.updates.push(Update::RouterError {
+                code: error.code,
+                message: format!("a receipt was refused: {}", error.message),
+            });
+            return Ok(());
+        }
+        let changed = match message_tx(&tx, &id)? {
+            Some(m) if m.direction == Direction::Out => {
+                apply_status_tx(&tx, &id, Status::Failed, &clock::now(), Some(&reason))?
+            }
+            _ => false,
+        };
+        let updated = if changed { reload(&tx, &[id])? } else { Vec::new() };
+        tx.commit().map_err(store::Error::from)?;
+        self.tally.failed += updated.len();
+        reaction.updates.extend(updated.into_iter().map(Update::Status));
+        Ok(())
+    }
+
+    /// Verifies, decrypts and stores a batch of messages in one transaction,
+    /// then answers with acks and delivered receipts.
+    fn on_messages(
+        &mut self,
+        frames: Vec<MessageFrame>,
+        reaction: &mut Reaction,
+    ) -> Result<(), ClientError> {
+        // Crypto first, outside the transaction.
+        let opened: Vec<(MessageFrame, Result<Content, String>)> = frames
+            .into_iter()
+            .map(|f| {
+                let content = self.open(&f).map_err(|e| e.to_string());
+                (f, content)
+            })
+            .collect();
+        let tx = self.store.transaction()?;
+        let mut delivered: HashMap<PublicKey, Vec<MessageId>> = HashMap::new();
+        let mut changed = Vec::new();
+        for (frame, content) in &opened {
+            let id = MessageId::from(frame.id);
+            match content {
+                Err(reason) => {
+                    if record_rejected_tx(&tx, &id.to_text(), &frame.from.to_base64(), reason)? {
+                        self.tally.rejected += 1;
+                        reaction.updates.push(Update::Rejected {
+                            from: frame.from,
+                            reason: reason.clone(),
+                        });
+                    }
+                }
+                Ok(Content::Text { body }) => {
+                    let at = normalize(&frame.ts).unwrap_or_else(clock::now);
+                    match insert_incoming_tx(&tx, &id, &frame.from, body, &at)? {
+                        Inserted::New(message) => {
+                            self.tally.received += 1;
+                            delivered.entry(frame.from).or_default().push(id);
+                            reaction.updates.push(Update::Received(*message));
+                        }
+                        Inserted::Duplicate => self.tally.duplicates += 1,
+                    }
+                }
+                Ok(Content::Delivered { ids }) => {
+                    changed.extend(apply_receipt(&tx, frame, ids, Status::Delivered)?);
+                }
+                Ok(Content::Read { ids }) => {
+                    changed.extend(apply_receipt(&tx, frame, ids, Status::Read)?);
+                }
+            }
+        }
+        let mut receipts = Vec::new();
+        for (peer, ids) in &delivered {
+            receipts.extend(queue_receipts_tx(&tx, peer, ReceiptKind::Delivered, ids)?);
+        }
+        let updated = reload(&tx, &changed)?;
+        tx.commit().map_err(store::Error::from)?;
+        // Only now, with everything durable, tell the router and the peers.
+        self.tally.receipts += updated.len();
+        reaction.updates.extend(updated.into_iter().map(Update::Status));
+        reaction.send.extend(
+            opened
+                .iter()
+                .map(|(f, _)| Frame::Ack(Ack { id: f.id, at: None })),
+        );
+        for receipt in &receipts {
+            reaction.send.push(self.seal_receipt(receipt)?);
+        }
+        Ok(())
+    }
+
+    /// Verifies and decrypts one message addressed to us.
+    fn open(&mut self, frame: &MessageFrame) -> Result<Content, protocol::ProtocolError> {
+        if frame.to != self.me {
+            return Err(protocol::ProtocolError::NotForMe);
+        }
+        protocol::verify_message(frame)?;
+        let key = match self.inbound_keys.get(&frame.from) {
+            Some(key) => key,
+            None => {
+                let key = crypto::message_key(&self.identity, &frame.from, &frame.from, &self.me)?;
+                self.inbound_keys.entry(frame.from).or_insert(key)
+            }
+        };
+        let ad = protocol::message_ad(&frame.id, &frame.from, &frame.to, &frame.ts);
+        let plaintext = crypto::decrypt(key, &frame.payload.nonce, &ad, &frame.payload.ciphertext)?;
+        serde_json::from_slice(&plaintext)
+            .map_err(|e| protocol::ProtocolError::BadContent(e.to_string()))
+    }
+
+    fn seal_text(&mut self, message: &Message) -> Result<Frame, ClientError> {
+        let peer = PublicKey::parse(&message.peer_key).map_err(|e| ClientError::Corrupt(e.to_string()))?;
+        let content = Content::Text {
+            body: message.body.clone(),
+        };
+        self.seal(&peer, message.msg_id, &message.created_at, &content)
+    }
+
+    fn seal_receipt(&mut self, receipt: &PendingReceipt) -> Result<Frame, ClientError> {
+        let ids = receipt.msg_ids.iter().map(MessageId::uuid).collect();
+        let content = match receipt.kind {
+            ReceiptKind::Delivered => Content::Delivered { ids },
+            ReceiptKind::Read => Content::Read { ids },
+        };
+        self.seal(&receipt.peer, receipt.receipt_id, &receipt.created_at, &content)
+    }
+
+    fn seal(
+        &mut self,
+        to: &PublicKey,
+        id: MessageId,
+        ts: &str,
+        content: &Content,
+    ) -> Result<Frame, ClientError> {
+        let frame = protocol::seal(&self.identity, to, id.uuid(), ts, content)?;
+        self.in_flight.insert(id.uuid());
+        Ok(Frame::Message(frame))
+    }
+}
+
+/// Applies a receipt from `frame.from` to our messages to that same peer;
+/// ids of other conversations are ignored. Returns the messages changed.
+fn apply_receipt(
+    tx: &Transaction<'_>,
+    frame: &MessageFrame,
+    ids: &[Uuid],
+    status: Status,
+) -> Result<Vec<MessageId>, ClientError> {
+    let from = frame.from.to_base64();
+    let at = normalize(&frame.ts).unwrap_or_else(clock::now);
+    let mut changed = Vec::new();
+    for id in ids {
+        let id = MessageId::from(*id);
+        let Some(message) = message_tx(tx, &id)? else {
+            continue;
+        };
+        if message.direction != Direction::Out || message.peer_key != from {
+            continue;
+        }
+        // A receipt cannot predate the router's acceptance: a peer's clock
+        // running behind must not put the timeline out of order.
+        let at = match &message.sent_at {
+            Some(sent) if sent.as_str() > at.as_str() => sent.clone(),
+            _ => at.clone(),
+        };
+        if apply_status_tx(tx, &id, status, &at, None)? {
+            changed.push(id);
+        }
+    }
+    Ok(changed)
+}
+
+fn reload(tx: &rusqlite::Connection, ids: &[MessageId]) -> Result<Vec<Message>, ClientError> {
+    let mut messages = Vec::with_capacity(ids.len());
+    for id in ids {
+        if let Some(m) = message_tx(tx, id)? {
+            messages.push(m);
+        }
+    }
+    Ok(messages)
+}
+
+/// A peer's or router's timestamp in the form the database stores.
+fn normalize(ts: &str) -> Option<String> {
+    DateTime::parse_from_rfc3339(ts)
+        .ok()
+        .map(|t| clock::format(t.to_utc()))
+}
+
+/// Errors after which the same frame should simply be sent again later.
+fn is_temporary(code: ErrorCode) -> bool {
+    matches!(
+        code,
+        ErrorCode::RateLimited | ErrorCode::Internal | ErrorCode::QuotaExceeded | ErrorCode::TooSlow
+    )
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,275 @@
+//! Two engines talking through frames handed over by hand: the delivery
+//! rules without a router or sockets.
+
+use super::*;
+use ed25519_dalek::Signer;
+
+struct Party {
+    engine: Engine,
+    _dir: tempfile::TempDir,
+}
+
+fn party() -> Party {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = Store::create(&dir.path().join("p").join("chat.db")).unwrap();
+    let identity = Identity::generate();
+    store.set_identity(&identity, false).unwrap();
+    Party {
+        engine: Engine::new(store, identity),
+        _dir: dir,
+    }
+}
+
+fn message_frames(frames: &[Frame]) -> Vec<MessageFrame> {
+    frames
+        .iter()
+        .filter_map(|f| match f {
+            Frame::Message(m) => Some(m.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn router_ack(frame: &Frame) -> Frame {
+    let Frame::Message(m) = frame else {
+        panic!("not a message: {frame:?}")
+    };
+    Frame::Ack(Ack {
+        id: m.id,
+        at: Some(clock::now()),
+    })
+}
+
+fn status(p: &Party, id: &MessageId) -> Status {
+    p.engine.store().message(id).unwrap().unwrap().status
+}
+
+#[test]
+fn a_message_goes_pending_sent_delivered_read_with_times_in_order() {
+    let mut alice = party();
+    let mut bob = party();
+    let bob_key = *bob.engine.me();
+    let alice_key = *alice.engine.me();
+
+    let (msg, frame) = alice.engine.compose(&bob_key, "hello bob").unwrap();
+    assert_eq!(msg.status, Status::Pending);
+    assert_eq!(alice.engine.in_flight(), 1);
+
+    // The router stores it and acks.
+    let r = alice.engine.handle(vec![router_ack(&frame)]).unwrap();
+    assert_eq!(status(&alice, &msg.msg_id), Status::Sent);
+    assert!(matches!(&r.updates[..], [Update::Status(m)] if m.status == Status::Sent));
+    assert_eq!(alice.engine.in_flight(), 0);
+
+    // Bob stores it, then acks the router and sends a delivered receipt.
+    let r = bob.engine.handle(vec![frame.clone()]).unwrap();
+    assert!(matches!(&r.updates[..], [Update::Received(m)] if m.body == "hello bob"));
+    assert!(matches!(r.send[0], Frame::Ack(Ack { id, at: None }) if id == msg.msg_id.uuid()));
+    let receipts = message_frames(&r.send);
+    assert_eq!(receipts.len(), 1);
+    assert_eq!(bob.engine.store().pending_receipts().unwrap().len(), 1);
+    // The router acks the receipt: it is forgotten.
+    bob.engine
+        .handle(vec![router_ack(&Frame::Message(receipts[0].clone()))])
+        .unwrap();
+    assert!(bob.engine.store().pending_receipts().unwrap().is_empty());
+
+    let r = alice
+        .engine
+        .handle(vec![Frame::Message(receipts[0].clone())])
+        .unwrap();
+    assert_eq!(status(&alice, &msg.msg_id), Status::Delivered);
+    assert_eq!(r.send.len(), 1, "the receipt is acked, and gets no receipt");
+
+    // Bob shows the conversation: one read receipt, once.
+    let read = bob.engine.mark_read(&alice_key).unwrap();
+    assert_eq!(read.len(), 1);
+    assert!(bob.engine.mark_read(&alice_key).unwrap().is_empty());
+    alice.engine.handle(read).unwrap();
+
+    let m = alice.engine.store().message(&msg.msg_id).unwrap().unwrap();
+    assert_eq!(m.status, Status::Read);
+    let (sent, delivered, read) = (
+        m.sent_at.unwrap(),
+        m.delivered_at.unwrap(),
+        m.read_at.unwrap(),
+    );
+    assert!(m.created_at <= sent && sent <= delivered && delivered <= read);
+    let events: Vec<_> = alice
+        .engine
+        .store()
+        .events(&msg.msg_id)
+        .unwrap()
+        .into_iter()
+        .map(|e| e.status)
+        .collect();
+    assert_eq!(
+        events,
+        [Status::Pending, Status::Sent, Status::Delivered, Status::Read]
+    );
+}
+
+#[test]
+fn a_duplicate_is_acked_again_and_stored_once() {
+    let mut alice = party();
+    let mut bob = party();
+    let (msg, frame) = alice.engine.compose(&bob.engine.me().clone(), "once").unwrap();
+    bob.engine.handle(vec![frame.clone()]).unwrap();
+    let r = bob.engine.handle(vec![frame]).unwrap();
+    assert!(matches!(&r.send[..], [Frame::Ack(a)] if a.id == msg.msg_id.uuid()));
+    assert!(r.updates.is_empty());
+    assert_eq!(bob.engine.tally().received, 1);
+    assert_eq!(bob.engine.tally().duplicates, 1);
+    let count: i64 = bob
+        .engine
+        .store()
+        .conn()
+        .query_row("SELECT count(*) FROM messages", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(count, 1);
+}
+
+#[test]
+fn a_forged_frame_is_rejected_recorded_and_acked() {
+    let mut alice = party();
+    let mut bob = party();
+    let (_, frame) = alice.engine.compose(&bob.engine.me().clone(), "real").unwrap();
+    let Frame::Message(mut forged) = frame else {
+        unreachable!()
+    };
+    forged.payload.ciphertext[0] ^= 1;
+    let id = forged.id;
+    let r = bob.engine.handle(vec![Frame::Message(forged)]).unwrap();
+    assert!(matches!(&r.send[..], [Frame::Ack(a)] if a.id == id));
+    assert!(matches!(&r.updates[..], [Update::Rejected { .. }]));
+    let rejected = bob.engine.store().rejected().unwrap();
+    assert_eq!(rejected.len(), 1);
+    assert!(rejected[0].reason.contains("signature"), "{}", rejected[0].reason);
+    assert!(bob.engine.store().pending_receipts().unwrap().is_empty());
+}
+
+#[test]
+fn a_signed_frame_that_does_not_decrypt_is_rejected() {
+    let mut alice = party();
+    let mut bob = party();
+    let (_, frame) = alice.engine.compose(&bob.engine.me().clone(), "for bob").unwrap();
+    let Frame::Message(mut m) = frame else {
+        unreachable!()
+    };
+    // Alice signs garbage: the signature holds, the ciphertext does not.
+    m.payload.ciphertext = vec![7; 40];
+    let signed = protocol::message_signed_bytes(&m.id, &m.from, &m.to, &m.ts, &m.payload);
+    m.sig = alice.engine.identity().signing_key().sign(&signed).to_bytes();
+    let r = bob.engine.handle(vec![Frame::Message(m)]).unwrap();
+    assert!(matches!(&r.updates[..], [Update::Rejected { .. }]));
+    assert_eq!(bob.engine.tally().rejected, 1);
+    assert_eq!(r.send.len(), 1, "acked, and no receipt");
+}
+
+#[test]
+fn a_frame_for_another_key_is_rejected() {
+    let mut alice = party();
+    let bob = party();
+    let mut carol = party();
+    let (_, frame) = alice.engine.compose(&bob.engine.me().clone(), "for bob").unwrap();
+    let r = carol.engine.handle(vec![frame]).unwrap();
+    assert!(matches!(&r.updates[..], [Update::Rejected { .. }]));
+}
+
+#[test]
+fn a_receipt_only_counts_from_the_messages_peer() {
+    let mut alice = party();
+    let bob = party();
+    let mut mallory = party();
+    let (msg, frame) = alice.engine.compose(&bob.engine.me().clone(), "hi").unwrap();
+    alice.engine.handle(vec![router_ack(&frame)]).unwrap();
+    let fake = protocol::seal(
+        mallory.engine.identity(),
+        alice.engine.me(),
+        Uuid::now_v7(),
+        &clock::now(),
+        &Content::Read {
+            ids: vec![msg.msg_id.uuid()],
+        },
+    )
+    .unwrap();
+    alice.engine.handle(vec![Frame::Message(fake)]).unwrap();
+    assert_eq!(status(&alice, &msg.msg_id), Status::Sent);
+}
+
+#[test]
+fn messages_from_strangers_are_kept() {
+    let mut alice = party();
+    let mut stranger = party();
+    let (_, frame) = stranger
+        .engine
+        .compose(&alice.engine.me().clone(), "who am I?")
+        .unwrap();
+    let r = alice.engine.handle(vec![frame]).unwrap();
+    let [Update::Received(m)] = &r.updates[..] else {
+        panic!("{:?}", r.updates)
+    };
+    assert_eq!(m.contact, None);
+    assert_eq!(m.peer_key, stranger.engine.me().to_base64());
+}
+
+#[test]
+fn router_refusals_fail_the_message_or_schedule_a_retry() {
+    let mut alice = party();
+    let bob = party();
+    let (msg, frame) = alice.engine.compose(&bob.engine.me().clone(), "x").unwrap();
+    let Frame::Message(m) = &frame else {
+        unreachable!()
+    };
+    let refuse = |code| {
+        Frame::Error(ErrorFrame {
+            id: Some(m.id),
+            code,
+            message: "no".into(),
+        })
+    };
+    let r = alice.engine.handle(vec![refuse(ErrorCode::RateLimited)]).unwrap();
+    assert!(r.retry);
+    assert_eq!(status(&alice, &msg.msg_id), Status::Pending);
+    assert_eq!(alice.engine.outbox_frames().unwrap().len(), 1, "sent again");
+
+    alice.engine.handle(vec![refuse(ErrorCode::TooLarge)]).unwrap();
+    let stored = alice.engine.store().message(&msg.msg_id).unwrap().unwrap();
+    assert_eq!(stored.status, Status::Failed);
+    assert!(stored.failure_reason.unwrap().contains("too-large"));
+    assert!(alice.engine.outbox_frames().unwrap().is_empty());
+}
+
+#[test]
+fn the_outbox_holds_pending_messages_and_receipts_until_acked() {
+    let mut alice = party();
+    let mut bob = party();
+    let bob_key = *bob.engine.me();
+    let (_, first) = alice.engine.compose(&bob_key, "one").unwrap();
+    alice.engine.compose(&bob_key, "two").unwrap();
+    // Nothing is repeated within a connection...
+    assert!(alice.engine.outbox_frames().unwrap().is_empty());
+    // ...and everything comes back after it is lost.
+    alice.engine.connection_lost();
+    assert_eq!(alice.engine.outbox_frames().unwrap().len(), 2);
+    alice.engine.handle(vec![router_ack(&first)]).unwrap();
+    alice.engine.connection_lost();
+    assert_eq!(alice.engine.outbox_frames().unwrap().len(), 1);
+
+    bob.engine.handle(vec![first]).unwrap();
+    bob.engine.connection_lost();
+    let again = bob.engine.outbox_frames().unwrap();
+    assert_eq!(message_frames(&again).len(), 1, "the delivered receipt waits");
+}
+
+#[test]
+fn a_message_too_long_for_a_frame_is_refused_before_it_is_stored() {
+    let mut alice = party();
+    let bob = party();
+    let body = "x".repeat(MAX_BODY_BYTES + 1);
+    assert!(matches!(
+        alice.engine.compose(bob.engine.me(), &body),
+        Err(ClientError::TooLong { .. })
+    ));
+    assert!(alice.engine.store().outbox().unwrap().is_empty());
+}

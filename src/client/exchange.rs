@@ -1,0 +1,83 @@
+//! One short session for `send` and `sync`: connect, send the outbox, take
+//! in what arrives, and stop when the work is done or time is up.
+
+use std::time::Duration;
+
+use tokio::time::{sleep_until, Instant};
+
+use super::connection::{self, ServerUrl};
+use super::{ClientError, Engine, Update};
+use crate::protocol::Frame;
+
+/// Pause before sending again what the router refused for now.
+const RETRY_PAUSE: Duration = Duration::from_secs(1);
+
+/// When an exchange is done.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Until {
+    /// The router acknowledged everything we sent (`send`).
+    Acked,
+    /// That, and the router has delivered everything it held for us
+    /// (`sync`).
+    Synced,
+}
+
+/// Runs one session against `server`: everything must finish within
+/// `timeout`. `on_update` sees every change as it is committed.
+pub async fn exchange(
+    engine: &mut Engine,
+    server: &ServerUrl,
+    timeout: Duration,
+    until: Until,
+    mut on_update: impl FnMut(&Update),
+) -> Result<(), ClientError> {
+    let deadline = Instant::now() + timeout;
+    let mut conn = connection::connect(server, engine.identity(), timeout).await?;
+    engine.connection_lost();
+    let outbox = engine.outbox_frames()?;
+    conn.send(&outbox).await?;
+    let mut synced = false;
+    let mut retry_at: Option<Instant> = None;
+    loop {
+        let done = engine.in_flight() == 0
+            && retry_at.is_none()
+            && (until == Until::Acked || synced);
+        if done {
+            break;
+        }
+        tokio::select! {
+            () = sleep_until(deadline) => {
+                return Err(ClientError::Timeout {
+                    secs: timeout.as_secs(),
+                    waiting_for: waiting_for(engine, synced),
+                });
+            }
+            () = sleep_until(retry_at.unwrap_or(deadline)), if retry_at.is_some() => {
+                retry_at = None;
+                let frames = engine.outbox_frames()?;
+                conn.send(&frames).await?;
+            }
+            batch = conn.recv_batch() => {
+                let Some(frames) = batch? else {
+                    return Err(ClientError::Closed("the router ended the session".into()));
+                };
+                synced |= frames.iter().any(|f| matches!(f, Frame::Synced));
+                let reaction = engine.handle(frames)?;
+                conn.send(&reaction.send).await?;
+                reaction.updates.iter().for_each(&mut on_update);
+                if reaction.retry {
+                    retry_at = Some(Instant::now() + RETRY_PAUSE);
+                }
+            }
+        }
+    }
+    conn.close().await;
+    Ok(())
+}
+
+fn waiting_for(engine: &Engine, synced: bool) -> String {
+    match engine.in_flight() {
+        0 if !synced => "the router to deliver what it holds".to_owned(),
+        n => format!("the router to acknowledge {n} frame(s)"),
+    }
+}
