@@ -117,7 +117,7 @@ pub fn history(ctx: &Context, args: HistoryArgs) -> Result<()> {
 
 /// A contact's key by name, or a key typed as such; an unknown name gets
 /// the store's error with suggestions.
-fn resolve_peer(store: &Store, peer: &str) -> Result<PublicKey> {
+pub(super) fn resolve_peer(store: &Store, peer: &str) -> Result<PublicKey> {
     match store.contact(peer) {
         Ok(contact) => Ok(contact.key),
         Err(e @ store::Error::UnknownContact { .. }) => {
@@ -145,19 +145,19 @@ fn hits_json(store: &Store, hits: &[Hit], context: usize) -> Result<serde_json::
 }
 
 /// Whether to colour: only on a terminal, and never with NO_COLOR set.
-struct Style {
+pub(super) struct Style {
     colour: bool,
 }
 
 impl Style {
-    fn detect() -> Self {
+    pub(super) fn detect() -> Self {
         Self {
             colour: std::io::stdout().is_terminal()
                 && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()),
         }
     }
 
-    fn paint(&self, code: &str, text: &str) -> String {
+    pub(super) fn paint(&self, code: &str, text: &str) -> String {
         if self.colour {
             format!("\x1b[{code}m{text}\x1b[0m")
         } else {
@@ -167,7 +167,7 @@ impl Style {
 }
 
 /// `[2026-11-25 20:32] you → bob ✓✓: hello` or `[...] bob: hi`.
-fn line(m: &Message, style: &Style) -> String {
+pub(super) fn line(m: &Message, style: &Style) -> String {
     let time = style.paint("2", &format!("[{}]", local_time(&m.created_at)));
     let peer = peer_label(m);
     match m.direction {
@@ -183,7 +183,7 @@ fn line(m: &Message, style: &Style) -> String {
 }
 
 /// `bob  [2026-11-25 20:32] you: a secret plan` with the matches marked.
-fn hit_line(hit: &Hit, style: &Style) -> String {
+pub(super) fn hit_line(hit: &Hit, style: &Style) -> String {
     let m = &hit.message;
     let who = match m.direction {
         Direction::Out => format!("you {}", m.status.mark()).trim_end().to_owned(),
@@ -208,7 +208,7 @@ fn plain(snippet: &str) -> String {
 }
 
 /// The contact's name, or "unknown" with the key's fingerprint.
-fn peer_label(m: &Message) -> String {
+pub(super) fn peer_label(m: &Message) -> String {
     match &m.contact {
         Some(name) => name.clone(),
         None => match PublicKey::parse(&m.peer_key) {
@@ -218,7 +218,7 @@ fn peer_label(m: &Message) -> String {
     }
 }
 
-fn local_time(stored: &str) -> String {
+pub(super) fn local_time(stored: &str) -> String {
     DateTime::parse_from_rfc3339(stored)
         .map(|t| t.with_timezone(&Local).format("%Y-%m-%d %H:%M").to_string())
         .unwrap_or_else(|_| stored.to_owned())

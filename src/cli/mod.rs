@@ -4,10 +4,12 @@
 //! Exit codes are decided here only: 0 success, 1 failure, 2 bad usage.
 
 mod archive;
+mod chat;
 mod contacts;
 mod history;
 mod identity;
 mod router;
+mod sync;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -15,6 +17,7 @@ use std::process::ExitCode;
 use anyhow::{Context as _, Result};
 use clap::{Args, Parser, Subcommand};
 
+use crate::client::ServerUrl;
 use crate::identity::PublicKey;
 use crate::profile::{self, Profile, ProfileName};
 use crate::store::{self, Store};
@@ -75,6 +78,12 @@ enum Command {
     /// Read an export (or, with --legacy, the original client's files)
     /// into this profile; importing twice changes nothing.
     Import(archive::ImportArgs),
+    /// Talk to a contact: shows the conversation, then sends what you type.
+    Chat(chat::ChatArgs),
+    /// Send one message and wait for the router to accept it.
+    Send(sync::SendArgs),
+    /// Send what waits, take in everything queued for you, and exit.
+    Sync(sync::SyncArgs),
     /// Run a router: relays end-to-end encrypted frames between peers and
     /// queues them durably for offline recipients.
     Router(router::RouterArgs),
@@ -134,6 +143,34 @@ impl Context {
     }
 }
 
+/// Where the router is, for every command that talks to one.
+#[derive(Debug, Args)]
+struct ServerArgs {
+    /// The router's WebSocket URL (ws:// or wss://).
+    #[arg(
+        long,
+        env = "CHAT_SERVER",
+        value_name = "URL",
+        default_value = crate::client::DEFAULT_SERVER,
+        value_parser = ServerUrl::parse
+    )]
+    server: ServerUrl,
+}
+
+/// A mistake in how a command was called, found after parsing: exits 2.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct UsageError(String);
+
+/// A runtime for the commands that talk to a router. One thread is
+/// enough: the work is I/O and SQLite, and it keeps the client light.
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
 /// Quotes `s` for a POSIX shell when it needs it.
 fn shell_quote(s: &str) -> String {
     if s.chars()
@@ -168,6 +205,10 @@ pub fn main() -> ExitCode {
     };
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.is::<UsageError>() => {
+            eprintln!("error: {e:#}\n\nFor more information, try '--help'.");
+            ExitCode::from(2)
+        }
         Err(e) => {
             eprintln!("chat-p2p: {e:#}");
             ExitCode::FAILURE
@@ -193,6 +234,9 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::History(args) => history::history(&ctx, args),
         Command::Export(args) => archive::export(&ctx, args),
         Command::Import(args) => archive::import(&ctx, args),
+        Command::Chat(args) => chat::chat(&ctx, args),
+        Command::Send(args) => sync::send(&ctx, args),
+        Command::Sync(args) => sync::sync(&ctx, args),
         // Not reached (routed above); kept correct rather than panicking.
         Command::Router(args) => router::run(args, ctx.profile.dir.parent().map(PathBuf::from)),
     }

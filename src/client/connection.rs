@@ -24,6 +24,10 @@ pub const DEFAULT_SERVER: &str = "ws://localhost:8080/ws";
 /// and one round of acks for all of them.
 const MAX_BATCH: usize = 512;
 
+/// The close code a router uses when a newer session of the same key
+/// replaced this one.
+const REPLACED_CLOSE_CODE: u16 = 4000;
+
 /// A router's WebSocket address, `ws://` or `wss://`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServerUrl(String);
@@ -179,6 +183,9 @@ impl Connection {
                     Ok(frame) => return Ok(Some(frame)),
                     Err(e) => tracing::warn!(error = %e, "ignoring a frame from the router"),
                 },
+                Message::Close(Some(close)) if u16::from(close.code) == REPLACED_CLOSE_CODE => {
+                    return Err(ClientError::Replaced)
+                }
                 Message::Close(close) => {
                     return Err(ClientError::Closed(
                         close

@@ -150,16 +150,21 @@ impl Engine {
         self.in_flight.clear();
     }
 
-    /// Stores a new message to `peer` as `pending` and returns it with its
-    /// frame. The message is committed before the frame exists.
-    pub fn compose(&mut self, peer: &PublicKey, body: &str) -> Result<(Message, Frame), ClientError> {
+    /// Stores a new message to `peer` as `pending`; the outbox sends it.
+    pub fn queue(&mut self, peer: &PublicKey, body: &str) -> Result<Message, ClientError> {
         if body.len() > MAX_BODY_BYTES {
             return Err(ClientError::TooLong {
                 len: body.len(),
                 max: MAX_BODY_BYTES,
             });
         }
-        let message = self.store.insert_outgoing(peer, body)?;
+        Ok(self.store.insert_outgoing(peer, body)?)
+    }
+
+    /// Stores a new message to `peer` as `pending` and returns it with its
+    /// frame. The message is committed before the frame exists.
+    pub fn compose(&mut self, peer: &PublicKey, body: &str) -> Result<(Message, Frame), ClientError> {
+        let message = self.queue(peer, body)?;
         let frame = self.seal_text(&message)?;
         Ok((message, frame))
     }

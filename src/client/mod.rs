@@ -8,6 +8,7 @@
 //! interactive chat.
 
 pub mod backoff;
+pub mod chat;
 pub mod connection;
 pub mod engine;
 pub mod exchange;
@@ -43,6 +44,9 @@ pub enum ClientError {
     /// The router closed the session.
     #[error("the router closed the connection: {0}")]
     Closed(String),
+    /// Another session of this profile connected and took over.
+    #[error("another chat-p2p session of this profile connected to the router and took over")]
+    Replaced,
     /// The connection broke.
     #[error("lost the connection to the router: {0}")]
     Lost(String),

@@ -1,0 +1,331 @@
+//! `chat`: one conversation in the terminal (or fed from a pipe).
+
+use std::io::IsTerminal;
+use std::time::Duration;
+
+use anyhow::{Context as _, Result};
+use clap::Args;
+use rustyline::error::ReadlineError;
+use tokio::sync::mpsc;
+
+use super::history::{hit_line, line, local_time, peer_label, resolve_peer, Style};
+use super::{runtime, ServerArgs, UsageError};
+use crate::client::chat::{self, ChatOptions, Input, Screen};
+use crate::client::{Engine, ServerUrl, Update};
+use crate::store::{Filter, Message, Order, Status, Store};
+
+/// Arguments of `chat`.
+#[derive(Debug, Args)]
+#[command(after_help = "In the chat: type a line and Enter to send it. \
+    /history [N] shows earlier messages, /search WORDS searches them all, \
+    /help lists commands, exit (or quit, /quit, Ctrl-D) leaves.\n\
+    The original client's form 'chat-p2p chat ws://HOST:PORT/ws PEER' works too.")]
+pub struct ChatArgs {
+    /// The contact to talk to (optionally preceded by the router's URL).
+    #[arg(value_name = "[SERVER] PEER", num_args = 1..=2, required = true)]
+    target: Vec<String>,
+    #[command(flatten)]
+    server: ServerArgs,
+    /// How many earlier messages to show on opening.
+    #[arg(long, short = 'n', default_value_t = 20)]
+    last: u32,
+    /// On leaving, how many seconds to wait at most for the router to
+    /// acknowledge what was sent.
+    #[arg(long, value_name = "SECS", default_value_t = 10)]
+    timeout: u64,
+}
+
+/// Runs the chat.
+pub fn chat(ctx: &super::Context, args: ChatArgs) -> Result<()> {
+    let (server, peer_name) = split_target(&args.target, args.server.server)?;
+    let (store, identity) = ctx.open_with_identity()?;
+    let peer = resolve_peer(&store, &peer_name)?;
+    let style = Style::detect();
+    let interactive = std::io::stdin().is_terminal();
+    let label = store
+        .contact_by_key(&peer)?
+        .map(|c| c.name)
+        .unwrap_or_else(|| format!("unknown ({})", peer.fingerprint()));
+    if interactive {
+        eprintln!(
+            "Chat with {label} via {server}. Type and press Enter to send; /help for commands, \
+             exit to leave."
+        );
+    }
+    let filter = Filter {
+        peer: Some(peer),
+        ..Filter::default()
+    };
+    for m in store.recent(&filter, args.last as usize)? {
+        println!("{}", line(&m, &style));
+    }
+    let options = ChatOptions {
+        peer,
+        server,
+        connect_timeout: Duration::from_secs(10),
+        quit_timeout: Duration::from_secs(args.timeout),
+    };
+    let mut engine = Engine::new(store, identity);
+    runtime()?.block_on(async {
+        let (mut input, mut screen) = if interactive {
+            let (rx, printer) = spawn_line_editor()?;
+            (rx, ChatScreen::new(style, Some(printer)))
+        } else {
+            (spawn_pipe_reader(), ChatScreen::new(style, None))
+        };
+        chat::run(&mut engine, &options, &mut input, &mut screen).await?;
+        anyhow::Ok(())
+    })
+}
+
+/// `[SERVER] PEER`: a URL first is the original client's way of naming the
+/// router, and wins over `--server`.
+fn split_target(target: &[String], server: ServerUrl) -> Result<(ServerUrl, String)> {
+    match target {
+        [peer] => Ok((server, peer.clone())),
+        [url, peer] if ServerUrl::looks_like_url(url) => {
+            Ok((ServerUrl::parse(url).map_err(UsageError)?, peer.clone()))
+        }
+        [other, _] => Err(UsageError(format!(
+            "'{other}' is not a router URL: use 'chat PEER' or 'chat ws://HOST:PORT/ws PEER'"
+        ))
+        .into()),
+        _ => Err(UsageError("chat takes one contact".into()).into()),
+    }
+}
+
+/// Classifies a typed line.
+fn classify(line: &str) -> Option<Input> {
+    let trimmed = line.trim();
+    match trimmed {
+        "" => None,
+        "exit" | "quit" | "/quit" | "/exit" => Some(Input::Quit),
+        cmd if cmd.starts_with('/') => Some(Input::Command(cmd.to_owned())),
+        _ => Some(Input::Send(line.trim_end_matches(['\r', '\n']).to_owned())),
+    }
+}
+
+type Printer = Box<dyn rustyline::ExternalPrinter + Send>;
+
+/// Reads lines with a line editor on its own thread; what arrives meanwhile
+/// is printed above the prompt, leaving the line being typed intact.
+fn spawn_line_editor() -> Result<(mpsc::Receiver<Input>, Printer)> {
+    let mut editor =
+        rustyline::DefaultEditor::new().context("cannot set up the terminal line editor")?;
+    let printer: Printer = Box::new(
+        editor
+            .create_external_printer()
+            .context("cannot set up the terminal line editor")?,
+    );
+    let (tx, rx) = mpsc::channel(64);
+    std::thread::spawn(move || loop {
+        let input = match editor.readline("> ") {
+            Ok(text) => {
+                let _ = editor.add_history_entry(text.as_str());
+                match classify(&text) {
+                    Some(input) => input,
+                    None => continue,
+                }
+            }
+            Err(ReadlineError::Interrupted | ReadlineError::Eof) => Input::Quit,
+            Err(e) => {
+                eprintln!("chat-p2p: cannot read the terminal: {e}");
+                Input::Quit
+            }
+        };
+        let quit = input == Input::Quit;
+        if tx.blocking_send(input).is_err() || quit {
+            return;
+        }
+    });
+    Ok((rx, printer))
+}
+
+/// Reads plain lines from a pipe; the end of input leaves the chat.
+fn spawn_pipe_reader() -> mpsc::Receiver<Input> {
+    use tokio::io::AsyncBufReadExt;
+    let (tx, rx) = mpsc::channel(64);
+    tokio::spawn(async move {
+        let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+        while let Ok(Some(text)) = lines.next_line().await {
+            if let Some(input) = classify(&text) {
+                let quit = input == Input::Quit;
+                if tx.send(input).await.is_err() || quit {
+                    return;
+                }
+            }
+        }
+        let _ = tx.send(Input::Quit).await;
+    });
+    rx
+}
+
+/// Prints the chat: above the prompt on a terminal, plainly on a pipe.
+struct ChatScreen {
+    style: Style,
+    printer: Option<Printer>,
+}
+
+impl ChatScreen {
+    fn new(style: Style, printer: Option<Printer>) -> Self {
+        Self { style, printer }
+    }
+
+    fn print(&mut self, text: String) {
+        match &mut self.printer {
+            Some(printer) => {
+                if printer.print(format!("{text}\n")).is_err() {
+                    eprintln!("{text}");
+                }
+            }
+            None => println!("{text}"),
+        }
+    }
+}
+
+impl Screen for ChatScreen {
+    fn update(&mut self, update: &Update) {
+        let text = match update {
+            Update::Received(m) => line(m, &self.style),
+            Update::Status(m) => status_line(m, &self.style),
+            Update::Rejected { from, reason } => self.style.paint(
+                "31",
+                &format!(
+                    "! refused a message claiming to be from {}: {reason}",
+                    from.fingerprint()
+                ),
+            ),
+            Update::Retrying { code, message } => format!(
+                "… the router asks to wait ({}): {message}; sending again shortly",
+                code.as_str()
+            ),
+            Update::RouterError { code, message } => {
+                format!("! router error ({}): {message}", code.as_str())
+            }
+        };
+        self.print(text);
+    }
+
+    fn notice(&mut self, text: &str) {
+        let text = self.style.paint("2", &format!("-- {text}"));
+        self.print(text);
+    }
+
+    fn command(&mut self, command: &str, store: &Store) {
+        let lines = run_command(command, store, &self.style).unwrap_or_else(|e| vec![format!("{e:#}")]);
+        for text in lines {
+            self.print(text);
+        }
+    }
+}
+
+/// `[2026-11-25 20:32] ✓✓ delivered to bob: hello` for a status change.
+fn status_line(m: &Message, style: &Style) -> String {
+    let time = match m.status {
+        Status::Sent => m.sent_at.as_deref(),
+        Status::Delivered => m.delivered_at.as_deref(),
+        Status::Read => m.read_at.as_deref(),
+        Status::Failed => m.failed_at.as_deref(),
+        _ => None,
+    }
+    .unwrap_or(&m.created_at);
+    let what = match m.status {
+        Status::Sent => "✓ sent to",
+        Status::Delivered => "✓✓ delivered to",
+        Status::Read => "read by",
+        Status::Failed => "✗ not sent to",
+        _ => "now",
+    };
+    let mut text = format!(
+        "{} {what} {}: {}",
+        style.paint("2", &format!("[{}]", local_time(time))),
+        peer_label(m),
+        excerpt(&m.body)
+    );
+    if let Some(reason) = &m.failure_reason {
+        text.push_str(&format!(" ({reason})"));
+    }
+    if m.status == Status::Failed {
+        text = style.paint("31", &text);
+    }
+    text
+}
+
+fn excerpt(body: &str) -> String {
+    const MAX: usize = 40;
+    let first_line = body.lines().next().unwrap_or("");
+    if first_line.chars().count() > MAX || first_line.len() < body.len() {
+        let cut: String = first_line.chars().take(MAX).collect();
+        format!("{cut}…")
+    } else {
+        first_line.to_owned()
+    }
+}
+
+const HELP: &str = "/history [N]   the last N messages of this conversation (default 20)
+/search WORDS  search every conversation (prefix*, \"phrases\", AND/OR/NOT)
+/help          this list
+exit, quit, /quit, Ctrl-D   leave (waits briefly for the router's acks)";
+
+/// Answers an in-chat command.
+fn run_command(command: &str, store: &Store, style: &Style) -> Result<Vec<String>> {
+    let (name, rest) = command
+        .split_once(char::is_whitespace)
+        .map_or((command, ""), |(n, r)| (n, r.trim()));
+    match name {
+        "/help" => Ok(HELP.lines().map(str::to_owned).collect()),
+        "/history" => {
+            let n = if rest.is_empty() {
+                20
+            } else {
+                rest.parse::<usize>()
+                    .map_err(|_| anyhow::anyhow!("/history takes a number, e.g. /history 50"))?
+            };
+            Ok(store
+                .recent(&Filter::default(), n)?
+                .iter()
+                .map(|m| line(m, style))
+                .collect())
+        }
+        "/search" if rest.is_empty() => Ok(vec!["/search needs words, e.g. /search plan*".into()]),
+        "/search" => {
+            let hits = store.search(rest, &Filter::default(), Order::Newest, 20)?;
+            if hits.is_empty() {
+                return Ok(vec![format!("no message matches {rest:?}")]);
+            }
+            Ok(hits.iter().map(|h| hit_line(h, style)).collect())
+        }
+        other => Ok(vec![format!("unknown command {other}; /help lists them")]),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classifies_lines() {
+        assert_eq!(classify("  "), None);
+        assert_eq!(classify("exit"), Some(Input::Quit));
+        assert_eq!(classify("/quit"), Some(Input::Quit));
+        assert_eq!(classify("/history 5"), Some(Input::Command("/history 5".into())));
+        assert_eq!(classify("  hi there "), Some(Input::Send("  hi there ".into())));
+    }
+
+    #[test]
+    fn the_legacy_form_names_the_router_first() {
+        let default = ServerUrl::parse("ws://localhost:8080/ws").unwrap();
+        let (s, p) = split_target(&["bob".into()], default.clone()).unwrap();
+        assert_eq!((s, p.as_str()), (default.clone(), "bob"));
+        let (s, p) = split_target(&["ws://h:1/ws".into(), "bob".into()], default.clone()).unwrap();
+        assert_eq!((s.to_string(), p.as_str()), ("ws://h:1/ws".into(), "bob"));
+        assert!(split_target(&["alice".into(), "bob".into()], default).is_err());
+    }
+
+    #[test]
+    fn excerpts_are_one_short_line() {
+        assert_eq!(excerpt("hi"), "hi");
+        assert_eq!(excerpt("a\nb"), "a…");
+        assert_eq!(excerpt(&"x".repeat(50)).chars().count(), 41);
+    }
+}

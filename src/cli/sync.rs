@@ -1,0 +1,180 @@
+//! `send` and `sync`: short sessions with the router, for scripts and for
+//! catching up.
+
+use std::time::Duration;
+
+use anyhow::Result;
+use clap::Args;
+use serde_json::json;
+
+use super::history::resolve_peer;
+use super::{print_json, runtime, Context, ServerArgs};
+use crate::client::exchange::{exchange, Until};
+use crate::client::{ClientError, Engine, Tally};
+use crate::store::Status;
+
+/// Arguments of `send`.
+#[derive(Debug, Args)]
+pub struct SendArgs {
+    /// The contact to send to.
+    peer: String,
+    /// The message; several words are joined with spaces.
+    #[arg(required = true, num_args = 1.., value_name = "MESSAGE")]
+    message: Vec<String>,
+    #[command(flatten)]
+    server: ServerArgs,
+    /// How many seconds to wait at most for the router's acknowledgement.
+    #[arg(long, value_name = "SECS", default_value_t = 10)]
+    timeout: u64,
+    /// Print the stored message as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Arguments of `sync`.
+#[derive(Debug, Args)]
+pub struct SyncArgs {
+    #[command(flatten)]
+    server: ServerArgs,
+    /// How many seconds to wait at most for everything to be exchanged.
+    #[arg(long, value_name = "SECS", default_value_t = 60)]
+    timeout: u64,
+    /// Print the summary as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Stores a message, then delivers the outbox to the router.
+pub fn send(ctx: &Context, args: SendArgs) -> Result<()> {
+    let (store, identity) = ctx.open_with_identity()?;
+    let peer = resolve_peer(&store, &args.peer)?;
+    let body = args.message.join(" ");
+    let mut engine = Engine::new(store, identity);
+    // Stored before anything else can fail: nothing typed is ever lost.
+    let message = engine.queue(&peer, &body)?;
+    let timeout = Duration::from_secs(args.timeout);
+    let server = args.server.server;
+    let outcome = runtime()?.block_on(exchange(&mut engine, &server, timeout, Until::Acked, |_| {}));
+    if let Err(e) = outcome {
+        return Err(with_pending_hint(e, "your message is saved as pending"));
+    }
+    let stored = engine.store().message(&message.msg_id)?.unwrap_or(message);
+    if args.json {
+        return print_json(&serde_json::to_value(&stored)?);
+    }
+    match stored.status {
+        Status::Failed => anyhow::bail!(
+            "not sent: {}",
+            stored.failure_reason.as_deref().unwrap_or("the router refused it")
+        ),
+        _ => println!(
+            "{} Sent to {} (the router has it; 'chat-p2p history {}' shows when it is delivered and read).",
+            Status::Sent.mark(),
+            args.peer,
+            args.peer
+        ),
+    }
+    note_received(engine.tally());
+    Ok(())
+}
+
+/// Sends the outbox and takes in everything the router holds.
+pub fn sync(ctx: &Context, args: SyncArgs) -> Result<()> {
+    let (store, identity) = ctx.open_with_identity()?;
+    let mut engine = Engine::new(store, identity);
+    let timeout = Duration::from_secs(args.timeout);
+    let server = args.server.server;
+    let outcome = runtime()?.block_on(exchange(&mut engine, &server, timeout, Until::Synced, |_| {}));
+    let t = engine.tally();
+    if let Err(e) = outcome {
+        return Err(with_pending_hint(
+            e,
+            &format!(
+                "before stopping: {} sent, {} received; what is pending stays pending",
+                t.sent, t.received
+            ),
+        ));
+    }
+    let pending = engine.store().outbox()?.len();
+    if args.json {
+        return print_json(&json!({
+            "server": server.to_string(),
+            "sent": t.sent,
+            "received": t.received,
+            "duplicates": t.duplicates,
+            "receipts": t.receipts,
+            "rejected": t.rejected,
+            "failed": t.failed,
+            "pending": pending,
+        }));
+    }
+    println!("{}", summary(&server.to_string(), &t, pending));
+    Ok(())
+}
+
+/// `Synced with ws://...: 2 sent, 5 received, 3 receipts.`
+fn summary(server: &str, t: &Tally, pending: usize) -> String {
+    let mut parts = vec![
+        format!("{} sent", t.sent),
+        format!("{} received", t.received),
+        format!("{} receipt update(s)", t.receipts),
+    ];
+    if t.duplicates > 0 {
+        parts.push(format!("{} duplicate(s) ignored", t.duplicates));
+    }
+    if t.rejected > 0 {
+        parts.push(format!("{} rejected (see warnings)", t.rejected));
+    }
+    if t.failed > 0 {
+        parts.push(format!("{} failed", t.failed));
+    }
+    if pending > 0 {
+        parts.push(format!("{pending} still pending"));
+    }
+    format!("Synced with {server}: {}.", parts.join(", "))
+}
+
+fn note_received(t: Tally) {
+    if t.received > 0 {
+        eprintln!(
+            "(also received {} new message(s): 'chat-p2p history' shows them)",
+            t.received
+        );
+    }
+}
+
+/// Adds what happens to pending work, and what to do, to a network error.
+fn with_pending_hint(e: ClientError, what: &str) -> anyhow::Error {
+    if e.is_transient() {
+        anyhow::anyhow!(
+            "{e}. {what}; 'chat-p2p sync' (or the next send or chat) delivers it once the \
+             router is reachable"
+        )
+    } else {
+        e.into()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn summary_mentions_only_what_happened() {
+        let t = Tally {
+            sent: 2,
+            received: 5,
+            receipts: 1,
+            ..Tally::default()
+        };
+        assert_eq!(
+            summary("ws://h/ws", &t, 0),
+            "Synced with ws://h/ws: 2 sent, 5 received, 1 receipt update(s)."
+        );
+        let t = Tally {
+            rejected: 1,
+            ..Tally::default()
+        };
+        assert!(summary("ws://h/ws", &t, 3).ends_with("1 rejected (see warnings), 3 still pending."));
+    }
+}

@@ -1,0 +1,292 @@
+//! The interactive chat loop: one conversation on screen, every contact's
+//! messages taken in, and the router reconnected whenever it goes away.
+//!
+//! Input keeps flowing while the router is away: lines are stored
+//! `pending` at once and go out when the connection is back. Leaving waits,
+//! within a bound, for the router to acknowledge what was sent.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio::time::{sleep_until, Instant};
+
+use super::backoff::Backoff;
+use super::connection::{self, Connection, ServerUrl};
+use super::{ClientError, Engine, Update};
+use crate::identity::{Identity, PublicKey};
+use crate::protocol::Frame;
+use crate::store::Store;
+
+/// Pause before sending again what the router refused for now.
+const RETRY_PAUSE: Duration = Duration::from_secs(2);
+
+/// How long to stay away after another session of this profile took over,
+/// so two clients of one profile do not keep replacing each other.
+const REPLACED_PAUSE: Duration = Duration::from_secs(15);
+
+/// What the person at the keyboard did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Input {
+    /// Send this text to the conversation's peer.
+    Send(String),
+    /// An in-chat command such as `/history 20`, for the screen to answer.
+    Command(String),
+    /// Leave the chat.
+    Quit,
+}
+
+/// Where the chat shows things.
+pub trait Screen {
+    /// A message arrived or changed status.
+    fn update(&mut self, update: &Update);
+    /// Something about the connection, for the user.
+    fn notice(&mut self, text: &str);
+    /// Answers an in-chat command, reading the profile database.
+    fn command(&mut self, command: &str, store: &Store);
+}
+
+/// How a chat is run.
+#[derive(Debug, Clone)]
+pub struct ChatOptions {
+    /// The conversation on screen: its incoming messages are marked read.
+    pub peer: PublicKey,
+    /// The router.
+    pub server: ServerUrl,
+    /// The most time one connection attempt may take.
+    pub connect_timeout: Duration,
+    /// The most time leaving waits for the router's acknowledgements.
+    pub quit_timeout: Duration,
+}
+
+/// Runs the chat until the user quits.
+pub async fn run(
+    engine: &mut Engine,
+    options: &ChatOptions,
+    input: &mut mpsc::Receiver<Input>,
+    screen: &mut dyn Screen,
+) -> Result<(), ClientError> {
+    // The connection attempt runs while input is still being stored, so it
+    // gets its own copy of the key pair (zeroized when dropped).
+    let identity = Arc::new(Identity::from_secret_bytes(&engine.identity().secret_bytes()));
+    let mut chat = Chat {
+        identity,
+        engine,
+        options,
+        screen,
+        backoff: Backoff::default(),
+        away_reported: false,
+        quit_by: None,
+        retry_at: None,
+    };
+    loop {
+        let Some(conn) = chat.connect(input).await? else {
+            return chat.leave_offline();
+        };
+        if let Some(conn) = chat.converse(conn, input).await? {
+            conn.close().await;
+            return Ok(());
+        }
+    }
+}
+
+struct Chat<'a> {
+    identity: Arc<Identity>,
+    engine: &'a mut Engine,
+    options: &'a ChatOptions,
+    screen: &'a mut dyn Screen,
+    backoff: Backoff,
+    away_reported: bool,
+    /// Set when the user asked to leave: the deadline for pending acks.
+    quit_by: Option<Instant>,
+    retry_at: Option<Instant>,
+}
+
+impl Chat<'_> {
+    /// Connects, retrying with backoff, while still taking input. `None`
+    /// when the user quit before a connection could be made.
+    async fn connect(
+        &mut self,
+        input: &mut mpsc::Receiver<Input>,
+    ) -> Result<Option<Connection>, ClientError> {
+        loop {
+            if self.quit_by.is_some() {
+                return Ok(None);
+            }
+            let (identity, server) = (Arc::clone(&self.identity), self.options.server.clone());
+            let timeout = self.options.connect_timeout;
+            let attempt =
+                async move { connection::connect(&server, &identity, timeout).await };
+            tokio::pin!(attempt);
+            let result = loop {
+                tokio::select! {
+                    result = &mut attempt => break result,
+                    line = input.recv() => self.on_input(line, None).await?,
+                }
+            };
+            match result {
+                Ok(mut conn) => {
+                    self.on_connected(&mut conn).await?;
+                    return Ok(Some(conn));
+                }
+                Err(e) if e.is_transient() => self.wait_to_retry(&e, input).await?,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    async fn on_connected(&mut self, conn: &mut Connection) -> Result<(), ClientError> {
+        self.backoff.reset();
+        if self.away_reported {
+            self.screen
+                .notice("connected to the router again; sending what waited");
+            self.away_reported = false;
+        }
+        self.engine.connection_lost();
+        let mut frames = self.engine.outbox_frames()?;
+        frames.extend(self.engine.mark_read(&self.options.peer)?);
+        conn.send(&frames).await
+    }
+
+    /// Reports the first failure only, then waits, still taking input.
+    async fn wait_to_retry(
+        &mut self,
+        error: &ClientError,
+        input: &mut mpsc::Receiver<Input>,
+    ) -> Result<(), ClientError> {
+        let delay = match error {
+            ClientError::Replaced => REPLACED_PAUSE,
+            _ => self.backoff.next_delay(&mut rand::thread_rng()),
+        };
+        if !self.away_reported {
+            self.screen.notice(&format!(
+                "{error}. Reconnecting in the background; what you type is stored and sent \
+                 when the router is back."
+            ));
+            self.away_reported = true;
+        }
+        let until = Instant::now() + delay;
+        loop {
+            tokio::select! {
+                () = sleep_until(until) => return Ok(()),
+                line = input.recv() => {
+                    self.on_input(line, None).await?;
+                    if self.quit_by.is_some() {
+                        return Ok(());
+                    }
+                }
+            }
+        }
+    }
+
+    /// Talks over `conn` until it is lost (`None`) or the user has left and
+    /// everything was acknowledged (the connection, to close).
+    async fn converse(
+        &mut self,
+        mut conn: Connection,
+        input: &mut mpsc::Receiver<Input>,
+    ) -> Result<Option<Connection>, ClientError> {
+        loop {
+            if self.quit_by.is_some() && self.engine.in_flight() == 0 {
+                return Ok(Some(conn));
+            }
+            let quit_by = self.quit_by;
+            let retry_at = self.retry_at;
+            let outcome = tokio::select! {
+                line = input.recv(), if quit_by.is_none() => {
+                    self.on_input(line, Some(&mut conn)).await
+                }
+                batch = conn.recv_batch() => self.on_frames(batch, &mut conn).await,
+                () = sleep_until(retry_at.unwrap_or_else(Instant::now)), if retry_at.is_some() => {
+                    self.retry_at = None;
+                    let frames = self.engine.outbox_frames()?;
+                    conn.send(&frames).await
+                }
+                () = sleep_until(quit_by.unwrap_or_else(Instant::now)), if quit_by.is_some() => {
+                    self.screen.notice(&format!(
+                        "leaving with {} frame(s) not yet acknowledged by the router; \
+                         they stay pending and go out next time",
+                        self.engine.in_flight()
+                    ));
+                    return Ok(Some(conn));
+                }
+            };
+            if let Err(e) = outcome {
+                if !e.is_transient() && !matches!(e, ClientError::Replaced) {
+                    return Err(e);
+                }
+                self.engine.connection_lost();
+                if self.quit_by.is_some() {
+                    return Ok(None);
+                }
+                self.wait_to_retry(&e, input).await?;
+                return Ok(None);
+            }
+        }
+    }
+
+    async fn on_frames(
+        &mut self,
+        batch: Result<Option<Vec<Frame>>, ClientError>,
+        conn: &mut Connection,
+    ) -> Result<(), ClientError> {
+        let Some(frames) = batch? else {
+            return Err(ClientError::Closed("the router ended the session".into()));
+        };
+        let reaction = self.engine.handle(frames)?;
+        conn.send(&reaction.send).await?;
+        let peer = self.options.peer.to_base64();
+        let mut from_peer = false;
+        for update in &reaction.updates {
+            from_peer |= matches!(update, Update::Received(m) if m.peer_key == peer);
+            self.screen.update(update);
+        }
+        if from_peer {
+            // Shown in the open conversation: read, and said so once.
+            let receipts = self.engine.mark_read(&self.options.peer)?;
+            conn.send(&receipts).await?;
+        }
+        if reaction.retry && self.retry_at.is_none() {
+            self.retry_at = Some(Instant::now() + RETRY_PAUSE);
+        }
+        Ok(())
+    }
+
+    /// Handles one input; `conn` is the live connection, if any.
+    async fn on_input(
+        &mut self,
+        line: Option<Input>,
+        conn: Option<&mut Connection>,
+    ) -> Result<(), ClientError> {
+        match line.unwrap_or(Input::Quit) {
+            Input::Send(text) => {
+                let (_, frame) = match self.engine.compose(&self.options.peer, &text) {
+                    Ok(composed) => composed,
+                    Err(e @ ClientError::TooLong { .. }) => {
+                        self.screen.notice(&format!("not sent: {e}"));
+                        return Ok(());
+                    }
+                    Err(e) => return Err(e),
+                };
+                match conn {
+                    Some(conn) => conn.send(&[frame]).await?,
+                    // Stored pending; sent from the outbox on reconnect.
+                    None => self.engine.connection_lost(),
+                }
+            }
+            Input::Command(command) => self.screen.command(&command, self.engine.store()),
+            Input::Quit => self.quit_by = Some(Instant::now() + self.options.quit_timeout),
+        }
+        Ok(())
+    }
+
+    fn leave_offline(&mut self) -> Result<(), ClientError> {
+        let pending = self.engine.store().outbox()?.len();
+        if pending > 0 {
+            self.screen.notice(&format!(
+                "{pending} message(s) stay pending; 'chat-p2p sync' or the next chat sends them"
+            ));
+        }
+        Ok(())
+    }
+}
