@@ -218,6 +218,43 @@ async fn unacked_frames_are_delivered_again_acked_ones_are_not() {
 }
 
 #[tokio::test]
+async fn synced_follows_the_backlog_once_per_session() {
+    let (_dir, data) = data();
+    let router = Router::start(&data, &["--delivery-window", "2"]);
+    let bob = Identity::generate();
+    let bob_key = bob.public_key();
+    let mut alice = Client::connect(&router.addr, Identity::generate()).await;
+    let mut queued = Vec::new();
+    for n in 0..5 {
+        queued.push(alice.send_acked(&bob_key, &format!("m{n}")).await.id);
+    }
+
+    // A window of 2 makes the backlog come in pages: synced only after all.
+    let mut bob = Client::connect(&router.addr, bob).await;
+    let mut seen = Vec::new();
+    while bob.synced == 0 {
+        let before = bob.until_synced_or_one().await;
+        for frame in before {
+            let Frame::Message(m) = frame else {
+                panic!("unexpected {frame:?}")
+            };
+            bob.ack(m.id).await;
+            seen.push(m.id);
+        }
+    }
+    assert_eq!(seen, queued, "every queued frame, in order, before synced");
+
+    // Later frames arrive live, with no second synced.
+    let late = alice.send_acked(&bob_key, "late").await;
+    assert_eq!(bob.receive().await.0.id, late.id);
+    assert_eq!(bob.synced, 1);
+
+    // An empty queue is announced at once.
+    let mut carol = Client::connect(&router.addr, Identity::generate()).await;
+    assert!(carol.until_synced().await.is_empty());
+}
+
+#[tokio::test]
 async fn duplicate_ids_are_stored_once() {
     let (_dir, data) = data();
     let router = Router::start(&data, &[]);
@@ -397,6 +434,8 @@ async fn pings_are_answered() {
                 break;
             }
             Message::Ping(_) => {}
+            // The router's `synced` (the backlog is empty) may come first.
+            Message::Text(t) if t.as_str() == r#"{"type":"synced"}"# => {}
             other => panic!("unexpected {other:?}"),
         }
     }

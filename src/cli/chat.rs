@@ -212,7 +212,8 @@ impl Screen for ChatScreen {
     }
 
     fn command(&mut self, command: &str, store: &Store) {
-        let lines = run_command(command, store, &self.style).unwrap_or_else(|e| vec![format!("{e:#}")]);
+        let lines =
+            run_command(command, store, &self.style).unwrap_or_else(|e| vec![format!("{e:#}")]);
         for text in lines {
             self.print(text);
         }
@@ -308,8 +309,14 @@ mod tests {
         assert_eq!(classify("  "), None);
         assert_eq!(classify("exit"), Some(Input::Quit));
         assert_eq!(classify("/quit"), Some(Input::Quit));
-        assert_eq!(classify("/history 5"), Some(Input::Command("/history 5".into())));
-        assert_eq!(classify("  hi there "), Some(Input::Send("  hi there ".into())));
+        assert_eq!(
+            classify("/history 5"),
+            Some(Input::Command("/history 5".into()))
+        );
+        assert_eq!(
+            classify("  hi there "),
+            Some(Input::Send("  hi there ".into()))
+        );
     }
 
     #[test]

@@ -54,9 +54,15 @@ pub fn send(ctx: &Context, args: SendArgs) -> Result<()> {
     let message = engine.queue(&peer, &body)?;
     let timeout = Duration::from_secs(args.timeout);
     let server = args.server.server;
-    let outcome = runtime()?.block_on(exchange(&mut engine, &server, timeout, Until::Acked, |_| {}));
+    let outcome = runtime()?.block_on(exchange(
+        &mut engine,
+        &server,
+        timeout,
+        Until::Acked,
+        |_| {},
+    ));
     if let Err(e) = outcome {
-        return Err(with_pending_hint(e, "your message is saved as pending"));
+        return Err(with_pending_hint(e, "Your message is saved as pending"));
     }
     let stored = engine.store().message(&message.msg_id)?.unwrap_or(message);
     if args.json {
@@ -84,15 +90,26 @@ pub fn sync(ctx: &Context, args: SyncArgs) -> Result<()> {
     let mut engine = Engine::new(store, identity);
     let timeout = Duration::from_secs(args.timeout);
     let server = args.server.server;
-    let outcome = runtime()?.block_on(exchange(&mut engine, &server, timeout, Until::Synced, |_| {}));
+    let outcome = runtime()?.block_on(exchange(
+        &mut engine,
+        &server,
+        timeout,
+        Until::Synced,
+        |_| {},
+    ));
     let t = engine.tally();
     if let Err(e) = outcome {
+        let done = if t.sent + t.received + t.receipts > 0 {
+            format!(
+                " ({} sent, {} received before it stopped)",
+                t.sent, t.received
+            )
+        } else {
+            String::new()
+        };
         return Err(with_pending_hint(
             e,
-            &format!(
-                "before stopping: {} sent, {} received; what is pending stays pending",
-                t.sent, t.received
-            ),
+            &format!("What you wrote stays pending{done}"),
         ));
     }
     let pending = engine.store().outbox()?.len();
@@ -147,7 +164,7 @@ fn note_received(t: Tally) {
 fn with_pending_hint(e: ClientError, what: &str) -> anyhow::Error {
     if e.is_transient() {
         anyhow::anyhow!(
-            "{e}. {what}; 'chat-p2p sync' (or the next send or chat) delivers it once the \
+            "{e}.\n{what}: 'chat-p2p sync' (or the next send or chat) delivers it once the \
              router is reachable"
         )
     } else {
@@ -175,6 +192,8 @@ mod tests {
             rejected: 1,
             ..Tally::default()
         };
-        assert!(summary("ws://h/ws", &t, 3).ends_with("1 rejected (see warnings), 3 still pending."));
+        assert!(
+            summary("ws://h/ws", &t, 3).ends_with("1 rejected (see warnings), 3 still pending.")
+        );
     }
 }

@@ -68,7 +68,9 @@ pub async fn run(
 ) -> Result<(), ClientError> {
     // The connection attempt runs while input is still being stored, so it
     // gets its own copy of the key pair (zeroized when dropped).
-    let identity = Arc::new(Identity::from_secret_bytes(&engine.identity().secret_bytes()));
+    let identity = Arc::new(Identity::from_secret_bytes(
+        &engine.identity().secret_bytes(),
+    ));
     let mut chat = Chat {
         identity,
         engine,
@@ -115,8 +117,7 @@ impl Chat<'_> {
             }
             let (identity, server) = (Arc::clone(&self.identity), self.options.server.clone());
             let timeout = self.options.connect_timeout;
-            let attempt =
-                async move { connection::connect(&server, &identity, timeout).await };
+            let attempt = async move { connection::connect(&server, &identity, timeout).await };
             tokio::pin!(attempt);
             let result = loop {
                 tokio::select! {

@@ -126,10 +126,12 @@ impl Connection {
     async fn authenticate(&mut self, identity: &Identity) -> Result<(), ClientError> {
         let challenge = match self.next_frame().await? {
             Some(Frame::Challenge(c)) => c,
-            Some(Frame::Error(e)) => return Err(ClientError::Refused {
-                code: e.code,
-                message: e.message,
-            }),
+            Some(Frame::Error(e)) => {
+                return Err(ClientError::Refused {
+                    code: e.code,
+                    message: e.message,
+                })
+            }
             other => return Err(handshake(format!("expected a challenge, got {other:?}"))),
         };
         let version = SUPPORTED_VERSIONS

@@ -163,7 +163,11 @@ impl Engine {
 
     /// Stores a new message to `peer` as `pending` and returns it with its
     /// frame. The message is committed before the frame exists.
-    pub fn compose(&mut self, peer: &PublicKey, body: &str) -> Result<(Message, Frame), ClientError> {
+    pub fn compose(
+        &mut self,
+        peer: &PublicKey,
+        body: &str,
+    ) -> Result<(Message, Frame), ClientError> {
         let message = self.queue(peer, body)?;
         let frame = self.seal_text(&message)?;
         Ok((message, frame))
@@ -243,7 +247,11 @@ impl Engine {
             if message.direction != Direction::Out {
                 continue;
             }
-            let at = ack.at.as_deref().and_then(normalize).unwrap_or_else(clock::now);
+            let at = ack
+                .at
+                .as_deref()
+                .and_then(normalize)
+                .unwrap_or_else(clock::now);
             if apply_status_tx(&tx, &id, Status::Sent, &at, None)? {
                 changed.push(id);
             }
@@ -251,7 +259,9 @@ impl Engine {
         let updated = reload(&tx, &changed)?;
         tx.commit().map_err(store::Error::from)?;
         self.tally.sent += updated.len();
-        reaction.updates.extend(updated.into_iter().map(Update::Status));
+        reaction
+            .updates
+            .extend(updated.into_iter().map(Update::Status));
         Ok(())
     }
 
@@ -274,7 +284,11 @@ impl Engine {
             return Ok(());
         }
         let id = MessageId::from(id);
-        let reason = format!("the router refused it ({}): {}", error.code.as_str(), error.message);
+        let reason = format!(
+            "the router refused it ({}): {}",
+            error.code.as_str(),
+            error.message
+        );
         let tx = self.store.transaction()?;
         if remove_receipt_tx(&tx, &id)? {
             tx.commit().map_err(store::Error::from)?;
@@ -290,10 +304,16 @@ impl Engine {
             }
             _ => false,
         };
-        let updated = if changed { reload(&tx, &[id])? } else { Vec::new() };
+        let updated = if changed {
+            reload(&tx, &[id])?
+        } else {
+            Vec::new()
+        };
         tx.commit().map_err(store::Error::from)?;
         self.tally.failed += updated.len();
-        reaction.updates.extend(updated.into_iter().map(Update::Status));
+        reaction
+            .updates
+            .extend(updated.into_iter().map(Update::Status));
         Ok(())
     }
 
@@ -354,7 +374,9 @@ impl Engine {
         tx.commit().map_err(store::Error::from)?;
         // Only now, with everything durable, tell the router and the peers.
         self.tally.receipts += updated.len();
-        reaction.updates.extend(updated.into_iter().map(Update::Status));
+        reaction
+            .updates
+            .extend(updated.into_iter().map(Update::Status));
         reaction.send.extend(
             opened
                 .iter()
@@ -386,7 +408,8 @@ impl Engine {
     }
 
     fn seal_text(&mut self, message: &Message) -> Result<Frame, ClientError> {
-        let peer = PublicKey::parse(&message.peer_key).map_err(|e| ClientError::Corrupt(e.to_string()))?;
+        let peer =
+            PublicKey::parse(&message.peer_key).map_err(|e| ClientError::Corrupt(e.to_string()))?;
         let content = Content::Text {
             body: message.body.clone(),
         };
@@ -399,7 +422,12 @@ impl Engine {
             ReceiptKind::Delivered => Content::Delivered { ids },
             ReceiptKind::Read => Content::Read { ids },
         };
-        self.seal(&receipt.peer, receipt.receipt_id, &receipt.created_at, &content)
+        self.seal(
+            &receipt.peer,
+            receipt.receipt_id,
+            &receipt.created_at,
+            &content,
+        )
     }
 
     fn seal(
@@ -468,7 +496,10 @@ fn normalize(ts: &str) -> Option<String> {
 fn is_temporary(code: ErrorCode) -> bool {
     matches!(
         code,
-        ErrorCode::RateLimited | ErrorCode::Internal | ErrorCode::QuotaExceeded | ErrorCode::TooSlow
+        ErrorCode::RateLimited
+            | ErrorCode::Internal
+            | ErrorCode::QuotaExceeded
+            | ErrorCode::TooSlow
     )
 }
 

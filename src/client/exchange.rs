@@ -39,9 +39,8 @@ pub async fn exchange(
     let mut synced = false;
     let mut retry_at: Option<Instant> = None;
     loop {
-        let done = engine.in_flight() == 0
-            && retry_at.is_none()
-            && (until == Until::Acked || synced);
+        let done =
+            engine.in_flight() == 0 && retry_at.is_none() && (until == Until::Acked || synced);
         if done {
             break;
         }

@@ -172,6 +172,8 @@ pub struct Client {
     pub id: Identity,
     /// Its socket.
     pub ws: Socket,
+    /// How many `synced` frames the router sent (one per session).
+    pub synced: u32,
 }
 
 impl Client {
@@ -188,7 +190,7 @@ impl Client {
             Frame::Ready(r) => assert_eq!(r.key, id.public_key()),
             other => panic!("expected ready, got {other:?}"),
         }
-        Client { id, ws }
+        Client { id, ws, synced: 0 }
     }
 
     /// This client's key.
@@ -240,9 +242,38 @@ impl Client {
         }
     }
 
-    /// Next frame.
+    /// Next frame, noting (not returning) the router's `synced`.
     pub async fn next(&mut self) -> Frame {
-        next_frame(&mut self.ws).await
+        loop {
+            match next_frame(&mut self.ws).await {
+                Frame::Synced => self.synced += 1,
+                frame => return frame,
+            }
+        }
+    }
+
+    /// The next frame, or nothing if it is the router's `synced`.
+    pub async fn until_synced_or_one(&mut self) -> Vec<Frame> {
+        match next_frame(&mut self.ws).await {
+            Frame::Synced => {
+                self.synced += 1;
+                Vec::new()
+            }
+            frame => vec![frame],
+        }
+    }
+
+    /// Reads frames until the router says the backlog is delivered;
+    /// returns the frames before it.
+    pub async fn until_synced(&mut self) -> Vec<Frame> {
+        let mut before = Vec::new();
+        while self.synced == 0 {
+            match next_frame(&mut self.ws).await {
+                Frame::Synced => self.synced += 1,
+                frame => before.push(frame),
+            }
+        }
+        before
     }
 
     /// Waits for a delivered message, opens it, and returns it with its

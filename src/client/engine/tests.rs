@@ -105,7 +105,12 @@ fn a_message_goes_pending_sent_delivered_read_with_times_in_order() {
         .collect();
     assert_eq!(
         events,
-        [Status::Pending, Status::Sent, Status::Delivered, Status::Read]
+        [
+            Status::Pending,
+            Status::Sent,
+            Status::Delivered,
+            Status::Read
+        ]
     );
 }
 
@@ -113,7 +118,10 @@ fn a_message_goes_pending_sent_delivered_read_with_times_in_order() {
 fn a_duplicate_is_acked_again_and_stored_once() {
     let mut alice = party();
     let mut bob = party();
-    let (msg, frame) = alice.engine.compose(&bob.engine.me().clone(), "once").unwrap();
+    let (msg, frame) = alice
+        .engine
+        .compose(&bob.engine.me().clone(), "once")
+        .unwrap();
     bob.engine.handle(vec![frame.clone()]).unwrap();
     let r = bob.engine.handle(vec![frame]).unwrap();
     assert!(matches!(&r.send[..], [Frame::Ack(a)] if a.id == msg.msg_id.uuid()));
@@ -133,7 +141,10 @@ fn a_duplicate_is_acked_again_and_stored_once() {
 fn a_forged_frame_is_rejected_recorded_and_acked() {
     let mut alice = party();
     let mut bob = party();
-    let (_, frame) = alice.engine.compose(&bob.engine.me().clone(), "real").unwrap();
+    let (_, frame) = alice
+        .engine
+        .compose(&bob.engine.me().clone(), "real")
+        .unwrap();
     let Frame::Message(mut forged) = frame else {
         unreachable!()
     };
@@ -144,7 +155,11 @@ fn a_forged_frame_is_rejected_recorded_and_acked() {
     assert!(matches!(&r.updates[..], [Update::Rejected { .. }]));
     let rejected = bob.engine.store().rejected().unwrap();
     assert_eq!(rejected.len(), 1);
-    assert!(rejected[0].reason.contains("signature"), "{}", rejected[0].reason);
+    assert!(
+        rejected[0].reason.contains("signature"),
+        "{}",
+        rejected[0].reason
+    );
     assert!(bob.engine.store().pending_receipts().unwrap().is_empty());
 }
 
@@ -152,14 +167,22 @@ fn a_forged_frame_is_rejected_recorded_and_acked() {
 fn a_signed_frame_that_does_not_decrypt_is_rejected() {
     let mut alice = party();
     let mut bob = party();
-    let (_, frame) = alice.engine.compose(&bob.engine.me().clone(), "for bob").unwrap();
+    let (_, frame) = alice
+        .engine
+        .compose(&bob.engine.me().clone(), "for bob")
+        .unwrap();
     let Frame::Message(mut m) = frame else {
         unreachable!()
     };
     // Alice signs garbage: the signature holds, the ciphertext does not.
     m.payload.ciphertext = vec![7; 40];
     let signed = protocol::message_signed_bytes(&m.id, &m.from, &m.to, &m.ts, &m.payload);
-    m.sig = alice.engine.identity().signing_key().sign(&signed).to_bytes();
+    m.sig = alice
+        .engine
+        .identity()
+        .signing_key()
+        .sign(&signed)
+        .to_bytes();
     let r = bob.engine.handle(vec![Frame::Message(m)]).unwrap();
     assert!(matches!(&r.updates[..], [Update::Rejected { .. }]));
     assert_eq!(bob.engine.tally().rejected, 1);
@@ -171,7 +194,10 @@ fn a_frame_for_another_key_is_rejected() {
     let mut alice = party();
     let bob = party();
     let mut carol = party();
-    let (_, frame) = alice.engine.compose(&bob.engine.me().clone(), "for bob").unwrap();
+    let (_, frame) = alice
+        .engine
+        .compose(&bob.engine.me().clone(), "for bob")
+        .unwrap();
     let r = carol.engine.handle(vec![frame]).unwrap();
     assert!(matches!(&r.updates[..], [Update::Rejected { .. }]));
 }
@@ -180,8 +206,11 @@ fn a_frame_for_another_key_is_rejected() {
 fn a_receipt_only_counts_from_the_messages_peer() {
     let mut alice = party();
     let bob = party();
-    let mut mallory = party();
-    let (msg, frame) = alice.engine.compose(&bob.engine.me().clone(), "hi").unwrap();
+    let mallory = party();
+    let (msg, frame) = alice
+        .engine
+        .compose(&bob.engine.me().clone(), "hi")
+        .unwrap();
     alice.engine.handle(vec![router_ack(&frame)]).unwrap();
     let fake = protocol::seal(
         mallory.engine.identity(),
@@ -228,12 +257,18 @@ fn router_refusals_fail_the_message_or_schedule_a_retry() {
             message: "no".into(),
         })
     };
-    let r = alice.engine.handle(vec![refuse(ErrorCode::RateLimited)]).unwrap();
+    let r = alice
+        .engine
+        .handle(vec![refuse(ErrorCode::RateLimited)])
+        .unwrap();
     assert!(r.retry);
     assert_eq!(status(&alice, &msg.msg_id), Status::Pending);
     assert_eq!(alice.engine.outbox_frames().unwrap().len(), 1, "sent again");
 
-    alice.engine.handle(vec![refuse(ErrorCode::TooLarge)]).unwrap();
+    alice
+        .engine
+        .handle(vec![refuse(ErrorCode::TooLarge)])
+        .unwrap();
     let stored = alice.engine.store().message(&msg.msg_id).unwrap().unwrap();
     assert_eq!(stored.status, Status::Failed);
     assert!(stored.failure_reason.unwrap().contains("too-large"));
@@ -259,7 +294,11 @@ fn the_outbox_holds_pending_messages_and_receipts_until_acked() {
     bob.engine.handle(vec![first]).unwrap();
     bob.engine.connection_lost();
     let again = bob.engine.outbox_frames().unwrap();
-    assert_eq!(message_frames(&again).len(), 1, "the delivered receipt waits");
+    assert_eq!(
+        message_frames(&again).len(),
+        1,
+        "the delivered receipt waits"
+    );
 }
 
 #[test]
