@@ -7,7 +7,7 @@ use serde_json::json;
 
 use super::{parse_key, print_json, Context};
 use crate::identity::PublicKey;
-use crate::store::{Contact, ContactName};
+use crate::store::{Contact, ContactName, UnknownPeer};
 
 /// Arguments of `add-contact`.
 #[derive(Debug, Args)]
@@ -55,6 +55,17 @@ fn contact_json(c: &Contact) -> serde_json::Value {
     })
 }
 
+fn unknown_json(u: &UnknownPeer) -> serde_json::Value {
+    json!({
+        "name": null,
+        "unknown": true,
+        "public_key": u.key.to_base64(),
+        "fingerprint": u.key.fingerprint(),
+        "messages": u.messages,
+        "last_message_at": u.last_at,
+    })
+}
+
 /// Saves a contact.
 pub fn add(ctx: &Context, args: AddArgs) -> Result<()> {
     let name = ContactName::parse(&args.name)?;
@@ -75,22 +86,38 @@ pub fn add(ctx: &Context, args: AddArgs) -> Result<()> {
 pub fn list(ctx: &Context, args: ListArgs) -> Result<()> {
     let (store, _) = ctx.open_with_identity()?;
     let contacts = store.contacts()?;
+    let unknown = store.unknown_peers()?;
     if args.json {
-        return print_json(&contacts.iter().map(contact_json).collect());
+        let mut all: Vec<_> = contacts.iter().map(contact_json).collect();
+        all.extend(unknown.iter().map(unknown_json));
+        return print_json(&all.into());
     }
     if contacts.is_empty() {
         println!("No contacts yet. Add one with: chat-p2p add-contact NAME PUBKEY");
-        return Ok(());
+    } else {
+        let width = contacts
+            .iter()
+            .map(|c| c.name.chars().count())
+            .max()
+            .unwrap_or(0)
+            .max("NAME".len());
+        println!("{:width$}  {:24}  PUBLIC KEY", "NAME", "FINGERPRINT");
+        for c in &contacts {
+            println!("{:width$}  {:24}  {}", c.name, c.key.fingerprint(), c.key);
+        }
     }
-    let width = contacts
-        .iter()
-        .map(|c| c.name.chars().count())
-        .max()
-        .unwrap_or(0)
-        .max("NAME".len());
-    println!("{:width$}  {:24}  PUBLIC KEY", "NAME", "FINGERPRINT");
-    for c in &contacts {
-        println!("{:width$}  {:24}  {}", c.name, c.key.fingerprint(), c.key);
+    if !unknown.is_empty() {
+        println!();
+        println!("Unknown senders (messages kept; name one with: chat-p2p add-contact NAME KEY):");
+        for u in &unknown {
+            println!(
+                "  {:24}  {}  {} message(s), last {}",
+                u.key.fingerprint(),
+                u.key,
+                u.messages,
+                super::history::local_time(&u.last_at)
+            );
+        }
     }
     Ok(())
 }

@@ -191,8 +191,10 @@ impl Engine {
     }
 
     /// Marks every message received from `peer` and not yet read as read,
-    /// and queues one read receipt for them. Returns the receipt frames.
+    /// and, if `peer` is a contact, queues a read receipt for them. Returns
+    /// the receipt frames.
     pub fn mark_read(&mut self, peer: &PublicKey) -> Result<Vec<Frame>, ClientError> {
+        let is_contact = self.store.contact_by_key(peer)?.is_some();
         let tx = self.store.transaction()?;
         let unread = unread_from_tx(&tx, peer)?;
         if unread.is_empty() {
@@ -202,7 +204,11 @@ impl Engine {
         for id in &unread {
             apply_status_tx(&tx, id, Status::Read, &now, None)?;
         }
-        let receipts = queue_receipts_tx(&tx, peer, ReceiptKind::Read, &unread)?;
+        let receipts = if is_contact {
+            queue_receipts_tx(&tx, peer, ReceiptKind::Read, &unread)?
+        } else {
+            Vec::new()
+        };
         tx.commit().map_err(store::Error::from)?;
         receipts.iter().map(|r| self.seal_receipt(r)).collect()
     }
@@ -332,6 +338,10 @@ impl Engine {
                 (f, content)
             })
             .collect();
+        // Receipts go to contacts only: a stranger probing keys learns
+        // nothing about whether this one is in use.
+        let contacts: HashSet<PublicKey> =
+            self.store.contacts()?.into_iter().map(|c| c.key).collect();
         let tx = self.store.transaction()?;
         let mut delivered: HashMap<PublicKey, Vec<MessageId>> = HashMap::new();
         let mut changed = Vec::new();
@@ -352,7 +362,9 @@ impl Engine {
                     match insert_incoming_tx(&tx, &id, &frame.from, body, &at)? {
                         Inserted::New(message) => {
                             self.tally.received += 1;
-                            delivered.entry(frame.from).or_default().push(id);
+                            if contacts.contains(&frame.from) {
+                                delivered.entry(frame.from).or_default().push(id);
+                            }
                             reaction.updates.push(Update::Received(*message));
                         }
                         Inserted::Duplicate => self.tally.duplicates += 1,

@@ -89,7 +89,61 @@ fn contact_from_row(row: &Row<'_>) -> rusqlite::Result<Contact> {
     })
 }
 
+/// A key this profile has messages with but no contact name for: a
+/// stranger who wrote, or a contact that was removed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnknownPeer {
+    /// The key.
+    pub key: PublicKey,
+    /// How many messages are stored with it.
+    pub messages: i64,
+    /// The newest message's time (author's clock, UTC RFC 3339).
+    pub last_at: String,
+}
+
 impl Store {
+    /// Keys with stored messages and no contact, newest conversation first.
+    pub fn unknown_peers(&self) -> Result<Vec<UnknownPeer>> {
+        // A loose index scan over messages_peer_time: one index seek per
+        // distinct peer, however many messages there are.
+        let mut stmt = self.conn.prepare(
+            "WITH RECURSIVE peers (k) AS (
+                 SELECT min(peer_key) FROM messages
+                 UNION ALL
+                 SELECT (SELECT min(peer_key) FROM messages WHERE peer_key > k)
+                 FROM peers WHERE k IS NOT NULL
+             )
+             SELECT k,
+                    (SELECT count(*) FROM messages WHERE peer_key = k),
+                    (SELECT max(created_at) FROM messages WHERE peer_key = k) AS last_at
+             FROM peers
+             WHERE k IS NOT NULL
+               AND NOT EXISTS (SELECT 1 FROM contacts WHERE public_key = k)
+             ORDER BY last_at DESC",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, String>(2)?,
+            ))
+        })?;
+        let mut peers = Vec::new();
+        for row in rows {
+            let (key, messages, last_at) = row?;
+            // A damaged key cannot be shown as a fingerprint; skip it
+            // rather than hide every other stranger.
+            if let Ok(key) = PublicKey::parse(&key) {
+                peers.push(UnknownPeer {
+                    key,
+                    messages,
+                    last_at,
+                });
+            }
+        }
+        Ok(peers)
+    }
+
     /// Saves `key` under `name`. Refuses the profile's own key, a name in
     /// use (ignoring case) and a key already saved under another name.
     pub fn add_contact(&mut self, name: &ContactName, key: &PublicKey) -> Result<Contact> {

@@ -23,7 +23,7 @@ pub mod search;
 mod status;
 
 pub(crate) use contacts::merge_contact_tx;
-pub use contacts::{Contact, ContactName, Merge};
+pub use contacts::{Contact, ContactName, Merge, UnknownPeer};
 pub use error::Error;
 pub(crate) use identity::set_identity_tx;
 pub use messages::{Event, Inserted, Message};

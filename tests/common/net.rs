@@ -29,11 +29,16 @@ pub struct Router {
 impl Router {
     /// Starts a router on a free port with its queue in `data`.
     pub fn start(data: &Path, extra: &[&str]) -> Router {
+        Router::start_at(data, "127.0.0.1:0", extra)
+    }
+
+    /// Starts a router listening on `listen` with its queue in `data`.
+    pub fn start_at(data: &Path, listen: &str, extra: &[&str]) -> Router {
         let mut child = Command::new(env!("CARGO_BIN_EXE_chat-p2p"))
             .env_clear()
             .env("CHAT_HOME", data)
             .env("RUST_LOG", "debug")
-            .args(["router", "--listen", "127.0.0.1:0", "--data"])
+            .args(["router", "--listen", listen, "--data"])
             .arg(data)
             .args(extra)
             .stdout(Stdio::piped())
@@ -79,6 +84,19 @@ impl Router {
         assert!(status.success());
         let exit = self.child.wait().expect("wait for the router");
         assert!(exit.success(), "router exited with {exit:?}");
+    }
+
+    /// The router's WebSocket URL, for clients.
+    pub fn url(&self) -> String {
+        format!("ws://{}/ws", self.addr)
+    }
+
+    /// Kills the router and starts a new one on the same address and data
+    /// directory, as a restart in the middle of a conversation.
+    pub fn restart_same_port(self) -> Router {
+        let (data, addr) = (self.data.clone(), self.addr.clone());
+        self.kill();
+        Router::start_at(&data, &addr, &[])
     }
 
     /// Starts a new router on the same data directory.

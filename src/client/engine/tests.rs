@@ -9,6 +9,20 @@ struct Party {
     _dir: tempfile::TempDir,
 }
 
+/// Makes `b` a contact of `a`.
+fn know(a: &mut Party, name: &str, b: &Party) {
+    let name = crate::store::ContactName::parse(name).unwrap();
+    a.engine.store.add_contact(&name, b.engine.me()).unwrap();
+}
+
+/// Alice and Bob, each a contact of the other.
+fn friends() -> (Party, Party) {
+    let (mut alice, mut bob) = (party(), party());
+    know(&mut alice, "bob", &bob);
+    know(&mut bob, "alice", &alice);
+    (alice, bob)
+}
+
 fn party() -> Party {
     let dir = tempfile::tempdir().unwrap();
     let mut store = Store::create(&dir.path().join("p").join("chat.db")).unwrap();
@@ -46,8 +60,7 @@ fn status(p: &Party, id: &MessageId) -> Status {
 
 #[test]
 fn a_message_goes_pending_sent_delivered_read_with_times_in_order() {
-    let mut alice = party();
-    let mut bob = party();
+    let (mut alice, mut bob) = friends();
     let bob_key = *bob.engine.me();
     let alice_key = *alice.engine.me();
 
@@ -240,6 +253,14 @@ fn messages_from_strangers_are_kept() {
     };
     assert_eq!(m.contact, None);
     assert_eq!(m.peer_key, stranger.engine.me().to_base64());
+    // No receipt tells a stranger that this key is in use.
+    assert!(matches!(&r.send[..], [Frame::Ack(_)]), "{:?}", r.send);
+    assert!(alice
+        .engine
+        .mark_read(stranger.engine.me())
+        .unwrap()
+        .is_empty());
+    assert!(alice.engine.store().pending_receipts().unwrap().is_empty());
 }
 
 #[test]
@@ -277,8 +298,7 @@ fn router_refusals_fail_the_message_or_schedule_a_retry() {
 
 #[test]
 fn the_outbox_holds_pending_messages_and_receipts_until_acked() {
-    let mut alice = party();
-    let mut bob = party();
+    let (mut alice, mut bob) = friends();
     let bob_key = *bob.engine.me();
     let (_, first) = alice.engine.compose(&bob_key, "one").unwrap();
     alice.engine.compose(&bob_key, "two").unwrap();
