@@ -1,0 +1,140 @@
+//! The interactive chat in a real terminal (tmux), typed into as a person
+//! would: a message arriving while a line is half typed must not garble
+//! that line.
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::{Env, Router};
+
+/// A private tmux server, killed when dropped.
+struct Tmux {
+    socket: String,
+}
+
+impl Tmux {
+    fn new() -> Self {
+        let socket = format!("chat-p2p-test-{}", std::process::id());
+        Self { socket }
+    }
+
+    fn run(&self, args: &[&str]) -> String {
+        let out = Command::new("tmux")
+            .arg("-L")
+            .arg(&self.socket)
+            .args(args)
+            .output()
+            .expect("tmux is installed (.ci/run installs it)");
+        assert!(
+            out.status.success(),
+            "tmux {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    fn screen(&self) -> String {
+        self.run(&["capture-pane", "-p", "-t", "chat"])
+    }
+
+    /// Waits until the screen shows `text`; the guard only prevents hanging.
+    fn wait_for(&self, text: &str) -> String {
+        self.wait_until(text, |screen| screen.contains(text))
+    }
+
+    fn wait_until(&self, what: &str, check: impl Fn(&str) -> bool) -> String {
+        for _ in 0..200 {
+            let screen = self.screen();
+            if check(&screen) {
+                return screen;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("the screen never showed {what:?}:\n{}", self.screen());
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        let _ = Command::new("tmux")
+            .args(["-L", &self.socket, "kill-server"])
+            .output();
+    }
+}
+
+fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+#[test]
+fn an_arriving_message_does_not_garble_the_line_being_typed() {
+    let env = Env::new();
+    let router = Router::start(&env.path("router"), &[]);
+    env.ok("alice", &["init"]);
+    env.ok("bob", &["init"]);
+    let alice = env.ok("alice", &["whoami", "--key"]).trim().to_owned();
+    let bob = env.ok("bob", &["whoami", "--key"]).trim().to_owned();
+    env.ok("alice", &["add-contact", "bob", &bob]);
+    env.ok("bob", &["add-contact", "alice", &alice]);
+
+    let tmux = Tmux::new();
+    let command = format!(
+        "env -i HOME=/nonexistent TERM=xterm CHAT_HOME={} CHAT_PROFILE=alice CHAT_SERVER={} {} chat bob",
+        shell_quote(env.home().to_str().unwrap()),
+        shell_quote(&router.url()),
+        shell_quote(env!("CARGO_BIN_EXE_chat-p2p")),
+    );
+    tmux.run(&[
+        "new-session",
+        "-d",
+        "-s",
+        "chat",
+        "-x",
+        "100",
+        "-y",
+        "20",
+        &command,
+    ]);
+    tmux.wait_for("Chat with bob");
+    tmux.wait_until("the prompt", |s| s.lines().any(|l| l.trim_end() == ">"));
+
+    tmux.run(&["send-keys", "-t", "chat", "-l", "half typed"]);
+    tmux.wait_for("> half typed");
+    env.cmd("bob")
+        .env("CHAT_SERVER", router.url())
+        .args(["send", "alice", "arriving meanwhile"])
+        .assert()
+        .success();
+    let screen = tmux.wait_for("bob: arriving meanwhile");
+    let lines: Vec<&str> = screen.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(
+        lines.last().map(|l| l.trim_end()),
+        Some("> half typed"),
+        "the typed line moved or broke:\n{screen}"
+    );
+    let arrived = lines
+        .iter()
+        .position(|l| l.contains("bob: arriving meanwhile"))
+        .unwrap();
+    assert_eq!(
+        arrived,
+        lines.len() - 2,
+        "the message prints above the prompt"
+    );
+
+    tmux.run(&["send-keys", "-t", "chat", "Enter"]);
+    tmux.wait_for("sent to bob: half typed");
+    tmux.run(&["send-keys", "-t", "chat", "-l", "/search half"]);
+    tmux.run(&["send-keys", "-t", "chat", "Enter"]);
+    tmux.wait_until("a search hit", |s| {
+        s.lines()
+            .any(|l| l.starts_with("bob  [") && l.ends_with("you ✓: half typed"))
+    });
+    tmux.run(&["send-keys", "-t", "chat", "-l", "exit"]);
+    tmux.run(&["send-keys", "-t", "chat", "Enter"]);
+
+    let sent = env.json("alice", &["history", "bob", "--json", "--direction", "out"]);
+    assert_eq!(sent[0]["body"], "half typed");
+}
