@@ -100,12 +100,12 @@ pub(crate) fn message_from_row(row: &Row<'_>) -> rusqlite::Result<Message> {
 
 /// The message stored with `msg_id`, if any.
 pub fn message_tx(tx: &rusqlite::Connection, msg_id: &MessageId) -> Result<Option<Message>> {
+    // Cached: the chat client calls this for every message and receipt.
     Ok(tx
-        .query_row(
-            &format!("SELECT {MESSAGE_COLUMNS} FROM {MESSAGE_FROM} WHERE m.msg_id = ?1"),
-            [msg_id],
-            message_from_row,
-        )
+        .prepare_cached(&format!(
+            "SELECT {MESSAGE_COLUMNS} FROM {MESSAGE_FROM} WHERE m.msg_id = ?1"
+        ))?
+        .query_row([msg_id], message_from_row)
         .optional()?)
 }
 
@@ -152,13 +152,14 @@ pub fn insert_incoming_tx(
     created_at: &str,
 ) -> Result<Inserted> {
     let now = clock::now();
-    let added = tx.execute(
-        "INSERT INTO messages
-             (msg_id, peer_key, direction, body, status, created_at, received_at)
-         VALUES (?1, ?2, 'in', ?3, 'received', ?4, ?5)
-         ON CONFLICT (msg_id) DO NOTHING",
-        params![msg_id, peer.to_base64(), body, created_at, now],
-    )?;
+    let added = tx
+        .prepare_cached(
+            "INSERT INTO messages
+                 (msg_id, peer_key, direction, body, status, created_at, received_at)
+             VALUES (?1, ?2, 'in', ?3, 'received', ?4, ?5)
+             ON CONFLICT (msg_id) DO NOTHING",
+        )?
+        .execute(params![msg_id, peer.to_base64(), body, created_at, now])?;
     if added == 0 {
         return Ok(Inserted::Duplicate);
     }
@@ -195,14 +196,12 @@ pub fn apply_status_tx(
     } else {
         None
     };
-    tx.execute(
-        &format!(
-            "UPDATE messages SET status = ?1, {column} = ?2,
-                 failure_reason = CASE WHEN ?1 = 'failed' THEN ?3 ELSE NULL END
-             WHERE id = ?4"
-        ),
-        params![status, at, reason, current.id],
-    )?;
+    tx.prepare_cached(&format!(
+        "UPDATE messages SET status = ?1, {column} = ?2,
+             failure_reason = CASE WHEN ?1 = 'failed' THEN ?3 ELSE NULL END
+         WHERE id = ?4"
+    ))?
+    .execute(params![status, at, reason, current.id])?;
     append_event(tx, current.id, status, at, detail)?;
     Ok(true)
 }

@@ -14,6 +14,7 @@
 
 mod contacts;
 mod error;
+pub mod fts;
 mod identity;
 pub mod messages;
 pub mod receipts;

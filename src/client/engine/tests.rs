@@ -332,3 +332,39 @@ fn a_message_too_long_for_a_frame_is_refused_before_it_is_stored() {
     ));
     assert!(alice.engine.store().outbox().unwrap().is_empty());
 }
+
+#[test]
+fn a_large_batch_is_stored_and_indexed_in_one_go() {
+    let (mut alice, mut bob) = friends();
+    let bob_key = *bob.engine.me();
+    let frames: Vec<Frame> = (0..BULK_INDEX_MIN * 2)
+        .map(|n| {
+            alice
+                .engine
+                .compose(&bob_key, &format!("batch item {n}"))
+                .unwrap()
+                .1
+        })
+        .collect();
+    let mut with_dup = frames.clone();
+    with_dup.push(frames[0].clone());
+    let r = bob.engine.handle(with_dup).unwrap();
+    assert_eq!(bob.engine.tally().received, BULK_INDEX_MIN * 2);
+    assert_eq!(bob.engine.tally().duplicates, 1);
+    assert_eq!(
+        message_frames(&r.send).len(),
+        1,
+        "one delivered receipt for all"
+    );
+    let hits = bob
+        .engine
+        .store()
+        .search(
+            "item",
+            &crate::store::Filter::default(),
+            crate::store::Order::Newest,
+            100,
+        )
+        .unwrap();
+    assert_eq!(hits.len(), BULK_INDEX_MIN * 2);
+}

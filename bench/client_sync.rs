@@ -1,0 +1,193 @@
+//! Benchmark: a client coming back to a long queue.
+//!
+//! Fills a real router (the release binary) with N messages for bob
+//! (default 100,000), then times `chat-p2p sync` for bob as a whole
+//! process: verify, decrypt, store and ack every message, and queue the
+//! delivered receipts. Reports messages/s and peak RSS (`/usr/bin/time`),
+//! median of the runs.
+//!
+//! Run: `cargo bench --bench client_sync` (or `-- N RUNS`). To profile the
+//! sync, set `CLIENT_SYNC_WRAP="valgrind --tool=callgrind"`.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use chat_p2p::client::connection::{self, ServerUrl};
+use chat_p2p::identity::Identity;
+use chat_p2p::protocol::{self, Content, Frame};
+
+const BIN: &str = env!("CARGO_BIN_EXE_chat-p2p");
+
+fn main() {
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| a != "--bench")
+        .collect();
+    let n: usize = args.first().and_then(|a| a.parse().ok()).unwrap_or(100_000);
+    let runs: usize = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(3);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let home = dir.path().join("home");
+    let (mut router, url) = start_router(&dir.path().join("router"), n);
+
+    let alice = Identity::generate();
+    cli(&home, &["init"]);
+    cli(
+        &home,
+        &["add-contact", "alice", &alice.public_key().to_base64()],
+    );
+    let bob = chat_p2p::identity::PublicKey::parse(cli(&home, &["whoami", "--key"]).trim())
+        .expect("bob's key");
+
+    println!(
+        "client_sync: {n} queued messages, {runs} run(s), {} cores",
+        cores()
+    );
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let mut rates = Vec::new();
+    let mut rss = Vec::new();
+    for run in 1..=runs {
+        let t = Instant::now();
+        rt.block_on(fill(&url, &alice, &bob, n));
+        let fill = t.elapsed();
+        let (wall, kib, received) = timed_sync(&home, &url);
+        assert_eq!(received, n, "sync received {received} of {n}");
+        let rate = n as f64 / wall.as_secs_f64();
+        println!(
+            "  run {run}: filled in {:.2}s ({:.0} msg/s through the router); sync {:.2}s = {:.0} msg/s, peak RSS {:.1} MiB",
+            fill.as_secs_f64(),
+            n as f64 / fill.as_secs_f64(),
+            wall.as_secs_f64(),
+            rate,
+            kib as f64 / 1024.0
+        );
+        rates.push(rate);
+        rss.push(kib);
+    }
+    println!(
+        "median: {:.0} msg/s, peak RSS {:.1} MiB (target: >= 10,000 msg/s, bounded memory)",
+        median(&mut rates),
+        median(&mut rss.iter().map(|&k| k as f64).collect::<Vec<_>>()) / 1024.0
+    );
+    let _ = router.kill();
+    let _ = router.wait();
+}
+
+fn start_router(data: &Path, n: usize) -> (Child, ServerUrl) {
+    let mut child = Command::new(BIN)
+        .args(["router", "--listen", "127.0.0.1:0", "--data"])
+        .arg(data)
+        .args([
+            "--max-queued",
+            &(n + 1000).to_string(),
+            "--max-rate",
+            "1000000",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start the router");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("router's first line");
+    let addr = line.trim().trim_start_matches("listening on ");
+    let url = ServerUrl::parse(&format!("ws://{addr}/ws")).expect("url");
+    (child, url)
+}
+
+fn cli(home: &Path, args: &[&str]) -> String {
+    let out = Command::new(BIN)
+        .env("CHAT_HOME", home)
+        .env("CHAT_PROFILE", "bob")
+        .args(args)
+        .output()
+        .expect("run chat-p2p");
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Sends `n` messages from alice to bob, at most a window unacknowledged.
+async fn fill(url: &ServerUrl, alice: &Identity, bob: &chat_p2p::identity::PublicKey, n: usize) {
+    const WINDOW: usize = 2_000;
+    let mut conn = connection::connect(url, alice, Duration::from_secs(10))
+        .await
+        .expect("connect as alice");
+    let ts = chat_p2p::clock::now();
+    let (mut sent, mut acked) = (0, 0);
+    while acked < n {
+        let batch: Vec<Frame> = (sent..n.min(acked + WINDOW))
+            .map(|i| {
+                let content = Content::Text {
+                    body: format!("message number {i} about the usual things"),
+                };
+                let m =
+                    protocol::seal(alice, bob, uuid::Uuid::now_v7(), &ts, &content).expect("seal");
+                Frame::Message(m)
+            })
+            .collect();
+        sent += batch.len();
+        conn.send(&batch).await.expect("send");
+        let frames = conn.recv_batch().await.expect("receive").expect("open");
+        for frame in frames {
+            match frame {
+                Frame::Ack(_) => acked += 1,
+                Frame::Error(e) => panic!("router refused: {e:?}"),
+                _ => {}
+            }
+        }
+    }
+    conn.close().await;
+}
+
+/// Runs `sync` for bob under `/usr/bin/time`; returns wall time, peak RSS
+/// in KiB and how many messages it received.
+fn timed_sync(home: &Path, url: &ServerUrl) -> (Duration, u64, usize) {
+    let t = Instant::now();
+    // CLIENT_SYNC_WRAP="valgrind --tool=callgrind" profiles the sync.
+    let wrap = std::env::var("CLIENT_SYNC_WRAP").unwrap_or_default();
+    let out = Command::new("/usr/bin/time")
+        .args(["-f", "%M"])
+        .args(wrap.split_whitespace())
+        .arg(BIN)
+        .env("CHAT_HOME", home)
+        .env("CHAT_PROFILE", "bob")
+        .args([
+            "sync",
+            "--json",
+            "--timeout",
+            "600",
+            "--server",
+            &url.to_string(),
+        ])
+        .output()
+        .expect("run /usr/bin/time (apt-get install time)");
+    let wall = t.elapsed();
+    assert!(
+        out.status.success(),
+        "sync: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let kib = String::from_utf8_lossy(&out.stderr)
+        .lines()
+        .last()
+        .and_then(|l| l.trim().parse().ok())
+        .unwrap_or(0);
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).expect("sync --json");
+    let received = summary["received"].as_u64().unwrap_or(0) as usize;
+    (wall, kib, received)
+}
+
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
