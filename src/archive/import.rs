@@ -10,9 +10,12 @@
 //! before the commit.
 
 use std::collections::HashSet;
+use std::fmt;
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, Read};
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc;
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
@@ -83,10 +86,13 @@ pub(crate) struct Importer<'a> {
     tx: Transaction<'a>,
     force: bool,
     own_key: Option<String>,
-    valid_keys: HashSet<String>,
+    validator: Validator,
     first_new_id: i64,
     saw_header: bool,
     report: ImportReport,
+    /// Events waiting for a multi-row INSERT (one statement per event
+    /// costs a third of the import time).
+    events: Vec<(i64, Event)>,
 }
 
 impl<'a> Importer<'a> {
@@ -108,15 +114,17 @@ impl<'a> Importer<'a> {
             tx,
             force: options.force,
             own_key,
-            valid_keys: HashSet::new(),
+            validator: Validator::default(),
             first_new_id: last + 1,
             saw_header: false,
             report: ImportReport::default(),
+            events: Vec::with_capacity(EVENT_BATCH + 16),
         })
     }
 
     /// Indexes the new rows, restores the trigger and commits.
-    pub(crate) fn finish(self) -> Result<ImportReport, Error> {
+    pub(crate) fn finish(mut self) -> Result<ImportReport, Error> {
+        flush_events(&self.tx, &mut self.events)?;
         self.tx.execute(
             "INSERT INTO messages_fts (rowid, body)
              SELECT id, body FROM messages WHERE id >= ?1",
@@ -236,8 +244,13 @@ impl<'a> Importer<'a> {
 
     /// Stores one message unless its id is known.
     pub(crate) fn message(&mut self, record: MessageRecord) -> Result<(), Fault> {
+        let m = self.validator.check(record)?;
+        self.checked_message(m)
+    }
+
+    /// Stores one message already passed through [`Validator::check`].
+    pub(crate) fn checked_message(&mut self, m: MessageRecord) -> Result<(), Fault> {
         self.require_header()?;
-        let m = self.validate(record)?;
         let added = self
             .tx
             .prepare_cached(
@@ -267,19 +280,25 @@ impl<'a> Importer<'a> {
         }
         self.report.messages_added += 1;
         let rowid = self.tx.last_insert_rowid();
-        let events = if m.events.is_empty() {
-            timeline(&m)
-        } else {
-            m.events
-        };
-        for e in &events {
-            append_event(&self.tx, rowid, e.status, &e.at, e.detail.as_deref())?;
+        self.events.extend(m.events.into_iter().map(|e| (rowid, e)));
+        if self.events.len() >= EVENT_BATCH {
+            flush_events(&self.tx, &mut self.events)?;
         }
         Ok(())
     }
+}
 
-    /// Checks a record against what the schema promises, normalising times.
-    fn validate(&mut self, mut m: MessageRecord) -> Result<MessageRecord, Fault> {
+/// Checks message records against what the schema promises, normalising
+/// times and rebuilding missing timelines. Runs on the parsing thread.
+#[derive(Default)]
+pub(crate) struct Validator {
+    /// Peer keys already found valid (decoding a point costs microseconds,
+    /// and a history has few peers).
+    valid_keys: HashSet<String>,
+}
+
+impl Validator {
+    pub(crate) fn check(&mut self, mut m: MessageRecord) -> Result<MessageRecord, Fault> {
         let id = m.msg_id;
         let bad = |what: String| Fault::Invalid(format!("message {id}: {what}"));
         if !self.valid_keys.contains(&m.peer_key) {
@@ -310,8 +329,44 @@ impl<'a> Importer<'a> {
             }
             e.at = normalize(&e.at, "events.at").map_err(|e| with_id(e, &id))?;
         }
+        if m.events.is_empty() {
+            m.events = timeline(&m);
+        }
         Ok(m)
     }
+}
+
+/// How many events one INSERT statement writes.
+const EVENT_BATCH: usize = 128;
+
+/// Writes the waiting events: full batches with one cached statement, the
+/// rest one by one.
+fn flush_events(tx: &Transaction<'_>, events: &mut Vec<(i64, Event)>) -> Result<(), Error> {
+    let mut chunks = events.chunks_exact(EVENT_BATCH);
+    if chunks.len() > 0 {
+        let values = vec!["(?, ?, ?, ?)"; EVENT_BATCH].join(", ");
+        let mut stmt = tx.prepare_cached(&format!(
+            "INSERT INTO message_events (message_id, status, at, detail) VALUES {values}"
+        ))?;
+        for chunk in &mut chunks {
+            let params = chunk.iter().flat_map(|(rowid, e)| {
+                [
+                    rusqlite::types::Value::Integer(*rowid),
+                    rusqlite::types::Value::Text(e.status.as_str().to_owned()),
+                    rusqlite::types::Value::Text(e.at.clone()),
+                    e.detail
+                        .clone()
+                        .map_or(rusqlite::types::Value::Null, rusqlite::types::Value::Text),
+                ]
+            });
+            stmt.execute(rusqlite::params_from_iter(params))?;
+        }
+    }
+    for (rowid, e) in chunks.remainder() {
+        append_event(tx, *rowid, e.status, &e.at, e.detail.as_deref())?;
+    }
+    events.clear();
+    Ok(())
 }
 
 fn with_id(fault: Fault, id: &store::MessageId) -> Fault {
@@ -388,17 +443,19 @@ pub fn import_file(
 }
 
 /// Imports an export read from `reader`, JSON document or JSON Lines.
+///
+/// Parsing runs on a second thread and hands records over in batches, so
+/// JSON decoding and SQLite's work overlap.
 pub fn import_reader(
     store: &mut Store,
-    reader: impl BufRead,
+    reader: impl BufRead + Send,
     options: ImportOptions,
     progress: Progress<'_>,
 ) -> Result<ImportReport, Error> {
+    let bytes = AtomicU64::new(0);
     let mut reader = Counting {
         inner: reader,
-        count: 0,
-        reported: 0,
-        progress,
+        count: &bytes,
     };
     let mut first = Vec::new();
     (&mut reader)
@@ -409,11 +466,28 @@ pub fn import_reader(
         return Err(malformed("line 1", "the file is empty".into()));
     }
     let mut importer = Importer::begin(store, options)?;
-    if is_json_line(&first) {
-        read_lines(&mut importer, &first, reader)?;
-    } else {
-        super::import_doc::read_document(&mut importer, io::Cursor::new(first).chain(reader))?;
-    }
+    let jsonl = is_json_line(&first);
+    let (tx, rx) = mpsc::sync_channel::<Vec<(Loc, Item)>>(8);
+    std::thread::scope(|scope| {
+        let producer = scope.spawn(move || {
+            let mut out = Batcher::new(tx);
+            if jsonl {
+                read_lines(&first, reader, &mut out)?;
+            } else {
+                let chained = io::Cursor::new(first).chain(reader);
+                super::import_doc::read_document(chained, &mut out)?;
+            }
+            out.flush();
+            Ok::<(), Error>(())
+        });
+        let consumed = consume(&mut importer, &rx, &bytes, progress);
+        // Stops the producer early if the consumer gave up.
+        drop(rx);
+        let produced = producer
+            .join()
+            .unwrap_or_else(|_| Err(malformed("the file", "the reader thread failed".into())));
+        consumed.and(produced)
+    })?;
     if !importer.saw_header {
         return Err(malformed(
             "the file",
@@ -421,6 +495,93 @@ pub fn import_reader(
         ));
     }
     importer.finish()
+}
+
+/// Applies every record received, in order.
+fn consume(
+    importer: &mut Importer<'_>,
+    rx: &mpsc::Receiver<Vec<(Loc, Item)>>,
+    bytes: &AtomicU64,
+    progress: Progress<'_>,
+) -> Result<(), Error> {
+    for batch in rx {
+        for (loc, item) in batch {
+            let result = match item {
+                Item::Header(h) => importer.header(h),
+                Item::Contact(c) => importer.contact(c),
+                Item::Message(m) => importer.checked_message(*m),
+            };
+            result.map_err(|f| fault_at(f, &loc.to_string()))?;
+        }
+        progress(bytes.load(Ordering::Relaxed));
+    }
+    Ok(())
+}
+
+/// Where a record was read, to name it in an error.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Loc {
+    /// A line of a JSON Lines file.
+    Line(usize),
+    /// The header fields of a document.
+    Header,
+    /// `contacts[i]` of a document.
+    Contact(usize),
+    /// `messages[i]` of a document.
+    Message(usize),
+}
+
+impl fmt::Display for Loc {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Loc::Line(n) => write!(f, "line {n}"),
+            Loc::Header => f.write_str("the header"),
+            Loc::Contact(i) => write!(f, "contacts[{i}]"),
+            Loc::Message(i) => write!(f, "messages[{i}]"),
+        }
+    }
+}
+
+/// A parsed record on its way to the [`Importer`].
+pub(crate) enum Item {
+    Header(Header),
+    Contact(ContactRecord),
+    Message(Box<MessageRecord>),
+}
+
+/// Collects records into batches for the importing thread.
+pub(crate) struct Batcher {
+    tx: mpsc::SyncSender<Vec<(Loc, Item)>>,
+    items: Vec<(Loc, Item)>,
+}
+
+/// The importing side stopped (it found a problem and reports it).
+pub(crate) struct Stopped;
+
+impl Batcher {
+    const SIZE: usize = 512;
+
+    fn new(tx: mpsc::SyncSender<Vec<(Loc, Item)>>) -> Self {
+        Self {
+            tx,
+            items: Vec::with_capacity(Self::SIZE),
+        }
+    }
+
+    pub(crate) fn push(&mut self, loc: Loc, item: Item) -> Result<(), Stopped> {
+        self.items.push((loc, item));
+        if self.items.len() >= Self::SIZE {
+            let full = std::mem::replace(&mut self.items, Vec::with_capacity(Self::SIZE));
+            self.tx.send(full).map_err(|_| Stopped)?;
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) {
+        let rest = std::mem::take(&mut self.items);
+        // A closed channel means the importer stopped and reports why.
+        let _ = self.tx.send(rest);
+    }
 }
 
 /// Whether the first line is a whole JSON object with a `kind`: JSON Lines.
@@ -431,29 +592,31 @@ fn is_json_line(first: &[u8]) -> bool {
     )
 }
 
-fn read_lines(
-    importer: &mut Importer<'_>,
-    first: &[u8],
-    mut reader: impl BufRead,
-) -> Result<(), Error> {
+fn read_lines(first: &[u8], mut reader: impl BufRead, out: &mut Batcher) -> Result<(), Error> {
+    let mut validator = Validator::default();
     let mut line = String::from_utf8(first.to_vec())
         .map_err(|_| malformed("line 1", "not UTF-8 text".into()))?;
     let mut number = 1usize;
     loop {
         if !line.trim().is_empty() {
-            let at = || format!("line {number}");
             let record: Line = serde_json::from_str(&line).map_err(|e| {
                 malformed(
                     &format!("line {number}, column {}", e.column()),
                     strip_position(&e),
                 )
             })?;
-            let result = match record {
-                Line::Header(h) => importer.header(h),
-                Line::Contact(c) => importer.contact(c),
-                Line::Message(m) => importer.message(*m),
+            let item = match record {
+                Line::Header(h) => Item::Header(h),
+                Line::Contact(c) => Item::Contact(c),
+                Line::Message(m) => Item::Message(Box::new(
+                    validator
+                        .check(*m)
+                        .map_err(|f| fault_at(f, &format!("line {number}")))?,
+                )),
             };
-            result.map_err(|f| fault_at(f, &at()))?;
+            if out.push(Loc::Line(number), item).is_err() {
+                return Ok(());
+            }
         }
         line.clear();
         number += 1;
@@ -488,7 +651,7 @@ pub(crate) fn strip_position(e: &serde_json::Error) -> String {
     }
 }
 
-fn read_error(e: io::Error) -> Error {
+pub(crate) fn read_error(e: io::Error) -> Error {
     if e.kind() == io::ErrorKind::InvalidData {
         malformed("the file", "not UTF-8 text".into())
     } else {
@@ -499,29 +662,17 @@ fn read_error(e: io::Error) -> Error {
     }
 }
 
-/// Counts bytes read and reports them now and then.
-struct Counting<'p, R> {
+/// Counts the bytes read, for the progress bar.
+struct Counting<'c, R> {
     inner: R,
-    count: u64,
-    reported: u64,
-    progress: Progress<'p>,
+    count: &'c AtomicU64,
 }
 
 impl<R: Read> Read for Counting<'_, R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;
-        self.advance(n);
+        self.count.fetch_add(n as u64, Ordering::Relaxed);
         Ok(n)
-    }
-}
-
-impl<R> Counting<'_, R> {
-    fn advance(&mut self, n: usize) {
-        self.count += n as u64;
-        if self.count - self.reported >= 1 << 20 || n == 0 {
-            self.reported = self.count;
-            (self.progress)(self.count);
-        }
     }
 }
 
@@ -532,7 +683,7 @@ impl<R: BufRead> BufRead for Counting<'_, R> {
 
     fn consume(&mut self, n: usize) {
         self.inner.consume(n);
-        self.advance(n);
+        self.count.fetch_add(n as u64, Ordering::Relaxed);
     }
 }
 
