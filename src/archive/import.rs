@@ -37,7 +37,7 @@ pub(crate) const FTS_INSERT_TRIGGER: &str =
 END";
 
 /// The page cache an import uses, in KiB.
-const IMPORT_CACHE_KIB: i64 = 128 * 1024;
+const IMPORT_CACHE_KIB: i64 = 256 * 1024;
 
 /// How to import.
 #[derive(Debug, Clone, Copy, Default)]
@@ -81,6 +81,33 @@ impl<E: Into<Error>> From<E> for Fault {
     }
 }
 
+/// Runs `f` with the connection tuned for a bulk import, then restores the
+/// settings every connection has (see `store::connect`).
+pub(crate) fn bulk<T>(
+    store: &mut Store,
+    f: impl FnOnce(&mut Store) -> Result<T, Error>,
+) -> Result<T, Error> {
+    // A bulk import touches index pages all over the file: with the
+    // default 2 MB cache SQLite spills dirty pages to the WAL mid-way and
+    // reads them back.
+    store
+        .conn()
+        .pragma_update(None, "cache_size", -IMPORT_CACHE_KIB)?;
+    // The commit does not wait for the WAL to reach the disk: a power cut
+    // just after an import may lose that import (it is idempotent: run it
+    // again) but never corrupts the file or loses what was there before.
+    // The checkpoint that follows the commit syncs the database file.
+    store.conn().pragma_update(None, "synchronous", "NORMAL")?;
+    let result = f(store);
+    let restored = store
+        .conn()
+        .pragma_update(None, "synchronous", "FULL")
+        .and_then(|()| store.conn().pragma_update(None, "cache_size", -2000));
+    let value = result?;
+    restored?;
+    Ok(value)
+}
+
 /// Writes records into one open transaction.
 pub(crate) struct Importer<'a> {
     tx: Transaction<'a>,
@@ -99,12 +126,6 @@ impl<'a> Importer<'a> {
     /// Opens the transaction and detaches the per-row FTS trigger.
     pub(crate) fn begin(store: &'a mut Store, options: ImportOptions) -> Result<Self, Error> {
         let own_key = store.identity()?.map(|i| i.public_key().to_base64());
-        // A bulk import touches index pages all over the file: with the
-        // default 2 MB cache SQLite spills dirty pages to the WAL mid-way
-        // and reads them back. The connection ends with the command.
-        store
-            .conn()
-            .pragma_update(None, "cache_size", -IMPORT_CACHE_KIB)?;
         let tx = store.transaction()?;
         let last: i64 = tx.query_row("SELECT coalesce(max(id), 0) FROM messages", [], |r| {
             r.get(0)
@@ -452,6 +473,17 @@ pub fn import_reader(
     options: ImportOptions,
     progress: Progress<'_>,
 ) -> Result<ImportReport, Error> {
+    bulk(store, |store| {
+        read_and_import(store, reader, options, progress)
+    })
+}
+
+fn read_and_import(
+    store: &mut Store,
+    reader: impl BufRead + Send,
+    options: ImportOptions,
+    progress: Progress<'_>,
+) -> Result<ImportReport, Error> {
     let bytes = AtomicU64::new(0);
     let mut reader = Counting {
         inner: reader,
@@ -690,6 +722,7 @@ impl<R: BufRead> BufRead for Counting<'_, R> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::identity::Identity;
     use crate::store::test_util::temp_store;
 
     #[test]
@@ -704,5 +737,54 @@ mod tests {
             )
             .unwrap();
         assert_eq!(sql, FTS_INSERT_TRIGGER);
+    }
+
+    fn run(store: &mut Store, text: &str) -> Result<ImportReport, Error> {
+        import_reader(
+            store,
+            io::Cursor::new(text.to_owned()),
+            ImportOptions::default(),
+            &mut |_| {},
+        )
+    }
+
+    #[test]
+    fn restores_the_connection_settings_and_the_trigger() {
+        let (_dir, mut store) = temp_store();
+        let doc = r#"{"format":"chat-p2p-export","version":1,"messages":[]}"#;
+        run(&mut store, doc).unwrap();
+        let sync: i64 = store
+            .conn()
+            .pragma_query_value(None, "synchronous", |r| r.get(0))
+            .unwrap();
+        assert_eq!(sync, 2);
+        // Live inserts are indexed again.
+        let peer = Identity::generate().public_key();
+        store.insert_outgoing(&peer, "after import").unwrap();
+        let hits = store
+            .search("after", &Default::default(), crate::store::Order::Newest, 5)
+            .unwrap();
+        assert_eq!(hits.len(), 1);
+    }
+
+    #[test]
+    fn a_bad_record_in_a_document_is_named_by_its_place() {
+        let (_dir, mut store) = temp_store();
+        let doc = r#"{"format":"chat-p2p-export","version":1,"messages":[
+            {"msg_id":"00000000-0000-7000-8000-000000000001","peer_key":"nope",
+             "direction":"in","body":"x","status":"received","created_at":"2026-01-01T00:00:00Z"}]}"#;
+        let err = run(&mut store, doc).unwrap_err().to_string();
+        assert!(err.starts_with("messages[0]: "), "{err}");
+        assert!(err.contains("peer_key"), "{err}");
+        // The trigger came back with the rollback.
+        let triggers: i64 = store
+            .conn()
+            .query_row(
+                "SELECT count(*) FROM sqlite_schema WHERE name = 'messages_fts_insert'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(triggers, 1);
     }
 }
