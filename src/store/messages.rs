@@ -55,7 +55,7 @@ pub struct Event {
     /// When (UTC, RFC 3339).
     pub at: String,
     /// E.g. a failure reason.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
 }
 
