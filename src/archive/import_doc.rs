@@ -9,7 +9,8 @@ use serde::de::{
     self, DeserializeOwned, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor,
 };
 
-use super::import::{malformed, strip_position, Batcher, Fault, Item, Loc, Validator};
+use super::import::{malformed, strip_position, Fault, Validator};
+use super::reader::{Batcher, Item, Loc};
 use super::{ContactRecord, Error, Header, MessageRecord};
 
 /// Parses the JSON document read from `reader` into `out`.
