@@ -43,8 +43,8 @@ CREATE TABLE messages (
 -- scan: history orders by (created_at, id).
 CREATE INDEX messages_peer_time ON messages (peer_key, created_at);
 CREATE INDEX messages_time ON messages (created_at);
--- The outbox and "still not delivered" questions.
-CREATE INDEX messages_status ON messages (status, direction);
+-- The outbox and "still not delivered" questions, latest first.
+CREATE INDEX messages_status ON messages (status, created_at);
 
 -- One row per status change, so a message's delivery timeline can be read.
 CREATE TABLE message_events (
