@@ -143,7 +143,10 @@ pub fn insert_outgoing_tx(tx: &Transaction<'_>, peer: &PublicKey, body: &str) ->
 }
 
 /// Stores a received message unless its id is already known (at-least-once
-/// delivery repeats messages). `created_at` is the author's clock.
+/// delivery repeats messages). `created_at` is the author's clock, as RFC
+/// 3339; it is stored in the canonical form so times sort as text, and a
+/// time that does not parse is replaced by the time of receipt rather than
+/// losing the message.
 pub fn insert_incoming_tx(
     tx: &Transaction<'_>,
     msg_id: &MessageId,
@@ -152,6 +155,9 @@ pub fn insert_incoming_tx(
     created_at: &str,
 ) -> Result<Inserted> {
     let now = clock::now();
+    let created_at = chrono::DateTime::parse_from_rfc3339(created_at)
+        .map(|t| clock::format(t.to_utc()))
+        .unwrap_or_else(|_| now.clone());
     let added = tx.execute(
         "INSERT INTO messages
              (msg_id, peer_key, direction, body, status, created_at, received_at)
@@ -386,6 +392,21 @@ mod tests {
         assert_eq!(statuses(&store, &id), [Status::Received]);
         assert!(store.apply_status(&id, Status::Read, at, None).unwrap());
         assert!(!store.apply_status(&id, Status::Read, at, None).unwrap());
+    }
+
+    #[test]
+    fn incoming_times_are_stored_in_canonical_form() {
+        let (_dir, mut store) = temp_store();
+        let id = MessageId::new_v7();
+        store
+            .insert_incoming(&id, &key(), "x", "2026-01-01T01:00:00+01:00")
+            .unwrap();
+        let m = store.message(&id).unwrap().unwrap();
+        assert_eq!(m.created_at, "2026-01-01T00:00:00.000Z");
+        let id = MessageId::new_v7();
+        store.insert_incoming(&id, &key(), "x", "garbage").unwrap();
+        let m = store.message(&id).unwrap().unwrap();
+        assert_eq!(Some(m.created_at), m.received_at);
     }
 
     #[test]
