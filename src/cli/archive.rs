@@ -8,7 +8,7 @@ use anyhow::{Context as _, Result};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 
-use super::{print_json, Context};
+use super::{print_json, resolve_peer, Context};
 use crate::archive::{self, ExportOptions, ImportOptions, ImportReport, Layout};
 use crate::store::Store;
 
@@ -25,7 +25,8 @@ pub struct ExportArgs {
     /// instead of standard output.
     #[arg(long, short = 'o', value_name = "FILE")]
     output: Option<PathBuf>,
-    /// Only this contact and your conversation with them.
+    /// Only this contact (a name or a public key) and your conversation
+    /// with them.
     #[arg(long, value_name = "PEER")]
     contact: Option<String>,
     /// Include your secret key, so the export can restore your identity.
@@ -74,7 +75,7 @@ fn bar(total: u64, min: u64, template: &str) -> Option<ProgressBar> {
 pub fn export(ctx: &Context, args: ExportArgs) -> Result<()> {
     let store = ctx.open_store()?;
     let contact = match &args.contact {
-        Some(name) => Some(store.contact(name)?.key),
+        Some(peer) => Some(resolve_peer(&store, peer)?),
         None => None,
     };
     if args.include_secret {
