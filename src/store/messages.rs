@@ -5,7 +5,7 @@
 //! Every status change goes through [`apply_status_tx`], which asks
 //! [`Status::may_become`] and appends the event in the same transaction.
 
-use rusqlite::{params, OptionalExtension, Row, Transaction};
+use rusqlite::{params, OptionalExtension, Row, Transaction, TransactionBehavior};
 use serde::Serialize;
 
 use super::status::{Direction, MessageId, Status};
@@ -242,14 +242,19 @@ pub fn events_tx(tx: &rusqlite::Connection, msg_id: &MessageId) -> Result<Vec<Ev
 }
 
 impl Store {
-    /// Opens a transaction for the `*_tx` functions.
+    /// Opens a transaction for the `*_tx` functions. It takes the write
+    /// lock at once (IMMEDIATE): a transaction that read first and writes
+    /// later could otherwise fail half-way when another process wrote in
+    /// between; this way it waits (busy timeout) before starting instead.
     pub fn transaction(&mut self) -> Result<Transaction<'_>> {
-        Ok(self.conn.transaction()?)
+        Ok(self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?)
     }
 
     /// See [`insert_outgoing_tx`].
     pub fn insert_outgoing(&mut self, peer: &PublicKey, body: &str) -> Result<Message> {
-        let tx = self.conn.transaction()?;
+        let tx = self.transaction()?;
         let message = insert_outgoing_tx(&tx, peer, body)?;
         tx.commit()?;
         Ok(message)
@@ -263,7 +268,7 @@ impl Store {
         body: &str,
         created_at: &str,
     ) -> Result<Inserted> {
-        let tx = self.conn.transaction()?;
+        let tx = self.transaction()?;
         let inserted = insert_incoming_tx(&tx, msg_id, peer, body, created_at)?;
         tx.commit()?;
         Ok(inserted)
@@ -277,7 +282,7 @@ impl Store {
         at: &str,
         detail: Option<&str>,
     ) -> Result<bool> {
-        let tx = self.conn.transaction()?;
+        let tx = self.transaction()?;
         let changed = apply_status_tx(&tx, msg_id, status, at, detail)?;
         tx.commit()?;
         Ok(changed)
