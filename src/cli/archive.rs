@@ -150,11 +150,16 @@ pub fn import(ctx: &Context, args: ImportArgs) -> Result<()> {
         let bar = bar(
             size,
             BAR_MIN_BYTES,
-            "importing {bar:40} {bytes}/{total_bytes}, {eta} left",
+            "importing {bar:40} {bytes}/{total_bytes} {msg}",
         );
         let mut progress = |n: u64| {
             if let Some(bar) = &bar {
                 bar.set_position(n);
+                // Once the file is read, the search index is built and the
+                // transaction committed: seconds for a large import.
+                if n >= size {
+                    bar.set_message("read; indexing and committing...");
+                }
             }
         };
         let report = archive::import_file(&mut store, path, options, &mut progress)?;
