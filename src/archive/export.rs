@@ -242,7 +242,7 @@ fn messages(
          FROM message_events AS e
          WHERE ?1 IS NULL
             OR e.message_id IN (SELECT id FROM messages WHERE peer_key = ?1)
-         ORDER BY e.message_id, e.id",
+         ORDER BY e.message_id, e.seq",
     )?;
     let mut msgs = msg_stmt.query([&peer])?;
     let mut evs = ev_stmt.query([&peer])?;

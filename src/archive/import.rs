@@ -20,7 +20,7 @@ use serde::Serialize;
 use super::{ContactRecord, Error, Header, MessageRecord, FORMAT, VERSION};
 use crate::clock;
 use crate::identity::{Identity, PublicKey};
-use crate::store::messages::{append_event, Event};
+use crate::store::messages::Event;
 use crate::store::{self, ContactName, Direction, Merge, Status, Store};
 
 /// The trigger that keeps `messages_fts` in step with live inserts, exactly
@@ -113,7 +113,7 @@ pub(crate) struct Importer<'a> {
     report: ImportReport,
     /// Events waiting for a multi-row INSERT (one statement per event
     /// costs a third of the import time).
-    events: Vec<(i64, Event)>,
+    events: Vec<(i64, i64, Event)>,
 }
 
 impl<'a> Importer<'a> {
@@ -300,7 +300,12 @@ impl<'a> Importer<'a> {
         }
         self.report.messages_added += 1;
         let rowid = self.tx.last_insert_rowid();
-        self.events.extend(m.events.into_iter().map(|e| (rowid, e)));
+        self.events.extend(
+            m.events
+                .into_iter()
+                .zip(0..)
+                .map(|(e, seq)| (rowid, seq, e)),
+        );
         if self.events.len() >= EVENT_BATCH {
             flush_events(&self.tx, &mut self.events)?;
         }
@@ -360,32 +365,39 @@ impl Validator {
 const EVENT_BATCH: usize = 128;
 
 /// Writes the waiting events: full batches with one cached statement, the
-/// rest one by one.
-fn flush_events(tx: &Transaction<'_>, events: &mut Vec<(i64, Event)>) -> Result<(), Error> {
+/// rest with one more.
+fn flush_events(tx: &Transaction<'_>, events: &mut Vec<(i64, i64, Event)>) -> Result<(), Error> {
     let mut chunks = events.chunks_exact(EVENT_BATCH);
-    if chunks.len() > 0 {
-        let values = vec!["(?, ?, ?, ?)"; EVENT_BATCH].join(", ");
-        let mut stmt = tx.prepare_cached(&format!(
-            "INSERT INTO message_events (message_id, status, at, detail) VALUES {values}"
-        ))?;
-        for chunk in &mut chunks {
-            let params = chunk.iter().flat_map(|(rowid, e)| {
-                [
-                    rusqlite::types::Value::Integer(*rowid),
-                    rusqlite::types::Value::Text(e.status.as_str().to_owned()),
-                    rusqlite::types::Value::Text(e.at.clone()),
-                    e.detail
-                        .clone()
-                        .map_or(rusqlite::types::Value::Null, rusqlite::types::Value::Text),
-                ]
-            });
-            stmt.execute(rusqlite::params_from_iter(params))?;
-        }
+    for chunk in &mut chunks {
+        insert_events(tx, chunk)?;
     }
-    for (rowid, e) in chunks.remainder() {
-        append_event(tx, *rowid, e.status, &e.at, e.detail.as_deref())?;
+    let rest = chunks.remainder();
+    if !rest.is_empty() {
+        insert_events(tx, rest)?;
     }
     events.clear();
+    Ok(())
+}
+
+/// One INSERT for `rows` events (message row id, seq, event).
+fn insert_events(tx: &Transaction<'_>, rows: &[(i64, i64, Event)]) -> Result<(), Error> {
+    use rusqlite::types::ToSqlOutput;
+    let values = vec!["(?, ?, ?, ?, ?)"; rows.len()].join(", ");
+    let mut stmt = tx.prepare_cached(&format!(
+        "INSERT INTO message_events (message_id, seq, status, at, detail) VALUES {values}"
+    ))?;
+    let params = rows.iter().flat_map(|(rowid, seq, e)| {
+        [
+            ToSqlOutput::from(*rowid),
+            ToSqlOutput::from(*seq),
+            ToSqlOutput::from(e.status.as_str()),
+            ToSqlOutput::from(e.at.as_str()),
+            e.detail
+                .as_deref()
+                .map_or(ToSqlOutput::from(rusqlite::types::Null), ToSqlOutput::from),
+        ]
+    });
+    stmt.execute(rusqlite::params_from_iter(params))?;
     Ok(())
 }
 

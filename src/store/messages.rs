@@ -113,7 +113,7 @@ fn require(tx: &rusqlite::Connection, msg_id: &MessageId) -> Result<Message> {
     message_tx(tx, msg_id)?.ok_or_else(|| Error::UnknownMessage(msg_id.to_text()))
 }
 
-/// Appends one row to a message's timeline.
+/// Appends one row to a message's timeline, after its last.
 pub(crate) fn append_event(
     tx: &rusqlite::Connection,
     rowid: i64,
@@ -122,8 +122,9 @@ pub(crate) fn append_event(
     detail: Option<&str>,
 ) -> Result<()> {
     tx.prepare_cached(
-        "INSERT INTO message_events (message_id, status, at, detail)
-         VALUES (?1, ?2, ?3, ?4)",
+        "INSERT INTO message_events (message_id, seq, status, at, detail)
+         VALUES (?1, (SELECT count(*) FROM message_events WHERE message_id = ?1),
+                 ?2, ?3, ?4)",
     )?
     .execute(params![rowid, status, at, detail])?;
     Ok(())
@@ -229,7 +230,7 @@ pub fn events_tx(tx: &rusqlite::Connection, msg_id: &MessageId) -> Result<Vec<Ev
     let mut stmt = tx.prepare_cached(
         "SELECT e.status, e.at, e.detail
          FROM message_events AS e JOIN messages AS m ON m.id = e.message_id
-         WHERE m.msg_id = ?1 ORDER BY e.id",
+         WHERE m.msg_id = ?1 ORDER BY e.seq",
     )?;
     let rows = stmt.query_map([msg_id], |r| {
         Ok(Event {
