@@ -44,14 +44,17 @@ wall_ms() {
 }
 median() { sort -g | awk '{ a[NR] = $1 } END { if (NR % 2) print a[(NR + 1) / 2]; else printf "%.3f\n", (a[NR / 2] + a[NR / 2 + 1]) / 2 }'; }
 repeat_ms() { for _ in $(seq "$RUNS"); do wall_ms "$@"; done | median; }
-# Peak RSS (KiB) and wall seconds of a command, from GNU time.
+# Wall seconds, peak RSS (KiB) and CPU seconds (user + system, all
+# threads) of a command, from GNU time. CPU time hardly depends on what else
+# runs on the machine; wall time does.
 time_v() {
     /usr/bin/time -v "$@" 2>"$WORK/time.txt" >/dev/null
-    local rss wall
+    local rss wall cpu
     rss=$(awk -F': ' '/Maximum resident set size/ { print $2 }' "$WORK/time.txt")
+    cpu=$(awk -F': ' '/User time|System time/ { t += $2 } END { printf "%.2f", t }' "$WORK/time.txt")
     wall=$(awk -F': ' '/Elapsed \(wall clock\)/ { print $2 }' "$WORK/time.txt" |
         awk -F: '{ if (NF == 3) print $1 * 3600 + $2 * 60 + $3; else print $1 * 60 + $2 }')
-    echo "$wall $rss"
+    echo "$wall $rss $cpu"
 }
 
 echo "--- machine"
@@ -69,9 +72,9 @@ rates=()
 for i in $(seq "$IMPORT_RUNS"); do
     profile="import$i"
     "$BIN" --profile "$profile" init >/dev/null
-    read -r wall rss < <(time_v "$BIN" --profile "$profile" import "$EXPORT")
+    read -r wall rss cpu < <(time_v "$BIN" --profile "$profile" import "$EXPORT")
     rate=$(awk -v n="$N" -v w="$wall" 'BEGIN { printf "%.0f", n / w }')
-    echo "run $i: ${wall}s, ${rate} messages/s, peak RSS ${rss} KiB"
+    echo "run $i: ${wall}s, ${rate} messages/s, peak RSS ${rss} KiB, CPU ${cpu}s"
     rates+=("$rate")
     [ "$i" -gt 1 ] && rm -rf "$CHAT_HOME/$profile"
 done
@@ -111,18 +114,23 @@ echo "process start baseline (chat-p2p --version): $(repeat_ms "$BIN" --version)
 echo "--- export (median of $RUNS)"
 walls=()
 rsss=()
+cpus=()
 for _ in $(seq "$RUNS"); do
-    read -r wall rss < <(time_v "$BIN" --profile import1 export --json --output "$WORK/out.json")
+    read -r wall rss cpu < <(time_v "$BIN" --profile import1 export --json --output "$WORK/out.json")
     walls+=("$wall")
     rsss+=("$rss")
+    cpus+=("$cpu")
 done
 base=()
+base_cpu=()
 for _ in $(seq "$RUNS"); do
-    read -r wall _rss < <(time_v sh -c "\"$SQLITE3\" -json \"$DB\" 'SELECT * FROM messages' >\"$WORK/sqlite.json\"")
+    read -r wall _rss cpu < <(time_v sh -c "\"$SQLITE3\" -json \"$DB\" 'SELECT * FROM messages' >\"$WORK/sqlite.json\"")
     base+=("$wall")
+    base_cpu+=("$cpu")
 done
-echo "export --json: $(printf '%s\n' "${walls[@]}" | median) s, peak RSS $(printf '%s\n' "${rsss[@]}" | median) KiB ($(du -m "$WORK/out.json" | cut -f1) MB)"
-echo "sqlite3 -json SELECT * FROM messages: $(printf '%s\n' "${base[@]}" | median) s ($(du -m "$WORK/sqlite.json" | cut -f1) MB)"
+med() { printf '%s\n' "$@" | median; }
+echo "export --json: $(med "${walls[@]}") s, CPU $(med "${cpus[@]}") s, peak RSS $(med "${rsss[@]}") KiB ($(du -m "$WORK/out.json" | cut -f1) MB)"
+echo "sqlite3 -json SELECT * FROM messages: $(med "${base[@]}") s, CPU $(med "${base_cpu[@]}") s ($(du -m "$WORK/sqlite.json" | cut -f1) MB)"
 
 echo "--- summary"
 echo "import: $IMPORT_RATE messages/s (median of $IMPORT_RUNS)"
