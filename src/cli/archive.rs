@@ -94,7 +94,7 @@ pub fn export(ctx: &Context, args: ExportArgs) -> Result<()> {
         include_secret: args.include_secret,
     };
     let bar = bar(
-        message_count(&store)?,
+        store.message_count()?,
         BAR_MIN_MESSAGES,
         "exporting {bar:40} {pos}/{len} messages, {eta} left",
     );
@@ -124,13 +124,6 @@ pub fn export(ctx: &Context, args: ExportArgs) -> Result<()> {
         );
     }
     Ok(())
-}
-
-fn message_count(store: &Store) -> Result<u64> {
-    let n: i64 = store
-        .conn()
-        .query_row("SELECT count(*) FROM messages", [], |r| r.get(0))?;
-    Ok(u64::try_from(n).unwrap_or(0))
 }
 
 /// Imports an export or the original client's files.

@@ -299,6 +299,14 @@ impl Store {
         message_tx(&self.conn, msg_id)
     }
 
+    /// How many messages are stored.
+    pub fn message_count(&self) -> Result<u64> {
+        let n: i64 = self
+            .conn
+            .query_row("SELECT count(*) FROM messages", [], |r| r.get(0))?;
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
+
     /// See [`events_tx`].
     pub fn events(&self, msg_id: &MessageId) -> Result<Vec<Event>> {
         events_tx(&self.conn, msg_id)
