@@ -43,23 +43,25 @@ CREATE TABLE messages (
 -- scan: history orders by (created_at, id).
 CREATE INDEX messages_peer_time ON messages (peer_key, created_at);
 CREATE INDEX messages_time ON messages (created_at);
--- The outbox and "still not delivered" questions.
-CREATE INDEX messages_status ON messages (status, direction);
+-- The outbox and "still not delivered" questions, latest first.
+CREATE INDEX messages_status ON messages (status, created_at);
 
 -- One row per status change, so a message's delivery timeline can be read.
+-- Clustered by message (WITHOUT ROWID): a timeline is one b-tree range and
+-- no second index is needed.
 CREATE TABLE message_events (
-    id          INTEGER PRIMARY KEY,
     message_id  INTEGER NOT NULL REFERENCES messages (id) ON DELETE CASCADE,
+    -- 0, 1, 2, ...: the order of the message's changes.
+    seq         INTEGER NOT NULL,
     status      TEXT NOT NULL CHECK (
         status = 'pending' OR status = 'sent' OR status = 'delivered'
         OR status = 'read' OR status = 'failed' OR status = 'received'
     ),
     at          TEXT NOT NULL,
     -- E.g. the failure reason.
-    detail      TEXT
-) STRICT;
-
-CREATE INDEX message_events_message ON message_events (message_id);
+    detail      TEXT,
+    PRIMARY KEY (message_id, seq)
+) STRICT, WITHOUT ROWID;
 
 -- Full-text search over bodies. External content: the text lives once, in
 -- messages. unicode61 with remove_diacritics 2 ignores case and accents.

@@ -219,3 +219,32 @@ fn empty_history_and_missing_profile() {
     env.ok("me", &["init"]);
     assert_eq!(env.ok("me", &["history"]).trim(), "No messages.");
 }
+
+#[test]
+fn readme_queries_work_in_the_sqlite3_shell() {
+    let f = fixture();
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let sql: String = readme
+        .split("```sql\n")
+        .skip(1)
+        .map(|block| block.split("```").next().unwrap())
+        .collect();
+    assert!(sql.contains("MATCH"), "the README lost its queries");
+    let out = assert_cmd::Command::new("sqlite3")
+        .arg("-readonly")
+        .arg(f.env.db("me"))
+        .write_stdin(sql)
+        .output()
+        .expect("the sqlite3 shell is needed (CI installs it)");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && out.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("the secret plan"), "{stdout}");
+    assert!(stdout.contains("who am i"), "unread: {stdout}");
+    assert!(stdout.contains("last words"), "undelivered: {stdout}");
+    assert!(stdout.contains("bob|2026-01-01|3"), "per day: {stdout}");
+}

@@ -4,19 +4,22 @@
 //! (message row id) and merged, so each message is written once, complete,
 //! without a query per message and without holding anything in memory.
 
+use std::collections::HashMap;
 use std::fs;
 use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
+use std::sync::mpsc;
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
 use rusqlite::types::Value;
-use rusqlite::Connection;
+use rusqlite::{Connection, OpenFlags};
 
 use super::{ContactRecord, Error, Header, Progress, FORMAT, VERSION};
 use crate::clock;
 use crate::identity::PublicKey;
-use crate::store::messages::{message_from_row, Event, MESSAGE_COLUMNS, MESSAGE_FROM};
+use crate::store::messages::{message_from_row, Event, MESSAGE_COLUMNS};
+use crate::store::Message;
 use crate::store::Store;
 
 /// One JSON document, or one JSON object per line.
@@ -53,32 +56,106 @@ pub struct ExportSummary {
 const PROGRESS_EVERY: u64 = 4096;
 
 /// Writes the export to `out`, streaming.
+///
+/// A second thread reads the rows from its own read-only connection (one
+/// snapshot for contacts and messages, even while the chat client writes)
+/// and hands them over in batches; this thread formats and writes them.
 pub fn export(
     store: &Store,
     out: &mut dyn Write,
     options: &ExportOptions,
     progress: Progress<'_>,
 ) -> Result<ExportSummary, Error> {
-    // One read transaction: both cursors see the same snapshot even while
-    // the chat client writes.
-    let tx = store.conn().unchecked_transaction()?;
     let mut writer = Writer {
         out,
         layout: options.layout,
         buf: Vec::with_capacity(1024),
     };
     writer.header(&header(store, options.include_secret)?)?;
-    let mut summary = ExportSummary::default();
-    for contact in contacts(&tx, options.contact.as_ref())? {
-        writer.contact(&contact, summary.contacts == 0)?;
-        summary.contacts += 1;
-    }
-    writer.between_sections()?;
-    summary.messages = messages(&tx, options.contact.as_ref(), &mut writer, progress)?;
+    let path = store.path().to_path_buf();
+    let only = options.contact;
+    let (tx, rx) = mpsc::sync_channel::<Chunk>(16);
+    let summary = std::thread::scope(|scope| {
+        let reader = scope.spawn(move || read_rows(&path, only.as_ref(), &tx));
+        let written = write_rows(&mut writer, &rx, progress);
+        // Stops the reader early if writing failed.
+        drop(rx);
+        let read = reader
+            .join()
+            .unwrap_or_else(|_| Err(Error::Write(io::Error::other("the reader thread failed"))));
+        let summary = written?;
+        read?;
+        Ok::<_, Error>(summary)
+    })?;
     writer.end()?;
     writer.out.flush().map_err(Error::Write)?;
-    tx.finish()?;
     Ok(summary)
+}
+
+/// What the reading thread hands over.
+enum Chunk {
+    Contacts(Vec<ContactRecord>),
+    Messages(Vec<(Message, Vec<Event>)>),
+}
+
+/// How many messages travel together between the threads.
+const CHUNK: usize = 256;
+
+fn write_rows(
+    writer: &mut Writer<'_>,
+    rx: &mpsc::Receiver<Chunk>,
+    progress: Progress<'_>,
+) -> Result<ExportSummary, Error> {
+    let mut summary = ExportSummary::default();
+    let mut reported = 0;
+    for chunk in rx {
+        match chunk {
+            Chunk::Contacts(contacts) => {
+                for contact in &contacts {
+                    writer.contact(contact, summary.contacts == 0)?;
+                    summary.contacts += 1;
+                }
+                writer.between_sections()?;
+            }
+            Chunk::Messages(batch) => {
+                for (message, events) in &batch {
+                    writer.message(message, events, summary.messages == 0)?;
+                    summary.messages += 1;
+                }
+                if summary.messages - reported >= PROGRESS_EVERY {
+                    reported = summary.messages;
+                    progress(reported);
+                }
+            }
+        }
+    }
+    progress(summary.messages);
+    Ok(summary)
+}
+
+/// Reads contacts, then messages with their events, from one snapshot.
+fn read_rows(
+    path: &Path,
+    only: Option<&PublicKey>,
+    tx: &mpsc::SyncSender<Chunk>,
+) -> Result<(), Error> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    conn.busy_timeout(std::time::Duration::from_secs(10))?;
+    let snapshot = conn.unchecked_transaction()?;
+    let contacts = contacts(&snapshot, only)?;
+    let names: HashMap<String, String> = contacts
+        .iter()
+        .map(|c| (c.public_key.clone(), c.name.clone()))
+        .collect();
+    if tx.send(Chunk::Contacts(contacts)).is_err() {
+        return Ok(());
+    }
+    messages(&snapshot, only, &names, tx)?;
+    snapshot.finish()?;
+    Ok(())
 }
 
 /// Writes the export to `path` through a temporary file in the same
@@ -145,16 +222,19 @@ fn contacts(conn: &Connection, only: Option<&PublicKey>) -> Result<Vec<ContactRe
     Ok(rows.collect::<rusqlite::Result<_>>()?)
 }
 
-/// Streams every message with its events; returns how many.
+/// Reads every message with its events, merging the two cursors, and
+/// sends them in chunks.
 fn messages(
     conn: &Connection,
     only: Option<&PublicKey>,
-    writer: &mut Writer<'_>,
-    progress: Progress<'_>,
-) -> Result<u64, Error> {
+    names: &HashMap<String, String>,
+    tx: &mpsc::SyncSender<Chunk>,
+) -> Result<(), Error> {
     let peer = Value::from(only.map(PublicKey::to_base64));
+    // Contact names come from `names`: a join per row costs more.
+    let columns = MESSAGE_COLUMNS.replace("c.name", "NULL");
     let mut msg_stmt = conn.prepare(&format!(
-        "SELECT {MESSAGE_COLUMNS} FROM {MESSAGE_FROM}
+        "SELECT {columns} FROM messages AS m
          WHERE ?1 IS NULL OR m.peer_key = ?1 ORDER BY m.id"
     ))?;
     let mut ev_stmt = conn.prepare(
@@ -162,18 +242,18 @@ fn messages(
          FROM message_events AS e
          WHERE ?1 IS NULL
             OR e.message_id IN (SELECT id FROM messages WHERE peer_key = ?1)
-         ORDER BY e.message_id, e.id",
+         ORDER BY e.message_id, e.seq",
     )?;
     let mut msgs = msg_stmt.query([&peer])?;
     let mut evs = ev_stmt.query([&peer])?;
     let mut next_event = read_event(evs.next()?)?;
-    let mut events = Vec::new();
-    let mut count = 0u64;
+    let mut batch = Vec::with_capacity(CHUNK);
     while let Some(row) = msgs.next()? {
-        let message = message_from_row(row)?;
-        events.clear();
-        // Events of messages not exported (none, with one snapshot) are
-        // skipped; those of this message are collected.
+        let mut message = message_from_row(row)?;
+        message.contact = names.get(&message.peer_key).cloned();
+        let mut events = Vec::new();
+        // Events of messages not exported are skipped; those of this
+        // message are collected.
         while let Some((id, event)) = next_event.take() {
             if id > message.id {
                 next_event = Some((id, event));
@@ -184,14 +264,17 @@ fn messages(
             }
             next_event = read_event(evs.next()?)?;
         }
-        writer.message(&message, &events, count == 0)?;
-        count += 1;
-        if count % PROGRESS_EVERY == 0 {
-            progress(count);
+        batch.push((message, events));
+        if batch.len() == CHUNK {
+            let full = std::mem::replace(&mut batch, Vec::with_capacity(CHUNK));
+            if tx.send(Chunk::Messages(full)).is_err() {
+                return Ok(());
+            }
         }
     }
-    progress(count);
-    Ok(count)
+    // A closed channel means the writer stopped and reports why.
+    let _ = tx.send(Chunk::Messages(batch));
+    Ok(())
 }
 
 fn read_event(row: Option<&rusqlite::Row<'_>>) -> rusqlite::Result<Option<(i64, Event)>> {
@@ -263,12 +346,7 @@ impl Writer<'_> {
         Ok(())
     }
 
-    fn message(
-        &mut self,
-        message: &crate::store::Message,
-        events: &[Event],
-        first: bool,
-    ) -> Result<(), Error> {
+    fn message(&mut self, message: &Message, events: &[Event], first: bool) -> Result<(), Error> {
         self.open_object("message", message)?;
         self.buf.extend_from_slice(b",\"events\":");
         serde_json::to_writer(&mut self.buf, events).map_err(json_write)?;

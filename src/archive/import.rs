@@ -10,9 +10,6 @@
 //! before the commit.
 
 use std::collections::HashSet;
-use std::fs::File;
-use std::io::{self, BufRead, BufReader, Read};
-use std::path::Path;
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
@@ -20,21 +17,15 @@ use chrono::DateTime;
 use rusqlite::{params, Transaction};
 use serde::Serialize;
 
-use super::{ContactRecord, Error, Header, Line, MessageRecord, Progress, FORMAT, VERSION};
+use super::{ContactRecord, Error, Header, MessageRecord, FORMAT, VERSION};
 use crate::clock;
 use crate::identity::{Identity, PublicKey};
-use crate::store::messages::{append_event, Event};
+use crate::store::fts::FTS_INSERT_TRIGGER;
+use crate::store::messages::Event;
 use crate::store::{self, ContactName, Direction, Merge, Status, Store};
 
-/// The trigger that keeps `messages_fts` in step with live inserts, exactly
-/// as `migrations/V2__messages.sql` creates it.
-pub(crate) const FTS_INSERT_TRIGGER: &str =
-    "CREATE TRIGGER messages_fts_insert AFTER INSERT ON messages BEGIN
-    INSERT INTO messages_fts (rowid, body) VALUES (new.id, new.body);
-END";
-
 /// The page cache an import uses, in KiB.
-const IMPORT_CACHE_KIB: i64 = 128 * 1024;
+const IMPORT_CACHE_KIB: i64 = 256 * 1024;
 
 /// How to import.
 #[derive(Debug, Clone, Copy, Default)]
@@ -78,27 +69,51 @@ impl<E: Into<Error>> From<E> for Fault {
     }
 }
 
+/// Runs `f` with the connection tuned for a bulk import, then restores the
+/// settings every connection has (see `store::connect`).
+pub(crate) fn bulk<T>(
+    store: &mut Store,
+    f: impl FnOnce(&mut Store) -> Result<T, Error>,
+) -> Result<T, Error> {
+    // A bulk import touches index pages all over the file: with the
+    // default 2 MB cache SQLite spills dirty pages to the WAL mid-way and
+    // reads them back.
+    store
+        .conn()
+        .pragma_update(None, "cache_size", -IMPORT_CACHE_KIB)?;
+    // The commit does not wait for the WAL to reach the disk: a power cut
+    // just after an import may lose that import (it is idempotent: run it
+    // again) but never corrupts the file or loses what was there before.
+    // The checkpoint that follows the commit syncs the database file.
+    store.conn().pragma_update(None, "synchronous", "NORMAL")?;
+    let result = f(store);
+    let restored = store
+        .conn()
+        .pragma_update(None, "synchronous", "FULL")
+        .and_then(|()| store.conn().pragma_update(None, "cache_size", -2000));
+    let value = result?;
+    restored?;
+    Ok(value)
+}
+
 /// Writes records into one open transaction.
 pub(crate) struct Importer<'a> {
     tx: Transaction<'a>,
     force: bool,
     own_key: Option<String>,
-    valid_keys: HashSet<String>,
+    validator: Validator,
     first_new_id: i64,
     saw_header: bool,
     report: ImportReport,
+    /// Events waiting for a multi-row INSERT (one statement per event
+    /// costs a third of the import time).
+    events: Vec<(i64, i64, Event)>,
 }
 
 impl<'a> Importer<'a> {
     /// Opens the transaction and detaches the per-row FTS trigger.
     pub(crate) fn begin(store: &'a mut Store, options: ImportOptions) -> Result<Self, Error> {
         let own_key = store.identity()?.map(|i| i.public_key().to_base64());
-        // A bulk import touches index pages all over the file: with the
-        // default 2 MB cache SQLite spills dirty pages to the WAL mid-way
-        // and reads them back. The connection ends with the command.
-        store
-            .conn()
-            .pragma_update(None, "cache_size", -IMPORT_CACHE_KIB)?;
         let tx = store.transaction()?;
         let last: i64 = tx.query_row("SELECT coalesce(max(id), 0) FROM messages", [], |r| {
             r.get(0)
@@ -108,15 +123,17 @@ impl<'a> Importer<'a> {
             tx,
             force: options.force,
             own_key,
-            valid_keys: HashSet::new(),
+            validator: Validator::default(),
             first_new_id: last + 1,
             saw_header: false,
             report: ImportReport::default(),
+            events: Vec::with_capacity(EVENT_BATCH + 16),
         })
     }
 
     /// Indexes the new rows, restores the trigger and commits.
-    pub(crate) fn finish(self) -> Result<ImportReport, Error> {
+    pub(crate) fn finish(mut self) -> Result<ImportReport, Error> {
+        flush_events(&self.tx, &mut self.events)?;
         self.tx.execute(
             "INSERT INTO messages_fts (rowid, body)
              SELECT id, body FROM messages WHERE id >= ?1",
@@ -146,6 +163,11 @@ impl<'a> Importer<'a> {
         self.report.identity_adopted = Some(key.clone());
         self.own_key = Some(key);
         Ok(())
+    }
+
+    /// Whether the header was seen.
+    pub(crate) fn saw_header(&self) -> bool {
+        self.saw_header
     }
 
     /// Starts an import that has no header (the original client's files).
@@ -236,8 +258,13 @@ impl<'a> Importer<'a> {
 
     /// Stores one message unless its id is known.
     pub(crate) fn message(&mut self, record: MessageRecord) -> Result<(), Fault> {
+        let m = self.validator.check(record)?;
+        self.checked_message(m)
+    }
+
+    /// Stores one message already passed through [`Validator::check`].
+    pub(crate) fn checked_message(&mut self, m: MessageRecord) -> Result<(), Fault> {
         self.require_header()?;
-        let m = self.validate(record)?;
         let added = self
             .tx
             .prepare_cached(
@@ -267,19 +294,30 @@ impl<'a> Importer<'a> {
         }
         self.report.messages_added += 1;
         let rowid = self.tx.last_insert_rowid();
-        let events = if m.events.is_empty() {
-            timeline(&m)
-        } else {
+        self.events.extend(
             m.events
-        };
-        for e in &events {
-            append_event(&self.tx, rowid, e.status, &e.at, e.detail.as_deref())?;
+                .into_iter()
+                .zip(0..)
+                .map(|(e, seq)| (rowid, seq, e)),
+        );
+        if self.events.len() >= EVENT_BATCH {
+            flush_events(&self.tx, &mut self.events)?;
         }
         Ok(())
     }
+}
 
-    /// Checks a record against what the schema promises, normalising times.
-    fn validate(&mut self, mut m: MessageRecord) -> Result<MessageRecord, Fault> {
+/// Checks message records against what the schema promises, normalising
+/// times and rebuilding missing timelines. Runs on the parsing thread.
+#[derive(Default)]
+pub(crate) struct Validator {
+    /// Peer keys already found valid (decoding a point costs microseconds,
+    /// and a history has few peers).
+    valid_keys: HashSet<String>,
+}
+
+impl Validator {
+    pub(crate) fn check(&mut self, mut m: MessageRecord) -> Result<MessageRecord, Fault> {
         let id = m.msg_id;
         let bad = |what: String| Fault::Invalid(format!("message {id}: {what}"));
         if !self.valid_keys.contains(&m.peer_key) {
@@ -310,8 +348,51 @@ impl<'a> Importer<'a> {
             }
             e.at = normalize(&e.at, "events.at").map_err(|e| with_id(e, &id))?;
         }
+        if m.events.is_empty() {
+            m.events = timeline(&m);
+        }
         Ok(m)
     }
+}
+
+/// How many events one INSERT statement writes.
+const EVENT_BATCH: usize = 128;
+
+/// Writes the waiting events: full batches with one cached statement, the
+/// rest with one more.
+fn flush_events(tx: &Transaction<'_>, events: &mut Vec<(i64, i64, Event)>) -> Result<(), Error> {
+    let mut chunks = events.chunks_exact(EVENT_BATCH);
+    for chunk in &mut chunks {
+        insert_events(tx, chunk)?;
+    }
+    let rest = chunks.remainder();
+    if !rest.is_empty() {
+        insert_events(tx, rest)?;
+    }
+    events.clear();
+    Ok(())
+}
+
+/// One INSERT for `rows` events (message row id, seq, event).
+fn insert_events(tx: &Transaction<'_>, rows: &[(i64, i64, Event)]) -> Result<(), Error> {
+    use rusqlite::types::ToSqlOutput;
+    let values = vec!["(?, ?, ?, ?, ?)"; rows.len()].join(", ");
+    let mut stmt = tx.prepare_cached(&format!(
+        "INSERT INTO message_events (message_id, seq, status, at, detail) VALUES {values}"
+    ))?;
+    let params = rows.iter().flat_map(|(rowid, seq, e)| {
+        [
+            ToSqlOutput::from(*rowid),
+            ToSqlOutput::from(*seq),
+            ToSqlOutput::from(e.status.as_str()),
+            ToSqlOutput::from(e.at.as_str()),
+            e.detail
+                .as_deref()
+                .map_or(ToSqlOutput::from(rusqlite::types::Null), ToSqlOutput::from),
+        ]
+    });
+    stmt.execute(rusqlite::params_from_iter(params))?;
+    Ok(())
 }
 
 fn with_id(fault: Fault, id: &store::MessageId) -> Fault {
@@ -368,101 +449,6 @@ fn decode_secret(text: &str) -> Result<Identity, Fault> {
     Ok(Identity::from_secret_bytes(seed))
 }
 
-/// Imports the export at `path`.
-pub fn import_file(
-    store: &mut Store,
-    path: &Path,
-    options: ImportOptions,
-    progress: Progress<'_>,
-) -> Result<ImportReport, Error> {
-    let file = File::open(path).map_err(|source| Error::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    import_reader(
-        store,
-        BufReader::with_capacity(1 << 16, file),
-        options,
-        progress,
-    )
-}
-
-/// Imports an export read from `reader`, JSON document or JSON Lines.
-pub fn import_reader(
-    store: &mut Store,
-    reader: impl BufRead,
-    options: ImportOptions,
-    progress: Progress<'_>,
-) -> Result<ImportReport, Error> {
-    let mut reader = Counting {
-        inner: reader,
-        count: 0,
-        reported: 0,
-        progress,
-    };
-    let mut first = Vec::new();
-    (&mut reader)
-        .take(1 << 20)
-        .read_until(b'\n', &mut first)
-        .map_err(read_error)?;
-    if first.iter().all(u8::is_ascii_whitespace) {
-        return Err(malformed("line 1", "the file is empty".into()));
-    }
-    let mut importer = Importer::begin(store, options)?;
-    if is_json_line(&first) {
-        read_lines(&mut importer, &first, reader)?;
-    } else {
-        super::import_doc::read_document(&mut importer, io::Cursor::new(first).chain(reader))?;
-    }
-    if !importer.saw_header {
-        return Err(malformed(
-            "the file",
-            "no header: it does not look like a chat-p2p export".into(),
-        ));
-    }
-    importer.finish()
-}
-
-/// Whether the first line is a whole JSON object with a `kind`: JSON Lines.
-fn is_json_line(first: &[u8]) -> bool {
-    matches!(
-        serde_json::from_slice::<serde_json::Value>(first),
-        Ok(serde_json::Value::Object(map)) if map.contains_key("kind")
-    )
-}
-
-fn read_lines(
-    importer: &mut Importer<'_>,
-    first: &[u8],
-    mut reader: impl BufRead,
-) -> Result<(), Error> {
-    let mut line = String::from_utf8(first.to_vec())
-        .map_err(|_| malformed("line 1", "not UTF-8 text".into()))?;
-    let mut number = 1usize;
-    loop {
-        if !line.trim().is_empty() {
-            let at = || format!("line {number}");
-            let record: Line = serde_json::from_str(&line).map_err(|e| {
-                malformed(
-                    &format!("line {number}, column {}", e.column()),
-                    strip_position(&e),
-                )
-            })?;
-            let result = match record {
-                Line::Header(h) => importer.header(h),
-                Line::Contact(c) => importer.contact(c),
-                Line::Message(m) => importer.message(*m),
-            };
-            result.map_err(|f| fault_at(f, &at()))?;
-        }
-        line.clear();
-        number += 1;
-        if reader.read_line(&mut line).map_err(read_error)? == 0 {
-            return Ok(());
-        }
-    }
-}
-
 /// Turns a record's fault into an error naming where it is.
 pub(crate) fn fault_at(fault: Fault, at: &str) -> Error {
     match fault {
@@ -485,73 +471,5 @@ pub(crate) fn strip_position(e: &serde_json::Error) -> String {
     match text.rfind(" at line ") {
         Some(i) => text[..i].to_owned(),
         None => text,
-    }
-}
-
-fn read_error(e: io::Error) -> Error {
-    if e.kind() == io::ErrorKind::InvalidData {
-        malformed("the file", "not UTF-8 text".into())
-    } else {
-        Error::Io {
-            path: "the import".into(),
-            source: e,
-        }
-    }
-}
-
-/// Counts bytes read and reports them now and then.
-struct Counting<'p, R> {
-    inner: R,
-    count: u64,
-    reported: u64,
-    progress: Progress<'p>,
-}
-
-impl<R: Read> Read for Counting<'_, R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.advance(n);
-        Ok(n)
-    }
-}
-
-impl<R> Counting<'_, R> {
-    fn advance(&mut self, n: usize) {
-        self.count += n as u64;
-        if self.count - self.reported >= 1 << 20 || n == 0 {
-            self.reported = self.count;
-            (self.progress)(self.count);
-        }
-    }
-}
-
-impl<R: BufRead> BufRead for Counting<'_, R> {
-    fn fill_buf(&mut self) -> io::Result<&[u8]> {
-        self.inner.fill_buf()
-    }
-
-    fn consume(&mut self, n: usize) {
-        self.inner.consume(n);
-        self.advance(n);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::store::test_util::temp_store;
-
-    #[test]
-    fn the_trigger_text_matches_the_migration() {
-        let (_dir, store) = temp_store();
-        let sql: String = store
-            .conn()
-            .query_row(
-                "SELECT sql FROM sqlite_schema WHERE name = 'messages_fts_insert'",
-                [],
-                |r| r.get(0),
-            )
-            .unwrap();
-        assert_eq!(sql, FTS_INSERT_TRIGGER);
     }
 }

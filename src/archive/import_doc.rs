@@ -1,6 +1,6 @@
 //! Reads a JSON document export without loading it: a serde visitor walks
-//! the top-level object and hands each contact and message to the
-//! [`Importer`] as soon as it is parsed.
+//! the top-level object and hands each contact and message on as soon as
+//! it is parsed.
 
 use std::fmt;
 use std::io::Read;
@@ -9,20 +9,28 @@ use serde::de::{
     self, DeserializeOwned, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor,
 };
 
-use super::import::{malformed, strip_position, Fault, Importer};
+use super::import::{malformed, strip_position, Fault, Validator};
+use super::reader::{Batcher, Item, Loc};
 use super::{ContactRecord, Error, Header, MessageRecord};
 
-/// Imports the JSON document read from `reader`.
-pub(crate) fn read_document(importer: &mut Importer<'_>, reader: impl Read) -> Result<(), Error> {
-    let mut fatal = None;
+/// Parses the JSON document read from `reader` into `out`.
+pub(crate) fn read_document(reader: impl Read, out: &mut Batcher) -> Result<(), Error> {
     let mut de = serde_json::Deserializer::from_reader(reader);
+    let mut stopped = false;
+    let mut invalid = None;
     let visitor = Document {
-        importer,
-        fatal: &mut fatal,
+        out,
+        stopped: &mut stopped,
+        invalid: &mut invalid,
+        validator: Validator::default(),
     };
     let result = de::Deserializer::deserialize_map(&mut de, visitor).and_then(|()| de.end());
-    if let Some(error) = fatal {
+    if let Some(error) = invalid {
         return Err(error);
+    }
+    if stopped {
+        // The importer found a problem first and reports it.
+        return Ok(());
     }
     result.map_err(|e| {
         malformed(
@@ -32,9 +40,12 @@ pub(crate) fn read_document(importer: &mut Importer<'_>, reader: impl Read) -> R
     })
 }
 
-struct Document<'i, 'a> {
-    importer: &'i mut Importer<'a>,
-    fatal: &'i mut Option<Error>,
+struct Document<'o> {
+    out: &'o mut Batcher,
+    stopped: &'o mut bool,
+    /// A record that failed validation, with its place.
+    invalid: &'o mut Option<Error>,
+    validator: Validator,
 }
 
 /// The header fields, gathered as they come.
@@ -45,10 +56,10 @@ struct Fields {
     exported_at: Option<String>,
     public_key: Option<String>,
     secret_key: Option<String>,
-    done: bool,
+    sent: bool,
 }
 
-impl<'de> Visitor<'de> for Document<'_, '_> {
+impl<'de> Visitor<'de> for Document<'_> {
     type Value = ();
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -66,17 +77,30 @@ impl<'de> Visitor<'de> for Document<'_, '_> {
                 "secret_key" => fields.secret_key = map.next_value()?,
                 "contacts" => {
                     self.header(&mut fields)?;
-                    map.next_value_seed(Each::<ContactRecord, _> {
-                        sink: |c| self.importer.contact(c),
-                        fatal: &mut *self.fatal,
+                    map.next_value_seed(Each {
+                        out: &mut *self.out,
+                        stopped: &mut *self.stopped,
+                        wrap: |i, c: ContactRecord| Some((Loc::Contact(i), Item::Contact(c))),
                         _t: std::marker::PhantomData,
                     })?;
                 }
                 "messages" => {
                     self.header(&mut fields)?;
-                    map.next_value_seed(Each::<MessageRecord, _> {
-                        sink: |m| self.importer.message(m),
-                        fatal: &mut *self.fatal,
+                    let validator = &mut self.validator;
+                    let invalid = &mut *self.invalid;
+                    map.next_value_seed(Each {
+                        out: &mut *self.out,
+                        stopped: &mut *self.stopped,
+                        wrap: |i, m: MessageRecord| {
+                            let loc = Loc::Message(i);
+                            match validator.check(m) {
+                                Ok(m) => Some((loc, Item::Message(Box::new(m)))),
+                                Err(f) => {
+                                    *invalid = Some(fault_error(f, loc));
+                                    None
+                                }
+                            }
+                        },
                         _t: std::marker::PhantomData,
                     })?;
                 }
@@ -89,13 +113,13 @@ impl<'de> Visitor<'de> for Document<'_, '_> {
     }
 }
 
-impl Document<'_, '_> {
-    /// Hands the header over once, before the first contact or message.
+impl Document<'_> {
+    /// Sends the header once, before the first contact or message.
     fn header<E: de::Error>(&mut self, fields: &mut Fields) -> Result<(), E> {
-        if fields.done {
+        if fields.sent {
             return Ok(());
         }
-        fields.done = true;
+        fields.sent = true;
         let (Some(format), Some(version)) = (fields.format.take(), fields.version) else {
             return Err(E::custom(
                 "\"format\" and \"version\" must come first: this is not a chat-p2p export",
@@ -108,35 +132,38 @@ impl Document<'_, '_> {
             public_key: fields.public_key.take(),
             secret_key: fields.secret_key.take(),
         };
-        pass(self.importer.header(header), self.fatal)
+        send(self.out, self.stopped, Loc::Header, Item::Header(header))
     }
 }
 
-/// Turns a record's fault into a serde error: invalid input keeps its text
-/// (serde_json adds the line); anything else is parked in `fatal`.
-fn pass<E: de::Error>(result: Result<(), Fault>, fatal: &mut Option<Error>) -> Result<(), E> {
-    match result {
-        Ok(()) => Ok(()),
-        Err(Fault::Invalid(text)) => Err(E::custom(text)),
-        Err(Fault::Fatal(e)) => {
-            let text = e.to_string();
-            *fatal = Some(e);
-            Err(E::custom(text))
-        }
-    }
+fn send<E: de::Error>(
+    out: &mut Batcher,
+    stopped: &mut bool,
+    loc: Loc,
+    item: Item,
+) -> Result<(), E> {
+    out.push(loc, item).map_err(|_| {
+        *stopped = true;
+        E::custom("stopped")
+    })
 }
 
-/// Deserialises an array, handing each element to `sink` as it comes.
-struct Each<'f, T, F> {
-    sink: F,
-    fatal: &'f mut Option<Error>,
+fn fault_error(fault: Fault, loc: Loc) -> Error {
+    super::import::fault_at(fault, &loc.to_string())
+}
+
+/// Deserialises an array, sending each element on as it comes.
+struct Each<'o, T, W> {
+    out: &'o mut Batcher,
+    stopped: &'o mut bool,
+    wrap: W,
     _t: std::marker::PhantomData<T>,
 }
 
-impl<'de, T, F> DeserializeSeed<'de> for Each<'_, T, F>
+impl<'de, T, W> DeserializeSeed<'de> for Each<'_, T, W>
 where
     T: DeserializeOwned,
-    F: FnMut(T) -> Result<(), Fault>,
+    W: FnMut(usize, T) -> Option<(Loc, Item)>,
 {
     type Value = ();
 
@@ -145,10 +172,10 @@ where
     }
 }
 
-impl<'de, T, F> Visitor<'de> for Each<'_, T, F>
+impl<'de, T, W> Visitor<'de> for Each<'_, T, W>
 where
     T: DeserializeOwned,
-    F: FnMut(T) -> Result<(), Fault>,
+    W: FnMut(usize, T) -> Option<(Loc, Item)>,
 {
     type Value = ();
 
@@ -157,8 +184,13 @@ where
     }
 
     fn visit_seq<S: SeqAccess<'de>>(mut self, mut seq: S) -> Result<(), S::Error> {
-        while let Some(item) = seq.next_element::<T>()? {
-            pass((self.sink)(item), self.fatal)?;
+        let mut index = 0;
+        while let Some(element) = seq.next_element::<T>()? {
+            let Some((loc, item)) = (self.wrap)(index, element) else {
+                return Err(de::Error::custom("invalid record"));
+            };
+            send(self.out, self.stopped, loc, item)?;
+            index += 1;
         }
         Ok(())
     }

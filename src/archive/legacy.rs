@@ -69,15 +69,28 @@ pub fn import_legacy(
         Some(path) => read_json::<LegacyContacts>(path)?.contacts,
         None => BTreeMap::new(),
     };
+    super::import::bulk(store, |store| {
+        write(store, options, &found, identity.as_ref(), &contacts)
+    })
+}
+
+/// Writes what was read, in one transaction.
+fn write(
+    store: &mut Store,
+    options: ImportOptions,
+    found: &Found,
+    identity: Option<&Identity>,
+    contacts: &BTreeMap<String, String>,
+) -> Result<ImportReport, Error> {
     let mut importer = Importer::begin(store, options)?;
     importer.headerless();
     let at = |path: &Path| path.display().to_string();
-    if let Some(identity) = &identity {
+    if let Some(identity) = identity {
         importer
             .identity(identity)
             .map_err(|f| fault(f, &found.private_key))?;
     }
-    for (name, key) in &contacts {
+    for (name, key) in contacts {
         let record = ContactRecord {
             name: name.clone(),
             public_key: key.clone(),
@@ -88,7 +101,7 @@ pub fn import_legacy(
             .map_err(|f| fault(f, &found.contacts))?;
     }
     for path in &found.messages {
-        let peer = peer_of(path, &contacts)?;
+        let peer = peer_of(path, contacts)?;
         for (index, m) in read_json::<Vec<LegacyMessage>>(path)?.iter().enumerate() {
             let record = to_record(&peer, index, m)
                 .map_err(|problem| malformed(&format!("{}, message {index}", at(path)), problem))?;

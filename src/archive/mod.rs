@@ -9,10 +9,12 @@ mod export;
 mod import;
 mod import_doc;
 mod legacy;
+mod reader;
 
 pub use export::{export, export_to_path, ExportOptions, ExportSummary, Layout};
-pub use import::{import_file, import_reader, ImportOptions, ImportReport};
+pub use import::{ImportOptions, ImportReport};
 pub use legacy::import_legacy;
+pub use reader::{import_file, import_reader};
 
 use std::path::PathBuf;
 

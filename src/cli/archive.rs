@@ -8,7 +8,7 @@ use anyhow::{Context as _, Result};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 
-use super::{print_json, Context};
+use super::{print_json, resolve_peer, Context};
 use crate::archive::{self, ExportOptions, ImportOptions, ImportReport, Layout};
 use crate::store::Store;
 
@@ -25,7 +25,8 @@ pub struct ExportArgs {
     /// instead of standard output.
     #[arg(long, short = 'o', value_name = "FILE")]
     output: Option<PathBuf>,
-    /// Only this contact and your conversation with them.
+    /// Only this contact (a name or a public key) and your conversation
+    /// with them.
     #[arg(long, value_name = "PEER")]
     contact: Option<String>,
     /// Include your secret key, so the export can restore your identity.
@@ -74,7 +75,7 @@ fn bar(total: u64, min: u64, template: &str) -> Option<ProgressBar> {
 pub fn export(ctx: &Context, args: ExportArgs) -> Result<()> {
     let store = ctx.open_store()?;
     let contact = match &args.contact {
-        Some(name) => Some(store.contact(name)?.key),
+        Some(peer) => Some(resolve_peer(&store, peer)?),
         None => None,
     };
     if args.include_secret {
@@ -93,7 +94,7 @@ pub fn export(ctx: &Context, args: ExportArgs) -> Result<()> {
         include_secret: args.include_secret,
     };
     let bar = bar(
-        message_count(&store)?,
+        store.message_count()?,
         BAR_MIN_MESSAGES,
         "exporting {bar:40} {pos}/{len} messages, {eta} left",
     );
@@ -125,13 +126,6 @@ pub fn export(ctx: &Context, args: ExportArgs) -> Result<()> {
     Ok(())
 }
 
-fn message_count(store: &Store) -> Result<u64> {
-    let n: i64 = store
-        .conn()
-        .query_row("SELECT count(*) FROM messages", [], |r| r.get(0))?;
-    Ok(u64::try_from(n).unwrap_or(0))
-}
-
 /// Imports an export or the original client's files.
 pub fn import(ctx: &Context, args: ImportArgs) -> Result<()> {
     let mut store = Store::create(&ctx.profile.db_path())?;
@@ -149,11 +143,16 @@ pub fn import(ctx: &Context, args: ImportArgs) -> Result<()> {
         let bar = bar(
             size,
             BAR_MIN_BYTES,
-            "importing {bar:40} {bytes}/{total_bytes}, {eta} left",
+            "importing {bar:40} {bytes}/{total_bytes} {msg}",
         );
         let mut progress = |n: u64| {
             if let Some(bar) = &bar {
                 bar.set_position(n);
+                // Once the file is read, the search index is built and the
+                // transaction committed: seconds for a large import.
+                if n >= size {
+                    bar.set_message("read; indexing and committing...");
+                }
             }
         };
         let report = archive::import_file(&mut store, path, options, &mut progress)?;

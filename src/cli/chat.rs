@@ -8,7 +8,8 @@ use clap::Args;
 use rustyline::error::ReadlineError;
 use tokio::sync::mpsc;
 
-use super::history::{hit_line, line, local_time, peer_label, resolve_peer, Style};
+use super::history::{hit_line, line, local_time, peer_label, Style};
+use super::resolve_peer;
 use super::{runtime, ServerArgs, UsageError};
 use crate::client::chat::{self, ChatOptions, Input, Screen};
 use crate::client::{Engine, ServerUrl, Update};

@@ -7,10 +7,10 @@ use chrono::{DateTime, Local};
 use clap::Args;
 use serde_json::json;
 
-use super::{print_json, Context};
+use super::{print_json, resolve_peer, Context};
 use crate::identity::PublicKey;
 use crate::store::search::{MATCH_END, MATCH_START};
-use crate::store::{self, Direction, Filter, Hit, Message, Order, Status, Store, TimeBound};
+use crate::store::{Direction, Filter, Hit, Message, Order, Status, Store, TimeBound};
 
 /// Arguments of `history`.
 #[derive(Debug, Args)]
@@ -113,18 +113,6 @@ pub fn history(ctx: &Context, args: HistoryArgs) -> Result<()> {
         }
     }
     Ok(())
-}
-
-/// A contact's key by name, or a key typed as such; an unknown name gets
-/// the store's error with suggestions.
-pub(super) fn resolve_peer(store: &Store, peer: &str) -> Result<PublicKey> {
-    match store.contact(peer) {
-        Ok(contact) => Ok(contact.key),
-        Err(e @ store::Error::UnknownContact { .. }) => {
-            PublicKey::parse(peer).map_err(|_| e.into())
-        }
-        Err(e) => Err(e.into()),
-    }
 }
 
 fn hits_json(store: &Store, hits: &[Hit], context: usize) -> Result<serde_json::Value> {

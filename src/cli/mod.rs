@@ -187,6 +187,18 @@ fn parse_key(text: &str) -> Result<PublicKey, String> {
     PublicKey::parse(text).map_err(|e| e.to_string())
 }
 
+/// A contact's key by name, or a public key typed as such; an unknown name
+/// gets the store's error with similar names.
+fn resolve_peer(store: &Store, peer: &str) -> Result<PublicKey> {
+    match store.contact(peer) {
+        Ok(contact) => Ok(contact.key),
+        Err(e @ store::Error::UnknownContact { .. }) => {
+            PublicKey::parse(peer).map_err(|_| e.into())
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// Prints `value` as pretty JSON on stdout.
 fn print_json(value: &serde_json::Value) -> Result<()> {
     println!("{}", serde_json::to_string_pretty(value)?);

@@ -7,8 +7,7 @@ use anyhow::Result;
 use clap::Args;
 use serde_json::json;
 
-use super::history::resolve_peer;
-use super::{print_json, runtime, Context, ServerArgs};
+use super::{print_json, resolve_peer, runtime, Context, ServerArgs};
 use crate::client::exchange::{exchange, Until};
 use crate::client::{ClientError, Engine, Tally};
 use crate::store::Status;

@@ -5,7 +5,7 @@
 //! Every status change goes through [`apply_status_tx`], which asks
 //! [`Status::may_become`] and appends the event in the same transaction.
 
-use rusqlite::{params, OptionalExtension, Row, Transaction};
+use rusqlite::{params, OptionalExtension, Row, Transaction, TransactionBehavior};
 use serde::Serialize;
 
 use super::status::{Direction, MessageId, Status};
@@ -55,7 +55,7 @@ pub struct Event {
     /// When (UTC, RFC 3339).
     pub at: String,
     /// E.g. a failure reason.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
 }
 
@@ -113,7 +113,7 @@ fn require(tx: &rusqlite::Connection, msg_id: &MessageId) -> Result<Message> {
     message_tx(tx, msg_id)?.ok_or_else(|| Error::UnknownMessage(msg_id.to_text()))
 }
 
-/// Appends one row to a message's timeline.
+/// Appends one row to a message's timeline, after its last.
 pub(crate) fn append_event(
     tx: &rusqlite::Connection,
     rowid: i64,
@@ -122,8 +122,9 @@ pub(crate) fn append_event(
     detail: Option<&str>,
 ) -> Result<()> {
     tx.prepare_cached(
-        "INSERT INTO message_events (message_id, status, at, detail)
-         VALUES (?1, ?2, ?3, ?4)",
+        "INSERT INTO message_events (message_id, seq, status, at, detail)
+         VALUES (?1, (SELECT count(*) FROM message_events WHERE message_id = ?1),
+                 ?2, ?3, ?4)",
     )?
     .execute(params![rowid, status, at, detail])?;
     Ok(())
@@ -143,7 +144,10 @@ pub fn insert_outgoing_tx(tx: &Transaction<'_>, peer: &PublicKey, body: &str) ->
 }
 
 /// Stores a received message unless its id is already known (at-least-once
-/// delivery repeats messages). `created_at` is the author's clock.
+/// delivery repeats messages). `created_at` is the author's clock, as RFC
+/// 3339; it is stored in the canonical form so times sort as text, and a
+/// time that does not parse is replaced by the time of receipt rather than
+/// losing the message.
 pub fn insert_incoming_tx(
     tx: &Transaction<'_>,
     msg_id: &MessageId,
@@ -152,6 +156,9 @@ pub fn insert_incoming_tx(
     created_at: &str,
 ) -> Result<Inserted> {
     let now = clock::now();
+    let created_at = chrono::DateTime::parse_from_rfc3339(created_at)
+        .map(|t| clock::format(t.to_utc()))
+        .unwrap_or_else(|_| now.clone());
     let added = tx
         .prepare_cached(
             "INSERT INTO messages
@@ -222,7 +229,7 @@ pub fn events_tx(tx: &rusqlite::Connection, msg_id: &MessageId) -> Result<Vec<Ev
     let mut stmt = tx.prepare_cached(
         "SELECT e.status, e.at, e.detail
          FROM message_events AS e JOIN messages AS m ON m.id = e.message_id
-         WHERE m.msg_id = ?1 ORDER BY e.id",
+         WHERE m.msg_id = ?1 ORDER BY e.seq",
     )?;
     let rows = stmt.query_map([msg_id], |r| {
         Ok(Event {
@@ -235,14 +242,19 @@ pub fn events_tx(tx: &rusqlite::Connection, msg_id: &MessageId) -> Result<Vec<Ev
 }
 
 impl Store {
-    /// Opens a transaction for the `*_tx` functions.
+    /// Opens a transaction for the `*_tx` functions. It takes the write
+    /// lock at once (IMMEDIATE): a transaction that read first and writes
+    /// later could otherwise fail half-way when another process wrote in
+    /// between; this way it waits (busy timeout) before starting instead.
     pub fn transaction(&mut self) -> Result<Transaction<'_>> {
-        Ok(self.conn.transaction()?)
+        Ok(self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?)
     }
 
     /// See [`insert_outgoing_tx`].
     pub fn insert_outgoing(&mut self, peer: &PublicKey, body: &str) -> Result<Message> {
-        let tx = self.conn.transaction()?;
+        let tx = self.transaction()?;
         let message = insert_outgoing_tx(&tx, peer, body)?;
         tx.commit()?;
         Ok(message)
@@ -256,7 +268,7 @@ impl Store {
         body: &str,
         created_at: &str,
     ) -> Result<Inserted> {
-        let tx = self.conn.transaction()?;
+        let tx = self.transaction()?;
         let inserted = insert_incoming_tx(&tx, msg_id, peer, body, created_at)?;
         tx.commit()?;
         Ok(inserted)
@@ -270,7 +282,7 @@ impl Store {
         at: &str,
         detail: Option<&str>,
     ) -> Result<bool> {
-        let tx = self.conn.transaction()?;
+        let tx = self.transaction()?;
         let changed = apply_status_tx(&tx, msg_id, status, at, detail)?;
         tx.commit()?;
         Ok(changed)
@@ -284,6 +296,14 @@ impl Store {
     /// The message with `msg_id`, if stored.
     pub fn message(&self, msg_id: &MessageId) -> Result<Option<Message>> {
         message_tx(&self.conn, msg_id)
+    }
+
+    /// How many messages are stored.
+    pub fn message_count(&self) -> Result<u64> {
+        let n: i64 = self
+            .conn
+            .query_row("SELECT count(*) FROM messages", [], |r| r.get(0))?;
+        Ok(u64::try_from(n).unwrap_or(0))
     }
 
     /// See [`events_tx`].
@@ -385,6 +405,21 @@ mod tests {
         assert_eq!(statuses(&store, &id), [Status::Received]);
         assert!(store.apply_status(&id, Status::Read, at, None).unwrap());
         assert!(!store.apply_status(&id, Status::Read, at, None).unwrap());
+    }
+
+    #[test]
+    fn incoming_times_are_stored_in_canonical_form() {
+        let (_dir, mut store) = temp_store();
+        let id = MessageId::new_v7();
+        store
+            .insert_incoming(&id, &key(), "x", "2026-01-01T01:00:00+01:00")
+            .unwrap();
+        let m = store.message(&id).unwrap().unwrap();
+        assert_eq!(m.created_at, "2026-01-01T00:00:00.000Z");
+        let id = MessageId::new_v7();
+        store.insert_incoming(&id, &key(), "x", "garbage").unwrap();
+        let m = store.message(&id).unwrap().unwrap();
+        assert_eq!(Some(m.created_at), m.received_at);
     }
 
     #[test]

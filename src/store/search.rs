@@ -156,6 +156,12 @@ pub fn search_tx(
     order: Order,
     limit: usize,
 ) -> Result<Vec<Hit>> {
+    if query.trim().is_empty() {
+        return Err(Error::BadSearch {
+            query: query.to_owned(),
+            problem: "the query is empty".to_owned(),
+        });
+    }
     let (mut parts, filter_params) = conditions(filter);
     parts.insert(0, "messages_fts MATCH ?");
     let mut params = vec![Value::Text(query.to_owned())];
@@ -193,9 +199,16 @@ fn search_error(query: &str, e: rusqlite::Error) -> Error {
     let text = e.to_string();
     let problem = if text.contains("unterminated string") {
         "a double quote is not closed".to_owned()
+    } else if text.starts_with("fts5: syntax error near \"\"") {
+        "the query ends where a word was expected (after AND, OR, NOT, or an open parenthesis)"
+            .to_owned()
     } else if let Some(near) = text.strip_prefix("fts5: syntax error near ") {
         format!("the search syntax is wrong near {near}")
-    } else if text.starts_with("fts5:") || text.contains("no such column") {
+    } else if let Some(column) = text.strip_prefix("no such column: ") {
+        format!("'{column}:' reads as a column name (the only column is 'body'); put words with ':' in double quotes")
+    } else if text.contains("unknown special query") {
+        "'*' marks a prefix and must follow a word, as in secr*".to_owned()
+    } else if text.starts_with("fts5:") {
         format!("SQLite says: {text}")
     } else {
         return Error::Sqlite(e);
@@ -317,7 +330,16 @@ mod tests {
     #[test]
     fn malformed_queries_are_named() {
         let (_dir, store) = temp_store();
-        for q in ["\"unbalanced", "AND", "secret AND", "(a"] {
+        for q in [
+            "\"unbalanced",
+            "AND",
+            "secret AND",
+            "(a",
+            "",
+            " ",
+            "*",
+            "a:b",
+        ] {
             let err = store.search(q, &Filter::default(), Order::Rank, 5);
             assert!(matches!(err, Err(Error::BadSearch { .. })), "{q}: {err:?}");
         }

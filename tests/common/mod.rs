@@ -77,7 +77,7 @@ impl Env {
         let mut rows = Vec::new();
         for table in ["identity", "contacts", "messages", "message_events"] {
             let mut stmt = conn
-                .prepare(&format!("SELECT * FROM {table} ORDER BY 1"))
+                .prepare(&format!("SELECT * FROM {table} ORDER BY 1, 2"))
                 .unwrap();
             let n = stmt.column_count();
             let mut q = stmt.query([]).unwrap();
