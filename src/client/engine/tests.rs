@@ -368,3 +368,20 @@ fn a_large_batch_is_stored_and_indexed_in_one_go() {
         .unwrap();
     assert_eq!(hits.len(), BULK_INDEX_MIN * 2);
 }
+
+#[test]
+fn one_forged_frame_in_a_large_batch_is_found_and_the_rest_kept() {
+    let (mut alice, mut bob) = friends();
+    let bob_key = *bob.engine.me();
+    let mut frames: Vec<Frame> = (0..100)
+        .map(|n| alice.engine.compose(&bob_key, &format!("n{n}")).unwrap().1)
+        .collect();
+    if let Frame::Message(m) = &mut frames[70] {
+        m.sig[5] ^= 1;
+    }
+    let r = bob.engine.handle(frames).unwrap();
+    assert_eq!(bob.engine.tally().received, 99);
+    assert_eq!(bob.engine.tally().rejected, 1);
+    let acks = r.send.iter().filter(|f| matches!(f, Frame::Ack(_))).count();
+    assert_eq!(acks, 100, "the forged frame is acked too");
+}
