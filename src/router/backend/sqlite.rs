@@ -10,6 +10,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -36,6 +37,13 @@ const WRITER_QUEUE: usize = 4096;
 
 /// Most submissions applied in one transaction.
 const MAX_BATCH: usize = 2048;
+
+/// How often the checkpoint thread copies the WAL into the database.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(250);
+
+/// WAL size (pages) at which the writer checkpoints itself, should the
+/// checkpoint thread fall behind.
+const WAL_FALLBACK_PAGES: i64 = 16_384;
 
 type Reply<T> = oneshot::Sender<Result<T, BackendError>>;
 
@@ -77,19 +85,31 @@ impl SqliteBackend {
         embedded::migrations::runner().run(&mut conn)?;
         conn.pragma_update(None, "application_id", APPLICATION_ID)?;
         let counts = load_counts(&conn)?;
+        // Checkpoints run on their own thread (below), so a commit never
+        // waits for the database file's copy and fsync; the writer checks
+        // in only as a fallback if the WAL grows large anyway.
+        conn.pragma_update(None, "wal_autocheckpoint", WAL_FALLBACK_PAGES)?;
+        let checkpointer = connect(&path, false)?;
         let (ops, rx) = mpsc::channel(WRITER_QUEUE);
+        let stopped = Arc::new(AtomicBool::new(false));
         let writer = Writer {
             conn,
             counts,
             quota,
+            stopped: Arc::clone(&stopped),
         };
+        let spawn_error = |source| BackendError::Io {
+            path: path.clone(),
+            source,
+        };
+        std::thread::Builder::new()
+            .name("queue-checkpoint".to_owned())
+            .spawn(move || checkpoint_loop(&checkpointer, &stopped))
+            .map_err(spawn_error)?;
         std::thread::Builder::new()
             .name("queue-writer".to_owned())
             .spawn(move || writer.run(rx))
-            .map_err(|source| BackendError::Io {
-                path: path.clone(),
-                source,
-            })?;
+            .map_err(spawn_error)?;
         Ok(Self {
             ops,
             readers: Arc::new(Mutex::new(Vec::new())),
@@ -285,6 +305,17 @@ fn load_counts(conn: &Connection) -> Result<HashMap<[u8; 32], u64>, BackendError
     Ok(counts)
 }
 
+/// Copies committed WAL frames into the database file with PASSIVE
+/// checkpoints, which never block the writer, until the writer stopped.
+fn checkpoint_loop(conn: &Connection, stopped: &AtomicBool) {
+    while !stopped.load(Ordering::Acquire) {
+        std::thread::sleep(CHECKPOINT_EVERY);
+        if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+            tracing::warn!(error = %e, "WAL checkpoint failed; will retry");
+        }
+    }
+}
+
 /// A reply to send once the batch's transaction committed.
 enum Pending {
     Enqueue(Reply<Vec<Enqueued>>, Vec<Enqueued>),
@@ -297,6 +328,8 @@ struct Writer {
     conn: Connection,
     counts: HashMap<[u8; 32], u64>,
     quota: u64,
+    /// Raised when the writer exits, to stop the checkpoint thread.
+    stopped: Arc<AtomicBool>,
 }
 
 impl Writer {
@@ -312,6 +345,14 @@ impl Writer {
             if self.apply(batch) {
                 break;
             }
+        }
+        self.stopped.store(true, Ordering::Release);
+        // Leave a small WAL behind: the next start opens faster.
+        if let Err(e) = self
+            .conn
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+        {
+            tracing::warn!(error = %e, "final WAL checkpoint failed");
         }
         tracing::debug!("queue writer stopped");
     }
@@ -337,6 +378,8 @@ impl Writer {
     }
 
     fn commit(&mut self, ops: Vec<Op>) {
+        let started = std::time::Instant::now();
+        let count = ops.len();
         let mut deltas: HashMap<[u8; 32], i64> = HashMap::new();
         let mut replies = Vec::with_capacity(ops.len());
         let result = (|| -> Result<(), BackendError> {
@@ -365,7 +408,9 @@ impl Writer {
                 };
                 replies.push(pending);
             }
+            let applied = started.elapsed();
             tx.commit()?;
+            tracing::trace!(ops = count, ?applied, total = ?started.elapsed(), "queue batch committed");
             Ok(())
         })();
         match result {
@@ -422,7 +467,7 @@ fn enqueue_tx(
     let mut insert = tx.prepare_cached(
         "INSERT INTO queue (recipient, id, sender, received_at, frame)
          VALUES (?1, ?2, ?3, ?4, ?5)
-         ON CONFLICT (recipient, id) DO NOTHING
+         ON CONFLICT (id, recipient) DO NOTHING
          RETURNING seq",
     )?;
     let mut existing = tx.prepare_cached(

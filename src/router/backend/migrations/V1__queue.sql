@@ -6,7 +6,9 @@ CREATE TABLE queue (
     seq         INTEGER PRIMARY KEY AUTOINCREMENT,
     -- 32 raw bytes of the recipient's ed25519 key.
     recipient   BLOB NOT NULL,
-    -- 16 raw bytes of the message id; (recipient, id) deduplicates.
+    -- 16 raw bytes of the message id; (id, recipient) deduplicates. The id
+    -- comes first in that index so time-ordered (v7) ids append to it
+    -- instead of touching one page per recipient in every commit.
     id          BLOB NOT NULL,
     -- 32 raw bytes of the sender's key, for quotas and operators.
     sender      BLOB NOT NULL,
@@ -14,7 +16,7 @@ CREATE TABLE queue (
     received_at TEXT NOT NULL,
     -- The frame exactly as it is delivered (JSON text).
     frame       TEXT NOT NULL,
-    UNIQUE (recipient, id)
+    UNIQUE (id, recipient)
 ) STRICT;
 
 -- Delivery order per recipient (the rowid `seq` is implied in the index).
