@@ -402,6 +402,20 @@ async fn pings_are_answered() {
     }
 }
 
+#[tokio::test]
+async fn silent_sessions_are_reaped() {
+    let (_dir, data) = data();
+    let router = Router::start(&data, &["--ping-interval", "1"]);
+    let mut alice = Client::connect(&router.addr, Identity::generate()).await;
+    // Not reading means not answering pings: a dead peer, as the router
+    // sees it. (The sleep simulates the dead peer; it waits for no server.)
+    tokio::time::sleep(std::time::Duration::from_millis(4500)).await;
+    let (close, _) = until_close(&mut alice.ws).await;
+    let close = close.expect("a close frame");
+    assert_eq!(close.code, CloseCode::Policy);
+    assert!(close.reason.contains("keep-alive"), "{close:?}");
+}
+
 trait SendBinary {
     async fn send_binary(&mut self, bytes: Vec<u8>);
 }

@@ -539,7 +539,7 @@ impl<'a, B: Backend, S: AsyncRead + AsyncWrite + Unpin> Session<'a, B, S> {
     /// Waits for in-flight commits (acking them if the socket still works),
     /// then closes with the reason.
     async fn finish(mut self, exit: Exit) -> Exit {
-        let socket_ok = !matches!(exit, Exit::Closed | Exit::Dead | Exit::TooSlow);
+        let socket_ok = !matches!(exit, Exit::Closed | Exit::TooSlow);
         while let Some(done) = self.pending.next().await {
             if socket_ok {
                 // Acks the sender and hands the frame to its recipient.
@@ -553,7 +553,8 @@ impl<'a, B: Backend, S: AsyncRead + AsyncWrite + Unpin> Session<'a, B, S> {
             }
         }
         let (code, reason) = match exit {
-            Exit::Closed | Exit::Dead => return exit,
+            Exit::Closed => return exit,
+            Exit::Dead => (CloseCode::Policy, "keep-alive timeout: no pong"),
             Exit::Replaced => (
                 CloseCode::from(CLOSE_REPLACED),
                 "replaced by a newer session for this key",
