@@ -29,14 +29,16 @@ use crate::identity::PublicKey;
 use crate::protocol::{self, Ack, ErrorCode, ErrorFrame, Frame, Ready};
 
 /// Queue submissions a session may have awaiting their commit; beyond
-/// that it stops reading its socket (backpressure to the client).
-const MAX_PENDING: usize = 256;
+/// that it stops reading its socket (backpressure to the client). With
+/// frames of up to 64 KiB this bounds what one session holds to 4 MiB.
+const MAX_PENDING: usize = 64;
 
 /// Most hand-offs or commit answers handled before one flush.
 const BATCH: usize = 64;
 
-/// Capacity of a session's committed-frame hand-off channel.
-const HANDOFF: usize = 256;
+/// Capacity of a session's committed-frame hand-off channel. Only a fast
+/// path: frames that do not fit are fetched from the queue later.
+const HANDOFF: usize = 64;
 
 /// Close code for a session replaced by a newer one for the same key.
 const CLOSE_REPLACED: u16 = 4000;
@@ -369,6 +371,11 @@ impl<'a, B: Backend, S: AsyncRead + AsyncWrite + Unpin> Session<'a, B, S> {
         let mut next = Some(first);
         let mut count = 0;
         while let Some(frame) = next {
+            // A frame dropped before this one (channel full) must go out
+            // first, through a fetch: check the flag before each frame.
+            if self.registration.lagged.swap(false, Ordering::AcqRel) {
+                self.delivery.on_lagged();
+            }
             if self.delivery.on_notify(&frame) {
                 self.conn.feed_text(frame.text.to_string()).await?;
             }

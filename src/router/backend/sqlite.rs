@@ -33,7 +33,7 @@ pub const APPLICATION_ID: i32 = 0x4350_3252;
 pub const FILE_NAME: &str = "queue.sqlite3";
 
 /// Submissions waiting for the writer; senders wait when it is full.
-const WRITER_QUEUE: usize = 4096;
+const WRITER_QUEUE: usize = 2048;
 
 /// Most submissions applied in one transaction.
 const MAX_BATCH: usize = 2048;
