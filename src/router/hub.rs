@@ -42,7 +42,7 @@ pub struct Registration {
 /// The registry of live sessions.
 #[derive(Debug, Default)]
 pub struct Hub {
-    sessions: Mutex<HashMap<PublicKey, Handle>>,
+    sessions: Mutex<HashMap<[u8; 32], Handle>>,
     next_id: AtomicU64,
 }
 
@@ -64,7 +64,7 @@ impl Hub {
             lagged: Arc::clone(&handle.lagged),
             replaced: Arc::clone(&handle.replaced),
         };
-        let old = self.lock().insert(key, handle);
+        let old = self.lock().insert(*key.as_bytes(), handle);
         if let Some(old) = old {
             old.replaced.notify_one();
         }
@@ -74,8 +74,8 @@ impl Hub {
     /// Forgets session `id` for `key`, unless a newer one replaced it.
     pub fn unregister(&self, key: &PublicKey, id: u64) {
         let mut sessions = self.lock();
-        if sessions.get(key).is_some_and(|h| h.id == id) {
-            sessions.remove(key);
+        if sessions.get(key.as_bytes()).is_some_and(|h| h.id == id) {
+            sessions.remove(key.as_bytes());
         }
     }
 
@@ -99,7 +99,7 @@ impl Hub {
         self.len() == 0
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<PublicKey, Handle>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<[u8; 32], Handle>> {
         // A panic while holding this lock cannot leave the map inconsistent
         // (every operation is a single insert/remove/get), so recover.
         self.sessions.lock().unwrap_or_else(|e| e.into_inner())
@@ -115,7 +115,7 @@ mod tests {
         Queued {
             seq,
             id: uuid::Uuid::now_v7(),
-            recipient: to,
+            recipient: *to.as_bytes(),
             at: String::new(),
             text: "{}".into(),
         }

@@ -26,7 +26,7 @@ use super::hub::Registration;
 use super::state::{Delivery, Handshake, RateLimit};
 use super::Shared;
 use crate::identity::PublicKey;
-use crate::protocol::{self, Ack, ErrorCode, ErrorFrame, Frame, Ready};
+use crate::protocol::{self, Ack, ErrorCode, ErrorFrame, Frame, Inbound, Ready};
 
 /// Queue submissions a session may have awaiting their commit; beyond
 /// that it stops reading its socket (backpressure to the client). With
@@ -453,10 +453,8 @@ impl<'a, B: Backend, S: AsyncRead + AsyncWrite + Unpin> Session<'a, B, S> {
             Some(Err(WsError::Capacity(_))) => Err(Exit::TooLarge),
             Some(Err(_)) => Err(Exit::Closed),
             Some(Ok(Message::Text(text))) => {
-                let parsed = protocol::parse_with_limit(
-                    text.as_str(),
-                    self.conn.shared.config.max_frame_bytes,
-                );
+                let parsed =
+                    protocol::parse_inbound(text.as_str(), self.conn.shared.config.max_frame_bytes);
                 self.on_frame(parsed, text.as_str()).await?;
                 self.conn.flush().await
             }
@@ -471,7 +469,7 @@ impl<'a, B: Backend, S: AsyncRead + AsyncWrite + Unpin> Session<'a, B, S> {
 
     async fn on_frame(
         &mut self,
-        parsed: Result<Frame, protocol::ProtocolError>,
+        parsed: Result<Inbound, protocol::ProtocolError>,
         text: &str,
     ) -> Result<(), Exit> {
         let frame = match parsed {
@@ -480,48 +478,44 @@ impl<'a, B: Backend, S: AsyncRead + AsyncWrite + Unpin> Session<'a, B, S> {
         };
         // Acks for frames this session delivered are free: limiting them
         // would only cause redeliveries.
-        let free = matches!(&frame, Frame::Ack(a) if self.delivery.is_in_flight(&a.id));
+        let free = matches!(&frame, Inbound::Ack(a) if self.delivery.is_in_flight(&a.id));
         if !free && !self.rate.allow(Instant::now()) {
             let id = match &frame {
-                Frame::Message(m) => Some(m.id),
+                Inbound::Message(m) => Some(m.id),
                 _ => None,
             };
             let msg = "too many frames per second; slow down and send it again";
             return self.conn.error(id, ErrorCode::RateLimited, msg).await;
         }
         match frame {
-            Frame::Message(m) if m.from != self.key => {
+            Inbound::Message(m) if m.from != *self.key.as_bytes() => {
                 let msg = "'from' must be the key this session authenticated as";
                 self.conn
                     .error(Some(m.id), ErrorCode::SpoofedFrom, msg)
                     .await
             }
-            Frame::Message(m) => {
+            Inbound::Message(m) => {
                 self.submit(m.id, m.to, text);
                 Ok(())
             }
-            Frame::Ack(ack) => {
+            Inbound::Ack(ack) => {
                 self.delivery.on_ack(&ack.id);
                 let removal = self.conn.shared.backend.remove(self.key, vec![ack.id]);
                 self.pending.push(removal.map(Done::Removed).boxed());
                 Ok(())
             }
-            Frame::Auth(_) => {
+            Inbound::Auth(_) => {
                 let msg = "this session is already authenticated";
-                self.conn.error(None, ErrorCode::BadFrame, msg).await
-            }
-            Frame::Challenge(_) | Frame::Ready(_) | Frame::Error(_) => {
-                let msg = "only routers send 'challenge', 'ready' and 'error' frames";
                 self.conn.error(None, ErrorCode::BadFrame, msg).await
             }
         }
     }
 
     /// Stores a message; its ack is sent when the commit answers.
-    fn submit(&mut self, id: Uuid, to: PublicKey, text: &str) {
+    fn submit(&mut self, id: Uuid, to: [u8; 32], text: &str) {
         let frame = NewFrame {
             recipient: to,
-            sender: self.key,
+            sender: *self.key.as_bytes(),
             id,
             text: text.into(),
         };

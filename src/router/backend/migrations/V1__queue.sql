@@ -1,9 +1,11 @@
 -- The router's durable queue: every frame a router accepts waits here until
--- its recipient acknowledges it (or it expires). `seq` only ever grows
--- (AUTOINCREMENT), so a session can resume delivery after the highest seq
--- it sent without missing a frame committed later.
+-- its recipient acknowledges it (or it expires). The single writer assigns
+-- `seq` from a counter that only grows while it runs, so a session can
+-- resume delivery after the highest seq it sent without missing a frame
+-- committed later. Rows are appended in `seq` order, so `received_at`
+-- grows with `seq` and expiry scans from the lowest seq (no index).
 CREATE TABLE queue (
-    seq         INTEGER PRIMARY KEY AUTOINCREMENT,
+    seq         INTEGER PRIMARY KEY,
     -- 32 raw bytes of the recipient's ed25519 key.
     recipient   BLOB NOT NULL,
     -- 16 raw bytes of the message id; (id, recipient) deduplicates. The id
@@ -21,5 +23,3 @@ CREATE TABLE queue (
 
 -- Delivery order per recipient (the rowid `seq` is implied in the index).
 CREATE INDEX queue_by_recipient ON queue (recipient);
--- Expiry scans.
-CREATE INDEX queue_by_received_at ON queue (received_at);
