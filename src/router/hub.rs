@@ -19,7 +19,9 @@ use crate::identity::PublicKey;
 #[derive(Debug, Clone)]
 pub struct Handle {
     id: u64,
-    deliver: mpsc::Sender<Queued>,
+    // Boxed: a channel allocates a block of 32 slots up front, and 32
+    // inline frames would cost every idle session ~3 KB.
+    deliver: mpsc::Sender<Box<Queued>>,
     /// Raised when a frame could not be handed over.
     pub lagged: Arc<AtomicBool>,
     /// Notified when a newer session for the same key replaces this one.
@@ -32,7 +34,7 @@ pub struct Registration {
     /// This session's id in the hub.
     pub id: u64,
     /// Frames committed for this key.
-    pub deliveries: mpsc::Receiver<Queued>,
+    pub deliveries: mpsc::Receiver<Box<Queued>>,
     /// See [`Handle::lagged`].
     pub lagged: Arc<AtomicBool>,
     /// See [`Handle::replaced`].
@@ -83,7 +85,7 @@ impl Hub {
     pub fn notify(&self, frame: Queued) {
         let sessions = self.lock();
         if let Some(handle) = sessions.get(&frame.recipient) {
-            if handle.deliver.try_send(frame).is_err() {
+            if handle.deliver.try_send(Box::new(frame)).is_err() {
                 handle.lagged.store(true, Ordering::Release);
             }
         }

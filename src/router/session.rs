@@ -3,7 +3,6 @@
 //! queue's answers, the heartbeat and shutdown. Each branch calls a named
 //! method; the protocol state lives in [`super::state`].
 
-use std::io::Cursor;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -12,7 +11,7 @@ use std::time::Instant;
 use futures_util::future::BoxFuture;
 use futures_util::stream::FuturesUnordered;
 use futures_util::{FutureExt as _, SinkExt as _, StreamExt as _};
-use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
@@ -74,8 +73,7 @@ pub(super) async fn handle_connection<B: Backend>(
     };
     let permit = Arc::clone(&shared.connections).try_acquire_owned().ok();
     // Hand tungstenite the head we already read, then the rest of the stream.
-    let (read, write) = stream.into_split();
-    let io = tokio::io::join(Cursor::new(head).chain(read), write);
+    let io = http::Replay::new(head, stream);
     let ws = match tokio_tungstenite::accept_async_with_config(io, Some(ws_config(&shared))).await {
         Ok(ws) => ws,
         Err(e) => {
@@ -367,7 +365,7 @@ impl<'a, B: Backend, S: AsyncRead + AsyncWrite + Unpin> Session<'a, B, S> {
     }
 
     /// Frames committed for this key while it is online.
-    async fn on_handoff(&mut self, first: Queued) -> Result<(), Exit> {
+    async fn on_handoff(&mut self, first: Box<Queued>) -> Result<(), Exit> {
         let mut next = Some(first);
         let mut count = 0;
         while let Some(frame) = next {
