@@ -321,8 +321,12 @@ fn load_counts(conn: &Connection) -> Result<HashMap<[u8; 32], u64>, BackendError
 fn checkpoint_loop(conn: &Connection, stopped: &AtomicBool) {
     while !stopped.load(Ordering::Acquire) {
         std::thread::sleep(CHECKPOINT_EVERY);
-        if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
-            tracing::warn!(error = %e, "WAL checkpoint failed; will retry");
+        let result = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+            Ok((r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
+        });
+        match result {
+            Ok((wal, copied)) => tracing::trace!(wal, copied, "WAL checkpoint"),
+            Err(e) => tracing::warn!(error = %e, "WAL checkpoint failed; will retry"),
         }
     }
 }
