@@ -81,13 +81,21 @@ impl SqliteBackend {
     /// Opens (creating if needed) the queue in `dir`, migrates it and starts
     /// its writer thread. `quota` caps the frames queued per recipient.
     pub fn open(dir: &Path, quota: u64) -> Result<Self, BackendError> {
-        std::fs::create_dir_all(dir).map_err(|source| BackendError::Io {
+        create_private_dir(dir).map_err(|source| BackendError::Io {
             path: dir.to_path_buf(),
             source,
         })?;
         let path = dir.join(FILE_NAME);
-        let mut conn = connect(&path, false)?;
-        check_ours(&conn, &path)?;
+        let not_ours = |e: BackendError| match e {
+            BackendError::Sqlite(rusqlite::Error::SqliteFailure(f, _))
+                if f.code == rusqlite::ErrorCode::NotADatabase =>
+            {
+                BackendError::NotOurs(path.clone())
+            }
+            other => other,
+        };
+        let mut conn = connect(&path, false).map_err(not_ours)?;
+        check_ours(&conn, &path).map_err(not_ours)?;
         embedded::migrations::runner().run(&mut conn)?;
         conn.pragma_update(None, "application_id", APPLICATION_ID)?;
         let counts = load_counts(&conn)?;
@@ -216,6 +224,16 @@ impl Backend for SqliteBackend {
             }
         }
     }
+}
+
+/// Creates `dir` (and parents) readable by this user only where it is new:
+/// the queue reveals who writes to whom.
+fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder.create(dir)
 }
 
 /// Opens a connection with the queue's settings.
