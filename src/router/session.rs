@@ -289,6 +289,8 @@ struct Session<'a, B, S> {
     delivery: Delivery,
     rate: RateLimit,
     pending: FuturesUnordered<BoxFuture<'static, Done>>,
+    /// Acks read and not yet submitted (see [`Session::on_message`]).
+    acks: Vec<Uuid>,
     last_seen: Instant,
 }
 
@@ -302,6 +304,7 @@ impl<'a, B: Backend, S: AsyncRead + AsyncWrite + Unpin> Session<'a, B, S> {
             key,
             registration,
             pending: FuturesUnordered::new(),
+            acks: Vec::new(),
             last_seen: Instant::now(),
         }
     }
@@ -443,9 +446,30 @@ impl<'a, B: Backend, S: AsyncRead + AsyncWrite + Unpin> Session<'a, B, S> {
         }
     }
 
-    /// One message from the socket.
-    async fn on_message(&mut self, msg: Option<Result<Message, WsError>>) -> Result<(), Exit> {
+    /// Messages from the socket: this one and any already buffered, so
+    /// their acks go to the queue as one submission and their answers out
+    /// in one flush.
+    async fn on_message(&mut self, first: Option<Result<Message, WsError>>) -> Result<(), Exit> {
         self.last_seen = Instant::now();
+        let mut next = Some(first);
+        let mut count = 0;
+        while let Some(msg) = next {
+            if let Err(exit) = self.on_one_message(msg).await {
+                self.submit_acks();
+                return Err(exit);
+            }
+            count += 1;
+            next = if count < BATCH && self.pending.len() < MAX_PENDING {
+                self.conn.ws.next().now_or_never()
+            } else {
+                None
+            };
+        }
+        self.submit_acks();
+        self.conn.flush().await
+    }
+
+    async fn on_one_message(&mut self, msg: Option<Result<Message, WsError>>) -> Result<(), Exit> {
         match msg {
             None | Some(Ok(Message::Close(_))) => Err(Exit::Closed),
             Some(Err(WsError::Capacity(_))) => Err(Exit::TooLarge),
@@ -453,16 +477,24 @@ impl<'a, B: Backend, S: AsyncRead + AsyncWrite + Unpin> Session<'a, B, S> {
             Some(Ok(Message::Text(text))) => {
                 let parsed =
                     protocol::parse_inbound(text.as_str(), self.conn.shared.config.max_frame_bytes);
-                self.on_frame(parsed, text.as_str()).await?;
-                self.conn.flush().await
+                self.on_frame(parsed, text.as_str()).await
             }
             Some(Ok(Message::Binary(_))) => {
                 let msg = "binary frames are not part of the protocol: send JSON text frames";
-                self.conn.error(None, ErrorCode::BadFrame, msg).await?;
-                self.conn.flush().await
+                self.conn.error(None, ErrorCode::BadFrame, msg).await
             }
             Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => Ok(()),
         }
+    }
+
+    /// Sends the acks collected so far to the queue as one removal.
+    fn submit_acks(&mut self) {
+        if self.acks.is_empty() {
+            return;
+        }
+        let ids = std::mem::take(&mut self.acks);
+        let removal = self.conn.shared.backend.remove(self.key, ids);
+        self.pending.push(removal.map(Done::Removed).boxed());
     }
 
     async fn on_frame(
@@ -498,8 +530,7 @@ impl<'a, B: Backend, S: AsyncRead + AsyncWrite + Unpin> Session<'a, B, S> {
             }
             Inbound::Ack(ack) => {
                 self.delivery.on_ack(&ack.id);
-                let removal = self.conn.shared.backend.remove(self.key, vec![ack.id]);
-                self.pending.push(removal.map(Done::Removed).boxed());
+                self.acks.push(ack.id);
                 Ok(())
             }
             Inbound::Auth(_) => {
@@ -511,6 +542,8 @@ impl<'a, B: Backend, S: AsyncRead + AsyncWrite + Unpin> Session<'a, B, S> {
 
     /// Stores a message; its ack is sent when the commit answers.
     fn submit(&mut self, id: Uuid, to: [u8; 32], text: &str) {
+        // Acks read before this frame reach the queue before it.
+        self.submit_acks();
         let frame = NewFrame {
             recipient: to,
             sender: *self.key.as_bytes(),
