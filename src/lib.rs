@@ -3,7 +3,8 @@
 //! Everything a profile owns (its identity, contacts and messages) lives in
 //! one SQLite file opened through [`store::Store`]. The binary is a thin
 //! layer over this library: [`cli`] parses arguments, calls into the other
-//! modules and formats their results.
+//! modules and formats their results. [`protocol`] (with [`crypto`]) is the
+//! wire format both the chat client and the [`router`] speak.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]

@@ -17,6 +17,53 @@ fn data() -> (tempfile::TempDir, std::path::PathBuf) {
     (dir, data)
 }
 
+fn chat_p2p(home: &std::path::Path) -> assert_cmd::Command {
+    let mut cmd = assert_cmd::Command::new(env!("CARGO_BIN_EXE_chat-p2p"));
+    cmd.env_clear().env("CHAT_HOME", home);
+    cmd
+}
+
+#[test]
+fn router_refuses_a_busy_port_with_a_clear_error() {
+    let (dir, data) = data();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    chat_p2p(dir.path())
+        .args(["router", "--listen", &addr, "--data"])
+        .arg(&data)
+        .assert()
+        .code(1)
+        .stderr(predicates::str::contains(format!(
+            "cannot listen on {addr}"
+        )));
+}
+
+#[test]
+fn router_refuses_a_foreign_queue_file() {
+    let (dir, data) = data();
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::write(
+        data.join("queue.sqlite3"),
+        b"not a database at all, just text",
+    )
+    .unwrap();
+    chat_p2p(dir.path())
+        .args(["router", "--listen", "127.0.0.1:0", "--data"])
+        .arg(&data)
+        .assert()
+        .code(1)
+        .stderr(predicates::str::contains("queue.sqlite3"));
+}
+
+#[test]
+fn router_bad_usage_exits_2() {
+    let dir = tempfile::tempdir().unwrap();
+    chat_p2p(dir.path())
+        .args(["router", "--listen", "not-an-address"])
+        .assert()
+        .code(2);
+}
+
 #[test]
 fn healthz_answers_200() {
     let (_dir, data) = data();
@@ -439,6 +486,20 @@ async fn pings_are_answered() {
             other => panic!("unexpected {other:?}"),
         }
     }
+}
+
+#[tokio::test]
+async fn silent_sessions_are_reaped() {
+    let (_dir, data) = data();
+    let router = Router::start(&data, &["--ping-interval", "1"]);
+    let mut alice = Client::connect(&router.addr, Identity::generate()).await;
+    // Not reading means not answering pings: a dead peer, as the router
+    // sees it. (The sleep simulates the dead peer; it waits for no server.)
+    tokio::time::sleep(std::time::Duration::from_millis(4500)).await;
+    let (close, _) = until_close(&mut alice.ws).await;
+    let close = close.expect("a close frame");
+    assert_eq!(close.code, CloseCode::Policy);
+    assert!(close.reason.contains("keep-alive"), "{close:?}");
 }
 
 trait SendBinary {

@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::{Context as _, Result};
 use clap::Args;
 
+use crate::router::backend::sqlite::SqliteBackend;
 use crate::router::{self, RouterConfig};
 
 /// Arguments of `router`.
@@ -81,6 +82,10 @@ pub fn run(args: RouterArgs, home: Option<PathBuf>) -> Result<()> {
     let (listen, config) = args.config(home)?;
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     runtime.block_on(async move {
+        // Open the queue first: "listening" must mean ready to serve.
+        let backend = SqliteBackend::open(&config.data_dir, config.max_queued_per_recipient)
+            .context("cannot open the router's queue")?;
+        tracing::info!(queue = %backend.path().display(), "queue opened");
         let listener = tokio::net::TcpListener::bind(listen)
             .await
             .with_context(|| format!("cannot listen on {listen}"))?;
@@ -89,9 +94,8 @@ pub fn run(args: RouterArgs, home: Option<PathBuf>) -> Result<()> {
         writeln!(out, "listening on {bound}")?;
         out.flush()?;
         drop(out);
-        router::serve(listener, config, shutdown_signal())
-            .await
-            .context("the router failed")
+        router::serve_with_backend(listener, config, backend, shutdown_signal()).await;
+        Ok(())
     })
 }
 

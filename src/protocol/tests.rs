@@ -252,6 +252,54 @@ fn binary_input_is_checked_as_utf8() {
     ));
 }
 
+#[test]
+fn router_parse_agrees_with_the_full_parse() {
+    let m = vector_frame();
+    let text = to_text(&Frame::Message(m.clone()));
+    assert_eq!(
+        parse_inbound(&text, MAX_FRAME_BYTES),
+        Ok(Inbound::Message(Envelope {
+            id: m.id,
+            from: *m.from.as_bytes(),
+            to: *m.to.as_bytes(),
+        }))
+    );
+    let ack = Ack { id: m.id, at: None };
+    assert_eq!(
+        parse_inbound(&to_text(&Frame::Ack(ack.clone())), MAX_FRAME_BYTES),
+        Ok(Inbound::Ack(ack))
+    );
+    let auth = sign_challenge(&alice(), 1, &[1; 32]);
+    assert_eq!(
+        parse_inbound(&to_text(&Frame::Auth(auth.clone())), MAX_FRAME_BYTES),
+        Ok(Inbound::Auth(auth))
+    );
+    let ready = to_text(&Frame::Ready(Ready {
+        version: 1,
+        key: alice().public_key(),
+    }));
+    assert!(matches!(
+        parse_inbound(&ready, MAX_FRAME_BYTES),
+        Err(ProtocolError::BadFrame(_))
+    ));
+    assert_eq!(
+        parse_inbound(r#"{"type":"presence"}"#, MAX_FRAME_BYTES),
+        Err(ProtocolError::UnknownType("presence".to_owned()))
+    );
+    assert_eq!(
+        parse_inbound(&text.replace(TS, "soon"), MAX_FRAME_BYTES),
+        Err(ProtocolError::BadTimestamp)
+    );
+    assert!(matches!(
+        parse_inbound(&text.replace(BOB, "AAAA"), MAX_FRAME_BYTES),
+        Err(ProtocolError::BadFrame(_))
+    ));
+    assert!(matches!(
+        parse_inbound(&text, 10),
+        Err(ProtocolError::TooLarge { .. })
+    ));
+}
+
 mod prop {
     use super::*;
     use proptest::prelude::*;
@@ -260,6 +308,9 @@ mod prop {
         #[test]
         fn parser_never_panics_on_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
             let _ = from_slice(&bytes, MAX_FRAME_BYTES);
+            if let Ok(text) = std::str::from_utf8(&bytes) {
+                let _ = parse_inbound(text, MAX_FRAME_BYTES);
+            }
         }
 
         #[test]
@@ -269,6 +320,7 @@ mod prop {
         ) {
             let text = format!(r#"{{"type":"{kind}",{body}}}"#);
             let _ = parse(&text);
+            let _ = parse_inbound(&text, MAX_FRAME_BYTES);
         }
 
         #[test]

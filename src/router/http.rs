@@ -4,10 +4,12 @@
 //! WebSocket state is allocated.
 
 use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use percent_encoding::percent_decode_str;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
 use crate::identity::PublicKey;
@@ -81,6 +83,65 @@ fn session_key(query: &str) -> Request {
     }
 }
 
+/// A stream that first replays the request head already read from it (for
+/// the WebSocket handshake), then drops that buffer and reads on.
+#[derive(Debug)]
+pub struct Replay<S> {
+    head: Option<(Vec<u8>, usize)>,
+    inner: S,
+}
+
+impl<S> Replay<S> {
+    /// Replays `head`, then reads `inner`.
+    pub fn new(head: Vec<u8>, inner: S) -> Self {
+        Self {
+            head: Some((head, 0)),
+            inner,
+        }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Replay<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if let Some((head, pos)) = &mut self.head {
+            let rest = head.get(*pos..).unwrap_or_default();
+            let n = rest.len().min(buf.remaining());
+            buf.put_slice(&rest[..n]);
+            *pos += n;
+            if *pos >= head.len() {
+                // Every idle session would otherwise keep its request head.
+                self.head = None;
+            }
+            if n > 0 {
+                return Poll::Ready(Ok(()));
+            }
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Replay<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
 /// Writes a small plain-text response and closes.
 pub async fn respond(stream: &mut TcpStream, status: &str, body: &str) -> io::Result<()> {
     let text = format!(
@@ -95,6 +156,18 @@ pub async fn respond(stream: &mut TcpStream, status: &str, body: &str) -> io::Re
 mod tests {
     use super::*;
     use crate::identity::Identity;
+
+    #[tokio::test]
+    async fn replay_gives_the_head_then_the_stream() {
+        let (mut client, server) = tokio::io::duplex(64);
+        client.write_all(b" world").await.unwrap();
+        drop(client);
+        let mut replay = Replay::new(b"hello".to_vec(), server);
+        let mut all = String::new();
+        replay.read_to_string(&mut all).await.unwrap();
+        assert_eq!(all, "hello world");
+        assert!(replay.head.is_none(), "the head buffer is freed");
+    }
 
     #[test]
     fn routes_requests() {

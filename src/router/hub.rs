@@ -19,7 +19,9 @@ use crate::identity::PublicKey;
 #[derive(Debug, Clone)]
 pub struct Handle {
     id: u64,
-    deliver: mpsc::Sender<Queued>,
+    // Boxed: a channel allocates a block of 32 slots up front, and 32
+    // inline frames would cost every idle session ~3 KB.
+    deliver: mpsc::Sender<Box<Queued>>,
     /// Raised when a frame could not be handed over.
     pub lagged: Arc<AtomicBool>,
     /// Notified when a newer session for the same key replaces this one.
@@ -32,7 +34,7 @@ pub struct Registration {
     /// This session's id in the hub.
     pub id: u64,
     /// Frames committed for this key.
-    pub deliveries: mpsc::Receiver<Queued>,
+    pub deliveries: mpsc::Receiver<Box<Queued>>,
     /// See [`Handle::lagged`].
     pub lagged: Arc<AtomicBool>,
     /// See [`Handle::replaced`].
@@ -42,7 +44,7 @@ pub struct Registration {
 /// The registry of live sessions.
 #[derive(Debug, Default)]
 pub struct Hub {
-    sessions: Mutex<HashMap<PublicKey, Handle>>,
+    sessions: Mutex<HashMap<[u8; 32], Handle>>,
     next_id: AtomicU64,
 }
 
@@ -64,7 +66,7 @@ impl Hub {
             lagged: Arc::clone(&handle.lagged),
             replaced: Arc::clone(&handle.replaced),
         };
-        let old = self.lock().insert(key, handle);
+        let old = self.lock().insert(*key.as_bytes(), handle);
         if let Some(old) = old {
             old.replaced.notify_one();
         }
@@ -74,8 +76,8 @@ impl Hub {
     /// Forgets session `id` for `key`, unless a newer one replaced it.
     pub fn unregister(&self, key: &PublicKey, id: u64) {
         let mut sessions = self.lock();
-        if sessions.get(key).is_some_and(|h| h.id == id) {
-            sessions.remove(key);
+        if sessions.get(key.as_bytes()).is_some_and(|h| h.id == id) {
+            sessions.remove(key.as_bytes());
         }
     }
 
@@ -83,7 +85,7 @@ impl Hub {
     pub fn notify(&self, frame: Queued) {
         let sessions = self.lock();
         if let Some(handle) = sessions.get(&frame.recipient) {
-            if handle.deliver.try_send(frame).is_err() {
+            if handle.deliver.try_send(Box::new(frame)).is_err() {
                 handle.lagged.store(true, Ordering::Release);
             }
         }
@@ -99,7 +101,7 @@ impl Hub {
         self.len() == 0
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<PublicKey, Handle>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<[u8; 32], Handle>> {
         // A panic while holding this lock cannot leave the map inconsistent
         // (every operation is a single insert/remove/get), so recover.
         self.sessions.lock().unwrap_or_else(|e| e.into_inner())
@@ -115,7 +117,7 @@ mod tests {
         Queued {
             seq,
             id: uuid::Uuid::now_v7(),
-            recipient: to,
+            recipient: *to.as_bytes(),
             at: String::new(),
             text: "{}".into(),
         }

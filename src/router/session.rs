@@ -3,7 +3,6 @@
 //! queue's answers, the heartbeat and shutdown. Each branch calls a named
 //! method; the protocol state lives in [`super::state`].
 
-use std::io::Cursor;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -12,7 +11,7 @@ use std::time::Instant;
 use futures_util::future::BoxFuture;
 use futures_util::stream::FuturesUnordered;
 use futures_util::{FutureExt as _, SinkExt as _, StreamExt as _};
-use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
@@ -26,17 +25,19 @@ use super::hub::Registration;
 use super::state::{Delivery, Handshake, RateLimit};
 use super::Shared;
 use crate::identity::PublicKey;
-use crate::protocol::{self, Ack, ErrorCode, ErrorFrame, Frame, Ready};
+use crate::protocol::{self, Ack, ErrorCode, ErrorFrame, Frame, Inbound, Ready};
 
 /// Queue submissions a session may have awaiting their commit; beyond
-/// that it stops reading its socket (backpressure to the client).
-const MAX_PENDING: usize = 256;
+/// that it stops reading its socket (backpressure to the client). With
+/// frames of up to 64 KiB this bounds what one session holds to 4 MiB.
+const MAX_PENDING: usize = 64;
 
 /// Most hand-offs or commit answers handled before one flush.
 const BATCH: usize = 64;
 
-/// Capacity of a session's committed-frame hand-off channel.
-const HANDOFF: usize = 256;
+/// Capacity of a session's committed-frame hand-off channel. Only a fast
+/// path: frames that do not fit are fetched from the queue later.
+const HANDOFF: usize = 64;
 
 /// Close code for a session replaced by a newer one for the same key.
 const CLOSE_REPLACED: u16 = 4000;
@@ -72,8 +73,7 @@ pub(super) async fn handle_connection<B: Backend>(
     };
     let permit = Arc::clone(&shared.connections).try_acquire_owned().ok();
     // Hand tungstenite the head we already read, then the rest of the stream.
-    let (read, write) = stream.into_split();
-    let io = tokio::io::join(Cursor::new(head).chain(read), write);
+    let io = http::Replay::new(head, stream);
     let ws = match tokio_tungstenite::accept_async_with_config(io, Some(ws_config(&shared))).await {
         Ok(ws) => ws,
         Err(e) => {
@@ -289,6 +289,8 @@ struct Session<'a, B, S> {
     delivery: Delivery,
     rate: RateLimit,
     pending: FuturesUnordered<BoxFuture<'static, Done>>,
+    /// Acks read and not yet submitted (see [`Session::on_message`]).
+    acks: Vec<Uuid>,
     last_seen: Instant,
 }
 
@@ -302,6 +304,7 @@ impl<'a, B: Backend, S: AsyncRead + AsyncWrite + Unpin> Session<'a, B, S> {
             key,
             registration,
             pending: FuturesUnordered::new(),
+            acks: Vec::new(),
             last_seen: Instant::now(),
         }
     }
@@ -368,10 +371,15 @@ impl<'a, B: Backend, S: AsyncRead + AsyncWrite + Unpin> Session<'a, B, S> {
     }
 
     /// Frames committed for this key while it is online.
-    async fn on_handoff(&mut self, first: Queued) -> Result<(), Exit> {
+    async fn on_handoff(&mut self, first: Box<Queued>) -> Result<(), Exit> {
         let mut next = Some(first);
         let mut count = 0;
         while let Some(frame) = next {
+            // A frame dropped before this one (channel full) must go out
+            // first, through a fetch: check the flag before each frame.
+            if self.registration.lagged.swap(false, Ordering::AcqRel) {
+                self.delivery.on_lagged();
+            }
             if self.delivery.on_notify(&frame) {
                 self.conn.feed_text(frame.text.to_string()).await?;
             }
@@ -441,33 +449,60 @@ impl<'a, B: Backend, S: AsyncRead + AsyncWrite + Unpin> Session<'a, B, S> {
         }
     }
 
-    /// One message from the socket.
-    async fn on_message(&mut self, msg: Option<Result<Message, WsError>>) -> Result<(), Exit> {
+    /// Messages from the socket: this one and any already buffered, so
+    /// their acks go to the queue as one submission and their answers out
+    /// in one flush.
+    async fn on_message(&mut self, first: Option<Result<Message, WsError>>) -> Result<(), Exit> {
         self.last_seen = Instant::now();
+        let mut next = Some(first);
+        let mut count = 0;
+        while let Some(msg) = next {
+            if let Err(exit) = self.on_one_message(msg).await {
+                self.submit_acks();
+                return Err(exit);
+            }
+            count += 1;
+            next = if count < BATCH && self.pending.len() < MAX_PENDING {
+                self.conn.ws.next().now_or_never()
+            } else {
+                None
+            };
+        }
+        self.submit_acks();
+        self.conn.flush().await
+    }
+
+    async fn on_one_message(&mut self, msg: Option<Result<Message, WsError>>) -> Result<(), Exit> {
         match msg {
             None | Some(Ok(Message::Close(_))) => Err(Exit::Closed),
             Some(Err(WsError::Capacity(_))) => Err(Exit::TooLarge),
             Some(Err(_)) => Err(Exit::Closed),
             Some(Ok(Message::Text(text))) => {
-                let parsed = protocol::parse_with_limit(
-                    text.as_str(),
-                    self.conn.shared.config.max_frame_bytes,
-                );
-                self.on_frame(parsed, text.as_str()).await?;
-                self.conn.flush().await
+                let parsed =
+                    protocol::parse_inbound(text.as_str(), self.conn.shared.config.max_frame_bytes);
+                self.on_frame(parsed, text.as_str()).await
             }
             Some(Ok(Message::Binary(_))) => {
                 let msg = "binary frames are not part of the protocol: send JSON text frames";
-                self.conn.error(None, ErrorCode::BadFrame, msg).await?;
-                self.conn.flush().await
+                self.conn.error(None, ErrorCode::BadFrame, msg).await
             }
             Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => Ok(()),
         }
     }
 
+    /// Sends the acks collected so far to the queue as one removal.
+    fn submit_acks(&mut self) {
+        if self.acks.is_empty() {
+            return;
+        }
+        let ids = std::mem::take(&mut self.acks);
+        let removal = self.conn.shared.backend.remove(self.key, ids);
+        self.pending.push(removal.map(Done::Removed).boxed());
+    }
+
     async fn on_frame(
         &mut self,
-        parsed: Result<Frame, protocol::ProtocolError>,
+        parsed: Result<Inbound, protocol::ProtocolError>,
         text: &str,
     ) -> Result<(), Exit> {
         let frame = match parsed {
@@ -476,48 +511,45 @@ impl<'a, B: Backend, S: AsyncRead + AsyncWrite + Unpin> Session<'a, B, S> {
         };
         // Acks for frames this session delivered are free: limiting them
         // would only cause redeliveries.
-        let free = matches!(&frame, Frame::Ack(a) if self.delivery.is_in_flight(&a.id));
+        let free = matches!(&frame, Inbound::Ack(a) if self.delivery.is_in_flight(&a.id));
         if !free && !self.rate.allow(Instant::now()) {
             let id = match &frame {
-                Frame::Message(m) => Some(m.id),
+                Inbound::Message(m) => Some(m.id),
                 _ => None,
             };
             let msg = "too many frames per second; slow down and send it again";
             return self.conn.error(id, ErrorCode::RateLimited, msg).await;
         }
         match frame {
-            Frame::Message(m) if m.from != self.key => {
+            Inbound::Message(m) if m.from != *self.key.as_bytes() => {
                 let msg = "'from' must be the key this session authenticated as";
                 self.conn
                     .error(Some(m.id), ErrorCode::SpoofedFrom, msg)
                     .await
             }
-            Frame::Message(m) => {
+            Inbound::Message(m) => {
                 self.submit(m.id, m.to, text);
                 Ok(())
             }
-            Frame::Ack(ack) => {
+            Inbound::Ack(ack) => {
                 self.delivery.on_ack(&ack.id);
-                let removal = self.conn.shared.backend.remove(self.key, vec![ack.id]);
-                self.pending.push(removal.map(Done::Removed).boxed());
+                self.acks.push(ack.id);
                 Ok(())
             }
-            Frame::Auth(_) => {
+            Inbound::Auth(_) => {
                 let msg = "this session is already authenticated";
-                self.conn.error(None, ErrorCode::BadFrame, msg).await
-            }
-            Frame::Challenge(_) | Frame::Ready(_) | Frame::Error(_) | Frame::Synced => {
-                let msg = "only routers send 'challenge', 'ready', 'error' and 'synced' frames";
                 self.conn.error(None, ErrorCode::BadFrame, msg).await
             }
         }
     }
 
     /// Stores a message; its ack is sent when the commit answers.
-    fn submit(&mut self, id: Uuid, to: PublicKey, text: &str) {
+    fn submit(&mut self, id: Uuid, to: [u8; 32], text: &str) {
+        // Acks read before this frame reach the queue before it.
+        self.submit_acks();
         let frame = NewFrame {
             recipient: to,
-            sender: self.key,
+            sender: *self.key.as_bytes(),
             id,
             text: text.into(),
         };
@@ -542,7 +574,7 @@ impl<'a, B: Backend, S: AsyncRead + AsyncWrite + Unpin> Session<'a, B, S> {
     /// Waits for in-flight commits (acking them if the socket still works),
     /// then closes with the reason.
     async fn finish(mut self, exit: Exit) -> Exit {
-        let socket_ok = !matches!(exit, Exit::Closed | Exit::Dead | Exit::TooSlow);
+        let socket_ok = !matches!(exit, Exit::Closed | Exit::TooSlow);
         while let Some(done) = self.pending.next().await {
             if socket_ok {
                 // Acks the sender and hands the frame to its recipient.
@@ -556,7 +588,8 @@ impl<'a, B: Backend, S: AsyncRead + AsyncWrite + Unpin> Session<'a, B, S> {
             }
         }
         let (code, reason) = match exit {
-            Exit::Closed | Exit::Dead => return exit,
+            Exit::Closed => return exit,
+            Exit::Dead => (CloseCode::Policy, "keep-alive timeout: no pong"),
             Exit::Replaced => (
                 CloseCode::from(CLOSE_REPLACED),
                 "replaced by a newer session for this key",

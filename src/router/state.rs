@@ -203,7 +203,7 @@ mod tests {
         Queued {
             seq,
             id: Uuid::now_v7(),
-            recipient: Identity::from_secret_bytes(&[9; 32]).public_key(),
+            recipient: [9; 32],
             at: String::new(),
             text: "{}".into(),
         }

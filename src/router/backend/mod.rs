@@ -19,10 +19,12 @@ use crate::identity::PublicKey;
 /// A frame to store.
 #[derive(Debug, Clone)]
 pub struct NewFrame {
-    /// Who may fetch it.
-    pub recipient: PublicKey,
+    /// Who may fetch it: the recipient key's 32 bytes. The router does not
+    /// check they form a valid key; nobody can authenticate as one that
+    /// does not, so such frames just expire.
+    pub recipient: [u8; 32],
     /// Who sent it (the authenticated session's key).
-    pub sender: PublicKey,
+    pub sender: [u8; 32],
     /// The message id; `(recipient, id)` is unique.
     pub id: Uuid,
     /// The frame as it will be delivered.
@@ -52,8 +54,8 @@ pub struct Queued {
     pub seq: i64,
     /// The message id.
     pub id: Uuid,
-    /// The recipient.
-    pub recipient: PublicKey,
+    /// The recipient key's bytes.
+    pub recipient: [u8; 32],
     /// When it was committed, RFC 3339 UTC with milliseconds.
     pub at: String,
     /// The frame text.

@@ -10,10 +10,11 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Transaction};
+use rusqlite::{params, Connection, OpenFlags, Transaction};
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
@@ -32,10 +33,23 @@ pub const APPLICATION_ID: i32 = 0x4350_3252;
 pub const FILE_NAME: &str = "queue.sqlite3";
 
 /// Submissions waiting for the writer; senders wait when it is full.
-const WRITER_QUEUE: usize = 4096;
+const WRITER_QUEUE: usize = 2048;
 
 /// Most submissions applied in one transaction.
 const MAX_BATCH: usize = 2048;
+
+/// A batch smaller than this waits [`LINGER`] once for more submissions.
+const LINGER_BELOW: usize = 64;
+
+/// How long a small batch waits for company before it commits.
+const LINGER: Duration = Duration::from_micros(300);
+
+/// How often the checkpoint thread copies the WAL into the database.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(250);
+
+/// WAL size (pages) at which the writer checkpoints itself, should the
+/// checkpoint thread fall behind.
+const WAL_FALLBACK_PAGES: i64 = 16_384;
 
 type Reply<T> = oneshot::Sender<Result<T, BackendError>>;
 
@@ -67,29 +81,54 @@ impl SqliteBackend {
     /// Opens (creating if needed) the queue in `dir`, migrates it and starts
     /// its writer thread. `quota` caps the frames queued per recipient.
     pub fn open(dir: &Path, quota: u64) -> Result<Self, BackendError> {
-        std::fs::create_dir_all(dir).map_err(|source| BackendError::Io {
+        create_private_dir(dir).map_err(|source| BackendError::Io {
             path: dir.to_path_buf(),
             source,
         })?;
         let path = dir.join(FILE_NAME);
-        let mut conn = connect(&path, false)?;
-        check_ours(&conn, &path)?;
+        let not_ours = |e: BackendError| match e {
+            BackendError::Sqlite(rusqlite::Error::SqliteFailure(f, _))
+                if f.code == rusqlite::ErrorCode::NotADatabase =>
+            {
+                BackendError::NotOurs(path.clone())
+            }
+            other => other,
+        };
+        let mut conn = connect(&path, false).map_err(not_ours)?;
+        check_ours(&conn, &path).map_err(not_ours)?;
         embedded::migrations::runner().run(&mut conn)?;
         conn.pragma_update(None, "application_id", APPLICATION_ID)?;
         let counts = load_counts(&conn)?;
+        let next_seq: i64 =
+            conn.query_row("SELECT coalesce(max(seq), 0) + 1 FROM queue", [], |r| {
+                r.get(0)
+            })?;
+        // Checkpoints run on their own thread (below), so a commit never
+        // waits for the database file's copy and fsync; the writer checks
+        // in only as a fallback if the WAL grows large anyway.
+        conn.pragma_update(None, "wal_autocheckpoint", WAL_FALLBACK_PAGES)?;
+        let checkpointer = connect(&path, false)?;
         let (ops, rx) = mpsc::channel(WRITER_QUEUE);
+        let stopped = Arc::new(AtomicBool::new(false));
         let writer = Writer {
             conn,
             counts,
             quota,
+            next_seq,
+            stopped: Arc::clone(&stopped),
         };
+        let spawn_error = |source| BackendError::Io {
+            path: path.clone(),
+            source,
+        };
+        std::thread::Builder::new()
+            .name("queue-checkpoint".to_owned())
+            .spawn(move || checkpoint_loop(&checkpointer, &stopped))
+            .map_err(spawn_error)?;
         std::thread::Builder::new()
             .name("queue-writer".to_owned())
             .spawn(move || writer.run(rx))
-            .map_err(|source| BackendError::Io {
-                path: path.clone(),
-                source,
-            })?;
+            .map_err(spawn_error)?;
         Ok(Self {
             ops,
             readers: Arc::new(Mutex::new(Vec::new())),
@@ -187,6 +226,16 @@ impl Backend for SqliteBackend {
     }
 }
 
+/// Creates `dir` (and parents) readable by this user only where it is new:
+/// the queue reveals who writes to whom.
+fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder.create(dir)
+}
+
 /// Opens a connection with the queue's settings.
 fn connect(path: &Path, read_only: bool) -> Result<Connection, BackendError> {
     let flags = if read_only {
@@ -260,7 +309,7 @@ fn fetch_rows(
         out.push(Queued {
             seq,
             id,
-            recipient: *recipient,
+            recipient: *recipient.as_bytes(),
             at,
             text: text.into(),
         });
@@ -285,6 +334,31 @@ fn load_counts(conn: &Connection) -> Result<HashMap<[u8; 32], u64>, BackendError
     Ok(counts)
 }
 
+/// Copies committed WAL frames into the database file with PASSIVE
+/// checkpoints, which never block the writer, until the writer stopped.
+fn checkpoint_loop(conn: &Connection, stopped: &AtomicBool) {
+    while !stopped.load(Ordering::Acquire) {
+        std::thread::sleep(CHECKPOINT_EVERY);
+        let result = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+            Ok((r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
+        });
+        match result {
+            Ok((wal, copied)) => tracing::trace!(wal, copied, "WAL checkpoint"),
+            Err(e) => tracing::warn!(error = %e, "WAL checkpoint failed; will retry"),
+        }
+    }
+}
+
+/// Moves whatever is waiting into `batch`, up to [`MAX_BATCH`].
+fn drain(rx: &mut mpsc::Receiver<Op>, batch: &mut Vec<Op>) {
+    while batch.len() < MAX_BATCH {
+        match rx.try_recv() {
+            Ok(op) => batch.push(op),
+            Err(_) => break,
+        }
+    }
+}
+
 /// A reply to send once the batch's transaction committed.
 enum Pending {
     Enqueue(Reply<Vec<Enqueued>>, Vec<Enqueued>),
@@ -297,21 +371,35 @@ struct Writer {
     conn: Connection,
     counts: HashMap<[u8; 32], u64>,
     quota: u64,
+    /// The next `seq` to assign.
+    next_seq: i64,
+    /// Raised when the writer exits, to stop the checkpoint thread.
+    stopped: Arc<AtomicBool>,
 }
 
 impl Writer {
     fn run(mut self, mut rx: mpsc::Receiver<Op>) {
         while let Some(first) = rx.blocking_recv() {
             let mut batch = vec![first];
-            while batch.len() < MAX_BATCH {
-                match rx.try_recv() {
-                    Ok(op) => batch.push(op),
-                    Err(_) => break,
-                }
+            drain(&mut rx, &mut batch);
+            if batch.len() < LINGER_BELOW {
+                // A commit costs an fsync (milliseconds here) whatever its
+                // size: waiting a fraction of that for company makes the
+                // batches, and so the throughput, much larger.
+                std::thread::sleep(LINGER);
+                drain(&mut rx, &mut batch);
             }
             if self.apply(batch) {
                 break;
             }
+        }
+        self.stopped.store(true, Ordering::Release);
+        // Leave a small WAL behind: the next start opens faster.
+        if let Err(e) = self
+            .conn
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+        {
+            tracing::warn!(error = %e, "final WAL checkpoint failed");
         }
         tracing::debug!("queue writer stopped");
     }
@@ -337,6 +425,8 @@ impl Writer {
     }
 
     fn commit(&mut self, ops: Vec<Op>) {
+        let started = std::time::Instant::now();
+        let count = ops.len();
         let mut deltas: HashMap<[u8; 32], i64> = HashMap::new();
         let mut replies = Vec::with_capacity(ops.len());
         let result = (|| -> Result<(), BackendError> {
@@ -345,8 +435,12 @@ impl Writer {
             for op in ops {
                 let pending = match op {
                     Op::Enqueue(frames, reply) => {
-                        let outcomes =
-                            enqueue_tx(&tx, &frames, &now, self.quota, &self.counts, &mut deltas)?;
+                        let limits = Quota {
+                            quota: self.quota,
+                            counts: &self.counts,
+                            deltas: &mut deltas,
+                        };
+                        let outcomes = enqueue_tx(&tx, &frames, &now, &mut self.next_seq, limits)?;
                         Pending::Enqueue(reply, outcomes)
                     }
                     Op::Remove(recipient, ids, reply) => {
@@ -365,7 +459,9 @@ impl Writer {
                 };
                 replies.push(pending);
             }
+            let applied = started.elapsed();
             tx.commit()?;
+            tracing::trace!(ops = count, ?applied, total = ?started.elapsed(), "queue batch committed");
             Ok(())
         })();
         match result {
@@ -410,20 +506,30 @@ impl Writer {
     }
 }
 
+/// The per-recipient quota: committed counts plus this batch's changes.
+struct Quota<'a> {
+    quota: u64,
+    counts: &'a HashMap<[u8; 32], u64>,
+    deltas: &'a mut HashMap<[u8; 32], i64>,
+}
+
 /// Inserts frames, deduplicating and enforcing the quota.
 fn enqueue_tx(
     tx: &Transaction,
     frames: &[NewFrame],
     now: &str,
-    quota: u64,
-    counts: &HashMap<[u8; 32], u64>,
-    deltas: &mut HashMap<[u8; 32], i64>,
+    next_seq: &mut i64,
+    limits: Quota<'_>,
 ) -> Result<Vec<Enqueued>, BackendError> {
+    let Quota {
+        quota,
+        counts,
+        deltas,
+    } = limits;
     let mut insert = tx.prepare_cached(
-        "INSERT INTO queue (recipient, id, sender, received_at, frame)
-         VALUES (?1, ?2, ?3, ?4, ?5)
-         ON CONFLICT (recipient, id) DO NOTHING
-         RETURNING seq",
+        "INSERT INTO queue (seq, recipient, id, sender, received_at, frame)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+         ON CONFLICT (id, recipient) DO NOTHING",
     )?;
     let mut existing = tx.prepare_cached(
         "SELECT received_at FROM queue
@@ -431,21 +537,19 @@ fn enqueue_tx(
     )?;
     let mut out = Vec::with_capacity(frames.len());
     for f in frames {
-        let key = *f.recipient.as_bytes();
+        let key = f.recipient;
         let queued =
             counts.get(&key).copied().unwrap_or(0) as i64 + deltas.get(&key).copied().unwrap_or(0);
         if queued >= quota as i64 {
             out.push(Enqueued::QuotaExceeded);
             continue;
         }
-        let seq: Option<i64> = insert
-            .query_row(
-                params![key, f.id.as_bytes(), f.sender.as_bytes(), now, &*f.text],
-                |r| r.get(0),
-            )
-            .optional()?;
-        match seq {
-            Some(seq) => {
+        let seq = *next_seq;
+        let inserted =
+            insert.execute(params![seq, key, f.id.as_bytes(), f.sender, now, &*f.text])?;
+        match inserted {
+            1 => {
+                *next_seq += 1;
                 *deltas.entry(key).or_default() += 1;
                 out.push(Enqueued::Stored(Queued {
                     seq,
@@ -455,7 +559,7 @@ fn enqueue_tx(
                     text: Arc::clone(&f.text),
                 }));
             }
-            None => {
+            _ => {
                 let at: String = existing.query_row(params![key, f.id.as_bytes()], |r| r.get(0))?;
                 out.push(Enqueued::Duplicate { at });
             }
@@ -476,14 +580,45 @@ fn remove_tx(tx: &Transaction, recipient: &PublicKey, ids: &[Uuid]) -> Result<u6
     Ok(n)
 }
 
+/// Rows read per step of an expiry scan.
+const EXPIRE_STEP: i64 = 1000;
+
 /// Deletes expired frames; returns the recipient of each.
+///
+/// `received_at` grows with `seq`, so the expired rows are a prefix in
+/// `seq` order: scan from the oldest, in steps, up to the first row that
+/// is still fresh, and delete that prefix. (Should the clock have stepped
+/// back, a few rows expire one period late.)
 fn expire_tx(tx: &Transaction, before: &str) -> Result<Vec<[u8; 32]>, BackendError> {
+    let mut scan = tx.prepare_cached(
+        "SELECT seq, received_at FROM queue
+         WHERE seq > ?1
+         ORDER BY seq
+         LIMIT ?2",
+    )?;
+    let mut last_expired = 0i64;
+    loop {
+        let rows = scan
+            .query_map(params![last_expired, EXPIRE_STEP], |r| {
+                Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        let full = rows.len() as i64 == EXPIRE_STEP;
+        let fresh = rows.iter().position(|(_, at)| at.as_str() >= before);
+        let expired = &rows[..fresh.unwrap_or(rows.len())];
+        if let Some((seq, _)) = expired.last() {
+            last_expired = *seq;
+        }
+        if fresh.is_some() || !full {
+            break;
+        }
+    }
     let mut delete = tx.prepare_cached(
         "DELETE FROM queue
-         WHERE received_at < ?1
+         WHERE seq <= ?1
          RETURNING recipient",
     )?;
-    let rows = delete.query_map([before], |r| r.get::<_, Vec<u8>>(0))?;
+    let rows = delete.query_map([last_expired], |r| r.get::<_, Vec<u8>>(0))?;
     let mut gone = Vec::new();
     for row in rows {
         if let Ok(key) = <[u8; 32]>::try_from(row?.as_slice()) {

@@ -6,8 +6,8 @@ use crate::identity::Identity;
 
 fn frame(to: &PublicKey, from: &PublicKey, id: Uuid) -> NewFrame {
     NewFrame {
-        recipient: *to,
-        sender: *from,
+        recipient: *to.as_bytes(),
+        sender: *from.as_bytes(),
         id,
         text: format!("{{\"id\":\"{id}\"}}").into(),
     }
@@ -130,4 +130,68 @@ fn refuses_a_foreign_database() {
         SqliteBackend::open(dir.path(), 10),
         Err(BackendError::NotOurs(_))
     ));
+}
+
+#[tokio::test]
+async fn expiry_drops_exactly_the_old_prefix() {
+    let dir = tempfile::tempdir().unwrap();
+    let (alice, bob) = (
+        Identity::generate().public_key(),
+        Identity::generate().public_key(),
+    );
+    SqliteBackend::open(dir.path(), 10_000)
+        .unwrap()
+        .close()
+        .await;
+    // 2500 old rows then 3 fresh ones, written directly with chosen times:
+    // the scan crosses several steps before it finds the first fresh row.
+    {
+        let mut conn = Connection::open(dir.path().join(FILE_NAME)).unwrap();
+        let tx = conn.transaction().unwrap();
+        let mut insert = tx
+            .prepare(
+                "INSERT INTO queue (seq, recipient, id, sender, received_at, frame)
+                 VALUES (?1, ?2, ?3, ?4, ?5, '{}')",
+            )
+            .unwrap();
+        for seq in 1..=2503i64 {
+            let at = if seq <= 2500 {
+                "2026-01-01T00:00:00.000Z"
+            } else {
+                "2026-06-01T00:00:00.000Z"
+            };
+            let id = Uuid::now_v7();
+            insert
+                .execute(params![
+                    seq,
+                    bob.as_bytes(),
+                    id.as_bytes(),
+                    alice.as_bytes(),
+                    at
+                ])
+                .unwrap();
+        }
+        drop(insert);
+        tx.commit().unwrap();
+    }
+    let db = SqliteBackend::open(dir.path(), 10_000).unwrap();
+    assert_eq!(
+        db.expire("2026-03-01T00:00:00.000Z".into()).await.unwrap(),
+        2500
+    );
+    assert_eq!(db.fetch(bob, 0, 10).await.unwrap().len(), 3);
+    assert_eq!(
+        db.expire("2026-03-01T00:00:00.000Z".into()).await.unwrap(),
+        0
+    );
+    // Counts were reloaded and decremented: 3 queued now.
+    let stored = db
+        .enqueue(vec![frame(&bob, &alice, Uuid::now_v7())])
+        .await
+        .unwrap();
+    let Enqueued::Stored(q) = &stored[0] else {
+        panic!("not stored")
+    };
+    assert!(q.seq > 2503, "seq continues after the highest stored");
+    db.close().await;
 }

@@ -1,0 +1,648 @@
+//! Load generator for the router (issue 4).
+//!
+//! `cargo bench --bench router_load` starts a real `chat-p2p router`
+//! process (durable SQLite queue) and a bare forwarder process (this
+//! binary with the argument `forwarder`: same WebSocket library, same
+//! handshake and frame parsing, no storage), then measures against each:
+//!
+//! - throughput: K sender/receiver pairs, each sender keeping up to W frames
+//!   unacknowledged by the server, receivers acking every frame; messages
+//!   delivered per second over the measuring window;
+//! - latency at a fixed offered rate (default 10,000 msg/s in total),
+//!   send-to-receive p50/p99;
+//! - router only: memory with receivers that never read (stalled), and the
+//!   RSS of N idle authenticated sessions.
+//!
+//! `router_load parse` instead times `protocol::parse` on one frame.
+//!
+//! Settings come from the environment: `BENCH_PAIRS` (50), `BENCH_SECS`
+//! (5), `BENCH_RATE` (10000), `BENCH_IDLE` (10000), `BENCH_WINDOW` (128).
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use chat_p2p::identity::{Identity, PublicKey};
+use chat_p2p::protocol::{self, Ack, Content, Frame};
+use futures_util::stream::{SplitSink, SplitStream};
+use futures_util::{FutureExt, SinkExt, StreamExt};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, Semaphore};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use uuid::Uuid;
+
+type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+static EPOCH: OnceLock<Instant> = OnceLock::new();
+
+fn nanos() -> u64 {
+    EPOCH.get_or_init(Instant::now).elapsed().as_nanos() as u64
+}
+
+fn env(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn main() {
+    let mut args = std::env::args().skip(1);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let first = args.next();
+    if first.as_deref() == Some("parse") {
+        let a = Identity::generate();
+        let b = Identity::generate();
+        let t = Template::new(&a, &b.public_key());
+        let text = t.frame(1);
+        let n = 100_000;
+        let start = Instant::now();
+        for _ in 0..n {
+            std::hint::black_box(protocol::parse(std::hint::black_box(&text)).unwrap());
+        }
+        println!("parse: {:?}/frame", start.elapsed() / n);
+        let start = Instant::now();
+        for _ in 0..n {
+            std::hint::black_box(
+                PublicKey::parse(std::hint::black_box(
+                    "iojj3XQJ8ZX9UtstPLpdcspnCb8dlBIb83SIAbQPb1w=",
+                ))
+                .unwrap(),
+            );
+        }
+        println!("key: {:?}/key", start.elapsed() / n);
+        return;
+    }
+    if first.as_deref() == Some("forwarder") {
+        runtime.block_on(forwarder::run());
+        return;
+    }
+    nanos();
+    runtime.block_on(run_all());
+}
+
+/// A server child process, killed on drop.
+struct Server {
+    child: Child,
+    addr: String,
+}
+
+impl Server {
+    fn start(mut cmd: Command) -> Server {
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start server");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let addr = line
+            .trim()
+            .strip_prefix("listening on ")
+            .unwrap()
+            .to_owned();
+        Server { child, addr }
+    }
+
+    fn rss_kb(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(0)
+    }
+}
+
+impl Server {
+    /// CPU seconds (user + system) the process used so far.
+    fn cpu_secs(&self) -> f64 {
+        let stat =
+            std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default();
+        // Fields after the parenthesised command name; utime and stime are
+        // the 14th and 15th fields overall, in clock ticks (100 per second).
+        let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        let ticks: u64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0)
+            + f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0);
+        ticks as f64 / 100.0
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn run_all() {
+    let pairs = env("BENCH_PAIRS", 50) as usize;
+    let secs = env("BENCH_SECS", 5);
+    let rate = env("BENCH_RATE", 10_000);
+    let idle = env("BENCH_IDLE", 10_000) as usize;
+    let window = env("BENCH_WINDOW", 128) as usize;
+    println!("router_load: {pairs} pairs, {secs} s windows, offered {rate} msg/s, {idle} idle sessions, sender window {window}");
+
+    let data = tempfile::tempdir().unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_chat-p2p"));
+    cmd.env_clear()
+        .env(
+            "RUST_LOG",
+            std::env::var("BENCH_ROUTER_LOG").unwrap_or_else(|_| "warn".to_owned()),
+        )
+        .args(["router", "--listen", "127.0.0.1:0", "--data"])
+        .arg(data.path())
+        .args(["--max-rate", "1000000", "--max-queued", "100000000"])
+        .args(["--max-connections", "19000"]);
+    let router = Server::start(cmd);
+    let mut cmd = Command::new(std::env::current_exe().unwrap());
+    cmd.arg("forwarder");
+    let forwarder = Server::start(cmd);
+    let dur = Duration::from_secs(secs);
+
+    let fwd_tp = load(&forwarder, pairs, None, window, dur).await;
+    report("forwarder throughput", &fwd_tp);
+    let router_tp = load(&router, pairs, None, window, dur).await;
+    report("router throughput   ", &router_tp);
+    println!(
+        "  router/forwarder = {:.0}% (target >= 50%)",
+        100.0 * router_tp.rate / fwd_tp.rate.max(1.0)
+    );
+    let fwd_lat = load(&forwarder, pairs, Some(rate), window, dur).await;
+    report("forwarder @ offered ", &fwd_lat);
+    let router_lat = load(&router, pairs, Some(rate), window, dur).await;
+    report("router @ offered    ", &router_lat);
+    println!("  router p99 target < 20 ms at {rate} msg/s offered");
+
+    stalled(&router, pairs.min(20), window, dur).await;
+    idle_sessions(&router, idle).await;
+}
+
+struct Outcome {
+    rate: f64,
+    delivered: u64,
+    p50_us: u64,
+    p99_us: u64,
+    max_us: u64,
+    errors: u64,
+    /// Server CPU while sending, in % of one core.
+    cpu: f64,
+}
+
+fn report(name: &str, o: &Outcome) {
+    println!(
+        "{name}: {:>8.0} msg/s delivered ({} in window), latency p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms, errors {}, server CPU {:.0}%",
+        o.rate,
+        o.delivered,
+        o.p50_us as f64 / 1000.0,
+        o.p99_us as f64 / 1000.0,
+        o.max_us as f64 / 1000.0,
+        o.errors,
+        o.cpu
+    );
+}
+
+async fn connect(addr: &str, id: &Identity) -> Ws {
+    let text = id.public_key().to_base64();
+    let key = percent_encoding::utf8_percent_encode(&text, percent_encoding::NON_ALPHANUMERIC);
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/ws?pub={key}"))
+        .await
+        .expect("connect");
+    let nonce = loop {
+        if let Message::Text(t) = ws.next().await.unwrap().unwrap() {
+            match protocol::parse(t.as_str()).unwrap() {
+                Frame::Challenge(c) => break c.nonce,
+                other => panic!("{other:?}"),
+            }
+        }
+    };
+    let auth = protocol::sign_challenge(id, protocol::VERSION, &nonce);
+    ws.send(Message::text(protocol::to_text(&Frame::Auth(auth))))
+        .await
+        .unwrap();
+    loop {
+        if let Message::Text(t) = ws.next().await.unwrap().unwrap() {
+            match protocol::parse(t.as_str()).unwrap() {
+                Frame::Ready(_) => return ws,
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+}
+
+/// A message template whose id is swapped per send: sealing (an X25519
+/// agreement and a signature) per message would measure the generator.
+struct Template {
+    pre: String,
+    post: String,
+}
+
+impl Template {
+    fn new(from: &Identity, to: &PublicKey) -> Template {
+        let placeholder = Uuid::from_u128(0x0123_4567_89ab_cdef_0123_4567_89ab_cdef);
+        let body = "x".repeat(100);
+        let m = protocol::seal(
+            from,
+            to,
+            placeholder,
+            &chat_p2p::clock::now(),
+            &Content::Text { body },
+        )
+        .unwrap();
+        let text = protocol::to_text(&Frame::Message(m));
+        let (pre, post) = text.split_once(&placeholder.to_string()).unwrap();
+        Template {
+            pre: pre.to_owned(),
+            post: post.to_owned(),
+        }
+    }
+
+    /// A frame whose id carries the send time (first 8 bytes) and a counter.
+    fn frame(&self, counter: u64) -> String {
+        let id = Uuid::from_u64_pair(nanos(), counter);
+        format!("{}{}{}", self.pre, id, self.post)
+    }
+}
+
+struct Shared {
+    stop_sending: AtomicBool,
+    stop_all: AtomicBool,
+    measure_from: u64,
+    measure_to: u64,
+    delivered: AtomicU64,
+    errors: AtomicU64,
+    latencies: Mutex<Vec<u32>>,
+}
+
+async fn load(
+    server: &Server,
+    pairs: usize,
+    offered: Option<u64>,
+    window: usize,
+    dur: Duration,
+) -> Outcome {
+    let addr = server.addr.as_str();
+    let warmup = Duration::from_secs(1);
+    let mut conns = Vec::new();
+    for _ in 0..pairs {
+        let (s, r) = (Identity::generate(), Identity::generate());
+        let template = Template::new(&s, &r.public_key());
+        let sws = connect(addr, &s).await;
+        let rws = connect(addr, &r).await;
+        conns.push((template, sws, rws));
+    }
+    let start = nanos();
+    let (cpu0, wall0) = (server.cpu_secs(), Instant::now());
+    let shared = Arc::new(Shared {
+        stop_sending: AtomicBool::new(false),
+        stop_all: AtomicBool::new(false),
+        measure_from: start + warmup.as_nanos() as u64,
+        measure_to: start + (warmup + dur).as_nanos() as u64,
+        delivered: AtomicU64::new(0),
+        errors: AtomicU64::new(0),
+        latencies: Mutex::new(Vec::new()),
+    });
+    let per_pair = offered.map(|r| r as f64 / pairs as f64);
+    let mut tasks = Vec::new();
+    for (template, sws, rws) in conns {
+        tasks.push(tokio::spawn(receiver(rws, Arc::clone(&shared))));
+        tasks.push(tokio::spawn(sender(
+            sws,
+            template,
+            per_pair,
+            window,
+            Arc::clone(&shared),
+        )));
+    }
+    tokio::time::sleep(warmup + dur).await;
+    let cpu = 100.0 * (server.cpu_secs() - cpu0) / wall0.elapsed().as_secs_f64();
+    shared.stop_sending.store(true, Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    shared.stop_all.store(true, Ordering::Relaxed);
+    for t in tasks {
+        let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
+    }
+    let mut lat = std::mem::take(&mut *shared.latencies.lock().unwrap());
+    lat.sort_unstable();
+    let pct = |p: f64| {
+        if lat.is_empty() {
+            0
+        } else {
+            u64::from(lat[((lat.len() - 1) as f64 * p) as usize])
+        }
+    };
+    let delivered = shared.delivered.load(Ordering::Relaxed);
+    Outcome {
+        rate: delivered as f64 / dur.as_secs_f64(),
+        delivered,
+        p50_us: pct(0.50),
+        p99_us: pct(0.99),
+        max_us: lat.last().copied().map(u64::from).unwrap_or(0),
+        errors: shared.errors.load(Ordering::Relaxed),
+        cpu,
+    }
+}
+
+async fn sender(
+    ws: Ws,
+    template: Template,
+    per_sec: Option<f64>,
+    window: usize,
+    shared: Arc<Shared>,
+) {
+    let (mut sink, stream) = ws.split();
+    let permits = Arc::new(Semaphore::new(window));
+    let acks = tokio::spawn(ack_reader(
+        stream,
+        Arc::clone(&permits),
+        Arc::clone(&shared),
+    ));
+    let mut counter = 0u64;
+    let tick = Duration::from_millis(5);
+    let mut interval = tokio::time::interval(tick);
+    let mut budget = 0.0f64;
+    while !shared.stop_sending.load(Ordering::Relaxed) {
+        let burst = match per_sec {
+            Some(r) => {
+                interval.tick().await;
+                budget += r * tick.as_secs_f64();
+                let n = budget.floor();
+                budget -= n;
+                n as usize
+            }
+            None => 16,
+        };
+        for _ in 0..burst {
+            let Ok(p) = permits.acquire().await else {
+                return;
+            };
+            p.forget();
+            counter += 1;
+            if sink
+                .feed(Message::text(template.frame(counter)))
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+        if sink.flush().await.is_err() {
+            return;
+        }
+    }
+    while !shared.stop_all.load(Ordering::Relaxed) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _ = sink.close().await;
+    acks.abort();
+}
+
+async fn ack_reader(mut stream: SplitStream<Ws>, permits: Arc<Semaphore>, shared: Arc<Shared>) {
+    while let Some(Ok(msg)) = stream.next().await {
+        if let Message::Text(t) = msg {
+            match protocol::parse(t.as_str()) {
+                Ok(Frame::Ack(_)) => permits.add_permits(1),
+                Ok(Frame::Error(_)) => {
+                    shared.errors.fetch_add(1, Ordering::Relaxed);
+                    permits.add_permits(1);
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct IdOnly {
+    id: Uuid,
+}
+
+async fn receiver(ws: Ws, shared: Arc<Shared>) {
+    let (mut sink, mut stream): (SplitSink<Ws, Message>, SplitStream<Ws>) = ws.split();
+    let mut lat = Vec::new();
+    let mut acks = Vec::new();
+    loop {
+        if shared.stop_all.load(Ordering::Relaxed) {
+            break;
+        }
+        let first = match tokio::time::timeout(Duration::from_millis(100), stream.next()).await {
+            Ok(Some(Ok(m))) => m,
+            Ok(_) => break,
+            Err(_) => continue,
+        };
+        let mut next = Some(first);
+        while let Some(msg) = next {
+            if let Message::Text(t) = msg {
+                // Only the id: opening each message would measure the
+                // generator's crypto, not the server.
+                if let Ok(m) = serde_json::from_str::<IdOnly>(t.as_str()) {
+                    let now = nanos();
+                    let (sent, _) = m.id.as_u64_pair();
+                    if sent >= shared.measure_from && sent < shared.measure_to {
+                        shared.delivered.fetch_add(1, Ordering::Relaxed);
+                        lat.push(((now - sent) / 1000).min(u64::from(u32::MAX)) as u32);
+                    }
+                    acks.push(m.id);
+                }
+            }
+            next = stream.next().now_or_never().flatten().and_then(Result::ok);
+        }
+        for id in acks.drain(..) {
+            let ack = protocol::to_text(&Frame::Ack(Ack { id, at: None }));
+            if sink.feed(Message::text(ack)).await.is_err() {
+                break;
+            }
+        }
+        let _ = sink.flush().await;
+    }
+    shared.latencies.lock().unwrap().extend(lat);
+    let _ = sink.close().await;
+}
+
+/// Receivers that authenticate and then never read: the router must keep
+/// its memory bounded (frames stay in the queue, sessions get dropped).
+async fn stalled(router: &Server, pairs: usize, window: usize, dur: Duration) {
+    let before = router.rss_kb();
+    let mut held = Vec::new();
+    let shared = Arc::new(Shared {
+        stop_sending: AtomicBool::new(false),
+        stop_all: AtomicBool::new(false),
+        measure_from: 0,
+        measure_to: 0,
+        delivered: AtomicU64::new(0),
+        errors: AtomicU64::new(0),
+        latencies: Mutex::new(Vec::new()),
+    });
+    let mut tasks = Vec::new();
+    for _ in 0..pairs {
+        let (s, r) = (Identity::generate(), Identity::generate());
+        let template = Template::new(&s, &r.public_key());
+        held.push(connect(&router.addr, &r).await);
+        let sws = connect(&router.addr, &s).await;
+        tasks.push(tokio::spawn(sender(
+            sws,
+            template,
+            None,
+            window,
+            Arc::clone(&shared),
+        )));
+    }
+    let mut peak = before;
+    let end = Instant::now() + dur;
+    while Instant::now() < end {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        peak = peak.max(router.rss_kb());
+    }
+    shared.stop_sending.store(true, Ordering::Relaxed);
+    shared.stop_all.store(true, Ordering::Relaxed);
+    for t in tasks {
+        let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
+    }
+    drop(held);
+    println!(
+        "stalled receivers ({pairs} pairs, {} s, senders flat out): router RSS {} MB before, peak {} MB (target: bounded)",
+        dur.as_secs(),
+        before / 1024,
+        peak / 1024
+    );
+}
+
+async fn idle_sessions(router: &Server, n: usize) {
+    let before = router.rss_kb();
+    let ids: Vec<Identity> = (0..n).map(|_| Identity::generate()).collect();
+    let (tx, mut rx) = mpsc::channel(n.max(1));
+    let gate = Arc::new(Semaphore::new(200));
+    for id in ids {
+        let addr = router.addr.clone();
+        let tx = tx.clone();
+        let gate = Arc::clone(&gate);
+        tokio::spawn(async move {
+            let _p = gate.acquire().await;
+            let ws = connect(&addr, &id).await;
+            let _ = tx.send(ws).await;
+        });
+    }
+    drop(tx);
+    let mut held = HashMap::new();
+    while held.len() < n {
+        match rx.recv().await {
+            Some(ws) => {
+                held.insert(held.len(), ws);
+            }
+            None => break,
+        }
+    }
+    // Let the router settle (allocator, buffers) before reading RSS.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let after = router.rss_kb();
+    println!(
+        "idle sessions: {} authenticated; router RSS {:.1} MB before, {:.1} MB with them ({:.1} KB per session; target: 10,000 under 150 MB)",
+        held.len(),
+        before as f64 / 1024.0,
+        after as f64 / 1024.0,
+        (after.saturating_sub(before)) as f64 / held.len().max(1) as f64
+    );
+}
+
+/// The baseline: same WebSocket library, same handshake and parsing, no
+/// storage, no limits beyond bounded channels.
+mod forwarder {
+    use super::*;
+    use chat_p2p::protocol::Challenge;
+    use tokio::net::TcpListener;
+    use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
+
+    type Peers = Arc<Mutex<HashMap<PublicKey, mpsc::Sender<String>>>>;
+
+    pub async fn run() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        println!("listening on {}", listener.local_addr().unwrap());
+        let peers: Peers = Arc::default();
+        loop {
+            let (stream, _) = listener.accept().await.unwrap();
+            let _ = stream.set_nodelay(true);
+            tokio::spawn(conn(stream, Arc::clone(&peers)));
+        }
+    }
+
+    // The handshake callback's signature is tungstenite's.
+    #[allow(clippy::result_large_err)]
+    async fn conn(stream: TcpStream, peers: Peers) {
+        let mut key = None;
+        let cb = |req: &Request, resp: Response| {
+            let q = req.uri().query().unwrap_or("");
+            let v = q.strip_prefix("pub=").unwrap_or("");
+            let v = percent_encoding::percent_decode_str(v).decode_utf8_lossy();
+            key = PublicKey::parse(&v).ok();
+            Ok(resp)
+        };
+        let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+            .read_buffer_size(4096);
+        let Ok(ws) =
+            tokio_tungstenite::accept_hdr_async_with_config(stream, cb, Some(config)).await
+        else {
+            return;
+        };
+        let Some(key) = key else { return };
+        let (mut sink, mut stream) = ws.split();
+        let nonce = [7u8; 32];
+        let challenge = Frame::Challenge(Challenge {
+            versions: vec![1],
+            nonce,
+        });
+        let _ = sink
+            .send(Message::text(protocol::to_text(&challenge)))
+            .await;
+        let Some(Ok(Message::Text(t))) = stream.next().await else {
+            return;
+        };
+        let Ok(Frame::Auth(a)) = protocol::parse(t.as_str()) else {
+            return;
+        };
+        if !protocol::verify_auth(&key, &nonce, &a) {
+            return;
+        }
+        let ready = Frame::Ready(protocol::Ready { version: 1, key });
+        let _ = sink.send(Message::text(protocol::to_text(&ready))).await;
+        let (tx, mut rx) = mpsc::channel::<String>(1024);
+        peers.lock().unwrap().insert(key, tx.clone());
+        let writer = tokio::spawn(async move {
+            while let Some(first) = rx.recv().await {
+                let mut next = Some(first);
+                while let Some(text) = next {
+                    if sink.feed(Message::text(text)).await.is_err() {
+                        return;
+                    }
+                    next = rx.try_recv().ok();
+                }
+                if sink.flush().await.is_err() {
+                    return;
+                }
+            }
+        });
+        while let Some(Ok(msg)) = stream.next().await {
+            let Message::Text(t) = msg else { continue };
+            if let Ok(Frame::Message(m)) = protocol::parse(t.as_str()) {
+                let to = peers.lock().unwrap().get(&m.to).cloned();
+                if let Some(to) = to {
+                    let _ = to.send(t.as_str().to_owned()).await;
+                }
+                let ack = Frame::Ack(Ack {
+                    id: m.id,
+                    at: Some(chat_p2p::clock::now()),
+                });
+                let _ = tx.send(protocol::to_text(&ack)).await;
+            }
+        }
+        peers.lock().unwrap().remove(&key);
+        writer.abort();
+    }
+}
