@@ -171,6 +171,22 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
         .context("cannot start the async runtime")
 }
 
+/// Sends `tracing` output to stderr, filtered by `RUST_LOG` (else
+/// `default`), coloured only on a terminal without `NO_COLOR`.
+fn init_logging(default: &str) {
+    use std::io::IsTerminal;
+    let colour = std::io::stderr().is_terminal()
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default)),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(colour)
+        .try_init();
+}
+
 /// Quotes `s` for a POSIX shell when it needs it.
 fn shell_quote(s: &str) -> String {
     if s.chars()
@@ -235,6 +251,11 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Router(args) => return router::run(args, cli.global.home),
         other => other,
     };
+    // Client commands log only when asked to: a line on stderr would
+    // break into the chat's prompt.
+    if std::env::var_os("RUST_LOG").is_some() {
+        init_logging("warn");
+    }
     let ctx = Context::resolve(cli.global)?;
     match command {
         Command::Init(args) => identity::init(&ctx, args),

@@ -72,13 +72,7 @@ impl RouterArgs {
 
 /// Runs the router in the foreground.
 pub fn run(args: RouterArgs, home: Option<PathBuf>) -> Result<()> {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .try_init();
+    super::init_logging("info,refinery_core=warn");
     let (listen, config) = args.config(home)?;
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     runtime.block_on(async move {
