@@ -31,8 +31,10 @@ cleanup() {
 }
 trap cleanup EXIT INT TERM
 
-step() { printf '\n\033[1m==> %s\033[0m\n' "$*"; }
-ok() { printf '    ok: %s\n' "$*"; }
+CHECKS=0
+if [ -t 1 ] && [ -z "${NO_COLOR:-}" ]; then BOLD=$'\033[1m' PLAIN=$'\033[0m'; else BOLD='' PLAIN=''; fi
+step() { printf '\n%s==> %s%s\n' "$BOLD" "$*" "$PLAIN"; }
+ok() { CHECKS=$((CHECKS + 1)); printf '    ok: %s\n' "$*"; }
 fail() { printf '    FAILED: %s\n' "$*" >&2; exit 1; }
 # expect WHAT ACTUAL EXPECTED
 expect() {
@@ -153,4 +155,5 @@ expect "read messages with a timestamp missing or out of order" "$(sqlite3 "$DB"
     WHERE direction = 'out' AND status = 'read'
       AND NOT (created_at <= sent_at AND sent_at <= delivered_at AND delivered_at <= read_at);")" 0
 
-printf '\n\033[1mAll checks passed.\033[0m\n'
+printf '\n%sAll checks passed.%s\n' "$BOLD" "$PLAIN"
+echo "flow: $CHECKS passed, 0 failed"
