@@ -70,6 +70,12 @@ fn main() {
         median(&mut rates),
         median(&mut rss.iter().map(|&k| k as f64).collect::<Vec<_>>()) / 1024.0
     );
+    let (strict, open) = crypto_baseline(&alice, n.min(20_000));
+    println!(
+        "baseline, same run, in-process on one core: verify_strict alone {strict:.0} msg/s; \
+         verify_strict + decrypt {open:.0} msg/s (what one-message-at-a-time crypto allows \
+         before any storage)"
+    );
     let _ = router.kill();
     let _ = router.wait();
 }
@@ -181,6 +187,33 @@ fn timed_sync(home: &Path, url: &ServerUrl) -> (Duration, u64, usize) {
     let summary: serde_json::Value = serde_json::from_slice(&out.stdout).expect("sync --json");
     let received = summary["received"].as_u64().unwrap_or(0) as usize;
     (wall, kib, received)
+}
+
+/// What one core does with one message at a time: `verify_strict`, and
+/// `protocol::open` (verify, derive the key, decrypt, parse) per message.
+fn crypto_baseline(alice: &Identity, n: usize) -> (f64, f64) {
+    let bob = Identity::generate();
+    let ts = chat_p2p::clock::now();
+    let frames: Vec<_> = (0..n)
+        .map(|i| {
+            let content = Content::Text {
+                body: format!("message number {i} about the usual things"),
+            };
+            protocol::seal(alice, &bob.public_key(), uuid::Uuid::now_v7(), &ts, &content)
+                .expect("seal")
+        })
+        .collect();
+    let t = Instant::now();
+    for f in &frames {
+        protocol::verify_message(f).expect("valid");
+    }
+    let strict = n as f64 / t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    for f in &frames {
+        protocol::open(&bob, f).expect("opens");
+    }
+    let open = n as f64 / t.elapsed().as_secs_f64();
+    (strict, open)
 }
 
 fn median(values: &mut [f64]) -> f64 {
