@@ -199,8 +199,14 @@ fn crypto_baseline(alice: &Identity, n: usize) -> (f64, f64) {
             let content = Content::Text {
                 body: format!("message number {i} about the usual things"),
             };
-            protocol::seal(alice, &bob.public_key(), uuid::Uuid::now_v7(), &ts, &content)
-                .expect("seal")
+            protocol::seal(
+                alice,
+                &bob.public_key(),
+                uuid::Uuid::now_v7(),
+                &ts,
+                &content,
+            )
+            .expect("seal")
         })
         .collect();
     let t = Instant::now();

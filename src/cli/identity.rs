@@ -5,7 +5,7 @@ use clap::Args;
 use serde_json::json;
 
 use super::{print_json, Context};
-use crate::identity::Identity;
+use crate::identity::{Identity, PublicKey};
 use crate::store::{self, Store};
 
 /// Arguments of `init`.
@@ -31,6 +31,16 @@ pub struct WhoamiArgs {
     json: bool,
 }
 
+/// The fields `init --json` and `whoami --json` share.
+fn identity_json(ctx: &Context, key: &PublicKey, store: &Store) -> serde_json::Value {
+    json!({
+        "profile": ctx.profile.name.as_str(),
+        "public_key": key.to_base64(),
+        "fingerprint": key.fingerprint(),
+        "database": store.path(),
+    })
+}
+
 /// Creates the profile's identity.
 pub fn init(ctx: &Context, args: InitArgs) -> Result<()> {
     let mut store = Store::create(&ctx.profile.db_path())?;
@@ -52,13 +62,9 @@ pub fn init(ctx: &Context, args: InitArgs) -> Result<()> {
     }
     let key = identity.public_key();
     if args.json {
-        return print_json(&json!({
-            "profile": ctx.profile.name.as_str(),
-            "public_key": key.to_base64(),
-            "fingerprint": key.fingerprint(),
-            "database": store.path(),
-            "replaced": replaced.map(|k| k.to_base64()),
-        }));
+        let mut value = identity_json(ctx, &key, &store);
+        value["replaced"] = json!(replaced.map(|k| k.to_base64()));
+        return print_json(&value);
     }
     println!("Created a new identity for profile '{}'.", ctx.profile.name);
     println!();
@@ -81,12 +87,7 @@ pub fn whoami(ctx: &Context, args: WhoamiArgs) -> Result<()> {
         return Ok(());
     }
     if args.json {
-        return print_json(&json!({
-            "profile": ctx.profile.name.as_str(),
-            "public_key": key.to_base64(),
-            "fingerprint": key.fingerprint(),
-            "database": store.path(),
-        }));
+        return print_json(&identity_json(ctx, &key, &store));
     }
     println!("Profile:     {}", ctx.profile.name);
     println!("Public key:  {key}");

@@ -9,7 +9,7 @@ use serde_json::json;
 
 use super::{print_json, resolve_peer, runtime, Context, ServerArgs};
 use crate::client::exchange::{exchange, Until};
-use crate::client::{ClientError, Engine, Tally};
+use crate::client::{ClientError, Engine, ServerUrl, Tally};
 use crate::store::Status;
 
 /// Arguments of `send`.
@@ -51,16 +51,8 @@ pub fn send(ctx: &Context, args: SendArgs) -> Result<()> {
     let mut engine = Engine::new(store, identity);
     // Stored before anything else can fail: nothing typed is ever lost.
     let message = engine.queue(&peer, &body)?;
-    let timeout = Duration::from_secs(args.timeout);
     let server = args.server.server;
-    let outcome = runtime()?.block_on(exchange(
-        &mut engine,
-        &server,
-        timeout,
-        Until::Acked,
-        |_| {},
-    ));
-    if let Err(e) = outcome {
+    if let Err(e) = run_exchange(&mut engine, &server, args.timeout, Until::Acked)? {
         return Err(with_pending_hint(e, "Your message is saved as pending"));
     }
     let stored = engine.store().message(&message.msg_id)?.unwrap_or(message);
@@ -87,15 +79,8 @@ pub fn send(ctx: &Context, args: SendArgs) -> Result<()> {
 pub fn sync(ctx: &Context, args: SyncArgs) -> Result<()> {
     let (store, identity) = ctx.open_with_identity()?;
     let mut engine = Engine::new(store, identity);
-    let timeout = Duration::from_secs(args.timeout);
     let server = args.server.server;
-    let outcome = runtime()?.block_on(exchange(
-        &mut engine,
-        &server,
-        timeout,
-        Until::Synced,
-        |_| {},
-    ));
+    let outcome = run_exchange(&mut engine, &server, args.timeout, Until::Synced)?;
     let t = engine.tally();
     if let Err(e) = outcome {
         let done = if t.sent + t.received + t.receipts > 0 {
@@ -126,6 +111,17 @@ pub fn sync(ctx: &Context, args: SyncArgs) -> Result<()> {
     }
     println!("{}", summary(&server.to_string(), &t, pending));
     Ok(())
+}
+
+/// One session with the router, on a runtime of its own.
+fn run_exchange(
+    engine: &mut Engine,
+    server: &ServerUrl,
+    timeout_secs: u64,
+    until: Until,
+) -> Result<Result<(), ClientError>> {
+    let timeout = Duration::from_secs(timeout_secs);
+    Ok(runtime()?.block_on(exchange(engine, server, timeout, until, |_| {})))
 }
 
 /// `Synced with ws://...: 2 sent, 5 received, 3 receipts.`
