@@ -425,3 +425,87 @@ fn network_commands_explain_bad_servers_and_unknown_peers() {
         "sent"
     );
 }
+
+/// A TLS-terminating proxy in front of the router, as a real deployment
+/// would put one, with a certificate for `localhost` that the test trusts
+/// through `SSL_CERT_FILE`.
+struct TlsProxy {
+    port: u16,
+    cert_file: std::path::PathBuf,
+    _runtime: tokio::runtime::Runtime,
+}
+
+impl TlsProxy {
+    fn start(dir: &std::path::Path, router_addr: &str) -> TlsProxy {
+        use std::sync::Arc;
+        use tokio_rustls::rustls::{self, pki_types};
+
+        let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+        let cert_file = dir.join("router-cert.pem");
+        std::fs::write(&cert_file, cert.cert.pem()).unwrap();
+        let key = pki_types::PrivateKeyDer::Pkcs8(cert.signing_key.serialize_der().into());
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![cert.cert.der().clone()], key)
+        .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        let listener = runtime
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let upstream = router_addr.to_owned();
+        runtime.spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let (acceptor, upstream) = (acceptor.clone(), upstream.clone());
+                tokio::spawn(async move {
+                    let Ok(mut tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let Ok(mut plain) = tokio::net::TcpStream::connect(upstream).await else {
+                        return;
+                    };
+                    let _ = tokio::io::copy_bidirectional(&mut tls, &mut plain).await;
+                });
+            }
+        });
+        TlsProxy {
+            port,
+            cert_file,
+            _runtime: runtime,
+        }
+    }
+}
+
+#[test]
+fn wss_routers_work_through_tls() {
+    let p = Pair::new();
+    let proxy = TlsProxy::start(&p.env.path(""), &p.router().addr);
+    let wss = format!("wss://localhost:{}/ws", proxy.port);
+    let over_tls = |profile: &str, args: &[&str]| {
+        p.env
+            .cmd(profile)
+            .env("CHAT_SERVER", &wss)
+            .env("SSL_CERT_FILE", &proxy.cert_file)
+            .args(args)
+            .assert()
+            .success();
+    };
+    over_tls("alice", &["send", "bob", "over TLS"]);
+    over_tls("bob", &["sync"]);
+    assert_eq!(status(&p.message("bob", "alice", "over TLS")), "received");
+
+    // Without trusting the certificate, the connection is refused.
+    p.env
+        .cmd("alice")
+        .env("CHAT_SERVER", &wss)
+        .args(["send", "bob", "not trusted"])
+        .assert()
+        .code(1)
+        .stderr(predicates::str::contains("cannot reach the router"))
+        .stderr(predicates::str::contains("certificate"));
+}

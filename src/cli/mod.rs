@@ -238,10 +238,28 @@ pub fn main() -> ExitCode {
             ExitCode::from(2)
         }
         Err(e) => {
-            eprintln!("chat-p2p: {e:#}");
+            eprintln!("chat-p2p: {}", describe(&e));
             ExitCode::FAILURE
         }
     }
+}
+
+/// The error and its causes on one line, like `{:#}`, but without a cause
+/// the message before it already quotes (many errors show their source in
+/// their own text too).
+fn describe(e: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in e.chain() {
+        let part = cause.to_string();
+        if text.contains(&part) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&part);
+    }
+    text
 }
 
 /// Runs a parsed command.
@@ -283,6 +301,19 @@ mod tests {
     #[test]
     fn cli_definition_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn causes_already_quoted_are_not_repeated() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("cannot upgrade: {0}")]
+        struct Outer(#[source] std::io::Error);
+        let inner = std::io::Error::other("disk on fire");
+        let e = anyhow::Error::new(Outer(inner)).context("opening profile 'bob'");
+        assert_eq!(
+            describe(&e),
+            "opening profile 'bob': cannot upgrade: disk on fire"
+        );
     }
 
     #[test]
