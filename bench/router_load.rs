@@ -16,7 +16,9 @@
 //! `router_load parse` instead times `protocol::parse` on one frame.
 //!
 //! Settings come from the environment: `BENCH_PAIRS` (50), `BENCH_SECS`
-//! (5), `BENCH_RATE` (10000), `BENCH_IDLE` (10000), `BENCH_WINDOW` (128).
+//! (5), `BENCH_RATE` (10000), `BENCH_IDLE` (10000), `BENCH_WINDOW` (128);
+//! `BENCH_ROUTER_WRAP` runs the router under a profiler, e.g.
+//! `valgrind --tool=callgrind`.
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
@@ -152,7 +154,17 @@ async fn run_all() {
     println!("router_load: {pairs} pairs, {secs} s windows, offered {rate} msg/s, {idle} idle sessions, sender window {window}");
 
     let data = tempfile::tempdir().unwrap();
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_chat-p2p"));
+    // BENCH_ROUTER_WRAP="valgrind --tool=callgrind" profiles the router.
+    let wrap = std::env::var("BENCH_ROUTER_WRAP").unwrap_or_default();
+    let mut wrap = wrap.split_whitespace();
+    let mut cmd = match wrap.next() {
+        Some(program) => {
+            let mut cmd = Command::new(program);
+            cmd.args(wrap).arg(env!("CARGO_BIN_EXE_chat-p2p"));
+            cmd
+        }
+        None => Command::new(env!("CARGO_BIN_EXE_chat-p2p")),
+    };
     cmd.env_clear()
         .env(
             "RUST_LOG",
