@@ -349,7 +349,11 @@ fn a_forged_message_is_rejected_acked_and_never_stored() {
         common::send_frame(&mut c.ws, &Frame::Message(m.clone())).await;
         c.expect_ack(m.id).await;
     });
-    let summary = p.json("bob", &["sync", "--json"]);
+    let out = p.cmd("bob").args(["sync", "--json"]).output().unwrap();
+    assert!(out.status.success());
+    let warning = String::from_utf8_lossy(&out.stderr);
+    assert!(warning.contains("warning: refused a message"), "{warning}");
+    let summary: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(summary["rejected"], 1, "{summary}");
     assert!(p.history("bob", "alice").is_empty());
     // Acked: it does not come back.

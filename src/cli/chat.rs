@@ -13,6 +13,7 @@ use super::resolve_peer;
 use super::{runtime, ServerArgs, UsageError};
 use crate::client::chat::{self, ChatOptions, Input, Screen};
 use crate::client::{Engine, ServerUrl, Update};
+use crate::identity::PublicKey;
 use crate::store::{Filter, Message, Order, Status, Store};
 
 /// Arguments of `chat`.
@@ -70,9 +71,9 @@ pub fn chat(ctx: &super::Context, args: ChatArgs) -> Result<()> {
     runtime()?.block_on(async {
         let (mut input, mut screen) = if interactive {
             let (rx, printer) = spawn_line_editor()?;
-            (rx, ChatScreen::new(style, Some(printer)))
+            (rx, ChatScreen::new(style, peer, Some(printer)))
         } else {
-            (spawn_pipe_reader(), ChatScreen::new(style, None))
+            (spawn_pipe_reader(), ChatScreen::new(style, peer, None))
         };
         chat::run(&mut engine, &options, &mut input, &mut screen).await?;
         anyhow::Ok(())
@@ -164,12 +165,18 @@ fn spawn_pipe_reader() -> mpsc::Receiver<Input> {
 /// Prints the chat: above the prompt on a terminal, plainly on a pipe.
 struct ChatScreen {
     style: Style,
+    /// The conversation on screen, for `/history`.
+    peer: PublicKey,
     printer: Option<Printer>,
 }
 
 impl ChatScreen {
-    fn new(style: Style, printer: Option<Printer>) -> Self {
-        Self { style, printer }
+    fn new(style: Style, peer: PublicKey, printer: Option<Printer>) -> Self {
+        Self {
+            style,
+            peer,
+            printer,
+        }
     }
 
     fn print(&mut self, text: String) {
@@ -213,8 +220,8 @@ impl Screen for ChatScreen {
     }
 
     fn command(&mut self, command: &str, store: &Store) {
-        let lines =
-            run_command(command, store, &self.style).unwrap_or_else(|e| vec![format!("{e:#}")]);
+        let lines = run_command(command, store, &self.peer, &self.style)
+            .unwrap_or_else(|e| vec![format!("{e:#}")]);
         for text in lines {
             self.print(text);
         }
@@ -270,7 +277,12 @@ const HELP: &str = "/history [N]   the last N messages of this conversation (def
 exit, quit, /quit, Ctrl-D   leave (waits briefly for the router's acks)";
 
 /// Answers an in-chat command.
-fn run_command(command: &str, store: &Store, style: &Style) -> Result<Vec<String>> {
+fn run_command(
+    command: &str,
+    store: &Store,
+    peer: &PublicKey,
+    style: &Style,
+) -> Result<Vec<String>> {
     let (name, rest) = command
         .split_once(char::is_whitespace)
         .map_or((command, ""), |(n, r)| (n, r.trim()));
@@ -283,8 +295,12 @@ fn run_command(command: &str, store: &Store, style: &Style) -> Result<Vec<String
                 rest.parse::<usize>()
                     .map_err(|_| anyhow::anyhow!("/history takes a number, e.g. /history 50"))?
             };
+            let conversation = Filter {
+                peer: Some(*peer),
+                ..Filter::default()
+            };
             Ok(store
-                .recent(&Filter::default(), n)?
+                .recent(&conversation, n)?
                 .iter()
                 .map(|m| line(m, style))
                 .collect())
@@ -328,6 +344,35 @@ mod tests {
         let (s, p) = split_target(&["ws://h:1/ws".into(), "bob".into()], default.clone()).unwrap();
         assert_eq!((s.to_string(), p.as_str()), ("ws://h:1/ws".into(), "bob"));
         assert!(split_target(&["alice".into(), "bob".into()], default).is_err());
+    }
+
+    #[test]
+    fn in_chat_history_shows_this_conversation_and_search_all() {
+        use crate::identity::Identity;
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::create(&dir.path().join("chat.db")).unwrap();
+        let (bob, carol) = (
+            Identity::generate().public_key(),
+            Identity::generate().public_key(),
+        );
+        store.insert_outgoing(&bob, "to bob about lunch").unwrap();
+        store
+            .insert_outgoing(&carol, "to carol about lunch")
+            .unwrap();
+        let style = Style::detect();
+        let history = run_command("/history 10", &store, &bob, &style).unwrap();
+        assert_eq!(history.len(), 1);
+        assert!(history[0].ends_with("to bob about lunch"));
+        assert_eq!(
+            run_command("/search lunch", &store, &bob, &style)
+                .unwrap()
+                .len(),
+            2
+        );
+        let bad = run_command("/history x", &store, &bob, &style).unwrap_err();
+        assert!(bad.to_string().contains("takes a number"));
+        let unknown = run_command("/frob", &store, &bob, &style).unwrap();
+        assert!(unknown[0].contains("/help"));
     }
 
     #[test]

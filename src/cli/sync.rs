@@ -9,7 +9,7 @@ use serde_json::json;
 
 use super::{print_json, resolve_peer, runtime, Context, ServerArgs};
 use crate::client::exchange::{exchange, Until};
-use crate::client::{ClientError, Engine, ServerUrl, Tally};
+use crate::client::{ClientError, Engine, ServerUrl, Tally, Update};
 use crate::store::Status;
 
 /// Arguments of `send`.
@@ -121,7 +121,22 @@ fn run_exchange(
     until: Until,
 ) -> Result<Result<(), ClientError>> {
     let timeout = Duration::from_secs(timeout_secs);
-    Ok(runtime()?.block_on(exchange(engine, server, timeout, until, |_| {})))
+    Ok(runtime()?.block_on(exchange(engine, server, timeout, until, warn)))
+}
+
+/// Says on stderr what a person should know about while `send` or `sync`
+/// runs: refused frames and router errors. Everything else is summed up.
+fn warn(update: &Update) {
+    match update {
+        Update::Rejected { from, reason } => eprintln!(
+            "warning: refused a message claiming to be from {} ({from}): {reason}",
+            from.fingerprint()
+        ),
+        Update::RouterError { code, message } => {
+            eprintln!("warning: the router reported {}: {message}", code.as_str())
+        }
+        Update::Received(_) | Update::Status(_) | Update::Retrying { .. } => {}
+    }
 }
 
 /// `Synced with ws://...: 2 sent, 5 received, 3 receipts.`
