@@ -120,9 +120,12 @@ impl Chat<'_> {
             let attempt = async move { connection::connect(&server, &identity, timeout).await };
             tokio::pin!(attempt);
             let result = loop {
+                // Once the user has left, input is not read again: a closed
+                // channel would answer at once, forever.
+                let reading = self.quit_by.is_none();
                 tokio::select! {
                     result = &mut attempt => break result,
-                    line = input.recv() => self.on_input(line, None).await?,
+                    line = input.recv(), if reading => self.on_input(line, None).await?,
                 }
             };
             match result {
