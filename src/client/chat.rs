@@ -239,6 +239,11 @@ impl Chat<'_> {
         };
         let reaction = self.engine.handle(frames)?;
         conn.send(&reaction.send).await?;
+        if !reaction.retry && self.retry_at.is_none() {
+            // Acks made room in the send window.
+            let more = self.engine.outbox_frames()?;
+            conn.send(&more).await?;
+        }
         let peer = self.options.peer.to_base64();
         let mut from_peer = false;
         for update in &reaction.updates {

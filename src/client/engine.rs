@@ -36,6 +36,10 @@ use crate::store::{self, Direction, Inserted, Message, MessageId, Status, Store}
 /// it stays well below the router's 64 KiB frame limit.
 pub const MAX_BODY_BYTES: usize = 32 * 1024;
 
+/// At most this many outbox frames are in flight at once (below the
+/// router's default burst of 100 frames a second per connection).
+pub const SEND_WINDOW: usize = 64;
+
 /// From this many text messages in one batch on, the full-text index is
 /// filled once for the batch instead of row by row (see [`FtsBatch`]).
 const BULK_INDEX_MIN: usize = 16;
@@ -108,6 +112,9 @@ pub struct Engine {
     inbound_keys: HashMap<PublicKey, MessageKey>,
     /// Frames sent in this connection and not yet acknowledged by the router.
     in_flight: HashSet<Uuid>,
+    /// Whether everything in the outbox is in flight, so topping up the
+    /// send window needs no query.
+    outbox_drained: bool,
     tally: Tally,
 }
 
@@ -121,6 +128,7 @@ impl Engine {
             me,
             inbound_keys: HashMap::new(),
             in_flight: HashSet::new(),
+            outbox_drained: false,
             tally: Tally::default(),
         }
     }
@@ -154,6 +162,7 @@ impl Engine {
     /// sent again from the database.
     pub fn connection_lost(&mut self) {
         self.in_flight.clear();
+        self.outbox_drained = false;
     }
 
     /// Stores a new message to `peer` as `pending`; the outbox sends it.
@@ -164,7 +173,9 @@ impl Engine {
                 max: MAX_BODY_BYTES,
             });
         }
-        Ok(self.store.insert_outgoing(peer, body)?)
+        let message = self.store.insert_outgoing(peer, body)?;
+        self.outbox_drained = false;
+        Ok(message)
     }
 
     /// Stores a new message to `peer` as `pending` and returns it with its
@@ -179,20 +190,34 @@ impl Engine {
         Ok((message, frame))
     }
 
-    /// Frames for everything waiting: pending messages, oldest first, then
-    /// receipts. Frames already in flight are not repeated.
+    /// Frames for what waits in the outbox (pending messages, oldest first,
+    /// then receipts), as many as the send window has room for. Frames in
+    /// flight are not repeated. Call it again as acks arrive: a long outbox
+    /// goes out at the pace the router accepts it.
     pub fn outbox_frames(&mut self) -> Result<Vec<Frame>, ClientError> {
+        let room = SEND_WINDOW.saturating_sub(self.in_flight.len());
+        if room == 0 || self.outbox_drained {
+            return Ok(Vec::new());
+        }
         let mut frames = Vec::new();
         for message in self.store.outbox()? {
+            if frames.len() == room {
+                return Ok(frames);
+            }
             if !self.in_flight.contains(&message.msg_id.uuid()) {
                 frames.push(self.seal_text(&message)?);
             }
         }
         for receipt in pending_receipts_tx(self.store.conn())? {
+            if frames.len() == room {
+                return Ok(frames);
+            }
             if !self.in_flight.contains(&receipt.receipt_id.uuid()) {
                 frames.push(self.seal_receipt(&receipt)?);
             }
         }
+        // Everything waiting is in flight now.
+        self.outbox_drained = true;
         Ok(frames)
     }
 
@@ -288,6 +313,8 @@ impl Engine {
         };
         self.in_flight.remove(&id);
         if is_temporary(error.code) {
+            // Still pending: the outbox sends it again after a pause.
+            self.outbox_drained = false;
             reaction.retry = true;
             reaction.updates.push(Update::Retrying {
                 code: error.code,

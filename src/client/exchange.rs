@@ -63,6 +63,11 @@ pub async fn exchange(
                 synced |= frames.iter().any(|f| matches!(f, Frame::Synced));
                 let reaction = engine.handle(frames)?;
                 conn.send(&reaction.send).await?;
+                // Acks made room in the send window.
+                if !reaction.retry {
+                    let more = engine.outbox_frames()?;
+                    conn.send(&more).await?;
+                }
                 reaction.updates.iter().for_each(&mut on_update);
                 if reaction.retry {
                     retry_at = Some(Instant::now() + RETRY_PAUSE);

@@ -385,3 +385,51 @@ fn one_forged_frame_in_a_large_batch_is_found_and_the_rest_kept() {
     let acks = r.send.iter().filter(|f| matches!(f, Frame::Ack(_))).count();
     assert_eq!(acks, 100, "the forged frame is acked too");
 }
+
+#[test]
+fn a_long_outbox_goes_out_within_the_send_window() {
+    let (mut alice, bob) = friends();
+    let bob_key = *bob.engine.me();
+    for n in 0..SEND_WINDOW + 10 {
+        alice
+            .engine
+            .queue(&bob_key, &format!("queued {n}"))
+            .unwrap();
+    }
+    let first = alice.engine.outbox_frames().unwrap();
+    assert_eq!(first.len(), SEND_WINDOW);
+    assert!(
+        alice.engine.outbox_frames().unwrap().is_empty(),
+        "window full"
+    );
+    // The router acks three: three more go out, oldest first.
+    let acks: Vec<Frame> = first[..3].iter().map(router_ack).collect();
+    alice.engine.handle(acks).unwrap();
+    let more = message_frames(&alice.engine.outbox_frames().unwrap());
+    assert_eq!(more.len(), 3);
+    let body = |f: &MessageFrame| match protocol::open(bob.engine.identity(), f).unwrap() {
+        Content::Text { body } => body,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(body(&more[0]), format!("queued {SEND_WINDOW}"));
+    // Acking everything drains the outbox.
+    let rest: Vec<Frame> = first[3..]
+        .iter()
+        .chain(
+            more.iter()
+                .map(|m| Frame::Message(m.clone()))
+                .collect::<Vec<_>>()
+                .iter(),
+        )
+        .map(router_ack)
+        .collect();
+    alice.engine.handle(rest).unwrap();
+    let last = alice.engine.outbox_frames().unwrap();
+    assert_eq!(last.len(), 7);
+    alice
+        .engine
+        .handle(last.iter().map(router_ack).collect())
+        .unwrap();
+    assert!(alice.engine.outbox_frames().unwrap().is_empty());
+    assert!(alice.engine.store().outbox().unwrap().is_empty());
+}
