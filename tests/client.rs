@@ -33,10 +33,8 @@ impl Pair {
             alice_key: String::new(),
             bob_key: String::new(),
         };
-        pair.env.ok("alice", &["init"]);
-        pair.env.ok("bob", &["init"]);
-        pair.alice_key = pair.env.ok("alice", &["whoami", "--key"]).trim().to_owned();
-        pair.bob_key = pair.env.ok("bob", &["whoami", "--key"]).trim().to_owned();
+        pair.alice_key = pair.env.init("alice");
+        pair.bob_key = pair.env.init("bob");
         let (a, b) = (pair.alice_key.clone(), pair.bob_key.clone());
         pair.env.ok("alice", &["add-contact", "bob", &b]);
         pair.env.ok("bob", &["add-contact", "alice", &a]);

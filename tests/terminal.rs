@@ -72,10 +72,8 @@ fn shell_quote(s: &str) -> String {
 fn an_arriving_message_does_not_garble_the_line_being_typed() {
     let env = Env::new();
     let router = Router::start(&env.path("router"), &[]);
-    env.ok("alice", &["init"]);
-    env.ok("bob", &["init"]);
-    let alice = env.ok("alice", &["whoami", "--key"]).trim().to_owned();
-    let bob = env.ok("bob", &["whoami", "--key"]).trim().to_owned();
+    let alice = env.init("alice");
+    let bob = env.init("bob");
     env.ok("alice", &["add-contact", "bob", &bob]);
     env.ok("bob", &["add-contact", "alice", &alice]);
 

@@ -39,6 +39,17 @@ impl Env {
         cmd
     }
 
+    /// Runs `init` for `profile` and returns its public key.
+    pub fn init(&self, profile: &str) -> String {
+        self.ok(profile, &["init"]);
+        self.key(profile)
+    }
+
+    /// The public key of `profile`, from `whoami --key`.
+    pub fn key(&self, profile: &str) -> String {
+        self.ok(profile, &["whoami", "--key"]).trim().to_owned()
+    }
+
     /// Runs and returns stdout, asserting success.
     pub fn ok(&self, profile: &str, args: &[&str]) -> String {
         let out = self.cmd(profile).args(args).output().unwrap();
