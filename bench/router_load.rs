@@ -70,6 +70,14 @@ fn main() {
         let start = Instant::now();
         for _ in 0..n {
             std::hint::black_box(
+                protocol::parse_inbound(std::hint::black_box(&text), protocol::MAX_FRAME_BYTES)
+                    .unwrap(),
+            );
+        }
+        println!("parse_inbound: {:?}/frame", start.elapsed() / n);
+        let start = Instant::now();
+        for _ in 0..n {
+            std::hint::black_box(
                 PublicKey::parse(std::hint::black_box(
                     "iojj3XQJ8ZX9UtstPLpdcspnCb8dlBIb83SIAbQPb1w=",
                 ))

@@ -320,7 +320,15 @@ fn classify(text: &str, error: serde_json::Error) -> ProtocolError {
         #[serde(rename = "type")]
         kind: String,
     }
-    const KNOWN: &[&str] = &["challenge", "auth", "ready", "message", "ack", "error"];
+    const KNOWN: &[&str] = &[
+        "challenge",
+        "auth",
+        "ready",
+        "message",
+        "ack",
+        "error",
+        "synced",
+    ];
     match serde_json::from_str::<TypeOnly>(text) {
         Ok(t) if !KNOWN.contains(&t.kind.as_str()) => {
             let mut kind = t.kind;
