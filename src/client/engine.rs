@@ -32,8 +32,8 @@ use crate::store::receipts::{
 use crate::store::rejected::record_rejected_tx;
 use crate::store::{self, Direction, Inserted, Message, MessageId, Status, Store};
 
-/// The longest message body accepted, in bytes: sealed and base64-encoded
-/// it stays well below the router's 64 KiB frame limit.
+/// The longest message body accepted, in bytes as JSON encodes it: sealed
+/// and base64-encoded it stays below the router's 64 KiB frame limit.
 pub const MAX_BODY_BYTES: usize = 32 * 1024;
 
 /// At most this many outbox frames are in flight at once (below the
@@ -167,9 +167,12 @@ impl Engine {
 
     /// Stores a new message to `peer` as `pending`; the outbox sends it.
     pub fn queue(&mut self, peer: &PublicKey, body: &str) -> Result<Message, ClientError> {
-        if body.len() > MAX_BODY_BYTES {
+        // Measured as it travels: JSON escapes control characters (up to
+        // six bytes for one), and a frame must fit the router's limit.
+        let len = serde_json::to_string(body).map_or(usize::MAX, |json| json.len() - 2);
+        if len > MAX_BODY_BYTES {
             return Err(ClientError::TooLong {
-                len: body.len(),
+                len,
                 max: MAX_BODY_BYTES,
             });
         }

@@ -330,7 +330,19 @@ fn a_message_too_long_for_a_frame_is_refused_before_it_is_stored() {
         alice.engine.compose(bob.engine.me(), &body),
         Err(ClientError::TooLong { .. })
     ));
+    // Control characters are counted as JSON escapes them.
+    let escaped = "\u{1}".repeat(MAX_BODY_BYTES / 4);
+    assert!(matches!(
+        alice.engine.compose(bob.engine.me(), &escaped),
+        Err(ClientError::TooLong { .. })
+    ));
     assert!(alice.engine.store().outbox().unwrap().is_empty());
+    // The longest accepted message fits in a frame the router takes.
+    let (_, frame) = alice
+        .engine
+        .compose(bob.engine.me(), &"é".repeat(MAX_BODY_BYTES / 2))
+        .unwrap();
+    assert!(protocol::to_text(&frame).len() <= protocol::MAX_FRAME_BYTES);
 }
 
 #[test]
