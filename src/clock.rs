@@ -14,6 +14,14 @@ pub fn now() -> String {
     format(Utc::now())
 }
 
+/// Any RFC 3339 time (another offset, other precision) in the stored form,
+/// or `None` if `text` is not one.
+pub fn normalize(text: &str) -> Option<String> {
+    DateTime::parse_from_rfc3339(text)
+        .ok()
+        .map(|t| format(t.to_utc()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -26,6 +34,15 @@ mod tests {
             .single()
             .unwrap();
         assert_eq!(format(at), "2025-11-25T19:32:47.123Z");
+    }
+
+    #[test]
+    fn normalizes_any_offset_to_utc_milliseconds() {
+        assert_eq!(
+            normalize("2026-11-25T21:32:47+02:00").as_deref(),
+            Some("2026-11-25T19:32:47.000Z")
+        );
+        assert_eq!(normalize("yesterday"), None);
     }
 
     #[test]

@@ -13,7 +13,6 @@ use std::collections::HashSet;
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
-use chrono::DateTime;
 use rusqlite::{params, Transaction};
 use serde::Serialize;
 
@@ -431,9 +430,8 @@ fn timeline(m: &MessageRecord) -> Vec<Event> {
 
 /// Parses an RFC 3339 time and formats it the way the database stores it.
 fn normalize(text: &str, field: &str) -> Result<String, Fault> {
-    DateTime::parse_from_rfc3339(text)
-        .map(|t| clock::format(t.to_utc()))
-        .map_err(|_| Fault::Invalid(format!("{field} '{text}' is not an RFC 3339 time")))
+    clock::normalize(text)
+        .ok_or_else(|| Fault::Invalid(format!("{field} '{text}' is not an RFC 3339 time")))
 }
 
 fn decode_secret(text: &str) -> Result<Identity, Fault> {

@@ -13,7 +13,6 @@
 
 use std::collections::{HashMap, HashSet};
 
-use chrono::DateTime;
 use ed25519_dalek::{Signature, VerifyingKey};
 use rusqlite::Transaction;
 use uuid::Uuid;
@@ -290,7 +289,7 @@ impl Engine {
             let at = ack
                 .at
                 .as_deref()
-                .and_then(normalize)
+                .and_then(clock::normalize)
                 .unwrap_or_else(clock::now);
             if apply_status_tx(&tx, &id, Status::Sent, &at, None)? {
                 changed.push(id);
@@ -408,8 +407,8 @@ impl Engine {
                     }
                 }
                 Ok(Content::Text { body }) => {
-                    let at = normalize(&frame.ts).unwrap_or_else(clock::now);
-                    match insert_incoming_tx(&tx, &id, &frame.from, body, &at)? {
+                    // The store normalizes the author's timestamp.
+                    match insert_incoming_tx(&tx, &id, &frame.from, body, &frame.ts)? {
                         Inserted::New(message) => {
                             self.tally.received += 1;
                             if contacts.contains(&frame.from) {
@@ -555,7 +554,7 @@ fn apply_receipt(
     status: Status,
 ) -> Result<Vec<MessageId>, ClientError> {
     let from = frame.from.to_base64();
-    let at = normalize(&frame.ts).unwrap_or_else(clock::now);
+    let at = clock::normalize(&frame.ts).unwrap_or_else(clock::now);
     let mut changed = Vec::new();
     for id in ids {
         let id = MessageId::from(*id);
@@ -586,13 +585,6 @@ fn reload(tx: &rusqlite::Connection, ids: &[MessageId]) -> Result<Vec<Message>, 
         }
     }
     Ok(messages)
-}
-
-/// A peer's or router's timestamp in the form the database stores.
-fn normalize(ts: &str) -> Option<String> {
-    DateTime::parse_from_rfc3339(ts)
-        .ok()
-        .map(|t| clock::format(t.to_utc()))
 }
 
 /// Errors after which the same frame should simply be sent again later.

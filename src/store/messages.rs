@@ -156,9 +156,7 @@ pub fn insert_incoming_tx(
     created_at: &str,
 ) -> Result<Inserted> {
     let now = clock::now();
-    let created_at = chrono::DateTime::parse_from_rfc3339(created_at)
-        .map(|t| clock::format(t.to_utc()))
-        .unwrap_or_else(|_| now.clone());
+    let created_at = clock::normalize(created_at).unwrap_or_else(|| now.clone());
     let added = tx
         .prepare_cached(
             "INSERT INTO messages
