@@ -9,6 +9,7 @@ use serde_json::json;
 
 use super::{print_json, resolve_peer, Context};
 use crate::identity::PublicKey;
+use crate::render::{untrusted, untrusted_inline};
 use crate::store::search::{MATCH_END, MATCH_START};
 use crate::store::{Direction, Filter, Hit, Message, Order, Status, Store, TimeBound};
 
@@ -154,7 +155,8 @@ impl Style {
     }
 }
 
-/// `[2026-11-25 20:32] you → bob ✓✓: hello` or `[...] bob: hi`.
+/// `[2026-11-25 20:32] you → bob ✓✓: hello` or `[...] bob: hi`; the body
+/// and name made safe for the terminal, a body's later lines marked.
 pub(super) fn line(m: &Message, style: &Style) -> String {
     let time = style.paint("2", &format!("[{}]", local_time(&m.created_at)));
     let peer = peer_label(m);
@@ -164,9 +166,9 @@ pub(super) fn line(m: &Message, style: &Style) -> String {
                 Status::Failed => style.paint("31", m.status.mark()),
                 s => s.mark().to_owned(),
             };
-            format!("{time} you → {peer} {mark}: {}", m.body)
+            format!("{time} you → {peer} {mark}: {}", untrusted(&m.body))
         }
-        Direction::In => format!("{time} {}: {}", style.paint("1", &peer), m.body),
+        Direction::In => format!("{time} {}: {}", style.paint("1", &peer), untrusted(&m.body)),
     }
 }
 
@@ -177,13 +179,7 @@ pub(super) fn hit_line(hit: &Hit, style: &Style) -> String {
         Direction::Out => format!("you {}", m.status.mark()).trim_end().to_owned(),
         Direction::In => peer_label(m),
     };
-    let snippet = if style.colour {
-        hit.snippet
-            .replace(MATCH_START, "\x1b[1;33m")
-            .replace(MATCH_END, "\x1b[0m")
-    } else {
-        plain(&hit.snippet)
-    };
+    let snippet = marked_snippet(&hit.snippet, style);
     format!(
         "{}  {} {who}: {snippet}",
         style.paint("1", &peer_label(m)),
@@ -191,14 +187,34 @@ pub(super) fn hit_line(hit: &Hit, style: &Style) -> String {
     )
 }
 
+/// The snippet made safe for the terminal, its matches highlighted (in
+/// colour) or unmarked: the markers are control characters, so the text
+/// between them is rendered piece by piece.
+fn marked_snippet(snippet: &str, style: &Style) -> String {
+    let mut out = String::with_capacity(snippet.len());
+    let mut rest = snippet;
+    while let Some(at) = rest.find([MATCH_START, MATCH_END]) {
+        out.push_str(&untrusted(&rest[..at]));
+        if style.colour {
+            let start = rest[at..].starts_with(MATCH_START);
+            out.push_str(if start { "\x1b[1;33m" } else { "\x1b[0m" });
+        }
+        // Both markers are one byte long.
+        rest = &rest[at + 1..];
+    }
+    out.push_str(&untrusted(rest));
+    out
+}
+
 fn plain(snippet: &str) -> String {
     snippet.replace([MATCH_START, MATCH_END], "")
 }
 
-/// The contact's name, or "unknown" with the key's fingerprint.
+/// The contact's name (made safe for the terminal), or "unknown" with the
+/// key's fingerprint.
 pub(super) fn peer_label(m: &Message) -> String {
     match &m.contact {
-        Some(name) => name.clone(),
+        Some(name) => untrusted_inline(name),
         None => match PublicKey::parse(&m.peer_key) {
             Ok(key) => format!("unknown ({})", key.fingerprint()),
             Err(_) => "unknown".to_owned(),
@@ -209,5 +225,22 @@ pub(super) fn peer_label(m: &Message) -> String {
 pub(super) fn local_time(stored: &str) -> String {
     DateTime::parse_from_rfc3339(stored)
         .map(|t| t.with_timezone(&Local).format("%Y-%m-%d %H:%M").to_string())
-        .unwrap_or_else(|_| stored.to_owned())
+        .unwrap_or_else(|_| untrusted_inline(stored))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn snippets_are_escaped_between_their_match_markers() {
+        let snippet = format!("\u{1b}[2J{MATCH_START}plan{MATCH_END}\nnext");
+        let plain = Style { colour: false };
+        assert_eq!(marked_snippet(&snippet, &plain), "^[[2Jplan\n  │ next");
+        let colour = Style { colour: true };
+        assert_eq!(
+            marked_snippet(&snippet, &colour),
+            "^[[2J\u{1b}[1;33mplan\u{1b}[0m\n  │ next"
+        );
+    }
 }
