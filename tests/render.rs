@@ -198,3 +198,58 @@ fn contacts_work_on_a_profile_without_identity() {
     let listed = env.json("fresh", &["contacts", "--json"]);
     assert_eq!(listed[0]["name"], "bob");
 }
+
+#[test]
+fn legacy_import_names_and_messages_are_escaped() {
+    let env = Env::new();
+    env.init("me");
+    let dir = env.path("legacy");
+    std::fs::create_dir_all(dir.join("messages")).unwrap();
+    let bob = key();
+    // Names the old client accepted that today's rules refuse, and one
+    // that is a look-alike of another (with a Cyrillic о).
+    let contacts = serde_json::json!({"contacts": {
+        "bob": bob,
+        "b\u{43e}b": key(),
+        "eve\u{1b}[2J": key(),
+        "mal\u{202E}lory": key(),
+    }});
+    std::fs::write(dir.join("contacts.json"), contacts.to_string()).unwrap();
+    let messages = serde_json::json!([
+        {"content": INJECTION, "timestamp": 1_764_000_000.0, "incoming": true},
+        {"content": FORGED_LINE, "timestamp": 1_764_000_001.0, "incoming": true},
+    ]);
+    std::fs::write(dir.join("messages").join("bob.json"), messages.to_string()).unwrap();
+
+    let out = env
+        .cmd("me")
+        .args(["import", "--legacy", dir.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8(out.stdout).unwrap(),
+        String::from_utf8(out.stderr).unwrap(),
+    );
+    assert!(out.status.success(), "{stderr}");
+    assert_inert(&stdout);
+    assert_inert(&stderr);
+    assert!(stdout.contains("mal<U+202E>lory"), "{stdout}");
+    assert!(stdout.contains("eve^[[2J"), "{stdout}");
+    assert!(
+        stdout.contains("looks like the existing contact 'bob'"),
+        "{stdout}"
+    );
+    let names: Vec<String> = env
+        .json("me", &["contacts", "--json"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|c| c["name"].as_str().map(str::to_owned))
+        .collect();
+    assert_eq!(names, ["bob"]);
+    let shown = env.ok("me", &["history"]);
+    assert_inert(&shown);
+    assert_no_forged_header(&shown);
+    let shown = env.ok("me", &["contacts"]);
+    assert_inert(&shown);
+}

@@ -43,7 +43,7 @@ impl ContactName {
             // Shown escaped: the point is that it cannot be seen.
             return bad(&format!(
                 "a contact name cannot contain control, invisible or text-direction \
-                 characters (found {}): type it with visible characters only",
+                 characters (found {}): use visible characters only",
                 render::untrusted_inline(&c.to_string())
             ));
         }
