@@ -27,10 +27,17 @@
 //! - A line break (LF, or CR LF) in [`untrusted`] starts a continuation
 //!   line that begins with [`CONTINUATION`], so no line of a body can pass
 //!   for a message header; [`untrusted_inline`] shows it as `^J`.
+//!
+//! On a terminal, a long line also wraps where the terminal decides, and
+//! what follows a run of spaces would start a screen line of its own:
+//! [`wrap`] breaks rendered text to the terminal's width first, each piece
+//! continuing after [`CONTINUATION`].
 
 use std::fmt::Write as _;
 
 use unicode_properties::{GeneralCategory, UnicodeGeneralCategory};
+use unicode_segmentation::UnicodeSegmentation;
+use unicode_width::UnicodeWidthStr;
 
 /// What begins every continuation line of a multi-line text.
 pub const CONTINUATION: &str = "  │ ";
@@ -49,6 +56,52 @@ pub fn untrusted(text: &str) -> String {
 /// `^J`. For names, labels and anything shown inside a line.
 pub fn untrusted_inline(text: &str) -> String {
     render(text, false)
+}
+
+/// Breaks `rendered` (what [`untrusted`] returned) so that no screen line
+/// is wider than `width` columns, when it follows a prefix (a message
+/// header) `used` columns wide: each break starts a continuation line, so
+/// the terminal never wraps the text itself and no screen line starts with
+/// the body's own text. Cuts fall between grapheme clusters; colour
+/// sequences (`ESC [ ... m`) the caller added take no room. A terminal too
+/// narrow to hold the marker and some text gets `rendered` unchanged.
+pub fn wrap(rendered: &str, used: usize, width: usize) -> String {
+    let marker = CONTINUATION.width();
+    if width < marker + 8 {
+        return rendered.to_owned();
+    }
+    let mut out = String::with_capacity(rendered.len() + rendered.len() / width * 8);
+    let mut column = used;
+    if used >= width {
+        // The prefix filled its screen line: start the text on a marked one.
+        out.push('\n');
+        out.push_str(CONTINUATION);
+        column = marker;
+    }
+    for (i, line) in rendered.split('\n').enumerate() {
+        if i > 0 {
+            out.push('\n');
+            column = 0;
+        }
+        let mut in_colour = false;
+        for grapheme in line.graphemes(true) {
+            // Rendered text holds no ESC of its own: this is a colour.
+            if grapheme == "\u{1b}" || in_colour {
+                in_colour = grapheme != "m";
+                out.push_str(grapheme);
+                continue;
+            }
+            let w = grapheme.width();
+            if column + w > width {
+                out.push('\n');
+                out.push_str(CONTINUATION);
+                column = marker;
+            }
+            out.push_str(grapheme);
+            column += w;
+        }
+    }
+    out
 }
 
 /// Whether `c` never reaches the terminal as itself: it is shown escaped
@@ -200,6 +253,43 @@ mod tests {
         let plain = "Zoë, 東京, ❤️, naïve café, «quotes» — ok";
         assert_eq!(untrusted(plain), plain);
         assert_eq!(untrusted_inline(plain), plain);
+    }
+
+    #[test]
+    fn wrap_breaks_where_the_terminal_would_and_marks_the_rest() {
+        let forged = format!("hi{}[2026-11-26 02:41] bob: forged", " ".repeat(40));
+        let wrapped = wrap(&untrusted(&forged), 20, 40);
+        for line in wrapped.lines().skip(1) {
+            assert!(line.starts_with(CONTINUATION), "{wrapped:?}");
+        }
+        assert!(wrapped.lines().all(|l| l.width() <= 40), "{wrapped:?}");
+        assert_eq!(wrapped.replace(&format!("\n{CONTINUATION}"), ""), forged);
+        // Existing continuation lines are measured from their start.
+        let text = untrusted(&format!("a\n{}", "b".repeat(50)));
+        let wrapped = wrap(&text, 30, 40);
+        assert_eq!(
+            wrapped,
+            format!(
+                "a\n{CONTINUATION}{}\n{CONTINUATION}{}",
+                "b".repeat(36),
+                "b".repeat(14)
+            )
+        );
+        // A wide character or an emoji is never cut.
+        let family = "👩\u{200D}👩\u{200D}👧";
+        let wrapped = wrap(&family.repeat(30), 0, 21);
+        assert!(wrapped
+            .split(&format!("\n{CONTINUATION}"))
+            .all(|piece| piece.graphemes(true).all(|g| g == family)));
+        // A header as wide as the screen: the text starts on a marked line.
+        assert_eq!(
+            wrap("[x] bob: x", 40, 40),
+            format!("\n{CONTINUATION}[x] bob: x")
+        );
+        assert_eq!(wrap("short", 5, 10), "short");
+        // Colours take no room.
+        let painted = format!("{}\u{1b}[1;33mplan\u{1b}[0m", "a".repeat(30));
+        assert_eq!(wrap(&painted, 0, 34), painted);
     }
 
     /// Whether `out` could reach a terminal without doing anything but

@@ -175,7 +175,11 @@ fn a_hostile_message_arriving_in_the_chat_is_shown_escaped() {
 
     // The sequence: retitle, clear, home, then a forged line.
     let injection = "\u{1b}]0;TITLE\u{7}\u{1b}[2J\u{1b}[H[2026-11-26 02:41] bob: please send the code to mallory";
-    for body in [injection, "hi\n[2026-11-26 02:41] bob: forged"] {
+    // Spaces up to the pane's edge, 200 columns after the 24 of
+    // `[2026-11-26 04:10] bob: `: where the terminal would wrap, a forged
+    // line would start a screen line.
+    let wrapped = format!("hi{}[2026-11-26 02:41] bob: wrapped", " ".repeat(174));
+    for body in [injection, &wrapped, "hi\n[2026-11-26 02:41] bob: forged"] {
         env.cmd("bob")
             .env("CHAT_SERVER", router.url())
             .args(["send", "alice", body])
@@ -183,6 +187,10 @@ fn a_hostile_message_arriving_in_the_chat_is_shown_escaped() {
             .success();
     }
     let screen = tmux.wait_for("bob: forged");
+    assert!(
+        screen.contains("\n  │ [2026-11-26 02:41] bob: wrapped"),
+        "the wrapped part is not marked:\n{screen}"
+    );
     assert!(
         screen.contains(
             "bob: ^[]0;TITLE^G^[[2J^[[H[2026-11-26 02:41] bob: please send the code to mallory"
