@@ -91,7 +91,7 @@ pub fn wrap(rendered: &str, used: usize, width: usize) -> String {
                 out.push_str(grapheme);
                 continue;
             }
-            let w = grapheme.width();
+            let w = columns(grapheme);
             if column + w > width {
                 out.push('\n');
                 out.push_str(CONTINUATION);
@@ -102,6 +102,17 @@ pub fn wrap(rendered: &str, used: usize, width: usize) -> String {
         }
     }
     out
+}
+
+/// The most columns a terminal may give a grapheme cluster: one that does
+/// not join an emoji sequence shows each emoji, so counting each character
+/// too errs on the side of breaking early, never of letting it wrap.
+fn columns(grapheme: &str) -> usize {
+    let each: usize = grapheme
+        .chars()
+        .map(|c| unicode_width::UnicodeWidthChar::width(c).unwrap_or(0))
+        .sum();
+    each.max(grapheme.width())
 }
 
 /// Whether `c` never reaches the terminal as itself: it is shown escaped
@@ -311,6 +322,26 @@ mod tests {
         fn output_is_always_safe(text in any::<String>()) {
             prop_assert!(is_safe(&untrusted(&text), true));
             prop_assert!(is_safe(&untrusted_inline(&text), false));
+        }
+
+        #[test]
+        fn wrapped_lines_fit_and_are_marked(
+            text in any::<String>(),
+            used in 0usize..60,
+            width in 12usize..80,
+        ) {
+            let wrapped = wrap(&untrusted(&text), used, width);
+            prop_assert!(is_safe(&wrapped, true));
+            for (i, line) in wrapped.split('\n').enumerate() {
+                let room = if i == 0 { width.saturating_sub(used) } else { width };
+                prop_assert!(i == 0 || line.starts_with(CONTINUATION), "{:?}", wrapped);
+                // Only a single grapheme wider than the room may overflow it.
+                prop_assert!(
+                    line.width() <= room || line.graphemes(true).count() <= 1
+                        || (i > 0 && line[CONTINUATION.len()..].graphemes(true).count() <= 1),
+                    "{:?}", wrapped
+                );
+            }
         }
 
         #[test]
