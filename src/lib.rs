@@ -18,5 +18,6 @@ pub mod crypto;
 pub mod identity;
 pub mod profile;
 pub mod protocol;
+pub mod render;
 pub mod router;
 pub mod store;

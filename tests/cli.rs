@@ -273,7 +273,7 @@ fn refuses_empty_and_over_long_contact_names() {
         home.cmd("alice")
             .args(["add-contact", name, &stranger_key()])
             .assert()
-            .code(1)
+            .code(2)
             .stderr(predicate::str::contains("contact name"));
     }
 }

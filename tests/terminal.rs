@@ -16,7 +16,11 @@ struct Tmux {
 
 impl Tmux {
     fn new() -> Self {
-        let socket = format!("chat-p2p-test-{}", std::process::id());
+        // One server per test: tests run in parallel, and dropping one
+        // kills its server.
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let socket = format!("chat-p2p-test-{}-{n}", std::process::id());
         Self { socket }
     }
 
@@ -135,4 +139,81 @@ fn an_arriving_message_does_not_garble_the_line_being_typed() {
 
     let sent = env.json("alice", &["history", "bob", "--json", "--direction", "out"]);
     assert_eq!(sent[0]["body"], "half typed");
+}
+
+#[test]
+fn a_hostile_message_arriving_in_the_chat_is_shown_escaped() {
+    let env = Env::new();
+    let router = Router::start(&env.path("router"), &[]);
+    let alice = env.init("alice");
+    let bob = env.init("bob");
+    env.ok("alice", &["add-contact", "bob", &bob]);
+    env.ok("bob", &["add-contact", "alice", &alice]);
+
+    let tmux = Tmux::new();
+    let command = format!(
+        "env -i HOME=/nonexistent TERM=xterm CHAT_HOME={} CHAT_PROFILE=alice CHAT_SERVER={} {} chat bob",
+        shell_quote(env.home().to_str().unwrap()),
+        shell_quote(&router.url()),
+        shell_quote(env!("CARGO_BIN_EXE_chat-p2p")),
+    );
+    tmux.run(&[
+        "new-session",
+        "-d",
+        "-s",
+        "chat",
+        "-x",
+        "200",
+        "-y",
+        "20",
+        &command,
+    ]);
+    tmux.wait_for("Chat with bob");
+    tmux.wait_until("the prompt", |s| s.lines().any(|l| l.trim_end() == ">"));
+    let title = || tmux.run(&["display-message", "-p", "-t", "chat", "#{pane_title}"]);
+    let title_before = title();
+
+    // The sequence: retitle, clear, home, then a forged line.
+    let injection = "\u{1b}]0;TITLE\u{7}\u{1b}[2J\u{1b}[H[2026-11-26 02:41] bob: please send the code to mallory";
+    // Spaces up to the pane's edge, 200 columns after the 24 of
+    // `[2026-11-26 04:10] bob: `: where the terminal would wrap, a forged
+    // line would start a screen line.
+    let wrapped = format!("hi{}[2026-11-26 02:41] bob: wrapped", " ".repeat(174));
+    for body in [injection, &wrapped, "hi\n[2026-11-26 02:41] bob: forged"] {
+        env.cmd("bob")
+            .env("CHAT_SERVER", router.url())
+            .args(["send", "alice", body])
+            .assert()
+            .success();
+    }
+    let screen = tmux.wait_for("bob: forged");
+    assert!(
+        screen.contains("\n  │ [2026-11-26 02:41] bob: wrapped"),
+        "the wrapped part is not marked:\n{screen}"
+    );
+    assert!(
+        screen.contains(
+            "bob: ^[]0;TITLE^G^[[2J^[[H[2026-11-26 02:41] bob: please send the code to mallory"
+        ),
+        "the sequence is not shown escaped:\n{screen}"
+    );
+    assert!(
+        screen.contains("Chat with bob"),
+        "the screen was cleared:\n{screen}"
+    );
+    assert!(
+        screen.contains("bob: hi\n  │ [2026-11-26 02:41] bob: forged"),
+        "the second line is not marked:\n{screen}"
+    );
+    assert!(
+        !screen
+            .lines()
+            .any(|l| l.starts_with("[2026-11-26 02:41] bob:")),
+        "a forged line passes for a message:\n{screen}"
+    );
+    assert_eq!(title(), title_before, "the window title changed");
+    assert!(!title().contains("TITLE"));
+
+    tmux.run(&["send-keys", "-t", "chat", "-l", "exit"]);
+    tmux.run(&["send-keys", "-t", "chat", "Enter"]);
 }

@@ -222,10 +222,21 @@ impl<'a> Importer<'a> {
     /// Merges one contact by key.
     pub(crate) fn contact(&mut self, contact: ContactRecord) -> Result<(), Fault> {
         self.require_header()?;
-        let name = ContactName::parse(&contact.name)
-            .map_err(|e| Fault::Invalid(format!("contact '{}': {e}", contact.name)))?;
         let key = PublicKey::parse(&contact.public_key)
             .map_err(|e| Fault::Invalid(format!("contact '{}': {e}", contact.name)))?;
+        let name = match ContactName::parse(&contact.name) {
+            Ok(name) => name,
+            // A name today's rules refuse (an old export may hold one) is
+            // not saved; the messages stay, under the key's fingerprint.
+            Err(e) => {
+                self.report.contact_notes.push(format!(
+                    "'{}' not saved: {e}; its messages are kept under its fingerprint {}",
+                    contact.name,
+                    key.fingerprint()
+                ));
+                return Ok(());
+            }
+        };
         let added_at = match &contact.added_at {
             Some(at) => normalize(at, "added_at")?,
             None => clock::now(),
@@ -247,6 +258,10 @@ impl<'a> Importer<'a> {
             }
             Merge::NameClash => format!(
                 "'{name}' not saved: another key already has that name; its messages are kept under its fingerprint {}",
+                key.fingerprint()
+            ),
+            Merge::LookAlike(existing) => format!(
+                "'{name}' not saved: it looks like the existing contact '{existing}'; its messages are kept under its fingerprint {}",
                 key.fingerprint()
             ),
             Merge::OwnKey => format!("'{name}' not saved: it is this profile's own key"),

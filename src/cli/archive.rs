@@ -173,7 +173,8 @@ fn print_report(ctx: &Context, store: &Store, r: &ImportReport) -> Result<()> {
         r.messages_added, r.messages_known, r.contacts_added, r.contacts_known
     );
     for note in &r.contact_notes {
-        println!("note: contact {note}");
+        // Notes quote names from the file.
+        println!("note: contact {}", crate::render::untrusted_inline(note));
     }
     if let Some(key) = &r.identity_adopted {
         println!("This profile's identity is now {key}.");
@@ -181,7 +182,11 @@ fn print_report(ctx: &Context, store: &Store, r: &ImportReport) -> Result<()> {
     if let Some(old) = &r.identity_replaced {
         eprintln!("warning: replaced the identity {old}; its secret key is gone.");
     }
-    if let Some(key) = &r.foreign_export {
+    if let Some(key) = r
+        .foreign_export
+        .as_deref()
+        .map(crate::render::untrusted_inline)
+    {
         eprintln!(
             "warning: this export was made by another identity ({key}); \
              its outgoing messages appear as yours."

@@ -7,6 +7,8 @@ use anyhow::{Context as _, Result};
 use clap::Args;
 use rustyline::error::ReadlineError;
 use tokio::sync::mpsc;
+use unicode_segmentation::UnicodeSegmentation;
+use unicode_width::UnicodeWidthStr;
 
 use super::history::{hit_line, line, local_time, peer_label, Style};
 use super::resolve_peer;
@@ -14,6 +16,7 @@ use super::{runtime, ServerArgs, UsageError};
 use crate::client::chat::{self, ChatOptions, Input, Screen};
 use crate::client::{Engine, ServerUrl, Update};
 use crate::identity::PublicKey;
+use crate::render::{untrusted, untrusted_inline};
 use crate::store::{Filter, Message, Order, Status, Store};
 
 /// Arguments of `chat`.
@@ -46,7 +49,7 @@ pub fn chat(ctx: &super::Context, args: ChatArgs) -> Result<()> {
     let interactive = std::io::stdin().is_terminal();
     let label = store
         .contact_by_key(&peer)?
-        .map(|c| c.name)
+        .map(|c| untrusted_inline(&c.name))
         .unwrap_or_else(|| format!("unknown ({})", peer.fingerprint()));
     if interactive {
         eprintln!(
@@ -199,29 +202,36 @@ impl Screen for ChatScreen {
             Update::Rejected { from, reason } => self.style.paint(
                 "31",
                 &format!(
-                    "! refused a message claiming to be from {}: {reason}",
-                    from.fingerprint()
+                    "! refused a message claiming to be from {}: {}",
+                    from.fingerprint(),
+                    untrusted_inline(reason)
                 ),
             ),
             Update::Retrying { code, message } => format!(
-                "… the router asks to wait ({}): {message}; sending again shortly",
-                code.as_str()
+                "… the router asks to wait ({}): {}; sending again shortly",
+                code.as_str(),
+                untrusted_inline(message)
             ),
             Update::RouterError { code, message } => {
-                format!("! router error ({}): {message}", code.as_str())
+                format!(
+                    "! router error ({}): {}",
+                    code.as_str(),
+                    untrusted_inline(message)
+                )
             }
         };
         self.print(text);
     }
 
     fn notice(&mut self, text: &str) {
-        let text = self.style.paint("2", &format!("-- {text}"));
+        // Notices quote errors, and errors may quote what a router sent.
+        let text = self.style.paint("2", &format!("-- {}", untrusted(text)));
         self.print(text);
     }
 
     fn command(&mut self, command: &str, store: &Store) {
         let lines = run_command(command, store, &self.peer, &self.style)
-            .unwrap_or_else(|e| vec![format!("{e:#}")]);
+            .unwrap_or_else(|e| vec![untrusted(&format!("{e:#}"))]);
         for text in lines {
             self.print(text);
         }
@@ -252,7 +262,7 @@ fn status_line(m: &Message, style: &Style) -> String {
         excerpt(&m.body)
     );
     if let Some(reason) = &m.failure_reason {
-        text.push_str(&format!(" ({reason})"));
+        text.push_str(&format!(" ({})", untrusted_inline(reason)));
     }
     if m.status == Status::Failed {
         text = style.paint("31", &text);
@@ -260,15 +270,26 @@ fn status_line(m: &Message, style: &Style) -> String {
     text
 }
 
+/// The body's first line, made safe for the terminal and cut to at most
+/// 40 columns by whole grapheme clusters, so that an emoji joined by
+/// zero-width joiners or a letter with its accents is never split; `…`
+/// marks a cut or a further line.
 fn excerpt(body: &str) -> String {
-    const MAX: usize = 40;
+    const MAX_COLUMNS: usize = 40;
     let first_line = body.lines().next().unwrap_or("");
-    if first_line.chars().count() > MAX || first_line.len() < body.len() {
-        let cut: String = first_line.chars().take(MAX).collect();
-        format!("{cut}…")
-    } else {
-        first_line.to_owned()
+    let mut cut = String::new();
+    let mut columns = 0;
+    for grapheme in untrusted_inline(first_line).graphemes(true) {
+        columns += grapheme.width();
+        if columns > MAX_COLUMNS {
+            return format!("{cut}…");
+        }
+        cut.push_str(grapheme);
     }
+    if first_line.len() < body.len() {
+        cut.push('…');
+    }
+    cut
 }
 
 const HELP: &str = "/history [N]   the last N messages of this conversation (default 20)
@@ -309,11 +330,17 @@ fn run_command(
         "/search" => {
             let hits = store.search(rest, &Filter::default(), Order::Newest, 20)?;
             if hits.is_empty() {
-                return Ok(vec![format!("no message matches {rest:?}")]);
+                return Ok(vec![format!(
+                    "no message matches \"{}\"",
+                    untrusted_inline(rest)
+                )]);
             }
             Ok(hits.iter().map(|h| hit_line(h, style)).collect())
         }
-        other => Ok(vec![format!("unknown command {other}; /help lists them")]),
+        other => Ok(vec![format!(
+            "unknown command {}; /help lists them",
+            untrusted_inline(other)
+        )]),
     }
 }
 
@@ -380,5 +407,31 @@ mod tests {
         assert_eq!(excerpt("hi"), "hi");
         assert_eq!(excerpt("a\nb"), "a…");
         assert_eq!(excerpt(&"x".repeat(50)).chars().count(), 41);
+    }
+
+    #[test]
+    fn excerpts_cut_whole_graphemes_by_display_width() {
+        let family = "👩\u{200D}👩\u{200D}👧\u{200D}👦";
+        let cut = excerpt(&family.repeat(30));
+        // Two columns each: twenty fit in forty.
+        assert_eq!(cut, format!("{}…", family.repeat(20)));
+        let accented = "e\u{301}";
+        let cut = excerpt(&accented.repeat(50));
+        assert_eq!(cut, format!("{}…", accented.repeat(40)));
+        let wide = excerpt(&"東".repeat(30));
+        assert_eq!(wide, format!("{}…", "東".repeat(20)));
+    }
+
+    #[test]
+    fn status_lines_and_command_answers_are_escaped() {
+        assert_eq!(excerpt("\u{1b}]0;x\u{7}\nnext"), "^[]0;x^G…");
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::create(&dir.path().join("chat.db")).unwrap();
+        let peer = crate::identity::Identity::generate().public_key();
+        let style = Style::detect();
+        let answer = run_command("/search nothing\u{202E}here", &store, &peer, &style).unwrap();
+        assert!(answer[0].contains("<U+202E>"), "{answer:?}");
+        let answer = run_command("/frob\u{9b}", &store, &peer, &style).unwrap();
+        assert!(answer[0].contains("<U+009B>"), "{answer:?}");
     }
 }

@@ -5,8 +5,11 @@ use anyhow::Result;
 use clap::Args;
 use serde_json::json;
 
-use super::{parse_key, print_json, Context};
+use unicode_width::UnicodeWidthStr;
+
+use super::{parse_key, print_json, Context, UsageError};
 use crate::identity::PublicKey;
+use crate::render::untrusted_inline;
 use crate::store::{Contact, ContactName, UnknownPeer};
 
 /// Arguments of `add-contact`.
@@ -66,9 +69,14 @@ fn unknown_json(u: &UnknownPeer) -> serde_json::Value {
     })
 }
 
+/// A name as typed, checked: a name that can never be used is bad usage.
+fn parse_name(name: &str) -> Result<ContactName> {
+    ContactName::parse(name).map_err(|e| UsageError(e.to_string()).into())
+}
+
 /// Saves a contact.
 pub fn add(ctx: &Context, args: AddArgs) -> Result<()> {
-    let name = ContactName::parse(&args.name)?;
+    let name = parse_name(&args.name)?;
     let (mut store, _) = ctx.open_with_identity()?;
     let contact = store.add_contact(&name, &args.pubkey)?;
     if args.json {
@@ -76,15 +84,16 @@ pub fn add(ctx: &Context, args: AddArgs) -> Result<()> {
     }
     println!(
         "Added contact '{}' (fingerprint {}).",
-        contact.name,
+        untrusted_inline(&contact.name),
         contact.key.fingerprint()
     );
     Ok(())
 }
 
-/// Lists contacts.
+/// Lists contacts. Needs no identity: a profile filled by `import` alone
+/// has contacts to show.
 pub fn list(ctx: &Context, args: ListArgs) -> Result<()> {
-    let (store, _) = ctx.open_with_identity()?;
+    let store = ctx.open_store()?;
     let contacts = store.contacts()?;
     let unknown = store.unknown_peers()?;
     if args.json {
@@ -95,15 +104,18 @@ pub fn list(ctx: &Context, args: ListArgs) -> Result<()> {
     if contacts.is_empty() {
         println!("No contacts yet. Add one with: chat-p2p add-contact NAME PUBKEY");
     } else {
-        let width = contacts
+        let names: Vec<String> = contacts.iter().map(|c| untrusted_inline(&c.name)).collect();
+        // Columns line up by what the terminal shows, not by characters.
+        let width = names
             .iter()
-            .map(|c| c.name.chars().count())
+            .map(|n| n.width())
             .max()
             .unwrap_or(0)
             .max("NAME".len());
-        println!("{:width$}  {:24}  PUBLIC KEY", "NAME", "FINGERPRINT");
-        for c in &contacts {
-            println!("{:width$}  {:24}  {}", c.name, c.key.fingerprint(), c.key);
+        let pad = |name: &str| format!("{name}{}", " ".repeat(width - name.width()));
+        println!("{}  {:24}  PUBLIC KEY", pad("NAME"), "FINGERPRINT");
+        for (c, name) in contacts.iter().zip(&names) {
+            println!("{}  {:24}  {}", pad(name), c.key.fingerprint(), c.key);
         }
     }
     if !unknown.is_empty() {
@@ -119,6 +131,12 @@ pub fn list(ctx: &Context, args: ListArgs) -> Result<()> {
             );
         }
     }
+    if store.identity()?.is_none() {
+        eprintln!(
+            "note: this profile has no identity yet: run '{} init' to send and receive.",
+            ctx.cli_prefix()
+        );
+    }
     Ok(())
 }
 
@@ -128,16 +146,21 @@ pub fn remove(ctx: &Context, args: RemoveArgs) -> Result<()> {
     let contact = store.remove_contact(&args.name)?;
     println!(
         "Removed contact '{}' ({}). Your history with this key is kept.",
-        contact.name, contact.key
+        untrusted_inline(&contact.name),
+        contact.key
     );
     Ok(())
 }
 
 /// Renames a contact.
 pub fn rename(ctx: &Context, args: RenameArgs) -> Result<()> {
-    let new = ContactName::parse(&args.new)?;
+    let new = parse_name(&args.new)?;
     let (mut store, _) = ctx.open_with_identity()?;
     let contact = store.rename_contact(&args.old, &new)?;
-    println!("Renamed contact '{}' to '{}'.", args.old, contact.name);
+    println!(
+        "Renamed contact '{}' to '{}'.",
+        untrusted_inline(&args.old),
+        untrusted_inline(&contact.name)
+    );
     Ok(())
 }

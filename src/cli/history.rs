@@ -6,9 +6,11 @@ use anyhow::Result;
 use chrono::{DateTime, Local};
 use clap::Args;
 use serde_json::json;
+use unicode_width::UnicodeWidthStr;
 
 use super::{print_json, resolve_peer, Context};
 use crate::identity::PublicKey;
+use crate::render::{untrusted, untrusted_inline, wrap};
 use crate::store::search::{MATCH_END, MATCH_START};
 use crate::store::{Direction, Filter, Hit, Message, Order, Status, Store, TimeBound};
 
@@ -102,11 +104,11 @@ pub fn history(ctx: &Context, args: HistoryArgs) -> Result<()> {
             }
             let (before, after) = store.context(&hit.message, context)?;
             for m in &before {
-                writeln!(out, "  {}", line(m, &style))?;
+                writeln!(out, "  {}", line_at(m, &style, 2))?;
             }
-            writeln!(out, "> {}", hit_line(hit, &style))?;
+            writeln!(out, "> {}", hit_line_at(hit, &style, 2))?;
             for m in &after {
-                writeln!(out, "  {}", line(m, &style))?;
+                writeln!(out, "  {}", line_at(m, &style, 2))?;
             }
         } else {
             writeln!(out, "{}", hit_line(hit, &style))?;
@@ -132,16 +134,31 @@ fn hits_json(store: &Store, hits: &[Hit], context: usize) -> Result<serde_json::
     Ok(serde_json::Value::Array(out))
 }
 
-/// Whether to colour: only on a terminal, and never with NO_COLOR set.
+/// Whether to colour (only on a terminal, and never with NO_COLOR set),
+/// and whether to fit bodies to the terminal's width.
 pub(super) struct Style {
     colour: bool,
+    terminal: bool,
 }
 
 impl Style {
     pub(super) fn detect() -> Self {
+        let terminal = std::io::stdout().is_terminal();
         Self {
-            colour: std::io::stdout().is_terminal()
-                && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()),
+            colour: terminal && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()),
+            terminal,
+        }
+    }
+
+    /// Rendered text that follows a prefix `used` columns wide, broken to
+    /// the terminal's width (asked each time: it may have been resized)
+    /// so that no screen line starts with what a peer wrote.
+    pub(super) fn fit(&self, rendered: String, used: usize) -> String {
+        match terminal_size::terminal_size() {
+            Some((terminal_size::Width(w), _)) if self.terminal => {
+                wrap(&rendered, used, usize::from(w))
+            }
+            _ => rendered,
         }
     }
 
@@ -154,51 +171,86 @@ impl Style {
     }
 }
 
-/// `[2026-11-25 20:32] you → bob ✓✓: hello` or `[...] bob: hi`.
+/// `[2026-11-25 20:32] you → bob ✓✓: hello` or `[...] bob: hi`; the body
+/// and name made safe for the terminal, a body's later lines marked.
 pub(super) fn line(m: &Message, style: &Style) -> String {
-    let time = style.paint("2", &format!("[{}]", local_time(&m.created_at)));
+    line_at(m, style, 0)
+}
+
+/// [`line`] printed after `indent` columns of the caller's own.
+fn line_at(m: &Message, style: &Style, indent: usize) -> String {
+    let time = format!("[{}]", local_time(&m.created_at));
     let peer = peer_label(m);
-    match m.direction {
+    let (head, painted) = match m.direction {
         Direction::Out => {
             let mark = match m.status {
                 Status::Failed => style.paint("31", m.status.mark()),
                 s => s.mark().to_owned(),
             };
-            format!("{time} you → {peer} {mark}: {}", m.body)
+            (
+                format!("{time} you → {peer} {}: ", m.status.mark()),
+                format!("{} you → {peer} {mark}: ", style.paint("2", &time)),
+            )
         }
-        Direction::In => format!("{time} {}: {}", style.paint("1", &peer), m.body),
-    }
+        Direction::In => (
+            format!("{time} {peer}: "),
+            format!("{} {}: ", style.paint("2", &time), style.paint("1", &peer)),
+        ),
+    };
+    let body = style.fit(untrusted(&m.body), indent + head.width());
+    format!("{painted}{body}")
 }
 
 /// `bob  [2026-11-25 20:32] you: a secret plan` with the matches marked.
 pub(super) fn hit_line(hit: &Hit, style: &Style) -> String {
+    hit_line_at(hit, style, 0)
+}
+
+/// [`hit_line`] printed after `indent` columns of the caller's own.
+fn hit_line_at(hit: &Hit, style: &Style, indent: usize) -> String {
     let m = &hit.message;
     let who = match m.direction {
         Direction::Out => format!("you {}", m.status.mark()).trim_end().to_owned(),
         Direction::In => peer_label(m),
     };
-    let snippet = if style.colour {
-        hit.snippet
-            .replace(MATCH_START, "\x1b[1;33m")
-            .replace(MATCH_END, "\x1b[0m")
-    } else {
-        plain(&hit.snippet)
-    };
+    let (peer, time) = (peer_label(m), format!("[{}]", local_time(&m.created_at)));
+    let head = format!("{peer}  {time} {who}: ");
+    let snippet = style.fit(marked_snippet(&hit.snippet, style), indent + head.width());
     format!(
         "{}  {} {who}: {snippet}",
-        style.paint("1", &peer_label(m)),
-        style.paint("2", &format!("[{}]", local_time(&m.created_at))),
+        style.paint("1", &peer),
+        style.paint("2", &time),
     )
+}
+
+/// The snippet made safe for the terminal, its matches highlighted (in
+/// colour) or unmarked: the markers are control characters, so the text
+/// between them is rendered piece by piece.
+fn marked_snippet(snippet: &str, style: &Style) -> String {
+    let mut out = String::with_capacity(snippet.len());
+    let mut rest = snippet;
+    while let Some(at) = rest.find([MATCH_START, MATCH_END]) {
+        out.push_str(&untrusted(&rest[..at]));
+        if style.colour {
+            let start = rest[at..].starts_with(MATCH_START);
+            out.push_str(if start { "\x1b[1;33m" } else { "\x1b[0m" });
+        }
+        // Both markers are one byte long.
+        rest = &rest[at + 1..];
+    }
+    out.push_str(&untrusted(rest));
+    out
 }
 
 fn plain(snippet: &str) -> String {
     snippet.replace([MATCH_START, MATCH_END], "")
 }
 
-/// The contact's name, or "unknown" with the key's fingerprint.
+/// The contact's name (made safe for the terminal), or "unknown" with the
+/// key's fingerprint.
 pub(super) fn peer_label(m: &Message) -> String {
     match &m.contact {
-        Some(name) => name.clone(),
+        Some(name) => untrusted_inline(name),
         None => match PublicKey::parse(&m.peer_key) {
             Ok(key) => format!("unknown ({})", key.fingerprint()),
             Err(_) => "unknown".to_owned(),
@@ -209,5 +261,28 @@ pub(super) fn peer_label(m: &Message) -> String {
 pub(super) fn local_time(stored: &str) -> String {
     DateTime::parse_from_rfc3339(stored)
         .map(|t| t.with_timezone(&Local).format("%Y-%m-%d %H:%M").to_string())
-        .unwrap_or_else(|_| stored.to_owned())
+        .unwrap_or_else(|_| untrusted_inline(stored))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn snippets_are_escaped_between_their_match_markers() {
+        let snippet = format!("\u{1b}[2J{MATCH_START}plan{MATCH_END}\nnext");
+        let plain = Style {
+            colour: false,
+            terminal: false,
+        };
+        assert_eq!(marked_snippet(&snippet, &plain), "^[[2Jplan\n  │ next");
+        let colour = Style {
+            colour: true,
+            terminal: false,
+        };
+        assert_eq!(
+            marked_snippet(&snippet, &colour),
+            "^[[2J\u{1b}[1;33mplan\u{1b}[0m\n  │ next"
+        );
+    }
 }

@@ -233,12 +233,17 @@ pub fn main() -> ExitCode {
     };
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
+        // Errors quote names, queries, paths and what routers and files
+        // said: the whole text is made safe for the terminal.
         Err(e) if e.is::<UsageError>() => {
-            eprintln!("error: {e:#}\n\nFor more information, try '--help'.");
+            eprintln!(
+                "error: {}\n\nFor more information, try '--help'.",
+                crate::render::untrusted(&format!("{e:#}"))
+            );
             ExitCode::from(2)
         }
         Err(e) => {
-            eprintln!("chat-p2p: {}", describe(&e));
+            eprintln!("chat-p2p: {}", crate::render::untrusted(&describe(&e)));
             ExitCode::FAILURE
         }
     }

@@ -10,6 +10,7 @@ use serde_json::json;
 use super::{print_json, resolve_peer, runtime, Context, ServerArgs};
 use crate::client::exchange::{exchange, Until};
 use crate::client::{ClientError, Engine, ServerUrl, Tally, Update};
+use crate::render::untrusted_inline;
 use crate::store::Status;
 
 /// Arguments of `send`.
@@ -129,12 +130,15 @@ fn run_exchange(
 fn warn(update: &Update) {
     match update {
         Update::Rejected { from, reason } => eprintln!(
-            "warning: refused a message claiming to be from {} ({from}): {reason}",
-            from.fingerprint()
+            "warning: refused a message claiming to be from {} ({from}): {}",
+            from.fingerprint(),
+            untrusted_inline(reason)
         ),
-        Update::RouterError { code, message } => {
-            eprintln!("warning: the router reported {}: {message}", code.as_str())
-        }
+        Update::RouterError { code, message } => eprintln!(
+            "warning: the router reported {}: {}",
+            code.as_str(),
+            untrusted_inline(message)
+        ),
         Update::Received(_) | Update::Status(_) | Update::Retrying { .. } => {}
     }
 }

@@ -1,28 +1,37 @@
 //! The `contacts` table: a name for each public key this profile talks to.
 //!
 //! Names are unique ignoring case (in every script: the folded name is kept
-//! in `name_key`), and so are keys. Messages refer to peers by key, not by
+//! in `name_key`), and so are keys. Names are stored in NFC, hold no
+//! invisible or text-direction characters, and a new name may not be
+//! confusable with an existing one (Unicode TR39 skeletons), so that `bоb`
+//! with a Cyrillic `о` can never pass for `bob`. Databases from before
+//! these rules may hold other names: they open and are found all the same. Messages refer to peers by key, not by
 //! contact row, so renaming or removing a contact never touches history.
 
 use std::fmt;
 
 use rusqlite::{params, OptionalExtension, Row};
+use unicode_normalization::UnicodeNormalization;
+use unicode_security::confusable_detection::skeleton;
 
 use super::{Error, Result, Store};
 use crate::clock;
 use crate::identity::PublicKey;
+use crate::render;
 
 /// The longest contact name accepted, in characters.
 pub const MAX_CONTACT_NAME_CHARS: usize = 64;
 
-/// A validated contact name: trimmed, 1 to 64 characters, printable.
+/// A validated contact name: trimmed, in NFC, 1 to 64 characters, with
+/// nothing invisible (see [`render::is_hidden`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ContactName(String);
 
 impl ContactName {
-    /// Validates a contact name; surrounding white space is dropped.
+    /// Validates a contact name; surrounding white space is dropped and the
+    /// rest normalised to NFC (`Zoë` typed either way is one name).
     pub fn parse(name: &str) -> Result<Self> {
-        let name = name.trim();
+        let name: String = name.trim().nfc().collect();
         let bad = |why: &str| Err(Error::BadContactName(why.to_owned()));
         if name.is_empty() {
             return bad("a contact name cannot be empty");
@@ -30,14 +39,19 @@ impl ContactName {
         if name.chars().count() > MAX_CONTACT_NAME_CHARS {
             return bad("a contact name can be at most 64 characters long");
         }
-        if name.chars().any(char::is_control) {
-            return bad("a contact name cannot contain control characters");
+        if let Some(c) = name.chars().find(|&c| render::is_hidden(c)) {
+            // Shown escaped: the point is that it cannot be seen.
+            return bad(&format!(
+                "a contact name cannot contain control, invisible or text-direction \
+                 characters (found {}): use visible characters only",
+                render::untrusted_inline(&c.to_string())
+            ));
         }
         if name.contains("://") {
             // `chat ws://host/ws bob` takes a URL where a name would go.
             return bad("a contact name cannot contain '://' (it would read as a server URL)");
         }
-        Ok(Self(name.to_owned()))
+        Ok(Self(name))
     }
 
     /// The name as typed.
@@ -57,8 +71,30 @@ impl fmt::Display for ContactName {
     }
 }
 
+/// The form names are compared in: lower case, NFC.
 fn fold(name: &str) -> String {
-    name.to_lowercase()
+    name.to_lowercase().nfc().collect()
+}
+
+/// Whether two names could be taken for each other on screen: the same
+/// TR39 skeleton as typed or ignoring case (`bоb` with a Cyrillic `о` and
+/// `bob`; `Zoë` in NFD and in NFC; `BOB` and `bоb`).
+fn confusable(a: &str, b: &str) -> bool {
+    let same = |a: &str, b: &str| skeleton(a).eq(skeleton(b));
+    same(a, b) || same(&fold(a), &fold(b))
+}
+
+/// The characters of `name` that `existing` does not have, beyond ASCII,
+/// as code points: what makes a look-alike differ.
+fn odd_characters(name: &str, existing: &str) -> String {
+    let mut odd: Vec<String> = Vec::new();
+    for c in name.chars() {
+        let code = format!("U+{:04X}", u32::from(c));
+        if !c.is_ascii() && !existing.contains(c) && !odd.contains(&code) {
+            odd.push(code);
+        }
+    }
+    odd.join(", ")
 }
 
 /// A saved contact.
@@ -159,6 +195,9 @@ impl Store {
         if let Some(existing) = find_by_name(&tx, name)? {
             return Err(Error::NameTaken(existing.name));
         }
+        if let Some(existing) = find_look_alike(&tx, name, None)? {
+            return Err(look_alike_error(name, existing));
+        }
         tx.execute(
             "INSERT INTO contacts (name, name_key, public_key, added_at)
              VALUES (?1, ?2, ?3, ?4)",
@@ -181,14 +220,21 @@ impl Store {
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
-    /// The contact called `name` (ignoring case), or
-    /// [`Error::UnknownContact`] with names that look alike.
+    /// The contact called `name` (ignoring case and Unicode normal form),
+    /// or [`Error::UnknownContact`] with names that look alike.
     pub fn contact(&self, name: &str) -> Result<Contact> {
-        let parsed = ContactName::parse(name);
-        if let Ok(parsed) = &parsed {
-            if let Some(contact) = find_by_name(&self.conn, parsed)? {
-                return Ok(contact);
-            }
+        let wanted = fold(name.trim());
+        if let Some(contact) = find_by_name_key(&self.conn, &wanted)? {
+            return Ok(contact);
+        }
+        // A name saved before names were normalised may be stored in
+        // another form (NFD, say): compare every name, they are few.
+        if let Some(contact) = self
+            .contacts()?
+            .into_iter()
+            .find(|c| fold(&c.name) == wanted)
+        {
+            return Ok(contact);
         }
         Err(Error::UnknownContact {
             name: name.to_owned(),
@@ -218,6 +264,9 @@ impl Store {
             if other.id != contact.id {
                 return Err(Error::NameTaken(other.name));
             }
+        }
+        if let Some(other) = find_look_alike(&tx, new, Some(contact.id))? {
+            return Err(look_alike_error(new, other));
         }
         tx.execute(
             "UPDATE contacts SET name = ?1, name_key = ?2 WHERE id = ?3",
@@ -264,6 +313,8 @@ pub enum Merge {
     KeptName(String),
     /// Another key already uses the name: the contact was not saved.
     NameClash,
+    /// The name is confusable with this existing contact's: not saved.
+    LookAlike(String),
     /// The key is the profile's own.
     OwnKey,
 }
@@ -291,6 +342,9 @@ pub(crate) fn merge_contact_tx(
     if find_by_name(conn, name)?.is_some() {
         return Ok(Merge::NameClash);
     }
+    if let Some(existing) = find_look_alike(conn, name, None)? {
+        return Ok(Merge::LookAlike(existing.name));
+    }
     conn.execute(
         "INSERT INTO contacts (name, name_key, public_key, added_at)
          VALUES (?1, ?2, ?3, ?4)",
@@ -300,13 +354,44 @@ pub(crate) fn merge_contact_tx(
 }
 
 fn find_by_name(conn: &rusqlite::Connection, name: &ContactName) -> Result<Option<Contact>> {
+    find_by_name_key(conn, &name.key())
+}
+
+fn find_by_name_key(conn: &rusqlite::Connection, key: &str) -> Result<Option<Contact>> {
     Ok(conn
         .query_row(
             &format!("SELECT {CONTACT_COLUMNS} FROM contacts WHERE name_key = ?1"),
-            [name.key()],
+            [key],
             contact_from_row,
         )
         .optional()?)
+}
+
+/// A contact other than `except` whose name could be taken for `name`.
+/// Skeletons are computed here rather than stored: a profile has few
+/// contacts, and the database needs no new column.
+fn find_look_alike(
+    conn: &rusqlite::Connection,
+    name: &ContactName,
+    except: Option<i64>,
+) -> Result<Option<Contact>> {
+    let mut stmt = conn.prepare(&format!("SELECT {CONTACT_COLUMNS} FROM contacts"))?;
+    let rows = stmt.query_map([], contact_from_row)?;
+    for row in rows {
+        let contact = row?;
+        if Some(contact.id) != except && confusable(name.as_str(), &contact.name) {
+            return Ok(Some(contact));
+        }
+    }
+    Ok(None)
+}
+
+fn look_alike_error(name: &ContactName, existing: Contact) -> Error {
+    Error::LookAlike {
+        odd: odd_characters(name.as_str(), &existing.name),
+        name: name.as_str().to_owned(),
+        existing: existing.name,
+    }
 }
 
 fn find_by_key(conn: &rusqlite::Connection, key: &PublicKey) -> Result<Option<Contact>> {
@@ -409,6 +494,90 @@ mod tests {
             Err(Error::UnknownContact { suggestions, .. }) => assert_eq!(suggestions, ["bobby"]),
             other => panic!("unexpected: {other:?}"),
         }
+    }
+
+    #[test]
+    fn names_are_stored_in_nfc_so_nfd_is_the_same_name() {
+        let (_dir, mut store) = temp_store();
+        store.add_contact(&name("Zo\u{eb}"), &key()).unwrap();
+        assert_eq!(name("Zoe\u{308}").as_str(), "Zo\u{eb}");
+        assert!(matches!(
+            store.add_contact(&name("Zoe\u{308}"), &key()),
+            Err(Error::NameTaken(n)) if n == "Zo\u{eb}"
+        ));
+        assert!(store.contact("zoe\u{308}").is_ok());
+    }
+
+    #[test]
+    fn invisible_and_direction_characters_are_refused() {
+        for bad in [
+            "bob\u{200B}",
+            "b\u{200D}ob",
+            "\u{202E}bob",
+            "bob\u{2066}",
+            "\u{FEFF}bob",
+            "bo\u{AD}b",
+            "\u{3164}",
+            "bob\u{9b}",
+        ] {
+            match ContactName::parse(bad) {
+                Err(Error::BadContactName(why)) => assert!(why.contains("<U+"), "{why}"),
+                other => panic!("accepted {bad:?}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn a_name_confusable_with_an_existing_one_is_refused() {
+        let (_dir, mut store) = temp_store();
+        store.add_contact(&name("bob"), &key()).unwrap();
+        for look_alike in ["b\u{43e}b", "B\u{41e}B", "\u{1d41b}ob"] {
+            match store.add_contact(&name(look_alike), &key()) {
+                Err(Error::LookAlike { existing, .. }) => assert_eq!(existing, "bob"),
+                other => panic!("accepted {look_alike:?}: {other:?}"),
+            }
+        }
+        let err = store.add_contact(&name("b\u{43e}b"), &key()).unwrap_err();
+        assert!(err.to_string().contains("U+043E"), "{err}");
+        store.add_contact(&name("bobby"), &key()).unwrap();
+        store.add_contact(&name("Bo"), &key()).unwrap();
+        // Renaming into a look-alike of another contact is refused; of
+        // itself (a case change, say) it is not.
+        store.add_contact(&name("carol"), &key()).unwrap();
+        assert!(matches!(
+            store.rename_contact("carol", &name("b\u{43e}b")),
+            Err(Error::LookAlike { .. })
+        ));
+        store.rename_contact("bob", &name("BOB")).unwrap();
+    }
+
+    #[test]
+    fn names_saved_before_the_rules_still_open_and_are_found() {
+        let (_dir, mut store) = temp_store();
+        // As an older version stored them: NFD, and a zero-width space.
+        for (raw, k) in [("Zoe\u{308}", key()), ("eve\u{200B}", key())] {
+            store
+                .conn
+                .execute(
+                    "INSERT INTO contacts (name, name_key, public_key, added_at)
+                     VALUES (?1, lower(?1), ?2, '2026-01-01T00:00:00.000Z')",
+                    params![raw, k.to_base64()],
+                )
+                .unwrap();
+        }
+        assert_eq!(store.contacts().unwrap().len(), 2);
+        assert_eq!(store.contact("Zo\u{eb}").unwrap().name, "Zoe\u{308}");
+        assert_eq!(store.contact("eve\u{200B}").unwrap().name, "eve\u{200B}");
+        // And a new name confusable with an old one is still refused.
+        assert!(matches!(
+            store.add_contact(&name("zo\u{eb}"), &key()),
+            Err(Error::LookAlike { existing, .. }) if existing == "Zoe\u{308}"
+        ));
+        assert!(matches!(
+            store.add_contact(&name("eve"), &key()),
+            Err(Error::LookAlike { .. })
+        ));
+        store.rename_contact("eve\u{200B}", &name("eve")).unwrap();
     }
 
     #[test]

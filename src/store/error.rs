@@ -57,6 +57,16 @@ pub enum Error {
     /// Another contact already has this name (ignoring case).
     #[error("a contact named '{0}' already exists: choose another name, or 'chat-p2p rename-contact' the existing one")]
     NameTaken(String),
+    /// The name could be taken for an existing contact's (TR39 skeletons).
+    #[error("'{name}' looks like the existing contact '{existing}'{}: choose a name that reads differently, or 'chat-p2p rename-contact' the existing one", odd_note(.odd))]
+    LookAlike {
+        /// The name asked for.
+        name: String,
+        /// The existing contact's name.
+        existing: String,
+        /// Its characters the existing name lacks (`U+043E, ...`), if any.
+        odd: String,
+    },
     /// This key is already saved under another name.
     #[error("this key is already saved as contact '{0}'")]
     KeyTaken(String),
@@ -107,6 +117,14 @@ pub enum Error {
     /// A migration failed.
     #[error("cannot upgrade the database schema: {0}")]
     Migration(#[from] refinery::Error),
+}
+
+fn odd_note(odd: &str) -> String {
+    if odd.is_empty() {
+        String::new()
+    } else {
+        format!(" (it has {odd})")
+    }
 }
 
 fn suggest(names: &[String]) -> String {
