@@ -5,6 +5,7 @@ use anyhow::Result;
 use clap::Args;
 use serde_json::json;
 
+use super::out::AlreadyDone;
 use super::{parse_key, print_json, Context};
 use crate::identity::PublicKey;
 use crate::store::{Contact, ContactName, UnknownPeer};
@@ -72,14 +73,14 @@ pub fn add(ctx: &Context, args: AddArgs) -> Result<()> {
     let (mut store, _) = ctx.open_with_identity()?;
     let contact = store.add_contact(&name, &args.pubkey)?;
     if args.json {
-        return print_json(&contact_json(&contact));
+        return print_json(&contact_json(&contact)).done("the contact was saved");
     }
-    println!(
+    outln!(
         "Added contact '{}' (fingerprint {}).",
         contact.name,
         contact.key.fingerprint()
-    );
-    Ok(())
+    )
+    .done("the contact was saved")
 }
 
 /// Lists contacts.
@@ -90,10 +91,10 @@ pub fn list(ctx: &Context, args: ListArgs) -> Result<()> {
     if args.json {
         let mut all: Vec<_> = contacts.iter().map(contact_json).collect();
         all.extend(unknown.iter().map(unknown_json));
-        return print_json(&all.into());
+        return Ok(print_json(&all.into())?);
     }
     if contacts.is_empty() {
-        println!("No contacts yet. Add one with: chat-p2p add-contact NAME PUBKEY");
+        outln!("No contacts yet. Add one with: chat-p2p add-contact NAME PUBKEY")?;
     } else {
         let width = contacts
             .iter()
@@ -101,22 +102,22 @@ pub fn list(ctx: &Context, args: ListArgs) -> Result<()> {
             .max()
             .unwrap_or(0)
             .max("NAME".len());
-        println!("{:width$}  {:24}  PUBLIC KEY", "NAME", "FINGERPRINT");
+        outln!("{:width$}  {:24}  PUBLIC KEY", "NAME", "FINGERPRINT")?;
         for c in &contacts {
-            println!("{:width$}  {:24}  {}", c.name, c.key.fingerprint(), c.key);
+            outln!("{:width$}  {:24}  {}", c.name, c.key.fingerprint(), c.key)?;
         }
     }
     if !unknown.is_empty() {
-        println!();
-        println!("Unknown senders (messages kept; name one with: chat-p2p add-contact NAME KEY):");
+        outln!()?;
+        outln!("Unknown senders (messages kept; name one with: chat-p2p add-contact NAME KEY):")?;
         for u in &unknown {
-            println!(
+            outln!(
                 "  {:24}  {}  {} message(s), last {}",
                 u.key.fingerprint(),
                 u.key,
                 u.messages,
                 super::history::local_time(&u.last_at)
-            );
+            )?;
         }
     }
     Ok(())
@@ -126,11 +127,12 @@ pub fn list(ctx: &Context, args: ListArgs) -> Result<()> {
 pub fn remove(ctx: &Context, args: RemoveArgs) -> Result<()> {
     let (mut store, _) = ctx.open_with_identity()?;
     let contact = store.remove_contact(&args.name)?;
-    println!(
+    outln!(
         "Removed contact '{}' ({}). Your history with this key is kept.",
-        contact.name, contact.key
-    );
-    Ok(())
+        contact.name,
+        contact.key
+    )
+    .done("the contact was removed")
 }
 
 /// Renames a contact.
@@ -138,6 +140,5 @@ pub fn rename(ctx: &Context, args: RenameArgs) -> Result<()> {
     let new = ContactName::parse(&args.new)?;
     let (mut store, _) = ctx.open_with_identity()?;
     let contact = store.rename_contact(&args.old, &new)?;
-    println!("Renamed contact '{}' to '{}'.", args.old, contact.name);
-    Ok(())
+    outln!("Renamed contact '{}' to '{}'.", args.old, contact.name).done("the contact was renamed")
 }
