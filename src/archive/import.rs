@@ -31,6 +31,10 @@ const IMPORT_CACHE_KIB: i64 = 256 * 1024;
 pub struct ImportOptions {
     /// Replace this profile's identity with the one in the import.
     pub force: bool,
+    /// Accept an export made by another identity (without its key pair),
+    /// or one imported into a profile that has no identity yet: its
+    /// outgoing messages become this profile's. Refused otherwise.
+    pub other_identity: bool,
 }
 
 /// What an import did.
@@ -99,6 +103,7 @@ pub(crate) fn bulk<T>(
 pub(crate) struct Importer<'a> {
     tx: Transaction<'a>,
     force: bool,
+    other_identity: bool,
     own_key: Option<String>,
     validator: Validator,
     first_new_id: i64,
@@ -121,6 +126,7 @@ impl<'a> Importer<'a> {
         Ok(Self {
             tx,
             force: options.force,
+            other_identity: options.other_identity,
             own_key,
             validator: Validator::default(),
             first_new_id: last + 1,
@@ -201,11 +207,27 @@ impl<'a> Importer<'a> {
             }
             return self.identity(&identity);
         }
-        if let (Some(theirs), Some(own)) = (&header.public_key, &self.own_key) {
-            if theirs != own {
-                self.report.foreign_export = Some(theirs.clone());
-            }
+        self.check_author(header.public_key)
+    }
+
+    /// Refuses an export written by another identity unless asked: its
+    /// outgoing messages would be merged as this profile's own. A profile
+    /// without an identity counts as another one, since the next `init`
+    /// would make those messages look like the new identity's.
+    fn check_author(&mut self, author: Option<String>) -> Result<(), Fault> {
+        let Some(theirs) = author else {
+            return Ok(());
+        };
+        if self.own_key.as_ref() == Some(&theirs) {
+            return Ok(());
         }
+        if !self.other_identity {
+            return Err(Fault::Fatal(Error::OtherIdentity {
+                author: theirs,
+                own: self.own_key.clone(),
+            }));
+        }
+        self.report.foreign_export = Some(theirs);
         Ok(())
     }
 
