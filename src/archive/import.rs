@@ -2,8 +2,8 @@
 //! into the profile, in one pass and one transaction, so a malformed or
 //! truncated file commits nothing.
 //!
-//! Message ids deduplicate and contacts merge by key, so importing the same
-//! file twice changes nothing. The FTS index is not fed row by row through
+//! Messages deduplicate (ours by id, received ones by sender and id) and
+//! contacts merge by key, so importing the same file twice changes nothing. The FTS index is not fed row by row through
 //! its trigger (FTS5 flushes at every statement savepoint, three times
 //! slower): the trigger is dropped inside the transaction, the new rows are
 //! indexed with one statement at the end, and the trigger is put back
@@ -42,7 +42,8 @@ pub struct ImportOptions {
 pub struct ImportReport {
     /// New messages stored.
     pub messages_added: u64,
-    /// Messages already stored (same id), left as they were.
+    /// Messages already stored (our own with the same id, or the same
+    /// sender's with the same id), left as they were.
     pub messages_known: u64,
     /// New contacts saved.
     pub contacts_added: u64,
@@ -277,7 +278,7 @@ impl<'a> Importer<'a> {
         Ok(())
     }
 
-    /// Stores one message unless its id is known.
+    /// Stores one message unless it is already stored (see the module).
     pub(crate) fn message(&mut self, record: MessageRecord) -> Result<(), Fault> {
         let m = self.validator.check(record)?;
         self.checked_message(m)
@@ -293,7 +294,7 @@ impl<'a> Importer<'a> {
                      (msg_id, peer_key, direction, body, status, created_at, sent_at,
                       delivered_at, read_at, received_at, failed_at, failure_reason)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)
-                 ON CONFLICT (msg_id) DO NOTHING",
+                 ON CONFLICT DO NOTHING",
             )?
             .execute(params![
                 m.msg_id,
