@@ -447,3 +447,133 @@ fn history_json_is_one_pretty_array_as_before() {
     assert_eq!(all[6]["body"], "message 30");
     assert_eq!(all[0]["body"], "message 24");
 }
+
+// ---- item 10: the right diagnosis
+
+#[test]
+fn a_locked_profile_is_reported_as_locked() {
+    let env = Env::new();
+    env.init("me");
+    // Another program holds the file: exclusive locking, a transaction open.
+    let holder = rusqlite::Connection::open(env.db("me")).unwrap();
+    holder
+        .execute_batch("PRAGMA locking_mode = EXCLUSIVE; BEGIN EXCLUSIVE;")
+        .unwrap();
+    let _: i64 = holder
+        .query_row("SELECT count(*) FROM contacts", [], |r| r.get(0))
+        .unwrap();
+    let err = env.fails("me", &["whoami"], 1);
+    assert!(err.contains("is locked by another program"), "{err}");
+    assert!(err.contains("close it and try again"), "{err}");
+    assert!(!err.contains("not a chat-p2p database"), "{err}");
+    drop(holder);
+    env.ok("me", &["whoami"]);
+}
+
+/// A small tmpfs mounted for one test (root only), unmounted when dropped.
+struct SmallDisk {
+    dir: tempfile::TempDir,
+}
+
+impl SmallDisk {
+    fn mount() -> Option<SmallDisk> {
+        let dir = tempfile::tempdir().unwrap();
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"])
+            .arg(dir.path())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        ok.then_some(SmallDisk { dir })
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn remount(&self, how: &str) {
+        let ok = Command::new("mount")
+            .args(["-o", &format!("remount,{how}")])
+            .arg(self.path())
+            .status()
+            .unwrap();
+        assert!(ok.success());
+    }
+
+    /// Fills the disk to the last byte.
+    fn fill(&self) {
+        let mut f = fs::File::create(self.path().join("filler")).unwrap();
+        let block = vec![0u8; 4096];
+        while std::io::Write::write_all(&mut f, &block).is_ok() {}
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(self.path()).status();
+    }
+}
+
+fn on_disk(disk: &SmallDisk, profile: &str, args: &[&str]) -> (i32, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_chat-p2p"))
+        .env_clear()
+        .env("CHAT_HOME", disk.path().join("home"))
+        .env("CHAT_PROFILE", profile)
+        .args(args)
+        .output()
+        .unwrap();
+    (out.status.code().unwrap_or(-1), stderr(&out))
+}
+
+#[test]
+fn a_full_or_read_only_disk_is_reported_as_such() {
+    // Needs root (here, the test machine runs as root): a 1 MB tmpfs.
+    let Some(disk) = SmallDisk::mount() else {
+        eprintln!("not run: mounting a tmpfs needs root");
+        return;
+    };
+    let (code, err) = on_disk(&disk, "me", &["init"]);
+    assert_eq!(code, 0, "{err}");
+    let (code, err) = on_disk(&disk, "bob", &["init"]);
+    assert_eq!(code, 0, "{err}");
+
+    disk.fill();
+    for (profile, args) in [
+        ("me", &["whoami"][..]),
+        ("me", &["add-contact", "carol", &key()]),
+        ("new", &["init"]),
+    ] {
+        let (code, err) = on_disk(&disk, profile, args);
+        assert_eq!(code, 1, "{args:?}: {err}");
+        assert!(err.contains("no space left"), "{args:?}: {err}");
+        assert!(err.contains("free some space"), "{args:?}: {err}");
+        assert!(!err.contains("not a chat-p2p database"), "{args:?}: {err}");
+    }
+    fs::remove_file(disk.path().join("filler")).unwrap();
+
+    disk.remount("ro");
+    for (profile, args) in [
+        ("bob", &["add-contact", "carol", &key()][..]),
+        ("new", &["init"]),
+    ] {
+        let (code, err) = on_disk(&disk, profile, args);
+        assert_eq!(code, 1, "{args:?}: {err}");
+        assert!(err.contains("read-only"), "{args:?}: {err}");
+        assert!(!err.contains("not a chat-p2p database"), "{args:?}: {err}");
+    }
+    disk.remount("rw");
+
+    // A file made immutable (root ignores permission bits, not this).
+    let db = disk.path().join("home/me/chat.db");
+    let immutable = Command::new("chattr")
+        .arg("+i")
+        .arg(&db)
+        .status()
+        .is_ok_and(|s| s.success());
+    if immutable {
+        let (code, err) = on_disk(&disk, "me", &["add-contact", "carol", &key()]);
+        let _ = Command::new("chattr").arg("-i").arg(&db).status();
+        assert_eq!(code, 1, "{err}");
+        assert!(err.contains("read-only"), "{err}");
+    }
+}

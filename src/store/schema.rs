@@ -50,13 +50,20 @@ pub fn inspect(path: &Path) -> Result<()> {
         path,
         OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )?;
+    // A writer holding the file a moment is not a reason to fail.
+    conn.busy_timeout(super::BUSY_TIMEOUT)?;
     inspect_open(path, &conn)
 }
 
 fn inspect_open(path: &Path, conn: &Connection) -> Result<()> {
     let app_id: i32 = conn
         .pragma_query_value(None, "application_id", |r| r.get(0))
-        .map_err(|e| not_ours(path, &format!("SQLite cannot read it ({e})")))?;
+        .map_err(|e| match super::error::diagnose(path, e) {
+            // A full disk, a lock, a read-only folder... say so; only what
+            // is left means the file itself is the problem.
+            Error::Sqlite(e) => not_ours(path, &format!("SQLite cannot read it ({e})")),
+            known => known,
+        })?;
     if app_id != APPLICATION_ID {
         if app_id != 0 {
             return Err(not_ours(

@@ -480,7 +480,10 @@ fn the_same_id_from_two_senders_is_two_messages() {
     // Reading alice's conversation marks hers only; her read receipt
     // reaches alice's message.
     let receipts = bob.engine.mark_read(alice.engine.me()).unwrap();
-    let m = bob.engine.store().incoming(mallory.engine.me(), &msg.msg_id);
+    let m = bob
+        .engine
+        .store()
+        .incoming(mallory.engine.me(), &msg.msg_id);
     assert_eq!(m.unwrap().unwrap().status, Status::Received);
     alice.engine.handle(receipts).unwrap();
     assert_eq!(status(&alice, &msg.msg_id), Status::Read);
