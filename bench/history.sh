@@ -72,7 +72,7 @@ rates=()
 for i in $(seq "$IMPORT_RUNS"); do
     profile="import$i"
     "$BIN" --profile "$profile" init >/dev/null
-    read -r wall rss cpu < <(time_v "$BIN" --profile "$profile" import "$EXPORT")
+    read -r wall rss cpu < <(time_v "$BIN" --profile "$profile" import --other-identity "$EXPORT")
     rate=$(awk -v n="$N" -v w="$wall" 'BEGIN { printf "%.0f", n / w }')
     echo "run $i: ${wall}s, ${rate} messages/s, peak RSS ${rss} KiB, CPU ${cpu}s"
     rates+=("$rate")

@@ -73,7 +73,7 @@ fn json_round_trip_gives_identical_messages() {
     assert_eq!(doc["messages"][1]["events"][1]["status"], "read");
 
     env.ok("fresh", &["init"]);
-    env.ok("fresh", &["import", p(&first)]);
+    env.ok("fresh", &["import", "--other-identity", p(&first)]);
     let second = env.path("second.json");
     env.ok("fresh", &["export", "--output", p(&second)]);
     assert_eq!(read_json(&second)["messages"], doc["messages"]);
@@ -101,7 +101,7 @@ fn jsonl_round_trip_and_contact_filter() {
     let file = env.path("all.jsonl");
     fs::write(&file, &lines).unwrap();
     env.ok("fresh", &["init"]);
-    env.ok("fresh", &["import", p(&file)]);
+    env.ok("fresh", &["import", "--other-identity", p(&file)]);
     assert_eq!(
         env.json("fresh", &["history", "--json"]),
         env.json("me", &["history", "--json"])
@@ -121,9 +121,9 @@ fn a_second_import_changes_nothing() {
     let file = env.path("e.json");
     env.ok("me", &["export", "-o", p(&file)]);
     env.ok("other", &["init"]);
-    env.ok("other", &["import", p(&file)]);
+    env.ok("other", &["import", "--other-identity", p(&file)]);
     let before = env.dump("other");
-    let report = env.json("other", &["import", p(&file), "--json"]);
+    let report = env.json("other", &["import", "--other-identity", p(&file), "--json"]);
     assert_eq!(report["messages_added"], 0);
     assert_eq!(report["messages_known"], 4);
     assert_eq!(report["contacts_added"], 0);
@@ -142,7 +142,7 @@ fn truncated_or_invalid_files_leave_the_database_unchanged() {
 
     let truncated = env.path("truncated.json");
     fs::write(&truncated, &text[..text.len() - 120]).unwrap();
-    let err = env.fails("other", &["import", p(&truncated)], 1);
+    let err = env.fails("other", &["import", "--other-identity", p(&truncated)], 1);
     assert!(err.contains("line "), "{err}");
     assert!(err.contains("Nothing was imported"), "{err}");
     assert_eq!(env.dump("other"), before);
@@ -151,13 +151,13 @@ fn truncated_or_invalid_files_leave_the_database_unchanged() {
     let bad = jsonl.replacen("\"status\":\"read\"", "\"status\":\"lost\"", 1);
     let bad_file = env.path("bad.jsonl");
     fs::write(&bad_file, bad).unwrap();
-    let err = env.fails("other", &["import", p(&bad_file)], 1);
+    let err = env.fails("other", &["import", "--other-identity", p(&bad_file)], 1);
     assert!(err.contains("line 5"), "{err}");
     assert_eq!(env.dump("other"), before);
 
     let cut = env.path("cut.jsonl");
     fs::write(&cut, &jsonl[..jsonl.len() - 30]).unwrap();
-    env.fails("other", &["import", p(&cut)], 1);
+    env.fails("other", &["import", "--other-identity", p(&cut)], 1);
     assert_eq!(env.dump("other"), before);
 
     let wrong = env.path("wrong.json");
@@ -166,12 +166,16 @@ fn truncated_or_invalid_files_leave_the_database_unchanged() {
         r#"{"format": "something-else", "version": 1, "messages": []}"#,
     )
     .unwrap();
-    let err = env.fails("other", &["import", p(&wrong)], 1);
+    let err = env.fails("other", &["import", "--other-identity", p(&wrong)], 1);
     assert!(err.contains("not a chat-p2p export"), "{err}");
     let empty = env.path("empty.json");
     fs::write(&empty, "").unwrap();
-    env.fails("other", &["import", p(&empty)], 1);
-    env.fails("other", &["import", p(&env.path("missing.json"))], 1);
+    env.fails("other", &["import", "--other-identity", p(&empty)], 1);
+    env.fails(
+        "other",
+        &["import", "--other-identity", p(&env.path("missing.json"))],
+        1,
+    );
     assert_eq!(env.dump("other"), before);
 }
 
@@ -184,7 +188,7 @@ fn name_clashes_are_reported_not_overwritten() {
     env.ok("other", &["init"]);
     let other_bob = key();
     env.ok("other", &["add-contact", "bob", &other_bob]);
-    let out = env.ok("other", &["import", p(&file)]);
+    let out = env.ok("other", &["import", "--other-identity", p(&file)]);
     assert!(out.contains("'bob' not saved"), "{out}");
     let contacts = env.json("other", &["contacts", "--json"]);
     let bob_now = contacts

@@ -161,37 +161,118 @@ fn read_rows(
 /// Writes the export to `path` through a temporary file in the same
 /// directory, renamed into place only once complete and synced: an
 /// interrupted export never leaves a truncated file under the final name.
+///
+/// The file is created readable and writable by the user alone (it may
+/// hold the secret key, and always holds every message). A `path` that is
+/// a directory, device, FIFO, socket or symbolic link is refused: renaming
+/// over it would replace it with a regular file. Errors name `path`, never
+/// the temporary file.
 pub fn export_to_path(
     store: &Store,
     path: &Path,
     options: &ExportOptions,
     progress: Progress<'_>,
 ) -> Result<ExportSummary, Error> {
-    let io_err = |p: &Path| {
-        let p = p.to_path_buf();
-        move |source| Error::Io { path: p, source }
+    let io_err = |source| Error::Io {
+        path: path.to_path_buf(),
+        source,
     };
-    let tmp = temp_name(path);
-    let file = fs::File::create(&tmp).map_err(io_err(&tmp))?;
+    refuse_special(path)?;
+    let (tmp, file) = create_temp(path).map_err(io_err)?;
     let mut out = BufWriter::with_capacity(1 << 16, file);
-    let result = export(store, &mut out, options, progress).and_then(|summary| {
-        let file = out.into_inner().map_err(|e| Error::Write(e.into_error()))?;
-        file.sync_all().map_err(io_err(&tmp))?;
-        fs::rename(&tmp, path).map_err(io_err(path))?;
-        Ok(summary)
-    });
+    let result = export(store, &mut out, options, progress)
+        .map_err(|e| match e {
+            Error::Write(source) => io_err(source),
+            other => other,
+        })
+        .and_then(|summary| {
+            let file = out.into_inner().map_err(|e| io_err(e.into_error()))?;
+            file.sync_all().map_err(io_err)?;
+            // Again: something may have been put there while we wrote.
+            refuse_special(path)?;
+            fs::rename(&tmp, path).map_err(io_err)?;
+            Ok(summary)
+        });
     if result.is_err() {
         let _ = fs::remove_file(&tmp);
     }
     result
 }
 
-fn temp_name(path: &Path) -> PathBuf {
+/// Refuses a `path` that exists and is not a regular file.
+fn refuse_special(path: &Path) -> Result<(), Error> {
+    let meta = match fs::symlink_metadata(path) {
+        Ok(meta) => meta,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(source) => {
+            return Err(Error::Io {
+                path: path.to_path_buf(),
+                source,
+            })
+        }
+    };
+    let kind = file_kind(&meta.file_type());
+    if kind == "regular file" {
+        return Ok(());
+    }
+    Err(Error::NotAFile {
+        path: path.to_path_buf(),
+        kind,
+    })
+}
+
+/// What kind of file this is, in words.
+fn file_kind(t: &fs::FileType) -> &'static str {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::FileTypeExt;
+        if t.is_fifo() {
+            return "FIFO (named pipe)";
+        }
+        if t.is_char_device() || t.is_block_device() {
+            return "device";
+        }
+        if t.is_socket() {
+            return "socket";
+        }
+    }
+    if t.is_symlink() {
+        "symbolic link"
+    } else if t.is_dir() {
+        "directory"
+    } else if t.is_file() {
+        "regular file"
+    } else {
+        "special file"
+    }
+}
+
+/// Creates a new, empty temporary file beside `path`, mode 0600.
+fn create_temp(path: &Path) -> io::Result<(PathBuf, fs::File)> {
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "export".to_owned());
-    path.with_file_name(format!(".{name}.tmp-{}", std::process::id()))
+    let mut attempts = 0;
+    loop {
+        let tmp = path.with_file_name(format!(
+            ".{name}.tmp-{}-{:08x}",
+            std::process::id(),
+            rand::random::<u32>()
+        ));
+        let mut options = fs::OpenOptions::new();
+        options.write(true).create_new(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            options.mode(0o600);
+        }
+        match options.open(&tmp) {
+            Ok(file) => return Ok((tmp, file)),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists && attempts < 8 => attempts += 1,
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 fn header(store: &Store, include_secret: bool) -> Result<Header, Error> {

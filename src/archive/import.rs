@@ -2,8 +2,8 @@
 //! into the profile, in one pass and one transaction, so a malformed or
 //! truncated file commits nothing.
 //!
-//! Message ids deduplicate and contacts merge by key, so importing the same
-//! file twice changes nothing. The FTS index is not fed row by row through
+//! Messages deduplicate (ours by id, received ones by sender and id) and
+//! contacts merge by key, so importing the same file twice changes nothing. The FTS index is not fed row by row through
 //! its trigger (FTS5 flushes at every statement savepoint, three times
 //! slower): the trigger is dropped inside the transaction, the new rows are
 //! indexed with one statement at the end, and the trigger is put back
@@ -31,6 +31,10 @@ const IMPORT_CACHE_KIB: i64 = 256 * 1024;
 pub struct ImportOptions {
     /// Replace this profile's identity with the one in the import.
     pub force: bool,
+    /// Accept an export made by another identity (without its key pair),
+    /// or one imported into a profile that has no identity yet: its
+    /// outgoing messages become this profile's. Refused otherwise.
+    pub other_identity: bool,
 }
 
 /// What an import did.
@@ -38,7 +42,8 @@ pub struct ImportOptions {
 pub struct ImportReport {
     /// New messages stored.
     pub messages_added: u64,
-    /// Messages already stored (same id), left as they were.
+    /// Messages already stored (our own with the same id, or the same
+    /// sender's with the same id), left as they were.
     pub messages_known: u64,
     /// New contacts saved.
     pub contacts_added: u64,
@@ -99,6 +104,7 @@ pub(crate) fn bulk<T>(
 pub(crate) struct Importer<'a> {
     tx: Transaction<'a>,
     force: bool,
+    other_identity: bool,
     own_key: Option<String>,
     validator: Validator,
     first_new_id: i64,
@@ -121,6 +127,7 @@ impl<'a> Importer<'a> {
         Ok(Self {
             tx,
             force: options.force,
+            other_identity: options.other_identity,
             own_key,
             validator: Validator::default(),
             first_new_id: last + 1,
@@ -201,11 +208,27 @@ impl<'a> Importer<'a> {
             }
             return self.identity(&identity);
         }
-        if let (Some(theirs), Some(own)) = (&header.public_key, &self.own_key) {
-            if theirs != own {
-                self.report.foreign_export = Some(theirs.clone());
-            }
+        self.check_author(header.public_key)
+    }
+
+    /// Refuses an export written by another identity unless asked: its
+    /// outgoing messages would be merged as this profile's own. A profile
+    /// without an identity counts as another one, since the next `init`
+    /// would make those messages look like the new identity's.
+    fn check_author(&mut self, author: Option<String>) -> Result<(), Fault> {
+        let Some(theirs) = author else {
+            return Ok(());
+        };
+        if self.own_key.as_ref() == Some(&theirs) {
+            return Ok(());
         }
+        if !self.other_identity {
+            return Err(Fault::Fatal(Error::OtherIdentity {
+                author: theirs,
+                own: self.own_key.clone(),
+            }));
+        }
+        self.report.foreign_export = Some(theirs);
         Ok(())
     }
 
@@ -270,7 +293,7 @@ impl<'a> Importer<'a> {
         Ok(())
     }
 
-    /// Stores one message unless its id is known.
+    /// Stores one message unless it is already stored (see the module).
     pub(crate) fn message(&mut self, record: MessageRecord) -> Result<(), Fault> {
         let m = self.validator.check(record)?;
         self.checked_message(m)
@@ -286,7 +309,7 @@ impl<'a> Importer<'a> {
                      (msg_id, peer_key, direction, body, status, created_at, sent_at,
                       delivered_at, read_at, received_at, failed_at, failure_reason)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)
-                 ON CONFLICT (msg_id) DO NOTHING",
+                 ON CONFLICT DO NOTHING",
             )?
             .execute(params![
                 m.msg_id,

@@ -43,6 +43,14 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// `-o` names something that is not a regular file.
+    #[error("refusing to write the export to '{}': it is a {kind}, which the export would replace with a regular file. Choose another path, or '-o -' to write to standard output", path.display())]
+    NotAFile {
+        /// The path given.
+        path: PathBuf,
+        /// What is there.
+        kind: &'static str,
+    },
     /// Writing the export failed (e.g. a closed pipe or a full disk).
     #[error("cannot write the export: {0}")]
     Write(#[source] std::io::Error),
@@ -62,9 +70,24 @@ pub enum Error {
         /// The public key in the import.
         incoming: String,
     },
+    /// The export was made by another identity and carries no key pair.
+    #[error("this export was made by the identity {author}, {}. Nothing was imported; pass --other-identity to import it anyway (its outgoing messages then count as this profile's), or import an export made with --include-secret to restore that identity", own_text(.own))]
+    OtherIdentity {
+        /// The export's public key.
+        author: String,
+        /// This profile's public key, if it has one.
+        own: Option<String>,
+    },
     /// The profile database failed.
     #[error(transparent)]
     Store(#[from] store::Error),
+}
+
+fn own_text(own: &Option<String>) -> String {
+    match own {
+        Some(own) => format!("not this profile's ({own}): its outgoing messages would appear as yours"),
+        None => "and this profile has no identity yet: its outgoing messages would become yours at the next 'init'".to_owned(),
+    }
 }
 
 impl From<rusqlite::Error> for Error {

@@ -1,13 +1,14 @@
 //! `export` and `import`.
 
 use std::io::{BufWriter, IsTerminal, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::{Context as _, Result};
+use anyhow::Result;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 
+use super::out::{AlreadyDone, StdoutError};
 use super::{print_json, resolve_peer, Context};
 use crate::archive::{self, ExportOptions, ImportOptions, ImportReport, Layout};
 use crate::store::Store;
@@ -21,8 +22,10 @@ pub struct ExportArgs {
     /// One JSON object per line instead, each with a "kind" field.
     #[arg(long)]
     jsonl: bool,
-    /// Write to FILE (completed under a temporary name, then renamed)
-    /// instead of standard output.
+    /// Write to FILE (created readable by you alone, completed under a
+    /// temporary name, then renamed) instead of standard output; `-` is
+    /// standard output. An existing directory, device, FIFO or symbolic
+    /// link is refused, never replaced.
     #[arg(long, short = 'o', value_name = "FILE")]
     output: Option<PathBuf>,
     /// Only this contact (a name or a public key) and your conversation
@@ -38,8 +41,9 @@ pub struct ExportArgs {
 /// Arguments of `import`.
 #[derive(Debug, Args)]
 pub struct ImportArgs {
-    /// An export (JSON or JSON Lines); with --legacy, the original client's
-    /// folders (e.g. ~/.chat-alice ~/.chat-p2p).
+    /// An export (JSON or JSON Lines), `-` for standard input; with
+    /// --legacy, the original client's folders (e.g. ~/.chat-alice
+    /// ~/.chat-p2p).
     #[arg(required = true, value_name = "FILE|DIR")]
     paths: Vec<PathBuf>,
     /// Import the original chat-p2p client's files from the folders given.
@@ -48,6 +52,11 @@ pub struct ImportArgs {
     /// Replace this profile's identity with the one being imported.
     #[arg(long)]
     force: bool,
+    /// Import an export made by another identity (or into a profile with
+    /// no identity yet): its outgoing messages are then kept as this
+    /// profile's own. Without it, such an import is refused.
+    #[arg(long)]
+    other_identity: bool,
     /// Print what was imported as JSON.
     #[arg(long)]
     json: bool,
@@ -79,7 +88,7 @@ pub fn export(ctx: &Context, args: ExportArgs) -> Result<()> {
         None => None,
     };
     if args.include_secret {
-        eprintln!(
+        errln!(
             "warning: this export contains your secret key. Anyone who gets the file \
              can read your messages and pose as you: keep it private, delete it when done."
         );
@@ -103,20 +112,16 @@ pub fn export(ctx: &Context, args: ExportArgs) -> Result<()> {
             bar.set_position(n);
         }
     };
-    let summary = match &args.output {
+    let output = args.output.as_ref().filter(|p| p.as_os_str() != "-");
+    let summary = match output {
         Some(path) => archive::export_to_path(&store, path, &options, &mut progress)?,
-        None => {
-            let mut out = BufWriter::with_capacity(1 << 16, std::io::stdout().lock());
-            let summary = archive::export(&store, &mut out, &options, &mut progress)?;
-            out.flush().context("cannot write the export")?;
-            summary
-        }
+        None => export_to_stdout(&store, &options, &mut progress)?,
     };
     if let Some(bar) = bar {
         bar.finish_and_clear();
     }
-    if let Some(path) = &args.output {
-        eprintln!(
+    if let Some(path) = output {
+        errln!(
             "Exported {} messages and {} contacts to {}.",
             summary.messages,
             summary.contacts,
@@ -126,12 +131,34 @@ pub fn export(ctx: &Context, args: ExportArgs) -> Result<()> {
     Ok(())
 }
 
+/// Writes the export to standard output; a failed write is an output
+/// error (a closed pipe ends the command quietly).
+fn export_to_stdout(
+    store: &Store,
+    options: &ExportOptions,
+    progress: &mut dyn FnMut(u64),
+) -> Result<archive::ExportSummary> {
+    let mut lock = super::out::stdout();
+    let mut out = BufWriter::with_capacity(1 << 16, lock.raw());
+    let summary = match archive::export(store, &mut out, options, progress) {
+        Err(archive::Error::Write(e)) => return Err(StdoutError(e).into()),
+        other => other?,
+    };
+    out.flush().map_err(StdoutError)?;
+    Ok(summary)
+}
+
 /// Imports an export or the original client's files.
 pub fn import(ctx: &Context, args: ImportArgs) -> Result<()> {
-    let mut store = Store::create(&ctx.profile.db_path())?;
-    let options = ImportOptions { force: args.force };
-    let report = if args.legacy {
-        archive::import_legacy(&mut store, &args.paths, options)?
+    let options = ImportOptions {
+        force: args.force,
+        other_identity: args.other_identity,
+    };
+    let input = if args.legacy {
+        if let Some(missing) = args.paths.iter().find(|p| !p.exists()) {
+            anyhow::bail!("cannot import '{}': no such folder", missing.display());
+        }
+        None
     } else {
         let [path] = args.paths.as_slice() else {
             anyhow::bail!(
@@ -139,64 +166,151 @@ pub fn import(ctx: &Context, args: ImportArgs) -> Result<()> {
                  run one import per file"
             );
         };
-        let size = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
-        let bar = bar(
-            size,
-            BAR_MIN_BYTES,
-            "importing {bar:40} {bytes}/{total_bytes} {msg}",
-        );
-        let mut progress = |n: u64| {
-            if let Some(bar) = &bar {
-                bar.set_position(n);
-                // Once the file is read, the search index is built and the
-                // transaction committed: seconds for a large import.
-                if n >= size {
-                    bar.set_message("read; indexing and committing...");
-                }
-            }
-        };
-        let report = archive::import_file(&mut store, path, options, &mut progress)?;
-        if let Some(bar) = bar {
-            bar.finish_and_clear();
-        }
-        report
+        // Opened before the profile is created: a mistyped path must not
+        // leave an empty profile behind.
+        Some(Input::open(path)?)
     };
+    let db = ctx.profile.db_path();
+    let existed = db.exists();
+    let mut store = Store::create(&db)?;
+    let imported = match input {
+        None => archive::import_legacy(&mut store, &args.paths, options).map_err(Into::into),
+        Some(input) => import_input(&mut store, input, options),
+    };
+    let report = match imported {
+        Ok(report) => report,
+        Err(e) => {
+            if !existed {
+                drop(store);
+                remove_new_profile(&db);
+            }
+            return Err(e);
+        }
+    };
+    let done = "the import was committed";
     if args.json {
-        return print_json(&serde_json::to_value(&report)?);
+        return print_json(&serde_json::to_value(&report)?).done(done);
     }
-    print_report(ctx, &store, &report)
+    print_report(ctx, &store, &report).done(done)
+}
+
+/// Where an export is read from.
+enum Input {
+    File(PathBuf, std::fs::File),
+    Stdin,
+}
+
+impl Input {
+    fn open(path: &Path) -> Result<Self> {
+        if path.as_os_str() == "-" {
+            return Ok(Input::Stdin);
+        }
+        let file = std::fs::File::open(path).map_err(|source| archive::Error::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Ok(Input::File(path.to_path_buf(), file))
+    }
+}
+
+/// Forgets a profile this import created and could not fill, so a failed
+/// first import leaves nothing behind. Best effort: the files are new and
+/// empty of anything the user wrote.
+fn remove_new_profile(db: &Path) {
+    for suffix in ["", "-wal", "-shm"] {
+        let mut path = db.as_os_str().to_owned();
+        path.push(suffix);
+        let _ = std::fs::remove_file(PathBuf::from(path));
+    }
+    if let Some(dir) = db.parent() {
+        // Only if empty: never anything else that lives there.
+        let _ = std::fs::remove_dir(dir);
+    }
+}
+
+/// Imports one export file or standard input, with a progress bar for a
+/// large file.
+fn import_input(store: &mut Store, input: Input, options: ImportOptions) -> Result<ImportReport> {
+    let (path, file) = match input {
+        Input::Stdin => {
+            let stdin = std::io::BufReader::with_capacity(1 << 16, std::io::stdin());
+            return archive::import_reader(store, stdin, options, &mut |_| {})
+                .map_err(|e| name_input(e, Path::new("standard input")).into());
+        }
+        Input::File(path, file) => (path, file),
+    };
+    let size = file.metadata().map(|m| m.len()).unwrap_or(0);
+    let bar = bar(
+        size,
+        BAR_MIN_BYTES,
+        "importing {bar:40} {bytes}/{total_bytes} {msg}",
+    );
+    let mut progress = |n: u64| {
+        if let Some(bar) = &bar {
+            bar.set_position(n);
+            // Once the file is read, the search index is built and the
+            // transaction committed: seconds for a large import.
+            if n >= size {
+                bar.set_message("read; indexing and committing...");
+            }
+        }
+    };
+    let reader = std::io::BufReader::with_capacity(1 << 16, file);
+    let report = archive::import_reader(store, reader, options, &mut progress)
+        .map_err(|e| name_input(e, &path))?;
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
+    Ok(report)
+}
+
+/// Names the user's file in a read error (the reader only knows "the
+/// import").
+fn name_input(e: archive::Error, path: &Path) -> archive::Error {
+    match e {
+        archive::Error::Io { source, .. } => archive::Error::Io {
+            path: path.to_path_buf(),
+            source,
+        },
+        other => other,
+    }
 }
 
 fn print_report(ctx: &Context, store: &Store, r: &ImportReport) -> Result<()> {
-    println!(
+    // Asked first: a database error must not read as an output error.
+    let has_identity = store.identity()?.is_some();
+    outln!(
         "Imported {} new messages ({} already here) and {} new contacts ({} already here).",
-        r.messages_added, r.messages_known, r.contacts_added, r.contacts_known
-    );
+        r.messages_added,
+        r.messages_known,
+        r.contacts_added,
+        r.contacts_known
+    )?;
     for note in &r.contact_notes {
         // Notes quote names from the file.
-        println!("note: contact {}", crate::render::untrusted_inline(note));
+        outln!("note: contact {}", crate::render::untrusted_inline(note))?;
     }
     if let Some(key) = &r.identity_adopted {
-        println!("This profile's identity is now {key}.");
+        outln!("This profile's identity is now {key}.")?;
     }
     if let Some(old) = &r.identity_replaced {
-        eprintln!("warning: replaced the identity {old}; its secret key is gone.");
+        errln!("warning: replaced the identity {old}; its secret key is gone.");
     }
     if let Some(key) = r
         .foreign_export
         .as_deref()
         .map(crate::render::untrusted_inline)
     {
-        eprintln!(
+        errln!(
             "warning: this export was made by another identity ({key}); \
              its outgoing messages appear as yours."
         );
     }
-    if store.identity()?.is_none() {
-        println!(
+    if !has_identity {
+        outln!(
             "This profile has no identity yet: run '{} init'.",
             ctx.cli_prefix()
-        );
+        )?;
     }
     Ok(())
 }

@@ -52,7 +52,7 @@ pub fn chat(ctx: &super::Context, args: ChatArgs) -> Result<()> {
         .map(|c| untrusted_inline(&c.name))
         .unwrap_or_else(|| format!("unknown ({})", peer.fingerprint()));
     if interactive {
-        eprintln!(
+        errln!(
             "Chat with {label} via {server}. Type and press Enter to send; /help for commands, \
              exit to leave."
         );
@@ -62,7 +62,7 @@ pub fn chat(ctx: &super::Context, args: ChatArgs) -> Result<()> {
         ..Filter::default()
     };
     for m in store.recent(&filter, args.last as usize)? {
-        println!("{}", line(&m, &style));
+        outln!("{}", line(&m, &style))?;
     }
     let options = ChatOptions {
         peer,
@@ -134,7 +134,7 @@ fn spawn_line_editor() -> Result<(mpsc::Receiver<Input>, Printer)> {
             }
             Err(ReadlineError::Interrupted | ReadlineError::Eof) => Input::Quit,
             Err(e) => {
-                eprintln!("chat-p2p: cannot read the terminal: {e}");
+                errln!("chat-p2p: cannot read the terminal: {e}");
                 Input::Quit
             }
         };
@@ -186,10 +186,13 @@ impl ChatScreen {
         match &mut self.printer {
             Some(printer) => {
                 if printer.print(format!("{text}\n")).is_err() {
-                    eprintln!("{text}");
+                    errln!("{text}");
                 }
             }
-            None => println!("{text}"),
+            // A closed or full stdout must not end the chat with a panic.
+            None => {
+                let _ = outln!("{text}");
+            }
         }
     }
 }

@@ -7,6 +7,7 @@ use serde_json::json;
 
 use unicode_width::UnicodeWidthStr;
 
+use super::out::AlreadyDone;
 use super::{parse_key, print_json, Context, UsageError};
 use crate::identity::PublicKey;
 use crate::render::untrusted_inline;
@@ -80,14 +81,14 @@ pub fn add(ctx: &Context, args: AddArgs) -> Result<()> {
     let (mut store, _) = ctx.open_with_identity()?;
     let contact = store.add_contact(&name, &args.pubkey)?;
     if args.json {
-        return print_json(&contact_json(&contact));
+        return print_json(&contact_json(&contact)).done("the contact was saved");
     }
-    println!(
+    outln!(
         "Added contact '{}' (fingerprint {}).",
         untrusted_inline(&contact.name),
         contact.key.fingerprint()
-    );
-    Ok(())
+    )
+    .done("the contact was saved")
 }
 
 /// Lists contacts. Needs no identity: a profile filled by `import` alone
@@ -99,10 +100,10 @@ pub fn list(ctx: &Context, args: ListArgs) -> Result<()> {
     if args.json {
         let mut all: Vec<_> = contacts.iter().map(contact_json).collect();
         all.extend(unknown.iter().map(unknown_json));
-        return print_json(&all.into());
+        return Ok(print_json(&all.into())?);
     }
     if contacts.is_empty() {
-        println!("No contacts yet. Add one with: chat-p2p add-contact NAME PUBKEY");
+        outln!("No contacts yet. Add one with: chat-p2p add-contact NAME PUBKEY")?;
     } else {
         let names: Vec<String> = contacts.iter().map(|c| untrusted_inline(&c.name)).collect();
         // Columns line up by what the terminal shows, not by characters.
@@ -113,26 +114,26 @@ pub fn list(ctx: &Context, args: ListArgs) -> Result<()> {
             .unwrap_or(0)
             .max("NAME".len());
         let pad = |name: &str| format!("{name}{}", " ".repeat(width - name.width()));
-        println!("{}  {:24}  PUBLIC KEY", pad("NAME"), "FINGERPRINT");
+        outln!("{}  {:24}  PUBLIC KEY", pad("NAME"), "FINGERPRINT")?;
         for (c, name) in contacts.iter().zip(&names) {
-            println!("{}  {:24}  {}", pad(name), c.key.fingerprint(), c.key);
+            outln!("{}  {:24}  {}", pad(name), c.key.fingerprint(), c.key)?;
         }
     }
     if !unknown.is_empty() {
-        println!();
-        println!("Unknown senders (messages kept; name one with: chat-p2p add-contact NAME KEY):");
+        outln!()?;
+        outln!("Unknown senders (messages kept; name one with: chat-p2p add-contact NAME KEY):")?;
         for u in &unknown {
-            println!(
+            outln!(
                 "  {:24}  {}  {} message(s), last {}",
                 u.key.fingerprint(),
                 u.key,
                 u.messages,
                 super::history::local_time(&u.last_at)
-            );
+            )?;
         }
     }
     if store.identity()?.is_none() {
-        eprintln!(
+        errln!(
             "note: this profile has no identity yet: run '{} init' to send and receive.",
             ctx.cli_prefix()
         );
@@ -144,12 +145,12 @@ pub fn list(ctx: &Context, args: ListArgs) -> Result<()> {
 pub fn remove(ctx: &Context, args: RemoveArgs) -> Result<()> {
     let (mut store, _) = ctx.open_with_identity()?;
     let contact = store.remove_contact(&args.name)?;
-    println!(
+    outln!(
         "Removed contact '{}' ({}). Your history with this key is kept.",
         untrusted_inline(&contact.name),
         contact.key
-    );
-    Ok(())
+    )
+    .done("the contact was removed")
 }
 
 /// Renames a contact.
@@ -157,10 +158,10 @@ pub fn rename(ctx: &Context, args: RenameArgs) -> Result<()> {
     let new = parse_name(&args.new)?;
     let (mut store, _) = ctx.open_with_identity()?;
     let contact = store.rename_contact(&args.old, &new)?;
-    println!(
+    outln!(
         "Renamed contact '{}' to '{}'.",
         untrusted_inline(&args.old),
         untrusted_inline(&contact.name)
-    );
-    Ok(())
+    )
+    .done("the contact was renamed")
 }

@@ -8,6 +8,7 @@ use clap::Args;
 use serde_json::json;
 use unicode_width::UnicodeWidthStr;
 
+use super::out::StdoutError;
 use super::{print_json, resolve_peer, Context};
 use crate::identity::PublicKey;
 use crate::render::{untrusted, untrusted_inline, wrap};
@@ -70,14 +71,14 @@ pub fn history(ctx: &Context, args: HistoryArgs) -> Result<()> {
     let limit = args.limit as usize;
     let style = Style::detect();
     let Some(query) = &args.search else {
-        let messages = store.recent(&filter, limit)?;
         if args.json {
-            return print_json(&serde_json::to_value(&messages)?);
+            return print_json_stream(&store, &filter, limit);
         }
+        let messages = store.recent(&filter, limit)?;
         if messages.is_empty() {
-            println!("No messages.");
+            outln!("No messages.")?;
         }
-        let mut out = std::io::stdout().lock();
+        let mut out = super::out::stdout();
         for m in &messages {
             writeln!(out, "{}", line(m, &style))?;
         }
@@ -91,12 +92,12 @@ pub fn history(ctx: &Context, args: HistoryArgs) -> Result<()> {
     let hits = store.search(query, &filter, order, limit)?;
     let context = args.context.unwrap_or(0) as usize;
     if args.json {
-        return print_json(&hits_json(&store, &hits, context)?);
+        return Ok(print_json(&hits_json(&store, &hits, context)?)?);
     }
     if hits.is_empty() {
-        println!("No messages match.");
+        outln!("No messages match.")?;
     }
-    let mut out = std::io::stdout().lock();
+    let mut out = super::out::stdout();
     for (i, hit) in hits.iter().enumerate() {
         if context > 0 {
             if i > 0 {
@@ -114,6 +115,26 @@ pub fn history(ctx: &Context, args: HistoryArgs) -> Result<()> {
             writeln!(out, "{}", hit_line(hit, &style))?;
         }
     }
+    Ok(())
+}
+
+/// Prints the messages as a pretty JSON array, exactly as [`print_json`]
+/// would, but row by row: `-n 200000` never holds them all in memory.
+fn print_json_stream(store: &Store, filter: &Filter, limit: usize) -> Result<()> {
+    use serde::ser::{SerializeSeq, Serializer};
+    let mut out = super::out::stdout();
+    let mut buf = std::io::BufWriter::with_capacity(1 << 16, out.raw());
+    let mut ser = serde_json::Serializer::pretty(&mut buf);
+    let mut seq = ser.serialize_seq(None).map_err(StdoutError::from)?;
+    store.recent_each(filter, limit, |m| -> Result<()> {
+        // Through a Value, as print_json does: the same key order.
+        let value = serde_json::to_value(&m)?;
+        seq.serialize_element(&value).map_err(StdoutError::from)?;
+        Ok(())
+    })?;
+    seq.end().map_err(StdoutError::from)?;
+    writeln!(buf).map_err(StdoutError)?;
+    buf.flush().map_err(StdoutError)?;
     Ok(())
 }
 

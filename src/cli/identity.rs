@@ -4,6 +4,7 @@ use anyhow::Result;
 use clap::Args;
 use serde_json::json;
 
+use super::out::{AlreadyDone, StdoutError};
 use super::{print_json, Context};
 use crate::identity::{Identity, PublicKey};
 use crate::store::{self, Store};
@@ -54,28 +55,32 @@ pub fn init(ctx: &Context, args: InitArgs) -> Result<()> {
         other => other?,
     };
     if let Some(old) = &replaced {
-        eprintln!(
+        errln!(
             "warning: replaced the identity {old}. Its secret key is gone: \
              contacts who know the old key can no longer reach you, and \
              messages still queued for it cannot be read."
         );
     }
     let key = identity.public_key();
+    let created = format!("the identity of profile '{}' was created", ctx.profile.name);
     if args.json {
         let mut value = identity_json(ctx, &key, &store);
         value["replaced"] = json!(replaced.map(|k| k.to_base64()));
-        return print_json(&value);
+        return print_json(&value).done(&created);
     }
-    println!("Created a new identity for profile '{}'.", ctx.profile.name);
-    println!();
-    println!("  Public key:  {key}");
-    println!("  Fingerprint: {}", key.fingerprint());
-    println!("  Database:    {}", store.path().display());
-    println!();
-    println!("Give your public key to the people you want to talk to; they run:");
-    println!("  chat-p2p add-contact <your-name> {key}");
-    println!("Compare fingerprints aloud to be sure nobody swapped the key.");
-    Ok(())
+    print_created(ctx, &key, &store).done(&created)
+}
+
+fn print_created(ctx: &Context, key: &PublicKey, store: &Store) -> Result<(), StdoutError> {
+    outln!("Created a new identity for profile '{}'.", ctx.profile.name)?;
+    outln!()?;
+    outln!("  Public key:  {key}")?;
+    outln!("  Fingerprint: {}", key.fingerprint())?;
+    outln!("  Database:    {}", store.path().display())?;
+    outln!()?;
+    outln!("Give your public key to the people you want to talk to; they run:")?;
+    outln!("  chat-p2p add-contact <your-name> {key}")?;
+    outln!("Compare fingerprints aloud to be sure nobody swapped the key.")
 }
 
 /// Shows the profile's identity.
@@ -83,15 +88,14 @@ pub fn whoami(ctx: &Context, args: WhoamiArgs) -> Result<()> {
     let (store, identity) = ctx.open_with_identity()?;
     let key = identity.public_key();
     if args.key {
-        println!("{key}");
-        return Ok(());
+        return Ok(outln!("{key}")?);
     }
     if args.json {
-        return print_json(&identity_json(ctx, &key, &store));
+        return Ok(print_json(&identity_json(ctx, &key, &store))?);
     }
-    println!("Profile:     {}", ctx.profile.name);
-    println!("Public key:  {key}");
-    println!("Fingerprint: {}", key.fingerprint());
-    println!("Database:    {}", store.path().display());
+    outln!("Profile:     {}", ctx.profile.name)?;
+    outln!("Public key:  {key}")?;
+    outln!("Fingerprint: {}", key.fingerprint())?;
+    outln!("Database:    {}", store.path().display())?;
     Ok(())
 }

@@ -3,6 +3,9 @@
 //!
 //! Exit codes are decided here only: 0 success, 1 failure, 2 bad usage.
 
+// First: its macros (`outln!`, `errln!`) are used by the modules below.
+#[macro_use]
+mod out;
 mod archive;
 mod chat;
 mod contacts;
@@ -216,9 +219,8 @@ fn resolve_peer(store: &Store, peer: &str) -> Result<PublicKey> {
 }
 
 /// Prints `value` as pretty JSON on stdout.
-fn print_json(value: &serde_json::Value) -> Result<()> {
-    println!("{}", serde_json::to_string_pretty(value)?);
-    Ok(())
+fn print_json(value: &serde_json::Value) -> Result<(), out::StdoutError> {
+    outln!("{}", serde_json::to_string_pretty(value)?)
 }
 
 /// Runs the command line and returns the process's exit code.
@@ -236,14 +238,18 @@ pub fn main() -> ExitCode {
         // Errors quote names, queries, paths and what routers and files
         // said: the whole text is made safe for the terminal.
         Err(e) if e.is::<UsageError>() => {
-            eprintln!(
+            errln!(
                 "error: {}\n\nFor more information, try '--help'.",
                 crate::render::untrusted(&format!("{e:#}"))
             );
             ExitCode::from(2)
         }
+        // The reader went away (`| head -1`): it has what it wanted.
+        Err(e) if out::stdout_error(&e).is_some_and(out::StdoutError::is_broken_pipe) => {
+            ExitCode::SUCCESS
+        }
         Err(e) => {
-            eprintln!("chat-p2p: {}", crate::render::untrusted(&describe(&e)));
+            errln!("chat-p2p: {}", crate::render::untrusted(&describe(&e)));
             ExitCode::FAILURE
         }
     }

@@ -7,6 +7,7 @@ use anyhow::Result;
 use clap::Args;
 use serde_json::json;
 
+use super::out::AlreadyDone;
 use super::{print_json, resolve_peer, runtime, Context, ServerArgs};
 use crate::client::exchange::{exchange, Until};
 use crate::client::{ClientError, Engine, ServerUrl, Tally, Update};
@@ -44,6 +45,11 @@ pub struct SyncArgs {
     json: bool,
 }
 
+/// What `send` did before printing its report.
+const SENT: &str = "the message was stored and sent";
+/// What `sync` did before printing its report.
+const SYNCED: &str = "the sync took place";
+
 /// Stores a message, then delivers the outbox to the router.
 pub fn send(ctx: &Context, args: SendArgs) -> Result<()> {
     let (store, identity) = ctx.open_with_identity()?;
@@ -58,19 +64,20 @@ pub fn send(ctx: &Context, args: SendArgs) -> Result<()> {
     }
     let stored = engine.store().message(&message.msg_id)?.unwrap_or(message);
     if args.json {
-        return print_json(&serde_json::to_value(&stored)?);
+        return print_json(&serde_json::to_value(&stored)?).done(SENT);
     }
     match stored.status {
         Status::Failed => anyhow::bail!(
             "not sent: {}",
             stored.failure_reason.as_deref().unwrap_or("the router refused it")
         ),
-        _ => println!(
+        _ => outln!(
             "{} Sent to {} (the router has it; 'chat-p2p history {}' shows when it is delivered and read).",
             Status::Sent.mark(),
             args.peer,
             args.peer
-        ),
+        )
+        .done(SENT)?,
     }
     note_received(engine.tally());
     Ok(())
@@ -108,10 +115,10 @@ pub fn sync(ctx: &Context, args: SyncArgs) -> Result<()> {
             "rejected": t.rejected,
             "failed": t.failed,
             "pending": pending,
-        }));
+        }))
+        .done(SYNCED);
     }
-    println!("{}", summary(&server.to_string(), &t, pending));
-    Ok(())
+    outln!("{}", summary(&server.to_string(), &t, pending)).done(SYNCED)
 }
 
 /// One session with the router, on a runtime of its own.
@@ -129,12 +136,12 @@ fn run_exchange(
 /// runs: refused frames and router errors. Everything else is summed up.
 fn warn(update: &Update) {
     match update {
-        Update::Rejected { from, reason } => eprintln!(
+        Update::Rejected { from, reason } => errln!(
             "warning: refused a message claiming to be from {} ({from}): {}",
             from.fingerprint(),
             untrusted_inline(reason)
         ),
-        Update::RouterError { code, message } => eprintln!(
+        Update::RouterError { code, message } => errln!(
             "warning: the router reported {}: {}",
             code.as_str(),
             untrusted_inline(message)
@@ -167,7 +174,7 @@ fn summary(server: &str, t: &Tally, pending: usize) -> String {
 
 fn note_received(t: Tally) {
     if t.received > 0 {
-        eprintln!(
+        errln!(
             "(also received {} new message(s): 'chat-p2p history' shows them)",
             t.received
         );

@@ -23,7 +23,9 @@ use crate::crypto::{self, MessageKey};
 use crate::identity::{Identity, PublicKey};
 use crate::protocol::{self, Ack, Content, ErrorCode, ErrorFrame, Frame, MessageFrame};
 use crate::store::fts::FtsBatch;
-use crate::store::messages::{apply_status_tx, insert_incoming_tx, message_tx};
+use crate::store::messages::{
+    apply_status_tx, insert_incoming_tx, mark_incoming_read_tx, message_tx,
+};
 use crate::store::receipts::{
     pending_receipts_tx, queue_receipts_tx, remove_receipt_tx, unread_from_tx, PendingReceipt,
     ReceiptKind,
@@ -235,7 +237,7 @@ impl Engine {
         }
         let now = clock::now();
         for id in &unread {
-            apply_status_tx(&tx, id, Status::Read, &now, None)?;
+            mark_incoming_read_tx(&tx, peer, id, &now)?;
         }
         let receipts = if is_contact {
             queue_receipts_tx(&tx, peer, ReceiptKind::Read, &unread)?

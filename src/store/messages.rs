@@ -64,7 +64,8 @@ pub struct Event {
 pub enum Inserted {
     /// The message is new and now stored.
     New(Box<Message>),
-    /// A message with this id was already stored; nothing changed.
+    /// This sender's message with this id was already stored; nothing
+    /// changed.
     Duplicate,
 }
 
@@ -98,19 +99,48 @@ pub(crate) fn message_from_row(row: &Row<'_>) -> rusqlite::Result<Message> {
     })
 }
 
-/// The message stored with `msg_id`, if any.
+/// Our own (outgoing) message with `msg_id`, if any.
+///
+/// Only outgoing ids are unique on their own: we make them, and the
+/// router's acks and errors and a peer's receipts name them by id alone.
+/// Any peer may pick any id for what it sends, so a received message is
+/// found with its sender: [`incoming_tx`].
 pub fn message_tx(tx: &rusqlite::Connection, msg_id: &MessageId) -> Result<Option<Message>> {
-    // Cached: the chat client calls this for every message and receipt.
+    // Cached: the chat client calls this for every ack and receipt.
     Ok(tx
         .prepare_cached(&format!(
-            "SELECT {MESSAGE_COLUMNS} FROM {MESSAGE_FROM} WHERE m.msg_id = ?1"
+            "SELECT {MESSAGE_COLUMNS} FROM {MESSAGE_FROM}
+             WHERE m.msg_id = ?1 AND m.direction = 'out'"
         ))?
         .query_row([msg_id], message_from_row)
         .optional()?)
 }
 
+/// The message `peer` sent us with `msg_id`, if any.
+pub fn incoming_tx(
+    tx: &rusqlite::Connection,
+    peer: &PublicKey,
+    msg_id: &MessageId,
+) -> Result<Option<Message>> {
+    Ok(tx
+        .prepare_cached(&format!(
+            "SELECT {MESSAGE_COLUMNS} FROM {MESSAGE_FROM}
+             WHERE m.peer_key = ?1 AND m.msg_id = ?2 AND m.direction = 'in'"
+        ))?
+        .query_row(params![peer.to_base64(), msg_id], message_from_row)
+        .optional()?)
+}
+
 fn require(tx: &rusqlite::Connection, msg_id: &MessageId) -> Result<Message> {
     message_tx(tx, msg_id)?.ok_or_else(|| Error::UnknownMessage(msg_id.to_text()))
+}
+
+fn require_incoming(
+    tx: &rusqlite::Connection,
+    peer: &PublicKey,
+    msg_id: &MessageId,
+) -> Result<Message> {
+    incoming_tx(tx, peer, msg_id)?.ok_or_else(|| Error::UnknownMessage(msg_id.to_text()))
 }
 
 /// Appends one row to a message's timeline, after its last.
@@ -143,8 +173,9 @@ pub fn insert_outgoing_tx(tx: &Transaction<'_>, peer: &PublicKey, body: &str) ->
     require(tx, &msg_id)
 }
 
-/// Stores a received message unless its id is already known (at-least-once
-/// delivery repeats messages). `created_at` is the author's clock, as RFC
+/// Stores a received message unless this sender's message with this id is
+/// already stored (at-least-once delivery repeats messages; another
+/// sender's id is no duplicate). `created_at` is the author's clock, as RFC
 /// 3339; it is stored in the canonical form so times sort as text, and a
 /// time that does not parse is replaced by the time of receipt rather than
 /// losing the message.
@@ -162,20 +193,21 @@ pub fn insert_incoming_tx(
             "INSERT INTO messages
                  (msg_id, peer_key, direction, body, status, created_at, received_at)
              VALUES (?1, ?2, 'in', ?3, 'received', ?4, ?5)
-             ON CONFLICT (msg_id) DO NOTHING",
+             ON CONFLICT (peer_key, msg_id) WHERE direction = 'in' DO NOTHING",
         )?
         .execute(params![msg_id, peer.to_base64(), body, created_at, now])?;
     if added == 0 {
         return Ok(Inserted::Duplicate);
     }
     append_event(tx, tx.last_insert_rowid(), Status::Received, &now, None)?;
-    Ok(Inserted::New(Box::new(require(tx, msg_id)?)))
+    Ok(Inserted::New(Box::new(require_incoming(tx, peer, msg_id)?)))
 }
 
-/// Moves a message to `status` at time `at` if [`Status::may_become`]
-/// allows it, setting the matching `*_at` column (and `failure_reason` from
-/// `detail` for `failed`) and appending the event. Returns whether anything
-/// changed: a repeated or late event changes nothing and appends nothing.
+/// Moves our own message `msg_id` (see [`message_tx`]) to `status` at
+/// time `at` if [`Status::may_become`] allows it, setting the matching
+/// `*_at` column (and `failure_reason` from `detail` for `failed`) and
+/// appending the event. Returns whether anything changed: a repeated or
+/// late event changes nothing and appends nothing.
 pub fn apply_status_tx(
     tx: &Transaction<'_>,
     msg_id: &MessageId,
@@ -184,9 +216,32 @@ pub fn apply_status_tx(
     detail: Option<&str>,
 ) -> Result<bool> {
     let current = require(tx, msg_id)?;
+    apply_to(tx, &current, status, at, detail)
+}
+
+/// Marks the message `peer` sent us with `msg_id` as read at `at`.
+/// Returns whether it changed (it was not read yet).
+pub fn mark_incoming_read_tx(
+    tx: &Transaction<'_>,
+    peer: &PublicKey,
+    msg_id: &MessageId,
+    at: &str,
+) -> Result<bool> {
+    let current = require_incoming(tx, peer, msg_id)?;
+    apply_to(tx, &current, Status::Read, at, None)
+}
+
+/// See [`apply_status_tx`].
+fn apply_to(
+    tx: &Transaction<'_>,
+    current: &Message,
+    status: Status,
+    at: &str,
+    detail: Option<&str>,
+) -> Result<bool> {
     if !status.fits(current.direction) {
         return Err(Error::StatusMismatch {
-            msg_id: msg_id.to_text(),
+            msg_id: current.msg_id.to_text(),
             direction: current.direction.to_string(),
             status: status.to_string(),
         });
@@ -222,14 +277,21 @@ pub fn outbox_tx(tx: &rusqlite::Connection) -> Result<Vec<Message>> {
     Ok(rows.collect::<rusqlite::Result<_>>()?)
 }
 
-/// A message's timeline, oldest first.
+/// The timeline of our own message `msg_id`, oldest first.
 pub fn events_tx(tx: &rusqlite::Connection, msg_id: &MessageId) -> Result<Vec<Event>> {
+    match message_tx(tx, msg_id)? {
+        Some(m) => timeline_tx(tx, m.id),
+        None => Ok(Vec::new()),
+    }
+}
+
+/// The timeline of the message with local row id `rowid`, oldest first.
+pub fn timeline_tx(tx: &rusqlite::Connection, rowid: i64) -> Result<Vec<Event>> {
     let mut stmt = tx.prepare_cached(
-        "SELECT e.status, e.at, e.detail
-         FROM message_events AS e JOIN messages AS m ON m.id = e.message_id
-         WHERE m.msg_id = ?1 ORDER BY e.seq",
+        "SELECT status, at, detail FROM message_events
+         WHERE message_id = ?1 ORDER BY seq",
     )?;
-    let rows = stmt.query_map([msg_id], |r| {
+    let rows = stmt.query_map([rowid], |r| {
         Ok(Event {
             status: r.get(0)?,
             at: r.get(1)?,
@@ -272,6 +334,19 @@ impl Store {
         Ok(inserted)
     }
 
+    /// See [`mark_incoming_read_tx`].
+    pub fn mark_incoming_read(
+        &mut self,
+        peer: &PublicKey,
+        msg_id: &MessageId,
+        at: &str,
+    ) -> Result<bool> {
+        let tx = self.transaction()?;
+        let changed = mark_incoming_read_tx(&tx, peer, msg_id, at)?;
+        tx.commit()?;
+        Ok(changed)
+    }
+
     /// See [`apply_status_tx`].
     pub fn apply_status(
         &mut self,
@@ -291,9 +366,14 @@ impl Store {
         outbox_tx(&self.conn)
     }
 
-    /// The message with `msg_id`, if stored.
+    /// Our own message with `msg_id`, if stored (see [`message_tx`]).
     pub fn message(&self, msg_id: &MessageId) -> Result<Option<Message>> {
         message_tx(&self.conn, msg_id)
+    }
+
+    /// The message `peer` sent us with `msg_id`, if stored.
+    pub fn incoming(&self, peer: &PublicKey, msg_id: &MessageId) -> Result<Option<Message>> {
+        incoming_tx(&self.conn, peer, msg_id)
     }
 
     /// How many messages are stored.
@@ -307,6 +387,11 @@ impl Store {
     /// See [`events_tx`].
     pub fn events(&self, msg_id: &MessageId) -> Result<Vec<Event>> {
         events_tx(&self.conn, msg_id)
+    }
+
+    /// See [`timeline_tx`].
+    pub fn timeline(&self, message: &Message) -> Result<Vec<Event>> {
+        timeline_tx(&self.conn, message.id)
     }
 }
 
@@ -389,8 +474,18 @@ mod tests {
         assert!(!store.apply_status(&id, Status::Failed, at, None).unwrap());
     }
 
+    fn incoming_statuses(store: &Store, peer: &PublicKey, id: &MessageId) -> Vec<Status> {
+        let m = store.incoming(peer, id).unwrap().unwrap();
+        store
+            .timeline(&m)
+            .unwrap()
+            .into_iter()
+            .map(|e| e.status)
+            .collect()
+    }
+
     #[test]
-    fn incoming_is_deduplicated_by_id() {
+    fn incoming_is_deduplicated_by_sender_and_id() {
         let (_dir, mut store) = temp_store();
         let (id, peer) = (MessageId::new_v7(), key());
         let at = "2026-01-01T00:00:00.000Z";
@@ -400,34 +495,65 @@ mod tests {
             store.insert_incoming(&id, &peer, "yo", at).unwrap(),
             Inserted::Duplicate
         );
-        assert_eq!(statuses(&store, &id), [Status::Received]);
-        assert!(store.apply_status(&id, Status::Read, at, None).unwrap());
-        assert!(!store.apply_status(&id, Status::Read, at, None).unwrap());
+        assert_eq!(incoming_statuses(&store, &peer, &id), [Status::Received]);
+        assert!(store.mark_incoming_read(&peer, &id, at).unwrap());
+        assert!(!store.mark_incoming_read(&peer, &id, at).unwrap());
+        assert_eq!(
+            incoming_statuses(&store, &peer, &id),
+            [Status::Received, Status::Read]
+        );
+    }
+
+    #[test]
+    fn another_senders_message_with_the_same_id_is_not_a_duplicate() {
+        let (_dir, mut store) = temp_store();
+        let (id, alice, mallory) = (MessageId::new_v7(), key(), key());
+        let at = "2026-01-01T00:00:00.000Z";
+        let first = store.insert_incoming(&id, &mallory, "first", at).unwrap();
+        assert!(matches!(first, Inserted::New(_)));
+        let second = store.insert_incoming(&id, &alice, "second", at).unwrap();
+        assert!(matches!(second, Inserted::New(m) if m.body == "second"));
+        assert_eq!(store.incoming(&alice, &id).unwrap().unwrap().body, "second");
+        assert_eq!(
+            store.incoming(&mallory, &id).unwrap().unwrap().body,
+            "first"
+        );
+        // Marking one read leaves the other alone.
+        assert!(store.mark_incoming_read(&alice, &id, at).unwrap());
+        let m = store.incoming(&mallory, &id).unwrap().unwrap();
+        assert_eq!(m.status, Status::Received);
+        // Our own message with that id is no clash either, and acks find
+        // only it.
+        let out = store.insert_outgoing(&alice, "mine").unwrap();
+        store
+            .insert_incoming(&out.msg_id, &alice, "echo", at)
+            .unwrap();
+        assert_eq!(store.message(&out.msg_id).unwrap().unwrap().body, "mine");
+        assert!(store.message(&id).unwrap().is_none());
     }
 
     #[test]
     fn incoming_times_are_stored_in_canonical_form() {
         let (_dir, mut store) = temp_store();
-        let id = MessageId::new_v7();
+        let (id, peer) = (MessageId::new_v7(), key());
         store
-            .insert_incoming(&id, &key(), "x", "2026-01-01T01:00:00+01:00")
+            .insert_incoming(&id, &peer, "x", "2026-01-01T01:00:00+01:00")
             .unwrap();
-        let m = store.message(&id).unwrap().unwrap();
+        let m = store.incoming(&peer, &id).unwrap().unwrap();
         assert_eq!(m.created_at, "2026-01-01T00:00:00.000Z");
         let id = MessageId::new_v7();
-        store.insert_incoming(&id, &key(), "x", "garbage").unwrap();
-        let m = store.message(&id).unwrap().unwrap();
+        store.insert_incoming(&id, &peer, "x", "garbage").unwrap();
+        let m = store.incoming(&peer, &id).unwrap().unwrap();
         assert_eq!(Some(m.created_at), m.received_at);
     }
 
     #[test]
     fn statuses_of_the_other_direction_are_refused() {
         let (_dir, mut store) = temp_store();
-        let id = MessageId::new_v7();
         let at = "2026-01-01T00:00:00.000Z";
-        store.insert_incoming(&id, &key(), "yo", at).unwrap();
+        let id = store.insert_outgoing(&key(), "yo").unwrap().msg_id;
         assert!(matches!(
-            store.apply_status(&id, Status::Delivered, at, None),
+            store.apply_status(&id, Status::Received, at, None),
             Err(Error::StatusMismatch { .. })
         ));
         assert!(matches!(

@@ -65,15 +65,17 @@ impl Store {
     /// the file 0600) when it does not exist yet.
     pub fn create(path: &Path) -> Result<Self> {
         if !path.exists() {
-            create_private_file(path)?;
+            create_private_file(path).map_err(|e| e.at(path))?;
         }
         Self::open_checked(path)
     }
 
+    /// Inspects, connects and migrates; a failure is named for what it is
+    /// (full disk, read-only, permission, lock: see [`Error::at`]).
     fn open_checked(path: &Path) -> Result<Self> {
-        schema::inspect(path)?;
-        let mut conn = connect(path)?;
-        schema::migrate(&mut conn)?;
+        schema::inspect(path).map_err(|e| e.at(path))?;
+        let mut conn = connect(path).map_err(|e| e.at(path))?;
+        schema::migrate(&mut conn).map_err(|e| e.at(path))?;
         Ok(Self {
             conn,
             path: path.to_path_buf(),

@@ -50,13 +50,20 @@ pub fn inspect(path: &Path) -> Result<()> {
         path,
         OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )?;
+    // A writer holding the file a moment is not a reason to fail.
+    conn.busy_timeout(super::BUSY_TIMEOUT)?;
     inspect_open(path, &conn)
 }
 
 fn inspect_open(path: &Path, conn: &Connection) -> Result<()> {
     let app_id: i32 = conn
         .pragma_query_value(None, "application_id", |r| r.get(0))
-        .map_err(|e| not_ours(path, &format!("SQLite cannot read it ({e})")))?;
+        .map_err(|e| match super::error::diagnose(path, e) {
+            // A full disk, a lock, a read-only folder... say so; only what
+            // is left means the file itself is the problem.
+            Error::Sqlite(e) => not_ours(path, &format!("SQLite cannot read it ({e})")),
+            known => known,
+        })?;
     if app_id != APPLICATION_ID {
         if app_id != 0 {
             return Err(not_ours(
@@ -238,6 +245,114 @@ mod tests {
             .unwrap();
         drop(store);
         assert!(matches!(Store::open(&path), Err(Error::NotOurs { .. })));
+    }
+
+    /// Every row of the message tables, as text.
+    fn rows(conn: &Connection) -> Vec<String> {
+        let mut all = Vec::new();
+        for sql in [
+            "SELECT * FROM messages ORDER BY id",
+            "SELECT * FROM message_events ORDER BY message_id, seq",
+            "SELECT * FROM messages_view ORDER BY id",
+        ] {
+            let mut stmt = conn.prepare(sql).unwrap();
+            let n = stmt.column_count();
+            let mut q = stmt.query([]).unwrap();
+            while let Some(r) = q.next().unwrap() {
+                let cells: Vec<String> = (0..n)
+                    .map(|i| format!("{:?}", r.get::<_, rusqlite::types::Value>(i).unwrap()))
+                    .collect();
+                all.push(cells.join("|"));
+            }
+        }
+        all
+    }
+
+    #[test]
+    fn a_v3_profile_with_messages_upgrades_with_everything_kept() {
+        use crate::identity::Identity;
+        use crate::store::{Filter, Inserted, MessageId, Order};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("chat.db");
+        let mut conn = Connection::open(&path).unwrap();
+        // As every connection is: foreign keys on, so a careless rebuild
+        // would cascade into message_events.
+        conn.pragma_update(None, "foreign_keys", "ON").unwrap();
+        embedded::migrations::runner()
+            .set_target(refinery::Target::Version(3))
+            .run(&mut conn)
+            .unwrap();
+        assert_eq!(current_version(&conn).unwrap(), 3);
+        let (alice, bob) = (
+            Identity::generate().public_key(),
+            Identity::generate().public_key(),
+        );
+        conn.execute_batch(&format!(
+            "INSERT INTO contacts (name, name_key, public_key, added_at)
+                 VALUES ('alice', 'alice', '{alice}', '2026-01-01T00:00:00.000Z');
+             INSERT INTO messages (msg_id, peer_key, direction, body, status, created_at,
+                                   received_at, read_at)
+                 VALUES ('00000000-0000-7000-8000-000000000001', '{alice}', 'in',
+                         'the secret plan', 'read', '2026-01-01T00:00:00.000Z',
+                         '2026-01-01T00:00:01.000Z', '2026-01-01T00:00:02.000Z');
+             INSERT INTO messages (msg_id, peer_key, direction, body, status, created_at,
+                                   sent_at)
+                 VALUES ('00000000-0000-7000-8000-000000000002', '{bob}', 'out',
+                         'a reply', 'sent', '2026-01-01T00:01:00.000Z',
+                         '2026-01-01T00:01:01.000Z');
+             INSERT INTO message_events (message_id, seq, status, at) VALUES
+                 (1, 0, 'received', '2026-01-01T00:00:01.000Z'),
+                 (1, 1, 'read', '2026-01-01T00:00:02.000Z'),
+                 (2, 0, 'pending', '2026-01-01T00:01:00.000Z'),
+                 (2, 1, 'sent', '2026-01-01T00:01:01.000Z');",
+            alice = alice.to_base64(),
+            bob = bob.to_base64()
+        ))
+        .unwrap();
+        let before = rows(&conn);
+        assert_eq!(before.len(), 8);
+        drop(conn);
+
+        let mut store = Store::open(&path).unwrap();
+        assert_eq!(store.schema_version().unwrap(), latest_version());
+        assert_eq!(rows(store.conn()), before);
+        // The search index still points at the right rows.
+        let hits = store
+            .search("secret", &Filter::default(), Order::Newest, 5)
+            .unwrap();
+        assert_eq!(hits.len(), 1);
+        assert_eq!(hits[0].message.body, "the secret plan");
+        store
+            .conn()
+            .execute(
+                "INSERT INTO messages_fts (messages_fts) VALUES ('integrity-check')",
+                [],
+            )
+            .unwrap();
+        let fk: i64 = store
+            .conn()
+            .query_row("SELECT count(*) FROM pragma_foreign_key_check", [], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        assert_eq!(fk, 0);
+        // The same id from another sender is a new message now; from the
+        // same sender it is still a duplicate.
+        let id = MessageId::parse("00000000-0000-7000-8000-000000000001").unwrap();
+        let at = "2026-01-02T00:00:00.000Z";
+        assert!(matches!(
+            store.insert_incoming(&id, &bob, "not a dup", at).unwrap(),
+            Inserted::New(_)
+        ));
+        assert_eq!(
+            store.insert_incoming(&id, &alice, "again", at).unwrap(),
+            Inserted::Duplicate
+        );
+        // Live inserts are indexed: the triggers are back.
+        let hits = store
+            .search("dup", &Filter::default(), Order::Newest, 5)
+            .unwrap();
+        assert_eq!(hits.len(), 1);
     }
 
     #[test]

@@ -134,6 +134,22 @@ fn where_clause(parts: &[&str]) -> String {
 
 /// The latest `limit` messages matching `filter`, oldest first.
 pub fn recent_tx(conn: &Connection, filter: &Filter, limit: usize) -> Result<Vec<Message>> {
+    let mut messages = Vec::new();
+    recent_each_tx(conn, filter, limit, |m| {
+        messages.push(m);
+        Ok::<_, Error>(())
+    })?;
+    Ok(messages)
+}
+
+/// Like [`recent_tx`], but hands each message to `each` as it is read,
+/// so a long history is never held in memory at once.
+pub fn recent_each_tx<E: From<Error>>(
+    conn: &Connection,
+    filter: &Filter,
+    limit: usize,
+    mut each: impl FnMut(Message) -> std::result::Result<(), E>,
+) -> std::result::Result<(), E> {
     let (parts, mut params) = conditions(filter);
     params.push(Value::Integer(clamp(limit)));
     let sql = format!(
@@ -143,9 +159,14 @@ pub fn recent_tx(conn: &Connection, filter: &Filter, limit: usize) -> Result<Vec
          ) ORDER BY 8, 1",
         where_clause(&parts)
     );
-    let mut stmt = conn.prepare(&sql)?;
-    let rows = stmt.query_map(rusqlite::params_from_iter(params), message_from_row)?;
-    Ok(rows.collect::<rusqlite::Result<_>>()?)
+    let mut stmt = conn.prepare(&sql).map_err(Error::from)?;
+    let mut rows = stmt
+        .query(rusqlite::params_from_iter(params))
+        .map_err(Error::from)?;
+    while let Some(row) = rows.next().map_err(Error::from)? {
+        each(message_from_row(row).map_err(Error::from)?)?;
+    }
+    Ok(())
 }
 
 /// Up to `limit` messages matching the FTS5 query `query` and `filter`.
@@ -252,6 +273,16 @@ impl Store {
     /// See [`recent_tx`].
     pub fn recent(&self, filter: &Filter, limit: usize) -> Result<Vec<Message>> {
         recent_tx(&self.conn, filter, limit)
+    }
+
+    /// See [`recent_each_tx`].
+    pub fn recent_each<E: From<Error>>(
+        &self,
+        filter: &Filter,
+        limit: usize,
+        each: impl FnMut(Message) -> std::result::Result<(), E>,
+    ) -> std::result::Result<(), E> {
+        recent_each_tx(&self.conn, filter, limit, each)
     }
 
     /// See [`search_tx`].

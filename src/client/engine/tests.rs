@@ -445,3 +445,46 @@ fn a_long_outbox_goes_out_within_the_send_window() {
     assert!(alice.engine.outbox_frames().unwrap().is_empty());
     assert!(alice.engine.store().outbox().unwrap().is_empty());
 }
+
+#[test]
+fn the_same_id_from_two_senders_is_two_messages() {
+    let (mut alice, mut bob) = friends();
+    let mallory = party();
+    let bob_key = *bob.engine.me();
+    let (msg, frame) = alice.engine.compose(&bob_key, "from alice").unwrap();
+    // Mallory got there first with alice's id (she may pick any id).
+    let forged = protocol::seal(
+        &mallory.engine.identity,
+        &bob_key,
+        msg.msg_id.uuid(),
+        &clock::now(),
+        &Content::Text {
+            body: "from mallory".into(),
+        },
+    )
+    .unwrap();
+    bob.engine.handle(vec![Frame::Message(forged)]).unwrap();
+    let r = bob.engine.handle(vec![frame]).unwrap();
+    assert!(
+        matches!(&r.updates[..], [Update::Received(m)] if m.body == "from alice"),
+        "{:?}",
+        r.updates
+    );
+    assert_eq!(bob.engine.tally().received, 2);
+    assert_eq!(bob.engine.tally().duplicates, 0);
+    let store = bob.engine.store();
+    let from_alice = store.incoming(alice.engine.me(), &msg.msg_id).unwrap();
+    assert_eq!(from_alice.unwrap().body, "from alice");
+    let from_mallory = store.incoming(mallory.engine.me(), &msg.msg_id).unwrap();
+    assert_eq!(from_mallory.unwrap().body, "from mallory");
+    // Reading alice's conversation marks hers only; her read receipt
+    // reaches alice's message.
+    let receipts = bob.engine.mark_read(alice.engine.me()).unwrap();
+    let m = bob
+        .engine
+        .store()
+        .incoming(mallory.engine.me(), &msg.msg_id);
+    assert_eq!(m.unwrap().unwrap().status, Status::Received);
+    alice.engine.handle(receipts).unwrap();
+    assert_eq!(status(&alice, &msg.msg_id), Status::Read);
+}
