@@ -7,10 +7,11 @@ use anyhow::Result;
 use clap::Args;
 use serde_json::json;
 
-use super::{print_json, resolve_peer, runtime, Context, ServerArgs};
+use super::{print_json, resolve_peer, runtime, Context, ServerArgs, UsageError};
 use crate::client::exchange::{exchange, Until};
 use crate::client::{ClientError, Engine, ServerUrl, Tally, Update};
-use crate::store::Status;
+use crate::identity::{Identity, PublicKey};
+use crate::store::{Status, Store};
 
 /// Arguments of `send`.
 #[derive(Debug, Args)]
@@ -45,9 +46,15 @@ pub struct SyncArgs {
 
 /// Stores a message, then delivers the outbox to the router.
 pub fn send(ctx: &Context, args: SendArgs) -> Result<()> {
-    let (store, identity) = ctx.open_with_identity()?;
-    let peer = resolve_peer(&store, &args.peer)?;
     let body = args.message.join(" ");
+    if body.trim().is_empty() {
+        return Err(UsageError(
+            "the message is empty: write something to send, e.g. chat-p2p send bob 'hello'".into(),
+        )
+        .into());
+    }
+    let (store, identity) = ctx.open_with_identity()?;
+    let peer = resolve_recipient(&store, &identity, &args.peer)?;
     let mut engine = Engine::new(store, identity);
     // Stored before anything else can fail: nothing typed is ever lost.
     let message = engine.queue(&peer, &body)?;
@@ -73,6 +80,23 @@ pub fn send(ctx: &Context, args: SendArgs) -> Result<()> {
     }
     note_received(engine.tally());
     Ok(())
+}
+
+/// The key to write to: a contact or a key, but not this profile's own
+/// (refused as `add-contact` refuses it).
+pub(super) fn resolve_recipient(
+    store: &Store,
+    identity: &Identity,
+    peer: &str,
+) -> Result<PublicKey> {
+    let key = resolve_peer(store, peer)?;
+    if key == identity.public_key() {
+        anyhow::bail!(
+            "'{peer}' is your own public key: messages go to someone else's key \
+             ('chat-p2p contacts' lists them)"
+        );
+    }
+    Ok(key)
 }
 
 /// Sends the outbox and takes in everything the router holds.
@@ -135,6 +159,13 @@ fn warn(update: &Update) {
         Update::RouterError { code, message } => {
             eprintln!("warning: the router reported {}: {message}", code.as_str())
         }
+        Update::Status(m) if m.status == Status::Failed => eprintln!(
+            "warning: a message to {} was not sent: {}",
+            m.contact.as_deref().unwrap_or(&m.peer_key),
+            m.failure_reason
+                .as_deref()
+                .unwrap_or("the router refused it")
+        ),
         Update::Received(_) | Update::Status(_) | Update::Retrying { .. } => {}
     }
 }
