@@ -16,7 +16,10 @@ struct Tmux {
 
 impl Tmux {
     fn new() -> Self {
-        let socket = format!("chat-p2p-test-{}", std::process::id());
+        // One server per test: tests run in parallel in one process.
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let socket = format!("chat-p2p-test-{}-{n}", std::process::id());
         Self { socket }
     }
 
