@@ -11,7 +11,7 @@ use super::{print_json, resolve_peer, runtime, Context, ServerArgs, UsageError};
 use crate::client::exchange::{exchange, Until};
 use crate::client::{ClientError, Engine, ServerUrl, Tally, Update};
 use crate::identity::{Identity, PublicKey};
-use crate::store::{Status, Store};
+use crate::store::{MessageId, Status, Store};
 
 /// Arguments of `send`.
 #[derive(Debug, Args)]
@@ -59,7 +59,8 @@ pub fn send(ctx: &Context, args: SendArgs) -> Result<()> {
     // Stored before anything else can fail: nothing typed is ever lost.
     let message = engine.queue(&peer, &body)?;
     let server = args.server.server;
-    if let Err(e) = run_exchange(&mut engine, &server, args.timeout, Until::Acked)? {
+    let own = Some(message.msg_id);
+    if let Err(e) = run_exchange(&mut engine, &server, args.timeout, Until::Acked, own)? {
         return Err(with_pending_hint(e, "Your message is saved as pending"));
     }
     let stored = engine.store().message(&message.msg_id)?.unwrap_or(message);
@@ -104,7 +105,7 @@ pub fn sync(ctx: &Context, args: SyncArgs) -> Result<()> {
     let (store, identity) = ctx.open_with_identity()?;
     let mut engine = Engine::new(store, identity);
     let server = args.server.server;
-    let outcome = run_exchange(&mut engine, &server, args.timeout, Until::Synced)?;
+    let outcome = run_exchange(&mut engine, &server, args.timeout, Until::Synced, None)?;
     let t = engine.tally();
     if let Err(e) = outcome {
         let done = if t.sent + t.received + t.receipts > 0 {
@@ -137,14 +138,20 @@ pub fn sync(ctx: &Context, args: SyncArgs) -> Result<()> {
     Ok(())
 }
 
-/// One session with the router, on a runtime of its own.
+/// One session with the router, on a runtime of its own. `own` is the
+/// message `send` reports itself, not warned about.
 fn run_exchange(
     engine: &mut Engine,
     server: &ServerUrl,
     timeout_secs: u64,
     until: Until,
+    own: Option<MessageId>,
 ) -> Result<Result<(), ClientError>> {
     let timeout = Duration::from_secs(timeout_secs);
+    let warn = |update: &Update| match update {
+        Update::Status(m) if Some(m.msg_id) == own => {}
+        other => warn(other),
+    };
     Ok(runtime()?.block_on(exchange(engine, server, timeout, until, warn)))
 }
 

@@ -34,7 +34,7 @@ impl Engine {
         self.max_frame_bytes = self.max_frame_bytes.min(len / 2);
         let reason = format!(
             "the router closed the connection over its {len}-byte frame ({reason}); \
-             it accepts at most {} bytes",
+             it accepts at most {} bytes (send it again shorter, or split)",
             self.max_frame_bytes
         );
         self.fail_frame(&MessageId::from(id), ErrorCode::TooLarge, &reason)
@@ -45,7 +45,8 @@ impl Engine {
     pub(super) fn set_aside_oversized(&mut self, id: Uuid, len: usize) -> Result<(), ClientError> {
         self.in_flight.remove(&id);
         let reason = format!(
-            "its frame is {len} bytes and the router accepts at most {} bytes",
+            "its frame is {len} bytes and the router accepts at most {} bytes \
+             (send it again shorter, or split into several messages)",
             self.max_frame_bytes
         );
         let updates = self.fail_frame(&MessageId::from(id), ErrorCode::TooLarge, &reason)?;
