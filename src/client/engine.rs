@@ -117,9 +117,8 @@ pub struct Engine {
     /// Frames the router refused for now (rate limit, storage trouble):
     /// still owed to it, and sent again by the next [`Engine::outbox_frames`].
     retrying: HashSet<Uuid>,
-    /// Refusals that carried no id (routers before protocol revision 8 sent
-    /// `bad-frame` and `too-large` without one), while frames were in
-    /// flight. Each answers one of them; see [`Engine::settle_unattributed`].
+    /// Refusals that carried no id (older routers send `bad-frame` and
+    /// `too-large` without one), received while frames were in flight. Each answers one of them; see [`Engine::settle_unattributed`].
     unattributed: Vec<ErrorFrame>,
     /// The largest frame the router accepts: announced in `ready`, or
     /// learned from a close for size.

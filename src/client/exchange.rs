@@ -37,10 +37,12 @@ pub async fn exchange(
     loop {
         match session(engine, server, deadline, timeout, until, &mut on_update).await {
             Err(ClientError::ClosedForSize(reason)) => {
-                engine
-                    .closed_for_size(&reason)?
-                    .iter()
-                    .for_each(&mut on_update);
+                let updates = engine.closed_for_size(&reason)?;
+                if updates.is_empty() {
+                    // No frame of ours to blame: reconnecting would not help.
+                    return Err(ClientError::ClosedForSize(reason));
+                }
+                updates.iter().for_each(&mut on_update);
             }
             other => return other,
         }
