@@ -274,11 +274,14 @@ impl Chat<'_> {
         }
         let peer = self.options.peer.to_base64();
         let mut shown = Vec::new();
+        // One "the router asks to wait" per pause, not one per frame.
+        let mut wait_said = self.retry_at.is_some();
         for update in &reaction.updates {
-            if let Update::Received(m) = update {
-                if m.peer_key == peer {
-                    shown.push(m.msg_id);
-                }
+            match update {
+                Update::Received(m) if m.peer_key == peer => shown.push(m.msg_id),
+                Update::Retrying { .. } if wait_said => continue,
+                Update::Retrying { .. } => wait_said = true,
+                _ => {}
             }
             self.screen.update(update);
         }
