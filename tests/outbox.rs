@@ -249,6 +249,11 @@ fn piped_chat_waits_for_every_ack_through_the_rate_limit() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let waits = text(&out.stdout).matches("router asks to wait").count();
+    assert!(
+        (1..20).contains(&waits),
+        "one notice per pause, not per frame: {waits}"
+    );
     assert_eq!(p.count("alice", "bob", "out", "sent"), 100);
     assert_eq!(p.count("alice", "bob", "out", "pending"), 0);
 }
