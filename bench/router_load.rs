@@ -630,7 +630,11 @@ mod forwarder {
         if !protocol::verify_auth(&key, &nonce, &a) {
             return;
         }
-        let ready = Frame::Ready(protocol::Ready { version: 1, key });
+        let ready = Frame::Ready(protocol::Ready {
+            version: 1,
+            key,
+            max_frame_bytes: None,
+        });
         let _ = sink.send(Message::text(protocol::to_text(&ready))).await;
         let (tx, mut rx) = mpsc::channel::<String>(1024);
         peers.lock().unwrap().insert(key, tx.clone());

@@ -91,6 +91,12 @@ pub struct Ready {
     pub version: u32,
     /// The key the session is authenticated as.
     pub key: PublicKey,
+    /// The largest frame, in bytes, the router accepts on this session, so
+    /// a client can refuse a message that would not fit before storing it.
+    /// Absent from routers that predate it (then assume
+    /// [`MAX_FRAME_BYTES`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_frame_bytes: Option<usize>,
 }
 
 /// An end-to-end encrypted, signed message (text or receipt).

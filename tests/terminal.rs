@@ -217,3 +217,55 @@ fn a_hostile_message_arriving_in_the_chat_is_shown_escaped() {
     tmux.run(&["send-keys", "-t", "chat", "-l", "exit"]);
     tmux.run(&["send-keys", "-t", "chat", "Enter"]);
 }
+
+#[test]
+fn lines_typed_ahead_are_all_sent_in_order() {
+    let env = Env::new();
+    let router = Router::start(&env.path("router"), &[]);
+    env.init("alice");
+    let bob = env.init("bob");
+    env.ok("alice", &["add-contact", "bob", &bob]);
+
+    let tmux = Tmux::new();
+    let command = format!(
+        "env -i HOME=/nonexistent TERM=xterm CHAT_HOME={} CHAT_PROFILE=alice CHAT_SERVER={} {} chat bob",
+        shell_quote(env.home().to_str().unwrap()),
+        shell_quote(&router.url()),
+        shell_quote(env!("CARGO_BIN_EXE_chat-p2p")),
+    );
+    tmux.run(&[
+        "new-session",
+        "-d",
+        "-s",
+        "chat",
+        "-x",
+        "100",
+        "-y",
+        "20",
+        &command,
+    ]);
+    tmux.wait_until("the prompt", |s| s.lines().any(|l| l.trim_end() == ">"));
+    // Typed faster than a line is handed over, without bracketed paste.
+    tmux.run(&[
+        "send-keys",
+        "-t",
+        "chat",
+        "one",
+        "Enter",
+        "two",
+        "Enter",
+        "three",
+        "Enter",
+    ]);
+    tmux.wait_for("sent to bob: three");
+    let sent = env.json("alice", &["history", "bob", "--json", "--direction", "out"]);
+    let bodies: Vec<&str> = sent
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["body"].as_str().unwrap())
+        .collect();
+    assert_eq!(bodies, ["one", "two", "three"]);
+    tmux.run(&["send-keys", "-t", "chat", "-l", "exit"]);
+    tmux.run(&["send-keys", "-t", "chat", "Enter"]);
+}

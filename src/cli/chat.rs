@@ -11,13 +11,13 @@ use unicode_segmentation::UnicodeSegmentation;
 use unicode_width::UnicodeWidthStr;
 
 use super::history::{hit_line, line, local_time, peer_label, Style};
-use super::resolve_peer;
+use super::sync::resolve_recipient;
 use super::{runtime, ServerArgs, UsageError};
 use crate::client::chat::{self, ChatOptions, Input, Screen};
 use crate::client::{Engine, ServerUrl, Update};
 use crate::identity::PublicKey;
 use crate::render::{untrusted, untrusted_inline};
-use crate::store::{Filter, Message, Order, Status, Store};
+use crate::store::{Filter, Message, MessageId, Order, Status, Store};
 
 /// Arguments of `chat`.
 #[derive(Debug, Args)]
@@ -44,7 +44,7 @@ pub struct ChatArgs {
 pub fn chat(ctx: &super::Context, args: ChatArgs) -> Result<()> {
     let (server, peer_name) = split_target(&args.target, args.server.server)?;
     let (store, identity) = ctx.open_with_identity()?;
-    let peer = resolve_peer(&store, &peer_name)?;
+    let peer = resolve_recipient(&store, &identity, &peer_name)?;
     let style = Style::detect();
     let interactive = std::io::stdin().is_terminal();
     let label = store
@@ -61,14 +61,17 @@ pub fn chat(ctx: &super::Context, args: ChatArgs) -> Result<()> {
         peer: Some(peer),
         ..Filter::default()
     };
-    for m in store.recent(&filter, args.last as usize)? {
-        outln!("{}", line(&m, &style))?;
+    let recent = store.recent(&filter, args.last as usize)?;
+    for m in &recent {
+        outln!("{}", line(m, &style))?;
     }
     let options = ChatOptions {
         peer,
         server,
         connect_timeout: Duration::from_secs(10),
         quit_timeout: Duration::from_secs(args.timeout),
+        // Only what was on screen is read.
+        shown: recent.iter().map(|m| m.msg_id).collect(),
     };
     let mut engine = Engine::new(store, identity);
     runtime()?.block_on(async {
@@ -78,7 +81,15 @@ pub fn chat(ctx: &super::Context, args: ChatArgs) -> Result<()> {
         } else {
             (spawn_pipe_reader(), ChatScreen::new(style, peer, None))
         };
-        chat::run(&mut engine, &options, &mut input, &mut screen).await?;
+        let pending = chat::run(&mut engine, &options, &mut input, &mut screen).await?;
+        if pending > 0 {
+            // As `send` does: a script must not mistake this for delivery.
+            anyhow::bail!(
+                "{pending} message(s) still pending: the router did not acknowledge them before \
+                 leaving (see --timeout). They are saved; 'chat-p2p sync' or the next chat \
+                 sends them"
+            );
+        }
         anyhow::Ok(())
     })
 }
@@ -232,12 +243,13 @@ impl Screen for ChatScreen {
         self.print(text);
     }
 
-    fn command(&mut self, command: &str, store: &Store) {
+    fn command(&mut self, command: &str, store: &Store) -> Vec<MessageId> {
         let lines = run_command(command, store, &self.peer, &self.style)
             .unwrap_or_else(|e| vec![untrusted(&format!("{e:#}"))]);
         for text in lines {
             self.print(text);
         }
+        history_shown(command, store, &self.peer)
     }
 }
 
@@ -313,12 +325,7 @@ fn run_command(
     match name {
         "/help" => Ok(HELP.lines().map(str::to_owned).collect()),
         "/history" => {
-            let n = if rest.is_empty() {
-                20
-            } else {
-                rest.parse::<usize>()
-                    .map_err(|_| anyhow::anyhow!("/history takes a number, e.g. /history 50"))?
-            };
+            let n = history_len(rest)?;
             let conversation = Filter {
                 peer: Some(*peer),
                 ..Filter::default()
@@ -344,6 +351,34 @@ fn run_command(
             "unknown command {}; /help lists them",
             untrusted_inline(other)
         )]),
+    }
+}
+
+/// How many messages `/history REST` shows.
+fn history_len(rest: &str) -> Result<usize> {
+    if rest.is_empty() {
+        return Ok(20);
+    }
+    rest.parse::<usize>()
+        .map_err(|_| anyhow::anyhow!("/history takes a number, e.g. /history 50"))
+}
+
+/// The messages of the conversation a `/history` command showed (none for
+/// other commands), so that they count as read.
+fn history_shown(command: &str, store: &Store, peer: &PublicKey) -> Vec<MessageId> {
+    let (name, rest) = command
+        .split_once(char::is_whitespace)
+        .map_or((command, ""), |(n, r)| (n, r.trim()));
+    let Ok(n) = history_len(rest) else {
+        return Vec::new();
+    };
+    let conversation = Filter {
+        peer: Some(*peer),
+        ..Filter::default()
+    };
+    match (name, store.recent(&conversation, n)) {
+        ("/history", Ok(shown)) => shown.iter().map(|m| m.msg_id).collect(),
+        _ => Vec::new(),
     }
 }
 

@@ -8,11 +8,12 @@ use clap::Args;
 use serde_json::json;
 
 use super::out::AlreadyDone;
-use super::{print_json, resolve_peer, runtime, Context, ServerArgs};
+use super::{print_json, resolve_peer, runtime, Context, ServerArgs, UsageError};
 use crate::client::exchange::{exchange, Until};
 use crate::client::{ClientError, Engine, ServerUrl, Tally, Update};
+use crate::identity::{Identity, PublicKey};
 use crate::render::untrusted_inline;
-use crate::store::Status;
+use crate::store::{MessageId, Status, Store};
 
 /// Arguments of `send`.
 #[derive(Debug, Args)]
@@ -52,14 +53,21 @@ const SYNCED: &str = "the sync took place";
 
 /// Stores a message, then delivers the outbox to the router.
 pub fn send(ctx: &Context, args: SendArgs) -> Result<()> {
-    let (store, identity) = ctx.open_with_identity()?;
-    let peer = resolve_peer(&store, &args.peer)?;
     let body = args.message.join(" ");
+    if body.trim().is_empty() {
+        return Err(UsageError(
+            "the message is empty: write something to send, e.g. chat-p2p send bob 'hello'".into(),
+        )
+        .into());
+    }
+    let (store, identity) = ctx.open_with_identity()?;
+    let peer = resolve_recipient(&store, &identity, &args.peer)?;
     let mut engine = Engine::new(store, identity);
     // Stored before anything else can fail: nothing typed is ever lost.
     let message = engine.queue(&peer, &body)?;
     let server = args.server.server;
-    if let Err(e) = run_exchange(&mut engine, &server, args.timeout, Until::Acked)? {
+    let own = Some(message.msg_id);
+    if let Err(e) = run_exchange(&mut engine, &server, args.timeout, Until::Acked, own)? {
         return Err(with_pending_hint(e, "Your message is saved as pending"));
     }
     let stored = engine.store().message(&message.msg_id)?.unwrap_or(message);
@@ -83,12 +91,29 @@ pub fn send(ctx: &Context, args: SendArgs) -> Result<()> {
     Ok(())
 }
 
+/// The key to write to: a contact or a key, but not this profile's own
+/// (refused as `add-contact` refuses it).
+pub(super) fn resolve_recipient(
+    store: &Store,
+    identity: &Identity,
+    peer: &str,
+) -> Result<PublicKey> {
+    let key = resolve_peer(store, peer)?;
+    if key == identity.public_key() {
+        anyhow::bail!(
+            "'{peer}' is your own public key: messages go to someone else's key \
+             ('chat-p2p contacts' lists them)"
+        );
+    }
+    Ok(key)
+}
+
 /// Sends the outbox and takes in everything the router holds.
 pub fn sync(ctx: &Context, args: SyncArgs) -> Result<()> {
     let (store, identity) = ctx.open_with_identity()?;
     let mut engine = Engine::new(store, identity);
     let server = args.server.server;
-    let outcome = run_exchange(&mut engine, &server, args.timeout, Until::Synced)?;
+    let outcome = run_exchange(&mut engine, &server, args.timeout, Until::Synced, None)?;
     let t = engine.tally();
     if let Err(e) = outcome {
         let done = if t.sent + t.received + t.receipts > 0 {
@@ -121,14 +146,20 @@ pub fn sync(ctx: &Context, args: SyncArgs) -> Result<()> {
     outln!("{}", summary(&server.to_string(), &t, pending)).done(SYNCED)
 }
 
-/// One session with the router, on a runtime of its own.
+/// One session with the router, on a runtime of its own. `own` is the
+/// message `send` reports itself, not warned about.
 fn run_exchange(
     engine: &mut Engine,
     server: &ServerUrl,
     timeout_secs: u64,
     until: Until,
+    own: Option<MessageId>,
 ) -> Result<Result<(), ClientError>> {
     let timeout = Duration::from_secs(timeout_secs);
+    let warn = |update: &Update| match update {
+        Update::Status(m) if Some(m.msg_id) == own => {}
+        other => warn(other),
+    };
     Ok(runtime()?.block_on(exchange(engine, server, timeout, until, warn)))
 }
 
@@ -145,6 +176,15 @@ fn warn(update: &Update) {
             "warning: the router reported {}: {}",
             code.as_str(),
             untrusted_inline(message)
+        ),
+        Update::Status(m) if m.status == Status::Failed => errln!(
+            "warning: a message to {} was not sent: {}",
+            untrusted_inline(m.contact.as_deref().unwrap_or(&m.peer_key)),
+            untrusted_inline(
+                m.failure_reason
+                    .as_deref()
+                    .unwrap_or("the router refused it")
+            )
         ),
         Update::Received(_) | Update::Status(_) | Update::Retrying { .. } => {}
     }

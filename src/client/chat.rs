@@ -16,7 +16,7 @@ use super::connection::{self, Connection, ServerUrl};
 use super::{ClientError, Engine, Update};
 use crate::identity::{Identity, PublicKey};
 use crate::protocol::Frame;
-use crate::store::Store;
+use crate::store::{MessageId, Store};
 
 /// Pause before sending again what the router refused for now.
 const RETRY_PAUSE: Duration = Duration::from_secs(2);
@@ -42,8 +42,9 @@ pub trait Screen {
     fn update(&mut self, update: &Update);
     /// Something about the connection, for the user.
     fn notice(&mut self, text: &str);
-    /// Answers an in-chat command, reading the profile database.
-    fn command(&mut self, command: &str, store: &Store);
+    /// Answers an in-chat command, reading the profile database. Returns
+    /// the messages it showed, so that those of the conversation are read.
+    fn command(&mut self, command: &str, store: &Store) -> Vec<MessageId>;
 }
 
 /// How a chat is run.
@@ -57,15 +58,20 @@ pub struct ChatOptions {
     pub connect_timeout: Duration,
     /// The most time leaving waits for the router's acknowledgements.
     pub quit_timeout: Duration,
+    /// The messages shown on opening: those from `peer` are marked read,
+    /// and only those (not the unread ones above them).
+    pub shown: Vec<MessageId>,
 }
 
-/// Runs the chat until the user quits.
+/// Runs the chat until the user quits. Returns how many messages are still
+/// pending at the end (not acknowledged by the router within the quit
+/// timeout, or typed while it was away).
 pub async fn run(
     engine: &mut Engine,
     options: &ChatOptions,
     input: &mut mpsc::Receiver<Input>,
     screen: &mut dyn Screen,
-) -> Result<(), ClientError> {
+) -> Result<usize, ClientError> {
     // The connection attempt runs while input is still being stored, so it
     // gets its own copy of the key pair (zeroized when dropped).
     let identity = Arc::new(Identity::from_secret_bytes(
@@ -81,15 +87,21 @@ pub async fn run(
         quit_by: None,
         retry_at: None,
     };
+    // Shown on opening, so read: the receipts wait in the outbox, which
+    // goes out as soon as the router is reached.
+    chat.engine.mark_read(&options.peer, &options.shown)?;
+    chat.engine.connection_lost();
     loop {
         let Some(conn) = chat.connect(input).await? else {
-            return chat.leave_offline();
+            break;
         };
         if let Some(conn) = chat.converse(conn, input).await? {
             conn.close().await;
-            return Ok(());
+            break;
         }
     }
+    // Read receipts queued offline are not messages: they wait quietly.
+    Ok(chat.engine.store().outbox()?.len())
 }
 
 struct Chat<'a> {
@@ -147,9 +159,18 @@ impl Chat<'_> {
             self.away_reported = false;
         }
         self.engine.connection_lost();
-        let mut frames = self.engine.outbox_frames()?;
-        frames.extend(self.engine.mark_read(&self.options.peer)?);
+        self.engine.set_frame_limit(conn.max_frame_bytes());
+        let frames = self.engine.outbox_frames()?;
+        self.show_engine_updates();
         conn.send(&frames).await
+    }
+
+    /// Shows what the engine decided outside a batch of frames (a message
+    /// too large for the router, failed).
+    fn show_engine_updates(&mut self) {
+        for update in self.engine.take_updates() {
+            self.screen.update(&update);
+        }
     }
 
     /// Reports the first failure only, then waits, still taking input.
@@ -204,6 +225,7 @@ impl Chat<'_> {
                 () = sleep_until(retry_at.unwrap_or_else(Instant::now)), if retry_at.is_some() => {
                     self.retry_at = None;
                     let frames = self.engine.outbox_frames()?;
+                    self.show_engine_updates();
                     conn.send(&frames).await
                 }
                 () = sleep_until(quit_by.unwrap_or_else(Instant::now)), if quit_by.is_some() => {
@@ -218,6 +240,12 @@ impl Chat<'_> {
             if let Err(e) = outcome {
                 if !e.is_transient() && !matches!(e, ClientError::Replaced) {
                     return Err(e);
+                }
+                if let ClientError::ClosedForSize(reason) = &e {
+                    // Set the offending message aside, then reconnect.
+                    for update in self.engine.closed_for_size(reason)? {
+                        self.screen.update(&update);
+                    }
                 }
                 self.engine.connection_lost();
                 if self.quit_by.is_some() {
@@ -245,16 +273,22 @@ impl Chat<'_> {
             conn.send(&more).await?;
         }
         let peer = self.options.peer.to_base64();
-        let mut from_peer = false;
+        let mut shown = Vec::new();
+        // One "the router asks to wait" per pause, not one per frame.
+        let mut wait_said = self.retry_at.is_some();
         for update in &reaction.updates {
-            from_peer |= matches!(update, Update::Received(m) if m.peer_key == peer);
+            match update {
+                Update::Received(m) if m.peer_key == peer => shown.push(m.msg_id),
+                Update::Retrying { .. } if wait_said => continue,
+                Update::Retrying { .. } => wait_said = true,
+                _ => {}
+            }
             self.screen.update(update);
         }
-        if from_peer {
-            // Shown in the open conversation: read, and said so once.
-            let receipts = self.engine.mark_read(&self.options.peer)?;
-            conn.send(&receipts).await?;
-        }
+        self.show_engine_updates();
+        // Shown in the open conversation: read, and said so once.
+        let receipts = self.engine.mark_read(&self.options.peer, &shown)?;
+        conn.send(&receipts).await?;
         if reaction.retry && self.retry_at.is_none() {
             self.retry_at = Some(Instant::now() + RETRY_PAUSE);
         }
@@ -271,7 +305,7 @@ impl Chat<'_> {
             Input::Send(text) => {
                 let (_, frame) = match self.engine.compose(&self.options.peer, &text) {
                     Ok(composed) => composed,
-                    Err(e @ ClientError::TooLong { .. }) => {
+                    Err(e @ (ClientError::TooLong { .. } | ClientError::FrameTooLarge { .. })) => {
                         self.screen.notice(&format!("not sent: {e}"));
                         return Ok(());
                     }
@@ -283,18 +317,16 @@ impl Chat<'_> {
                     None => self.engine.connection_lost(),
                 }
             }
-            Input::Command(command) => self.screen.command(&command, self.engine.store()),
+            Input::Command(command) => {
+                let shown = self.screen.command(&command, self.engine.store());
+                let receipts = self.engine.mark_read(&self.options.peer, &shown)?;
+                match conn {
+                    Some(conn) => conn.send(&receipts).await?,
+                    // Queued; sent from the outbox on reconnect.
+                    None => self.engine.connection_lost(),
+                }
+            }
             Input::Quit => self.quit_by = Some(Instant::now() + self.options.quit_timeout),
-        }
-        Ok(())
-    }
-
-    fn leave_offline(&mut self) -> Result<(), ClientError> {
-        let pending = self.engine.store().outbox()?.len();
-        if pending > 0 {
-            self.screen.notice(&format!(
-                "{pending} message(s) stay pending; 'chat-p2p sync' or the next chat sends them"
-            ));
         }
         Ok(())
     }

@@ -85,9 +85,20 @@ impl fmt::Display for ServerUrl {
 
 type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
+/// The close code a router uses when a frame was far over its limit.
+const TOO_LARGE_CLOSE_CODE: u16 = 1009;
+
 /// An authenticated session with a router.
 pub struct Connection {
     ws: Socket,
+    /// The router's frame limit, if its `ready` announced one.
+    max_frame_bytes: Option<usize>,
+    /// How the session ended, once known: kept so that a close read while
+    /// taking a batch is reported by the next call, not lost.
+    ended: Option<ClientError>,
+    /// The router's close frame (code, reason), once read: a send after it
+    /// reports why the router closed, not "sending after closing".
+    closed: Option<(u16, String)>,
 }
 
 /// Connects to `server` and authenticates as `identity`, all within
@@ -117,7 +128,12 @@ async fn connect_inner(server: &ServerUrl, identity: &Identity) -> Result<Connec
             server: server.to_string(),
             reason: e.to_string(),
         })?;
-    let mut conn = Connection { ws };
+    let mut conn = Connection {
+        ws,
+        max_frame_bytes: None,
+        ended: None,
+        closed: None,
+    };
     conn.authenticate(identity).await?;
     Ok(conn)
 }
@@ -148,7 +164,10 @@ impl Connection {
         let auth = protocol::sign_challenge(identity, version, &challenge.nonce);
         self.send(&[Frame::Auth(auth)]).await?;
         match self.next_frame().await? {
-            Some(Frame::Ready(_)) => Ok(()),
+            Some(Frame::Ready(ready)) => {
+                self.max_frame_bytes = ready.max_frame_bytes;
+                Ok(())
+            }
             Some(Frame::Error(e)) => Err(ClientError::Refused {
                 code: e.code,
                 message: e.message,
@@ -157,24 +176,43 @@ impl Connection {
         }
     }
 
+    /// The largest frame the router accepts, if it said so in `ready`.
+    pub fn max_frame_bytes(&self) -> Option<usize> {
+        self.max_frame_bytes
+    }
+
     /// Sends `frames` and flushes them.
     pub async fn send(&mut self, frames: &[Frame]) -> Result<(), ClientError> {
         if frames.is_empty() {
             return Ok(());
         }
-        for frame in frames {
-            self.ws
-                .feed(Message::text(protocol::to_text(frame)))
-                .await
-                .map_err(lost)?;
+        if let Some(ended) = self.ended.take() {
+            // The router already closed: say why, not "sending after closing".
+            return Err(ended);
         }
-        self.ws.flush().await.map_err(lost)
+        let mut result = Ok(());
+        for frame in frames {
+            result = self.ws.feed(Message::text(protocol::to_text(frame))).await;
+            if result.is_err() {
+                break;
+            }
+        }
+        if result.is_ok() {
+            result = self.ws.flush().await;
+        }
+        result.map_err(|e| match &self.closed {
+            Some((code, reason)) => close_error(*code, reason.clone()),
+            None => lost(e),
+        })
     }
 
     /// The next frame, or `None` when the router closed the session.
     /// Frames this client cannot parse (from a newer router, say) are
     /// skipped.
     async fn next_frame(&mut self) -> Result<Option<Frame>, ClientError> {
+        if let Some(ended) = self.ended.take() {
+            return Err(ended);
+        }
         loop {
             let Some(msg) = self.ws.next().await else {
                 return Ok(None);
@@ -185,15 +223,13 @@ impl Connection {
                     Ok(frame) => return Ok(Some(frame)),
                     Err(e) => tracing::warn!(error = %e, "ignoring a frame from the router"),
                 },
-                Message::Close(Some(close)) if u16::from(close.code) == REPLACED_CLOSE_CODE => {
-                    return Err(ClientError::Replaced)
+                Message::Close(Some(close)) => {
+                    let (code, reason) = (u16::from(close.code), close.reason.to_string());
+                    self.closed = Some((code, reason.clone()));
+                    return Err(close_error(code, reason));
                 }
-                Message::Close(close) => {
-                    return Err(ClientError::Closed(
-                        close
-                            .map(|c| format!("{} ({})", c.reason, u16::from(c.code)))
-                            .unwrap_or_else(|| "no reason given".to_owned()),
-                    ))
+                Message::Close(None) => {
+                    return Err(ClientError::Closed("no reason given".to_owned()))
                 }
                 _ => {}
             }
@@ -213,10 +249,9 @@ impl Connection {
                 Some(Ok(Some(frame))) => batch.push(frame),
                 Some(Ok(None)) | None => break,
                 Some(Err(e)) => {
-                    if batch.is_empty() {
-                        return Err(e);
-                    }
-                    // Process what arrived; the error shows on the next call.
+                    // Process what arrived; the error shows on the next
+                    // call (or send).
+                    self.ended = Some(e);
                     break;
                 }
             }
@@ -231,6 +266,15 @@ impl Connection {
             while let Some(Ok(_)) = self.ws.next().await {}
         })
         .await;
+    }
+}
+
+/// What a close frame from the router means.
+fn close_error(code: u16, reason: String) -> ClientError {
+    match code {
+        REPLACED_CLOSE_CODE => ClientError::Replaced,
+        TOO_LARGE_CLOSE_CODE => ClientError::ClosedForSize(reason),
+        _ => ClientError::Closed(format!("{reason} ({code})")),
     }
 }
 

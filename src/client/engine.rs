@@ -21,7 +21,9 @@ use super::ClientError;
 use crate::clock;
 use crate::crypto::{self, MessageKey};
 use crate::identity::{Identity, PublicKey};
-use crate::protocol::{self, Ack, Content, ErrorCode, ErrorFrame, Frame, MessageFrame};
+use crate::protocol::{
+    self, Ack, Content, ErrorCode, ErrorFrame, Frame, MessageFrame, MAX_FRAME_BYTES,
+};
 use crate::store::fts::FtsBatch;
 use crate::store::messages::{
     apply_status_tx, insert_incoming_tx, mark_incoming_read_tx, message_tx,
@@ -111,8 +113,20 @@ pub struct Engine {
     /// Keys for messages from each peer to us: one X25519 + HKDF per peer,
     /// not per message.
     inbound_keys: HashMap<PublicKey, MessageKey>,
-    /// Frames sent in this connection and not yet acknowledged by the router.
-    in_flight: HashSet<Uuid>,
+    /// Frames sent in this connection and not yet acknowledged by the
+    /// router, with their length in bytes.
+    in_flight: HashMap<Uuid, usize>,
+    /// Frames the router refused for now (rate limit, storage trouble):
+    /// still owed to it, and sent again by the next [`Engine::outbox_frames`].
+    retrying: HashSet<Uuid>,
+    /// Refusals that carried no id (older routers send `bad-frame` and
+    /// `too-large` without one), received while frames were in flight. Each answers one of them; see [`Engine::settle_unattributed`].
+    unattributed: Vec<ErrorFrame>,
+    /// The largest frame the router accepts: announced in `ready`, or
+    /// learned from a close for size.
+    max_frame_bytes: usize,
+    /// Changes decided outside [`Engine::handle`], for [`Engine::take_updates`].
+    updates: Vec<Update>,
     /// Whether everything in the outbox is in flight, so topping up the
     /// send window needs no query.
     outbox_drained: bool,
@@ -128,7 +142,11 @@ impl Engine {
             identity,
             me,
             inbound_keys: HashMap::new(),
-            in_flight: HashSet::new(),
+            in_flight: HashMap::new(),
+            retrying: HashSet::new(),
+            unattributed: Vec::new(),
+            max_frame_bytes: MAX_FRAME_BYTES,
+            updates: Vec::new(),
             outbox_drained: false,
             tally: Tally::default(),
         }
@@ -154,16 +172,38 @@ impl Engine {
         self.tally
     }
 
-    /// How many frames await the router's acknowledgement.
+    /// How many frames await the router's acknowledgement, counting those
+    /// it refused for now and that wait to be sent again.
     pub fn in_flight(&self) -> usize {
-        self.in_flight.len()
+        self.in_flight.len() + self.retrying.len()
     }
 
     /// Forgets what was in flight on a connection that is gone: it will be
     /// sent again from the database.
     pub fn connection_lost(&mut self) {
         self.in_flight.clear();
+        self.retrying.clear();
+        self.unattributed.clear();
         self.outbox_drained = false;
+    }
+
+    /// Takes the router's frame limit from its `ready` frame; a router that
+    /// announces none keeps the limit assumed or learned so far.
+    pub fn set_frame_limit(&mut self, announced: Option<usize>) {
+        if let Some(max) = announced {
+            self.max_frame_bytes = max;
+        }
+    }
+
+    /// The largest frame the router is known to accept.
+    pub fn frame_limit(&self) -> usize {
+        self.max_frame_bytes
+    }
+
+    /// Changes decided while building frames (a pending message too large
+    /// for the router, marked failed), for the screen.
+    pub fn take_updates(&mut self) -> Vec<Update> {
+        std::mem::take(&mut self.updates)
     }
 
     /// Stores a new message to `peer` as `pending`; the outbox sends it.
@@ -176,6 +216,16 @@ impl Engine {
                 len,
                 max: MAX_BODY_BYTES,
             });
+        }
+        // Under the default limit the body limit above is enough.
+        if self.max_frame_bytes < MAX_FRAME_BYTES {
+            let len = self.text_frame_len(peer, body)?;
+            if len > self.max_frame_bytes {
+                return Err(ClientError::FrameTooLarge {
+                    len,
+                    max: self.max_frame_bytes,
+                });
+            }
         }
         let message = self.store.insert_outgoing(peer, body)?;
         self.outbox_drained = false;
@@ -208,15 +258,21 @@ impl Engine {
             if frames.len() == room {
                 return Ok(frames);
             }
-            if !self.in_flight.contains(&message.msg_id.uuid()) {
-                frames.push(self.seal_text(&message)?);
+            let id = message.msg_id.uuid();
+            if self.in_flight.contains_key(&id) {
+                continue;
+            }
+            let frame = self.seal_text(&message)?;
+            match self.in_flight.get(&id) {
+                Some(&len) if len > self.max_frame_bytes => self.set_aside_oversized(id, len)?,
+                _ => frames.push(frame),
             }
         }
         for receipt in pending_receipts_tx(self.store.conn())? {
             if frames.len() == room {
                 return Ok(frames);
             }
-            if !self.in_flight.contains(&receipt.receipt_id.uuid()) {
+            if !self.in_flight.contains_key(&receipt.receipt_id.uuid()) {
                 frames.push(self.seal_receipt(&receipt)?);
             }
         }
@@ -225,13 +281,23 @@ impl Engine {
         Ok(frames)
     }
 
-    /// Marks every message received from `peer` and not yet read as read,
-    /// and, if `peer` is a contact, queues a read receipt for them. Returns
-    /// the receipt frames.
-    pub fn mark_read(&mut self, peer: &PublicKey) -> Result<Vec<Frame>, ClientError> {
+    /// Marks the messages of `shown` that were received from `peer` and not
+    /// yet read as read, and, if `peer` is a contact, queues a read receipt
+    /// for them. Returns the receipt frames. Only what was shown on screen
+    /// is read: a message scrolled past unseen stays unread.
+    pub fn mark_read(
+        &mut self,
+        peer: &PublicKey,
+        shown: &[MessageId],
+    ) -> Result<Vec<Frame>, ClientError> {
+        if shown.is_empty() {
+            return Ok(Vec::new());
+        }
+        let shown: HashSet<&MessageId> = shown.iter().collect();
         let is_contact = self.store.contact_by_key(peer)?.is_some();
         let tx = self.store.transaction()?;
-        let unread = unread_from_tx(&tx, peer)?;
+        let mut unread = unread_from_tx(&tx, peer)?;
+        unread.retain(|id| shown.contains(id));
         if unread.is_empty() {
             return Ok(Vec::new());
         }
@@ -268,6 +334,8 @@ impl Engine {
         if !messages.is_empty() {
             self.on_messages(messages, &mut reaction)?;
         }
+        self.settle_unattributed(&mut reaction)?;
+        reaction.updates.append(&mut self.updates);
         Ok(reaction)
     }
 
@@ -278,6 +346,7 @@ impl Engine {
         let mut changed = Vec::new();
         for ack in acks {
             self.in_flight.remove(&ack.id);
+            self.retrying.remove(&ack.id);
             let id = MessageId::from(ack.id);
             if remove_receipt_tx(&tx, &id)? {
                 continue;
@@ -309,15 +378,24 @@ impl Engine {
     /// The router refused a frame of ours (or something else).
     fn on_error(&mut self, error: ErrorFrame, reaction: &mut Reaction) -> Result<(), ClientError> {
         let Some(id) = error.id else {
-            reaction.updates.push(Update::RouterError {
-                code: error.code,
-                message: error.message,
-            });
+            if !self.in_flight.is_empty() && may_answer_a_frame(error.code) {
+                // Matched to a frame once the others are acked.
+                self.unattributed.push(error);
+            } else {
+                reaction.updates.push(Update::RouterError {
+                    code: error.code,
+                    message: error.message,
+                });
+            }
             return Ok(());
         };
-        self.in_flight.remove(&id);
+        let ours = self.in_flight.remove(&id).is_some();
         if is_temporary(error.code) {
-            // Still pending: the outbox sends it again after a pause.
+            // Still pending and still owed: the outbox sends it again
+            // after a pause.
+            if ours {
+                self.retrying.insert(id);
+            }
             self.outbox_drained = false;
             reaction.retry = true;
             reaction.updates.push(Update::Retrying {
@@ -326,37 +404,10 @@ impl Engine {
             });
             return Ok(());
         }
-        let id = MessageId::from(id);
-        let reason = format!(
-            "the router refused it ({}): {}",
-            error.code.as_str(),
-            error.message
-        );
-        let tx = self.store.transaction()?;
-        if remove_receipt_tx(&tx, &id)? {
-            tx.commit().map_err(store::Error::from)?;
-            reaction.updates.push(Update::RouterError {
-                code: error.code,
-                message: format!("a receipt was refused: {}", error.message),
-            });
-            return Ok(());
-        }
-        let changed = match message_tx(&tx, &id)? {
-            Some(m) if m.direction == Direction::Out => {
-                apply_status_tx(&tx, &id, Status::Failed, &clock::now(), Some(&reason))?
-            }
-            _ => false,
-        };
-        let updated = if changed {
-            reload(&tx, &[id])?
-        } else {
-            Vec::new()
-        };
-        tx.commit().map_err(store::Error::from)?;
-        self.tally.failed += updated.len();
-        reaction
-            .updates
-            .extend(updated.into_iter().map(Update::Status));
+        self.retrying.remove(&id);
+        let reason = refusal_reason(&error);
+        let updates = self.fail_frame(&MessageId::from(id), error.code, &reason)?;
+        reaction.updates.extend(updates);
         Ok(())
     }
 
@@ -395,7 +446,9 @@ impl Engine {
             None
         };
         let mut delivered: HashMap<PublicKey, Vec<MessageId>> = HashMap::new();
-        let mut changed = Vec::new();
+        // Each receipt's change as it happened: a delivered and a read
+        // receipt in one batch are two updates, not the final state twice.
+        let mut updated = Vec::new();
         for (frame, content) in &opened {
             let id = MessageId::from(frame.id);
             match content {
@@ -422,10 +475,10 @@ impl Engine {
                     }
                 }
                 Ok(Content::Delivered { ids }) => {
-                    changed.extend(apply_receipt(&tx, frame, ids, Status::Delivered)?);
+                    updated.extend(apply_receipt(&tx, frame, ids, Status::Delivered)?);
                 }
                 Ok(Content::Read { ids }) => {
-                    changed.extend(apply_receipt(&tx, frame, ids, Status::Read)?);
+                    updated.extend(apply_receipt(&tx, frame, ids, Status::Read)?);
                 }
             }
         }
@@ -436,7 +489,6 @@ impl Engine {
         if let Some(fts) = fts {
             fts.finish(&tx)?;
         }
-        let updated = reload(&tx, &changed)?;
         tx.commit().map_err(store::Error::from)?;
         // Only now, with everything durable, tell the router and the peers.
         self.tally.receipts += updated.len();
@@ -502,9 +554,12 @@ impl Engine {
         ts: &str,
         content: &Content,
     ) -> Result<Frame, ClientError> {
-        let frame = protocol::seal(&self.identity, to, id.uuid(), ts, content)?;
-        self.in_flight.insert(id.uuid());
-        Ok(Frame::Message(frame))
+        let frame = Frame::Message(protocol::seal(&self.identity, to, id.uuid(), ts, content)?);
+        // Its length tells which frame a close for size was about.
+        let len = protocol::to_text(&frame).len();
+        self.in_flight.insert(id.uuid(), len);
+        self.retrying.remove(&id.uuid());
+        Ok(frame)
     }
 }
 
@@ -548,13 +603,14 @@ fn verify_chunk(frames: &[MessageFrame]) -> Vec<Result<(), protocol::ProtocolErr
 }
 
 /// Applies a receipt from `frame.from` to our messages to that same peer;
-/// ids of other conversations are ignored. Returns the messages changed.
+/// ids of other conversations are ignored. Returns the messages changed,
+/// each as it stands right after this receipt.
 fn apply_receipt(
     tx: &Transaction<'_>,
     frame: &MessageFrame,
     ids: &[Uuid],
     status: Status,
-) -> Result<Vec<MessageId>, ClientError> {
+) -> Result<Vec<Message>, ClientError> {
     let from = frame.from.to_base64();
     let at = clock::normalize(&frame.ts).unwrap_or_else(clock::now);
     let mut changed = Vec::new();
@@ -573,7 +629,7 @@ fn apply_receipt(
             _ => at.clone(),
         };
         if apply_status_tx(tx, &id, status, &at, None)? {
-            changed.push(id);
+            changed.extend(message_tx(tx, &id)?);
         }
     }
     Ok(changed)
@@ -589,6 +645,24 @@ fn reload(tx: &rusqlite::Connection, ids: &[MessageId]) -> Result<Vec<Message>, 
     Ok(messages)
 }
 
+/// Error codes a router may send without an id about a frame of ours:
+/// the frame could not be read far enough to find its id.
+fn may_answer_a_frame(code: ErrorCode) -> bool {
+    matches!(
+        code,
+        ErrorCode::BadFrame | ErrorCode::TooLarge | ErrorCode::Unknown
+    )
+}
+
+/// The `failure_reason` stored for a frame the router refused for good.
+fn refusal_reason(error: &ErrorFrame) -> String {
+    format!(
+        "the router refused it ({}): {}",
+        error.code.as_str(),
+        error.message
+    )
+}
+
 /// Errors after which the same frame should simply be sent again later.
 fn is_temporary(code: ErrorCode) -> bool {
     matches!(
@@ -600,5 +674,6 @@ fn is_temporary(code: ErrorCode) -> bool {
     )
 }
 
+mod refusals;
 #[cfg(test)]
 mod tests;

@@ -23,7 +23,9 @@ pub enum Until {
 }
 
 /// Runs one session against `server`: everything must finish within
-/// `timeout`. `on_update` sees every change as it is committed.
+/// `timeout`. `on_update` sees every change as it is committed. A router
+/// that closes the session over a frame far too large is reconnected to,
+/// with that message failed.
 pub async fn exchange(
     engine: &mut Engine,
     server: &ServerUrl,
@@ -32,9 +34,36 @@ pub async fn exchange(
     mut on_update: impl FnMut(&Update),
 ) -> Result<(), ClientError> {
     let deadline = Instant::now() + timeout;
-    let mut conn = connection::connect(server, engine.identity(), timeout).await?;
+    loop {
+        match session(engine, server, deadline, timeout, until, &mut on_update).await {
+            Err(ClientError::ClosedForSize(reason)) => {
+                let updates = engine.closed_for_size(&reason)?;
+                if updates.is_empty() {
+                    // No frame of ours to blame: reconnecting would not help.
+                    return Err(ClientError::ClosedForSize(reason));
+                }
+                updates.iter().for_each(&mut on_update);
+            }
+            other => return other,
+        }
+    }
+}
+
+/// One connection of [`exchange`].
+async fn session(
+    engine: &mut Engine,
+    server: &ServerUrl,
+    deadline: Instant,
+    timeout: Duration,
+    until: Until,
+    on_update: &mut impl FnMut(&Update),
+) -> Result<(), ClientError> {
+    let left = deadline.saturating_duration_since(Instant::now());
+    let mut conn = connection::connect(server, engine.identity(), left).await?;
     engine.connection_lost();
+    engine.set_frame_limit(conn.max_frame_bytes());
     let outbox = engine.outbox_frames()?;
+    engine.take_updates().iter().for_each(&mut *on_update);
     conn.send(&outbox).await?;
     let mut synced = false;
     let mut retry_at: Option<Instant> = None;
@@ -54,6 +83,7 @@ pub async fn exchange(
             () = sleep_until(retry_at.unwrap_or(deadline)), if retry_at.is_some() => {
                 retry_at = None;
                 let frames = engine.outbox_frames()?;
+                engine.take_updates().iter().for_each(&mut *on_update);
                 conn.send(&frames).await?;
             }
             batch = conn.recv_batch() => {
@@ -68,7 +98,8 @@ pub async fn exchange(
                     let more = engine.outbox_frames()?;
                     conn.send(&more).await?;
                 }
-                reaction.updates.iter().for_each(&mut on_update);
+                reaction.updates.iter().for_each(&mut *on_update);
+                engine.take_updates().iter().for_each(&mut *on_update);
                 if reaction.retry {
                     retry_at = Some(Instant::now() + RETRY_PAUSE);
                 }

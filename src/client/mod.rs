@@ -66,6 +66,22 @@ pub enum ClientError {
         /// The limit.
         max: usize,
     },
+    /// A message whose sealed frame would exceed the router's frame limit.
+    #[error(
+        "the message would make a {len}-byte frame and the router accepts at most {max} bytes: \
+         shorten it or split it into several messages"
+    )]
+    FrameTooLarge {
+        /// The frame's length.
+        len: usize,
+        /// The router's limit.
+        max: usize,
+    },
+    /// The router closed the session because a frame was far over its
+    /// limit (WebSocket close code 1009). Reconnecting helps once the
+    /// offending message is set aside ([`Engine::closed_for_size`]).
+    #[error("the router closed the connection because a frame was too large: {0}")]
+    ClosedForSize(String),
     /// A stored row could not be turned into a frame.
     #[error("the database holds a damaged message: {0}")]
     Corrupt(String),
@@ -83,7 +99,11 @@ impl ClientError {
     pub fn is_transient(&self) -> bool {
         matches!(
             self,
-            Self::Unreachable { .. } | Self::Closed(_) | Self::Lost(_) | Self::Timeout { .. }
+            Self::Unreachable { .. }
+                | Self::Closed(_)
+                | Self::ClosedForSize(_)
+                | Self::Lost(_)
+                | Self::Timeout { .. }
         )
     }
 }

@@ -94,6 +94,7 @@ fn frames_round_trip_through_text() {
         Frame::Ready(Ready {
             version: 1,
             key: alice().public_key(),
+            max_frame_bytes: Some(MAX_FRAME_BYTES),
         }),
         Frame::Message(vector_frame()),
         Frame::Ack(Ack {
@@ -277,6 +278,7 @@ fn router_parse_agrees_with_the_full_parse() {
     let ready = to_text(&Frame::Ready(Ready {
         version: 1,
         key: alice().public_key(),
+        max_frame_bytes: None,
     }));
     assert!(matches!(
         parse_inbound(&ready, MAX_FRAME_BYTES),
@@ -337,4 +339,24 @@ mod prop {
 
 fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+#[test]
+fn ready_announces_the_frame_limit_and_v1_peers_still_parse_it() {
+    let key = alice().public_key();
+    let old = format!(
+        r#"{{"type":"ready","version":1,"key":"{}"}}"#,
+        key.to_base64()
+    );
+    let Ok(Frame::Ready(ready)) = parse(&old) else {
+        panic!("a ready without max_frame_bytes must parse");
+    };
+    assert_eq!(ready.max_frame_bytes, None);
+    assert_eq!(to_text(&Frame::Ready(ready)), old, "None is not written");
+    let new = to_text(&Frame::Ready(Ready {
+        version: 1,
+        key,
+        max_frame_bytes: Some(4096),
+    }));
+    assert!(new.ends_with(r#","max_frame_bytes":4096}"#), "{new}");
 }

@@ -232,7 +232,11 @@ impl<B: Backend, S: AsyncRead + AsyncWrite + Unpin> Conn<'_, B, S> {
         match handshake.answer(&frame) {
             Ok(version) => {
                 let registration = self.shared.hub.register(key, HANDOFF);
-                let ready = Frame::Ready(Ready { version, key });
+                let ready = Frame::Ready(Ready {
+                    version,
+                    key,
+                    max_frame_bytes: Some(self.shared.config.max_frame_bytes),
+                });
                 self.send(&ready).await.ok()?;
                 Some(registration)
             }

@@ -95,9 +95,13 @@ fn a_message_goes_pending_sent_delivered_read_with_times_in_order() {
     assert_eq!(r.send.len(), 1, "the receipt is acked, and gets no receipt");
 
     // Bob shows the conversation: one read receipt, once.
-    let read = bob.engine.mark_read(&alice_key).unwrap();
+    let read = bob.engine.mark_read(&alice_key, &[msg.msg_id]).unwrap();
     assert_eq!(read.len(), 1);
-    assert!(bob.engine.mark_read(&alice_key).unwrap().is_empty());
+    assert!(bob
+        .engine
+        .mark_read(&alice_key, &[msg.msg_id])
+        .unwrap()
+        .is_empty());
     alice.engine.handle(read).unwrap();
 
     let m = alice.engine.store().message(&msg.msg_id).unwrap().unwrap();
@@ -251,13 +255,14 @@ fn messages_from_strangers_are_kept() {
     let [Update::Received(m)] = &r.updates[..] else {
         panic!("{:?}", r.updates)
     };
+    let shown = m.msg_id;
     assert_eq!(m.contact, None);
     assert_eq!(m.peer_key, stranger.engine.me().to_base64());
     // No receipt tells a stranger that this key is in use.
     assert!(matches!(&r.send[..], [Frame::Ack(_)]), "{:?}", r.send);
     assert!(alice
         .engine
-        .mark_read(stranger.engine.me())
+        .mark_read(stranger.engine.me(), &[shown])
         .unwrap()
         .is_empty());
     assert!(alice.engine.store().pending_receipts().unwrap().is_empty());
@@ -479,7 +484,10 @@ fn the_same_id_from_two_senders_is_two_messages() {
     assert_eq!(from_mallory.unwrap().body, "from mallory");
     // Reading alice's conversation marks hers only; her read receipt
     // reaches alice's message.
-    let receipts = bob.engine.mark_read(alice.engine.me()).unwrap();
+    let receipts = bob
+        .engine
+        .mark_read(alice.engine.me(), &[msg.msg_id])
+        .unwrap();
     let m = bob
         .engine
         .store()
@@ -487,4 +495,190 @@ fn the_same_id_from_two_senders_is_two_messages() {
     assert_eq!(m.unwrap().unwrap().status, Status::Received);
     alice.engine.handle(receipts).unwrap();
     assert_eq!(status(&alice, &msg.msg_id), Status::Read);
+}
+
+/// A router's refusal, for one of `frame`'s id or none.
+fn refusal(id: Option<Uuid>, code: ErrorCode) -> Frame {
+    Frame::Error(ErrorFrame {
+        id,
+        code,
+        message: "refused".into(),
+    })
+}
+
+fn frame_id(frame: &Frame) -> Uuid {
+    let Frame::Message(m) = frame else {
+        panic!("not a message: {frame:?}")
+    };
+    m.id
+}
+
+#[test]
+fn only_the_messages_shown_are_read() {
+    let (mut alice, mut bob) = friends();
+    let bob_key = *bob.engine.me();
+    let frames: Vec<Frame> = (0..30)
+        .map(|n| alice.engine.compose(&bob_key, &format!("m{n}")).unwrap().1)
+        .collect();
+    bob.engine.handle(frames).unwrap();
+    let recent: Vec<MessageId> = bob
+        .engine
+        .store()
+        .recent(
+            &crate::store::Filter {
+                peer: Some(*alice.engine.me()),
+                ..Default::default()
+            },
+            5,
+        )
+        .unwrap()
+        .iter()
+        .map(|m| m.msg_id)
+        .collect();
+    let receipts = bob.engine.mark_read(alice.engine.me(), &recent).unwrap();
+    alice.engine.handle(receipts).unwrap();
+    let read = |p: &Party, dir: &str| -> i64 {
+        p.engine
+            .store()
+            .conn()
+            .query_row(
+                "SELECT count(*) FROM messages WHERE status = 'read' AND direction = ?1",
+                [dir],
+                |r| r.get(0),
+            )
+            .unwrap()
+    };
+    assert_eq!(read(&bob, "in"), 5, "bob read only what he saw");
+    assert_eq!(read(&alice, "out"), 5, "alice hears of exactly those");
+}
+
+#[test]
+fn a_delivered_and_a_read_receipt_in_one_batch_are_two_updates() {
+    let (mut alice, mut bob) = friends();
+    let (msg, frame) = alice
+        .engine
+        .compose(&bob.engine.me().clone(), "hi")
+        .unwrap();
+    alice.engine.handle(vec![router_ack(&frame)]).unwrap();
+    let r = bob.engine.handle(vec![frame]).unwrap();
+    let mut receipts: Vec<Frame> = r
+        .send
+        .into_iter()
+        .filter(|f| matches!(f, Frame::Message(_)))
+        .collect();
+    receipts.extend(
+        bob.engine
+            .mark_read(alice.engine.me(), &[msg.msg_id])
+            .unwrap(),
+    );
+    let r = alice.engine.handle(receipts).unwrap();
+    let statuses: Vec<Status> = r
+        .updates
+        .iter()
+        .map(|u| match u {
+            Update::Status(m) => m.status,
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(statuses, [Status::Delivered, Status::Read]);
+}
+
+#[test]
+fn rate_limited_frames_count_as_in_flight_until_acked() {
+    let mut alice = party();
+    let bob = party();
+    let (_, frame) = alice.engine.compose(&bob.engine.me().clone(), "x").unwrap();
+    let id = frame_id(&frame);
+    let r = alice
+        .engine
+        .handle(vec![refusal(Some(id), ErrorCode::RateLimited)])
+        .unwrap();
+    assert!(r.retry);
+    assert_eq!(alice.engine.in_flight(), 1, "still owed to the router");
+    let again = alice.engine.outbox_frames().unwrap();
+    assert_eq!(again.len(), 1);
+    assert_eq!(alice.engine.in_flight(), 1);
+    alice.engine.handle(vec![router_ack(&again[0])]).unwrap();
+    assert_eq!(alice.engine.in_flight(), 0);
+}
+
+#[test]
+fn a_refusal_without_an_id_fails_the_frame_no_ack_answers() {
+    let mut alice = party();
+    let bob_key = *party().engine.me();
+    let (big, big_frame) = alice.engine.compose(&bob_key, "too big").unwrap();
+    let (_, small_frame) = alice.engine.compose(&bob_key, "fine").unwrap();
+    // The refusal comes first, without an id: which frame is not known yet.
+    let r = alice
+        .engine
+        .handle(vec![refusal(None, ErrorCode::TooLarge)])
+        .unwrap();
+    assert!(r.updates.is_empty(), "{:?}", r.updates);
+    assert_eq!(alice.engine.in_flight(), 2);
+    // The other frame is acked: the refusal was about the one left.
+    let r = alice.engine.handle(vec![router_ack(&small_frame)]).unwrap();
+    assert_eq!(alice.engine.in_flight(), 0, "nothing holds back the outbox");
+    let stored = alice.engine.store().message(&big.msg_id).unwrap().unwrap();
+    assert_eq!(stored.status, Status::Failed);
+    assert!(stored.failure_reason.unwrap().contains("too-large"));
+    assert!(stored.failed_at.is_some());
+    assert!(r
+        .updates
+        .iter()
+        .any(|u| matches!(u, Update::Status(m) if m.status == Status::Failed)));
+    assert!(alice.engine.outbox_frames().unwrap().is_empty());
+    let _ = big_frame;
+}
+
+#[test]
+fn the_announced_frame_limit_refuses_before_storing_and_fails_what_waits() {
+    let mut alice = party();
+    let bob_key = *party().engine.me();
+    let waiting = alice.engine.queue(&bob_key, &"x".repeat(3000)).unwrap();
+    alice.engine.connection_lost();
+    alice.engine.set_frame_limit(Some(2048));
+    assert!(matches!(
+        alice.engine.queue(&bob_key, &"y".repeat(3000)),
+        Err(ClientError::FrameTooLarge { max: 2048, .. })
+    ));
+    assert_eq!(
+        alice.engine.store().message_count().unwrap(),
+        1,
+        "not stored"
+    );
+    let small = alice.engine.queue(&bob_key, "small").unwrap();
+    let frames = alice.engine.outbox_frames().unwrap();
+    assert_eq!(frames.len(), 1, "only the small one goes out");
+    assert_eq!(frame_id(&frames[0]), small.msg_id.uuid());
+    let failed = alice
+        .engine
+        .store()
+        .message(&waiting.msg_id)
+        .unwrap()
+        .unwrap();
+    assert_eq!(failed.status, Status::Failed);
+    assert!(failed.failure_reason.unwrap().contains("2048"));
+    assert!(matches!(
+        &alice.engine.take_updates()[..],
+        [Update::Status(m)] if m.status == Status::Failed
+    ));
+}
+
+#[test]
+fn a_close_for_size_fails_the_largest_frame_in_flight() {
+    let mut alice = party();
+    let bob_key = *party().engine.me();
+    let (_, _) = alice.engine.compose(&bob_key, "small").unwrap();
+    let (big, _) = alice.engine.compose(&bob_key, &"z".repeat(9000)).unwrap();
+    let updates = alice.engine.closed_for_size("frame larger").unwrap();
+    assert!(matches!(&updates[..], [Update::Status(m)] if m.msg_id == big.msg_id));
+    assert_eq!(status(&alice, &big.msg_id), Status::Failed);
+    // Half the frame: base64 makes 9000 bytes of body about 12 kB.
+    assert!((4500..7000).contains(&alice.engine.frame_limit()));
+    assert_eq!(alice.engine.in_flight(), 0);
+    assert_eq!(
+        alice.engine.outbox_frames().unwrap().len(),
+        1,
+        "the small one"
+    );
 }
