@@ -42,6 +42,9 @@ const HANDOFF: usize = 64;
 /// Close code for a session replaced by a newer one for the same key.
 const CLOSE_REPLACED: u16 = 4000;
 
+/// Close reason (with code 1007) for a text message that is not UTF-8.
+const CLOSE_BAD_UTF8: &str = "text message is not valid UTF-8";
+
 /// Handles one accepted TCP connection to the end.
 pub(super) async fn handle_connection<B: Backend>(
     mut stream: TcpStream,
@@ -134,6 +137,8 @@ enum Exit {
     TooSlow,
     /// A frame larger than the WebSocket cap.
     TooLarge,
+    /// A text message that is not valid UTF-8.
+    BadUtf8,
     /// The queue failed.
     Internal,
 }
@@ -261,6 +266,10 @@ impl<B: Backend, S: AsyncRead + AsyncWrite + Unpin> Conn<'_, B, S> {
                     ))
                 }
                 Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_)) => {}
+                Err(WsError::Utf8(_)) => {
+                    self.close(CloseCode::Invalid, CLOSE_BAD_UTF8).await;
+                    return None;
+                }
                 Ok(Message::Close(_)) | Err(_) => return None,
             }
         }
@@ -289,8 +298,9 @@ struct Session<'a, B, S> {
     delivery: Delivery,
     rate: RateLimit,
     pending: FuturesUnordered<BoxFuture<'static, Done>>,
-    /// Acks read and not yet submitted (see [`Session::on_message`]).
-    acks: Vec<Uuid>,
+    /// Queue positions of frames acked and not yet submitted for removal
+    /// (see [`Session::on_message`]).
+    acks: Vec<i64>,
     last_seen: Instant,
 }
 
@@ -476,15 +486,19 @@ impl<'a, B: Backend, S: AsyncRead + AsyncWrite + Unpin> Session<'a, B, S> {
         match msg {
             None | Some(Ok(Message::Close(_))) => Err(Exit::Closed),
             Some(Err(WsError::Capacity(_))) => Err(Exit::TooLarge),
+            Some(Err(WsError::Utf8(_))) => Err(Exit::BadUtf8),
             Some(Err(_)) => Err(Exit::Closed),
             Some(Ok(Message::Text(text))) => {
                 let parsed =
                     protocol::parse_inbound(text.as_str(), self.conn.shared.config.max_frame_bytes);
                 self.on_frame(parsed, text.as_str()).await
             }
-            Some(Ok(Message::Binary(_))) => {
+            Some(Ok(Message::Binary(bytes))) => {
                 let msg = "binary frames are not part of the protocol: send JSON text frames";
-                self.conn.error(None, ErrorCode::BadFrame, msg).await
+                let id = std::str::from_utf8(&bytes)
+                    .ok()
+                    .and_then(protocol::frame_id);
+                self.conn.error(id, ErrorCode::BadFrame, msg).await
             }
             Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => Ok(()),
         }
@@ -495,8 +509,8 @@ impl<'a, B: Backend, S: AsyncRead + AsyncWrite + Unpin> Session<'a, B, S> {
         if self.acks.is_empty() {
             return;
         }
-        let ids = std::mem::take(&mut self.acks);
-        let removal = self.conn.shared.backend.remove(self.key, ids);
+        let seqs = std::mem::take(&mut self.acks);
+        let removal = self.conn.shared.backend.remove(self.key, seqs);
         self.pending.push(removal.map(Done::Removed).boxed());
     }
 
@@ -507,7 +521,10 @@ impl<'a, B: Backend, S: AsyncRead + AsyncWrite + Unpin> Session<'a, B, S> {
     ) -> Result<(), Exit> {
         let frame = match parsed {
             Ok(frame) => frame,
-            Err(e) => return self.conn.error(None, e.code(), &e.to_string()).await,
+            Err(e) => {
+                let id = protocol::frame_id(text);
+                return self.conn.error(id, e.code(), &e.to_string()).await;
+            }
         };
         // Acks for frames this session delivered are free: limiting them
         // would only cause redeliveries.
@@ -532,8 +549,10 @@ impl<'a, B: Backend, S: AsyncRead + AsyncWrite + Unpin> Session<'a, B, S> {
                 Ok(())
             }
             Inbound::Ack(ack) => {
-                self.delivery.on_ack(&ack.id);
-                self.acks.push(ack.id);
+                // An ack for an id not in flight here settles nothing.
+                if let Some(seq) = self.delivery.on_ack(&ack.id) {
+                    self.acks.push(seq);
+                }
                 Ok(())
             }
             Inbound::Auth(_) => {
@@ -597,6 +616,7 @@ impl<'a, B: Backend, S: AsyncRead + AsyncWrite + Unpin> Session<'a, B, S> {
             Exit::Shutdown => (CloseCode::Away, "router shutting down"),
             Exit::TooSlow => (CloseCode::Policy, "too slow: writes to this client stalled"),
             Exit::TooLarge => (CloseCode::Size, "frame larger than the router accepts"),
+            Exit::BadUtf8 => (CloseCode::Invalid, CLOSE_BAD_UTF8),
             Exit::Internal => (CloseCode::Error, "router storage failure; reconnect later"),
         };
         let _ = self.conn.flush().await;

@@ -56,7 +56,7 @@ type Reply<T> = oneshot::Sender<Result<T, BackendError>>;
 /// One unit of work for the writer.
 enum Op {
     Enqueue(Vec<NewFrame>, Reply<Vec<Enqueued>>),
-    Remove(PublicKey, Vec<Uuid>, Reply<u64>),
+    Remove(PublicKey, Vec<i64>, Reply<u64>),
     Expire(String, Reply<u64>),
     Close(oneshot::Sender<()>),
 }
@@ -203,9 +203,9 @@ impl Backend for SqliteBackend {
     fn remove(
         &self,
         recipient: PublicKey,
-        ids: Vec<Uuid>,
+        seqs: Vec<i64>,
     ) -> impl std::future::Future<Output = Result<u64, BackendError>> + Send + 'static {
-        self.submit(move |reply| Op::Remove(recipient, ids, reply))
+        self.submit(move |reply| Op::Remove(recipient, seqs, reply))
     }
 
     fn expire(
@@ -443,8 +443,8 @@ impl Writer {
                         let outcomes = enqueue_tx(&tx, &frames, &now, &mut self.next_seq, limits)?;
                         Pending::Enqueue(reply, outcomes)
                     }
-                    Op::Remove(recipient, ids, reply) => {
-                        let n = remove_tx(&tx, &recipient, &ids)?;
+                    Op::Remove(recipient, seqs, reply) => {
+                        let n = remove_tx(&tx, &recipient, &seqs)?;
                         *deltas.entry(*recipient.as_bytes()).or_default() -= n as i64;
                         Pending::Count(reply, n)
                     }
@@ -529,11 +529,11 @@ fn enqueue_tx(
     let mut insert = tx.prepare_cached(
         "INSERT INTO queue (seq, recipient, id, sender, received_at, frame)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6)
-         ON CONFLICT (id, recipient) DO NOTHING",
+         ON CONFLICT (id, recipient, sender) DO NOTHING",
     )?;
     let mut existing = tx.prepare_cached(
         "SELECT received_at FROM queue
-         WHERE recipient = ?1 AND id = ?2",
+         WHERE recipient = ?1 AND id = ?2 AND sender = ?3",
     )?;
     let mut out = Vec::with_capacity(frames.len());
     for f in frames {
@@ -560,7 +560,8 @@ fn enqueue_tx(
                 }));
             }
             _ => {
-                let at: String = existing.query_row(params![key, f.id.as_bytes()], |r| r.get(0))?;
+                let at: String =
+                    existing.query_row(params![key, f.id.as_bytes(), f.sender], |r| r.get(0))?;
                 out.push(Enqueued::Duplicate { at });
             }
         }
@@ -568,14 +569,14 @@ fn enqueue_tx(
     Ok(out)
 }
 
-fn remove_tx(tx: &Transaction, recipient: &PublicKey, ids: &[Uuid]) -> Result<u64, BackendError> {
+fn remove_tx(tx: &Transaction, recipient: &PublicKey, seqs: &[i64]) -> Result<u64, BackendError> {
     let mut delete = tx.prepare_cached(
         "DELETE FROM queue
-         WHERE recipient = ?1 AND id = ?2",
+         WHERE seq = ?2 AND recipient = ?1",
     )?;
     let mut n = 0;
-    for id in ids {
-        n += delete.execute(params![recipient.as_bytes(), id.as_bytes()])? as u64;
+    for seq in seqs {
+        n += delete.execute(params![recipient.as_bytes(), seq])? as u64;
     }
     Ok(n)
 }
