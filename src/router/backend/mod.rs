@@ -82,6 +82,9 @@ pub enum BackendError {
         #[source]
         source: std::io::Error,
     },
+    /// Another router (or process) holds the data directory's lock.
+    #[error("another router is already using {0} (its lock file is held): stop that router, or choose another --data directory")]
+    Locked(std::path::PathBuf),
     /// The file exists but is not a router queue.
     #[error("{0} is not a chat-p2p router queue; move it away or choose another --data directory")]
     NotOurs(std::path::PathBuf),

@@ -32,6 +32,11 @@ pub const APPLICATION_ID: i32 = 0x4350_3252;
 /// The queue file's name inside the data directory.
 pub const FILE_NAME: &str = "queue.sqlite3";
 
+/// The lock file's name inside the data directory: held (an OS lock) while
+/// a router has the queue open, so a second router on the same directory
+/// is refused instead of running beside the first.
+pub const LOCK_NAME: &str = "router.lock";
+
 /// Submissions waiting for the writer; senders wait when it is full.
 const WRITER_QUEUE: usize = 2048;
 
@@ -85,6 +90,7 @@ impl SqliteBackend {
             path: dir.to_path_buf(),
             source,
         })?;
+        let lock = lock_dir(dir)?;
         let path = dir.join(FILE_NAME);
         let not_ours = |e: BackendError| match e {
             BackendError::Sqlite(rusqlite::Error::SqliteFailure(f, _))
@@ -111,6 +117,7 @@ impl SqliteBackend {
         let (ops, rx) = mpsc::channel(WRITER_QUEUE);
         let stopped = Arc::new(AtomicBool::new(false));
         let writer = Writer {
+            _lock: lock,
             conn,
             counts,
             quota,
@@ -234,6 +241,28 @@ fn create_private_dir(dir: &Path) -> std::io::Result<()> {
     #[cfg(unix)]
     std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
     builder.create(dir)
+}
+
+/// Takes the data directory's lock, or says who holds it. The lock is the
+/// OS's (`flock`/`LockFileEx`): it goes away with the process, so a crash
+/// never leaves a stale lock behind.
+fn lock_dir(dir: &Path) -> Result<std::fs::File, BackendError> {
+    let path = dir.join(LOCK_NAME);
+    let io = |source| BackendError::Io {
+        path: path.clone(),
+        source,
+    };
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(io)?;
+    match fs4::FileExt::try_lock(&file) {
+        Ok(()) => Ok(file),
+        Err(fs4::TryLockError::WouldBlock) => Err(BackendError::Locked(dir.to_path_buf())),
+        Err(fs4::TryLockError::Error(e)) => Err(io(e)),
+    }
 }
 
 /// Opens a connection with the queue's settings.
@@ -368,6 +397,8 @@ enum Pending {
 /// The single writer: owns the read-write connection and the per-recipient
 /// counts the quota checks (kept in memory, since only it writes).
 struct Writer {
+    /// The data directory's lock, released when the writer stops.
+    _lock: std::fs::File,
     conn: Connection,
     counts: HashMap<[u8; 32], u64>,
     quota: u64,
