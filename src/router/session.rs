@@ -42,6 +42,11 @@ const HANDOFF: usize = 64;
 /// Close code for a session replaced by a newer one for the same key.
 const CLOSE_REPLACED: u16 = 4000;
 
+/// A frame that makes a session panic, in unit tests only: proves one
+/// session's panic cannot take the router or other sessions down.
+#[cfg(test)]
+pub(super) const TEST_PANIC_FRAME: &str = r#"{"type":"test-panic"}"#;
+
 /// Close reason (with code 1007) for a text message that is not UTF-8.
 const CLOSE_BAD_UTF8: &str = "text message is not valid UTF-8";
 
@@ -102,9 +107,10 @@ pub(super) async fn handle_connection<B: Backend>(
         return;
     };
     tracing::info!(%peer, key = %key, "session started");
-    let id = registration.id;
+    // Unregisters however the session ends, a panic included.
+    let leave = shared.hub.leave_on_drop(key, registration.id);
     let exit = Session::new(conn, key, registration).run().await;
-    shared.hub.unregister(&key, id);
+    drop(leave);
     tracing::info!(%peer, key = %key, ?exit, "session ended");
     drop(permit);
 }
@@ -489,6 +495,10 @@ impl<'a, B: Backend, S: AsyncRead + AsyncWrite + Unpin> Session<'a, B, S> {
             Some(Err(WsError::Utf8(_))) => Err(Exit::BadUtf8),
             Some(Err(_)) => Err(Exit::Closed),
             Some(Ok(Message::Text(text))) => {
+                #[cfg(test)]
+                if text.as_str() == TEST_PANIC_FRAME {
+                    panic!("a session bug, injected by a test");
+                }
                 let parsed =
                     protocol::parse_inbound(text.as_str(), self.conn.shared.config.max_frame_bytes);
                 self.on_frame(parsed, text.as_str()).await

@@ -197,9 +197,9 @@ impl Backend for SqliteBackend {
             tokio::task::spawn_blocking(move || {
                 let conn = take_reader(&readers, &path)?;
                 let rows = fetch_rows(&conn, &recipient, after, limit);
-                if let Ok(mut pool) = readers.lock() {
-                    pool.push(conn);
-                }
+                // A list of connections cannot be left half-updated: a
+                // poisoned lock is still usable.
+                readers.lock().unwrap_or_else(|e| e.into_inner()).push(conn);
                 rows
             })
             .await
@@ -302,7 +302,7 @@ fn check_ours(conn: &Connection, path: &Path) -> Result<(), BackendError> {
 }
 
 fn take_reader(readers: &Mutex<Vec<Connection>>, path: &Path) -> Result<Connection, BackendError> {
-    let pooled = readers.lock().ok().and_then(|mut pool| pool.pop());
+    let pooled = readers.lock().unwrap_or_else(|e| e.into_inner()).pop();
     match pooled {
         Some(conn) => Ok(conn),
         None => connect(path, true),
@@ -410,6 +410,7 @@ struct Writer {
 
 impl Writer {
     fn run(mut self, mut rx: mpsc::Receiver<Op>) {
+        let mut closers = Vec::new();
         while let Some(first) = rx.blocking_recv() {
             let mut batch = vec![first];
             drain(&mut rx, &mut batch);
@@ -420,7 +421,8 @@ impl Writer {
                 std::thread::sleep(LINGER);
                 drain(&mut rx, &mut batch);
             }
-            if self.apply(batch) {
+            closers = self.apply(batch);
+            if !closers.is_empty() {
                 break;
             }
         }
@@ -432,11 +434,19 @@ impl Writer {
         {
             tracing::warn!(error = %e, "final WAL checkpoint failed");
         }
+        // Close the database and release the directory's lock before
+        // saying so: a router reopening it right after `close` must not
+        // find it locked.
+        drop(self);
+        for done in closers {
+            let _ = done.send(());
+        }
         tracing::debug!("queue writer stopped");
     }
 
-    /// Applies a batch in one transaction; returns true when asked to stop.
-    fn apply(&mut self, batch: Vec<Op>) -> bool {
+    /// Applies a batch in one transaction; returns who asked to stop (to
+    /// answer once the writer is done).
+    fn apply(&mut self, batch: Vec<Op>) -> Vec<oneshot::Sender<()>> {
         let mut closers = Vec::new();
         let mut ops = Vec::with_capacity(batch.len());
         for op in batch {
@@ -448,11 +458,7 @@ impl Writer {
         if !ops.is_empty() {
             self.commit(ops);
         }
-        let stop = !closers.is_empty();
-        for done in closers {
-            let _ = done.send(());
-        }
-        stop
+        closers
     }
 
     fn commit(&mut self, ops: Vec<Op>) {
