@@ -182,3 +182,25 @@ async fn one_id_from_two_senders_is_stored_and_delivered_twice() {
     let (again, text) = bob.receive().await;
     assert_eq!((again.id, text.as_str()), (from_alice.id, "from carol"));
 }
+
+#[test]
+fn healthz_body_is_exactly_as_documented() {
+    use std::io::{Read as _, Write as _};
+    let (_dir, data) = data();
+    let router = Router::start(&data, &[]);
+    let mut tcp = std::net::TcpStream::connect(&router.addr).unwrap();
+    tcp.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut reply = String::new();
+    tcp.read_to_string(&mut reply).unwrap();
+    let (head, body) = reply.split_once("\r\n\r\n").expect("a head and a body");
+    assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
+    assert!(
+        head.contains("Content-Type: text/plain; charset=utf-8"),
+        "{head}"
+    );
+    assert_eq!(body, "ok\n");
+    let doc = include_str!("../docs/PROTOCOL.md");
+    assert!(doc.contains("`Content-Type: text/plain; charset=utf-8`"));
+    assert!(doc.contains("body\n   `ok\\n`") || doc.contains("`ok\\n`"));
+}

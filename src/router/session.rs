@@ -290,6 +290,24 @@ fn error_frame(id: Option<Uuid>, code: ErrorCode, message: &str) -> Frame {
     })
 }
 
+/// The close code and reason a session ending for `exit` sends; `None`
+/// when the socket is already gone. docs/PROTOCOL.md §4 lists them all.
+fn close_for(exit: &Exit) -> Option<(CloseCode, &'static str)> {
+    Some(match exit {
+        Exit::Closed => return None,
+        Exit::Dead => (CloseCode::Policy, "keep-alive timeout: no pong"),
+        Exit::Replaced => (
+            CloseCode::from(CLOSE_REPLACED),
+            "replaced by a newer session for this key",
+        ),
+        Exit::Shutdown => (CloseCode::Away, "router shutting down"),
+        Exit::TooSlow => (CloseCode::Policy, "too slow: writes to this client stalled"),
+        Exit::TooLarge => (CloseCode::Size, "frame larger than the router accepts"),
+        Exit::BadUtf8 => (CloseCode::Invalid, CLOSE_BAD_UTF8),
+        Exit::Internal => (CloseCode::Error, "router storage failure; reconnect later"),
+    })
+}
+
 /// The answer to one queue submission.
 enum Done {
     Enqueued(Uuid, Result<Vec<Enqueued>, BackendError>),
@@ -616,21 +634,65 @@ impl<'a, B: Backend, S: AsyncRead + AsyncWrite + Unpin> Session<'a, B, S> {
                 }
             }
         }
-        let (code, reason) = match exit {
-            Exit::Closed => return exit,
-            Exit::Dead => (CloseCode::Policy, "keep-alive timeout: no pong"),
-            Exit::Replaced => (
-                CloseCode::from(CLOSE_REPLACED),
-                "replaced by a newer session for this key",
-            ),
-            Exit::Shutdown => (CloseCode::Away, "router shutting down"),
-            Exit::TooSlow => (CloseCode::Policy, "too slow: writes to this client stalled"),
-            Exit::TooLarge => (CloseCode::Size, "frame larger than the router accepts"),
-            Exit::BadUtf8 => (CloseCode::Invalid, CLOSE_BAD_UTF8),
-            Exit::Internal => (CloseCode::Error, "router storage failure; reconnect later"),
+        let Some((code, reason)) = close_for(&exit) else {
+            return exit;
         };
         let _ = self.conn.flush().await;
         self.conn.close(code, reason).await;
         exit
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every close a session sends is in docs/PROTOCOL.md's table, with
+    /// its code and its exact reason.
+    #[test]
+    fn close_codes_and_reasons_are_documented() {
+        let doc = include_str!("../../docs/PROTOCOL.md");
+        let exits = [
+            Exit::Dead,
+            Exit::Replaced,
+            Exit::Shutdown,
+            Exit::TooSlow,
+            Exit::TooLarge,
+            Exit::BadUtf8,
+            Exit::Internal,
+        ];
+        for exit in exits {
+            let (code, reason) = close_for(&exit).unwrap();
+            let row = doc
+                .lines()
+                .find(|l| l.starts_with(&format!("| {} |", u16::from(code))))
+                .unwrap_or_else(|| panic!("close code {code} is not in the table"));
+            assert!(row.contains(&format!("`{reason}`")), "{exit:?}: {row}");
+        }
+        assert!(close_for(&Exit::Closed).is_none());
+    }
+
+    /// Every error code is in the document's table.
+    #[test]
+    fn error_codes_are_documented() {
+        let doc = include_str!("../../docs/PROTOCOL.md");
+        for code in [
+            ErrorCode::BadFrame,
+            ErrorCode::UnknownType,
+            ErrorCode::TooLarge,
+            ErrorCode::SpoofedFrom,
+            ErrorCode::NotAuthenticated,
+            ErrorCode::BadSignature,
+            ErrorCode::AuthTimeout,
+            ErrorCode::UnsupportedVersion,
+            ErrorCode::RateLimited,
+            ErrorCode::QuotaExceeded,
+            ErrorCode::TooManyConnections,
+            ErrorCode::TooSlow,
+            ErrorCode::Internal,
+        ] {
+            let cell = format!("| `{}` |", code.as_str());
+            assert!(doc.contains(&cell), "{} is not documented", code.as_str());
+        }
     }
 }
