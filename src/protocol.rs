@@ -103,9 +103,10 @@ pub struct Ready {
 /// An end-to-end encrypted, signed message (text or receipt).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MessageFrame {
-    /// Unique message id chosen by the author (UUID, v7 preferred), in
-    /// the canonical lower-case hyphenated form.
-    #[serde(with = "canonical_uuid")]
+    /// Unique message id chosen by the author (UUID, v7 preferred).
+    /// Serialized in the canonical lower-case hyphenated form, the only
+    /// one a router accepts ([`parse_inbound`]); [`parse`] takes any form,
+    /// so a frame an older router queued is still read (and acked).
     pub id: Uuid,
     /// The author's key.
     pub from: PublicKey,
@@ -134,8 +135,7 @@ pub struct Payload {
 /// An acknowledgement of one message id.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Ack {
-    /// The acknowledged message, in the canonical lower-case hyphenated form.
-    #[serde(with = "canonical_uuid")]
+    /// The acknowledged message (see [`MessageFrame::id`] on its form).
     pub id: Uuid,
     /// When the router committed it (router to sender only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -434,7 +434,7 @@ pub fn parse_inbound(text: &str, limit: usize) -> Result<Inbound, ProtocolError>
     #[derive(Deserialize)]
     #[allow(dead_code)] // Fields are parsed to check the frame's shape.
     struct RawMessage {
-        #[serde(with = "canonical_uuid")]
+        #[serde(deserialize_with = "canonical_uuid")]
         id: Uuid,
         #[serde(with = "b64_array")]
         from: [u8; 32],
@@ -445,12 +445,20 @@ pub fn parse_inbound(text: &str, limit: usize) -> Result<Inbound, ProtocolError>
         #[serde(with = "b64_array")]
         sig: [u8; 64],
     }
+    /// An `ack` with its id in canonical form only.
+    #[derive(Deserialize)]
+    struct RawAck {
+        #[serde(deserialize_with = "canonical_uuid")]
+        id: Uuid,
+        #[serde(default)]
+        at: Option<String>,
+    }
     #[derive(Deserialize)]
     #[serde(tag = "type", rename_all = "kebab-case")]
     enum Raw {
         Auth(Auth),
         Message(RawMessage),
-        Ack(Ack),
+        Ack(RawAck),
         Challenge(serde::de::IgnoredAny),
         Ready(serde::de::IgnoredAny),
         Error(serde::de::IgnoredAny),
@@ -464,7 +472,7 @@ pub fn parse_inbound(text: &str, limit: usize) -> Result<Inbound, ProtocolError>
     }
     match serde_json::from_str::<Raw>(text) {
         Ok(Raw::Auth(a)) => Ok(Inbound::Auth(a)),
-        Ok(Raw::Ack(a)) => Ok(Inbound::Ack(a)),
+        Ok(Raw::Ack(a)) => Ok(Inbound::Ack(Ack { id: a.id, at: a.at })),
         Ok(Raw::Message(m)) => {
             check_message(&m.ts, &m.payload)?;
             Ok(Inbound::Message(Envelope {
@@ -605,25 +613,15 @@ pub fn open(identity: &Identity, frame: &MessageFrame) -> Result<Content, Protoc
     serde_json::from_slice(&plaintext).map_err(|e| ProtocolError::BadContent(e.to_string()))
 }
 
-/// Message ids: serialized lower-case hyphenated, and only that form is
-/// accepted (see [`parse_canonical_uuid`]).
-mod canonical_uuid {
-    use serde::{Deserialize, Deserializer, Serializer};
-    use uuid::Uuid;
-
-    pub fn serialize<S: Serializer>(id: &Uuid, serializer: S) -> Result<S::Ok, S::Error> {
-        let mut buf = Uuid::encode_buffer();
-        serializer.serialize_str(id.hyphenated().encode_lower(&mut buf))
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Uuid, D::Error> {
-        let text = <std::borrow::Cow<'de, str>>::deserialize(deserializer)?;
-        super::parse_canonical_uuid(&text).ok_or_else(|| {
-            serde::de::Error::custom(
-                "ids must be UUIDs in lower-case hyphenated form (8-4-4-4-12 hex digits)",
-            )
-        })
-    }
+/// Reads a message id from a client, refusing every form but the
+/// canonical one (see [`parse_canonical_uuid`]).
+fn canonical_uuid<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Uuid, D::Error> {
+    let text = <std::borrow::Cow<'de, str>>::deserialize(deserializer)?;
+    parse_canonical_uuid(&text).ok_or_else(|| {
+        serde::de::Error::custom(
+            "ids must be UUIDs in lower-case hyphenated form (8-4-4-4-12 hex digits)",
+        )
+    })
 }
 
 /// Base64 (standard, padded) for fixed-size byte arrays.
