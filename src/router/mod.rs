@@ -240,6 +240,78 @@ mod tests {
         }
     }
 
+    /// The next message delivered on `ws`, skipping `synced`.
+    async fn next_message(ws: &mut Ws) -> protocol::MessageFrame {
+        loop {
+            match next(ws).await {
+                Some(Frame::Message(m)) => return m,
+                Some(Frame::Synced | Frame::Ack(_)) => {}
+                other => panic!("expected a message, got {other:?}"),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn frames_a_v1_router_queued_are_delivered_after_the_upgrade() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("router");
+        let (alice, bob, carol) = (
+            Identity::generate(),
+            Identity::generate(),
+            Identity::generate(),
+        );
+        let content = protocol::Content::Text {
+            body: "queued by v1".into(),
+        };
+        let queued: Vec<_> = (0..2)
+            .map(|_| {
+                let id = uuid::Uuid::now_v7();
+                let ts = crate::clock::now();
+                protocol::seal(&alice, &bob.public_key(), id, &ts, &content).unwrap()
+            })
+            .collect();
+        let rows: Vec<_> = queued
+            .iter()
+            .map(|m| backend::NewFrame {
+                recipient: *bob.public_key().as_bytes(),
+                sender: *alice.public_key().as_bytes(),
+                id: m.id,
+                text: protocol::to_text(&Frame::Message(m.clone())).into(),
+            })
+            .collect();
+        backend::sqlite::write_v1_queue(&data, &rows).unwrap();
+
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(serve(listener, RouterConfig::new(data), async {
+            let _ = stopped.await;
+        }));
+        let mut bob_ws = session(addr, &bob).await;
+        for m in &queued {
+            assert_eq!(&next_message(&mut bob_ws).await, m);
+        }
+        // The upgraded queue keeps carol's frame with alice's id apart.
+        let mut carol_ws = session(addr, &carol).await;
+        let id = queued[0].id;
+        let m = protocol::seal(
+            &carol,
+            &bob.public_key(),
+            id,
+            &crate::clock::now(),
+            &content,
+        );
+        send(
+            &mut carol_ws,
+            protocol::to_text(&Frame::Message(m.unwrap())),
+        )
+        .await;
+        let got = next_message(&mut bob_ws).await;
+        assert_eq!((got.id, got.from), (id, carol.public_key()));
+        stop.send(()).unwrap();
+        server.await.unwrap().unwrap();
+    }
+
     #[tokio::test]
     async fn a_panicking_session_takes_no_other_down() {
         let dir = tempfile::tempdir().unwrap();

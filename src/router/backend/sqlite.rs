@@ -666,5 +666,28 @@ fn expire_tx(tx: &Transaction, before: &str) -> Result<Vec<[u8; 32]>, BackendErr
     Ok(gone)
 }
 
+/// Writes a queue as a router of the first schema (V1) left it, holding
+/// `frames` with seqs 1, 2...: for tests of the upgrade.
+#[cfg(test)]
+pub(crate) fn write_v1_queue(dir: &Path, frames: &[NewFrame]) -> Result<(), BackendError> {
+    create_private_dir(dir).map_err(|source| BackendError::Io {
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    let mut conn = connect(&dir.join(FILE_NAME), false)?;
+    embedded::migrations::runner()
+        .set_target(refinery::Target::Version(1))
+        .run(&mut conn)?;
+    conn.pragma_update(None, "application_id", APPLICATION_ID)?;
+    for (seq, f) in (1i64..).zip(frames) {
+        conn.execute(
+            "INSERT INTO queue (seq, recipient, id, sender, received_at, frame)
+             VALUES (?1, ?2, ?3, ?4, '2026-11-25T20:00:00.000Z', ?5)",
+            params![seq, f.recipient, f.id.as_bytes(), f.sender, &*f.text],
+        )?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests;
