@@ -38,6 +38,13 @@ pub const MESSAGE_AD_LABEL: &[u8] = b"chat-p2p/v1/message-ad";
 /// Length of the nonce a router sends in its challenge.
 pub const CHALLENGE_LEN: usize = 32;
 
+/// Length of the Poly1305 tag ending every ciphertext: a shorter one
+/// cannot be a sealed message, so it is refused as `bad-frame` at once.
+pub const TAG_LEN: usize = 16;
+
+/// Longest `type` quoted back in an `unknown-type` error, in bytes.
+const MAX_TYPE_ECHO: usize = 64;
+
 /// Every frame of protocol v1, told apart by its `"type"`.
 // Frames live briefly on the stack, one at a time: boxing the message
 // variant would cost an allocation per frame for nothing.
@@ -103,6 +110,9 @@ pub struct Ready {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MessageFrame {
     /// Unique message id chosen by the author (UUID, v7 preferred).
+    /// Serialized in the canonical lower-case hyphenated form, the only
+    /// one a router accepts ([`parse_inbound`]); [`parse`] takes any form,
+    /// so a frame an older router queued is still read (and acked).
     pub id: Uuid,
     /// The author's key.
     pub from: PublicKey,
@@ -131,7 +141,7 @@ pub struct Payload {
 /// An acknowledgement of one message id.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Ack {
-    /// The acknowledged message.
+    /// The acknowledged message (see [`MessageFrame::id`] on its form).
     pub id: Uuid,
     /// When the router committed it (router to sender only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -309,14 +319,53 @@ pub fn from_slice(bytes: &[u8], limit: usize) -> Result<Frame, ProtocolError> {
     parse_with_limit(text, limit)
 }
 
-/// Checks what serde cannot: the timestamp's format.
+/// Checks what serde cannot: the timestamp's format and the ciphertext's
+/// length.
 fn check(frame: &Frame) -> Result<(), ProtocolError> {
     if let Frame::Message(m) = frame {
-        if chrono::DateTime::parse_from_rfc3339(&m.ts).is_err() || m.ts.len() > 40 {
-            return Err(ProtocolError::BadTimestamp);
-        }
+        check_message(&m.ts, &m.payload)?;
     }
     Ok(())
+}
+
+/// The checks of a `message` that its types do not express.
+fn check_message(ts: &str, payload: &Payload) -> Result<(), ProtocolError> {
+    if chrono::DateTime::parse_from_rfc3339(ts).is_err() || ts.len() > 40 {
+        return Err(ProtocolError::BadTimestamp);
+    }
+    if payload.ciphertext.len() < TAG_LEN {
+        return Err(ProtocolError::BadFrame(format!(
+            "'payload.ciphertext' is {} bytes, shorter than the {TAG_LEN}-byte tag",
+            payload.ciphertext.len()
+        )));
+    }
+    Ok(())
+}
+
+/// The id of a refused frame, when one can be read: the first `"id"` key
+/// whose value is a canonical UUID string. A plain scan, never a parse, so
+/// it costs one pass even over an oversized frame and cannot fail; an id
+/// in another form is not read (errors about it carry no `id`).
+pub fn frame_id(text: &str) -> Option<Uuid> {
+    const KEY: &str = "\"id\"";
+    text.match_indices(KEY).find_map(|(at, _)| {
+        let rest = text.get(at + KEY.len()..)?.trim_start();
+        let rest = rest.strip_prefix(':')?.trim_start();
+        let rest = rest.strip_prefix('"')?;
+        let candidate = rest.get(..36)?;
+        rest.get(36..)?.strip_prefix('"')?;
+        parse_canonical_uuid(candidate)
+    })
+}
+
+/// `text` as a UUID if it is in the canonical lower-case hyphenated form
+/// (`8-4-4-4-12` lower-case hex digits), the only form the protocol uses:
+/// the router echoes ids in that form, so accepting others would give a
+/// client an `ack` that does not match its id as text.
+pub fn parse_canonical_uuid(text: &str) -> Option<Uuid> {
+    let id = Uuid::try_parse(text).ok()?;
+    let mut buf = Uuid::encode_buffer();
+    (id.hyphenated().encode_lower(&mut buf) == text).then_some(id)
 }
 
 /// Tells an unknown `type` from a malformed frame, only on the error path.
@@ -337,12 +386,26 @@ fn classify(text: &str, error: serde_json::Error) -> ProtocolError {
     ];
     match serde_json::from_str::<TypeOnly>(text) {
         Ok(t) if !KNOWN.contains(&t.kind.as_str()) => {
-            let mut kind = t.kind;
-            kind.truncate(64);
-            ProtocolError::UnknownType(kind)
+            ProtocolError::UnknownType(truncate_on_char(&t.kind, MAX_TYPE_ECHO).to_owned())
         }
         _ => ProtocolError::BadFrame(error.to_string()),
     }
+}
+
+/// The longest prefix of `text` of at most `max` bytes that ends on a
+/// character boundary. (`str::floor_char_boundary` is not stable in the
+/// minimum supported Rust.)
+pub fn truncate_on_char(text: &str, max: usize) -> &str {
+    if text.len() <= max {
+        return text;
+    }
+    let end = text
+        .char_indices()
+        .map(|(i, c)| i + c.len_utf8())
+        .take_while(|end| *end <= max)
+        .last()
+        .unwrap_or(0);
+    text.get(..end).unwrap_or_default()
 }
 
 /// The routing fields of a `message` frame, as a router reads them.
@@ -377,6 +440,7 @@ pub fn parse_inbound(text: &str, limit: usize) -> Result<Inbound, ProtocolError>
     #[derive(Deserialize)]
     #[allow(dead_code)] // Fields are parsed to check the frame's shape.
     struct RawMessage {
+        #[serde(deserialize_with = "canonical_uuid")]
         id: Uuid,
         #[serde(with = "b64_array")]
         from: [u8; 32],
@@ -387,12 +451,20 @@ pub fn parse_inbound(text: &str, limit: usize) -> Result<Inbound, ProtocolError>
         #[serde(with = "b64_array")]
         sig: [u8; 64],
     }
+    /// An `ack` with its id in canonical form only.
+    #[derive(Deserialize)]
+    struct RawAck {
+        #[serde(deserialize_with = "canonical_uuid")]
+        id: Uuid,
+        #[serde(default)]
+        at: Option<String>,
+    }
     #[derive(Deserialize)]
     #[serde(tag = "type", rename_all = "kebab-case")]
     enum Raw {
         Auth(Auth),
         Message(RawMessage),
-        Ack(Ack),
+        Ack(RawAck),
         Challenge(serde::de::IgnoredAny),
         Ready(serde::de::IgnoredAny),
         Error(serde::de::IgnoredAny),
@@ -406,11 +478,9 @@ pub fn parse_inbound(text: &str, limit: usize) -> Result<Inbound, ProtocolError>
     }
     match serde_json::from_str::<Raw>(text) {
         Ok(Raw::Auth(a)) => Ok(Inbound::Auth(a)),
-        Ok(Raw::Ack(a)) => Ok(Inbound::Ack(a)),
+        Ok(Raw::Ack(a)) => Ok(Inbound::Ack(Ack { id: a.id, at: a.at })),
         Ok(Raw::Message(m)) => {
-            if chrono::DateTime::parse_from_rfc3339(&m.ts).is_err() || m.ts.len() > 40 {
-                return Err(ProtocolError::BadTimestamp);
-            }
+            check_message(&m.ts, &m.payload)?;
             Ok(Inbound::Message(Envelope {
                 id: m.id,
                 from: m.from,
@@ -547,6 +617,17 @@ pub fn open(identity: &Identity, frame: &MessageFrame) -> Result<Content, Protoc
     let ad = message_ad(&frame.id, &frame.from, &frame.to, &frame.ts);
     let plaintext = crypto::decrypt(&key, &frame.payload.nonce, &ad, &frame.payload.ciphertext)?;
     serde_json::from_slice(&plaintext).map_err(|e| ProtocolError::BadContent(e.to_string()))
+}
+
+/// Reads a message id from a client, refusing every form but the
+/// canonical one (see [`parse_canonical_uuid`]).
+fn canonical_uuid<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Uuid, D::Error> {
+    let text = <std::borrow::Cow<'de, str>>::deserialize(deserializer)?;
+    parse_canonical_uuid(&text).ok_or_else(|| {
+        serde::de::Error::custom(
+            "ids must be UUIDs in lower-case hyphenated form (8-4-4-4-12 hex digits)",
+        )
+    })
 }
 
 /// Base64 (standard, padded) for fixed-size byte arrays.

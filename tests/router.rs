@@ -65,6 +65,55 @@ fn router_bad_usage_exits_2() {
 }
 
 #[test]
+fn a_second_router_on_the_same_data_is_refused() {
+    let (dir, data) = data();
+    let first = Router::start(&data, &[]);
+    chat_p2p(dir.path())
+        .args(["router", "--listen", "127.0.0.1:0", "--data"])
+        .arg(&data)
+        .assert()
+        .code(1)
+        .stderr(predicates::str::contains("another router is already using"))
+        .stderr(predicates::str::contains(data.to_string_lossy().as_ref()));
+    // The lock goes with the process: once the first stops, a new one runs.
+    first.terminate();
+    Router::start(&data, &[]).kill();
+}
+
+#[test]
+fn meaningless_router_limits_and_a_profile_are_usage_errors() {
+    let (dir, data) = data();
+    for flag in [
+        "--max-frame-bytes",
+        "--max-queued",
+        "--retention-days",
+        "--max-rate",
+        "--max-connections",
+        "--auth-timeout",
+        "--ping-interval",
+        "--delivery-window",
+    ] {
+        chat_p2p(dir.path())
+            .args(["router", "--listen", "127.0.0.1:0", flag, "0", "--data"])
+            .arg(&data)
+            .assert()
+            .code(2)
+            .stderr(predicates::str::contains(flag))
+            .stderr(predicates::str::contains("at least 1"));
+    }
+    for args in [["router", "--profile", "x"], ["--profile", "x", "router"]] {
+        chat_p2p(dir.path())
+            .args(args)
+            .args(["--listen", "127.0.0.1:0", "--data"])
+            .arg(&data)
+            .assert()
+            .code(2)
+            .stderr(predicates::str::contains("a router has no profile"));
+    }
+    assert!(!data.exists(), "a refused router must not create its data");
+}
+
+#[test]
 fn healthz_answers_200() {
     let (_dir, data) = data();
     let router = Router::start(&data, &[]);

@@ -223,9 +223,26 @@ fn print_json(value: &serde_json::Value) -> Result<(), out::StdoutError> {
     outln!("{}", serde_json::to_string_pretty(value)?)
 }
 
+/// Parses the command line, refusing what clap's derive cannot express:
+/// `--profile` given to `router`, which has none (a global option, so clap
+/// accepts it everywhere; from `CHAT_PROFILE` it is ignored, not refused).
+fn parse_cli() -> Result<Cli, clap::Error> {
+    use clap::{CommandFactory as _, FromArgMatches as _};
+    let mut command = Cli::command();
+    let matches = command.try_get_matches_from_mut(std::env::args_os())?;
+    if let Some(("router", sub)) = matches.subcommand() {
+        if sub.value_source("profile") == Some(clap::parser::ValueSource::CommandLine) {
+            let msg = "a router has no profile: drop --profile (use --data DIR to choose \
+                       where its queue lives)";
+            return Err(command.error(clap::error::ErrorKind::ArgumentConflict, msg));
+        }
+    }
+    Cli::from_arg_matches(&matches)
+}
+
 /// Runs the command line and returns the process's exit code.
 pub fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    let cli = match parse_cli() {
         Ok(cli) => cli,
         Err(e) => {
             // Help and --version are not errors; usage mistakes exit 2.

@@ -23,29 +23,58 @@ pub struct RouterArgs {
     #[arg(long, value_name = "DIR")]
     data: Option<PathBuf>,
     /// Largest frame accepted, in bytes.
-    #[arg(long, default_value_t = 65_536, value_name = "BYTES")]
+    #[arg(long, default_value_t = 65_536, value_name = "BYTES", value_parser = positive::<usize>)]
     max_frame_bytes: usize,
     /// Most frames queued for one recipient.
-    #[arg(long, default_value_t = 10_000, value_name = "N")]
+    #[arg(long, default_value_t = 10_000, value_name = "N", value_parser = positive::<u64>)]
     max_queued: u64,
     /// Days an undelivered frame is kept before it is dropped.
-    #[arg(long, default_value_t = 30, value_name = "DAYS")]
+    #[arg(long, default_value_t = 30, value_name = "DAYS", value_parser = bounded::<MAX_RETENTION_DAYS>)]
     retention_days: u64,
     /// Frames per second one connection may send.
-    #[arg(long, default_value_t = 100, value_name = "N")]
+    #[arg(long, default_value_t = 100, value_name = "N", value_parser = positive::<u32>)]
     max_rate: u32,
     /// Most simultaneous connections.
-    #[arg(long, default_value_t = 20_000, value_name = "N")]
+    #[arg(long, default_value_t = 20_000, value_name = "N", value_parser = positive::<usize>)]
     max_connections: usize,
     /// Seconds a client has to authenticate.
-    #[arg(long, default_value_t = 10, value_name = "SECS")]
+    #[arg(long, default_value_t = 10, value_name = "SECS", value_parser = bounded::<MAX_SECS>)]
     auth_timeout: u64,
     /// Seconds between keep-alive pings; silent sessions are reaped after two.
-    #[arg(long, default_value_t = 30, value_name = "SECS")]
+    #[arg(long, default_value_t = 30, value_name = "SECS", value_parser = bounded::<MAX_SECS>)]
     ping_interval: u64,
     /// Frames delivered to a client and not yet acknowledged, at most.
-    #[arg(long, default_value_t = 256, value_name = "N")]
+    #[arg(long, default_value_t = 256, value_name = "N", value_parser = positive::<usize>)]
     delivery_window: usize,
+}
+
+/// Longest retention accepted: a century. Longer would overflow the
+/// expiry's date arithmetic and silently stop expiry.
+const MAX_RETENTION_DAYS: u64 = 36_500;
+
+/// Longest timeout or interval accepted, in seconds (a day): a larger one
+/// would overflow the timer's clock arithmetic.
+const MAX_SECS: u64 = 86_400;
+
+/// A count where 0 is meaningless (no frames, no connections, no time):
+/// refused at parse time, so it is a usage error (exit 2).
+fn positive<T: std::str::FromStr + PartialEq + From<u8>>(text: &str) -> Result<T, String> {
+    let n = text
+        .parse::<T>()
+        .map_err(|_| format!("'{text}' is not a whole number"))?;
+    if n == T::from(0) {
+        return Err("must be at least 1: 0 is not a usable limit".to_owned());
+    }
+    Ok(n)
+}
+
+/// [`positive`], and at most `MAX`.
+fn bounded<const MAX: u64>(text: &str) -> Result<u64, String> {
+    let n = positive::<u64>(text)?;
+    if n > MAX {
+        return Err(format!("must be at most {MAX}"));
+    }
+    Ok(n)
 }
 
 impl RouterArgs {

@@ -360,3 +360,95 @@ fn ready_announces_the_frame_limit_and_v1_peers_still_parse_it() {
     }));
     assert!(new.ends_with(r#","max_frame_bytes":4096}"#), "{new}");
 }
+
+#[test]
+fn a_long_multibyte_type_is_cut_on_a_char_boundary() {
+    // Issue 8: `{"type":"a` + 32 x 'é' + `"}` panicked the session.
+    let text = format!(r#"{{"type":"a{}"}}"#, "é".repeat(32));
+    let Err(ProtocolError::UnknownType(kind)) = parse(&text) else {
+        panic!("not unknown-type: {:?}", parse(&text))
+    };
+    assert_eq!(
+        kind,
+        format!("a{}", "é".repeat(31)),
+        "63 bytes, whole chars"
+    );
+    assert!(matches!(
+        parse_inbound(&text, MAX_FRAME_BYTES),
+        Err(ProtocolError::UnknownType(_))
+    ));
+    assert_eq!(truncate_on_char("héllo", 2), "h");
+    assert_eq!(truncate_on_char("héllo", 3), "hé");
+    assert_eq!(truncate_on_char("é", 0), "");
+    assert_eq!(truncate_on_char("short", 64), "short");
+}
+
+#[test]
+fn only_canonical_ids_are_accepted() {
+    let id = Uuid::now_v7();
+    let lower = format!(r#"{{"type":"ack","id":"{id}"}}"#);
+    assert!(parse(&lower).is_ok());
+    assert!(parse_inbound(&lower, MAX_FRAME_BYTES).is_ok());
+    for other in [
+        id.to_string().to_uppercase(),
+        id.simple().to_string(),
+        id.urn().to_string(),
+        format!("{{{id}}}"),
+    ] {
+        let text = format!(r#"{{"type":"ack","id":"{other}"}}"#);
+        let err = parse_inbound(&text, MAX_FRAME_BYTES).unwrap_err();
+        assert_eq!(err.code(), ErrorCode::BadFrame, "{other}");
+        assert!(err.to_string().contains("lower-case hyphenated"), "{err}");
+        assert_eq!(frame_id(&text), None, "a non-canonical id is not read");
+    }
+    let message = to_text(&Frame::Message(vector_frame()));
+    let upper = message.replace(ID, &ID.to_uppercase());
+    let err = parse_inbound(&upper, MAX_FRAME_BYTES).unwrap_err();
+    assert_eq!(err.code(), ErrorCode::BadFrame);
+    // A client still reads one an older router queued, and its ack (and
+    // anything it sends) uses the canonical form.
+    let Ok(Frame::Message(m)) = parse(&upper) else {
+        panic!("a client must read a queued frame with an upper-case id")
+    };
+    assert!(to_text(&Frame::Ack(Ack { id: m.id, at: None })).contains(ID));
+}
+
+#[test]
+fn frame_id_reads_ids_of_refused_frames_cheaply() {
+    let id = Uuid::now_v7();
+    assert_eq!(
+        frame_id(&format!(r#"{{"type":"ack", "id" : "{id}"}}"#)),
+        Some(id)
+    );
+    let oversize = format!(
+        r#"{{"type":"message","id":"{id}","x":"{}"}}"#,
+        "y".repeat(200_000)
+    );
+    assert_eq!(frame_id(&oversize), Some(id));
+    for junk in [
+        "",
+        r#""id""#,
+        r#""id":"#,
+        r#"{"id":"é"}"#,
+        r#"{"id":"0193a1b2-c3d4-7e5f-8a6b-7c8d9e0f1a2"}"#,
+        r#"{"id":12}"#,
+    ] {
+        assert_eq!(frame_id(junk), None, "{junk}");
+    }
+    let tail = format!(r#"{{"id":"{}"#, &id.to_string()[..35]);
+    assert_eq!(frame_id(&tail), None);
+}
+
+#[test]
+fn a_ciphertext_shorter_than_the_tag_is_a_bad_frame() {
+    let mut frame = vector_frame();
+    frame.payload.ciphertext = vec![1; TAG_LEN - 1];
+    let text = to_text(&Frame::Message(frame.clone()));
+    let err = parse(&text).unwrap_err();
+    assert_eq!(err.code(), ErrorCode::BadFrame);
+    assert!(err.to_string().contains("16-byte tag"), "{err}");
+    let err = parse_inbound(&text, MAX_FRAME_BYTES).unwrap_err();
+    assert_eq!(err.code(), ErrorCode::BadFrame);
+    frame.payload.ciphertext = vec![1; TAG_LEN];
+    assert!(parse_inbound(&to_text(&Frame::Message(frame)), MAX_FRAME_BYTES).is_ok());
+}

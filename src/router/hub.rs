@@ -41,6 +41,20 @@ pub struct Registration {
     pub replaced: Arc<Notify>,
 }
 
+/// Unregisters a session when dropped: see [`Hub::leave_on_drop`].
+#[derive(Debug)]
+pub struct Leave<'a> {
+    hub: &'a Hub,
+    key: PublicKey,
+    id: u64,
+}
+
+impl Drop for Leave<'_> {
+    fn drop(&mut self) {
+        self.hub.unregister(&self.key, self.id);
+    }
+}
+
 /// The registry of live sessions.
 #[derive(Debug, Default)]
 pub struct Hub {
@@ -79,6 +93,13 @@ impl Hub {
         if sessions.get(key.as_bytes()).is_some_and(|h| h.id == id) {
             sessions.remove(key.as_bytes());
         }
+    }
+
+    /// A guard that unregisters session `id` for `key` when dropped, so a
+    /// session that ends by panicking (tokio catches the panic in its task)
+    /// leaves no stale entry behind.
+    pub fn leave_on_drop(&self, key: PublicKey, id: u64) -> Leave<'_> {
+        Leave { hub: self, key, id }
     }
 
     /// Hands a committed frame to its recipient's session, if online.
@@ -136,6 +157,24 @@ mod tests {
         assert_eq!(hub.len(), 1, "the old session must not unregister the new");
         hub.notify(queued(key, 1));
         assert_eq!(new.deliveries.recv().await.unwrap().seq, 1);
+    }
+
+    #[test]
+    fn a_session_that_panics_is_unregistered() {
+        let hub = Hub::default();
+        let key = Identity::generate().public_key();
+        let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let reg = hub.register(key, 4);
+            let _leave = hub.leave_on_drop(key, reg.id);
+            // Poison the lock too: the hub must recover from it.
+            let _held = hub.sessions.lock();
+            panic!("a session bug");
+        }));
+        assert!(panicked.is_err());
+        assert!(hub.is_empty(), "the dead session is still registered");
+        let mut reg = hub.register(key, 4);
+        hub.notify(queued(key, 1));
+        assert!(reg.deliveries.try_recv().is_ok());
     }
 
     #[test]

@@ -184,7 +184,166 @@ async fn expire_loop<B: Backend>(shared: Arc<Shared<B>>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::identity::Identity;
+    use crate::protocol::{self, Frame};
+    use futures_util::{SinkExt as _, StreamExt as _};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio_tungstenite::tungstenite::Message;
+
+    type Ws = tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >;
+
+    /// The next frame, or `None` when the socket ends.
+    async fn next(ws: &mut Ws) -> Option<Frame> {
+        let guard = Duration::from_secs(20);
+        loop {
+            match tokio::time::timeout(guard, ws.next()).await.ok()?? {
+                Ok(Message::Text(t)) => return Some(protocol::parse(t.as_str()).unwrap()),
+                Ok(Message::Close(_)) | Err(_) => return None,
+                Ok(_) => {}
+            }
+        }
+    }
+
+    async fn send(ws: &mut Ws, text: String) {
+        ws.send(Message::text(text)).await.unwrap();
+    }
+
+    /// An authenticated session for `id`.
+    async fn session(addr: std::net::SocketAddr, id: &Identity) -> Ws {
+        let key = id.public_key().to_base64();
+        let key = percent_encoding::utf8_percent_encode(&key, percent_encoding::NON_ALPHANUMERIC);
+        let url = format!("ws://{addr}/ws?pub={key}");
+        let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+        let Some(Frame::Challenge(c)) = next(&mut ws).await else {
+            panic!("no challenge")
+        };
+        let auth = protocol::sign_challenge(id, protocol::VERSION, &c.nonce);
+        send(&mut ws, protocol::to_text(&Frame::Auth(auth))).await;
+        assert!(matches!(next(&mut ws).await, Some(Frame::Ready(_))));
+        ws
+    }
+
+    /// Sends a text from `from` to `to` and waits for its ack.
+    async fn send_acked(ws: &mut Ws, from: &Identity, to: &Identity, body: &str) {
+        let content = protocol::Content::Text { body: body.into() };
+        let id = uuid::Uuid::now_v7();
+        let m = protocol::seal(from, &to.public_key(), id, &crate::clock::now(), &content);
+        send(ws, protocol::to_text(&Frame::Message(m.unwrap()))).await;
+        loop {
+            match next(ws).await {
+                Some(Frame::Ack(a)) if a.id == id => return,
+                Some(Frame::Synced) => {}
+                other => panic!("expected the ack, got {other:?}"),
+            }
+        }
+    }
+
+    /// The next message delivered on `ws`, skipping `synced`.
+    async fn next_message(ws: &mut Ws) -> protocol::MessageFrame {
+        loop {
+            match next(ws).await {
+                Some(Frame::Message(m)) => return m,
+                Some(Frame::Synced | Frame::Ack(_)) => {}
+                other => panic!("expected a message, got {other:?}"),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn frames_a_v1_router_queued_are_delivered_after_the_upgrade() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("router");
+        let (alice, bob, carol) = (
+            Identity::generate(),
+            Identity::generate(),
+            Identity::generate(),
+        );
+        let content = protocol::Content::Text {
+            body: "queued by v1".into(),
+        };
+        let queued: Vec<_> = (0..2)
+            .map(|_| {
+                let id = uuid::Uuid::now_v7();
+                let ts = crate::clock::now();
+                protocol::seal(&alice, &bob.public_key(), id, &ts, &content).unwrap()
+            })
+            .collect();
+        let rows: Vec<_> = queued
+            .iter()
+            .map(|m| backend::NewFrame {
+                recipient: *bob.public_key().as_bytes(),
+                sender: *alice.public_key().as_bytes(),
+                id: m.id,
+                text: protocol::to_text(&Frame::Message(m.clone())).into(),
+            })
+            .collect();
+        backend::sqlite::write_v1_queue(&data, &rows).unwrap();
+
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(serve(listener, RouterConfig::new(data), async {
+            let _ = stopped.await;
+        }));
+        let mut bob_ws = session(addr, &bob).await;
+        for m in &queued {
+            assert_eq!(&next_message(&mut bob_ws).await, m);
+        }
+        // The upgraded queue keeps carol's frame with alice's id apart.
+        let mut carol_ws = session(addr, &carol).await;
+        let id = queued[0].id;
+        let m = protocol::seal(
+            &carol,
+            &bob.public_key(),
+            id,
+            &crate::clock::now(),
+            &content,
+        );
+        send(
+            &mut carol_ws,
+            protocol::to_text(&Frame::Message(m.unwrap())),
+        )
+        .await;
+        let got = next_message(&mut bob_ws).await;
+        assert_eq!((got.id, got.from), (id, carol.public_key()));
+        stop.send(()).unwrap();
+        server.await.unwrap().unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_panicking_session_takes_no_other_down() {
+        let dir = tempfile::tempdir().unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let config = RouterConfig::new(dir.path().join("router"));
+        let server = tokio::spawn(serve(listener, config, async {
+            let _ = stopped.await;
+        }));
+        let (alice, bob) = (Identity::generate(), Identity::generate());
+        let mut alice_ws = session(addr, &alice).await;
+        let mut bob_ws = session(addr, &bob).await;
+        send(&mut alice_ws, session::TEST_PANIC_FRAME.to_owned()).await;
+        while let Some(frame) = next(&mut alice_ws).await {
+            assert!(matches!(frame, Frame::Synced), "{frame:?}");
+        }
+        // Bob is served; alice, offline now, gets it when she is back.
+        send_acked(&mut bob_ws, &bob, &alice, "are you there?").await;
+        send_acked(&mut bob_ws, &bob, &bob, "note to self").await;
+        let mut alice_ws = session(addr, &alice).await;
+        let got = loop {
+            match next(&mut alice_ws).await {
+                Some(Frame::Message(m)) => break m,
+                Some(Frame::Synced) => {}
+                other => panic!("expected bob's message, got {other:?}"),
+            }
+        };
+        assert_eq!(got.from, bob.public_key());
+        stop.send(()).unwrap();
+        server.await.unwrap().unwrap();
+    }
 
     #[tokio::test]
     async fn serve_answers_and_stops_when_told() {

@@ -42,6 +42,14 @@ const HANDOFF: usize = 64;
 /// Close code for a session replaced by a newer one for the same key.
 const CLOSE_REPLACED: u16 = 4000;
 
+/// A frame that makes a session panic, in unit tests only: proves one
+/// session's panic cannot take the router or other sessions down.
+#[cfg(test)]
+pub(super) const TEST_PANIC_FRAME: &str = r#"{"type":"test-panic"}"#;
+
+/// Close reason (with code 1007) for a text message that is not UTF-8.
+const CLOSE_BAD_UTF8: &str = "text message is not valid UTF-8";
+
 /// Handles one accepted TCP connection to the end.
 pub(super) async fn handle_connection<B: Backend>(
     mut stream: TcpStream,
@@ -99,9 +107,10 @@ pub(super) async fn handle_connection<B: Backend>(
         return;
     };
     tracing::info!(%peer, key = %key, "session started");
-    let id = registration.id;
+    // Unregisters however the session ends, a panic included.
+    let leave = shared.hub.leave_on_drop(key, registration.id);
     let exit = Session::new(conn, key, registration).run().await;
-    shared.hub.unregister(&key, id);
+    drop(leave);
     tracing::info!(%peer, key = %key, ?exit, "session ended");
     drop(permit);
 }
@@ -134,6 +143,8 @@ enum Exit {
     TooSlow,
     /// A frame larger than the WebSocket cap.
     TooLarge,
+    /// A text message that is not valid UTF-8.
+    BadUtf8,
     /// The queue failed.
     Internal,
 }
@@ -265,6 +276,10 @@ impl<B: Backend, S: AsyncRead + AsyncWrite + Unpin> Conn<'_, B, S> {
                     ))
                 }
                 Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_)) => {}
+                Err(WsError::Utf8(_)) => {
+                    self.close(CloseCode::Invalid, CLOSE_BAD_UTF8).await;
+                    return None;
+                }
                 Ok(Message::Close(_)) | Err(_) => return None,
             }
         }
@@ -276,6 +291,24 @@ fn error_frame(id: Option<Uuid>, code: ErrorCode, message: &str) -> Frame {
         id,
         code,
         message: message.to_owned(),
+    })
+}
+
+/// The close code and reason a session ending for `exit` sends; `None`
+/// when the socket is already gone. docs/PROTOCOL.md §4 lists them all.
+fn close_for(exit: &Exit) -> Option<(CloseCode, &'static str)> {
+    Some(match exit {
+        Exit::Closed => return None,
+        Exit::Dead => (CloseCode::Policy, "keep-alive timeout: no pong"),
+        Exit::Replaced => (
+            CloseCode::from(CLOSE_REPLACED),
+            "replaced by a newer session for this key",
+        ),
+        Exit::Shutdown => (CloseCode::Away, "router shutting down"),
+        Exit::TooSlow => (CloseCode::Policy, "too slow: writes to this client stalled"),
+        Exit::TooLarge => (CloseCode::Size, "frame larger than the router accepts"),
+        Exit::BadUtf8 => (CloseCode::Invalid, CLOSE_BAD_UTF8),
+        Exit::Internal => (CloseCode::Error, "router storage failure; reconnect later"),
     })
 }
 
@@ -293,8 +326,9 @@ struct Session<'a, B, S> {
     delivery: Delivery,
     rate: RateLimit,
     pending: FuturesUnordered<BoxFuture<'static, Done>>,
-    /// Acks read and not yet submitted (see [`Session::on_message`]).
-    acks: Vec<Uuid>,
+    /// Queue positions of frames acked and not yet submitted for removal
+    /// (see [`Session::on_message`]).
+    acks: Vec<i64>,
     last_seen: Instant,
 }
 
@@ -480,15 +514,23 @@ impl<'a, B: Backend, S: AsyncRead + AsyncWrite + Unpin> Session<'a, B, S> {
         match msg {
             None | Some(Ok(Message::Close(_))) => Err(Exit::Closed),
             Some(Err(WsError::Capacity(_))) => Err(Exit::TooLarge),
+            Some(Err(WsError::Utf8(_))) => Err(Exit::BadUtf8),
             Some(Err(_)) => Err(Exit::Closed),
             Some(Ok(Message::Text(text))) => {
+                #[cfg(test)]
+                if text.as_str() == TEST_PANIC_FRAME {
+                    panic!("a session bug, injected by a test");
+                }
                 let parsed =
                     protocol::parse_inbound(text.as_str(), self.conn.shared.config.max_frame_bytes);
                 self.on_frame(parsed, text.as_str()).await
             }
-            Some(Ok(Message::Binary(_))) => {
+            Some(Ok(Message::Binary(bytes))) => {
                 let msg = "binary frames are not part of the protocol: send JSON text frames";
-                self.conn.error(None, ErrorCode::BadFrame, msg).await
+                let id = std::str::from_utf8(&bytes)
+                    .ok()
+                    .and_then(protocol::frame_id);
+                self.conn.error(id, ErrorCode::BadFrame, msg).await
             }
             Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => Ok(()),
         }
@@ -499,8 +541,8 @@ impl<'a, B: Backend, S: AsyncRead + AsyncWrite + Unpin> Session<'a, B, S> {
         if self.acks.is_empty() {
             return;
         }
-        let ids = std::mem::take(&mut self.acks);
-        let removal = self.conn.shared.backend.remove(self.key, ids);
+        let seqs = std::mem::take(&mut self.acks);
+        let removal = self.conn.shared.backend.remove(self.key, seqs);
         self.pending.push(removal.map(Done::Removed).boxed());
     }
 
@@ -511,7 +553,10 @@ impl<'a, B: Backend, S: AsyncRead + AsyncWrite + Unpin> Session<'a, B, S> {
     ) -> Result<(), Exit> {
         let frame = match parsed {
             Ok(frame) => frame,
-            Err(e) => return self.conn.error(None, e.code(), &e.to_string()).await,
+            Err(e) => {
+                let id = protocol::frame_id(text);
+                return self.conn.error(id, e.code(), &e.to_string()).await;
+            }
         };
         // Acks for frames this session delivered are free: limiting them
         // would only cause redeliveries.
@@ -536,8 +581,10 @@ impl<'a, B: Backend, S: AsyncRead + AsyncWrite + Unpin> Session<'a, B, S> {
                 Ok(())
             }
             Inbound::Ack(ack) => {
-                self.delivery.on_ack(&ack.id);
-                self.acks.push(ack.id);
+                // An ack for an id not in flight here settles nothing.
+                if let Some(seq) = self.delivery.on_ack(&ack.id) {
+                    self.acks.push(seq);
+                }
                 Ok(())
             }
             Inbound::Auth(_) => {
@@ -591,20 +638,65 @@ impl<'a, B: Backend, S: AsyncRead + AsyncWrite + Unpin> Session<'a, B, S> {
                 }
             }
         }
-        let (code, reason) = match exit {
-            Exit::Closed => return exit,
-            Exit::Dead => (CloseCode::Policy, "keep-alive timeout: no pong"),
-            Exit::Replaced => (
-                CloseCode::from(CLOSE_REPLACED),
-                "replaced by a newer session for this key",
-            ),
-            Exit::Shutdown => (CloseCode::Away, "router shutting down"),
-            Exit::TooSlow => (CloseCode::Policy, "too slow: writes to this client stalled"),
-            Exit::TooLarge => (CloseCode::Size, "frame larger than the router accepts"),
-            Exit::Internal => (CloseCode::Error, "router storage failure; reconnect later"),
+        let Some((code, reason)) = close_for(&exit) else {
+            return exit;
         };
         let _ = self.conn.flush().await;
         self.conn.close(code, reason).await;
         exit
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every close a session sends is in docs/PROTOCOL.md's table, with
+    /// its code and its exact reason.
+    #[test]
+    fn close_codes_and_reasons_are_documented() {
+        let doc = include_str!("../../docs/PROTOCOL.md");
+        let exits = [
+            Exit::Dead,
+            Exit::Replaced,
+            Exit::Shutdown,
+            Exit::TooSlow,
+            Exit::TooLarge,
+            Exit::BadUtf8,
+            Exit::Internal,
+        ];
+        for exit in exits {
+            let (code, reason) = close_for(&exit).unwrap();
+            let row = doc
+                .lines()
+                .find(|l| l.starts_with(&format!("| {} |", u16::from(code))))
+                .unwrap_or_else(|| panic!("close code {code} is not in the table"));
+            assert!(row.contains(&format!("`{reason}`")), "{exit:?}: {row}");
+        }
+        assert!(close_for(&Exit::Closed).is_none());
+    }
+
+    /// Every error code is in the document's table.
+    #[test]
+    fn error_codes_are_documented() {
+        let doc = include_str!("../../docs/PROTOCOL.md");
+        for code in [
+            ErrorCode::BadFrame,
+            ErrorCode::UnknownType,
+            ErrorCode::TooLarge,
+            ErrorCode::SpoofedFrom,
+            ErrorCode::NotAuthenticated,
+            ErrorCode::BadSignature,
+            ErrorCode::AuthTimeout,
+            ErrorCode::UnsupportedVersion,
+            ErrorCode::RateLimited,
+            ErrorCode::QuotaExceeded,
+            ErrorCode::TooManyConnections,
+            ErrorCode::TooSlow,
+            ErrorCode::Internal,
+        ] {
+            let cell = format!("| `{}` |", code.as_str());
+            assert!(doc.contains(&cell), "{} is not documented", code.as_str());
+        }
     }
 }

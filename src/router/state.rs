@@ -2,7 +2,7 @@
 //! the authentication handshake, the delivery window with its resume
 //! cursor, and the per-connection rate limit.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::time::Instant;
 
 use uuid::Uuid;
@@ -64,10 +64,16 @@ impl Handshake {
 /// At most `window` frames are unacknowledged at once; beyond that, frames
 /// wait in the queue (not in memory) until acks make room. `cursor` is the
 /// highest `seq` sent, so a fetch resumes after it.
+///
+/// Ids are unique per sender only, so two frames in flight may share an id
+/// (from different senders): each id maps to the `seq`s sent under it, and
+/// an ack settles the earliest.
 #[derive(Debug)]
 pub struct Delivery {
     cursor: i64,
-    in_flight: HashSet<Uuid>,
+    in_flight: HashMap<Uuid, Vec<i64>>,
+    /// The number of `seq`s in `in_flight`.
+    unacked: usize,
     window: usize,
     need_fetch: bool,
     /// Whether the client was told its backlog is delivered.
@@ -79,7 +85,8 @@ impl Delivery {
     pub fn new(window: usize) -> Self {
         Self {
             cursor: 0,
-            in_flight: HashSet::new(),
+            in_flight: HashMap::new(),
+            unacked: 0,
             window: window.max(1),
             need_fetch: true,
             synced_sent: false,
@@ -135,28 +142,38 @@ impl Delivery {
         true
     }
 
-    /// The client acknowledged `id`.
-    pub fn on_ack(&mut self, id: &Uuid) {
-        self.in_flight.remove(id);
+    /// The client acknowledged `id`: the `seq` of the frame it settles
+    /// (the earliest sent under that id), to remove from the queue. `None`
+    /// for an id not in flight in this session, which the router ignores.
+    pub fn on_ack(&mut self, id: &Uuid) -> Option<i64> {
+        let seqs = self.in_flight.get_mut(id)?;
+        let seq = seqs.remove(0);
+        if seqs.is_empty() {
+            self.in_flight.remove(id);
+        }
+        self.unacked -= 1;
+        Some(seq)
     }
 
     /// Whether `id` was sent in this session and not acknowledged yet.
     pub fn is_in_flight(&self, id: &Uuid) -> bool {
-        self.in_flight.contains(id)
+        self.in_flight.contains_key(id)
     }
 
     /// Frames sent and not yet acknowledged.
     pub fn in_flight(&self) -> usize {
-        self.in_flight.len()
+        self.unacked
     }
 
     fn room(&self) -> usize {
-        self.window.saturating_sub(self.in_flight.len())
+        self.window.saturating_sub(self.unacked)
     }
 
     fn mark_sent(&mut self, frame: &Queued) {
         self.cursor = frame.seq;
-        self.in_flight.insert(frame.id);
+        // Sent in `seq` order, so each list stays sorted.
+        self.in_flight.entry(frame.id).or_default().push(frame.seq);
+        self.unacked += 1;
     }
 }
 
@@ -287,6 +304,23 @@ mod tests {
         d.on_lagged();
         assert_eq!(d.fetch_request(), Some((5, 9)));
         assert!(!d.on_notify(&q(7)), "in order: through the fetch");
+    }
+
+    #[test]
+    fn one_id_from_two_senders_needs_two_acks() {
+        let mut d = Delivery::new(10);
+        d.on_fetched(&[], 10);
+        let first = q(1);
+        let mut second = q(2);
+        second.id = first.id;
+        assert!(d.on_notify(&first));
+        assert!(d.on_notify(&second));
+        assert_eq!(d.in_flight(), 2);
+        assert_eq!(d.on_ack(&first.id), Some(1));
+        assert!(d.is_in_flight(&first.id));
+        assert_eq!(d.on_ack(&first.id), Some(2));
+        assert_eq!(d.on_ack(&first.id), None, "an unknown id settles nothing");
+        assert_eq!(d.in_flight(), 0);
     }
 
     #[test]

@@ -25,7 +25,8 @@ pub struct NewFrame {
     pub recipient: [u8; 32],
     /// Who sent it (the authenticated session's key).
     pub sender: [u8; 32],
-    /// The message id; `(recipient, id)` is unique.
+    /// The message id, chosen by the sender: `(sender, recipient, id)` is
+    /// unique, so two senders' frames with the same id are both kept.
     pub id: Uuid,
     /// The frame as it will be delivered.
     pub text: Arc<str>,
@@ -38,7 +39,8 @@ pub struct NewFrame {
 pub enum Enqueued {
     /// Committed now.
     Stored(Queued),
-    /// Already queued under this id: nothing stored, but it is durable.
+    /// Already queued under this `(sender, recipient, id)`: nothing
+    /// stored, but it is durable.
     Duplicate {
         /// When the first copy was committed.
         at: String,
@@ -80,6 +82,9 @@ pub enum BackendError {
         #[source]
         source: std::io::Error,
     },
+    /// Another router (or process) holds the data directory's lock.
+    #[error("another router is already using {0} (its lock file is held): stop that router, or choose another --data directory")]
+    Locked(std::path::PathBuf),
     /// The file exists but is not a router queue.
     #[error("{0} is not a chat-p2p router queue; move it away or choose another --data directory")]
     NotOurs(std::path::PathBuf),
@@ -97,8 +102,10 @@ pub enum BackendError {
 /// group concurrent submissions into shared commits, and keep `seq`
 /// increasing per recipient.
 pub trait Backend: Send + Sync + 'static {
-    /// Stores frames, each deduplicated by `(recipient, id)` and checked
-    /// against the per-recipient quota; resolves after the commit.
+    /// Stores frames, each deduplicated by `(sender, recipient, id)` (ids
+    /// are unique per sender only: a frame from another sender with an id
+    /// already queued is a different frame) and checked against the
+    /// per-recipient quota; resolves after the commit.
     fn enqueue(
         &self,
         frames: Vec<NewFrame>,
@@ -112,11 +119,13 @@ pub trait Backend: Send + Sync + 'static {
         limit: usize,
     ) -> impl Future<Output = Result<Vec<Queued>, BackendError>> + Send + 'static;
 
-    /// Deletes frames the recipient acknowledged; returns how many existed.
+    /// Deletes frames the recipient acknowledged, by their [`Queued::seq`]
+    /// (an id alone may name frames from several senders); only frames
+    /// queued for `recipient` are touched. Returns how many existed.
     fn remove(
         &self,
         recipient: PublicKey,
-        ids: Vec<Uuid>,
+        seqs: Vec<i64>,
     ) -> impl Future<Output = Result<u64, BackendError>> + Send + 'static;
 
     /// Deletes frames committed before `before` (RFC 3339); returns how many.

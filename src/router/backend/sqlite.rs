@@ -32,6 +32,11 @@ pub const APPLICATION_ID: i32 = 0x4350_3252;
 /// The queue file's name inside the data directory.
 pub const FILE_NAME: &str = "queue.sqlite3";
 
+/// The lock file's name inside the data directory: held (an OS lock) while
+/// a router has the queue open, so a second router on the same directory
+/// is refused instead of running beside the first.
+pub const LOCK_NAME: &str = "router.lock";
+
 /// Submissions waiting for the writer; senders wait when it is full.
 const WRITER_QUEUE: usize = 2048;
 
@@ -56,7 +61,7 @@ type Reply<T> = oneshot::Sender<Result<T, BackendError>>;
 /// One unit of work for the writer.
 enum Op {
     Enqueue(Vec<NewFrame>, Reply<Vec<Enqueued>>),
-    Remove(PublicKey, Vec<Uuid>, Reply<u64>),
+    Remove(PublicKey, Vec<i64>, Reply<u64>),
     Expire(String, Reply<u64>),
     Close(oneshot::Sender<()>),
 }
@@ -85,6 +90,7 @@ impl SqliteBackend {
             path: dir.to_path_buf(),
             source,
         })?;
+        let lock = lock_dir(dir)?;
         let path = dir.join(FILE_NAME);
         let not_ours = |e: BackendError| match e {
             BackendError::Sqlite(rusqlite::Error::SqliteFailure(f, _))
@@ -111,6 +117,7 @@ impl SqliteBackend {
         let (ops, rx) = mpsc::channel(WRITER_QUEUE);
         let stopped = Arc::new(AtomicBool::new(false));
         let writer = Writer {
+            _lock: lock,
             conn,
             counts,
             quota,
@@ -190,9 +197,9 @@ impl Backend for SqliteBackend {
             tokio::task::spawn_blocking(move || {
                 let conn = take_reader(&readers, &path)?;
                 let rows = fetch_rows(&conn, &recipient, after, limit);
-                if let Ok(mut pool) = readers.lock() {
-                    pool.push(conn);
-                }
+                // A list of connections cannot be left half-updated: a
+                // poisoned lock is still usable.
+                readers.lock().unwrap_or_else(|e| e.into_inner()).push(conn);
                 rows
             })
             .await
@@ -203,9 +210,9 @@ impl Backend for SqliteBackend {
     fn remove(
         &self,
         recipient: PublicKey,
-        ids: Vec<Uuid>,
+        seqs: Vec<i64>,
     ) -> impl std::future::Future<Output = Result<u64, BackendError>> + Send + 'static {
-        self.submit(move |reply| Op::Remove(recipient, ids, reply))
+        self.submit(move |reply| Op::Remove(recipient, seqs, reply))
     }
 
     fn expire(
@@ -234,6 +241,28 @@ fn create_private_dir(dir: &Path) -> std::io::Result<()> {
     #[cfg(unix)]
     std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
     builder.create(dir)
+}
+
+/// Takes the data directory's lock, or says who holds it. The lock is the
+/// OS's (`flock`/`LockFileEx`): it goes away with the process, so a crash
+/// never leaves a stale lock behind.
+fn lock_dir(dir: &Path) -> Result<std::fs::File, BackendError> {
+    let path = dir.join(LOCK_NAME);
+    let io = |source| BackendError::Io {
+        path: path.clone(),
+        source,
+    };
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(io)?;
+    match fs4::FileExt::try_lock(&file) {
+        Ok(()) => Ok(file),
+        Err(fs4::TryLockError::WouldBlock) => Err(BackendError::Locked(dir.to_path_buf())),
+        Err(fs4::TryLockError::Error(e)) => Err(io(e)),
+    }
 }
 
 /// Opens a connection with the queue's settings.
@@ -273,7 +302,7 @@ fn check_ours(conn: &Connection, path: &Path) -> Result<(), BackendError> {
 }
 
 fn take_reader(readers: &Mutex<Vec<Connection>>, path: &Path) -> Result<Connection, BackendError> {
-    let pooled = readers.lock().ok().and_then(|mut pool| pool.pop());
+    let pooled = readers.lock().unwrap_or_else(|e| e.into_inner()).pop();
     match pooled {
         Some(conn) => Ok(conn),
         None => connect(path, true),
@@ -368,6 +397,8 @@ enum Pending {
 /// The single writer: owns the read-write connection and the per-recipient
 /// counts the quota checks (kept in memory, since only it writes).
 struct Writer {
+    /// The data directory's lock, released when the writer stops.
+    _lock: std::fs::File,
     conn: Connection,
     counts: HashMap<[u8; 32], u64>,
     quota: u64,
@@ -379,6 +410,7 @@ struct Writer {
 
 impl Writer {
     fn run(mut self, mut rx: mpsc::Receiver<Op>) {
+        let mut closers = Vec::new();
         while let Some(first) = rx.blocking_recv() {
             let mut batch = vec![first];
             drain(&mut rx, &mut batch);
@@ -389,7 +421,8 @@ impl Writer {
                 std::thread::sleep(LINGER);
                 drain(&mut rx, &mut batch);
             }
-            if self.apply(batch) {
+            closers = self.apply(batch);
+            if !closers.is_empty() {
                 break;
             }
         }
@@ -401,11 +434,19 @@ impl Writer {
         {
             tracing::warn!(error = %e, "final WAL checkpoint failed");
         }
+        // Close the database and release the directory's lock before
+        // saying so: a router reopening it right after `close` must not
+        // find it locked.
+        drop(self);
+        for done in closers {
+            let _ = done.send(());
+        }
         tracing::debug!("queue writer stopped");
     }
 
-    /// Applies a batch in one transaction; returns true when asked to stop.
-    fn apply(&mut self, batch: Vec<Op>) -> bool {
+    /// Applies a batch in one transaction; returns who asked to stop (to
+    /// answer once the writer is done).
+    fn apply(&mut self, batch: Vec<Op>) -> Vec<oneshot::Sender<()>> {
         let mut closers = Vec::new();
         let mut ops = Vec::with_capacity(batch.len());
         for op in batch {
@@ -417,11 +458,7 @@ impl Writer {
         if !ops.is_empty() {
             self.commit(ops);
         }
-        let stop = !closers.is_empty();
-        for done in closers {
-            let _ = done.send(());
-        }
-        stop
+        closers
     }
 
     fn commit(&mut self, ops: Vec<Op>) {
@@ -443,8 +480,8 @@ impl Writer {
                         let outcomes = enqueue_tx(&tx, &frames, &now, &mut self.next_seq, limits)?;
                         Pending::Enqueue(reply, outcomes)
                     }
-                    Op::Remove(recipient, ids, reply) => {
-                        let n = remove_tx(&tx, &recipient, &ids)?;
+                    Op::Remove(recipient, seqs, reply) => {
+                        let n = remove_tx(&tx, &recipient, &seqs)?;
                         *deltas.entry(*recipient.as_bytes()).or_default() -= n as i64;
                         Pending::Count(reply, n)
                     }
@@ -529,11 +566,11 @@ fn enqueue_tx(
     let mut insert = tx.prepare_cached(
         "INSERT INTO queue (seq, recipient, id, sender, received_at, frame)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6)
-         ON CONFLICT (id, recipient) DO NOTHING",
+         ON CONFLICT (id, recipient, sender) DO NOTHING",
     )?;
     let mut existing = tx.prepare_cached(
         "SELECT received_at FROM queue
-         WHERE recipient = ?1 AND id = ?2",
+         WHERE recipient = ?1 AND id = ?2 AND sender = ?3",
     )?;
     let mut out = Vec::with_capacity(frames.len());
     for f in frames {
@@ -560,7 +597,8 @@ fn enqueue_tx(
                 }));
             }
             _ => {
-                let at: String = existing.query_row(params![key, f.id.as_bytes()], |r| r.get(0))?;
+                let at: String =
+                    existing.query_row(params![key, f.id.as_bytes(), f.sender], |r| r.get(0))?;
                 out.push(Enqueued::Duplicate { at });
             }
         }
@@ -568,14 +606,14 @@ fn enqueue_tx(
     Ok(out)
 }
 
-fn remove_tx(tx: &Transaction, recipient: &PublicKey, ids: &[Uuid]) -> Result<u64, BackendError> {
+fn remove_tx(tx: &Transaction, recipient: &PublicKey, seqs: &[i64]) -> Result<u64, BackendError> {
     let mut delete = tx.prepare_cached(
         "DELETE FROM queue
-         WHERE recipient = ?1 AND id = ?2",
+         WHERE seq = ?2 AND recipient = ?1",
     )?;
     let mut n = 0;
-    for id in ids {
-        n += delete.execute(params![recipient.as_bytes(), id.as_bytes()])? as u64;
+    for seq in seqs {
+        n += delete.execute(params![recipient.as_bytes(), seq])? as u64;
     }
     Ok(n)
 }
@@ -626,6 +664,29 @@ fn expire_tx(tx: &Transaction, before: &str) -> Result<Vec<[u8; 32]>, BackendErr
         }
     }
     Ok(gone)
+}
+
+/// Writes a queue as a router of the first schema (V1) left it, holding
+/// `frames` with seqs 1, 2...: for tests of the upgrade.
+#[cfg(test)]
+pub(crate) fn write_v1_queue(dir: &Path, frames: &[NewFrame]) -> Result<(), BackendError> {
+    create_private_dir(dir).map_err(|source| BackendError::Io {
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    let mut conn = connect(&dir.join(FILE_NAME), false)?;
+    embedded::migrations::runner()
+        .set_target(refinery::Target::Version(1))
+        .run(&mut conn)?;
+    conn.pragma_update(None, "application_id", APPLICATION_ID)?;
+    for (seq, f) in (1i64..).zip(frames) {
+        conn.execute(
+            "INSERT INTO queue (seq, recipient, id, sender, received_at, frame)
+             VALUES (?1, ?2, ?3, ?4, '2026-11-25T20:00:00.000Z', ?5)",
+            params![seq, f.recipient, f.id.as_bytes(), f.sender, &*f.text],
+        )?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -56,8 +56,8 @@ async fn queue_story() {
     assert_eq!(after_first[0].id, ids[1]);
 
     // Only the recipient's ack removes, and it frees quota.
-    assert_eq!(db.remove(alice, vec![ids[0]]).await.unwrap(), 0);
-    assert_eq!(db.remove(bob, vec![ids[0]]).await.unwrap(), 1);
+    assert_eq!(db.remove(alice, vec![got[0].seq]).await.unwrap(), 0);
+    assert_eq!(db.remove(bob, vec![got[0].seq]).await.unwrap(), 1);
     let again = db.enqueue(vec![frame(&bob, &alice, ids[3])]).await.unwrap();
     assert!(matches!(again[0], Enqueued::Stored(_)));
     db.close().await;
@@ -106,7 +106,7 @@ async fn seq_never_reuses_a_deleted_maximum() {
     else {
         panic!("not stored")
     };
-    db.remove(bob, vec![id]).await.unwrap();
+    db.remove(bob, vec![first.seq]).await.unwrap();
     let Enqueued::Stored(second) = db
         .enqueue(vec![frame(&bob, &alice, Uuid::now_v7())])
         .await
@@ -193,5 +193,78 @@ async fn expiry_drops_exactly_the_old_prefix() {
         panic!("not stored")
     };
     assert!(q.seq > 2503, "seq continues after the highest stored");
+    db.close().await;
+}
+
+#[tokio::test]
+async fn one_id_from_two_senders_is_two_frames() {
+    let dir = tempfile::tempdir().unwrap();
+    let [alice, bob, carol] = [(); 3].map(|()| Identity::generate().public_key());
+    let db = SqliteBackend::open(dir.path(), 100).unwrap();
+    let id = Uuid::now_v7();
+    let out = db
+        .enqueue(vec![
+            frame(&bob, &alice, id),
+            frame(&bob, &carol, id),
+            frame(&bob, &alice, id),
+        ])
+        .await
+        .unwrap();
+    assert!(matches!(out[0], Enqueued::Stored(_)));
+    assert!(
+        matches!(out[1], Enqueued::Stored(_)),
+        "carol's is not alice's"
+    );
+    assert!(matches!(out[2], Enqueued::Duplicate { .. }));
+    let got = db.fetch(bob, 0, 10).await.unwrap();
+    assert_eq!(got.len(), 2);
+    // Removing one by its seq leaves the other sender's frame queued.
+    assert_eq!(db.remove(bob, vec![got[0].seq]).await.unwrap(), 1);
+    assert_eq!(db.fetch(bob, 0, 10).await.unwrap(), got[1..].to_vec());
+    db.close().await;
+}
+
+#[tokio::test]
+async fn a_v1_queue_is_upgraded_and_keeps_every_frame() {
+    let dir = tempfile::tempdir().unwrap();
+    let [alice, bob, carol] = [(); 3].map(|()| Identity::generate().public_key());
+    let ids = [Uuid::now_v7(), Uuid::now_v7()];
+    {
+        // A queue as a router of the first schema left it.
+        let mut conn = connect(&dir.path().join(FILE_NAME), false).unwrap();
+        embedded::migrations::runner()
+            .set_target(refinery::Target::Version(1))
+            .run(&mut conn)
+            .unwrap();
+        conn.pragma_update(None, "application_id", APPLICATION_ID)
+            .unwrap();
+        for (seq, id) in [(7i64, ids[0]), (9, ids[1])] {
+            conn.execute(
+                "INSERT INTO queue (seq, recipient, id, sender, received_at, frame)
+                 VALUES (?1, ?2, ?3, ?4, '2026-11-25T20:00:00.000Z', ?5)",
+                params![seq, bob.as_bytes(), id.as_bytes(), alice.as_bytes(), "{}"],
+            )
+            .unwrap();
+        }
+    }
+    let db = SqliteBackend::open(dir.path(), 100).unwrap();
+    let got = db.fetch(bob, 0, 10).await.unwrap();
+    assert_eq!(
+        got.iter().map(|q| (q.seq, q.id)).collect::<Vec<_>>(),
+        [(7, ids[0]), (9, ids[1])]
+    );
+    // The upgraded queue deduplicates per sender, and seq keeps growing.
+    let out = db
+        .enqueue(vec![
+            frame(&bob, &carol, ids[0]),
+            frame(&bob, &alice, ids[0]),
+        ])
+        .await
+        .unwrap();
+    let Enqueued::Stored(carols) = &out[0] else {
+        panic!("carol's frame with alice's id was not stored: {out:?}")
+    };
+    assert!(carols.seq > 9);
+    assert!(matches!(out[1], Enqueued::Duplicate { .. }));
     db.close().await;
 }
