@@ -102,7 +102,9 @@ mod tests {
         let words = code.words();
         assert_eq!(words.len(), WORDS);
         assert!(WORDS * BITS_PER_WORD >= 128);
-        assert!(words.iter().all(|w| w.chars().all(|c| c.is_ascii_lowercase())));
+        assert!(words
+            .iter()
+            .all(|w| w.chars().all(|c| c.is_ascii_lowercase())));
         let digits = code.digits();
         assert_eq!(digits.len(), DIGIT_GROUPS);
         assert!(digits

@@ -14,9 +14,11 @@ use crate::store::{Contact, Store, Verification};
 
 /// Arguments of `verify`.
 #[derive(Debug, Args)]
-#[command(after_help = "Both of you run 'chat-p2p verify' with the other's name and compare \
+#[command(
+    after_help = "Both of you run 'chat-p2p verify' with the other's name and compare \
     the words (or the digits) in person or on a call: the code is made from both public keys, \
-    so it is the same on both sides only if each has the other's real key.")]
+    so it is the same on both sides only if each has the other's real key."
+)]
 pub struct VerifyArgs {
     /// The contact whose key to check.
     name: String,
@@ -79,7 +81,12 @@ pub fn verify(ctx: &Context, args: VerifyArgs) -> Result<()> {
     let before = check(&store, &contact)?;
     let code = SafetyCode::new(&own, &contact.key);
     let name = untrusted_inline(&contact.name);
-    let quoted = untrusted_inline(&shell_quote(&contact.name));
+    // The command to type, for this profile: 'chat-p2p --profile x verify bob'.
+    let command = format!(
+        "{} verify {}",
+        ctx.cli_prefix(),
+        untrusted_inline(&shell_quote(&contact.name))
+    );
     if args.confirm {
         store.confirm_verified(&contact)?;
     } else if args.reset {
@@ -115,8 +122,7 @@ pub fn verify(ctx: &Context, args: VerifyArgs) -> Result<()> {
                 super::history::local_time(&at)
             ),
             _ => outln!(
-                "Marked '{name}' as verified (key {}). 'chat-p2p verify {quoted} --reset' \
-                 undoes it.",
+                "Marked '{name}' as verified (key {}). '{command} --reset' undoes it.",
                 contact.key.fingerprint()
             ),
         }
@@ -129,7 +135,7 @@ pub fn verify(ctx: &Context, args: VerifyArgs) -> Result<()> {
         }
         .done("the verification was forgotten");
     }
-    print_code(&code, &name, &quoted, &now)?;
+    print_code(&code, &name, &command, &now)?;
     Ok(())
 }
 
@@ -137,7 +143,7 @@ pub fn verify(ctx: &Context, args: VerifyArgs) -> Result<()> {
 fn print_code(
     code: &SafetyCode,
     name: &str,
-    quoted: &str,
+    command: &str,
     state: &Verification,
 ) -> Result<(), super::out::StdoutError> {
     let mut out = super::out::stdout();
@@ -155,14 +161,14 @@ fn print_code(
     match state {
         Verification::Verified { at } => writeln!(
             out,
-            "Verified on {}. ('chat-p2p verify {quoted} --reset' forgets it.)",
+            "Verified on {}. ('{command} --reset' forgets it.)",
             super::history::local_time(at)
         ),
         _ => writeln!(
             out,
-            "Not verified. Compare these words (or the digits) with '{name}' in person or on \
-             a call: they run 'chat-p2p verify' with your name and must see the same code.\n\
-             If it matches: chat-p2p verify {quoted} --confirm"
+            "Not verified. Compare these words (or the digits) with '{name}', in person or\n\
+             on a call: they run 'chat-p2p verify' with your name and must see the same code.\n\
+             If it matches: {command} --confirm"
         ),
     }?;
     out.flush()
