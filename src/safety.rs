@@ -33,6 +33,14 @@ pub const DIGIT_GROUPS: usize = 8;
 /// Where the digits start in the hash: after the bytes the words use.
 const DIGITS_OFFSET: usize = 24;
 
+// Checked when compiling: the words carry at least 128 bits, and the
+// digits use hash bytes that the words do not, all within the hash.
+const _: () = {
+    assert!(WORDS * BITS_PER_WORD >= 128);
+    assert!(DIGITS_OFFSET * 8 >= WORDS * BITS_PER_WORD);
+    assert!(DIGITS_OFFSET + 5 * DIGIT_GROUPS <= 64);
+};
+
 /// The safety code of a pair of keys: the same for (a, b) and (b, a).
 #[derive(Clone, PartialEq, Eq)]
 pub struct SafetyCode([u8; 64]);
@@ -101,7 +109,6 @@ mod tests {
         let code = SafetyCode::new(&key(1), &key(2));
         let words = code.words();
         assert_eq!(words.len(), WORDS);
-        assert!(WORDS * BITS_PER_WORD >= 128);
         assert!(words
             .iter()
             .all(|w| w.chars().all(|c| c.is_ascii_lowercase())));
@@ -110,9 +117,6 @@ mod tests {
         assert!(digits
             .iter()
             .all(|g| g.len() == 5 && g.chars().all(|c| c.is_ascii_digit())));
-        // The digits do not reach past the hash.
-        assert!(DIGITS_OFFSET + 5 * DIGIT_GROUPS <= 64);
-        assert!(DIGITS_OFFSET * 8 >= WORDS * BITS_PER_WORD);
     }
 
     #[test]
