@@ -307,3 +307,22 @@ fn the_chat_header_shows_who_is_verified() {
         "no verified mark in the header:\n{screen}"
     );
 }
+
+/// An import is another way a name can come back with another key.
+#[test]
+fn a_verified_name_brought_back_by_an_import_with_another_key_warns() {
+    let (env, _alice, _bob) = pair();
+    env.ok("alice", &["verify", "bob", "--confirm"]);
+    env.ok("alice", &["remove-contact", "bob"]);
+    let file = env.path("other.jsonl");
+    common::write_jsonl(
+        &file,
+        &[common::header(None), common::contact("bob", &common::key())],
+    );
+    env.ok("alice", &["import", file.to_str().unwrap()]);
+    let (_, err) = run(&env, "alice", &["contacts"], 0);
+    assert!(err.contains("HAS CHANGED"), "{err}");
+    let v = env.json("alice", &["verify", "bob", "--json"]);
+    assert_eq!(v["verified"], false);
+    assert_eq!(v["key_changed"], true);
+}
