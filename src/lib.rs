@@ -20,4 +20,5 @@ pub mod profile;
 pub mod protocol;
 pub mod render;
 pub mod router;
+pub mod safety;
 pub mod store;

@@ -47,10 +47,14 @@ pub fn chat(ctx: &super::Context, args: ChatArgs) -> Result<()> {
     let peer = resolve_recipient(&store, &identity, &peer_name)?;
     let style = Style::detect();
     let interactive = std::io::stdin().is_terminal();
-    let label = store
-        .contact_by_key(&peer)?
-        .map(|c| untrusted_inline(&c.name))
-        .unwrap_or_else(|| format!("unknown ({})", peer.fingerprint()));
+    let label = match store.contact_by_key(&peer)? {
+        Some(c) => format!(
+            "{} ({})",
+            untrusted_inline(&c.name),
+            super::verify::mark(&store.verification(&c)?)
+        ),
+        None => format!("unknown ({})", peer.fingerprint()),
+    };
     if interactive {
         errln!(
             "Chat with {label} via {server}. Type and press Enter to send; /help for commands, \

@@ -11,7 +11,7 @@ use super::out::AlreadyDone;
 use super::{parse_key, print_json, Context, UsageError};
 use crate::identity::PublicKey;
 use crate::render::untrusted_inline;
-use crate::store::{Contact, ContactName, UnknownPeer};
+use crate::store::{Contact, ContactName, UnknownPeer, Verification};
 
 /// Arguments of `add-contact`.
 #[derive(Debug, Args)]
@@ -50,12 +50,19 @@ pub struct RenameArgs {
     new: String,
 }
 
-fn contact_json(c: &Contact) -> serde_json::Value {
+fn contact_json(c: &Contact, v: &Verification) -> serde_json::Value {
+    let verified_at = match v {
+        Verification::Verified { at } => Some(at),
+        _ => None,
+    };
     json!({
         "name": c.name,
         "public_key": c.key.to_base64(),
         "fingerprint": c.key.fingerprint(),
         "added_at": c.added_at,
+        "verified": v.is_verified(),
+        "verified_at": verified_at,
+        "key_changed": matches!(v, Verification::KeyChanged { .. }),
     })
 }
 
@@ -80,8 +87,11 @@ pub fn add(ctx: &Context, args: AddArgs) -> Result<()> {
     let name = parse_name(&args.name)?;
     let (mut store, _) = ctx.open_with_identity()?;
     let contact = store.add_contact(&name, &args.pubkey)?;
+    // A name verified before with another key: say so now, not later.
+    super::verify::check(&store, &contact)?;
     if args.json {
-        return print_json(&contact_json(&contact)).done("the contact was saved");
+        let state = store.verification(&contact)?;
+        return print_json(&contact_json(&contact, &state)).done("the contact was saved");
     }
     outln!(
         "Added contact '{}' (fingerprint {}).",
@@ -97,8 +107,17 @@ pub fn list(ctx: &Context, args: ListArgs) -> Result<()> {
     let store = ctx.open_store()?;
     let contacts = store.contacts()?;
     let unknown = store.unknown_peers()?;
+    // Each changed key is warned about, on stderr, before the list.
+    let states = contacts
+        .iter()
+        .map(|c| super::verify::check(&store, c))
+        .collect::<Result<Vec<_>>>()?;
     if args.json {
-        let mut all: Vec<_> = contacts.iter().map(contact_json).collect();
+        let mut all: Vec<_> = contacts
+            .iter()
+            .zip(&states)
+            .map(|(c, v)| contact_json(c, v))
+            .collect();
         all.extend(unknown.iter().map(unknown_json));
         return Ok(print_json(&all.into())?);
     }
@@ -114,9 +133,25 @@ pub fn list(ctx: &Context, args: ListArgs) -> Result<()> {
             .unwrap_or(0)
             .max("NAME".len());
         let pad = |name: &str| format!("{name}{}", " ".repeat(width - name.width()));
-        outln!("{}  {:24}  PUBLIC KEY", pad("NAME"), "FINGERPRINT")?;
-        for (c, name) in contacts.iter().zip(&names) {
-            outln!("{}  {:24}  {}", pad(name), c.key.fingerprint(), c.key)?;
+        outln!(
+            "{}  {:24}  {:12}  PUBLIC KEY",
+            pad("NAME"),
+            "FINGERPRINT",
+            "VERIFIED"
+        )?;
+        for ((c, name), state) in contacts.iter().zip(&names).zip(&states) {
+            let mark = match state {
+                Verification::Verified { .. } => "yes",
+                Verification::Unverified => "-",
+                Verification::KeyChanged { .. } => "KEY CHANGED",
+            };
+            outln!(
+                "{}  {:24}  {:12}  {}",
+                pad(name),
+                c.key.fingerprint(),
+                mark,
+                c.key
+            )?;
         }
     }
     if !unknown.is_empty() {
@@ -158,6 +193,7 @@ pub fn rename(ctx: &Context, args: RenameArgs) -> Result<()> {
     let new = parse_name(&args.new)?;
     let (mut store, _) = ctx.open_with_identity()?;
     let contact = store.rename_contact(&args.old, &new)?;
+    super::verify::check(&store, &contact)?;
     outln!(
         "Renamed contact '{}' to '{}'.",
         untrusted_inline(&args.old),

@@ -13,6 +13,7 @@ mod history;
 mod identity;
 mod router;
 mod sync;
+mod verify;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -90,6 +91,9 @@ enum Command {
     /// Run a router: relays end-to-end encrypted frames between peers and
     /// queues them durably for offline recipients.
     Router(router::RouterArgs),
+    /// Show the safety code to compare with a contact; --confirm records
+    /// that it matched.
+    Verify(verify::VerifyArgs),
 }
 
 /// What every command needs, resolved once from the arguments and the
@@ -210,7 +214,11 @@ fn parse_key(text: &str) -> Result<PublicKey, String> {
 /// gets the store's error with similar names.
 fn resolve_peer(store: &Store, peer: &str) -> Result<PublicKey> {
     match store.contact(peer) {
-        Ok(contact) => Ok(contact.key),
+        Ok(contact) => {
+            // A verified name whose key changed is said loudly, every time.
+            verify::check(store, &contact)?;
+            Ok(contact.key)
+        }
         Err(e @ store::Error::UnknownContact { .. }) => {
             PublicKey::parse(peer).map_err(|_| e.into())
         }
@@ -318,6 +326,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Sync(args) => sync::sync(&ctx, args),
         // Not reached (routed above); kept correct rather than panicking.
         Command::Router(args) => router::run(args, ctx.profile.dir.parent().map(PathBuf::from)),
+        Command::Verify(args) => verify::verify(&ctx, args),
     }
 }
 

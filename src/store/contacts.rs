@@ -268,6 +268,7 @@ impl Store {
         if let Some(other) = find_look_alike(&tx, new, Some(contact.id))? {
             return Err(look_alike_error(new, other));
         }
+        super::verify::follow_rename(&tx, contact.id, &new.key())?;
         tx.execute(
             "UPDATE contacts SET name = ?1, name_key = ?2 WHERE id = ?3",
             params![new.as_str(), new.key(), contact.id],

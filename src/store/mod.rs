@@ -22,6 +22,7 @@ pub mod rejected;
 mod schema;
 pub mod search;
 mod status;
+mod verify;
 
 pub(crate) use contacts::merge_contact_tx;
 pub use contacts::{Contact, ContactName, Merge, UnknownPeer};
@@ -30,6 +31,7 @@ pub(crate) use identity::set_identity_tx;
 pub use messages::{Event, Inserted, Message};
 pub use search::{Filter, Hit, Order, TimeBound};
 pub use status::{Direction, MessageId, Status};
+pub use verify::Verification;
 
 use std::fs;
 use std::io;
