@@ -82,7 +82,17 @@ pub(super) async fn handle_connection<B: Backend>(
     let permit = Arc::clone(&shared.connections).try_acquire_owned().ok();
     // Hand tungstenite the head we already read, then the rest of the stream.
     let io = http::Replay::new(head, stream);
-    let ws = match tokio_tungstenite::accept_async_with_config(io, Some(ws_config(&shared))).await {
+    // The Date header (RFC 9110 asks it of servers with a clock) lets a
+    // client check its clock against the router's (`doctor`).
+    let add_date = |_: &tokio_tungstenite::tungstenite::handshake::server::Request,
+                    mut response: tokio_tungstenite::tungstenite::handshake::server::Response| {
+        if let Ok(date) = httpdate::fmt_http_date(std::time::SystemTime::now()).parse() {
+            response.headers_mut().insert("date", date);
+        }
+        Ok(response)
+    };
+    let config = Some(ws_config(&shared));
+    let ws = match tokio_tungstenite::accept_hdr_async_with_config(io, add_date, config).await {
         Ok(ws) => ws,
         Err(e) => {
             tracing::debug!(%peer, error = %e, "WebSocket handshake failed");
