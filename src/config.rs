@@ -117,10 +117,7 @@ impl Key {
     }
 
     fn is_bool(self) -> bool {
-        matches!(
-            self,
-            Key::DisplayUtc | Key::NotifyBell | Key::NotifyDesktop
-        )
+        matches!(self, Key::DisplayUtc | Key::NotifyBell | Key::NotifyDesktop)
     }
 }
 
@@ -477,7 +474,10 @@ mod tests {
         assert_eq!(c.router.unwrap().to_string(), "ws://r:1/ws");
         assert_eq!(c.profile.unwrap().as_str(), "work");
         assert_eq!(c.color, Some(ColorChoice::Never));
-        assert_eq!((c.utc, c.bell, c.desktop), (Some(true), Some(false), Some(true)));
+        assert_eq!(
+            (c.utc, c.bell, c.desktop),
+            (Some(true), Some(false), Some(true))
+        );
         assert_eq!(c.unknown, ["colour", "display.font"]);
     }
 
@@ -502,7 +502,10 @@ mod tests {
         set(&path, Key::Router, "ws://r:1/ws").unwrap();
         let text = fs::read_to_string(&path).unwrap();
         fs::write(&path, format!("# mine\n{text}")).unwrap();
-        assert_eq!(set(&path, Key::NotifyBell, "yes").unwrap(), Value::Bool(true));
+        assert_eq!(
+            set(&path, Key::NotifyBell, "yes").unwrap(),
+            Value::Bool(true)
+        );
         let text = fs::read_to_string(&path).unwrap();
         assert!(text.starts_with("# mine\n"), "{text}");
         assert!(text.contains("[notify]\nbell = true"), "{text}");
@@ -519,7 +522,13 @@ mod tests {
         ));
         assert!(validate(Key::Router, "http://x/ws").is_err());
         assert!(validate(Key::Profile, "a/b").is_err());
-        assert!(matches!(Key::parse("colour"), Err(ConfigError::UnknownKey(_))));
-        assert_eq!(validate(Key::DisplayUtc, "off").unwrap(), Value::Bool(false));
+        assert!(matches!(
+            Key::parse("colour"),
+            Err(ConfigError::UnknownKey(_))
+        ));
+        assert_eq!(
+            validate(Key::DisplayUtc, "off").unwrap(),
+            Value::Bool(false)
+        );
     }
 }

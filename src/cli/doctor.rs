@@ -76,7 +76,12 @@ fn ok(name: &'static str, detail: impl Into<String>) -> Check {
     }
 }
 
-fn bad(name: &'static str, level: Level, detail: impl Into<String>, fix: impl Into<String>) -> Check {
+fn bad(
+    name: &'static str,
+    level: Level,
+    detail: impl Into<String>,
+    fix: impl Into<String>,
+) -> Check {
     Check {
         name,
         level,
@@ -112,17 +117,32 @@ fn check_config(ctx: &Context) -> Check {
         .as_ref()
         .map_or_else(|| "none".to_owned(), |p| p.display().to_string());
     if let Some(problem) = &c.problem {
-        return bad("config", Level::Fail, problem.clone(), "correct or remove the file");
+        return bad(
+            "config",
+            Level::Fail,
+            problem.clone(),
+            "correct or remove the file",
+        );
     }
     if !c.unknown_keys.is_empty() {
         return bad(
             "config",
             Level::Warn,
-            format!("{path}: unknown keys ignored: {}", c.unknown_keys.join(", ")),
-            format!("remove them; the settings are {}", crate::config::known_keys()),
+            format!(
+                "{path}: unknown keys ignored: {}",
+                c.unknown_keys.join(", ")
+            ),
+            format!(
+                "remove them; the settings are {}",
+                crate::config::known_keys()
+            ),
         );
     }
-    let state = if c.file_exists { "" } else { " (not created; defaults apply)" };
+    let state = if c.file_exists {
+        ""
+    } else {
+        " (not created; defaults apply)"
+    };
     ok("config", format!("{path}{state}"))
 }
 
@@ -137,7 +157,10 @@ fn check_permissions(dir: &Path, db: &Path) -> Vec<Check> {
     if let Ok(m) = mode(dir) {
         if m & 0o077 != 0 {
             wrong.push(format!("{} is {m:04o} (should be 0700)", dir.display()));
-            fixes.push(format!("chmod 700 {}", shell_quote(&dir.display().to_string())));
+            fixes.push(format!(
+                "chmod 700 {}",
+                shell_quote(&dir.display().to_string())
+            ));
         }
     }
     let mut files: Vec<PathBuf> = vec![db.to_path_buf()];
@@ -150,7 +173,10 @@ fn check_permissions(dir: &Path, db: &Path) -> Vec<Check> {
         if let Ok(m) = mode(file) {
             if m & 0o077 != 0 {
                 wrong.push(format!("{} is {m:04o} (should be 0600)", file.display()));
-                fixes.push(format!("chmod 600 {}", shell_quote(&file.display().to_string())));
+                fixes.push(format!(
+                    "chmod 600 {}",
+                    shell_quote(&file.display().to_string())
+                ));
             }
         }
     }
@@ -182,13 +208,20 @@ fn check_database(ctx: &Context, db: &Path, args: &DoctorArgs) -> Vec<Check> {
     let ro = match open(db, OpenFlags::SQLITE_OPEN_READ_ONLY) {
         Ok(conn) => conn,
         Err(e) => {
-            checks.push(bad("integrity", Level::Fail, format!("cannot open it: {e}"), backup));
+            checks.push(bad(
+                "integrity",
+                Level::Fail,
+                format!("cannot open it: {e}"),
+                backup,
+            ));
             return checks;
         }
     };
     checks.push(check_schema(db, &ro));
     match integrity(&ro) {
-        Ok(problems) if problems.is_empty() => checks.push(ok("integrity", "PRAGMA integrity_check: ok")),
+        Ok(problems) if problems.is_empty() => {
+            checks.push(ok("integrity", "PRAGMA integrity_check: ok"))
+        }
         Ok(problems) => {
             checks.push(bad("integrity", Level::Fail, problems.join("; "), backup));
             return checks;
@@ -203,7 +236,12 @@ fn check_database(ctx: &Context, db: &Path, args: &DoctorArgs) -> Vec<Check> {
     let store = match Store::open(db) {
         Ok(store) => store,
         Err(e) => {
-            checks.push(bad("identity", Level::Fail, e.to_string(), "see the error above"));
+            checks.push(bad(
+                "identity",
+                Level::Fail,
+                e.to_string(),
+                "see the error above",
+            ));
             return checks;
         }
     };
@@ -225,7 +263,12 @@ fn check_database(ctx: &Context, db: &Path, args: &DoctorArgs) -> Vec<Check> {
             None
         }
         Err(e) => {
-            checks.push(bad("identity", Level::Fail, e.to_string(), "restore a backup with import --include-secret"));
+            checks.push(bad(
+                "identity",
+                Level::Fail,
+                e.to_string(),
+                "restore a backup with import --include-secret",
+            ));
             None
         }
     };
@@ -246,7 +289,12 @@ fn open(db: &Path, flags: OpenFlags) -> rusqlite::Result<Connection> {
 
 fn check_schema(db: &Path, conn: &Connection) -> Check {
     if let Err(e) = store::inspect_schema(db) {
-        return bad("schema", Level::Fail, e.to_string(), "use the chat-p2p that wrote this file, or restore a backup");
+        return bad(
+            "schema",
+            Level::Fail,
+            e.to_string(),
+            "use the chat-p2p that wrote this file, or restore a backup",
+        );
     }
     let latest = store::latest_schema_version();
     let current: rusqlite::Result<Option<i64>> = conn.query_row(
@@ -285,21 +333,36 @@ fn check_fts(db: &Path, ro: &Connection) -> Vec<Check> {
         .unwrap_or_default();
     let rw = match open(db, OpenFlags::SQLITE_OPEN_READ_WRITE) {
         Ok(conn) => conn,
-        Err(e) => return vec![bad("search index", Level::Warn, format!("not checked: {e}"), "make the file writable")],
+        Err(e) => {
+            return vec![bad(
+                "search index",
+                Level::Warn,
+                format!("not checked: {e}"),
+                "make the file writable",
+            )]
+        }
     };
     let mut broken = Vec::new();
     for table in &tables {
         // 'integrity-check' with rank 1 also compares the index with the
         // external content table (messages).
-        let sql = format!("INSERT INTO \"{table}\" (\"{table}\", rank) VALUES ('integrity-check', 1)");
+        let sql =
+            format!("INSERT INTO \"{table}\" (\"{table}\", rank) VALUES ('integrity-check', 1)");
         if let Err(e) = rw.execute(&sql, []) {
             broken.push((table.clone(), e.to_string()));
         }
     }
     if broken.is_empty() {
-        return vec![ok("search index", format!("{} consistent", tables.join(", ")))];
+        return vec![ok(
+            "search index",
+            format!("{} consistent", tables.join(", ")),
+        )];
     }
-    let detail = broken.iter().map(|(t, e)| format!("{t}: {e}")).collect::<Vec<_>>().join("; ");
+    let detail = broken
+        .iter()
+        .map(|(t, e)| format!("{t}: {e}"))
+        .collect::<Vec<_>>()
+        .join("; ");
     let fix = broken
         .iter()
         .map(|(t, _)| {
@@ -310,7 +373,12 @@ fn check_fts(db: &Path, ro: &Connection) -> Vec<Check> {
         })
         .collect::<Vec<_>>()
         .join(" && ");
-    vec![bad("search index", Level::Fail, detail, format!("rebuild it: {fix}"))]
+    vec![bad(
+        "search index",
+        Level::Fail,
+        detail,
+        format!("rebuild it: {fix}"),
+    )]
 }
 
 fn check_outbox(store: &Store) -> Check {
@@ -335,18 +403,28 @@ fn check_outbox(store: &Store) -> Check {
             format!("{failed} message(s) failed, {pending} pending"),
             "see why with 'chat-p2p history --direction out --status failed'",
         ),
-        (Err(e), _) | (_, Err(e)) => bad("outbox", Level::Fail, e.to_string(), "check the integrity above"),
+        (Err(e), _) | (_, Err(e)) => bad(
+            "outbox",
+            Level::Fail,
+            e.to_string(),
+            "check the integrity above",
+        ),
     }
 }
 
 /// Connects and authenticates for real, then compares clocks.
-fn check_router(server: &crate::client::ServerUrl, id: &crate::identity::Identity, timeout: u64) -> Vec<Check> {
+fn check_router(
+    server: &crate::client::ServerUrl,
+    id: &crate::identity::Identity,
+    timeout: u64,
+) -> Vec<Check> {
     let rt = match runtime() {
         Ok(rt) => rt,
         Err(e) => return vec![bad("router", Level::Fail, e.to_string(), "try again")],
     };
     let connected = rt.block_on(async {
-        let conn = crate::client::connection::connect(server, id, Duration::from_secs(timeout)).await?;
+        let conn =
+            crate::client::connection::connect(server, id, Duration::from_secs(timeout)).await?;
         let date = conn.router_date();
         conn.close().await;
         Ok::<_, crate::client::ClientError>(date)
@@ -420,7 +498,10 @@ fn check_processes(db: &Path) -> Check {
         }
     }
     if others.is_empty() {
-        return ok("processes", "no other chat-p2p process has this profile open");
+        return ok(
+            "processes",
+            "no other chat-p2p process has this profile open",
+        );
     }
     bad(
         "processes",
@@ -448,8 +529,17 @@ fn report(checks: &[Check], as_json: bool) -> Result<()> {
                 Level::Warn => ("warn", "33"),
                 Level::Fail => ("FAIL", "1;31"),
             };
-            let label = if colour { format!("\x1b[{code}m{label}\x1b[0m") } else { label.to_owned() };
-            writeln!(out, "{label}  {:<13} {}", c.name, untrusted_inline(&c.detail))?;
+            let label = if colour {
+                format!("\x1b[{code}m{label}\x1b[0m")
+            } else {
+                label.to_owned()
+            };
+            writeln!(
+                out,
+                "{label}  {:<13} {}",
+                c.name,
+                untrusted_inline(&c.detail)
+            )?;
             if let Some(fix) = &c.fix {
                 writeln!(out, "      {:<13} fix: {}", "", untrusted_inline(fix))?;
             }

@@ -164,7 +164,10 @@ fn env(name: &str) -> Option<String> {
 /// `--color`, else `NO_COLOR` (never) or `CLICOLOR_FORCE` (always), else
 /// the file, else auto. NO_COLOR wins over CLICOLOR_FORCE, as no-color.org
 /// asks.
-pub fn resolve_color(flag: Option<ColorChoice>, file: Option<ColorChoice>) -> (ColorChoice, Origin) {
+pub fn resolve_color(
+    flag: Option<ColorChoice>,
+    file: Option<ColorChoice>,
+) -> (ColorChoice, Origin) {
     if let Some(choice) = flag {
         return (choice, Origin::Flag);
     }
@@ -374,10 +377,17 @@ fn show(ctx: &Context, json: bool) -> Result<()> {
         let origin = c.origin(key).describe();
         writeln!(out, "{:<15} {value:<32} {origin}", key.name())?;
     }
-    let state = if c.file_exists { "" } else { " (not created yet)" };
+    let state = if c.file_exists {
+        ""
+    } else {
+        " (not created yet)"
+    };
     match &path {
         Some(p) => writeln!(out, "\nfile: {}{state}", untrusted_inline(p))?,
-        None => writeln!(out, "\nfile: none (no configuration directory; set CHAT_CONFIG)")?,
+        None => writeln!(
+            out,
+            "\nfile: none (no configuration directory; set CHAT_CONFIG)"
+        )?,
     }
     for key in &c.unknown_keys {
         writeln!(out, "ignored: unknown key '{}'", untrusted_inline(key))?;

@@ -115,7 +115,18 @@ fn add_contact_completer(sub: clap::Command) -> clap::Command {
         })
         .map(|a| a.get_id().to_string())
         .collect();
+    // mut_arg moves an argument to the end, and clap numbers unnumbered
+    // positionals in order: pin every positional's place, then add the
+    // completer to those that name a contact.
+    let places: Vec<(String, usize)> = sub
+        .get_positionals()
+        .enumerate()
+        .map(|(i, a)| (a.get_id().to_string(), a.get_index().unwrap_or(i + 1)))
+        .collect();
     let mut sub = sub;
+    for (id, place) in places {
+        sub = sub.mut_arg(&id, |a| a.index(place));
+    }
     for id in ids {
         sub = sub.mut_arg(id, |a| {
             a.add(ArgValueCompleter::new(|current: &OsStr| {
@@ -234,4 +245,24 @@ pub fn colour(is_terminal: bool) -> bool {
 /// Whether to colour standard output.
 pub fn colour_stdout() -> bool {
     colour(std::io::stdout().is_terminal())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_completion_command_is_consistent() {
+        // Pinning positionals must leave every command valid.
+        completion_command().debug_assert();
+    }
+
+    #[test]
+    fn colour_choices_apply_to_a_stream() {
+        // Not set in unit tests: the environment decides, and a pipe
+        // without CLICOLOR_FORCE is never coloured.
+        if std::env::var_os("CLICOLOR_FORCE").is_none() {
+            assert!(!colour(false));
+        }
+    }
 }
