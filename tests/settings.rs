@@ -147,7 +147,11 @@ fn a_broken_config_file_is_named_and_can_be_repaired() {
         err.contains("config.toml") && err.contains("notify.bell"),
         "{err}"
     );
-    // config set still works, and repairs it.
+    // doctor reports it...
+    let (code, v) = doctor(&env, "a", &["--offline"]);
+    assert_eq!(code, 1);
+    assert_eq!(check(&v, "config")["status"], "fail", "{v:#}");
+    // ...and config set still works, and repairs it.
     env.ok("a", &["config", "set", "notify.bell", "false"]);
     env.ok("a", &["init"]);
     fs::write(env.config(), "router = [").unwrap();
@@ -440,4 +444,40 @@ fn doctor_says_when_there_is_no_profile() {
     let c = check(&v, "database");
     assert_eq!(c["status"], "fail");
     assert!(c["fix"].as_str().unwrap().contains("init"), "{c}");
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn doctor_names_another_process_using_the_profile() {
+    let env = Env::new();
+    env.init("a");
+    // A "router" that accepts and never answers: sync waits with the
+    // profile open.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("ws://{}/ws", silent.local_addr().unwrap());
+    let mut child = {
+        let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_chat-p2p"));
+        c.env_clear()
+            .env("CHAT_HOME", env.home())
+            .env("CHAT_PROFILE", "a")
+            .env("CHAT_CONFIG", env.config())
+            .args(["sync", "--timeout", "30", "--server", &url])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        c.spawn().unwrap()
+    };
+    let _conn = silent.accept().unwrap();
+    let (code, v) = doctor(&env, "a", &["--offline"]);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_eq!(code, 0, "a warning only: {v:#}");
+    let c = check(&v, "processes");
+    assert_eq!(c["status"], "warn", "{v:#}");
+    assert!(
+        c["detail"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("pid {}", child.id())),
+        "{c}"
+    );
 }
