@@ -245,33 +245,8 @@ fn check_database(ctx: &Context, db: &Path, args: &DoctorArgs) -> Vec<Check> {
             return checks;
         }
     };
-    let identity = match store.identity() {
-        Ok(Some(id)) => {
-            checks.push(ok(
-                "identity",
-                format!("public key fingerprint {}", id.public_key().fingerprint()),
-            ));
-            Some(id)
-        }
-        Ok(None) => {
-            checks.push(bad(
-                "identity",
-                Level::Fail,
-                "this profile has no identity",
-                format!("create one with '{} init'", ctx.cli_prefix()),
-            ));
-            None
-        }
-        Err(e) => {
-            checks.push(bad(
-                "identity",
-                Level::Fail,
-                e.to_string(),
-                "restore a backup with import --include-secret",
-            ));
-            None
-        }
-    };
+    let (identity, check) = check_identity(ctx, &store);
+    checks.push(check);
     checks.push(check_outbox(&store));
     match (identity, args.offline) {
         (_, true) => checks.push(ok("router", "not checked (--offline)")),
@@ -279,6 +254,37 @@ fn check_database(ctx: &Context, db: &Path, args: &DoctorArgs) -> Vec<Check> {
         (Some(id), false) => checks.extend(check_router(&args.server.server, &id, args.timeout)),
     }
     checks
+}
+
+/// The profile's identity, loaded (it signs the router's challenge).
+fn check_identity(ctx: &Context, store: &Store) -> (Option<crate::identity::Identity>, Check) {
+    match store.identity() {
+        Ok(Some(id)) => {
+            let fingerprint = id.public_key().fingerprint();
+            (
+                Some(id),
+                ok("identity", format!("public key fingerprint {fingerprint}")),
+            )
+        }
+        Ok(None) => (
+            None,
+            bad(
+                "identity",
+                Level::Fail,
+                "this profile has no identity",
+                format!("create one with '{} init'", ctx.cli_prefix()),
+            ),
+        ),
+        Err(e) => (
+            None,
+            bad(
+                "identity",
+                Level::Fail,
+                e.to_string(),
+                "restore a backup with 'chat-p2p import' of an export made with --include-secret",
+            ),
+        ),
+    }
 }
 
 fn open(db: &Path, flags: OpenFlags) -> rusqlite::Result<Connection> {
