@@ -48,6 +48,8 @@ BIN="$TARGET_DIR/release/chat-p2p"
 "$BIN" --version
 
 export CHAT_HOME="$WORK/home"
+# Not the user's own config.toml: this demo must behave the same everywhere.
+export CHAT_CONFIG="$WORK/config.toml"
 alice() { CHAT_PROFILE=alice "$BIN" "$@"; }
 bob() { CHAT_PROFILE=bob "$BIN" "$@"; }
 # status_of PROFILE PEER BODY: the status of that one message

@@ -14,6 +14,7 @@ pub mod archive;
 pub mod cli;
 pub mod client;
 pub mod clock;
+pub mod config;
 pub mod crypto;
 pub mod identity;
 pub mod profile;

@@ -155,8 +155,9 @@ fn hits_json(store: &Store, hits: &[Hit], context: usize) -> Result<serde_json::
     Ok(serde_json::Value::Array(out))
 }
 
-/// Whether to colour (only on a terminal, and never with NO_COLOR set),
-/// and whether to fit bodies to the terminal's width.
+/// Whether to colour (as `--color`, `NO_COLOR`, `CLICOLOR_FORCE`, `TERM`
+/// and config.toml decide: see [`super::shell::colour`]), and whether to
+/// fit bodies to the terminal's width.
 pub(super) struct Style {
     colour: bool,
     terminal: bool,
@@ -166,7 +167,7 @@ impl Style {
     pub(super) fn detect() -> Self {
         let terminal = std::io::stdout().is_terminal();
         Self {
-            colour: terminal && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()),
+            colour: super::shell::colour(terminal),
             terminal,
         }
     }

@@ -9,11 +9,16 @@ mod out;
 mod archive;
 mod chat;
 mod contacts;
+mod doctor;
 mod history;
 mod identity;
 mod router;
+mod settings;
+mod shell;
 mod sync;
 mod verify;
+
+pub use settings::{Config, Origin};
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -42,7 +47,8 @@ pub struct Cli {
 /// Options that every command takes.
 #[derive(Debug, Args)]
 struct GlobalArgs {
-    /// Profile to use: one identity, its contacts and messages.
+    /// Profile to use: one identity, its contacts and messages [default:
+    /// `profile` in config.toml, else "default"].
     #[arg(
         long,
         short = 'p',
@@ -56,6 +62,11 @@ struct GlobalArgs {
     /// e.g. ~/.local/share/chat-p2p].
     #[arg(long, global = true, env = "CHAT_HOME", value_name = "DIR")]
     home: Option<PathBuf>,
+    /// When to colour output: auto (on a terminal, unless NO_COLOR is set
+    /// or TERM=dumb; CLICOLOR_FORCE forces it), always or never [default:
+    /// display.color in config.toml, else auto].
+    #[arg(long, global = true, value_name = "WHEN")]
+    color: Option<crate::config::ColorChoice>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -94,6 +105,17 @@ enum Command {
     /// Show the safety code to compare with a contact; --confirm records
     /// that it matched.
     Verify(verify::VerifyArgs),
+    /// Show the settings and where each comes from, or change config.toml.
+    Config(settings::ConfigArgs),
+    /// List the profiles in the home directory.
+    Profiles(settings::ProfilesArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions(shell::CompletionsArgs),
+    /// Print the manual page (roff), or write all pages with --dir.
+    Man(shell::ManArgs),
+    /// Check this profile, its files and its router, and say how to fix
+    /// what is wrong.
+    Doctor(doctor::DoctorArgs),
 }
 
 /// What every command needs, resolved once from the arguments and the
@@ -101,10 +123,13 @@ enum Command {
 pub struct Context {
     /// The profile in use.
     pub profile: Profile,
+    /// Every setting, resolved (flag > environment > config.toml >
+    /// default).
+    pub config: Config,
 }
 
 impl Context {
-    fn resolve(global: GlobalArgs) -> Result<Self> {
+    fn resolve(global: GlobalArgs, config: Config) -> Result<Self> {
         let home = match global.home {
             Some(home) => home,
             None => profile::default_home().context(
@@ -112,7 +137,8 @@ impl Context {
             )?,
         };
         Ok(Self {
-            profile: Profile::new(&home, global.profile),
+            profile: Profile::new(&home, config.profile.clone()),
+            config,
         })
     }
 
@@ -153,7 +179,8 @@ impl Context {
 /// Where the router is, for every command that talks to one.
 #[derive(Debug, Args)]
 struct ServerArgs {
-    /// The router's WebSocket URL (ws:// or wss://).
+    /// The router's WebSocket URL (ws:// or wss://; a URL without a path
+    /// gets /ws) [default: router in config.toml, else the one shown].
     #[arg(
         long,
         env = "CHAT_SERVER",
@@ -179,11 +206,10 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 }
 
 /// Sends `tracing` output to stderr, filtered by `RUST_LOG` (else
-/// `default`), coloured only on a terminal without `NO_COLOR`.
+/// `default`), coloured as `--color` and the environment say.
 fn init_logging(default: &str) {
     use std::io::IsTerminal;
-    let colour = std::io::stderr().is_terminal()
-        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+    let colour = shell::colour(std::io::stderr().is_terminal());
     let _ = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -231,12 +257,21 @@ fn print_json(value: &serde_json::Value) -> Result<(), out::StdoutError> {
     outln!("{}", serde_json::to_string_pretty(value)?)
 }
 
+/// The configuration file as read before parsing: `None` when the user has
+/// no configuration directory.
+type Loaded = Option<Result<crate::config::FileConfig, crate::config::ConfigError>>;
+
 /// Parses the command line, refusing what clap's derive cannot express:
 /// `--profile` given to `router`, which has none (a global option, so clap
 /// accepts it everywhere; from `CHAT_PROFILE` it is ignored, not refused).
-fn parse_cli() -> Result<Cli, clap::Error> {
+/// The configuration file's defaults are given to clap first, so a flag or
+/// variable wins over them. Returns where clap took the profile from.
+fn parse_cli(loaded: &Loaded) -> Result<(Cli, Option<clap::parser::ValueSource>), clap::Error> {
     use clap::{CommandFactory as _, FromArgMatches as _};
-    let mut command = Cli::command();
+    let mut command = match loaded {
+        Some(Ok(file)) => settings::with_file_defaults(Cli::command(), file),
+        _ => Cli::command(),
+    };
     let matches = command.try_get_matches_from_mut(std::env::args_os())?;
     if let Some(("router", sub)) = matches.subcommand() {
         if sub.value_source("profile") == Some(clap::parser::ValueSource::CommandLine) {
@@ -245,20 +280,25 @@ fn parse_cli() -> Result<Cli, clap::Error> {
             return Err(command.error(clap::error::ErrorKind::ArgumentConflict, msg));
         }
     }
-    Cli::from_arg_matches(&matches)
+    let source = settings::profile_source(&matches);
+    Ok((Cli::from_arg_matches(&matches)?, source))
 }
 
 /// Runs the command line and returns the process's exit code.
 pub fn main() -> ExitCode {
-    let cli = match parse_cli() {
-        Ok(cli) => cli,
+    // A shell asking for completions gets them and nothing else.
+    shell::complete_if_asked();
+    let loaded: Loaded =
+        crate::config::path_from_env().map(|path| crate::config::FileConfig::load(&path));
+    let (cli, profile_source) = match parse_cli(&loaded) {
+        Ok(parsed) => parsed,
         Err(e) => {
             // Help and --version are not errors; usage mistakes exit 2.
             let _ = e.print();
             return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
         }
     };
-    match run(cli) {
+    match run(cli, loaded, profile_source) {
         Ok(()) => ExitCode::SUCCESS,
         // Errors quote names, queries, paths and what routers and files
         // said: the whole text is made safe for the terminal.
@@ -298,11 +338,49 @@ fn describe(e: &anyhow::Error) -> String {
     text
 }
 
-/// Runs a parsed command.
-pub fn run(cli: Cli) -> Result<()> {
+impl Command {
+    /// Commands that still run when config.toml cannot be used: those that
+    /// repair or report it, and those that do not need it.
+    fn runs_without_config(&self) -> bool {
+        matches!(
+            self,
+            Command::Config(_) | Command::Doctor(_) | Command::Completions(_) | Command::Man(_)
+        )
+    }
+}
+
+/// Runs a parsed command, with the configuration file as read and where
+/// clap took the profile from.
+pub fn run(
+    cli: Cli,
+    loaded: Loaded,
+    profile_source: Option<clap::parser::ValueSource>,
+) -> Result<()> {
+    let (file, problem) = match loaded {
+        Some(Ok(file)) => (Some(file), None),
+        Some(Err(e)) if cli.command.runs_without_config() => (None, Some(e.to_string())),
+        // The router does not read config.toml: a mistake in it is not the
+        // router's to report.
+        Some(Err(_)) if matches!(cli.command, Command::Router(_)) => (None, None),
+        Some(Err(e)) => return Err(e.into()),
+        None => (None, None),
+    };
+    let flags = settings::Flags {
+        profile: cli.global.profile.clone(),
+        profile_source,
+        color: cli.global.color,
+    };
+    let mut config = Config::resolve(flags, file.as_ref())?;
+    config.problem = problem;
+    if config.path.is_none() {
+        config.path = crate::config::path_from_env();
+    }
+    shell::set_colour(config.color);
     // A router has no profile: it must not need one to resolve.
     let command = match cli.command {
         Command::Router(args) => return router::run(args, cli.global.home),
+        Command::Completions(args) => return shell::completions(args),
+        Command::Man(args) => return shell::man(args),
         other => other,
     };
     // Client commands log only when asked to: a line on stderr would
@@ -310,7 +388,7 @@ pub fn run(cli: Cli) -> Result<()> {
     if std::env::var_os("RUST_LOG").is_some() {
         init_logging("warn");
     }
-    let ctx = Context::resolve(cli.global)?;
+    let ctx = Context::resolve(cli.global, config)?;
     match command {
         Command::Init(args) => identity::init(&ctx, args),
         Command::Whoami(args) => identity::whoami(&ctx, args),
@@ -327,6 +405,11 @@ pub fn run(cli: Cli) -> Result<()> {
         // Not reached (routed above); kept correct rather than panicking.
         Command::Router(args) => router::run(args, ctx.profile.dir.parent().map(PathBuf::from)),
         Command::Verify(args) => verify::verify(&ctx, args),
+        Command::Config(args) => settings::config(&ctx, args),
+        Command::Profiles(args) => settings::profiles(&ctx, args),
+        Command::Completions(args) => shell::completions(args),
+        Command::Man(args) => shell::man(args),
+        Command::Doctor(args) => doctor::doctor(&ctx, args),
     }
 }
 

@@ -33,7 +33,10 @@ const REPLACED_CLOSE_CODE: u16 = 4000;
 pub struct ServerUrl(String);
 
 impl ServerUrl {
-    /// Checks that `text` is a `ws://` or `wss://` URL with a host.
+    /// Checks that `text` is a `ws://` or `wss://` URL with a host. A URL
+    /// with no path (`ws://host:8080` or `ws://host:8080/`) is completed
+    /// with `/ws`, where a chat-p2p router serves its sessions: without
+    /// it the router can only answer 404.
     pub fn parse(text: &str) -> Result<Self, String> {
         let uri: Uri = text
             .parse()
@@ -50,7 +53,38 @@ impl ServerUrl {
         if uri.host().is_none_or(str::is_empty) {
             return Err(format!("'{text}' has no host"));
         }
+        if uri.path().is_empty() || uri.path() == "/" {
+            if let (Some(scheme), Some(authority)) = (uri.scheme_str(), uri.authority()) {
+                let query = uri.query().map(|q| format!("?{q}")).unwrap_or_default();
+                return Ok(Self(format!("{scheme}://{authority}/ws{query}")));
+            }
+        }
         Ok(Self(text.to_owned()))
+    }
+
+    /// Whether this is a `wss://` (TLS) address.
+    pub fn is_tls(&self) -> bool {
+        self.0.starts_with("wss://")
+    }
+
+    /// The same router with the other scheme (`ws://` for `wss://` and
+    /// back), for hints.
+    fn other_scheme(&self) -> String {
+        match self.0.strip_prefix("wss://") {
+            Some(rest) => format!("ws://{rest}"),
+            None => format!("wss://{}", self.0.trim_start_matches("ws://")),
+        }
+    }
+
+    /// This URL with its path replaced by `/ws`, for hints.
+    fn with_ws_path(&self) -> String {
+        match self.0.parse::<Uri>() {
+            Ok(uri) => match (uri.scheme_str(), uri.authority()) {
+                (Some(scheme), Some(authority)) => format!("{scheme}://{authority}/ws"),
+                _ => self.0.clone(),
+            },
+            Err(_) => self.0.clone(),
+        }
     }
 
     /// Whether `text` looks like a router address rather than a name.
@@ -91,6 +125,9 @@ const TOO_LARGE_CLOSE_CODE: u16 = 1009;
 /// An authenticated session with a router.
 pub struct Connection {
     ws: Socket,
+    /// The router's clock when it accepted the upgrade (its HTTP `Date`
+    /// header, to the second), if it sent one.
+    router_date: Option<std::time::SystemTime>,
     /// The router's frame limit, if its `ready` announced one.
     max_frame_bytes: Option<usize>,
     /// How the session ended, once known: kept so that a close read while
@@ -112,8 +149,60 @@ pub async fn connect(
         .await
         .map_err(|_| ClientError::Unreachable {
             server: server.to_string(),
-            reason: format!("no answer within {}s", timeout.as_secs_f32()),
+            reason: format!(
+                "no answer within {}s{}",
+                timeout.as_secs_f32(),
+                tls_hint(server)
+            ),
         })?
+}
+
+/// What to add to a failure before any HTTP answer on a `wss://` URL: a
+/// chat-p2p router speaks plain WebSocket unless a TLS proxy stands in
+/// front of it, and then TLS fails or hangs.
+fn tls_hint(server: &ServerUrl) -> String {
+    if server.is_tls() {
+        format!(
+            " (a chat-p2p router speaks plain ws:// unless a TLS proxy is in front of it: \
+             if this one has none, use {})",
+            server.other_scheme()
+        )
+    } else {
+        String::new()
+    }
+}
+
+/// Why the WebSocket upgrade failed, with a hint where the cause is a
+/// likely mistake in the URL.
+fn upgrade_error(server: &ServerUrl, e: tokio_tungstenite::tungstenite::Error) -> ClientError {
+    use tokio_tungstenite::tungstenite::Error as WsError;
+    let reason = match &e {
+        WsError::Http(response) if response.status().as_u16() == 404 => format!(
+            "it answered 404 Not Found: a chat-p2p router serves /ws, try {}",
+            server.with_ws_path()
+        ),
+        WsError::Http(response) => format!("it answered HTTP {}", response.status()),
+        WsError::Tls(_) | WsError::Io(_) | WsError::ConnectionClosed
+            if server.is_tls() && !is_refused(&e) =>
+        {
+            format!("{e}{}", tls_hint(server))
+        }
+        WsError::HttpFormat(_) | WsError::Protocol(_) if !server.is_tls() => format!(
+            "{e} (the server's answer is not HTTP: if it expects TLS, use {})",
+            server.other_scheme()
+        ),
+        _ => e.to_string(),
+    };
+    ClientError::Unreachable {
+        server: server.to_string(),
+        reason,
+    }
+}
+
+/// Whether nothing listens there at all (no hint about TLS helps then).
+fn is_refused(e: &tokio_tungstenite::tungstenite::Error) -> bool {
+    matches!(e, tokio_tungstenite::tungstenite::Error::Io(io)
+        if matches!(io.kind(), std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::NotFound))
 }
 
 async fn connect_inner(server: &ServerUrl, identity: &Identity) -> Result<Connection, ClientError> {
@@ -122,14 +211,17 @@ async fn connect_inner(server: &ServerUrl, identity: &Identity) -> Result<Connec
     config.max_message_size = Some(2 * MAX_FRAME_BYTES);
     config.max_frame_size = Some(2 * MAX_FRAME_BYTES);
     let url = server.for_key(&identity.public_key());
-    let (ws, _) = tokio_tungstenite::connect_async_with_config(url, Some(config), true)
+    let (ws, response) = tokio_tungstenite::connect_async_with_config(url, Some(config), true)
         .await
-        .map_err(|e| ClientError::Unreachable {
-            server: server.to_string(),
-            reason: e.to_string(),
-        })?;
+        .map_err(|e| upgrade_error(server, e))?;
+    let router_date = response
+        .headers()
+        .get("date")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| httpdate::parse_http_date(v).ok());
     let mut conn = Connection {
         ws,
+        router_date,
         max_frame_bytes: None,
         ended: None,
         closed: None,
@@ -174,6 +266,12 @@ impl Connection {
             }),
             other => Err(handshake(format!("expected ready, got {other:?}"))),
         }
+    }
+
+    /// The router's clock at the upgrade, from its HTTP `Date` header (one
+    /// second resolution), for a clock-skew check.
+    pub fn router_date(&self) -> Option<std::time::SystemTime> {
+        self.router_date
     }
 
     /// The largest frame the router accepts, if it said so in `ready`.
@@ -297,6 +395,18 @@ mod tests {
         for bad in ["http://x/ws", "localhost:8080", "bob", "ws://", ""] {
             assert!(ServerUrl::parse(bad).is_err(), "accepted {bad:?}");
         }
+    }
+
+    #[test]
+    fn a_url_without_a_path_is_completed_with_ws() {
+        let url = |s: &str| ServerUrl::parse(s).unwrap().to_string();
+        assert_eq!(url("ws://localhost:8080"), "ws://localhost:8080/ws");
+        assert_eq!(url("wss://chat.example.org/"), "wss://chat.example.org/ws");
+        assert_eq!(url("ws://h:1?x=1"), "ws://h:1/ws?x=1");
+        assert_eq!(url("wss://h/chat/ws"), "wss://h/chat/ws");
+        let other = ServerUrl::parse("ws://h:1/other").unwrap();
+        assert_eq!(other.with_ws_path(), "ws://h:1/ws");
+        assert_eq!(other.other_scheme(), "wss://h:1/other");
     }
 
     #[test]

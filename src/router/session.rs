@@ -50,6 +50,24 @@ pub(super) const TEST_PANIC_FRAME: &str = r#"{"type":"test-panic"}"#;
 /// Close reason (with code 1007) for a text message that is not UTF-8.
 const CLOSE_BAD_UTF8: &str = "text message is not valid UTF-8";
 
+/// Adds the `Date` header (RFC 9110 asks it of servers with a clock) to the
+/// upgrade response, so a client can check its clock against the router's
+/// (`doctor`).
+// The error type is tungstenite's, fixed by its callback trait.
+#[allow(clippy::result_large_err)]
+fn add_date(
+    _: &tokio_tungstenite::tungstenite::handshake::server::Request,
+    mut response: tokio_tungstenite::tungstenite::handshake::server::Response,
+) -> Result<
+    tokio_tungstenite::tungstenite::handshake::server::Response,
+    tokio_tungstenite::tungstenite::handshake::server::ErrorResponse,
+> {
+    if let Ok(date) = httpdate::fmt_http_date(std::time::SystemTime::now()).parse() {
+        response.headers_mut().insert("date", date);
+    }
+    Ok(response)
+}
+
 /// Handles one accepted TCP connection to the end.
 pub(super) async fn handle_connection<B: Backend>(
     mut stream: TcpStream,
@@ -82,7 +100,8 @@ pub(super) async fn handle_connection<B: Backend>(
     let permit = Arc::clone(&shared.connections).try_acquire_owned().ok();
     // Hand tungstenite the head we already read, then the rest of the stream.
     let io = http::Replay::new(head, stream);
-    let ws = match tokio_tungstenite::accept_async_with_config(io, Some(ws_config(&shared))).await {
+    let config = Some(ws_config(&shared));
+    let ws = match tokio_tungstenite::accept_hdr_async_with_config(io, add_date, config).await {
         Ok(ws) => ws,
         Err(e) => {
             tracing::debug!(%peer, error = %e, "WebSocket handshake failed");

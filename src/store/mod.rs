@@ -29,6 +29,7 @@ pub use contacts::{Contact, ContactName, Merge, UnknownPeer};
 pub use error::Error;
 pub(crate) use identity::set_identity_tx;
 pub use messages::{Event, Inserted, Message};
+pub use schema::{inspect as inspect_schema, latest_version as latest_schema_version};
 pub use search::{Filter, Hit, Order, TimeBound};
 pub use status::{Direction, MessageId, Status};
 pub use verify::Verification;

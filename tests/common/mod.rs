@@ -35,8 +35,15 @@ impl Env {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_chat-p2p"));
         cmd.env_clear()
             .env("CHAT_HOME", self.home())
-            .env("CHAT_PROFILE", profile);
+            .env("CHAT_PROFILE", profile)
+            // Never the user's own config.toml.
+            .env("CHAT_CONFIG", self.config());
         cmd
+    }
+
+    /// This test's config.toml (absent until written).
+    pub fn config(&self) -> PathBuf {
+        self.dir.path().join("config.toml")
     }
 
     /// Runs `init` for `profile` and returns its public key.
