@@ -7,6 +7,9 @@ use serde_json::json;
 
 use unicode_width::UnicodeWidthStr;
 
+use std::collections::HashMap;
+
+use super::history::local_time;
 use super::out::AlreadyDone;
 use super::{parse_key, print_json, Context, UsageError};
 use crate::identity::PublicKey;
@@ -59,6 +62,38 @@ fn contact_json(c: &Contact) -> serde_json::Value {
     })
 }
 
+/// Adds a conversation's unread count and last message time to a
+/// contact's (or unknown sender's) JSON object.
+fn with_activity(mut value: serde_json::Value, activity: &Activity) -> serde_json::Value {
+    if let Some(obj) = value.as_object_mut() {
+        obj.insert("unread".into(), json!(activity.unread));
+        obj.insert("last_message_at".into(), json!(activity.last_at));
+    }
+    value
+}
+
+/// A conversation's unread count and newest message time.
+#[derive(Default)]
+struct Activity {
+    unread: u64,
+    last_at: Option<String>,
+}
+
+/// Each conversation's activity, by peer key.
+fn activity(store: &crate::store::Store) -> Result<HashMap<PublicKey, Activity>> {
+    Ok(store
+        .conversations()?
+        .into_iter()
+        .map(|c| {
+            let activity = Activity {
+                unread: c.unread,
+                last_at: Some(c.last.created_at),
+            };
+            (c.peer, activity)
+        })
+        .collect())
+}
+
 fn unknown_json(u: &UnknownPeer) -> serde_json::Value {
     json!({
         "name": null,
@@ -68,6 +103,16 @@ fn unknown_json(u: &UnknownPeer) -> serde_json::Value {
         "messages": u.messages,
         "last_message_at": u.last_at,
     })
+}
+
+/// The UNREAD column: blank when nothing is unread, so the eye finds
+/// the conversations that wait.
+fn unread_cell(n: u64) -> String {
+    if n == 0 {
+        String::new()
+    } else {
+        n.to_string()
+    }
 }
 
 /// A name as typed, checked: a name that can never be used is bad usage.
@@ -97,9 +142,19 @@ pub fn list(ctx: &Context, args: ListArgs) -> Result<()> {
     let store = ctx.open_store()?;
     let contacts = store.contacts()?;
     let unknown = store.unknown_peers()?;
+    let activity = activity(&store)?;
+    let none = Activity::default();
+    let of = |key: &PublicKey| activity.get(key).unwrap_or(&none);
     if args.json {
-        let mut all: Vec<_> = contacts.iter().map(contact_json).collect();
-        all.extend(unknown.iter().map(unknown_json));
+        let mut all: Vec<_> = contacts
+            .iter()
+            .map(|c| with_activity(contact_json(c), of(&c.key)))
+            .collect();
+        all.extend(
+            unknown
+                .iter()
+                .map(|u| with_activity(unknown_json(u), of(&u.key))),
+        );
         return Ok(print_json(&all.into())?);
     }
     if contacts.is_empty() {
@@ -114,21 +169,38 @@ pub fn list(ctx: &Context, args: ListArgs) -> Result<()> {
             .unwrap_or(0)
             .max("NAME".len());
         let pad = |name: &str| format!("{name}{}", " ".repeat(width - name.width()));
-        outln!("{}  {:24}  PUBLIC KEY", pad("NAME"), "FINGERPRINT")?;
+        outln!(
+            "{}  {:24}  UNREAD  {:16}  PUBLIC KEY",
+            pad("NAME"),
+            "FINGERPRINT",
+            "LAST MESSAGE"
+        )?;
         for (c, name) in contacts.iter().zip(&names) {
-            outln!("{}  {:24}  {}", pad(name), c.key.fingerprint(), c.key)?;
+            let a = of(&c.key);
+            outln!(
+                "{}  {:24}  {:>6}  {:16}  {}",
+                pad(name),
+                c.key.fingerprint(),
+                unread_cell(a.unread),
+                a.last_at.as_deref().map(local_time).unwrap_or_default(),
+                c.key
+            )?;
         }
     }
     if !unknown.is_empty() {
         outln!()?;
         outln!("Unknown senders (messages kept; name one with: chat-p2p add-contact NAME KEY):")?;
         for u in &unknown {
+            let unread = match of(&u.key).unread {
+                0 => String::new(),
+                n => format!(" ({n} unread)"),
+            };
             outln!(
-                "  {:24}  {}  {} message(s), last {}",
+                "  {:24}  {}  {} message(s){unread}, last {}",
                 u.key.fingerprint(),
                 u.key,
                 u.messages,
-                super::history::local_time(&u.last_at)
+                local_time(&u.last_at)
             )?;
         }
     }

@@ -11,6 +11,8 @@ mod chat;
 mod contacts;
 mod history;
 mod identity;
+mod inbox;
+mod outbox;
 mod router;
 mod sync;
 
@@ -90,6 +92,12 @@ enum Command {
     /// Run a router: relays end-to-end encrypted frames between peers and
     /// queues them durably for offline recipients.
     Router(router::RouterArgs),
+    /// List pending and failed messages; retry or cancel them.
+    Outbox(outbox::OutboxArgs),
+    /// Delete messages, or a whole conversation, from this profile.
+    Delete(outbox::DeleteArgs),
+    /// List conversations, newest first, with unread counts.
+    Inbox(inbox::InboxArgs),
 }
 
 /// What every command needs, resolved once from the arguments and the
@@ -318,6 +326,9 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Sync(args) => sync::sync(&ctx, args),
         // Not reached (routed above); kept correct rather than panicking.
         Command::Router(args) => router::run(args, ctx.profile.dir.parent().map(PathBuf::from)),
+        Command::Outbox(args) => outbox::outbox(&ctx, args),
+        Command::Delete(args) => outbox::delete(&ctx, args),
+        Command::Inbox(args) => inbox::inbox(&ctx, args),
     }
 }
 
