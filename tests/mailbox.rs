@@ -222,6 +222,17 @@ fn delete_needs_yes_without_a_terminal_and_takes_search_with_it() {
     .unwrap();
     drop(conn);
 
+    // The text is gone from the file and its write-ahead log.
+    for file in [env.db("me"), env.db("me").with_extension("db-wal")] {
+        let bytes = std::fs::read(&file).unwrap_or_default();
+        let needle = b"hello there, a secret";
+        assert!(
+            !bytes.windows(needle.len()).any(|w| w == needle),
+            "{} still holds the text",
+            file.display()
+        );
+    }
+
     // A whole conversation; the contact stays.
     let out = env.ok("me", &["delete", "--conversation", "bob", "-y"]);
     assert_eq!(out.trim(), "Deleted 3 message(s).");
