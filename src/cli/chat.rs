@@ -24,7 +24,8 @@ use crate::store::{Direction, Filter, Message, MessageId, Order, Status, Store};
 #[command(after_help = "In the chat: type a line and Enter to send it. \
     /history [N] shows earlier messages, /search WORDS searches them all, \
     /help lists commands, exit (or quit, /quit, Ctrl-D) leaves.\n\
-    The original client's form 'chat-p2p chat ws://HOST:PORT/ws PEER' works too.")]
+    The original client's form 'chat-p2p chat ws://HOST:PORT/ws PEER' works too.\n\
+    Without a contact, 'chat' lists your conversations with their unread counts (as 'inbox').")]
 pub struct ChatArgs {
     /// The contact to talk to (optionally preceded by the router's URL);
     /// without one, lists the conversations (as `inbox` does) and exits.

@@ -6,8 +6,9 @@ use std::io::{BufRead, IsTerminal};
 use anyhow::Result;
 use clap::{Args, Subcommand};
 use serde_json::json;
+use unicode_width::UnicodeWidthStr;
 
-use super::history::{local_time, peer_label, Style};
+use super::history::{peer_label, Style};
 use super::out::AlreadyDone;
 use super::sync::{run_exchange, with_pending_hint};
 use super::{print_json, resolve_peer, Context, ServerArgs, UsageError};
@@ -125,10 +126,15 @@ fn message_json(m: &Message) -> Result<serde_json::Value> {
 fn list(ctx: &Context, as_json: bool) -> Result<()> {
     let store = ctx.open_store()?;
     let unsent = store.unsent()?;
+    let now = chrono::Utc::now();
     if as_json {
         let all = unsent
             .iter()
-            .map(message_json)
+            .map(|m| {
+                let mut value = message_json(m)?;
+                value["age_secs"] = json!(age_secs(&m.created_at, now));
+                Ok(value)
+            })
             .collect::<Result<Vec<_>>>()?;
         return Ok(print_json(&all.into())?);
     }
@@ -138,28 +144,30 @@ fn list(ctx: &Context, as_json: bool) -> Result<()> {
         )?);
     }
     let style = Style::detect();
+    let names: Vec<String> = unsent.iter().map(peer_label).collect();
+    let width = names.iter().map(|n| n.width()).max().unwrap_or(0).max(2);
     let mut out = super::out::stdout();
     writeln!(
         out,
-        "{:8}  {:16}  {:9}  {:16}  WHY / MESSAGE",
-        "ID", "TO", "STATUS", "WRITTEN"
+        "ID        TO{}   AGE  STATUS     MESSAGE",
+        " ".repeat(width - 2)
     )?;
-    for m in &unsent {
-        let status = status_name(m);
-        let detail = match (&m.failure_reason, is_cancelled(m)) {
-            (Some(reason), false) => untrusted_inline(reason),
-            _ => super::chat::excerpt(&m.body),
+    for (m, name) in unsent.iter().zip(&names) {
+        let status = format!("{:9}", status_name(m));
+        let status = match m.status {
+            Status::Failed if !is_cancelled(m) => style.paint("31", &status),
+            _ => status,
         };
-        let painted = match status {
-            "failed" => style.paint("31", &format!("{status:9}")),
-            _ => format!("{status:9}"),
-        };
+        let mut message = super::chat::excerpt(&m.body);
+        if let (Some(reason), false) = (&m.failure_reason, is_cancelled(m)) {
+            message.push_str(&format!(" ({})", untrusted_inline(reason)));
+        }
         writeln!(
             out,
-            "{}  {}  {painted}  {:16}  {detail}",
+            "{}  {name}{}  {:>4}  {status}  {message}",
             style.paint("33", &m.msg_id.short()),
-            pad(&peer_label(m), 16),
-            local_time(&m.created_at),
+            " ".repeat(width - name.width()),
+            age(age_secs(&m.created_at, now)),
         )?;
     }
     let failed = unsent
@@ -167,23 +175,28 @@ fn list(ctx: &Context, as_json: bool) -> Result<()> {
         .filter(|m| m.status == Status::Failed && !is_cancelled(m))
         .count();
     if failed > 0 {
-        errln!("'chat-p2p outbox retry' sends the failed ones again; 'chat-p2p delete ID' removes one.");
+        errln!(
+            "'chat-p2p outbox retry' sends the failed ones again; 'chat-p2p delete ID' removes one."
+        );
     }
     Ok(())
 }
 
-/// `text` padded (or cut) to `width` columns as the terminal shows them.
-fn pad(text: &str, width: usize) -> String {
-    use unicode_width::UnicodeWidthStr;
-    let mut cut = String::new();
-    for c in text.chars() {
-        if (cut.clone() + &c.to_string()).width() > width {
-            break;
-        }
-        cut.push(c);
+/// Seconds since `created_at` (0 for a time in the future or unreadable).
+fn age_secs(created_at: &str, now: chrono::DateTime<chrono::Utc>) -> i64 {
+    chrono::DateTime::parse_from_rfc3339(created_at)
+        .map(|t| (now - t.with_timezone(&chrono::Utc)).num_seconds().max(0))
+        .unwrap_or(0)
+}
+
+/// `42s`, `5m`, `3h`, `12d`: how long a message has waited, at a glance.
+fn age(secs: i64) -> String {
+    match secs {
+        s if s < 60 => format!("{s}s"),
+        s if s < 3600 => format!("{}m", s / 60),
+        s if s < 48 * 3600 => format!("{}h", s / 3600),
+        s => format!("{}d", s / 86400),
     }
-    let fill = width.saturating_sub(cut.width());
-    format!("{cut}{}", " ".repeat(fill))
 }
 
 /// Resolves every id in the outbox scope first, so that a typo changes
@@ -353,4 +366,20 @@ fn eprint_prompt(text: &str) {
     let mut err = std::io::stderr().lock();
     let _ = write!(err, "{text}");
     let _ = err.flush();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ages_read_at_a_glance() {
+        assert_eq!(age(5), "5s");
+        assert_eq!(age(5 * 60 + 3), "5m");
+        assert_eq!(age(47 * 3600), "47h");
+        assert_eq!(age(3 * 86400), "3d");
+        let now = chrono::Utc::now();
+        assert_eq!(age_secs("not a time", now), 0);
+        assert_eq!(age_secs(&crate::clock::format(now), now), 0);
+    }
 }
