@@ -400,3 +400,43 @@ fn an_empty_outbox_and_inbox_say_so() {
     assert!(env.ok("me", &["inbox"]).contains("No conversations yet"));
     assert_eq!(env.json("me", &["inbox", "--json"]), json!([]));
 }
+
+#[test]
+fn a_receipt_still_waiting_for_a_deleted_message_is_sent_all_the_same() {
+    let (env, router) = pair();
+    with_router(
+        &env,
+        &router,
+        "bob",
+        &["send", "alice", "read me, then forget me"],
+    );
+    with_router(&env, &router, "alice", &["sync"]);
+    let got = env.json("alice", &["history", "--json"]);
+    let msg_id = got[0]["msg_id"].as_str().unwrap().to_owned();
+    let bob_key = env.key("bob");
+    // Alice read it and her client stopped before the router took the
+    // read receipt: the receipt waits in receipt_outbox.
+    let conn = rusqlite::Connection::open(env.db("alice")).unwrap();
+    conn.execute(
+        "INSERT INTO receipt_outbox (receipt_id, peer_key, kind, msg_ids, created_at)
+         VALUES (?1, ?2, 'read', ?3, '2026-11-26T00:00:00.000Z')",
+        rusqlite::params![
+            chat_p2p::store::MessageId::new_v7().to_text(),
+            bob_key,
+            json!([msg_id]).to_string()
+        ],
+    )
+    .unwrap();
+    drop(conn);
+
+    env.ok("alice", &["delete", "--yes", &msg_id]);
+    with_router(&env, &router, "alice", &["sync"]);
+    let conn = rusqlite::Connection::open(env.db("alice")).unwrap();
+    let waiting: i64 = conn
+        .query_row("SELECT count(*) FROM receipt_outbox", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(waiting, 0);
+    with_router(&env, &router, "bob", &["sync"]);
+    let sent = env.json("bob", &["history", "--json"]);
+    assert_eq!(sent[0]["status"], "read");
+}
