@@ -199,7 +199,8 @@ fn malformed_searches_fail_with_a_named_problem() {
 fn search_hits_show_conversation_snippet_and_context() {
     let f = fixture();
     let out = f.env.ok("me", &["history", "--search", "importante"]);
-    assert!(out.starts_with("bob  ["), "{out}");
+    // Each hit starts with the message's short id (issue 12).
+    assert!(out.starts_with("00000001 bob  ["), "{out}");
     assert!(out.contains("Uma Mensagém importante"), "{out}");
     let out = f
         .env

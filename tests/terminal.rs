@@ -269,3 +269,65 @@ fn lines_typed_ahead_are_all_sent_in_order() {
     tmux.run(&["send-keys", "-t", "chat", "-l", "exit"]);
     tmux.run(&["send-keys", "-t", "chat", "Enter"]);
 }
+
+#[test]
+fn delete_asks_on_a_terminal_and_deletes_only_on_yes() {
+    let env = Env::new();
+    env.init("alice");
+    let bob = env.init("bob");
+    env.ok("alice", &["add-contact", "bob", &bob]);
+    // No router there: the message stays pending, and stored.
+    env.fails(
+        "alice",
+        &[
+            "send",
+            "bob",
+            "regrettable",
+            "--server",
+            "ws://127.0.0.1:1/ws",
+            "--timeout",
+            "1",
+        ],
+        1,
+    );
+    let outbox = env.json("alice", &["outbox", "--json"]);
+    let id = outbox[0]["id"].as_str().unwrap().to_owned();
+    let tmux = Tmux::new();
+    let delete = format!(
+        "env -i HOME=/nonexistent TERM=xterm CHAT_HOME={} CHAT_PROFILE=alice {} delete {id}",
+        shell_quote(env.home().to_str().unwrap()),
+        shell_quote(env!("CARGO_BIN_EXE_chat-p2p")),
+    );
+    // Asked twice: "n" keeps it, "y" deletes it.
+    let script = format!("{delete}; {delete}; echo DONE; sleep 60");
+    tmux.run(&[
+        "new-session",
+        "-d",
+        "-s",
+        "chat",
+        "-x",
+        "100",
+        "-y",
+        "20",
+        "sh",
+        "-c",
+        &script,
+    ]);
+    tmux.wait_for("Delete 1 message(s) from this profile? [y/N]");
+    tmux.run(&["send-keys", "-t", "chat", "n", "Enter"]);
+    tmux.wait_for("Nothing deleted.");
+    assert_eq!(
+        env.json("alice", &["outbox", "--json"])
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    tmux.run(&["send-keys", "-t", "chat", "y", "Enter"]);
+    tmux.wait_for("DONE");
+    assert!(tmux.screen().contains("Deleted 1 message(s)."));
+    assert_eq!(
+        env.json("alice", &["history", "--json"]),
+        serde_json::json!([])
+    );
+}

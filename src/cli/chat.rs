@@ -17,17 +17,19 @@ use crate::client::chat::{self, ChatOptions, Input, Screen};
 use crate::client::{Engine, ServerUrl, Update};
 use crate::identity::PublicKey;
 use crate::render::{untrusted, untrusted_inline};
-use crate::store::{Filter, Message, MessageId, Order, Status, Store};
+use crate::store::{Direction, Filter, Message, MessageId, Order, Status, Store};
 
 /// Arguments of `chat`.
 #[derive(Debug, Args)]
 #[command(after_help = "In the chat: type a line and Enter to send it. \
     /history [N] shows earlier messages, /search WORDS searches them all, \
     /help lists commands, exit (or quit, /quit, Ctrl-D) leaves.\n\
-    The original client's form 'chat-p2p chat ws://HOST:PORT/ws PEER' works too.")]
+    The original client's form 'chat-p2p chat ws://HOST:PORT/ws PEER' works too.\n\
+    Without a contact, 'chat' lists your conversations with their unread counts (as 'inbox').")]
 pub struct ChatArgs {
-    /// The contact to talk to (optionally preceded by the router's URL).
-    #[arg(value_name = "[SERVER] PEER", num_args = 1..=2, required = true)]
+    /// The contact to talk to (optionally preceded by the router's URL);
+    /// without one, lists the conversations (as `inbox` does) and exits.
+    #[arg(value_name = "[SERVER] PEER", num_args = 0..=2)]
     target: Vec<String>,
     #[command(flatten)]
     server: ServerArgs,
@@ -42,6 +44,9 @@ pub struct ChatArgs {
 
 /// Runs the chat.
 pub fn chat(ctx: &super::Context, args: ChatArgs) -> Result<()> {
+    if args.target.is_empty() {
+        return super::inbox::inbox(ctx, super::inbox::InboxArgs::default());
+    }
     let (server, peer_name) = split_target(&args.target, args.server.server)?;
     let (store, identity) = ctx.open_with_identity()?;
     let peer = resolve_recipient(&store, &identity, &peer_name)?;
@@ -66,7 +71,21 @@ pub fn chat(ctx: &super::Context, args: ChatArgs) -> Result<()> {
         ..Filter::default()
     };
     let recent = store.recent(&filter, args.last as usize)?;
-    for m in &recent {
+    let unread = store
+        .unread_counts()?
+        .remove(&peer.to_base64())
+        .unwrap_or(0);
+    let first_unread = recent
+        .iter()
+        .position(|m| m.direction == Direction::In && m.status == Status::Received);
+    let unread_shown = recent
+        .iter()
+        .filter(|m| m.direction == Direction::In && m.status == Status::Received)
+        .count();
+    for (i, m) in recent.iter().enumerate() {
+        if Some(i) == first_unread {
+            outln!("{}", unread_separator(unread, unread_shown, &style))?;
+        }
         outln!("{}", line(m, &style))?;
     }
     let options = ChatOptions {
@@ -96,6 +115,20 @@ pub fn chat(ctx: &super::Context, args: ChatArgs) -> Result<()> {
         }
         anyhow::Ok(())
     })
+}
+
+/// `── 3 unread ──` above the first unread message shown; when more are
+/// unread than the `shown` ones, says that the rest are further up.
+fn unread_separator(unread: u64, shown: usize, style: &Style) -> String {
+    let earlier = usize::try_from(unread)
+        .unwrap_or(usize::MAX)
+        .saturating_sub(shown);
+    let text = if earlier > 0 {
+        format!("── {unread} unread ({earlier} further up: /history N shows more) ──")
+    } else {
+        format!("── {unread} unread ──")
+    };
+    style.paint("1", &text)
 }
 
 /// `[SERVER] PEER`: a URL first is the original client's way of naming the
@@ -293,7 +326,7 @@ fn status_line(m: &Message, style: &Style) -> String {
 /// 40 columns by whole grapheme clusters, so that an emoji joined by
 /// zero-width joiners or a letter with its accents is never split; `…`
 /// marks a cut or a further line.
-fn excerpt(body: &str) -> String {
+pub(super) fn excerpt(body: &str) -> String {
     const MAX_COLUMNS: usize = 40;
     let first_line = body.lines().next().unwrap_or("");
     let mut cut = String::new();

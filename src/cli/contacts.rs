@@ -7,6 +7,9 @@ use serde_json::json;
 
 use unicode_width::UnicodeWidthStr;
 
+use std::collections::HashMap;
+
+use super::history::local_time;
 use super::out::AlreadyDone;
 use super::{parse_key, print_json, Context, UsageError};
 use crate::identity::PublicKey;
@@ -66,6 +69,38 @@ fn contact_json(c: &Contact, v: &Verification) -> serde_json::Value {
     })
 }
 
+/// Adds a conversation's unread count and last message time to a
+/// contact's (or unknown sender's) JSON object.
+fn with_activity(mut value: serde_json::Value, activity: &Activity) -> serde_json::Value {
+    if let Some(obj) = value.as_object_mut() {
+        obj.insert("unread".into(), json!(activity.unread));
+        obj.insert("last_message_at".into(), json!(activity.last_at));
+    }
+    value
+}
+
+/// A conversation's unread count and newest message time.
+#[derive(Default)]
+struct Activity {
+    unread: u64,
+    last_at: Option<String>,
+}
+
+/// Each conversation's activity, by peer key.
+fn activity(store: &crate::store::Store) -> Result<HashMap<PublicKey, Activity>> {
+    Ok(store
+        .conversations()?
+        .into_iter()
+        .map(|c| {
+            let activity = Activity {
+                unread: c.unread,
+                last_at: Some(c.last.created_at),
+            };
+            (c.peer, activity)
+        })
+        .collect())
+}
+
 fn unknown_json(u: &UnknownPeer) -> serde_json::Value {
     json!({
         "name": null,
@@ -75,6 +110,16 @@ fn unknown_json(u: &UnknownPeer) -> serde_json::Value {
         "messages": u.messages,
         "last_message_at": u.last_at,
     })
+}
+
+/// The UNREAD column: blank when nothing is unread, so the eye finds
+/// the conversations that wait.
+fn unread_cell(n: u64) -> String {
+    if n == 0 {
+        String::new()
+    } else {
+        n.to_string()
+    }
 }
 
 /// A name as typed, checked: a name that can never be used is bad usage.
@@ -112,13 +157,20 @@ pub fn list(ctx: &Context, args: ListArgs) -> Result<()> {
         .iter()
         .map(|c| super::verify::check(&store, c))
         .collect::<Result<Vec<_>>>()?;
+    let activity = activity(&store)?;
+    let none = Activity::default();
+    let of = |key: &PublicKey| activity.get(key).unwrap_or(&none);
     if args.json {
         let mut all: Vec<_> = contacts
             .iter()
             .zip(&states)
-            .map(|(c, v)| contact_json(c, v))
+            .map(|(c, v)| with_activity(contact_json(c, v), of(&c.key)))
             .collect();
-        all.extend(unknown.iter().map(unknown_json));
+        all.extend(
+            unknown
+                .iter()
+                .map(|u| with_activity(unknown_json(u), of(&u.key))),
+        );
         return Ok(print_json(&all.into())?);
     }
     if contacts.is_empty() {
@@ -134,10 +186,11 @@ pub fn list(ctx: &Context, args: ListArgs) -> Result<()> {
             .max("NAME".len());
         let pad = |name: &str| format!("{name}{}", " ".repeat(width - name.width()));
         outln!(
-            "{}  {:24}  {:12}  PUBLIC KEY",
+            "{}  {:24}  {:12}  UNREAD  {:16}  PUBLIC KEY",
             pad("NAME"),
             "FINGERPRINT",
-            "VERIFIED"
+            "VERIFIED",
+            "LAST MESSAGE"
         )?;
         for ((c, name), state) in contacts.iter().zip(&names).zip(&states) {
             let mark = match state {
@@ -145,11 +198,14 @@ pub fn list(ctx: &Context, args: ListArgs) -> Result<()> {
                 Verification::Unverified => "-",
                 Verification::KeyChanged { .. } => "KEY CHANGED",
             };
+            let a = of(&c.key);
             outln!(
-                "{}  {:24}  {:12}  {}",
+                "{}  {:24}  {:12}  {:>6}  {:16}  {}",
                 pad(name),
                 c.key.fingerprint(),
                 mark,
+                unread_cell(a.unread),
+                a.last_at.as_deref().map(local_time).unwrap_or_default(),
                 c.key
             )?;
         }
@@ -158,12 +214,16 @@ pub fn list(ctx: &Context, args: ListArgs) -> Result<()> {
         outln!()?;
         outln!("Unknown senders (messages kept; name one with: chat-p2p add-contact NAME KEY):")?;
         for u in &unknown {
+            let unread = match of(&u.key).unread {
+                0 => String::new(),
+                n => format!(" ({n} unread)"),
+            };
             outln!(
-                "  {:24}  {}  {} message(s), last {}",
+                "  {:24}  {}  {} message(s){unread}, last {}",
                 u.key.fingerprint(),
                 u.key,
                 u.messages,
-                super::history::local_time(&u.last_at)
+                local_time(&u.last_at)
             )?;
         }
     }

@@ -12,13 +12,18 @@ use super::out::StdoutError;
 use super::{print_json, resolve_peer, Context};
 use crate::identity::PublicKey;
 use crate::render::{untrusted, untrusted_inline, wrap};
+use crate::store::outbox::is_cancelled;
 use crate::store::search::{MATCH_END, MATCH_START};
-use crate::store::{Direction, Filter, Hit, Message, Order, Status, Store, TimeBound};
+use crate::store::{
+    Direction, Filter, Hit, Message, Order, Status, Store, TimeBound, SHORT_ID_LEN,
+};
 
 /// Arguments of `history`.
 #[derive(Debug, Args)]
 #[command(
-    after_help = "Times are shown in local time; --json gives them in UTC (RFC 3339).\n\
+    after_help = "Each line starts with the message's short id, which 'delete' and 'outbox' \
+    take (any unique beginning of it will do).\n\
+    Times are shown in local time; --json gives them in UTC (RFC 3339).\n\
     Search syntax (FTS5): words match ignoring case and accents; secr* is a prefix; \
     \"secret plan\" a phrase; AND, OR, NOT and parentheses combine terms."
 )]
@@ -40,7 +45,8 @@ pub struct HistoryArgs {
     /// Only messages written before the end of this date (UTC) or at or before this time.
     #[arg(long, value_name = "T", value_parser = TimeBound::parse)]
     until: Option<TimeBound>,
-    /// Only messages with this status (pending, sent, delivered, read, failed, received).
+    /// Only messages with this status (pending, sent, delivered, read, failed, received;
+    /// cancelled messages are failed).
     #[arg(long, value_name = "S")]
     status: Option<Status>,
     /// Only incoming (in) or outgoing (out) messages.
@@ -80,7 +86,12 @@ pub fn history(ctx: &Context, args: HistoryArgs) -> Result<()> {
         }
         let mut out = super::out::stdout();
         for m in &messages {
-            writeln!(out, "{}", line(m, &style))?;
+            writeln!(
+                out,
+                "{} {}",
+                id_mark(m, &style),
+                line_at(m, &style, ID_COLUMNS)
+            )?;
         }
         return Ok(());
     };
@@ -105,14 +116,18 @@ pub fn history(ctx: &Context, args: HistoryArgs) -> Result<()> {
             }
             let (before, after) = store.context(&hit.message, context)?;
             for m in &before {
-                writeln!(out, "  {}", line_at(m, &style, 2))?;
+                let id = id_mark(m, &style);
+                writeln!(out, "  {id} {}", line_at(m, &style, 2 + ID_COLUMNS))?;
             }
-            writeln!(out, "> {}", hit_line_at(hit, &style, 2))?;
+            let id = id_mark(&hit.message, &style);
+            writeln!(out, "> {id} {}", hit_line_at(hit, &style, 2 + ID_COLUMNS))?;
             for m in &after {
-                writeln!(out, "  {}", line_at(m, &style, 2))?;
+                let id = id_mark(m, &style);
+                writeln!(out, "  {id} {}", line_at(m, &style, 2 + ID_COLUMNS))?;
             }
         } else {
-            writeln!(out, "{}", hit_line(hit, &style))?;
+            let id = id_mark(&hit.message, &style);
+            writeln!(out, "{id} {}", hit_line_at(hit, &style, ID_COLUMNS))?;
         }
     }
     Ok(())
@@ -193,6 +208,15 @@ impl Style {
     }
 }
 
+/// The columns a line's short id takes, with the space after it.
+const ID_COLUMNS: usize = SHORT_ID_LEN + 1;
+
+/// A message's short id, as `delete` and `outbox` take it, in git's
+/// yellow when colouring.
+fn id_mark(m: &Message, style: &Style) -> String {
+    style.paint("33", &m.msg_id.short())
+}
+
 /// `[2026-11-25 20:32] you → bob ✓✓: hello` or `[...] bob: hi`; the body
 /// and name made safe for the terminal, a body's later lines marked.
 pub(super) fn line(m: &Message, style: &Style) -> String {
@@ -205,12 +229,17 @@ fn line_at(m: &Message, style: &Style, indent: usize) -> String {
     let peer = peer_label(m);
     let (head, painted) = match m.direction {
         Direction::Out => {
+            let text = if is_cancelled(m) {
+                "✗ cancelled"
+            } else {
+                m.status.mark()
+            };
             let mark = match m.status {
-                Status::Failed => style.paint("31", m.status.mark()),
-                s => s.mark().to_owned(),
+                Status::Failed => style.paint("31", text),
+                _ => text.to_owned(),
             };
             (
-                format!("{time} you → {peer} {}: ", m.status.mark()),
+                format!("{time} you → {peer} {text}: "),
                 format!("{} you → {peer} {mark}: ", style.paint("2", &time)),
             )
         }

@@ -12,6 +12,8 @@ mod contacts;
 mod doctor;
 mod history;
 mod identity;
+mod inbox;
+mod outbox;
 mod router;
 mod settings;
 mod shell;
@@ -116,6 +118,12 @@ enum Command {
     /// Check this profile, its files and its router, and say how to fix
     /// what is wrong.
     Doctor(doctor::DoctorArgs),
+    /// List pending and failed messages; retry or cancel them.
+    Outbox(outbox::OutboxArgs),
+    /// Delete messages, or a whole conversation, from this profile.
+    Delete(outbox::DeleteArgs),
+    /// List conversations, newest first, with unread counts.
+    Inbox(inbox::InboxArgs),
 }
 
 /// What every command needs, resolved once from the arguments and the
@@ -410,6 +418,9 @@ pub fn run(
         Command::Completions(args) => shell::completions(args),
         Command::Man(args) => shell::man(args),
         Command::Doctor(args) => doctor::doctor(&ctx, args),
+        Command::Outbox(args) => outbox::outbox(&ctx, args),
+        Command::Delete(args) => outbox::delete(&ctx, args),
+        Command::Inbox(args) => inbox::inbox(&ctx, args),
     }
 }
 

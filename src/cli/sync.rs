@@ -148,7 +148,7 @@ pub fn sync(ctx: &Context, args: SyncArgs) -> Result<()> {
 
 /// One session with the router, on a runtime of its own. `own` is the
 /// message `send` reports itself, not warned about.
-fn run_exchange(
+pub(super) fn run_exchange(
     engine: &mut Engine,
     server: &ServerUrl,
     timeout_secs: u64,
@@ -222,7 +222,7 @@ fn note_received(t: Tally) {
 }
 
 /// Adds what happens to pending work, and what to do, to a network error.
-fn with_pending_hint(e: ClientError, what: &str) -> anyhow::Error {
+pub(super) fn with_pending_hint(e: ClientError, what: &str) -> anyhow::Error {
     if e.is_transient() {
         anyhow::anyhow!(
             "{e}.\n{what}: 'chat-p2p sync' (or the next send or chat) delivers it once the \

@@ -122,6 +122,27 @@ pub enum Error {
     /// No message has this id.
     #[error("no message with id {0}")]
     UnknownMessage(String),
+    /// No message has an id that starts like this (see [`crate::store::ids`]).
+    #[error("no message with id '{0}': 'chat-p2p history' shows each message's id")]
+    NoSuchId(String),
+    /// Several messages have an id that starts like this.
+    #[error("the id '{id}' is ambiguous: it could be {}; give more of the id (or the full one, as 'history --json' prints it)", .candidates.join(", "))]
+    AmbiguousId {
+        /// The id as typed.
+        id: String,
+        /// The messages it could mean, described.
+        candidates: Vec<String>,
+    },
+    /// The message is not one of ours still waiting to be sent.
+    #[error("cannot {action} message {id}: {why}")]
+    NotInOutbox {
+        /// The short id.
+        id: String,
+        /// What was asked ("cancel", "retry").
+        action: &'static str,
+        /// Why not, naming its status.
+        why: String,
+    },
     /// A status that a message of this direction cannot have.
     #[error("message {msg_id} is {direction}going and cannot become '{status}'")]
     StatusMismatch {

@@ -13,10 +13,13 @@
 //! Then the migrations in `migrations/` are applied.
 
 mod contacts;
+pub mod conversations;
 mod error;
 pub mod fts;
 mod identity;
+pub mod ids;
 pub mod messages;
+pub mod outbox;
 pub mod receipts;
 pub mod rejected;
 mod schema;
@@ -26,12 +29,14 @@ mod verify;
 
 pub(crate) use contacts::merge_contact_tx;
 pub use contacts::{Contact, ContactName, Merge, UnknownPeer};
+pub use conversations::Conversation;
 pub use error::Error;
 pub(crate) use identity::set_identity_tx;
+pub use ids::{IdQuery, Scope};
 pub use messages::{Event, Inserted, Message};
 pub use schema::{inspect as inspect_schema, latest_version as latest_schema_version};
 pub use search::{Filter, Hit, Order, TimeBound};
-pub use status::{Direction, MessageId, Status};
+pub use status::{Direction, MessageId, Status, SHORT_ID_LEN};
 pub use verify::Verification;
 
 use std::fs;

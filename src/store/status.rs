@@ -9,6 +9,10 @@ use rusqlite::types::{FromSql, FromSqlError, FromSqlResult, ToSql, ToSqlOutput, 
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+/// How many hex digits of a message id listings show (see
+/// [`MessageId::short`]).
+pub const SHORT_ID_LEN: usize = 8;
+
 /// A message's wire id: a UUID, the deduplication key across the network.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct MessageId(Uuid);
@@ -37,6 +41,18 @@ impl MessageId {
     /// The UUID itself, as frames carry it.
     pub fn uuid(&self) -> Uuid {
         self.0
+    }
+
+    /// The short id listings show: the last [`SHORT_ID_LEN`] hex digits.
+    ///
+    /// Not the first ones: a UUIDv7 starts with its millisecond timestamp
+    /// (the first eight digits change once a minute) and then a counter,
+    /// while its last 32 bits are random for every id; ids of other kinds
+    /// (v4, v5) are random there too. `sqlite3` finds it with
+    /// `msg_id LIKE '%' || short`.
+    pub fn short(&self) -> String {
+        let text = self.to_text();
+        text[text.len() - SHORT_ID_LEN..].to_owned()
     }
 
     /// The hyphenated lower-case text form, as stored.
