@@ -35,6 +35,10 @@ pub struct ImportOptions {
     /// or one imported into a profile that has no identity yet: its
     /// outgoing messages become this profile's. Refused otherwise.
     pub other_identity: bool,
+    /// Legacy import: skip a `messages/NAME.json` whose NAME is neither a
+    /// contact nor a public key (listed in the report) instead of refusing
+    /// the whole import.
+    pub skip_unknown: bool,
 }
 
 /// What an import did.
@@ -58,6 +62,8 @@ pub struct ImportReport {
     /// The export's public key when it differs from the profile's and no
     /// key pair came with it: its "out" messages were written by that key.
     pub foreign_export: Option<String>,
+    /// Legacy files skipped with `--skip-unknown`: their paths.
+    pub skipped_files: Vec<String>,
 }
 
 /// A problem with one record: `Invalid` is the input's fault and gets its
