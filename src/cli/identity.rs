@@ -1,21 +1,31 @@
 //! `init` and `whoami`.
 
+mod backup;
+
 use anyhow::Result;
 use clap::Args;
 use serde_json::json;
 
 use super::out::{AlreadyDone, StdoutError};
-use super::{print_json, Context};
+use super::{print_json, Context, UsageError};
 use crate::identity::{Identity, PublicKey};
 use crate::store::{self, Store};
 
 /// Arguments of `init`.
 #[derive(Debug, Args)]
 pub struct InitArgs {
-    /// Replace an existing identity. The old secret key is destroyed: your
-    /// contacts can no longer reach you at the old key.
+    /// Replace an existing identity: your contacts can no longer reach you
+    /// at the old key. Asks first on a terminal; the old key pair is kept
+    /// in a backup file in the profile's folder (see --no-backup).
     #[arg(long)]
     force: bool,
+    /// With --force: replace without asking (needed when not on a terminal).
+    #[arg(long, requires = "force")]
+    yes: bool,
+    /// With --force: keep no backup of the old identity; its secret key is
+    /// then gone for good.
+    #[arg(long, requires = "force")]
+    no_backup: bool,
     /// Print the result as JSON.
     #[arg(long)]
     json: bool,
@@ -45,6 +55,17 @@ fn identity_json(ctx: &Context, key: &PublicKey, store: &Store) -> serde_json::V
 /// Creates the profile's identity.
 pub fn init(ctx: &Context, args: InitArgs) -> Result<()> {
     let mut store = Store::create(&ctx.profile.db_path())?;
+    let backup = match store.identity()? {
+        Some(old) if args.force => {
+            confirm_replace(ctx, &old.public_key(), args.yes)?;
+            if args.no_backup {
+                None
+            } else {
+                Some(backup::write(&ctx.profile.dir, &old)?)
+            }
+        }
+        _ => None,
+    };
     let identity = Identity::generate();
     let replaced = match store.set_identity(&identity, args.force) {
         Err(store::Error::IdentityExists(key)) => anyhow::bail!(
@@ -54,21 +75,68 @@ pub fn init(ctx: &Context, args: InitArgs) -> Result<()> {
         ),
         other => other?,
     };
-    if let Some(old) = &replaced {
-        errln!(
+    match (&replaced, &backup) {
+        (Some(old), Some(path)) => errln!(
+            "warning: replaced the identity {old}: contacts who know the old key can no \
+             longer reach you. Its key pair is kept in {} (readable by you alone); \
+             '{} import --force FILE' restores it.",
+            path.display(),
+            ctx.cli_prefix()
+        ),
+        (Some(old), None) => errln!(
             "warning: replaced the identity {old}. Its secret key is gone: \
              contacts who know the old key can no longer reach you, and \
              messages still queued for it cannot be read."
-        );
+        ),
+        _ => {}
     }
     let key = identity.public_key();
     let created = format!("the identity of profile '{}' was created", ctx.profile.name);
     if args.json {
         let mut value = identity_json(ctx, &key, &store);
         value["replaced"] = json!(replaced.map(|k| k.to_base64()));
+        value["backup"] = json!(backup);
         return print_json(&value).done(&created);
     }
     print_created(ctx, &key, &store).done(&created)
+}
+
+/// Asks before `init --force` destroys an identity: on a terminal, a
+/// question; elsewhere `--yes` must say it (a usage error otherwise).
+fn confirm_replace(ctx: &Context, old: &PublicKey, yes: bool) -> Result<()> {
+    use std::io::{BufRead as _, IsTerminal as _};
+    if yes {
+        return Ok(());
+    }
+    if !std::io::stdin().is_terminal() {
+        return Err(UsageError(format!(
+            "'init --force' would replace the identity {old} of profile '{}', and standard \
+             input is not a terminal to ask you: pass --yes to replace it without asking",
+            ctx.profile.name
+        ))
+        .into());
+    }
+    errln!(
+        "Profile '{}' has the identity {old} (fingerprint {}). Replacing it means contacts \
+         who know that key can no longer reach you.",
+        ctx.profile.name,
+        old.fingerprint()
+    );
+    eprint_prompt("Replace it with a new identity? [y/N] ");
+    let mut answer = String::new();
+    std::io::stdin().lock().read_line(&mut answer)?;
+    if matches!(answer.trim(), "y" | "Y" | "yes" | "Yes" | "YES") {
+        return Ok(());
+    }
+    anyhow::bail!("kept the identity {old}: nothing was changed")
+}
+
+/// Writes a question without a newline on stderr, so the answer follows it.
+fn eprint_prompt(text: &str) {
+    use std::io::Write as _;
+    let mut err = std::io::stderr().lock();
+    let _ = err.write_all(text.as_bytes());
+    let _ = err.flush();
 }
 
 fn print_created(ctx: &Context, key: &PublicKey, store: &Store) -> Result<(), StdoutError> {
