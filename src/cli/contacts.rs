@@ -39,6 +39,9 @@ pub struct ListArgs {
 pub struct RemoveArgs {
     /// The contact's name.
     name: String,
+    /// Print the removed contact as JSON.
+    #[arg(long)]
+    json: bool,
 }
 
 /// Arguments of `rename-contact`.
@@ -48,10 +51,16 @@ pub struct RenameArgs {
     old: String,
     /// The new name.
     new: String,
+    /// Print the renamed contact as JSON (with its `old_name`).
+    #[arg(long)]
+    json: bool,
 }
 
+/// A contact as every command prints it. `kind` tells it from an unknown
+/// sender in the same array (docs/JSON.md).
 fn contact_json(c: &Contact) -> serde_json::Value {
     json!({
+        "kind": "contact",
         "name": c.name,
         "public_key": c.key.to_base64(),
         "fingerprint": c.key.fingerprint(),
@@ -59,10 +68,11 @@ fn contact_json(c: &Contact) -> serde_json::Value {
     })
 }
 
+/// Someone who wrote to this profile without being a contact.
 fn unknown_json(u: &UnknownPeer) -> serde_json::Value {
     json!({
+        "kind": "unknown",
         "name": null,
-        "unknown": true,
         "public_key": u.key.to_base64(),
         "fingerprint": u.key.fingerprint(),
         "messages": u.messages,
@@ -145,6 +155,9 @@ pub fn list(ctx: &Context, args: ListArgs) -> Result<()> {
 pub fn remove(ctx: &Context, args: RemoveArgs) -> Result<()> {
     let (mut store, _) = ctx.open_with_identity()?;
     let contact = store.remove_contact(&args.name)?;
+    if args.json {
+        return print_json(&contact_json(&contact)).done("the contact was removed");
+    }
     outln!(
         "Removed contact '{}' ({}). Your history with this key is kept.",
         untrusted_inline(&contact.name),
@@ -158,6 +171,11 @@ pub fn rename(ctx: &Context, args: RenameArgs) -> Result<()> {
     let new = parse_name(&args.new)?;
     let (mut store, _) = ctx.open_with_identity()?;
     let contact = store.rename_contact(&args.old, &new)?;
+    if args.json {
+        let mut value = contact_json(&contact);
+        value["old_name"] = json!(args.old);
+        return print_json(&value).done("the contact was renamed");
+    }
     outln!(
         "Renamed contact '{}' to '{}'.",
         untrusted_inline(&args.old),
