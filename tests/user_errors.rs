@@ -1,0 +1,150 @@
+//! Errors that name the user's things, and the files people actually have:
+//! a byte order mark, a folder given without --legacy, a legacy message
+//! file for nobody, `init --force` from a script.
+
+mod common;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use chat_p2p::identity::Identity;
+use common::*;
+use serde_json::json;
+
+const BOM: &str = "\u{feff}";
+
+fn p(path: &Path) -> &str {
+    path.to_str().unwrap()
+}
+
+#[test]
+fn an_export_starting_with_a_byte_order_mark_is_imported() {
+    let env = Env::new();
+    env.init("me");
+    env.ok("me", &["add-contact", "bob", &key()]);
+    let doc = env.ok("me", &["export", "--json"]);
+    let jsonl = env.ok("me", &["export", "--jsonl"]);
+    for (name, text) in [("bom.json", doc), ("bom.jsonl", jsonl)] {
+        let file = env.path(name);
+        fs::write(&file, format!("{BOM}{text}")).unwrap();
+        let profile = format!("copy-{name}").replace('.', "-");
+        let report = env.json(&profile, &["import", "--other-identity", p(&file), "--json"]);
+        assert_eq!(report["contacts_added"], 1, "{name}: {report}");
+    }
+}
+
+/// The original client's files, each starting with a byte order mark.
+fn legacy_with_bom(env: &Env, bob: &str) -> PathBuf {
+    let dir = env.path("legacy");
+    fs::create_dir_all(dir.join("messages")).unwrap();
+    let me = Identity::generate();
+    fs::write(dir.join("private.key"), *me.secret_bytes()).unwrap();
+    let public = format!("{BOM}{}\n", me.public_key().to_base64());
+    fs::write(dir.join("public.key"), public).unwrap();
+    let contacts = json!({"contacts": {"bob": bob}});
+    fs::write(dir.join("contacts.json"), format!("{BOM}{contacts}")).unwrap();
+    let messages = json!([
+        {"content": "hi bob", "timestamp": 1_700_000_000, "incoming": false},
+        {"content": "hi", "timestamp": 1_700_000_060, "incoming": true}
+    ]);
+    fs::write(
+        dir.join("messages/bob.json"),
+        format!("{BOM}{messages}"),
+    )
+    .unwrap();
+    dir
+}
+
+#[test]
+fn legacy_files_with_a_byte_order_mark_are_imported_and_outgoing_ones_are_delivered() {
+    let env = Env::new();
+    let dir = legacy_with_bom(&env, &key());
+    let report = env.json("me", &["import", "--legacy", p(&dir), "--json"]);
+    assert_eq!(report["messages_added"], 2, "{report}");
+    let history = env.json("me", &["history", "bob", "--json"]);
+    // Not "sent" for ever: no receipt will ever come for them.
+    assert_eq!(history[0]["status"], "delivered", "{history}");
+    assert_eq!(history[0]["delivered_at"], "2023-11-14T22:13:20.000Z");
+    let conn = rusqlite::Connection::open(env.db("me")).unwrap();
+    let detail: String = conn
+        .query_row(
+            "SELECT detail FROM message_events WHERE status = 'delivered'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert!(detail.contains("assumed"), "{detail}");
+}
+
+#[test]
+fn a_folder_without_legacy_gets_the_command_that_imports_it() {
+    let env = Env::new();
+    let dir = legacy_with_bom(&env, &key());
+    let err = env.fails("me", &["import", p(&dir)], 2);
+    assert!(err.contains("is a folder"), "{err}");
+    let quoted = format!("import --legacy '{}'", p(&dir));
+    assert!(err.contains(&quoted), "{err}");
+    assert!(!env.db("me").exists(), "a refused import created a profile");
+}
+
+#[test]
+fn a_legacy_message_file_for_nobody_is_refused_or_skipped_with_a_flag() {
+    let env = Env::new();
+    let dir = legacy_with_bom(&env, &key());
+    let stray = dir.join("messages/someone-else.json");
+    fs::write(&stray, "[]").unwrap();
+    let err = env.fails("me", &["import", "--legacy", p(&dir)], 1);
+    assert!(err.contains("someone-else.json"), "{err}");
+    assert!(err.contains("--skip-unknown"), "{err}");
+    assert!(!env.db("me").exists(), "nothing is imported");
+
+    let args = ["import", "--legacy", "--skip-unknown", p(&dir), "--json"];
+    let report = env.json("me", &args);
+    assert_eq!(report["messages_added"], 2, "{report}");
+    assert_eq!(report["skipped_files"], json!([p(&stray)]), "{report}");
+    let text = env.ok("again", &["import", "--legacy", "--skip-unknown", p(&dir)]);
+    assert!(text.contains("skipped") && text.contains("someone-else.json"), "{text}");
+    // The flag only makes sense with --legacy.
+    env.fails("me", &["import", "--skip-unknown", p(&stray)], 2);
+}
+
+#[test]
+fn init_force_asks_first_and_keeps_a_private_backup() {
+    let env = Env::new();
+    let old = env.init("me");
+    // No terminal and no --yes: a usage error, nothing changed.
+    let err = env.fails("me", &["init", "--force"], 2);
+    assert!(err.contains("--yes") && err.contains("not a terminal"), "{err}");
+    assert_eq!(env.key("me"), old);
+
+    let out = env.cmd("me").args(["init", "--force", "--yes", "--json"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["replaced"], old.as_str());
+    let backup = PathBuf::from(v["backup"].as_str().unwrap());
+    assert_eq!(backup.parent().unwrap(), env.home().join("me"));
+    let name = backup.file_name().unwrap().to_str().unwrap();
+    assert!(name.starts_with("identity-backup-20") && name.ends_with("Z.jsonl"), "{name}");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = fs::metadata(&backup).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains(p(&backup)), "{stderr}");
+    // The backup restores the old identity.
+    env.ok("me", &["import", "--force", p(&backup)]);
+    assert_eq!(env.key("me"), old);
+
+    // --no-backup keeps none.
+    env.ok("me", &["init", "--force", "--yes", "--no-backup"]);
+    let backups = fs::read_dir(env.home().join("me"))
+        .unwrap()
+        .filter(|e| {
+            let name = e.as_ref().unwrap().file_name();
+            name.to_string_lossy().starts_with("identity-backup-")
+        })
+        .count();
+    assert_eq!(backups, 1);
+}
