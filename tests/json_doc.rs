@@ -110,10 +110,16 @@ fn outputs(env: &Env, router: &Router) -> BTreeMap<&'static str, Value> {
     let me = env.key("me");
     env.init("carol");
     env.ok("carol", &["add-contact", "me", &me]);
-    env.ok("carol", &["send", server[0], server[1], "me", "hello from carol"]);
+    env.ok(
+        "carol",
+        &["send", server[0], server[1], "me", "hello from carol"],
+    );
     let send = ["send", server[0], server[1], "bob", "hello bob", "--json"];
     out.insert("send", env.json("me", &send));
-    out.insert("sync", env.json("me", &["sync", server[0], server[1], "--json"]));
+    out.insert(
+        "sync",
+        env.json("me", &["sync", server[0], server[1], "--json"]),
+    );
     out.insert("contacts", env.json("me", &["contacts", "--json"]));
     out.insert("history", env.json("me", &["history", "--json"]));
     let search = ["history", "--search", "hello", "-C", "1", "--json"];
@@ -123,7 +129,12 @@ fn outputs(env: &Env, router: &Router) -> BTreeMap<&'static str, Value> {
     let file = env.path("me.json");
     let export = ["export", "--json", "-o", file.to_str().unwrap()];
     out.insert("export-summary", env.json("me", &export));
-    let import = ["import", "--other-identity", file.to_str().unwrap(), "--json"];
+    let import = [
+        "import",
+        "--other-identity",
+        file.to_str().unwrap(),
+        "--json",
+    ];
     out.insert("import", env.json("copy", &import));
     let rename = ["rename-contact", "bob", "robert", "--json"];
     out.insert("rename-contact", env.json("me", &rename));

@@ -28,7 +28,10 @@ fn an_export_starting_with_a_byte_order_mark_is_imported() {
         let file = env.path(name);
         fs::write(&file, format!("{BOM}{text}")).unwrap();
         let profile = format!("copy-{name}").replace('.', "-");
-        let report = env.json(&profile, &["import", "--other-identity", p(&file), "--json"]);
+        let report = env.json(
+            &profile,
+            &["import", "--other-identity", p(&file), "--json"],
+        );
         assert_eq!(report["contacts_added"], 1, "{name}: {report}");
     }
 }
@@ -47,11 +50,7 @@ fn legacy_with_bom(env: &Env, bob: &str) -> PathBuf {
         {"content": "hi bob", "timestamp": 1_700_000_000, "incoming": false},
         {"content": "hi", "timestamp": 1_700_000_060, "incoming": true}
     ]);
-    fs::write(
-        dir.join("messages/bob.json"),
-        format!("{BOM}{messages}"),
-    )
-    .unwrap();
+    fs::write(dir.join("messages/bob.json"), format!("{BOM}{messages}")).unwrap();
     dir
 }
 
@@ -103,7 +102,10 @@ fn a_legacy_message_file_for_nobody_is_refused_or_skipped_with_a_flag() {
     assert_eq!(report["messages_added"], 2, "{report}");
     assert_eq!(report["skipped_files"], json!([p(&stray)]), "{report}");
     let text = env.ok("again", &["import", "--legacy", "--skip-unknown", p(&dir)]);
-    assert!(text.contains("skipped") && text.contains("someone-else.json"), "{text}");
+    assert!(
+        text.contains("skipped") && text.contains("someone-else.json"),
+        "{text}"
+    );
     // The flag only makes sense with --legacy.
     env.fails("me", &["import", "--skip-unknown", p(&stray)], 2);
 }
@@ -114,17 +116,31 @@ fn init_force_asks_first_and_keeps_a_private_backup() {
     let old = env.init("me");
     // No terminal and no --yes: a usage error, nothing changed.
     let err = env.fails("me", &["init", "--force"], 2);
-    assert!(err.contains("--yes") && err.contains("not a terminal"), "{err}");
+    assert!(
+        err.contains("--yes") && err.contains("not a terminal"),
+        "{err}"
+    );
     assert_eq!(env.key("me"), old);
 
-    let out = env.cmd("me").args(["init", "--force", "--yes", "--json"]).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = env
+        .cmd("me")
+        .args(["init", "--force", "--yes", "--json"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["replaced"], old.as_str());
     let backup = PathBuf::from(v["backup"].as_str().unwrap());
     assert_eq!(backup.parent().unwrap(), env.home().join("me"));
     let name = backup.file_name().unwrap().to_str().unwrap();
-    assert!(name.starts_with("identity-backup-20") && name.ends_with("Z.jsonl"), "{name}");
+    assert!(
+        name.starts_with("identity-backup-20") && name.ends_with("Z.jsonl"),
+        "{name}"
+    );
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;

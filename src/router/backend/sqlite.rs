@@ -207,7 +207,9 @@ impl Backend for SqliteBackend {
         }
     }
 
-    fn depth(&self) -> impl std::future::Future<Output = Result<u64, BackendError>> + Send + 'static {
+    fn depth(
+        &self,
+    ) -> impl std::future::Future<Output = Result<u64, BackendError>> + Send + 'static {
         let readers = Arc::clone(&self.readers);
         let path = Arc::clone(&self.path);
         async move {
