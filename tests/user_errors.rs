@@ -164,3 +164,70 @@ fn init_force_asks_first_and_keeps_a_private_backup() {
         .count();
     assert_eq!(backups, 1);
 }
+
+/// Runs `init --force` for `profile` in a real terminal (a private tmux
+/// server), answers its question with `answer`, and returns the screen
+/// once the command has exited.
+fn init_force_on_a_terminal(env: &Env, profile: &str, answer: &str) -> String {
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let socket = format!("chat-p2p-init-{}-{n}", std::process::id());
+    let tmux = |args: &[&str]| {
+        let out = std::process::Command::new("tmux")
+            .args(["-L", &socket])
+            .args(args)
+            .output()
+            .expect("tmux is installed (.ci/run installs it)");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let quote = |s: &str| format!("'{}'", s.replace('\'', r"'\''"));
+    let command = format!(
+        "env -i TERM=xterm CHAT_HOME={} CHAT_PROFILE={profile} {} init --force; \
+         echo EXIT=$?; sleep 60",
+        quote(p(&env.home())),
+        quote(env!("CARGO_BIN_EXE_chat-p2p")),
+    );
+    tmux(&[
+        "new-session",
+        "-d",
+        "-s",
+        "t",
+        "-x",
+        "120",
+        "-y",
+        "30",
+        &command,
+    ]);
+    let wait = |text: &str| {
+        for _ in 0..200 {
+            let screen = tmux(&["capture-pane", "-p", "-J", "-t", "t"]);
+            if screen.contains(text) {
+                return screen;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        let screen = tmux(&["capture-pane", "-p", "-J", "-t", "t"]);
+        tmux(&["kill-server"]);
+        panic!("the screen never showed {text:?}:\n{screen}");
+    };
+    wait("[y/N]");
+    tmux(&["send-keys", "-t", "t", answer, "Enter"]);
+    let screen = wait("EXIT=");
+    tmux(&["kill-server"]);
+    screen
+}
+
+#[test]
+fn init_force_on_a_terminal_replaces_only_when_told_yes() {
+    let env = Env::new();
+    let old = env.init("me");
+    let screen = init_force_on_a_terminal(&env, "me", "n");
+    assert!(screen.contains("nothing was changed"), "{screen}");
+    assert!(screen.contains("EXIT=1"), "{screen}");
+    assert_eq!(env.key("me"), old);
+
+    let screen = init_force_on_a_terminal(&env, "me", "y");
+    assert!(screen.contains("EXIT=0"), "{screen}");
+    assert!(screen.contains("identity-backup-"), "{screen}");
+    assert_ne!(env.key("me"), old);
+}
