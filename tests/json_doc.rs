@@ -180,3 +180,26 @@ fn paths_select_fields_elements_and_kinds() {
     assert!(check(&v, "[].x").is_err(), "b has no x");
     assert!(check(&v, "[kind=c].x").is_err(), "no element of kind c");
 }
+
+#[test]
+fn send_json_prints_a_refused_message_and_still_exits_1() {
+    let env = Env::new();
+    let router = Router::start(&env.path("router"), &["--max-frame-bytes", "4096"]);
+    env.init("me");
+    let bob = env.init("bob");
+    env.ok("me", &["add-contact", "bob", &bob]);
+    let big = "x".repeat(3000);
+    let url = router.url();
+    let out = env
+        .cmd("me")
+        .args(["send", "--server", &url, "bob", &big, "--json"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let m: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(m["status"], "failed", "{m}");
+    assert!(
+        m["failure_reason"].as_str().unwrap().contains("4096"),
+        "{m}"
+    );
+}
