@@ -70,7 +70,8 @@ pub fn init(ctx: &Context, args: InitArgs) -> Result<()> {
     let replaced = match store.set_identity(&identity, args.force) {
         Err(store::Error::IdentityExists(key)) => anyhow::bail!(
             "profile '{}' already has an identity ({key}). \
-             'init --force' replaces it, destroying the old secret key",
+             'init --force' replaces it (asking first, and keeping the old key pair \
+             in a backup file unless --no-backup)",
             ctx.profile.name
         ),
         other => other?,
