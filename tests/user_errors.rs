@@ -231,3 +231,33 @@ fn init_force_on_a_terminal_replaces_only_when_told_yes() {
     assert!(screen.contains("identity-backup-"), "{screen}");
     assert_ne!(env.key("me"), old);
 }
+
+#[test]
+fn importing_legacy_files_again_settles_messages_an_older_import_left_sent() {
+    let env = Env::new();
+    let dir = legacy_with_bom(&env, &key());
+    env.ok("me", &["import", "--legacy", p(&dir)]);
+    // As an earlier chat-p2p left them: sent, never to be delivered.
+    let conn = rusqlite::Connection::open(env.db("me")).unwrap();
+    conn.execute_batch(
+        "DELETE FROM message_events WHERE status = 'delivered';
+         UPDATE messages SET status = 'sent', delivered_at = NULL WHERE direction = 'out';",
+    )
+    .unwrap();
+    drop(conn);
+    let report = env.json("me", &["import", "--legacy", p(&dir), "--json"]);
+    assert_eq!(report["messages_added"], 0, "{report}");
+    let history = env.json("me", &["history", "bob", "--json"]);
+    assert_eq!(history[0]["status"], "delivered", "{history}");
+    let conn = rusqlite::Connection::open(env.db("me")).unwrap();
+    let events: Vec<(String, Option<String>)> = conn
+        .prepare("SELECT e.status, e.detail FROM message_events e JOIN messages m ON m.id = e.message_id WHERE m.direction = 'out' ORDER BY seq")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(events.len(), 2, "{events:?}");
+    assert_eq!(events[1].0, "delivered");
+    assert!(events[1].1.as_deref().unwrap().contains("assumed"));
+}

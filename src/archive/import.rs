@@ -299,6 +299,26 @@ impl<'a> Importer<'a> {
         Ok(())
     }
 
+    /// Moves our own message `msg_id`, if stored and still `sent`, to
+    /// `delivered` at `at` with `detail` in its timeline. For legacy
+    /// messages an earlier chat-p2p imported as `sent`, where they would
+    /// otherwise wait for a receipt that can never come.
+    pub(crate) fn settle_as_delivered(
+        &mut self,
+        msg_id: &store::MessageId,
+        at: &str,
+        detail: &str,
+    ) -> Result<(), Fault> {
+        let Some(current) = store::messages::message_tx(&self.tx, msg_id)? else {
+            return Ok(());
+        };
+        if current.direction == Direction::Out && current.status == Status::Sent {
+            let delivered = Status::Delivered;
+            store::messages::apply_status_tx(&self.tx, msg_id, delivered, at, Some(detail))?;
+        }
+        Ok(())
+    }
+
     /// Stores one message unless it is already stored (see the module).
     pub(crate) fn message(&mut self, record: MessageRecord) -> Result<(), Fault> {
         let m = self.validator.check(record)?;

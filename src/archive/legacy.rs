@@ -15,6 +15,8 @@
 //! client had no receipts, so no receipt will ever move an imported
 //! message on: stored as `sent` it would sit forever among the messages
 //! "sent but not delivered yet". Its delivery event says it is assumed.
+//! Importing the same files again settles the messages an earlier
+//! chat-p2p imported as `sent` the same way.
 //!
 //! A file may begin with a UTF-8 byte order mark (Windows editors write
 //! one); it is ignored.
@@ -43,6 +45,9 @@ struct LegacyMessage {
     timestamp: f64,
     incoming: bool,
 }
+
+/// The detail of a legacy outgoing message's `delivered` event.
+const ASSUMED: &str = "assumed: the original client kept no delivery receipts";
 
 /// The files found across the folders.
 #[derive(Default)]
@@ -119,9 +124,16 @@ fn write(
         for (index, m) in read_json::<Vec<LegacyMessage>>(path)?.iter().enumerate() {
             let record = to_record(&peer, index, m)
                 .map_err(|problem| malformed(&format!("{}, message {index}", at(path)), problem))?;
+            let settle = (!m.incoming).then(|| (record.msg_id, record.created_at.clone()));
             importer
                 .message(record)
                 .map_err(|f| super::import::fault_at(f, &at(path)))?;
+            // Imported as `sent` by an earlier chat-p2p: settled now.
+            if let Some((msg_id, at_time)) = settle {
+                importer
+                    .settle_as_delivered(&msg_id, &at_time, ASSUMED)
+                    .map_err(|f| super::import::fault_at(f, &at(path)))?;
+            }
         }
     }
     let mut report = importer.finish()?;
@@ -290,10 +302,7 @@ fn to_record(peer: &str, index: usize, m: &LegacyMessage) -> Result<MessageRecor
         };
         vec![
             event(Status::Sent, "imported from the original client"),
-            event(
-                Status::Delivered,
-                "assumed: the original client kept no delivery receipts",
-            ),
+            event(Status::Delivered, ASSUMED),
         ]
     };
     Ok(MessageRecord {
