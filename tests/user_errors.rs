@@ -261,3 +261,25 @@ fn importing_legacy_files_again_settles_messages_an_older_import_left_sent() {
     assert_eq!(events[1].0, "delivered");
     assert!(events[1].1.as_deref().unwrap().contains("assumed"));
 }
+
+#[test]
+fn init_force_still_replaces_a_damaged_identity_it_cannot_back_up() {
+    let env = Env::new();
+    env.init("me");
+    let conn = rusqlite::Connection::open(env.db("me")).unwrap();
+    // A public key that does not belong to the secret key beside it.
+    conn.execute("UPDATE identity SET public_key = ?1", [key()])
+        .unwrap();
+    drop(conn);
+    let out = env
+        .cmd("me")
+        .args(["init", "--force", "--yes", "--json"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("no backup"), "{stderr}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(v["backup"].is_null(), "{v}");
+    env.ok("me", &["whoami"]);
+}

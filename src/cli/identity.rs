@@ -2,6 +2,8 @@
 
 mod backup;
 
+use std::path::PathBuf;
+
 use anyhow::Result;
 use clap::Args;
 use serde_json::json;
@@ -55,16 +57,10 @@ fn identity_json(ctx: &Context, key: &PublicKey, store: &Store) -> serde_json::V
 /// Creates the profile's identity.
 pub fn init(ctx: &Context, args: InitArgs) -> Result<()> {
     let mut store = Store::create(&ctx.profile.db_path())?;
-    let backup = match store.identity()? {
-        Some(old) if args.force => {
-            confirm_replace(ctx, &old.public_key(), args.yes)?;
-            if args.no_backup {
-                None
-            } else {
-                Some(backup::write(&ctx.profile.dir, &old)?)
-            }
-        }
-        _ => None,
+    let backup = if args.force {
+        make_way(ctx, &store, &args)?
+    } else {
+        None
     };
     let identity = Identity::generate();
     let replaced = match store.set_identity(&identity, args.force) {
@@ -102,9 +98,37 @@ pub fn init(ctx: &Context, args: InitArgs) -> Result<()> {
     print_created(ctx, &key, &store).done(&created)
 }
 
+/// Before `init --force` replaces an identity: asks, then backs it up
+/// (unless --no-backup). Returns the backup's path. A damaged identity
+/// row, which --force exists to replace, cannot be backed up: said, and
+/// replaced all the same once confirmed.
+fn make_way(ctx: &Context, store: &Store, args: &InitArgs) -> Result<Option<PathBuf>> {
+    let old = match store.identity() {
+        Ok(None) => return Ok(None),
+        Ok(Some(old)) => Some(old),
+        Err(e @ store::Error::Corrupt { .. }) => {
+            errln!("warning: the stored identity cannot be read ({e}), so no backup can be made.");
+            None
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let shown = match &old {
+        Some(old) => {
+            let key = old.public_key();
+            format!("{key} (fingerprint {})", key.fingerprint())
+        }
+        None => "that cannot be read".to_owned(),
+    };
+    confirm_replace(ctx, &shown, args.yes)?;
+    match old {
+        Some(old) if !args.no_backup => Ok(Some(backup::write(&ctx.profile.dir, &old)?)),
+        _ => Ok(None),
+    }
+}
+
 /// Asks before `init --force` destroys an identity: on a terminal, a
 /// question; elsewhere `--yes` must say it (a usage error otherwise).
-fn confirm_replace(ctx: &Context, old: &PublicKey, yes: bool) -> Result<()> {
+fn confirm_replace(ctx: &Context, old: &str, yes: bool) -> Result<()> {
     use std::io::{BufRead as _, IsTerminal as _};
     if yes {
         return Ok(());
@@ -118,10 +142,9 @@ fn confirm_replace(ctx: &Context, old: &PublicKey, yes: bool) -> Result<()> {
         .into());
     }
     errln!(
-        "Profile '{}' has the identity {old} (fingerprint {}). Replacing it means contacts \
-         who know that key can no longer reach you.",
+        "Profile '{}' has the identity {old}. Replacing it means contacts who know that \
+         key can no longer reach you.",
         ctx.profile.name,
-        old.fingerprint()
     );
     eprint_prompt("Replace it with a new identity? [y/N] ");
     let mut answer = String::new();
@@ -129,7 +152,7 @@ fn confirm_replace(ctx: &Context, old: &PublicKey, yes: bool) -> Result<()> {
     if matches!(answer.trim(), "y" | "Y" | "yes" | "Yes" | "YES") {
         return Ok(());
     }
-    anyhow::bail!("kept the identity {old}: nothing was changed")
+    anyhow::bail!("kept the identity: nothing was changed")
 }
 
 /// Writes a question without a newline on stderr, so the answer follows it.
