@@ -305,7 +305,7 @@ fn legacy_import_brings_identity_contacts_and_history_once() {
     assert_eq!(
         got,
         [
-            ("out", "sent", "hi bob"),
+            ("out", "delivered", "hi bob"),
             ("in", "read", "hi alice"),
             ("in", "read", "hi alice")
         ]

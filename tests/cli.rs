@@ -49,7 +49,7 @@ fn init_refuses_to_replace_an_identity_without_force() {
     assert_eq!(home.key("alice"), first);
 
     home.cmd("alice")
-        .args(["init", "--force"])
+        .args(["init", "--force", "--yes"])
         .assert()
         .success()
         .stderr(predicate::str::contains("replaced the identity"));

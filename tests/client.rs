@@ -318,7 +318,7 @@ fn messages_from_an_unknown_sender_are_kept_and_named_later() {
         .as_array()
         .unwrap()
         .iter()
-        .any(|c| c["unknown"] == true && c["public_key"] == carol_key.as_str()));
+        .any(|c| c["kind"] == "unknown" && c["public_key"] == carol_key.as_str()));
 
     p.ok("bob", &["add-contact", "carol", &carol_key]);
     assert_eq!(

@@ -35,6 +35,10 @@ pub struct ImportOptions {
     /// or one imported into a profile that has no identity yet: its
     /// outgoing messages become this profile's. Refused otherwise.
     pub other_identity: bool,
+    /// Legacy import: skip a `messages/NAME.json` whose NAME is neither a
+    /// contact nor a public key (listed in the report) instead of refusing
+    /// the whole import.
+    pub skip_unknown: bool,
 }
 
 /// What an import did.
@@ -58,6 +62,8 @@ pub struct ImportReport {
     /// The export's public key when it differs from the profile's and no
     /// key pair came with it: its "out" messages were written by that key.
     pub foreign_export: Option<String>,
+    /// Legacy files skipped with `--skip-unknown`: their paths.
+    pub skipped_files: Vec<String>,
 }
 
 /// A problem with one record: `Invalid` is the input's fault and gets its
@@ -290,6 +296,26 @@ impl<'a> Importer<'a> {
             Merge::OwnKey => format!("'{name}' not saved: it is this profile's own key"),
         };
         self.report.contact_notes.push(note);
+        Ok(())
+    }
+
+    /// Moves our own message `msg_id`, if stored and still `sent`, to
+    /// `delivered` at `at` with `detail` in its timeline. For legacy
+    /// messages an earlier chat-p2p imported as `sent`, where they would
+    /// otherwise wait for a receipt that can never come.
+    pub(crate) fn settle_as_delivered(
+        &mut self,
+        msg_id: &store::MessageId,
+        at: &str,
+        detail: &str,
+    ) -> Result<(), Fault> {
+        let Some(current) = store::messages::message_tx(&self.tx, msg_id)? else {
+            return Ok(());
+        };
+        if current.direction == Direction::Out && current.status == Status::Sent {
+            let delivered = Status::Delivered;
+            store::messages::apply_status_tx(&self.tx, msg_id, delivered, at, Some(detail))?;
+        }
         Ok(())
     }
 

@@ -10,8 +10,16 @@
 //!
 //! Legacy messages had no ids: each gets a UUIDv5 derived from its peer,
 //! time, direction, content and position, so importing twice is a no-op.
-//! Outgoing messages are stored as `sent`, incoming ones as `read` (the old
-//! client showed them), each at the message's own time.
+//! Outgoing messages are stored as `delivered`, incoming ones as `read`
+//! (the old client showed them), each at the message's own time. The old
+//! client had no receipts, so no receipt will ever move an imported
+//! message on: stored as `sent` it would sit forever among the messages
+//! "sent but not delivered yet". Its delivery event says it is assumed.
+//! Importing the same files again settles the messages an earlier
+//! chat-p2p imported as `sent` the same way.
+//!
+//! A file may begin with a UTF-8 byte order mark (Windows editors write
+//! one); it is ignored.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -24,7 +32,7 @@ use super::import::{malformed, Fault, ImportOptions, ImportReport, Importer};
 use super::{ContactRecord, Error, MessageRecord};
 use crate::clock;
 use crate::identity::{Identity, PublicKey};
-use crate::store::{Direction, MessageId, Status, Store};
+use crate::store::{Direction, Event, MessageId, Status, Store};
 
 #[derive(Deserialize)]
 struct LegacyContacts {
@@ -37,6 +45,9 @@ struct LegacyMessage {
     timestamp: f64,
     incoming: bool,
 }
+
+/// The detail of a legacy outgoing message's `delivered` event.
+const ASSUMED: &str = "assumed: the original client kept no delivery receipts";
 
 /// The files found across the folders.
 #[derive(Default)]
@@ -100,17 +111,34 @@ fn write(
             .contact(record)
             .map_err(|f| fault(f, &found.contacts))?;
     }
+    let mut skipped = Vec::new();
     for path in &found.messages {
-        let peer = peer_of(path, contacts)?;
+        let peer = match peer_of(path, contacts) {
+            Ok(peer) => peer,
+            Err(_) if options.skip_unknown => {
+                skipped.push(at(path));
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
         for (index, m) in read_json::<Vec<LegacyMessage>>(path)?.iter().enumerate() {
             let record = to_record(&peer, index, m)
                 .map_err(|problem| malformed(&format!("{}, message {index}", at(path)), problem))?;
+            let settle = (!m.incoming).then(|| (record.msg_id, record.created_at.clone()));
             importer
                 .message(record)
                 .map_err(|f| super::import::fault_at(f, &at(path)))?;
+            // Imported as `sent` by an earlier chat-p2p: settled now.
+            if let Some((msg_id, at_time)) = settle {
+                importer
+                    .settle_as_delivered(&msg_id, &at_time, ASSUMED)
+                    .map_err(|f| super::import::fault_at(f, &at(path)))?;
+            }
         }
     }
-    importer.finish()
+    let mut report = importer.finish()?;
+    report.skipped_files = skipped;
+    Ok(report)
 }
 
 fn fault(f: Fault, path: &Option<PathBuf>) -> Error {
@@ -181,7 +209,10 @@ fn read_identity(found: &Found) -> Result<Option<Identity>, Error> {
     })?;
     let identity = Identity::from_secret_bytes(seed);
     if let Some(public) = &found.public_key {
-        let text = String::from_utf8_lossy(&read(public)?).trim().to_owned();
+        let bytes = read(public)?;
+        let text = String::from_utf8_lossy(without_bom(&bytes))
+            .trim()
+            .to_owned();
         let key = PublicKey::parse(&text)
             .map_err(|e| malformed(&public.display().to_string(), e.to_string()))?;
         if key != identity.public_key() {
@@ -206,7 +237,7 @@ fn read(path: &Path) -> Result<Vec<u8>, Error> {
 
 fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, Error> {
     let bytes = read(path)?;
-    serde_json::from_slice(&bytes).map_err(|e| {
+    serde_json::from_slice(without_bom(&bytes)).map_err(|e| {
         malformed(
             &format!(
                 "{}, line {}, column {}",
@@ -217,6 +248,11 @@ fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, Error> {
             super::import::strip_position(&e),
         )
     })
+}
+
+/// `bytes` without the UTF-8 byte order mark it may start with.
+fn without_bom(bytes: &[u8]) -> &[u8] {
+    bytes.strip_prefix(super::reader::BOM).unwrap_or(bytes)
 }
 
 /// The peer key of `messages/<peer>.json`: a contact's name or a key.
@@ -234,7 +270,10 @@ fn peer_of(path: &Path, contacts: &BTreeMap<String, String>) -> Result<String, E
         .map_err(|_| {
             malformed(
                 &path.display().to_string(),
-                format!("'{stem}' is neither a name in contacts.json nor a public key"),
+                format!(
+                    "'{stem}' is neither a name in contacts.json nor a public key; add it to \
+                     contacts.json, or pass --skip-unknown to import the rest without it"
+                ),
             )
         })
 }
@@ -252,6 +291,20 @@ fn to_record(peer: &str, index: usize, m: &LegacyMessage) -> Result<MessageRecor
     };
     let name = format!("{peer}\n{millis}\n{direction}\n{}\n{index}", m.content);
     let incoming = m.incoming.then(|| at.clone());
+    let events = if m.incoming {
+        // Rebuilt from the times by the importer.
+        Vec::new()
+    } else {
+        let event = |status, detail: &str| Event {
+            status,
+            at: at.clone(),
+            detail: Some(detail.to_owned()),
+        };
+        vec![
+            event(Status::Sent, "imported from the original client"),
+            event(Status::Delivered, ASSUMED),
+        ]
+    };
     Ok(MessageRecord {
         msg_id: MessageId::derived(name.as_bytes()),
         peer_key: peer.to_owned(),
@@ -260,15 +313,15 @@ fn to_record(peer: &str, index: usize, m: &LegacyMessage) -> Result<MessageRecor
         status: if m.incoming {
             Status::Read
         } else {
-            Status::Sent
+            Status::Delivered
         },
         created_at: at.clone(),
         sent_at: (!m.incoming).then(|| at.clone()),
-        delivered_at: None,
+        delivered_at: (!m.incoming).then(|| at.clone()),
         read_at: incoming.clone(),
         received_at: incoming,
         failed_at: None,
         failure_reason: None,
-        events: Vec::new(),
+        events,
     })
 }

@@ -66,6 +66,11 @@ fn read_and_import(
         .take(1 << 20)
         .read_until(b'\n', &mut first)
         .map_err(read_error)?;
+    // Windows editors (Notepad, PowerShell's Out-File) start UTF-8 files
+    // with a byte order mark, which JSON parsers refuse: drop it.
+    if let Some(rest) = first.strip_prefix(BOM) {
+        first = rest.to_vec();
+    }
     if first.iter().all(u8::is_ascii_whitespace) {
         return Err(malformed("line 1", "the file is empty".into()));
     }
@@ -100,6 +105,9 @@ fn read_and_import(
     }
     importer.finish()
 }
+
+/// The UTF-8 byte order mark some editors put at the start of a file.
+pub(crate) const BOM: &[u8] = b"\xEF\xBB\xBF";
 
 /// Applies every record received, in order.
 fn consume(

@@ -9,14 +9,15 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use super::out::{AlreadyDone, StdoutError};
-use super::{print_json, resolve_peer, Context};
+use super::{print_json, resolve_peer, Context, UsageError};
 use crate::archive::{self, ExportOptions, ImportOptions, ImportReport, Layout};
 use crate::store::Store;
 
 /// Arguments of `export`.
 #[derive(Debug, Args)]
 pub struct ExportArgs {
-    /// One JSON document (the default).
+    /// One JSON document (the default). With `-o FILE`, also prints what
+    /// was written as JSON on standard output instead of a line on stderr.
     #[arg(long, conflicts_with = "jsonl")]
     json: bool,
     /// One JSON object per line instead, each with a "kind" field.
@@ -57,6 +58,10 @@ pub struct ImportArgs {
     /// profile's own. Without it, such an import is refused.
     #[arg(long)]
     other_identity: bool,
+    /// With --legacy: skip a messages/NAME.json whose NAME is neither a
+    /// contact nor a public key, instead of importing nothing.
+    #[arg(long, requires = "legacy")]
+    skip_unknown: bool,
     /// Print what was imported as JSON.
     #[arg(long)]
     json: bool,
@@ -120,6 +125,16 @@ pub fn export(ctx: &Context, args: ExportArgs) -> Result<()> {
     if let Some(bar) = bar {
         bar.finish_and_clear();
     }
+    if let (Some(path), true) = (output, args.json) {
+        return print_json(&serde_json::json!({
+            "path": path,
+            "format": "json",
+            "messages": summary.messages,
+            "contacts": summary.contacts,
+            "secret_key_included": args.include_secret,
+        }))
+        .done("the export was written");
+    }
     if let Some(path) = output {
         errln!(
             "Exported {} messages and {} contacts to {}.",
@@ -153,6 +168,7 @@ pub fn import(ctx: &Context, args: ImportArgs) -> Result<()> {
     let options = ImportOptions {
         force: args.force,
         other_identity: args.other_identity,
+        skip_unknown: args.skip_unknown,
     };
     let input = if args.legacy {
         if let Some(missing) = args.paths.iter().find(|p| !p.exists()) {
@@ -160,6 +176,20 @@ pub fn import(ctx: &Context, args: ImportArgs) -> Result<()> {
         }
         None
     } else {
+        if let Some(dir) = args.paths.iter().find(|p| p.is_dir()) {
+            return Err(UsageError(format!(
+                "'{}' is a folder, not an export file. To import the original client's \
+                 folders, run: {} import --legacy {}",
+                dir.display(),
+                ctx.cli_prefix(),
+                args.paths
+                    .iter()
+                    .map(|p| super::shell_quote(&p.display().to_string()))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            ))
+            .into());
+        }
         let [path] = args.paths.as_slice() else {
             anyhow::bail!(
                 "import takes one export file (several folders only with --legacy); \
@@ -289,6 +319,12 @@ fn print_report(ctx: &Context, store: &Store, r: &ImportReport) -> Result<()> {
     for note in &r.contact_notes {
         // Notes quote names from the file.
         outln!("note: contact {}", crate::render::untrusted_inline(note))?;
+    }
+    for path in &r.skipped_files {
+        outln!(
+            "skipped {}: its name is neither a contact nor a public key",
+            crate::render::untrusted_inline(path)
+        )?;
     }
     if let Some(key) = &r.identity_adopted {
         outln!("This profile's identity is now {key}.")?;

@@ -42,6 +42,9 @@ pub struct ListArgs {
 pub struct RemoveArgs {
     /// The contact's name.
     name: String,
+    /// Print the removed contact as JSON.
+    #[arg(long)]
+    json: bool,
 }
 
 /// Arguments of `rename-contact`.
@@ -51,14 +54,20 @@ pub struct RenameArgs {
     old: String,
     /// The new name.
     new: String,
+    /// Print the renamed contact as JSON (with its `old_name`).
+    #[arg(long)]
+    json: bool,
 }
 
+/// A contact as every command prints it, with its verification. `kind`
+/// tells it from an unknown sender in the same array (docs/JSON.md).
 fn contact_json(c: &Contact, v: &Verification) -> serde_json::Value {
     let verified_at = match v {
         Verification::Verified { at } => Some(at),
         _ => None,
     };
     json!({
+        "kind": "contact",
         "name": c.name,
         "public_key": c.key.to_base64(),
         "fingerprint": c.key.fingerprint(),
@@ -101,10 +110,11 @@ fn activity(store: &crate::store::Store) -> Result<HashMap<PublicKey, Activity>>
         .collect())
 }
 
+/// Someone who wrote to this profile without being a contact.
 fn unknown_json(u: &UnknownPeer) -> serde_json::Value {
     json!({
+        "kind": "unknown",
         "name": null,
-        "unknown": true,
         "public_key": u.key.to_base64(),
         "fingerprint": u.key.fingerprint(),
         "messages": u.messages,
@@ -240,6 +250,10 @@ pub fn list(ctx: &Context, args: ListArgs) -> Result<()> {
 pub fn remove(ctx: &Context, args: RemoveArgs) -> Result<()> {
     let (mut store, _) = ctx.open_with_identity()?;
     let contact = store.remove_contact(&args.name)?;
+    if args.json {
+        let state = store.verification(&contact)?;
+        return print_json(&contact_json(&contact, &state)).done("the contact was removed");
+    }
     outln!(
         "Removed contact '{}' ({}). Your history with this key is kept.",
         untrusted_inline(&contact.name),
@@ -253,7 +267,12 @@ pub fn rename(ctx: &Context, args: RenameArgs) -> Result<()> {
     let new = parse_name(&args.new)?;
     let (mut store, _) = ctx.open_with_identity()?;
     let contact = store.rename_contact(&args.old, &new)?;
-    super::verify::check(&store, &contact)?;
+    let verification = super::verify::check(&store, &contact)?;
+    if args.json {
+        let mut value = contact_json(&contact, &verification);
+        value["old_name"] = json!(args.old);
+        return print_json(&value).done("the contact was renamed");
+    }
     outln!(
         "Renamed contact '{}' to '{}'.",
         untrusted_inline(&args.old),

@@ -1,21 +1,33 @@
 //! `init` and `whoami`.
 
+mod backup;
+
+use std::path::PathBuf;
+
 use anyhow::Result;
 use clap::Args;
 use serde_json::json;
 
 use super::out::{AlreadyDone, StdoutError};
-use super::{print_json, Context};
+use super::{print_json, Context, UsageError};
 use crate::identity::{Identity, PublicKey};
 use crate::store::{self, Store};
 
 /// Arguments of `init`.
 #[derive(Debug, Args)]
 pub struct InitArgs {
-    /// Replace an existing identity. The old secret key is destroyed: your
-    /// contacts can no longer reach you at the old key.
+    /// Replace an existing identity: your contacts can no longer reach you
+    /// at the old key. Asks first on a terminal; the old key pair is kept
+    /// in a backup file in the profile's folder (see --no-backup).
     #[arg(long)]
     force: bool,
+    /// With --force: replace without asking (needed when not on a terminal).
+    #[arg(long, requires = "force")]
+    yes: bool,
+    /// With --force: keep no backup of the old identity; its secret key is
+    /// then gone for good.
+    #[arg(long, requires = "force")]
+    no_backup: bool,
     /// Print the result as JSON.
     #[arg(long)]
     json: bool,
@@ -45,30 +57,110 @@ fn identity_json(ctx: &Context, key: &PublicKey, store: &Store) -> serde_json::V
 /// Creates the profile's identity.
 pub fn init(ctx: &Context, args: InitArgs) -> Result<()> {
     let mut store = Store::create(&ctx.profile.db_path())?;
+    let backup = if args.force {
+        make_way(ctx, &store, &args)?
+    } else {
+        None
+    };
     let identity = Identity::generate();
     let replaced = match store.set_identity(&identity, args.force) {
         Err(store::Error::IdentityExists(key)) => anyhow::bail!(
             "profile '{}' already has an identity ({key}). \
-             'init --force' replaces it, destroying the old secret key",
+             'init --force' replaces it (asking first, and keeping the old key pair \
+             in a backup file unless --no-backup)",
             ctx.profile.name
         ),
         other => other?,
     };
-    if let Some(old) = &replaced {
-        errln!(
+    match (&replaced, &backup) {
+        (Some(old), Some(path)) => errln!(
+            "warning: replaced the identity {old}: contacts who know the old key can no \
+             longer reach you. Its key pair is kept in {} (readable by you alone); \
+             '{} import --force FILE' restores it.",
+            path.display(),
+            ctx.cli_prefix()
+        ),
+        (Some(old), None) => errln!(
             "warning: replaced the identity {old}. Its secret key is gone: \
              contacts who know the old key can no longer reach you, and \
              messages still queued for it cannot be read."
-        );
+        ),
+        _ => {}
     }
     let key = identity.public_key();
     let created = format!("the identity of profile '{}' was created", ctx.profile.name);
     if args.json {
         let mut value = identity_json(ctx, &key, &store);
         value["replaced"] = json!(replaced.map(|k| k.to_base64()));
+        value["backup"] = json!(backup);
         return print_json(&value).done(&created);
     }
     print_created(ctx, &key, &store).done(&created)
+}
+
+/// Before `init --force` replaces an identity: asks, then backs it up
+/// (unless --no-backup). Returns the backup's path. A damaged identity
+/// row, which --force exists to replace, cannot be backed up: said, and
+/// replaced all the same once confirmed.
+fn make_way(ctx: &Context, store: &Store, args: &InitArgs) -> Result<Option<PathBuf>> {
+    let old = match store.identity() {
+        Ok(None) => return Ok(None),
+        Ok(Some(old)) => Some(old),
+        Err(e @ store::Error::Corrupt { .. }) => {
+            errln!("warning: the stored identity cannot be read ({e}), so no backup can be made.");
+            None
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let shown = match &old {
+        Some(old) => {
+            let key = old.public_key();
+            format!("{key} (fingerprint {})", key.fingerprint())
+        }
+        None => "that cannot be read".to_owned(),
+    };
+    confirm_replace(ctx, &shown, args.yes)?;
+    match old {
+        Some(old) if !args.no_backup => Ok(Some(backup::write(&ctx.profile.dir, &old)?)),
+        _ => Ok(None),
+    }
+}
+
+/// Asks before `init --force` destroys an identity: on a terminal, a
+/// question; elsewhere `--yes` must say it (a usage error otherwise).
+fn confirm_replace(ctx: &Context, old: &str, yes: bool) -> Result<()> {
+    use std::io::{BufRead as _, IsTerminal as _};
+    if yes {
+        return Ok(());
+    }
+    if !std::io::stdin().is_terminal() {
+        return Err(UsageError(format!(
+            "'init --force' would replace the identity {old} of profile '{}', and standard \
+             input is not a terminal to ask you: pass --yes to replace it without asking",
+            ctx.profile.name
+        ))
+        .into());
+    }
+    errln!(
+        "Profile '{}' has the identity {old}. Replacing it means contacts who know that \
+         key can no longer reach you.",
+        ctx.profile.name,
+    );
+    eprint_prompt("Replace it with a new identity? [y/N] ");
+    let mut answer = String::new();
+    std::io::stdin().lock().read_line(&mut answer)?;
+    if matches!(answer.trim(), "y" | "Y" | "yes" | "Yes" | "YES") {
+        return Ok(());
+    }
+    anyhow::bail!("kept the identity: nothing was changed")
+}
+
+/// Writes a question without a newline on stderr, so the answer follows it.
+fn eprint_prompt(text: &str) {
+    use std::io::Write as _;
+    let mut err = std::io::stderr().lock();
+    let _ = err.write_all(text.as_bytes());
+    let _ = err.flush();
 }
 
 fn print_created(ctx: &Context, key: &PublicKey, store: &Store) -> Result<(), StdoutError> {

@@ -71,21 +71,28 @@ pub fn send(ctx: &Context, args: SendArgs) -> Result<()> {
         return Err(with_pending_hint(e, "Your message is saved as pending"));
     }
     let stored = engine.store().message(&message.msg_id)?.unwrap_or(message);
+    // With --json the message is printed whatever became of it, and a
+    // refused one still exits 1, as without --json.
     if args.json {
-        return print_json(&serde_json::to_value(&stored)?).done(SENT);
+        print_json(&serde_json::to_value(&stored)?).done(SENT)?;
     }
-    match stored.status {
-        Status::Failed => anyhow::bail!(
+    if stored.status == Status::Failed {
+        anyhow::bail!(
             "not sent: {}",
-            stored.failure_reason.as_deref().unwrap_or("the router refused it")
-        ),
-        _ => outln!(
+            stored
+                .failure_reason
+                .as_deref()
+                .unwrap_or("the router refused it")
+        );
+    }
+    if !args.json {
+        outln!(
             "{} Sent to {} (the router has it; 'chat-p2p history {}' shows when it is delivered and read).",
             Status::Sent.mark(),
             args.peer,
             args.peer
         )
-        .done(SENT)?,
+        .done(SENT)?;
     }
     note_received(engine.tally());
     Ok(())

@@ -22,6 +22,8 @@ const MAX_HEAD: usize = 8 * 1024;
 pub enum Request {
     /// `GET /healthz`.
     Health,
+    /// `GET /metrics`: Prometheus text.
+    Metrics,
     /// `GET /ws?pub=KEY`: a WebSocket session for that key.
     Session(PublicKey),
     /// `/ws` without a usable key: the reason.
@@ -65,6 +67,7 @@ pub fn route(head: &[u8]) -> Request {
     let (path, query) = target.split_once('?').unwrap_or((target, ""));
     match path {
         "/healthz" => Request::Health,
+        "/metrics" => Request::Metrics,
         "/ws" => session_key(query),
         _ => Request::NotFound,
     }
@@ -144,8 +147,21 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Replay<S> {
 
 /// Writes a small plain-text response and closes.
 pub async fn respond(stream: &mut TcpStream, status: &str, body: &str) -> io::Result<()> {
+    respond_typed(stream, status, "text/plain; charset=utf-8", body).await
+}
+
+/// The Prometheus text exposition format's content type.
+pub const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// Writes a response of `content_type` and closes.
+pub async fn respond_typed(
+    stream: &mut TcpStream,
+    status: &str,
+    content_type: &str,
+    body: &str,
+) -> io::Result<()> {
     let text = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     );
     stream.write_all(text.as_bytes()).await?;
@@ -173,6 +189,7 @@ mod tests {
     fn routes_requests() {
         assert_eq!(route(b"GET /healthz HTTP/1.1\r\n\r\n"), Request::Health);
         assert_eq!(route(b"POST /healthz HTTP/1.1\r\n\r\n"), Request::NotFound);
+        assert_eq!(route(b"GET /metrics HTTP/1.1\r\n\r\n"), Request::Metrics);
         assert_eq!(route(b"GET /other HTTP/1.1\r\n\r\n"), Request::NotFound);
         assert_eq!(route(b"\xff\xfe"), Request::NotFound);
         assert!(matches!(

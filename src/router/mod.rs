@@ -11,6 +11,7 @@
 pub mod backend;
 mod http;
 pub mod hub;
+pub mod metrics;
 mod session;
 pub mod state;
 
@@ -91,6 +92,7 @@ struct Shared<B> {
     hub: Hub,
     connections: Arc<Semaphore>,
     stop: watch::Receiver<bool>,
+    metrics: Arc<metrics::Metrics>,
 }
 
 /// Serves on `listener` with the SQLite queue in `config.data_dir` until
@@ -120,6 +122,7 @@ pub async fn serve_with_backend<B: Backend>(
         backend,
         hub: Hub::default(),
         stop,
+        metrics: Arc::default(),
     });
     let mut tasks = JoinSet::new();
     tasks.spawn(expire_loop(Arc::clone(&shared)));

@@ -82,11 +82,20 @@ pub(super) async fn handle_connection<B: Backend>(
             let _ = http::respond(&mut stream, "200 OK", "ok\n").await;
             return;
         }
+        Request::Metrics => {
+            let gauges = super::metrics::Gauges {
+                sessions: shared.hub.len(),
+                queue_depth: shared.backend.depth().await.ok(),
+            };
+            let body = shared.metrics.render(gauges);
+            let _ = http::respond_typed(&mut stream, "200 OK", http::PROMETHEUS_TEXT, &body).await;
+            return;
+        }
         Request::NotFound => {
             let _ = http::respond(
                 &mut stream,
                 "404 Not Found",
-                "not found: use /ws or /healthz\n",
+                "not found: use /ws, /healthz or /metrics\n",
             )
             .await;
             return;
@@ -113,7 +122,8 @@ pub(super) async fn handle_connection<B: Backend>(
         shared: &shared,
     };
     if permit.is_none() {
-        tracing::warn!(%peer, "connection limit reached; refusing a session");
+        tracing::warn!(client = %log_id(&key), "connection limit reached; refusing a session");
+        tracing::debug!(%peer, key = %key, "refused for the connection limit");
         conn.refuse(
             ErrorCode::TooManyConnections,
             "the router has as many connections as it allows; try again later",
@@ -125,13 +135,25 @@ pub(super) async fn handle_connection<B: Backend>(
     let Some(registration) = conn.authenticate(key).await else {
         return;
     };
-    tracing::info!(%peer, key = %key, "session started");
+    // At the default level a short fingerprint names the client: logs are
+    // kept and shipped, and need neither whole keys nor addresses.
+    let client = log_id(&key);
+    shared.metrics.session_started();
+    tracing::info!(%client, "session started");
+    tracing::debug!(%client, %peer, key = %key, "session details");
     // Unregisters however the session ends, a panic included.
     let leave = shared.hub.leave_on_drop(key, registration.id);
     let exit = Session::new(conn, key, registration).run().await;
     drop(leave);
-    tracing::info!(%peer, key = %key, ?exit, "session ended");
+    tracing::info!(%client, ?exit, "session ended");
     drop(permit);
+}
+
+/// How a client is named in logs at the default level: its key's
+/// fingerprint (80 bits, as `contacts` shows it, without the spaces), not
+/// the whole key. The key and address are logged at `debug`.
+fn log_id(key: &PublicKey) -> String {
+    key.fingerprint().replace(' ', "")
 }
 
 /// WebSocket limits: a small read buffer (idle sessions cost ~10 KB, not
@@ -182,6 +204,7 @@ impl<B: Backend, S: AsyncRead + AsyncWrite + Unpin> Conn<'_, B, S> {
     }
 
     async fn feed_text(&mut self, text: String) -> Result<(), Exit> {
+        self.shared.metrics.frame_out();
         let limit = self.shared.config.write_timeout;
         match tokio::time::timeout(limit, self.ws.feed(Message::text(text))).await {
             Ok(Ok(())) => Ok(()),
@@ -210,11 +233,13 @@ impl<B: Backend, S: AsyncRead + AsyncWrite + Unpin> Conn<'_, B, S> {
         code: ErrorCode,
         message: &str,
     ) -> Result<(), Exit> {
+        self.shared.metrics.error(code);
         self.feed(&error_frame(id, code, message)).await
     }
 
     /// Sends an error, then closes with `close` and the message as reason.
     async fn refuse(&mut self, code: ErrorCode, message: &str, close: CloseCode) {
+        self.shared.metrics.error(code);
         let _ = self.send(&error_frame(None, code, message)).await;
         self.close(close, code.as_str()).await;
     }
@@ -271,7 +296,12 @@ impl<B: Backend, S: AsyncRead + AsyncWrite + Unpin> Conn<'_, B, S> {
                 Some(registration)
             }
             Err((code, msg)) => {
-                tracing::info!(key = %key, code = code.as_str(), "authentication refused");
+                tracing::info!(
+                    client = %log_id(&key),
+                    code = code.as_str(),
+                    "authentication refused"
+                );
+                tracing::debug!(key = %key, "authentication refused for this key");
                 self.refuse(code, msg, CloseCode::Policy).await;
                 None
             }
@@ -536,6 +566,7 @@ impl<'a, B: Backend, S: AsyncRead + AsyncWrite + Unpin> Session<'a, B, S> {
             Some(Err(WsError::Utf8(_))) => Err(Exit::BadUtf8),
             Some(Err(_)) => Err(Exit::Closed),
             Some(Ok(Message::Text(text))) => {
+                self.conn.shared.metrics.frame_in();
                 #[cfg(test)]
                 if text.as_str() == TEST_PANIC_FRAME {
                     panic!("a session bug, injected by a test");
@@ -624,8 +655,16 @@ impl<'a, B: Backend, S: AsyncRead + AsyncWrite + Unpin> Session<'a, B, S> {
             text: text.into(),
         };
         let stored = self.conn.shared.backend.enqueue(vec![frame]);
-        self.pending
-            .push(stored.map(move |r| Done::Enqueued(id, r)).boxed());
+        let metrics = std::sync::Arc::clone(&self.conn.shared.metrics);
+        let started = Instant::now();
+        self.pending.push(
+            stored
+                .map(move |r| {
+                    metrics.commit(started.elapsed());
+                    Done::Enqueued(id, r)
+                })
+                .boxed(),
+        );
     }
 
     async fn on_heartbeat(&mut self, period: std::time::Duration) -> Result<(), Exit> {

@@ -134,6 +134,9 @@ pub trait Backend: Send + Sync + 'static {
         before: String,
     ) -> impl Future<Output = Result<u64, BackendError>> + Send + 'static;
 
+    /// How many frames the queue holds now (for `/metrics`).
+    fn depth(&self) -> impl Future<Output = Result<u64, BackendError>> + Send + 'static;
+
     /// Finishes every submission made so far, then refuses new ones.
     fn close(&self) -> impl Future<Output = ()> + Send + 'static;
 }

@@ -207,6 +207,25 @@ impl Backend for SqliteBackend {
         }
     }
 
+    fn depth(
+        &self,
+    ) -> impl std::future::Future<Output = Result<u64, BackendError>> + Send + 'static {
+        let readers = Arc::clone(&self.readers);
+        let path = Arc::clone(&self.path);
+        async move {
+            tokio::task::spawn_blocking(move || {
+                let conn = take_reader(&readers, &path)?;
+                let depth = conn
+                    .query_row("SELECT count(*) FROM queue", [], |r| r.get::<_, i64>(0))
+                    .map_err(BackendError::from);
+                readers.lock().unwrap_or_else(|e| e.into_inner()).push(conn);
+                Ok(u64::try_from(depth?).unwrap_or(0))
+            })
+            .await
+            .map_err(|_| BackendError::Closed)?
+        }
+    }
+
     fn remove(
         &self,
         recipient: PublicKey,

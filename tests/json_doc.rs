@@ -1,0 +1,205 @@
+//! docs/JSON.md is the reference for every command's `--json` output: this
+//! test runs each documented command on real profiles (and a real router)
+//! and checks that every field the page lists is in what it prints.
+
+mod common;
+
+use std::collections::BTreeMap;
+
+use common::*;
+use serde_json::Value;
+
+/// The `fields` blocks of docs/JSON.md: command name → field paths.
+fn documented() -> BTreeMap<String, Vec<String>> {
+    let text = include_str!("../docs/JSON.md");
+    let mut blocks = BTreeMap::new();
+    let mut current: Option<(String, Vec<String>)> = None;
+    for line in text.lines() {
+        if let Some((name, fields)) = current.as_mut() {
+            if line.trim_start().starts_with("```") {
+                let (name, fields) = (name.clone(), std::mem::take(fields));
+                assert!(!fields.is_empty(), "the block for {name} lists no field");
+                let again = blocks.insert(name.clone(), fields);
+                assert!(again.is_none(), "two blocks for {name}");
+                current = None;
+            } else if let Some(path) = line.split_whitespace().next() {
+                fields.push(path.to_owned());
+            }
+        } else if let Some(name) = line.trim().strip_prefix("```fields ") {
+            current = Some((name.trim().to_owned(), Vec::new()));
+        }
+    }
+    assert!(current.is_none(), "a fields block is not closed");
+    blocks
+}
+
+/// One step of a field path.
+enum Step {
+    Field(String),
+    Each,
+    Kind(String),
+}
+
+fn steps(path: &str) -> Vec<Step> {
+    let mut out = Vec::new();
+    for part in path.split('.') {
+        let (name, mut rest) = part.split_once('[').map_or((part, ""), |(n, r)| (n, r));
+        if !name.is_empty() {
+            out.push(Step::Field(name.to_owned()));
+        }
+        while let Some((inside, after)) = rest.split_once(']') {
+            out.push(match inside.strip_prefix("kind=") {
+                Some(kind) => Step::Kind(kind.to_owned()),
+                None => Step::Each,
+            });
+            rest = after.strip_prefix('[').unwrap_or(after);
+        }
+    }
+    out
+}
+
+/// Checks that `path` is in `value`: every object it leads to has the
+/// field, and every `[]` or `[kind=...]` selects at least one element.
+fn check(value: &Value, path: &str) -> Result<(), String> {
+    let mut here = vec![value];
+    for step in steps(path) {
+        let mut next = Vec::new();
+        for v in here {
+            match &step {
+                Step::Field(name) => match v.get(name) {
+                    Some(field) => next.push(field),
+                    None => return Err(format!("no field '{name}' in {v}")),
+                },
+                Step::Each | Step::Kind(_) => {
+                    let items = v.as_array().ok_or_else(|| format!("not an array: {v}"))?;
+                    next.extend(items.iter().filter(|item| match &step {
+                        Step::Kind(kind) => item["kind"] == kind.as_str(),
+                        _ => true,
+                    }));
+                }
+            }
+        }
+        if next.is_empty() {
+            return Err("no element to check: the test's output lacks one".to_owned());
+        }
+        here = next;
+    }
+    Ok(())
+}
+
+/// JSON Lines as an array of their objects.
+fn lines(text: &str) -> Value {
+    text.lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .collect()
+}
+
+/// Every documented command's output, from real profiles and a real router.
+fn outputs(env: &Env, router: &Router) -> BTreeMap<&'static str, Value> {
+    let url = router.url();
+    let server = ["--server", url.as_str()];
+    let mut out = BTreeMap::new();
+    out.insert("init", env.json("me", &["init", "--json"]));
+    out.insert("whoami", env.json("me", &["whoami", "--json"]));
+    let bob = env.init("bob");
+    out.insert(
+        "add-contact",
+        env.json("me", &["add-contact", "bob", &bob, "--json"]),
+    );
+    // Carol is no contact of mine: she shows up as an unknown sender.
+    let me = env.key("me");
+    env.init("carol");
+    env.ok("carol", &["add-contact", "me", &me]);
+    env.ok(
+        "carol",
+        &["send", server[0], server[1], "me", "hello from carol"],
+    );
+    let send = ["send", server[0], server[1], "bob", "hello bob", "--json"];
+    out.insert("send", env.json("me", &send));
+    out.insert(
+        "sync",
+        env.json("me", &["sync", server[0], server[1], "--json"]),
+    );
+    out.insert("contacts", env.json("me", &["contacts", "--json"]));
+    out.insert("history", env.json("me", &["history", "--json"]));
+    let search = ["history", "--search", "hello", "-C", "1", "--json"];
+    out.insert("history-search", env.json("me", &search));
+    out.insert("export", env.json("me", &["export", "--json"]));
+    out.insert("export-jsonl", lines(&env.ok("me", &["export", "--jsonl"])));
+    let file = env.path("me.json");
+    let export = ["export", "--json", "-o", file.to_str().unwrap()];
+    out.insert("export-summary", env.json("me", &export));
+    let import = [
+        "import",
+        "--other-identity",
+        file.to_str().unwrap(),
+        "--json",
+    ];
+    out.insert("import", env.json("copy", &import));
+    let rename = ["rename-contact", "bob", "robert", "--json"];
+    out.insert("rename-contact", env.json("me", &rename));
+    let remove = ["remove-contact", "robert", "--json"];
+    out.insert("remove-contact", env.json("me", &remove));
+    out
+}
+
+#[test]
+fn every_documented_json_field_is_printed() {
+    let env = Env::new();
+    let router = Router::start(&env.path("router"), &[]);
+    let outputs = outputs(&env, &router);
+    let docs = documented();
+    let run: Vec<_> = outputs.keys().map(|k| k.to_string()).collect();
+    let listed: Vec<_> = docs.keys().cloned().collect();
+    assert_eq!(
+        listed, run,
+        "docs/JSON.md's fields blocks and this test's commands differ: each \
+         command's JSON needs a block there and an entry in outputs() here"
+    );
+    let mut missing = Vec::new();
+    for (name, paths) in &docs {
+        for path in paths {
+            if let Err(why) = check(&outputs[name.as_str()], path) {
+                missing.push(format!("{name}: {path}: {why}"));
+            }
+        }
+    }
+    assert!(missing.is_empty(), "{}", missing.join("\n"));
+}
+
+#[test]
+fn paths_select_fields_elements_and_kinds() {
+    let v: Value = serde_json::json!([
+        {"kind": "a", "x": 1, "list": [{"y": null}]},
+        {"kind": "b", "z": 2}
+    ]);
+    assert!(check(&v, "[kind=a].x").is_ok());
+    assert!(check(&v, "[kind=a].list[].y").is_ok());
+    assert!(check(&v, "[kind=b].z").is_ok());
+    assert!(check(&v, "[].kind").is_ok());
+    assert!(check(&v, "[].x").is_err(), "b has no x");
+    assert!(check(&v, "[kind=c].x").is_err(), "no element of kind c");
+}
+
+#[test]
+fn send_json_prints_a_refused_message_and_still_exits_1() {
+    let env = Env::new();
+    let router = Router::start(&env.path("router"), &["--max-frame-bytes", "4096"]);
+    env.init("me");
+    let bob = env.init("bob");
+    env.ok("me", &["add-contact", "bob", &bob]);
+    let big = "x".repeat(3000);
+    let url = router.url();
+    let out = env
+        .cmd("me")
+        .args(["send", "--server", &url, "bob", &big, "--json"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let m: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(m["status"], "failed", "{m}");
+    assert!(
+        m["failure_reason"].as_str().unwrap().contains("4096"),
+        "{m}"
+    );
+}

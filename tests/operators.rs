@@ -1,0 +1,170 @@
+//! What a router's operator sees: `/metrics` after real traffic, JSON log
+//! lines, and logs at the default level without whole keys or addresses.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use chat_p2p::identity::Identity;
+use common::{send_text, Client};
+
+/// A router at the default log level (no RUST_LOG), its stderr in a file.
+struct QuietRouter {
+    child: Child,
+    addr: String,
+    log: PathBuf,
+}
+
+impl QuietRouter {
+    fn start(dir: &Path, extra: &[&str]) -> Self {
+        let log = dir.join("router.log");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_chat-p2p"))
+            .env_clear()
+            .env("CHAT_HOME", dir)
+            .args(["router", "--listen", "127.0.0.1:0", "--data"])
+            .arg(dir.join("router"))
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let addr = line
+            .trim()
+            .strip_prefix("listening on ")
+            .unwrap()
+            .to_owned();
+        QuietRouter { child, addr, log }
+    }
+
+    /// Stops the router (SIGTERM, so its last lines are written) and
+    /// returns what it logged.
+    fn stop(mut self) -> String {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.wait();
+        std::fs::read_to_string(&self.log).unwrap()
+    }
+}
+
+/// A plain HTTP GET of `path`, the whole reply as text.
+fn http_get(addr: &str, path: &str) -> String {
+    let mut tcp = std::net::TcpStream::connect(addr).unwrap();
+    write!(tcp, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut reply = String::new();
+    tcp.read_to_string(&mut reply).unwrap();
+    reply
+}
+
+impl Drop for QuietRouter {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Alice sends to bob, who is online, and to carol, who is not (so one
+/// frame stays queued), then sends a frame that is not JSON.
+async fn traffic(addr: &str) -> (Identity, Identity) {
+    let (alice, bob) = (Identity::generate(), Identity::generate());
+    let mut a = Client::connect(addr, Identity::from_secret_bytes(&alice.secret_bytes())).await;
+    let mut b = Client::connect(addr, Identity::from_secret_bytes(&bob.secret_bytes())).await;
+    a.send_acked(&b.key(), "hello bob").await;
+    let (m, _) = b.receive().await;
+    b.ack(m.id).await;
+    a.send_acked(&Identity::generate().public_key(), "for later")
+        .await;
+    send_text(&mut a.ws, "this is not json").await;
+    let e = a.expect_error().await;
+    assert_eq!(e.code.as_str(), "bad-frame");
+    a.close().await;
+    b.close().await;
+    (alice, bob)
+}
+
+/// The value of the sample named exactly `name` (labels included).
+fn sample(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in\n{text}"))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn metrics_count_real_traffic_and_logs_name_no_key_or_address() {
+    let dir = tempfile::tempdir().unwrap();
+    let router = QuietRouter::start(dir.path(), &[]);
+    let (alice, bob) = traffic(&router.addr).await;
+    let addr = router.addr.clone();
+    let reply = tokio::task::spawn_blocking(move || http_get(&addr, "/metrics"))
+        .await
+        .unwrap();
+    assert!(reply.starts_with("HTTP/1.1 200 OK"), "{reply}");
+    assert!(
+        reply.contains("Content-Type: text/plain; version=0.0.4"),
+        "{reply}"
+    );
+    let body = reply.split("\r\n\r\n").nth(1).unwrap();
+    assert!(sample(body, "chat_router_sessions_total") >= 2.0);
+    assert!(sample(body, "chat_router_frames_in_total") >= 4.0);
+    assert!(sample(body, "chat_router_frames_out_total") >= 6.0);
+    assert_eq!(sample(body, "chat_router_queue_depth"), 1.0);
+    assert_eq!(
+        sample(body, "chat_router_errors_total{code=\"bad-frame\"}"),
+        1.0
+    );
+    assert_eq!(
+        sample(body, "chat_router_errors_total{code=\"internal\"}"),
+        0.0
+    );
+    assert!(sample(body, "chat_router_commit_seconds_count") >= 2.0);
+    assert!(sample(body, "chat_router_commit_seconds_bucket{le=\"+Inf\"}") >= 2.0);
+
+    let log = router.stop();
+    assert!(log.contains("session started"), "{log}");
+    let short = alice.public_key().fingerprint().replace(' ', "");
+    assert!(log.contains(&short), "the fingerprint names alice:\n{log}");
+    for id in [&alice, &bob] {
+        assert!(
+            !log.contains(&id.public_key().to_base64()),
+            "a whole key:\n{log}"
+        );
+    }
+    assert!(!log.contains("127.0.0.1"), "a client address:\n{log}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn json_logs_are_one_object_per_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let router = QuietRouter::start(dir.path(), &["--log-format", "json"]);
+    traffic(&router.addr).await;
+    let log = router.stop();
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    let started = lines
+        .iter()
+        .find(|l| l["fields"]["message"] == "session started")
+        .unwrap_or_else(|| panic!("no session started in\n{log}"));
+    assert_eq!(started["level"], "INFO");
+    assert!(started["fields"]["client"].is_string(), "{started}");
+    assert!(lines
+        .iter()
+        .any(|l| l["fields"]["message"] == "router stopped"));
+}
+
+#[test]
+fn an_unknown_log_format_is_a_usage_error() {
+    let out = Command::new(env!("CARGO_BIN_EXE_chat-p2p"))
+        .env_clear()
+        .args(["router", "--log-format", "xml"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}
