@@ -254,7 +254,7 @@ impl Screen for ChatScreen {
 }
 
 /// `[2026-11-25 20:32] ✓✓ delivered to bob: hello` for a status change.
-fn status_line(m: &Message, style: &Style) -> String {
+pub(super) fn status_line(m: &Message, style: &Style) -> String {
     let time = match m.status {
         Status::Sent => m.sent_at.as_deref(),
         Status::Delivered => m.delivered_at.as_deref(),

@@ -13,6 +13,7 @@ mod history;
 mod identity;
 mod router;
 mod sync;
+mod watch;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -35,15 +35,27 @@ pub struct SendArgs {
 
 /// Arguments of `sync`.
 #[derive(Debug, Args)]
+#[command(
+    after_help = "With --watch, sync stays connected: it prints each message as it \
+    arrives (with --json, one JSON object per line whose \"kind\" is message, status, \
+    rejected, retrying, router_error, connected or disconnected), sends what 'send' and \
+    other commands store, reconnects by itself, and exits 0 on Ctrl-C or SIGTERM.\n\
+    Example: chat-p2p sync --watch --json | jq -r 'select(.kind == \"message\") | .body'"
+)]
 pub struct SyncArgs {
     #[command(flatten)]
     server: ServerArgs,
-    /// How many seconds to wait at most for everything to be exchanged.
+    /// How many seconds to wait at most for everything to be exchanged
+    /// (with --watch: for each connection attempt).
     #[arg(long, value_name = "SECS", default_value_t = 60)]
     timeout: u64,
-    /// Print the summary as JSON.
+    /// Print the summary as JSON (with --watch: one object per line).
     #[arg(long)]
     json: bool,
+    /// Stay connected: print messages as they arrive and send what other
+    /// commands queue, until Ctrl-C or SIGTERM.
+    #[arg(long)]
+    watch: bool,
 }
 
 /// What `send` did before printing its report.
@@ -110,6 +122,9 @@ pub(super) fn resolve_recipient(
 
 /// Sends the outbox and takes in everything the router holds.
 pub fn sync(ctx: &Context, args: SyncArgs) -> Result<()> {
+    if args.watch {
+        return super::watch::watch(ctx, args.server.server, args.timeout, args.json);
+    }
     let (store, identity) = ctx.open_with_identity()?;
     let mut engine = Engine::new(store, identity);
     let server = args.server.server;
