@@ -192,3 +192,56 @@ fn watch_waits_for_an_absent_router_and_stops_on_sigint() {
     let exit = watch.child.wait().unwrap();
     assert!(exit.success(), "{exit:?}");
 }
+
+#[test]
+fn the_example_echo_bot_answers_a_message() {
+    use std::os::unix::process::CommandExt as _;
+    let env = Env::new();
+    let router = Router::start(&env.path("router"), &[]);
+    let bot = env.init("bot");
+    let bob = env.init("bob");
+    env.ok("bot", &["add-contact", "bob", &bob]);
+    env.ok("bob", &["add-contact", "bot", &bot]);
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/echo-bot.sh");
+    // Its own process group: the pipeline's processes stop together.
+    let mut child = Command::new("sh")
+        .arg(script)
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("CHAT_P2P", env!("CARGO_BIN_EXE_chat-p2p"))
+        .env("CHAT_HOME", env.home())
+        .env("CHAT_PROFILE", "bot")
+        .env("CHAT_SERVER", router.url())
+        .process_group(0)
+        .spawn()
+        .expect("run examples/echo-bot.sh");
+    env.cmd("bob")
+        .env("CHAT_SERVER", router.url())
+        .args(["send", "bot", "ping 1 2"])
+        .assert()
+        .success();
+    let mut answer = None;
+    for _ in 0..150 {
+        env.cmd("bob")
+            .env("CHAT_SERVER", router.url())
+            .args(["sync", "--timeout", "5"])
+            .assert()
+            .success();
+        let history = env.json("bob", &["history", "bot", "--json", "--direction", "in"]);
+        answer = history.as_array().and_then(|h| h.first()).cloned();
+        if answer.is_some() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // The whole group: sh, the watch and jq.
+    let killed = Command::new("kill")
+        .args(["-s", "TERM", "--", &format!("-{}", child.id())])
+        .status();
+    if !killed.is_ok_and(|s| s.success()) {
+        let _ = child.kill();
+    }
+    let _ = child.wait();
+    let answer = answer.expect("the bot never answered");
+    assert_eq!(answer["body"], "echo: ping 1 2");
+}

@@ -11,7 +11,9 @@ mod chat;
 mod contacts;
 mod history;
 mod identity;
+mod notify;
 mod router;
+mod statuses;
 mod sync;
 mod watch;
 

@@ -31,6 +31,12 @@ pub struct SendArgs {
     /// Print the stored message as JSON.
     #[arg(long)]
     json: bool,
+    /// Only store the message, without connecting: a running
+    /// `sync --watch` sends it within a second (else the next send, sync
+    /// or chat). Bots answering from a watch use this, so as not to take
+    /// the router session over from it.
+    #[arg(long)]
+    queue: bool,
 }
 
 /// Arguments of `sync`.
@@ -60,6 +66,8 @@ pub struct SyncArgs {
 
 /// What `send` did before printing its report.
 const SENT: &str = "the message was stored and sent";
+/// What `send --queue` did before printing its report.
+const QUEUED: &str = "the message was stored";
 /// What `sync` did before printing its report.
 const SYNCED: &str = "the sync took place";
 
@@ -77,6 +85,18 @@ pub fn send(ctx: &Context, args: SendArgs) -> Result<()> {
     let mut engine = Engine::new(store, identity);
     // Stored before anything else can fail: nothing typed is ever lost.
     let message = engine.queue(&peer, &body)?;
+    if args.queue {
+        if args.json {
+            return print_json(&serde_json::to_value(&message)?).done(QUEUED);
+        }
+        return outln!(
+            "{} Queued for {}: a running 'chat-p2p sync --watch' sends it (else the next \
+             send, sync or chat).",
+            Status::Pending.mark(),
+            untrusted_inline(&args.peer)
+        )
+        .done(QUEUED);
+    }
     let server = args.server.server;
     let own = Some(message.msg_id);
     if let Err(e) = run_exchange(&mut engine, &server, args.timeout, Until::Acked, own)? {
