@@ -245,3 +245,55 @@ fn the_example_echo_bot_answers_a_message() {
     let answer = answer.expect("the bot never answered");
     assert_eq!(answer["body"], "echo: ping 1 2");
 }
+
+#[test]
+fn watch_prints_plain_lines_and_send_queue_only_stores() {
+    let env = Env::new();
+    let router = Router::start(&env.path("router"), &[]);
+    let alice = env.init("alice");
+    let bob = env.init("bob");
+    env.ok("alice", &["add-contact", "bob", &bob]);
+    env.ok("bob", &["add-contact", "alice", &alice]);
+
+    // --queue stores the message and connects to nothing.
+    let queued = env
+        .cmd("bob")
+        .env("CHAT_SERVER", "ws://127.0.0.1:9/ws")
+        .args(["send", "--queue", "alice", "from the queue"])
+        .output()
+        .unwrap();
+    assert!(queued.status.success(), "{queued:?}");
+    assert!(String::from_utf8_lossy(&queued.stdout).contains("Queued for alice"));
+    let pending = env.json("bob", &["history", "alice", "--json"]);
+    assert_eq!(pending[0]["status"], "pending");
+
+    let mut child = Command::new(env!("CARGO_BIN_EXE_chat-p2p"))
+        .env_clear()
+        .env("CHAT_HOME", env.home())
+        .env("CHAT_PROFILE", "alice")
+        .env("CHAT_SERVER", router.url())
+        .args(["sync", "--watch"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, lines) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    env.cmd("bob")
+        .env("CHAT_SERVER", router.url())
+        .args(["sync"])
+        .assert()
+        .success();
+    let line = lines.recv_timeout(GUARD).expect("a line for the message");
+    assert!(line.ends_with("] bob: from the queue"), "{line:?}");
+    assert!(line.starts_with('['), "{line:?}");
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    assert!(child.wait().unwrap().success());
+}
