@@ -400,3 +400,48 @@ fn slash_slash_ctrl_j_and_ctrl_c_in_the_chat() {
     assert!(!tmux.alive(), "Ctrl-C on an empty line did not leave");
     assert_eq!(bodies(&env), ["/shrug", "line one\nline two"]);
 }
+
+#[test]
+fn notifications_are_checked_and_never_reach_a_pipe() {
+    let env = Env::new();
+    let router = Router::start(&env.path("router"), &[]);
+    let alice = env.init("alice");
+    let bob = env.init("bob");
+    env.ok("alice", &["add-contact", "bob", &bob]);
+    env.ok("bob", &["add-contact", "alice", &alice]);
+    let bad = env.fails("alice", &["chat", "bob", "--notify", "loud"], 2);
+    assert!(bad.contains("bell, desktop, all or off"), "{bad}");
+    // Asked for by the environment, but the output is a pipe.
+    let mut chat = std::process::Command::new(env!("CARGO_BIN_EXE_chat-p2p"))
+        .env_clear()
+        .env("CHAT_HOME", env.home())
+        .env("CHAT_PROFILE", "alice")
+        .env("CHAT_SERVER", router.url())
+        .env("CHAT_NOTIFY", "all")
+        .args(["chat", "bob"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    env.cmd("bob")
+        .env("CHAT_SERVER", router.url())
+        .args(["send", "alice", "ring?"])
+        .assert()
+        .success();
+    // Taken in by the running chat (the only session of alice's profile).
+    for _ in 0..200 {
+        let got = env.json("alice", &["history", "bob", "--json", "--direction", "in"]);
+        if got.as_array().is_some_and(|a| !a.is_empty()) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    use std::io::Write as _;
+    chat.stdin.take().unwrap().write_all(b"exit\n").unwrap();
+    let out = chat.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert!(stdout.contains("bob: ring?"), "{stdout}");
+    assert!(!stdout.contains('\u{7}'), "a bell in a pipe: {stdout:?}");
+}

@@ -438,7 +438,11 @@ fn excerpt(body: &str) -> String {
 const HELP: &str = "/history [N]   the last N messages of this conversation (default 20)
 /search WORDS  search every conversation (prefix*, \"phrases\", AND/OR/NOT)
 /help          this list
-exit, quit, /quit, Ctrl-D   leave (waits briefly for the router's acks)";
+//text         send a line starting with / (here: /text)
+Alt-Enter, Ctrl-J           a new line within the message
+Ctrl-C         clear the line being typed (Ctrl-Y brings it back)
+exit, quit, /quit, Ctrl-D, Ctrl-C on an empty line
+               leave (waits briefly for the router's acks)";
 
 /// Answers an in-chat command.
 fn run_command(
