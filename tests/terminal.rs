@@ -380,6 +380,15 @@ fn slash_slash_ctrl_j_and_ctrl_c_in_the_chat() {
     tmux.run(&["send-keys", "-t", "chat", "Enter"]);
     tmux.wait_for("sent to bob: line one…");
     assert_eq!(bodies(&env), ["/shrug", "line one\nline two"]);
+    // Alt-Enter too (ESC CR, as terminals send it).
+    tmux.run(&["send-keys", "-t", "chat", "-l", "alt one"]);
+    tmux.run(&["send-keys", "-t", "chat", "M-Enter"]);
+    tmux.run(&["send-keys", "-t", "chat", "-l", "alt two"]);
+    tmux.wait_for("alt two");
+    tmux.run(&["send-keys", "-t", "chat", "Enter"]);
+    tmux.wait_for("sent to bob: alt one…");
+    let with_alt = ["/shrug", "line one\nline two", "alt one\nalt two"];
+    assert_eq!(bodies(&env), with_alt);
 
     // Ctrl-C on a typed line clears it and stays; on an empty line leaves.
     tmux.run(&["send-keys", "-t", "chat", "-l", "a draft"]);
@@ -398,7 +407,7 @@ fn slash_slash_ctrl_j_and_ctrl_c_in_the_chat() {
         std::thread::sleep(Duration::from_millis(50));
     }
     assert!(!tmux.alive(), "Ctrl-C on an empty line did not leave");
-    assert_eq!(bodies(&env), ["/shrug", "line one\nline two"]);
+    assert_eq!(bodies(&env), with_alt);
 }
 
 #[test]
