@@ -21,6 +21,9 @@ use super::{ClientError, Engine, Update};
 /// Pause before sending again what the router refused for now.
 const RETRY_PAUSE: Duration = Duration::from_secs(1);
 
+/// The most time stopping waits for the router to see the session closed.
+const CLOSE_WAIT: Duration = Duration::from_secs(2);
+
 /// A session that lasted this long was not part of a replacement fight:
 /// the next replacement starts the pauses over.
 const STABLE_SESSION: Duration = Duration::from_secs(10);
@@ -130,7 +133,8 @@ async fn session(
     loop {
         tokio::select! {
             () = stop.as_mut() => {
-                conn.close().await;
+                // A router that no longer answers must not hold the exit up.
+                let _ = tokio::time::timeout(CLOSE_WAIT, conn.close()).await;
                 return Ok(());
             }
             _ = poll.tick(), if retry_at.is_none() => {
