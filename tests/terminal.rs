@@ -39,6 +39,14 @@ impl Tmux {
         String::from_utf8(out.stdout).unwrap()
     }
 
+    /// Whether the chat is still running (its session ends with it).
+    fn alive(&self) -> bool {
+        Command::new("tmux")
+            .args(["-L", &self.socket, "has-session", "-t", "chat"])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    }
+
     fn screen(&self) -> String {
         self.run(&["capture-pane", "-p", "-t", "chat"])
     }
@@ -257,7 +265,14 @@ fn lines_typed_ahead_are_all_sent_in_order() {
         "three",
         "Enter",
     ]);
-    tmux.wait_for("sent to bob: three");
+    // Several marks that change together take one line (issue 12 item 8):
+    // "sent to bob: three", or "sent to bob: 3 messages, up to "three"".
+    tmux.wait_until("the last line's mark", |s| {
+        s.lines().any(|l| {
+            let l = l.trim_end();
+            l.contains("sent to bob") && (l.ends_with(": three") || l.ends_with("\"three\""))
+        })
+    });
     let sent = env.json("alice", &["history", "bob", "--json", "--direction", "out"]);
     let bodies: Vec<&str> = sent
         .as_array()
@@ -330,4 +345,174 @@ fn delete_asks_on_a_terminal_and_deletes_only_on_yes() {
         env.json("alice", &["history", "--json"]),
         serde_json::json!([])
     );
+}
+
+/// Starts `PROFILE chat PEER ARGS` in a 100x30 tmux pane named `chat`.
+fn start_chat(tmux: &Tmux, env: &Env, router: &Router, profile: &str, args: &str) {
+    let command = format!(
+        "env -i HOME=/nonexistent TERM=xterm CHAT_HOME={} CHAT_PROFILE={profile} CHAT_SERVER={} {} chat {args}",
+        shell_quote(env.home().to_str().unwrap()),
+        shell_quote(&router.url()),
+        shell_quote(env!("CARGO_BIN_EXE_chat-p2p")),
+    );
+    tmux.run(&[
+        "new-session",
+        "-d",
+        "-s",
+        "chat",
+        "-x",
+        "100",
+        "-y",
+        "30",
+        &command,
+    ]);
+    tmux.wait_until("the prompt", |s| s.lines().any(|l| l.trim_end() == ">"));
+}
+
+fn bodies(env: &Env) -> Vec<String> {
+    let sent = env.json("alice", &["history", "bob", "--json", "--direction", "out"]);
+    sent.as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["body"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[test]
+fn receipts_for_earlier_messages_take_one_line() {
+    let env = Env::new();
+    let router = Router::start(&env.path("router"), &[]);
+    let alice = env.init("alice");
+    let bob = env.init("bob");
+    env.ok("alice", &["add-contact", "bob", &bob]);
+    env.ok("bob", &["add-contact", "alice", &alice]);
+    let at_router = |profile: &str, args: &[&str]| {
+        env.cmd(profile)
+            .env("CHAT_SERVER", router.url())
+            .args(args)
+            .assert()
+            .success();
+    };
+    for body in ["one", "two", "three"] {
+        at_router("alice", &["send", "bob", body]);
+    }
+    // Bob takes them in and reads them while Alice is away: six receipts
+    // wait for her.
+    at_router("bob", &["sync"]);
+    env.cmd("bob")
+        .env("CHAT_SERVER", router.url())
+        .args(["chat", "alice"])
+        .write_stdin("exit\n")
+        .assert()
+        .success();
+
+    let tmux = Tmux::new();
+    start_chat(&tmux, &env, &router, "alice", "bob -n 0");
+    tmux.wait_for("read by bob: 3 messages, up to \"three\"");
+    // Longer than marks are ever held back: nothing more comes.
+    std::thread::sleep(Duration::from_millis(2500));
+    let screen = tmux.screen();
+    assert!(!screen.contains("delivered to bob"), "{screen}");
+    assert_eq!(screen.matches("read by bob").count(), 1, "{screen}");
+    tmux.run(&["send-keys", "-t", "chat", "-l", "exit"]);
+    tmux.run(&["send-keys", "-t", "chat", "Enter"]);
+}
+
+#[test]
+fn slash_slash_ctrl_j_and_ctrl_c_in_the_chat() {
+    let env = Env::new();
+    let router = Router::start(&env.path("router"), &[]);
+    env.init("alice");
+    let bob = env.init("bob");
+    env.ok("alice", &["add-contact", "bob", &bob]);
+    let tmux = Tmux::new();
+    start_chat(&tmux, &env, &router, "alice", "bob");
+
+    // `//text` sends "/text" rather than running a command.
+    tmux.run(&["send-keys", "-t", "chat", "-l", "//shrug"]);
+    tmux.run(&["send-keys", "-t", "chat", "Enter"]);
+    tmux.wait_for("sent to bob: /shrug");
+    assert_eq!(bodies(&env), ["/shrug"]);
+
+    // Ctrl-J starts a new line within the message; Enter sends both.
+    tmux.run(&["send-keys", "-t", "chat", "-l", "line one"]);
+    tmux.run(&["send-keys", "-t", "chat", "C-j"]);
+    tmux.run(&["send-keys", "-t", "chat", "-l", "line two"]);
+    tmux.wait_for("line two");
+    tmux.run(&["send-keys", "-t", "chat", "Enter"]);
+    tmux.wait_for("sent to bob: line one…");
+    assert_eq!(bodies(&env), ["/shrug", "line one\nline two"]);
+    // Alt-Enter too (ESC CR, as terminals send it).
+    tmux.run(&["send-keys", "-t", "chat", "-l", "alt one"]);
+    tmux.run(&["send-keys", "-t", "chat", "M-Enter"]);
+    tmux.run(&["send-keys", "-t", "chat", "-l", "alt two"]);
+    tmux.wait_for("alt two");
+    tmux.run(&["send-keys", "-t", "chat", "Enter"]);
+    tmux.wait_for("sent to bob: alt one…");
+    let with_alt = ["/shrug", "line one\nline two", "alt one\nalt two"];
+    assert_eq!(bodies(&env), with_alt);
+
+    // Ctrl-C on a typed line clears it and stays; on an empty line leaves.
+    tmux.run(&["send-keys", "-t", "chat", "-l", "a draft"]);
+    tmux.wait_for("> a draft");
+    tmux.run(&["send-keys", "-t", "chat", "C-c"]);
+    tmux.wait_until("the cleared prompt", |s| {
+        let lines: Vec<&str> = s.lines().filter(|l| !l.trim().is_empty()).collect();
+        lines.last().map(|l| l.trim_end()) == Some(">")
+    });
+    assert!(tmux.alive(), "Ctrl-C on a typed line left the chat");
+    tmux.run(&["send-keys", "-t", "chat", "C-c"]);
+    for _ in 0..200 {
+        if !tmux.alive() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(!tmux.alive(), "Ctrl-C on an empty line did not leave");
+    assert_eq!(bodies(&env), with_alt);
+}
+
+#[test]
+fn notifications_are_checked_and_never_reach_a_pipe() {
+    let env = Env::new();
+    let router = Router::start(&env.path("router"), &[]);
+    let alice = env.init("alice");
+    let bob = env.init("bob");
+    env.ok("alice", &["add-contact", "bob", &bob]);
+    env.ok("bob", &["add-contact", "alice", &alice]);
+    let bad = env.fails("alice", &["chat", "bob", "--notify", "loud"], 2);
+    assert!(bad.contains("bell, desktop, all or off"), "{bad}");
+    // Asked for by the environment, but the output is a pipe.
+    let mut chat = std::process::Command::new(env!("CARGO_BIN_EXE_chat-p2p"))
+        .env_clear()
+        .env("CHAT_HOME", env.home())
+        .env("CHAT_PROFILE", "alice")
+        .env("CHAT_SERVER", router.url())
+        .env("CHAT_NOTIFY", "all")
+        .args(["chat", "bob"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    env.cmd("bob")
+        .env("CHAT_SERVER", router.url())
+        .args(["send", "alice", "ring?"])
+        .assert()
+        .success();
+    // Taken in by the running chat (the only session of alice's profile).
+    for _ in 0..200 {
+        let got = env.json("alice", &["history", "bob", "--json", "--direction", "in"]);
+        if got.as_array().is_some_and(|a| !a.is_empty()) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    use std::io::Write as _;
+    chat.stdin.take().unwrap().write_all(b"exit\n").unwrap();
+    let out = chat.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert!(stdout.contains("bob: ring?"), "{stdout}");
+    assert!(!stdout.contains('\u{7}'), "a bell in a pipe: {stdout:?}");
 }

@@ -11,6 +11,8 @@ use unicode_segmentation::UnicodeSegmentation;
 use unicode_width::UnicodeWidthStr;
 
 use super::history::{hit_line, line, local_time, peer_label, Style};
+use super::notify::{Desktop, Notify};
+use super::statuses::{Group, Held};
 use super::sync::resolve_recipient;
 use super::{runtime, ServerArgs, UsageError};
 use crate::client::chat::{self, ChatOptions, Input, Screen};
@@ -21,11 +23,17 @@ use crate::store::{Direction, Filter, Message, MessageId, Order, Status, Store};
 
 /// Arguments of `chat`.
 #[derive(Debug, Args)]
-#[command(after_help = "In the chat: type a line and Enter to send it. \
+#[command(
+    after_help = "In the chat: type a line and Enter to send it; Alt-Enter or Ctrl-J \
+    starts a new line within the message; //text sends a line starting with /. \
     /history [N] shows earlier messages, /search WORDS searches them all, \
-    /help lists commands, exit (or quit, /quit, Ctrl-D) leaves.\n\
+    /help lists commands. Ctrl-C clears the line being typed, and on an empty line \
+    leaves, as exit (or quit, /quit, Ctrl-D) does.\n\
+    Status marks are printed once things settle, one line for several messages: \
+    '✓✓ delivered to bob: hi', 'read by bob: 3 messages, up to \"hi\"'.\n\
     The original client's form 'chat-p2p chat ws://HOST:PORT/ws PEER' works too.\n\
-    Without a contact, 'chat' lists your conversations with their unread counts (as 'inbox').")]
+    Without a contact, 'chat' lists your conversations with their unread counts (as 'inbox')."
+)]
 pub struct ChatArgs {
     /// The contact to talk to (optionally preceded by the router's URL);
     /// without one, lists the conversations (as `inbox` does) and exits.
@@ -40,6 +48,17 @@ pub struct ChatArgs {
     /// acknowledge what was sent.
     #[arg(long, value_name = "SECS", default_value_t = 10)]
     timeout: u64,
+    /// On a new message, ring the terminal's bell, show a desktop
+    /// notification (with notify-send, where a session bus exists), both
+    /// (all) or neither (off). Never when the output is not a terminal.
+    /// [default: notify.bell and notify.desktop in config.toml, else off]
+    #[arg(
+        long,
+        env = "CHAT_NOTIFY",
+        value_name = "bell|desktop|all|off",
+        value_parser = Notify::parse
+    )]
+    notify: Option<Notify>,
 }
 
 /// Runs the chat.
@@ -52,6 +71,14 @@ pub fn chat(ctx: &super::Context, args: ChatArgs) -> Result<()> {
     let peer = resolve_recipient(&store, &identity, &peer_name)?;
     let style = Style::detect();
     let interactive = std::io::stdin().is_terminal();
+    // The flag or CHAT_NOTIFY, else the config file's choice.
+    let notify = args
+        .notify
+        .unwrap_or(Notify {
+            bell: ctx.config.notify_bell,
+            desktop: ctx.config.notify_desktop,
+        })
+        .for_terminal(std::io::stdout().is_terminal());
     let label = match store.contact_by_key(&peer)? {
         Some(c) => format!(
             "{} ({})",
@@ -100,9 +127,12 @@ pub fn chat(ctx: &super::Context, args: ChatArgs) -> Result<()> {
     runtime()?.block_on(async {
         let (mut input, mut screen) = if interactive {
             let (rx, printer) = spawn_line_editor()?;
-            (rx, ChatScreen::new(style, peer, Some(printer)))
+            (rx, ChatScreen::new(style, peer, Some(printer), notify))
         } else {
-            (spawn_pipe_reader(), ChatScreen::new(style, peer, None))
+            (
+                spawn_pipe_reader(),
+                ChatScreen::new(style, peer, None, notify),
+            )
         };
         let pending = chat::run(&mut engine, &options, &mut input, &mut screen).await?;
         if pending > 0 {
@@ -153,6 +183,12 @@ fn classify(line: &str) -> Option<Input> {
     match trimmed {
         "" => None,
         "exit" | "quit" | "/quit" | "/exit" => Some(Input::Quit),
+        // `//text` is the way to send a line that starts with `/`.
+        text if text.starts_with("//") => Some(Input::Send(
+            line.trim_start()[1..]
+                .trim_end_matches(['\r', '\n'])
+                .to_owned(),
+        )),
         cmd if cmd.starts_with('/') => Some(Input::Command(cmd.to_owned())),
         _ => Some(Input::Send(line.trim_end_matches(['\r', '\n']).to_owned())),
     }
@@ -163,8 +199,17 @@ type Printer = Box<dyn rustyline::ExternalPrinter + Send>;
 /// Reads lines with a line editor on its own thread; what arrives meanwhile
 /// is printed above the prompt, leaving the line being typed intact.
 fn spawn_line_editor() -> Result<(mpsc::Receiver<Input>, Printer)> {
+    use rustyline::{Cmd, EventHandler, KeyCode, KeyEvent, Modifiers};
     let mut editor =
         rustyline::DefaultEditor::new().context("cannot set up the terminal line editor")?;
+    // A new line within the message: Alt-Enter where the terminal sends
+    // it as ESC CR, Ctrl-J (LF) everywhere.
+    editor.bind_sequence(KeyEvent(KeyCode::Enter, Modifiers::ALT), Cmd::Newline);
+    editor.bind_sequence(KeyEvent::ctrl('J'), Cmd::Newline);
+    editor.bind_sequence(
+        KeyEvent::ctrl('C'),
+        EventHandler::Conditional(Box::new(ClearOrQuit)),
+    );
     let printer: Printer = Box::new(
         editor
             .create_external_printer()
@@ -194,6 +239,27 @@ fn spawn_line_editor() -> Result<(mpsc::Receiver<Input>, Printer)> {
     Ok((rx, printer))
 }
 
+/// Ctrl-C clears what is typed; only on an empty line does it leave, so a
+/// half-written message is not lost to a reflex. The cleared text can be
+/// brought back with Ctrl-Y.
+struct ClearOrQuit;
+
+impl rustyline::ConditionalEventHandler for ClearOrQuit {
+    fn handle(
+        &self,
+        _event: &rustyline::Event,
+        _n: rustyline::RepeatCount,
+        _positive: bool,
+        ctx: &rustyline::EventContext<'_>,
+    ) -> Option<rustyline::Cmd> {
+        Some(if ctx.line().is_empty() {
+            rustyline::Cmd::Interrupt
+        } else {
+            rustyline::Cmd::Kill(rustyline::Movement::WholeBuffer)
+        })
+    }
+}
+
 /// Reads plain lines from a pipe; the end of input leaves the chat.
 fn spawn_pipe_reader() -> mpsc::Receiver<Input> {
     use tokio::io::AsyncBufReadExt;
@@ -219,14 +285,23 @@ struct ChatScreen {
     /// The conversation on screen, for `/history`.
     peer: PublicKey,
     printer: Option<Printer>,
+    /// Status changes held back, to print several as one line.
+    held: Held,
+    notify: Notify,
+    desktop: Desktop,
 }
 
 impl ChatScreen {
-    fn new(style: Style, peer: PublicKey, printer: Option<Printer>) -> Self {
+    fn new(style: Style, peer: PublicKey, printer: Option<Printer>, notify: Notify) -> Self {
+        // A pipe reads as a log: every change, but still one line per batch.
+        let held = Held::new(printer.is_none());
         Self {
             style,
             peer,
             printer,
+            held,
+            notify,
+            desktop: Desktop::detect(),
         }
     }
 
@@ -243,12 +318,41 @@ impl ChatScreen {
             }
         }
     }
+
+    /// Prints what was held back, first: the screen keeps the order in
+    /// which things happened.
+    fn print_held(&mut self) {
+        for group in self.held.take() {
+            let text = group_line(&group, &self.style);
+            self.print(text);
+        }
+    }
+
+    /// The line for a new message, with the notifications asked for.
+    fn arrived(&mut self, m: &Message) -> String {
+        let mut text = line(m, &self.style);
+        if self.notify.bell {
+            // BEL moves nothing on screen: it rides with the line.
+            text.push('\u{7}');
+        }
+        if self.notify.desktop && self.desktop.available() {
+            if let Some(why) = self.desktop.show(&peer_label(m), &excerpt(&m.body)) {
+                self.print(self.style.paint("2", &format!("-- {why}")));
+            }
+        }
+        text
+    }
 }
 
 impl Screen for ChatScreen {
     fn update(&mut self, update: &Update) {
+        if let Update::Status(m) = update {
+            self.held.push(m.clone(), std::time::Instant::now());
+            return;
+        }
+        self.print_held();
         let text = match update {
-            Update::Received(m) => line(m, &self.style),
+            Update::Received(m) => self.arrived(m),
             Update::Status(m) => status_line(m, &self.style),
             Update::Rejected { from, reason } => self.style.paint(
                 "31",
@@ -275,12 +379,14 @@ impl Screen for ChatScreen {
     }
 
     fn notice(&mut self, text: &str) {
+        self.print_held();
         // Notices quote errors, and errors may quote what a router sent.
         let text = self.style.paint("2", &format!("-- {}", untrusted(text)));
         self.print(text);
     }
 
     fn command(&mut self, command: &str, store: &Store) -> Vec<MessageId> {
+        self.print_held();
         let lines = run_command(command, store, &self.peer, &self.style)
             .unwrap_or_else(|e| vec![untrusted(&format!("{e:#}"))]);
         for text in lines {
@@ -288,10 +394,47 @@ impl Screen for ChatScreen {
         }
         history_shown(command, store, &self.peer)
     }
+
+    fn flush_at(&self) -> Option<std::time::Instant> {
+        self.held.due()
+    }
+
+    fn flush(&mut self) {
+        self.print_held();
+    }
+}
+
+/// One line for a group of status changes: the single message's own line,
+/// or `[time] read by bob: 3 messages, up to "hello"`.
+fn group_line(group: &Group, style: &Style) -> String {
+    let Some(last) = group.messages.last() else {
+        return String::new();
+    };
+    if group.messages.len() == 1 {
+        return status_line(last, style);
+    }
+    format!(
+        "{}: {} messages, up to \"{}\"",
+        status_head(last, style),
+        group.messages.len(),
+        excerpt(&last.body)
+    )
 }
 
 /// `[2026-11-25 20:32] ✓✓ delivered to bob: hello` for a status change.
-fn status_line(m: &Message, style: &Style) -> String {
+pub(super) fn status_line(m: &Message, style: &Style) -> String {
+    let mut text = format!("{}: {}", status_head(m, style), excerpt(&m.body));
+    if let Some(reason) = &m.failure_reason {
+        text.push_str(&format!(" ({})", untrusted_inline(reason)));
+    }
+    if m.status == Status::Failed {
+        text = style.paint("31", &text);
+    }
+    text
+}
+
+/// `[2026-11-25 20:32] ✓✓ delivered to bob`: when, what and to whom.
+fn status_head(m: &Message, style: &Style) -> String {
     let time = match m.status {
         Status::Sent => m.sent_at.as_deref(),
         Status::Delivered => m.delivered_at.as_deref(),
@@ -307,19 +450,11 @@ fn status_line(m: &Message, style: &Style) -> String {
         Status::Failed => "✗ not sent to",
         _ => "now",
     };
-    let mut text = format!(
-        "{} {what} {}: {}",
+    format!(
+        "{} {what} {}",
         style.paint("2", &format!("[{}]", local_time(time))),
-        peer_label(m),
-        excerpt(&m.body)
-    );
-    if let Some(reason) = &m.failure_reason {
-        text.push_str(&format!(" ({})", untrusted_inline(reason)));
-    }
-    if m.status == Status::Failed {
-        text = style.paint("31", &text);
-    }
-    text
+        peer_label(m)
+    )
 }
 
 /// The body's first line, made safe for the terminal and cut to at most
@@ -347,7 +482,11 @@ pub(super) fn excerpt(body: &str) -> String {
 const HELP: &str = "/history [N]   the last N messages of this conversation (default 20)
 /search WORDS  search every conversation (prefix*, \"phrases\", AND/OR/NOT)
 /help          this list
-exit, quit, /quit, Ctrl-D   leave (waits briefly for the router's acks)";
+//text         send a line starting with / (here: /text)
+Alt-Enter, Ctrl-J           a new line within the message
+Ctrl-C         clear the line being typed (Ctrl-Y brings it back)
+exit, quit, /quit, Ctrl-D, Ctrl-C on an empty line
+               leave (waits briefly for the router's acks)";
 
 /// Answers an in-chat command.
 fn run_command(
@@ -435,6 +574,12 @@ mod tests {
         assert_eq!(
             classify("  hi there "),
             Some(Input::Send("  hi there ".into()))
+        );
+        // A line that starts with `/` is written `//`.
+        assert_eq!(classify("//shrug"), Some(Input::Send("/shrug".into())));
+        assert_eq!(
+            classify(" //etc/hosts "),
+            Some(Input::Send("/etc/hosts ".into()))
         );
     }
 

@@ -13,12 +13,15 @@ mod doctor;
 mod history;
 mod identity;
 mod inbox;
+mod notify;
 mod outbox;
 mod router;
 mod settings;
 mod shell;
+mod statuses;
 mod sync;
 mod verify;
+mod watch;
 
 pub use settings::{Config, Origin};
 

@@ -31,23 +31,43 @@ pub struct SendArgs {
     /// Print the stored message as JSON.
     #[arg(long)]
     json: bool,
+    /// Only store the message, without connecting: a running
+    /// `sync --watch` sends it within a second (else the next send, sync
+    /// or chat). Bots answering from a watch use this, so as not to take
+    /// the router session over from it.
+    #[arg(long)]
+    queue: bool,
 }
 
 /// Arguments of `sync`.
 #[derive(Debug, Args)]
+#[command(
+    after_help = "With --watch, sync stays connected: it prints each message as it \
+    arrives (with --json, one JSON object per line whose \"kind\" is message, status, \
+    rejected, retrying, router_error, connected or disconnected), sends what 'send' and \
+    other commands store, reconnects by itself, and exits 0 on Ctrl-C or SIGTERM.\n\
+    Example: chat-p2p sync --watch --json | jq -r 'select(.kind == \"message\") | .body'"
+)]
 pub struct SyncArgs {
     #[command(flatten)]
     server: ServerArgs,
-    /// How many seconds to wait at most for everything to be exchanged.
+    /// How many seconds to wait at most for everything to be exchanged
+    /// (with --watch: for each connection attempt).
     #[arg(long, value_name = "SECS", default_value_t = 60)]
     timeout: u64,
-    /// Print the summary as JSON.
+    /// Print the summary as JSON (with --watch: one object per line).
     #[arg(long)]
     json: bool,
+    /// Stay connected: print messages as they arrive and send what other
+    /// commands queue, until Ctrl-C or SIGTERM.
+    #[arg(long)]
+    watch: bool,
 }
 
 /// What `send` did before printing its report.
 const SENT: &str = "the message was stored and sent";
+/// What `send --queue` did before printing its report.
+const QUEUED: &str = "the message was stored";
 /// What `sync` did before printing its report.
 const SYNCED: &str = "the sync took place";
 
@@ -65,6 +85,18 @@ pub fn send(ctx: &Context, args: SendArgs) -> Result<()> {
     let mut engine = Engine::new(store, identity);
     // Stored before anything else can fail: nothing typed is ever lost.
     let message = engine.queue(&peer, &body)?;
+    if args.queue {
+        if args.json {
+            return print_json(&serde_json::to_value(&message)?).done(QUEUED);
+        }
+        return outln!(
+            "{} Queued for {}: a running 'chat-p2p sync --watch' sends it (else the next \
+             send, sync or chat).",
+            Status::Pending.mark(),
+            untrusted_inline(&args.peer)
+        )
+        .done(QUEUED);
+    }
     let server = args.server.server;
     let own = Some(message.msg_id);
     if let Err(e) = run_exchange(&mut engine, &server, args.timeout, Until::Acked, own)? {
@@ -117,6 +149,9 @@ pub(super) fn resolve_recipient(
 
 /// Sends the outbox and takes in everything the router holds.
 pub fn sync(ctx: &Context, args: SyncArgs) -> Result<()> {
+    if args.watch {
+        return super::watch::watch(ctx, args.server.server, args.timeout, args.json);
+    }
     let (store, identity) = ctx.open_with_identity()?;
     let mut engine = Engine::new(store, identity);
     let server = args.server.server;

@@ -45,6 +45,13 @@ pub trait Screen {
     /// Answers an in-chat command, reading the profile database. Returns
     /// the messages it showed, so that those of the conversation are read.
     fn command(&mut self, command: &str, store: &Store) -> Vec<MessageId>;
+    /// When the screen wants [`Screen::flush`] called: a screen may hold
+    /// status changes back a moment to print several as one line.
+    fn flush_at(&self) -> Option<std::time::Instant> {
+        None
+    }
+    /// Prints what the screen held back.
+    fn flush(&mut self) {}
 }
 
 /// How a chat is run.
@@ -100,6 +107,7 @@ pub async fn run(
             break;
         }
     }
+    chat.screen.flush();
     // Read receipts queued offline are not messages: they wait quietly.
     Ok(chat.engine.store().outbox()?.len())
 }
@@ -217,11 +225,16 @@ impl Chat<'_> {
             }
             let quit_by = self.quit_by;
             let retry_at = self.retry_at;
+            let flush_at = self.screen.flush_at().map(Instant::from_std);
             let outcome = tokio::select! {
                 line = input.recv(), if quit_by.is_none() => {
                     self.on_input(line, Some(&mut conn)).await
                 }
                 batch = conn.recv_batch() => self.on_frames(batch, &mut conn).await,
+                () = sleep_until(flush_at.unwrap_or_else(Instant::now)), if flush_at.is_some() => {
+                    self.screen.flush();
+                    Ok(())
+                }
                 () = sleep_until(retry_at.unwrap_or_else(Instant::now)), if retry_at.is_some() => {
                     self.retry_at = None;
                     let frames = self.engine.outbox_frames()?;

@@ -200,6 +200,13 @@ impl Engine {
         self.max_frame_bytes
     }
 
+    /// Says that another process may have stored messages or receipts to
+    /// send: the next [`Engine::outbox_frames`] reads the outbox again
+    /// instead of trusting that everything in it is in flight.
+    pub fn outbox_changed(&mut self) {
+        self.outbox_drained = false;
+    }
+
     /// Changes decided while building frames (a pending message too large
     /// for the router, marked failed), for the screen.
     pub fn take_updates(&mut self) -> Vec<Update> {

@@ -12,6 +12,7 @@ pub mod chat;
 pub mod connection;
 pub mod engine;
 pub mod exchange;
+pub mod watch;
 
 pub use connection::{ServerUrl, DEFAULT_SERVER};
 pub use engine::{Engine, Reaction, Tally, Update};
