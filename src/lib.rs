@@ -16,6 +16,7 @@ pub mod client;
 pub mod clock;
 pub mod crypto;
 pub mod identity;
+pub mod keywrap;
 pub mod profile;
 pub mod protocol;
 pub mod render;

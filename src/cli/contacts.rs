@@ -78,7 +78,7 @@ fn parse_name(name: &str) -> Result<ContactName> {
 /// Saves a contact.
 pub fn add(ctx: &Context, args: AddArgs) -> Result<()> {
     let name = parse_name(&args.name)?;
-    let (mut store, _) = ctx.open_with_identity()?;
+    let (mut store, _) = ctx.open_with_key()?;
     let contact = store.add_contact(&name, &args.pubkey)?;
     if args.json {
         return print_json(&contact_json(&contact)).done("the contact was saved");
@@ -132,7 +132,7 @@ pub fn list(ctx: &Context, args: ListArgs) -> Result<()> {
             )?;
         }
     }
-    if store.identity()?.is_none() {
+    if store.public_key()?.is_none() {
         errln!(
             "note: this profile has no identity yet: run '{} init' to send and receive.",
             ctx.cli_prefix()
@@ -143,7 +143,7 @@ pub fn list(ctx: &Context, args: ListArgs) -> Result<()> {
 
 /// Removes a contact.
 pub fn remove(ctx: &Context, args: RemoveArgs) -> Result<()> {
-    let (mut store, _) = ctx.open_with_identity()?;
+    let (mut store, _) = ctx.open_with_key()?;
     let contact = store.remove_contact(&args.name)?;
     outln!(
         "Removed contact '{}' ({}). Your history with this key is kept.",
@@ -156,7 +156,7 @@ pub fn remove(ctx: &Context, args: RemoveArgs) -> Result<()> {
 /// Renames a contact.
 pub fn rename(ctx: &Context, args: RenameArgs) -> Result<()> {
     let new = parse_name(&args.new)?;
-    let (mut store, _) = ctx.open_with_identity()?;
+    let (mut store, _) = ctx.open_with_key()?;
     let contact = store.rename_contact(&args.old, &new)?;
     outln!(
         "Renamed contact '{}' to '{}'.",

@@ -46,6 +46,7 @@ fn identity_json(ctx: &Context, key: &PublicKey, store: &Store) -> serde_json::V
 pub fn init(ctx: &Context, args: InitArgs) -> Result<()> {
     let mut store = Store::create(&ctx.profile.db_path())?;
     let identity = Identity::generate();
+    let was_protected = store.key_protection()?.is_some();
     let replaced = match store.set_identity(&identity, args.force) {
         Err(store::Error::IdentityExists(key)) => anyhow::bail!(
             "profile '{}' already has an identity ({key}). \
@@ -60,6 +61,9 @@ pub fn init(ctx: &Context, args: InitArgs) -> Result<()> {
              contacts who know the old key can no longer reach you, and \
              messages still queued for it cannot be read."
         );
+    }
+    if was_protected {
+        super::passphrase::warn_unprotected(ctx);
     }
     let key = identity.public_key();
     let created = format!("the identity of profile '{}' was created", ctx.profile.name);
@@ -85,8 +89,7 @@ fn print_created(ctx: &Context, key: &PublicKey, store: &Store) -> Result<(), St
 
 /// Shows the profile's identity.
 pub fn whoami(ctx: &Context, args: WhoamiArgs) -> Result<()> {
-    let (store, identity) = ctx.open_with_identity()?;
-    let key = identity.public_key();
+    let (store, key) = ctx.open_with_key()?;
     if args.key {
         return Ok(outln!("{key}")?);
     }

@@ -11,6 +11,7 @@ mod chat;
 mod contacts;
 mod history;
 mod identity;
+mod passphrase;
 mod router;
 mod sync;
 
@@ -90,6 +91,8 @@ enum Command {
     /// Run a router: relays end-to-end encrypted frames between peers and
     /// queues them durably for offline recipients.
     Router(router::RouterArgs),
+    /// Protect the secret key with a passphrase, change it or remove it.
+    Passphrase(passphrase::PassphraseArgs),
 }
 
 /// What every command needs, resolved once from the arguments and the
@@ -128,11 +131,29 @@ impl Context {
         }
     }
 
-    /// Opens the profile's database and loads its identity.
+    /// Opens the profile's database and loads its key pair, for commands
+    /// that sign or decrypt: asks for the passphrase (once) if the secret
+    /// key has one.
     fn open_with_identity(&self) -> Result<(Store, crate::identity::Identity)> {
         let store = self.open_store()?;
-        match store.identity()? {
-            Some(id) => Ok((store, id)),
+        match store.identity() {
+            Ok(Some(id)) => Ok((store, id)),
+            Ok(None) => Err(self.no_identity()),
+            Err(store::Error::KeyProtected) => {
+                let id = passphrase::unlock(self, &store)?;
+                Ok((store, id))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Opens the profile's database and reads its public key, for commands
+    /// that need the identity but not its secret: never asks for the
+    /// passphrase.
+    fn open_with_key(&self) -> Result<(Store, PublicKey)> {
+        let store = self.open_store()?;
+        match store.public_key()? {
+            Some(key) => Ok((store, key)),
             None => Err(self.no_identity()),
         }
     }
@@ -318,6 +339,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Sync(args) => sync::sync(&ctx, args),
         // Not reached (routed above); kept correct rather than panicking.
         Command::Router(args) => router::run(args, ctx.profile.dir.parent().map(PathBuf::from)),
+        Command::Passphrase(args) => passphrase::run(&ctx, args),
     }
 }
 
