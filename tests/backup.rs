@@ -81,10 +81,17 @@ fn an_encrypted_export_round_trips_with_its_passphrase() {
     assert!(!text.contains(&me));
 
     let out = import(&env, "restored", &file, "backup passphrase");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(env.key("restored"), me);
     let history = env.ok("restored", &["history", "bob"]);
-    assert!(history.contains("message 3 that should stay private"), "{history}");
+    assert!(
+        history.contains("message 3 that should stay private"),
+        "{history}"
+    );
     // The restored key is the original: it can export itself again.
     let a: serde_json::Value =
         serde_json::from_str(&env.ok("me", &["export", "--include-secret", "--plaintext-secret"]))
@@ -143,7 +150,11 @@ fn a_tampered_or_truncated_encrypted_export_imports_nothing() {
     let file = env.path("backup.age");
     encrypted_export(&env, &file, "pw");
     let good = fs::read(&file).unwrap();
-    assert!(good.len() > 3 * 65536, "{} bytes: one chunk only", good.len());
+    assert!(
+        good.len() > 3 * 65536,
+        "{} bytes: one chunk only",
+        good.len()
+    );
     env.ok("target", &["init"]);
     let before = env.dump("target");
 
@@ -159,7 +170,12 @@ fn a_tampered_or_truncated_encrypted_export_imports_nothing() {
     // Cut in the header, mid-chunk, on a chunk boundary, and one byte
     // short of the end.
     let header_end = good.windows(4).position(|w| w == b"\n---").unwrap() + 48;
-    for cut in [30, header_end + 1000, header_end + 16 + 2 * (65536 + 16), len - 1] {
+    for cut in [
+        30,
+        header_end + 1000,
+        header_end + 16 + 2 * (65536 + 16),
+        len - 1,
+    ] {
         cases.push((format!("cut at {cut} of {len}"), good[..cut].to_vec()));
     }
     for (what, bytes) in cases {
@@ -173,7 +189,11 @@ fn a_tampered_or_truncated_encrypted_export_imports_nothing() {
     }
     // The intact file still imports.
     let out = import(&env, "fresh", &file, "pw");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]
@@ -185,7 +205,13 @@ fn the_secret_key_in_clear_needs_plaintext_secret() {
     assert!(err.contains("--plaintext-secret"), "{err}");
     let file = env.path("clear.json");
     let out = cmd(&env, "me")
-        .args(["export", "--include-secret", "--plaintext-secret", "-o", p(&file)])
+        .args([
+            "export",
+            "--include-secret",
+            "--plaintext-secret",
+            "-o",
+            p(&file),
+        ])
         .output()
         .unwrap();
     assert!(out.status.success());
@@ -215,7 +241,11 @@ fn a_protected_profile_exports_its_secret_after_its_passphrase() {
         .assert()
         .success();
     let out = import(&env, "restored", &file, "export passphrase");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(env.key("restored"), me);
 }
 
@@ -233,14 +263,22 @@ fn an_export_to_an_age_key_opens_with_its_identity_file() {
     }
     let file = env.path("backup.age");
     env.ok("me", &["export", "--recipient", &recipient, "-o", p(&file)]);
-    assert!(fs::read(&file).unwrap().starts_with(b"age-encryption.org/v1\n"));
+    assert!(fs::read(&file)
+        .unwrap()
+        .starts_with(b"age-encryption.org/v1\n"));
     env.ok("other", &["init"]);
     // A passphrase cannot open it: the error says what can.
     let err = env.fails("other", &["import", "--other-identity", p(&file)], 1);
     assert!(err.contains("--identity"), "{err}");
     env.ok(
         "other",
-        &["import", "--other-identity", "--identity", p(&id_file), p(&file)],
+        &[
+            "import",
+            "--other-identity",
+            "--identity",
+            p(&id_file),
+            p(&file),
+        ],
     );
     assert!(env.ok("other", &["history", "bob"]).contains("message 2"));
     let bad = env.fails("me", &["export", "--recipient", "age1nope"], 2);

@@ -49,7 +49,11 @@ fn secret(env: &Env, profile: &str, pass: Option<&Path>) -> Vec<u8> {
         c.env("CHAT_PASSPHRASE_FILE", pass);
     }
     let out = c.output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     STANDARD
         .decode(doc["secret_key"].as_str().expect("a secret key"))
@@ -58,11 +62,9 @@ fn secret(env: &Env, profile: &str, pass: Option<&Path>) -> Vec<u8> {
 
 fn column_is_null(env: &Env, profile: &str, column: &str) -> bool {
     let conn = rusqlite::Connection::open(env.db(profile)).unwrap();
-    conn.query_row(
-        &format!("SELECT {column} IS NULL FROM identity"),
-        [],
-        |r| r.get(0),
-    )
+    conn.query_row(&format!("SELECT {column} IS NULL FROM identity"), [], |r| {
+        r.get(0)
+    })
     .unwrap()
 }
 
@@ -212,7 +214,12 @@ fn sqlite3_reads_the_history_of_a_protected_profile() {
         &[
             header(None),
             contact("bob", &bob),
-            incoming(&id(1), &bob, "readable with sqlite3", "2026-01-01T10:00:00.000Z"),
+            incoming(
+                &id(1),
+                &bob,
+                "readable with sqlite3",
+                "2026-01-01T10:00:00.000Z",
+            ),
         ],
     );
     env.ok("me", &["import", p(&file)]);
@@ -222,7 +229,11 @@ fn sqlite3_reads_the_history_of_a_protected_profile() {
         .arg("SELECT c.name, m.body FROM messages m JOIN contacts c ON c.public_key = m.peer_key;")
         .output()
         .expect("run sqlite3");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(
         String::from_utf8_lossy(&out.stdout).trim(),
         "bob|readable with sqlite3"

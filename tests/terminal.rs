@@ -295,7 +295,15 @@ fn a_protected_chat_asks_for_the_passphrase_once_without_echo() {
         shell_quote(env!("CARGO_BIN_EXE_chat-p2p")),
     );
     tmux.run(&[
-        "new-session", "-d", "-s", "chat", "-x", "100", "-y", "20", &command,
+        "new-session",
+        "-d",
+        "-s",
+        "chat",
+        "-x",
+        "100",
+        "-y",
+        "20",
+        &command,
     ]);
     tmux.wait_for("Passphrase for profile 'alice':");
     tmux.run(&["send-keys", "-t", "chat", "-l", "typed in the dark"]);

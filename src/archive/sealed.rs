@@ -97,9 +97,12 @@ pub fn kind(prefix: &[u8]) -> Kind {
     }
 }
 
+/// The input after [`sniff`]: the bytes it read, then the rest.
+pub type Sniffed<R> = io::Chain<io::Cursor<Vec<u8>>, R>;
+
 /// Reads up to [`SNIFF_LEN`] bytes of `reader` and gives them back in front
 /// of the rest, with what they say the input is.
-pub fn sniff<R: Read>(mut reader: R) -> io::Result<(Kind, io::Chain<io::Cursor<Vec<u8>>, R>)> {
+pub fn sniff<R: Read>(mut reader: R) -> io::Result<(Kind, Sniffed<R>)> {
     let mut prefix = Vec::with_capacity(SNIFF_LEN);
     (&mut reader)
         .take(SNIFF_LEN as u64)

@@ -138,15 +138,7 @@ pub fn export(ctx: &Context, args: ExportArgs) -> Result<()> {
         true => Some(std::sync::Arc::new(super::passphrase::unlock(ctx, &store)?)),
         false => None,
     };
-    let seal = if args.encrypt {
-        let passphrase =
-            super::passphrase::new_passphrase(EXPORT_PASSPHRASE_FILE_ENV, "export passphrase")?;
-        Some(Seal::Passphrase(passphrase.to_string().into()))
-    } else if !args.recipient.is_empty() {
-        Some(Seal::Recipients(args.recipient.clone()))
-    } else {
-        None
-    };
+    let seal = seal(&args)?;
     let options = ExportOptions {
         layout: if args.jsonl {
             Layout::Jsonl
@@ -185,6 +177,19 @@ pub fn export(ctx: &Context, args: ExportArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// How `export` is to be encrypted, asking for the passphrase if needed.
+fn seal(args: &ExportArgs) -> Result<Option<Seal>> {
+    Ok(if args.encrypt {
+        let passphrase =
+            super::passphrase::new_passphrase(EXPORT_PASSPHRASE_FILE_ENV, "export passphrase")?;
+        Some(Seal::Passphrase(passphrase.to_string().into()))
+    } else if !args.recipient.is_empty() {
+        Some(Seal::Recipients(args.recipient.clone()))
+    } else {
+        None
+    })
 }
 
 /// Writes the export to standard output; a failed write is an output
