@@ -39,14 +39,15 @@ pub struct KdfParams {
 }
 
 impl KdfParams {
-    /// The cost new keys are wrapped with: 96 MiB and 3 passes on one
-    /// lane. Tuned to about half a second: on the 2-core x86-64 VM this was
-    /// written on (shared, load average 8), release builds took 0.28 to
-    /// 0.64 s, about 0.47 s typically; 64 MiB took 0.18 to 0.33 s. Memory
-    /// is what makes each guess costly on a GPU; one lane keeps the time
-    /// honest on a small machine.
+    /// The cost new keys are wrapped with: 256 MiB and 3 passes on one
+    /// lane (libsodium's "moderate" level). Tuned to about half a second:
+    /// on the 2-core x86-64 VM this was written on, a release build spent
+    /// 0.53 s of CPU per derivation (96 MiB took 0.19 s, 128 MiB with 4
+    /// passes 0.32 s); with eight builds sharing its two cores the wall
+    /// clock showed 1.4 to 1.5 s. Memory is what makes each guess costly
+    /// on a GPU; one lane keeps the time honest on a small machine.
     pub const DEFAULT: Self = Self {
-        memory_kib: 96 * 1024,
+        memory_kib: 256 * 1024,
         iterations: 3,
         parallelism: 1,
     };

@@ -111,33 +111,33 @@ fn bar(total: u64, min: u64, template: &str) -> Option<ProgressBar> {
 
 /// Writes the export.
 pub fn export(ctx: &Context, args: ExportArgs) -> Result<()> {
+    let in_clear = args.include_secret && !args.encrypt && args.recipient.is_empty();
+    if in_clear && !args.plaintext_secret {
+        return Err(UsageError(
+            "--include-secret would write your secret key in clear: add --encrypt to \
+             protect the export with a passphrase, or --plaintext-secret if you really \
+             want it in clear"
+                .into(),
+        )
+        .into());
+    }
     let store = ctx.open_store()?;
     let contact = match &args.contact {
         Some(peer) => Some(resolve_peer(&store, peer)?),
         None => None,
     };
-    let encrypted = args.encrypt || !args.recipient.is_empty();
-    if args.include_secret && !encrypted {
-        if !args.plaintext_secret {
-            return Err(UsageError(
-                "--include-secret would write your secret key in clear: add --encrypt to \
-                 protect the export with a passphrase, or --plaintext-secret if you really \
-                 want it in clear"
-                    .into(),
-            )
-            .into());
-        }
+    // Asked before the export's passphrase: the profile's comes first.
+    let unlocked = match args.include_secret && store.key_protection()?.is_some() {
+        true => Some(std::sync::Arc::new(super::passphrase::unlock(ctx, &store)?)),
+        false => None,
+    };
+    if in_clear {
         errln!(
             "warning: this export contains your secret key in clear. Anyone who gets the \
              file can read your messages and pose as you: keep it private, delete it when \
              done, or use --encrypt."
         );
     }
-    // Asked before the export's passphrase: the profile's comes first.
-    let unlocked = match args.include_secret && store.key_protection()?.is_some() {
-        true => Some(std::sync::Arc::new(super::passphrase::unlock(ctx, &store)?)),
-        false => None,
-    };
     let seal = seal(&args)?;
     let options = ExportOptions {
         layout: if args.jsonl {
