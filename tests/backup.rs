@@ -21,6 +21,11 @@ const EXPORT_PASS: &str = "CHAT_EXPORT_PASSPHRASE_FILE";
 fn pass_file(env: &Env, name: &str, passphrase: &str) -> PathBuf {
     let path = env.path(name);
     fs::write(&path, format!("{passphrase}\n")).unwrap();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).unwrap();
+    }
     path
 }
 
@@ -284,4 +289,62 @@ fn an_export_to_an_age_key_opens_with_its_identity_file() {
     let bad = env.fails("me", &["export", "--recipient", "age1nope"], 2);
     assert!(bad.contains("age public key"), "{bad}");
     let _ = Stdio::null();
+}
+
+#[test]
+fn importing_a_key_into_a_protected_profile_keeps_or_says_what_it_loses() {
+    let env = Env::new();
+    with_messages(&env, 1);
+    let me = env.key("me");
+    let new = pass_file(&env, "profile-pass", "profile passphrase");
+    let protect = |profile: &str| {
+        cmd(&env, profile)
+            .args(["passphrase", "set"])
+            .env("CHAT_NEW_PASSPHRASE_FILE", &new)
+            .assert()
+            .success();
+    };
+    let protected = |profile: &str| -> bool {
+        let conn = rusqlite::Connection::open(env.db(profile)).unwrap();
+        conn.query_row("SELECT secret_key IS NULL FROM identity", [], |r| r.get(0))
+            .unwrap()
+    };
+    protect("me");
+    let own = env.path("own.age");
+    let export_pass = pass_file(&env, "export-pass", "export passphrase");
+    cmd(&env, "me")
+        .args(["export", "--encrypt", "--include-secret", "-o", p(&own)])
+        .env("CHAT_PASSPHRASE_FILE", &new)
+        .env(EXPORT_PASS, &export_pass)
+        .assert()
+        .success();
+
+    // Its own key back: nothing changes, the passphrase stays.
+    let out = import(&env, "me", &own, "export passphrase");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(protected("me"));
+    assert_eq!(env.key("me"), me);
+
+    // Another identity's key, with --force: adopted without a passphrase,
+    // and the user is told.
+    env.ok("other", &["init"]);
+    protect("other");
+    let out = cmd(&env, "other")
+        .args(["import", "--force", p(&own)])
+        .env(EXPORT_PASS, &export_pass)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("WITHOUT a passphrase"), "{err}");
+    assert!(!protected("other"));
+    assert_eq!(env.key("other"), me);
 }

@@ -20,6 +20,11 @@ fn p(path: &Path) -> &str {
 fn pass_file(env: &Env, name: &str, passphrase: &str) -> PathBuf {
     let path = env.path(name);
     fs::write(&path, format!("{passphrase}\n")).unwrap();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).unwrap();
+    }
     path
 }
 
@@ -290,4 +295,30 @@ fn a_new_key_replacing_a_protected_one_is_stored_unprotected_with_a_warning() {
     assert_ne!(env.key("me"), old);
     assert!(!column_is_null(&env, "me", "secret_key"));
     assert!(column_is_null(&env, "me", "secret_wrapped"));
+}
+
+#[cfg(unix)]
+#[test]
+fn a_passphrase_file_others_can_read_is_warned_about() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let env = Env::new();
+    env.init("me");
+    set(&env, "me", "right");
+    let file = pass_file(&env, "pass", "right");
+    let export = ["export", "--include-secret", "--plaintext-secret"];
+    let out = cmd(&env, "me")
+        .args(export)
+        .env("CHAT_PASSPHRASE_FILE", &file)
+        .output()
+        .unwrap();
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("other users"));
+    fs::set_permissions(&file, fs::Permissions::from_mode(0o644)).unwrap();
+    let out = cmd(&env, "me")
+        .args(export)
+        .env("CHAT_PASSPHRASE_FILE", &file)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("can be read by other users"), "{err}");
 }

@@ -164,8 +164,20 @@ pub fn ask(prompt: &str, env: &str, missing: impl FnOnce() -> String) -> Result<
     Ok(passphrase)
 }
 
-/// The first line of `path`, without its line ending.
+/// The first line of `path`, without its line ending. Warns when other
+/// users may read the file.
 fn read_file(path: &std::path::Path, env: &str) -> Result<Zeroizing<String>> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        if std::fs::metadata(path).is_ok_and(|m| m.permissions().mode() & 0o077 != 0) {
+            errln!(
+                "warning: the passphrase file '{}' (named by {env}) can be read by other \
+                 users: 'chmod 600' it",
+                crate::render::untrusted_inline(&path.display().to_string())
+            );
+        }
+    }
     let text = Zeroizing::new(std::fs::read_to_string(path).with_context(|| {
         format!(
             "cannot read the passphrase from '{}' (named by {env})",
