@@ -121,6 +121,16 @@ pub fn export(ctx: &Context, args: ExportArgs) -> Result<()> {
         )
         .into());
     }
+    let to_stdout = args.output.as_ref().is_none_or(|p| p.as_os_str() == "-");
+    if (args.encrypt || !args.recipient.is_empty()) && to_stdout && std::io::stdout().is_terminal()
+    {
+        return Err(UsageError(
+            "refusing to print an encrypted export (binary) on the terminal: pass -o FILE, \
+             or redirect standard output"
+                .into(),
+        )
+        .into());
+    }
     let store = ctx.open_store()?;
     let contact = match &args.contact {
         Some(peer) => Some(resolve_peer(&store, peer)?),

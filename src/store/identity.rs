@@ -64,11 +64,8 @@ impl Store {
     pub fn unlock_identity(&self, passphrase: &[u8]) -> Result<Identity> {
         match read_row(&self.conn)?.ok_or(Error::NoIdentity)? {
             Row::Plain(public, secret) => decode(&public, &secret),
-            row @ Row::Wrapped(..) => {
-                let key = row.public()?;
-                let Row::Wrapped(public, wrapped) = row else {
-                    return Err(Error::KeyProtected);
-                };
+            Row::Wrapped(public, wrapped) => {
+                let key = PublicKey::parse(&public).map_err(|e| corrupt(e.to_string()))?;
                 let secret = keywrap::unwrap(&wrapped, &key, passphrase).map_err(wrap_error)?;
                 decode(&public, secret.as_ref())
             }
