@@ -23,8 +23,10 @@ pub const WRAPPED_LEN: usize = NONCE_LEN + 32 + 16;
 /// Prefixed to the public key as associated data: names the format.
 const AAD_TAG: &[u8] = b"chat-p2p secret key v1\0";
 
-/// Set this environment variable to `1` to wrap new keys with a tiny argon2
-/// cost. For the test suite only: a key wrapped so is cheap to guess.
+/// Set this environment variable to `1` to wrap new keys (and encrypt
+/// exports) with the tiniest cost, so the test suite stays fast. Honoured
+/// by debug builds only: a key wrapped so is cheap to guess, and a release
+/// build must not be talked into it.
 pub const WEAK_KDF_ENV: &str = "CHAT_TEST_WEAK_KDF";
 
 /// The argon2id cost, stored beside every wrapped key.
@@ -60,9 +62,9 @@ impl KdfParams {
     };
 
     /// [`Self::DEFAULT`], or [`Self::WEAK_FOR_TESTS`] when
-    /// [`WEAK_KDF_ENV`] is `1`.
+    /// [`WEAK_KDF_ENV`] is `1` in a debug build.
     pub fn for_new_keys() -> Self {
-        if std::env::var(WEAK_KDF_ENV).is_ok_and(|v| v == "1") {
+        if cfg!(debug_assertions) && std::env::var(WEAK_KDF_ENV).is_ok_and(|v| v == "1") {
             Self::WEAK_FOR_TESTS
         } else {
             Self::DEFAULT
