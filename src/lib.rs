@@ -17,6 +17,7 @@ pub mod clock;
 pub mod config;
 pub mod crypto;
 pub mod identity;
+pub mod keywrap;
 pub mod profile;
 pub mod protocol;
 pub mod render;

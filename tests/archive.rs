@@ -208,7 +208,7 @@ fn secret_key_only_on_request_and_restores_identity() {
     let me = env.ok("me", &["whoami", "--key"]).trim().to_owned();
     let out = env
         .cmd("me")
-        .args(["export", "--include-secret"])
+        .args(["export", "--include-secret", "--plaintext-secret"])
         .output()
         .unwrap();
     assert!(out.status.success());

@@ -55,7 +55,16 @@ fn export_files_are_readable_by_the_user_alone() {
     let env = Env::new();
     with_messages(&env, 2);
     let file = env.path("backup.json");
-    env.ok("me", &["export", "--include-secret", "-o", p(&file)]);
+    env.ok(
+        "me",
+        &[
+            "export",
+            "--include-secret",
+            "--plaintext-secret",
+            "-o",
+            p(&file),
+        ],
+    );
     let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode(&file), 0o600);
     // A world-readable file that was there is replaced by a private one.
@@ -327,7 +336,13 @@ fn a_closed_or_full_stderr_does_not_panic() {
     let full = fs::File::options().write(true).open("/dev/full").unwrap();
     let file = env.path("secret.json");
     let out = raw(&env, "me")
-        .args(["export", "--include-secret", "-o", p(&file)])
+        .args([
+            "export",
+            "--include-secret",
+            "--plaintext-secret",
+            "-o",
+            p(&file),
+        ])
         .stderr(Stdio::from(full))
         .output()
         .unwrap();
@@ -402,7 +417,16 @@ fn an_identityless_profile_does_not_adopt_another_persons_messages() {
     env.ok("fresh", &["init"]);
     // An export with the key pair restores the identity itself.
     let secret = env.path("secret.json");
-    env.ok("me", &["export", "--include-secret", "-o", p(&secret)]);
+    env.ok(
+        "me",
+        &[
+            "export",
+            "--include-secret",
+            "--plaintext-secret",
+            "-o",
+            p(&secret),
+        ],
+    );
     env.ok("restored", &["import", p(&secret)]);
     assert_eq!(env.key("restored"), me);
 }

@@ -516,3 +516,54 @@ fn notifications_are_checked_and_never_reach_a_pipe() {
     assert!(stdout.contains("bob: ring?"), "{stdout}");
     assert!(!stdout.contains('\u{7}'), "a bell in a pipe: {stdout:?}");
 }
+
+#[test]
+fn a_protected_chat_asks_for_the_passphrase_once_without_echo() {
+    let env = Env::new();
+    let router = Router::start(&env.path("router"), &[]);
+    let alice = env.init("alice");
+    let bob = env.init("bob");
+    env.ok("alice", &["add-contact", "bob", &bob]);
+    env.ok("bob", &["add-contact", "alice", &alice]);
+    let new = env.path("new-pass");
+    std::fs::write(&new, "typed in the dark\n").unwrap();
+    env.cmd("alice")
+        .env("CHAT_TEST_WEAK_KDF", "1")
+        .env("CHAT_NEW_PASSPHRASE_FILE", &new)
+        .args(["passphrase", "set"])
+        .assert()
+        .success();
+
+    let tmux = Tmux::new();
+    let command = format!(
+        "env -i HOME=/nonexistent TERM=xterm CHAT_HOME={} CHAT_PROFILE=alice CHAT_SERVER={} {} chat bob",
+        shell_quote(env.home().to_str().unwrap()),
+        shell_quote(&router.url()),
+        shell_quote(env!("CARGO_BIN_EXE_chat-p2p")),
+    );
+    tmux.run(&[
+        "new-session",
+        "-d",
+        "-s",
+        "chat",
+        "-x",
+        "100",
+        "-y",
+        "20",
+        &command,
+    ]);
+    tmux.wait_for("Passphrase for profile 'alice':");
+    tmux.run(&["send-keys", "-t", "chat", "-l", "typed in the dark"]);
+    tmux.run(&["send-keys", "-t", "chat", "Enter"]);
+    let screen = tmux.wait_for("Chat with bob");
+    assert!(!screen.contains("typed in the dark"), "echoed:\n{screen}");
+    // The key opened once serves the whole session: a message arrives
+    // and is decrypted, and nothing asks again.
+    env.cmd("bob")
+        .env("CHAT_SERVER", router.url())
+        .args(["send", "alice", "for your eyes"])
+        .assert()
+        .success();
+    let screen = tmux.wait_for("bob: for your eyes");
+    assert_eq!(screen.matches("Passphrase for").count(), 1, "{screen}");
+}

@@ -124,7 +124,7 @@ pub(crate) struct Importer<'a> {
 impl<'a> Importer<'a> {
     /// Opens the transaction and detaches the per-row FTS trigger.
     pub(crate) fn begin(store: &'a mut Store, options: ImportOptions) -> Result<Self, Error> {
-        let own_key = store.identity()?.map(|i| i.public_key().to_base64());
+        let own_key = store.public_key()?.map(|k| k.to_base64());
         let tx = store.transaction()?;
         let last: i64 = tx.query_row("SELECT coalesce(max(id), 0) FROM messages", [], |r| {
             r.get(0)

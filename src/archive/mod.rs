@@ -10,6 +10,7 @@ mod import;
 mod import_doc;
 mod legacy;
 mod reader;
+pub mod sealed;
 
 pub use export::{export, export_to_path, ExportOptions, ExportSummary, Layout};
 pub use import::{ImportOptions, ImportReport};
@@ -81,6 +82,17 @@ pub enum Error {
     /// The profile database failed.
     #[error(transparent)]
     Store(#[from] store::Error),
+    /// The export could not be encrypted.
+    #[error("cannot encrypt the export: {0}")]
+    Encrypt(String),
+    /// An encrypted export could not be opened or read to its end.
+    #[error("cannot decrypt the export: {0}. Nothing was imported")]
+    Decrypt(String),
+    /// The passphrase does not open an encrypted export.
+    #[error(
+        "wrong passphrase: it does not open this encrypted export. Nothing was imported; try again"
+    )]
+    WrongExportPassphrase,
 }
 
 fn own_text(own: &Option<String>) -> String {

@@ -1,6 +1,6 @@
 //! `export` and `import`.
 
-use std::io::{BufWriter, IsTerminal, Write};
+use std::io::{BufRead, BufWriter, IsTerminal, Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -10,6 +10,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use super::out::{AlreadyDone, StdoutError};
 use super::{print_json, resolve_peer, Context, UsageError};
+use crate::archive::sealed::{self, Key, Seal};
 use crate::archive::{self, ExportOptions, ImportOptions, ImportReport, Layout};
 use crate::store::Store;
 
@@ -34,9 +35,27 @@ pub struct ExportArgs {
     #[arg(long, value_name = "PEER")]
     contact: Option<String>,
     /// Include your secret key, so the export can restore your identity.
-    /// Anyone holding the file can then read your messages and be you.
+    /// Anyone holding the file can then read your messages and be you:
+    /// needs --encrypt (or --recipient), or --plaintext-secret.
     #[arg(long)]
     include_secret: bool,
+    /// Write the secret key in clear with --include-secret (you are warned).
+    #[arg(long, requires = "include_secret")]
+    plaintext_secret: bool,
+    /// Encrypt the export with a passphrase (the age format): asked twice
+    /// on the terminal, or read from the file CHAT_EXPORT_PASSPHRASE_FILE
+    /// names. `import` asks for it again.
+    #[arg(long, conflicts_with = "plaintext_secret")]
+    encrypt: bool,
+    /// Encrypt the export to this age public key ('age1...', from
+    /// age-keygen) instead of a passphrase; repeat for several.
+    #[arg(
+        long,
+        value_name = "AGE_KEY",
+        conflicts_with_all = ["encrypt", "plaintext_secret"],
+        value_parser = archive::sealed::parse_recipient
+    )]
+    recipient: Vec<age::x25519::Recipient>,
 }
 
 /// Arguments of `import`.
@@ -62,10 +81,20 @@ pub struct ImportArgs {
     /// contact nor a public key, instead of importing nothing.
     #[arg(long, requires = "legacy")]
     skip_unknown: bool,
+    /// Open an export encrypted to an age key with the identities in
+    /// this age identity file (from age-keygen). An export encrypted to a
+    /// passphrase needs none: the passphrase is asked for (or read from
+    /// the file CHAT_EXPORT_PASSPHRASE_FILE names).
+    #[arg(long, value_name = "FILE", conflicts_with = "legacy")]
+    identity: Option<PathBuf>,
     /// Print what was imported as JSON.
     #[arg(long)]
     json: bool,
 }
+
+/// Names the file whose first line is the passphrase of an encrypted
+/// export, for `export --encrypt` and `import`.
+pub const EXPORT_PASSPHRASE_FILE_ENV: &str = "CHAT_EXPORT_PASSPHRASE_FILE";
 
 /// Below these sizes no progress bar is worth drawing.
 const BAR_MIN_MESSAGES: u64 = 20_000;
@@ -87,17 +116,44 @@ fn bar(total: u64, min: u64, template: &str) -> Option<ProgressBar> {
 
 /// Writes the export.
 pub fn export(ctx: &Context, args: ExportArgs) -> Result<()> {
+    let in_clear = args.include_secret && !args.encrypt && args.recipient.is_empty();
+    if in_clear && !args.plaintext_secret {
+        return Err(UsageError(
+            "--include-secret would write your secret key in clear: add --encrypt to \
+             protect the export with a passphrase, or --plaintext-secret if you really \
+             want it in clear"
+                .into(),
+        )
+        .into());
+    }
+    let to_stdout = args.output.as_ref().is_none_or(|p| p.as_os_str() == "-");
+    if (args.encrypt || !args.recipient.is_empty()) && to_stdout && std::io::stdout().is_terminal()
+    {
+        return Err(UsageError(
+            "refusing to print an encrypted export (binary) on the terminal: pass -o FILE, \
+             or redirect standard output"
+                .into(),
+        )
+        .into());
+    }
     let store = ctx.open_store()?;
     let contact = match &args.contact {
         Some(peer) => Some(resolve_peer(&store, peer)?),
         None => None,
     };
-    if args.include_secret {
+    // Asked before the export's passphrase: the profile's comes first.
+    let unlocked = match args.include_secret && store.key_protection()?.is_some() {
+        true => Some(std::sync::Arc::new(super::passphrase::unlock(ctx, &store)?)),
+        false => None,
+    };
+    if in_clear {
         errln!(
-            "warning: this export contains your secret key. Anyone who gets the file \
-             can read your messages and pose as you: keep it private, delete it when done."
+            "warning: this export contains your secret key in clear. Anyone who gets the \
+             file can read your messages and pose as you: keep it private, delete it when \
+             done, or use --encrypt."
         );
     }
+    let seal = seal(&args)?;
     let options = ExportOptions {
         layout: if args.jsonl {
             Layout::Jsonl
@@ -106,6 +162,8 @@ pub fn export(ctx: &Context, args: ExportArgs) -> Result<()> {
         },
         contact,
         include_secret: args.include_secret,
+        unlocked,
+        seal: seal.map(std::sync::Arc::new),
     };
     let bar = bar(
         store.message_count()?,
@@ -144,6 +202,19 @@ pub fn export(ctx: &Context, args: ExportArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// How `export` is to be encrypted, asking for the passphrase if needed.
+fn seal(args: &ExportArgs) -> Result<Option<Seal>> {
+    Ok(if args.encrypt {
+        let passphrase =
+            super::passphrase::new_passphrase(EXPORT_PASSPHRASE_FILE_ENV, "export passphrase")?;
+        Some(Seal::Passphrase(passphrase.to_string().into()))
+    } else if !args.recipient.is_empty() {
+        Some(Seal::Recipients(args.recipient.clone()))
+    } else {
+        None
+    })
 }
 
 /// Writes the export to standard output; a failed write is an output
@@ -203,9 +274,10 @@ pub fn import(ctx: &Context, args: ImportArgs) -> Result<()> {
     let db = ctx.profile.db_path();
     let existed = db.exists();
     let mut store = Store::create(&db)?;
+    let was_protected = store.key_protection()?.is_some();
     let imported = match input {
         None => archive::import_legacy(&mut store, &args.paths, options).map_err(Into::into),
-        Some(input) => import_input(&mut store, input, options),
+        Some(input) => import_input(&mut store, input, options, args.identity.as_deref()),
     };
     let report = match imported {
         Ok(report) => report,
@@ -217,6 +289,9 @@ pub fn import(ctx: &Context, args: ImportArgs) -> Result<()> {
             return Err(e);
         }
     };
+    if was_protected && report.identity_adopted.is_some() {
+        super::passphrase::warn_unprotected(ctx);
+    }
     let done = "the import was committed";
     if args.json {
         return print_json(&serde_json::to_value(&report)?).done(done);
@@ -259,17 +334,48 @@ fn remove_new_profile(db: &Path) {
 }
 
 /// Imports one export file or standard input, with a progress bar for a
-/// large file.
-fn import_input(store: &mut Store, input: Input, options: ImportOptions) -> Result<ImportReport> {
-    let (path, file) = match input {
-        Input::Stdin => {
-            let stdin = std::io::BufReader::with_capacity(1 << 16, std::io::stdin());
-            return archive::import_reader(store, stdin, options, &mut |_| {})
-                .map_err(|e| name_input(e, Path::new("standard input")).into());
+/// large file; an encrypted export is opened first.
+fn import_input(
+    store: &mut Store,
+    input: Input,
+    options: ImportOptions,
+    identity: Option<&Path>,
+) -> Result<ImportReport> {
+    let (path, size, reader): (PathBuf, u64, Box<dyn Read + Send>) = match input {
+        Input::Stdin => ("standard input".into(), 0, Box::new(std::io::stdin())),
+        Input::File(path, file) => {
+            let size = file.metadata().map(|m| m.len()).unwrap_or(0);
+            (path, size, Box::new(file))
         }
-        Input::File(path, file) => (path, file),
     };
-    let size = file.metadata().map(|m| m.len()).unwrap_or(0);
+    let name = |e| name_input(e, &path);
+    let (kind, reader) = sealed::sniff(reader).map_err(|source| archive::Error::Io {
+        path: path.clone(),
+        source,
+    })?;
+    let reader = std::io::BufReader::with_capacity(1 << 16, reader);
+    let reader: Box<dyn BufRead + Send> = match kind {
+        sealed::Kind::Plain => Box::new(reader),
+        sealed::Kind::ArmoredAge => anyhow::bail!(
+            "'{}' is an ASCII-armored age file, which chat-p2p does not read: decrypt it \
+             with 'age -d', or export again with --encrypt",
+            path.display()
+        ),
+        sealed::Kind::Age => {
+            let opened = match identity {
+                Some(file) => sealed::open(reader, Key::Identities(sealed::read_identities(file)?)),
+                None => sealed::open(reader, Key::Passphrase(&mut export_passphrase)),
+            }
+            .map_err(name)?;
+            Box::new(std::io::BufReader::with_capacity(1 << 16, opened))
+        }
+    };
+    if identity.is_some() && kind != sealed::Kind::Age {
+        anyhow::bail!(
+            "--identity is for an encrypted export, and '{}' is not one",
+            path.display()
+        );
+    }
     let bar = bar(
         size,
         BAR_MIN_BYTES,
@@ -285,13 +391,28 @@ fn import_input(store: &mut Store, input: Input, options: ImportOptions) -> Resu
             }
         }
     };
-    let reader = std::io::BufReader::with_capacity(1 << 16, file);
     let report = archive::import_reader(store, reader, options, &mut progress)
-        .map_err(|e| name_input(e, &path))?;
+        .map_err(|e| sealed::explain(name(e)))?;
     if let Some(bar) = bar {
         bar.finish_and_clear();
     }
     Ok(report)
+}
+
+/// The passphrase of an encrypted export, asked once.
+fn export_passphrase() -> Result<age::secrecy::SecretString, archive::Error> {
+    let passphrase = super::passphrase::ask(
+        "Passphrase of the encrypted export: ",
+        EXPORT_PASSPHRASE_FILE_ENV,
+        || {
+            format!(
+                "this export is encrypted and there is no terminal to ask for its passphrase: \
+                 set {EXPORT_PASSPHRASE_FILE_ENV} to a file whose first line is the passphrase"
+            )
+        },
+    )
+    .map_err(|e| archive::Error::Decrypt(format!("{e:#}")))?;
+    Ok(passphrase.to_string().into())
 }
 
 /// Names the user's file in a read error (the reader only knows "the
@@ -308,7 +429,7 @@ fn name_input(e: archive::Error, path: &Path) -> archive::Error {
 
 fn print_report(ctx: &Context, store: &Store, r: &ImportReport) -> Result<()> {
     // Asked first: a database error must not read as an output error.
-    let has_identity = store.identity()?.is_some();
+    let has_identity = store.public_key()?.is_some();
     outln!(
         "Imported {} new messages ({} already here) and {} new contacts ({} already here).",
         r.messages_added,

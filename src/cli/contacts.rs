@@ -140,7 +140,7 @@ fn parse_name(name: &str) -> Result<ContactName> {
 /// Saves a contact.
 pub fn add(ctx: &Context, args: AddArgs) -> Result<()> {
     let name = parse_name(&args.name)?;
-    let (mut store, _) = ctx.open_with_identity()?;
+    let (mut store, _) = ctx.open_with_key()?;
     let contact = store.add_contact(&name, &args.pubkey)?;
     // A name verified before with another key: say so now, not later.
     super::verify::check(&store, &contact)?;
@@ -237,7 +237,7 @@ pub fn list(ctx: &Context, args: ListArgs) -> Result<()> {
             )?;
         }
     }
-    if store.identity()?.is_none() {
+    if store.public_key()?.is_none() {
         errln!(
             "note: this profile has no identity yet: run '{} init' to send and receive.",
             ctx.cli_prefix()
@@ -248,7 +248,7 @@ pub fn list(ctx: &Context, args: ListArgs) -> Result<()> {
 
 /// Removes a contact.
 pub fn remove(ctx: &Context, args: RemoveArgs) -> Result<()> {
-    let (mut store, _) = ctx.open_with_identity()?;
+    let (mut store, _) = ctx.open_with_key()?;
     let contact = store.remove_contact(&args.name)?;
     if args.json {
         let state = store.verification(&contact)?;
@@ -265,7 +265,7 @@ pub fn remove(ctx: &Context, args: RemoveArgs) -> Result<()> {
 /// Renames a contact.
 pub fn rename(ctx: &Context, args: RenameArgs) -> Result<()> {
     let new = parse_name(&args.new)?;
-    let (mut store, _) = ctx.open_with_identity()?;
+    let (mut store, _) = ctx.open_with_key()?;
     let contact = store.rename_contact(&args.old, &new)?;
     let verification = super::verify::check(&store, &contact)?;
     if args.json {

@@ -275,6 +275,24 @@ fn check_identity(ctx: &Context, store: &Store) -> (Option<crate::identity::Iden
                 format!("create one with '{} init'", ctx.cli_prefix()),
             ),
         ),
+        // A passphrase guards the key: the router check needs it, so it is
+        // asked for (or read from CHAT_PASSPHRASE_FILE) as by `sync`.
+        Err(crate::store::Error::KeyProtected) => match super::passphrase::unlock(ctx, store) {
+            Ok(id) => {
+                let fingerprint = id.public_key().fingerprint();
+                let detail = format!("public key fingerprint {fingerprint}, passphrase-protected");
+                (Some(id), ok("identity", detail))
+            }
+            Err(e) => (
+                None,
+                bad(
+                    "identity",
+                    Level::Warn,
+                    format!("the secret key has a passphrase and was not unlocked: {e:#}"),
+                    "set CHAT_PASSPHRASE_FILE (or run on a terminal) to check the router too",
+                ),
+            ),
+        },
         Err(e) => (
             None,
             bad(

@@ -63,6 +63,7 @@ pub fn init(ctx: &Context, args: InitArgs) -> Result<()> {
         None
     };
     let identity = Identity::generate();
+    let was_protected = store.key_protection()?.is_some();
     let replaced = match store.set_identity(&identity, args.force) {
         Err(store::Error::IdentityExists(key)) => anyhow::bail!(
             "profile '{}' already has an identity ({key}). \
@@ -87,6 +88,9 @@ pub fn init(ctx: &Context, args: InitArgs) -> Result<()> {
         ),
         _ => {}
     }
+    if was_protected {
+        super::passphrase::warn_unprotected(ctx);
+    }
     let key = identity.public_key();
     let created = format!("the identity of profile '{}' was created", ctx.profile.name);
     if args.json {
@@ -110,14 +114,28 @@ fn make_way(ctx: &Context, store: &Store, args: &InitArgs) -> Result<Option<Path
             errln!("warning: the stored identity cannot be read ({e}), so no backup can be made.");
             None
         }
+        // A backup in clear would undo the passphrase: the user makes an
+        // encrypted one, or says that none is wanted.
+        Err(store::Error::KeyProtected) if !args.no_backup => {
+            return Err(UsageError(format!(
+                "this profile's secret key has a passphrase, and the backup 'init --force' \
+                 keeps would hold it in clear. Back it up encrypted first with \
+                 '{} export --include-secret --encrypt -o FILE', then run \
+                 'init --force --no-backup'",
+                ctx.cli_prefix()
+            ))
+            .into())
+        }
+        Err(store::Error::KeyProtected) => None,
         Err(e) => return Err(e.into()),
     };
-    let shown = match &old {
-        Some(old) => {
+    let shown = match (&old, store.public_key().ok().flatten()) {
+        (Some(old), _) => {
             let key = old.public_key();
             format!("{key} (fingerprint {})", key.fingerprint())
         }
-        None => "that cannot be read".to_owned(),
+        (None, Some(key)) => format!("{key} (fingerprint {})", key.fingerprint()),
+        (None, None) => "that cannot be read".to_owned(),
     };
     confirm_replace(ctx, &shown, args.yes)?;
     match old {
@@ -177,8 +195,7 @@ fn print_created(ctx: &Context, key: &PublicKey, store: &Store) -> Result<(), St
 
 /// Shows the profile's identity.
 pub fn whoami(ctx: &Context, args: WhoamiArgs) -> Result<()> {
-    let (store, identity) = ctx.open_with_identity()?;
-    let key = identity.public_key();
+    let (store, key) = ctx.open_with_key()?;
     if args.key {
         return Ok(outln!("{key}")?);
     }

@@ -15,6 +15,7 @@ mod identity;
 mod inbox;
 mod notify;
 mod outbox;
+mod passphrase;
 mod router;
 mod settings;
 mod shell;
@@ -127,6 +128,8 @@ enum Command {
     Delete(outbox::DeleteArgs),
     /// List conversations, newest first, with unread counts.
     Inbox(inbox::InboxArgs),
+    /// Protect the secret key with a passphrase, change it or remove it.
+    Passphrase(passphrase::PassphraseArgs),
 }
 
 /// What every command needs, resolved once from the arguments and the
@@ -169,11 +172,29 @@ impl Context {
         }
     }
 
-    /// Opens the profile's database and loads its identity.
+    /// Opens the profile's database and loads its key pair, for commands
+    /// that sign or decrypt: asks for the passphrase (once) if the secret
+    /// key has one.
     fn open_with_identity(&self) -> Result<(Store, crate::identity::Identity)> {
         let store = self.open_store()?;
-        match store.identity()? {
-            Some(id) => Ok((store, id)),
+        match store.identity() {
+            Ok(Some(id)) => Ok((store, id)),
+            Ok(None) => Err(self.no_identity()),
+            Err(store::Error::KeyProtected) => {
+                let id = passphrase::unlock(self, &store)?;
+                Ok((store, id))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Opens the profile's database and reads its public key, for commands
+    /// that need the identity but not its secret: never asks for the
+    /// passphrase.
+    fn open_with_key(&self) -> Result<(Store, PublicKey)> {
+        let store = self.open_store()?;
+        match store.public_key()? {
+            Some(key) => Ok((store, key)),
             None => Err(self.no_identity()),
         }
     }
@@ -424,6 +445,7 @@ pub fn run(
         Command::Outbox(args) => outbox::outbox(&ctx, args),
         Command::Delete(args) => outbox::delete(&ctx, args),
         Command::Inbox(args) => inbox::inbox(&ctx, args),
+        Command::Passphrase(args) => passphrase::run(&ctx, args),
     }
 }
 

@@ -218,7 +218,8 @@ fn resolve_all(store: &Store, ids: &[IdQuery]) -> Result<Vec<Message>> {
 
 /// `outbox cancel ID...`.
 fn cancel(ctx: &Context, ids: &[IdQuery]) -> Result<()> {
-    let (mut store, _) = ctx.open_with_identity()?;
+    // Cancelling signs nothing: no passphrase needed.
+    let (mut store, _) = ctx.open_with_key()?;
     let messages = resolve_all(&store, ids)?;
     let tx = store.transaction()?;
     let mut changed = Vec::new();

@@ -183,8 +183,8 @@ impl Store {
     /// Saves `key` under `name`. Refuses the profile's own key, a name in
     /// use (ignoring case) and a key already saved under another name.
     pub fn add_contact(&mut self, name: &ContactName, key: &PublicKey) -> Result<Contact> {
-        if let Some(own) = self.identity()? {
-            if own.public_key() == *key {
+        if let Some(own) = self.public_key()? {
+            if own == *key {
                 return Err(Error::OwnKey);
             }
         }

@@ -176,6 +176,19 @@ pub enum Error {
     /// A migration failed.
     #[error("cannot upgrade the database schema: {0}")]
     Migration(#[from] refinery::Error),
+    /// The secret key is sealed under a passphrase: open it with
+    /// [`super::Store::unlock_identity`].
+    #[error("the secret key of this profile is protected by a passphrase")]
+    KeyProtected,
+    /// The passphrase given does not open the secret key.
+    #[error("wrong passphrase: it does not open this profile's secret key. Nothing was changed; try again")]
+    WrongPassphrase,
+    /// Asked to change or remove a passphrase the profile does not have.
+    #[error("this profile's secret key has no passphrase: 'chat-p2p passphrase set' adds one")]
+    NotProtected,
+    /// Asked to set a passphrase on a key that already has one.
+    #[error("this profile's secret key already has a passphrase: 'chat-p2p passphrase change' replaces it")]
+    AlreadyProtected,
 }
 
 fn odd_note(odd: &str) -> String {

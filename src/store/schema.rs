@@ -363,4 +363,57 @@ mod tests {
         let store = Store::open(&path).unwrap();
         assert_eq!(store.schema_version().unwrap(), latest_version());
     }
+
+    #[test]
+    fn a_v4_profile_keeps_its_key_and_history_through_the_passphrase_columns() {
+        use crate::identity::Identity;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("chat.db");
+        let mut conn = Connection::open(&path).unwrap();
+        conn.pragma_update(None, "foreign_keys", "ON").unwrap();
+        embedded::migrations::runner()
+            .set_target(refinery::Target::Version(4))
+            .run(&mut conn)
+            .unwrap();
+        let me = Identity::generate();
+        let alice = Identity::generate().public_key();
+        conn.execute(
+            "INSERT INTO identity (id, public_key, secret_key, created_at)
+             VALUES (1, ?1, ?2, '2026-01-01T00:00:00.000Z')",
+            rusqlite::params![me.public_key().to_base64(), &me.secret_bytes()[..]],
+        )
+        .unwrap();
+        conn.execute_batch(&format!(
+            "INSERT INTO contacts (name, name_key, public_key, added_at)
+                 VALUES ('alice', 'alice', '{alice}', '2026-01-01T00:00:00.000Z');
+             INSERT INTO messages (msg_id, peer_key, direction, body, status, created_at,
+                                   received_at)
+                 VALUES ('00000000-0000-7000-8000-000000000001', '{alice}', 'in',
+                         'kept through V6', 'received', '2026-01-01T00:00:00.000Z',
+                         '2026-01-01T00:00:01.000Z');
+             INSERT INTO message_events (message_id, seq, status, at) VALUES
+                 (1, 0, 'received', '2026-01-01T00:00:01.000Z');",
+            alice = alice.to_base64()
+        ))
+        .unwrap();
+        let before = rows(&conn);
+        drop(conn);
+
+        let mut store = Store::open(&path).unwrap();
+        assert_eq!(store.schema_version().unwrap(), latest_version());
+        assert_eq!(rows(store.conn()), before);
+        let id = store.require_identity().unwrap();
+        assert_eq!(id.public_key(), me.public_key());
+        assert_eq!(*id.secret_bytes(), *me.secret_bytes());
+        assert_eq!(store.key_protection().unwrap(), None);
+        // The rebuilt table takes the new form, and refuses a half one.
+        let weak = crate::keywrap::KdfParams::WEAK_FOR_TESTS;
+        store.protect_identity(&id, b"pw", weak).unwrap();
+        assert_eq!(store.key_protection().unwrap(), Some(weak));
+        assert!(store
+            .conn()
+            .execute("UPDATE identity SET kdf_salt = NULL", [])
+            .is_err());
+        assert_eq!(rows(store.conn()), before);
+    }
 }
