@@ -94,6 +94,49 @@ fn lines(text: &str) -> Value {
         .collect()
 }
 
+/// Bob's `sync --watch --json` lines up to the first message, which `me`
+/// sends while it runs.
+fn watch_lines(env: &Env, router: &Router) -> Value {
+    use std::io::BufRead as _;
+    let mut watch = std::process::Command::new(env!("CARGO_BIN_EXE_chat-p2p"))
+        .env_clear()
+        .env("CHAT_HOME", env.home())
+        .env("CHAT_CONFIG", env.config())
+        .env("CHAT_PROFILE", "bob")
+        .args(["sync", "--watch", "--json", "--server", &router.url()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = watch.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { return };
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let mut lines = Vec::new();
+    let mut sent = false;
+    while let Ok(line) = rx.recv_timeout(std::time::Duration::from_secs(20)) {
+        let value: Value = serde_json::from_str(&line).unwrap();
+        let kind = value["kind"].clone();
+        lines.push(value);
+        if kind == "connected" && !sent {
+            env.ok("me", &["send", "--server", &router.url(), "bob", "watched"]);
+            sent = true;
+        }
+        if kind == "message" {
+            break;
+        }
+    }
+    let _ = watch.kill();
+    let _ = watch.wait();
+    Value::Array(lines)
+}
+
 /// Every documented command's output, from real profiles and a real router.
 fn outputs(env: &Env, router: &Router) -> BTreeMap<&'static str, Value> {
     let url = router.url();
@@ -136,6 +179,18 @@ fn outputs(env: &Env, router: &Router) -> BTreeMap<&'static str, Value> {
         "--json",
     ];
     out.insert("import", env.json("copy", &import));
+    // A message the router never got: it waits in the outbox.
+    let nowhere = ["--server", "ws://127.0.0.1:1/ws", "--timeout", "1"];
+    let mut pending = vec!["send", "bob", "still waiting"];
+    pending.extend(nowhere);
+    env.fails("me", &pending, 1);
+    out.insert("outbox", env.json("me", &["outbox", "--json"]));
+    out.insert("inbox", env.json("me", &["inbox", "--json"]));
+    out.insert("verify", env.json("me", &["verify", "bob", "--json"]));
+    out.insert("config", env.json("me", &["config", "--json"]));
+    out.insert("profiles", env.json("me", &["profiles", "--json"]));
+    out.insert("doctor", env.json("me", &["doctor", "--offline", "--json"]));
+    out.insert("sync-watch", watch_lines(env, router));
     let rename = ["rename-contact", "bob", "robert", "--json"];
     out.insert("rename-contact", env.json("me", &rename));
     let remove = ["remove-contact", "robert", "--json"];
