@@ -287,7 +287,24 @@ fn a_new_key_replacing_a_protected_one_is_stored_unprotected_with_a_warning() {
     let env = Env::new();
     let old = env.init("me");
     set(&env, "me", "right");
-    let out = cmd(&env, "me").args(["init", "--force"]).output().unwrap();
+    // The backup `init --force` keeps would hold the key in clear: refused,
+    // nothing replaced, and the way to an encrypted backup is named.
+    let out = cmd(&env, "me")
+        .args(["init", "--force", "--yes"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--encrypt") && err.contains("--no-backup"),
+        "{err}"
+    );
+    assert_eq!(env.key("me"), old);
+    // Told that no backup is wanted, it replaces the key.
+    let out = cmd(&env, "me")
+        .args(["init", "--force", "--yes", "--no-backup"])
+        .output()
+        .unwrap();
     assert!(out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("WITHOUT a passphrase"), "{err}");
