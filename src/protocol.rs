@@ -196,6 +196,24 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
+    /// Every code a router of this version sends (not [`Self::Unknown`]),
+    /// in the order of the protocol document's table.
+    pub const ALL: [ErrorCode; 13] = [
+        Self::BadFrame,
+        Self::UnknownType,
+        Self::TooLarge,
+        Self::SpoofedFrom,
+        Self::NotAuthenticated,
+        Self::BadSignature,
+        Self::AuthTimeout,
+        Self::UnsupportedVersion,
+        Self::RateLimited,
+        Self::QuotaExceeded,
+        Self::TooManyConnections,
+        Self::TooSlow,
+        Self::Internal,
+    ];
+
     /// The code as it appears on the wire.
     pub fn as_str(self) -> &'static str {
         match self {

@@ -119,21 +119,7 @@ fn frames_round_trip_through_text() {
 
 #[test]
 fn error_codes_serialize_as_documented() {
-    for code in [
-        ErrorCode::BadFrame,
-        ErrorCode::UnknownType,
-        ErrorCode::TooLarge,
-        ErrorCode::SpoofedFrom,
-        ErrorCode::NotAuthenticated,
-        ErrorCode::BadSignature,
-        ErrorCode::AuthTimeout,
-        ErrorCode::UnsupportedVersion,
-        ErrorCode::RateLimited,
-        ErrorCode::QuotaExceeded,
-        ErrorCode::TooManyConnections,
-        ErrorCode::TooSlow,
-        ErrorCode::Internal,
-    ] {
+    for code in ErrorCode::ALL {
         let json = serde_json::to_string(&code).unwrap();
         assert_eq!(json, format!("\"{}\"", code.as_str()));
     }

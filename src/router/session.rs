@@ -738,21 +738,7 @@ mod tests {
     #[test]
     fn error_codes_are_documented() {
         let doc = include_str!("../../docs/PROTOCOL.md");
-        for code in [
-            ErrorCode::BadFrame,
-            ErrorCode::UnknownType,
-            ErrorCode::TooLarge,
-            ErrorCode::SpoofedFrom,
-            ErrorCode::NotAuthenticated,
-            ErrorCode::BadSignature,
-            ErrorCode::AuthTimeout,
-            ErrorCode::UnsupportedVersion,
-            ErrorCode::RateLimited,
-            ErrorCode::QuotaExceeded,
-            ErrorCode::TooManyConnections,
-            ErrorCode::TooSlow,
-            ErrorCode::Internal,
-        ] {
+        for code in ErrorCode::ALL {
             let cell = format!("| `{}` |", code.as_str());
             assert!(doc.contains(&cell), "{} is not documented", code.as_str());
         }
