@@ -90,23 +90,7 @@ fn an_arriving_message_does_not_garble_the_line_being_typed() {
     env.ok("bob", &["add-contact", "alice", &alice]);
 
     let tmux = Tmux::new();
-    let command = format!(
-        "env -i HOME=/nonexistent TERM=xterm CHAT_HOME={} CHAT_PROFILE=alice CHAT_SERVER={} {} chat bob",
-        shell_quote(env.home().to_str().unwrap()),
-        shell_quote(&router.url()),
-        shell_quote(env!("CARGO_BIN_EXE_chat-p2p")),
-    );
-    tmux.run(&[
-        "new-session",
-        "-d",
-        "-s",
-        "chat",
-        "-x",
-        "100",
-        "-y",
-        "20",
-        &command,
-    ]);
+    open_chat(&tmux, &env, &router, "alice", "bob", 100);
     tmux.wait_for("Chat with bob");
     tmux.wait_until("the prompt", |s| s.lines().any(|l| l.trim_end() == ">"));
 
@@ -159,23 +143,7 @@ fn a_hostile_message_arriving_in_the_chat_is_shown_escaped() {
     env.ok("bob", &["add-contact", "alice", &alice]);
 
     let tmux = Tmux::new();
-    let command = format!(
-        "env -i HOME=/nonexistent TERM=xterm CHAT_HOME={} CHAT_PROFILE=alice CHAT_SERVER={} {} chat bob",
-        shell_quote(env.home().to_str().unwrap()),
-        shell_quote(&router.url()),
-        shell_quote(env!("CARGO_BIN_EXE_chat-p2p")),
-    );
-    tmux.run(&[
-        "new-session",
-        "-d",
-        "-s",
-        "chat",
-        "-x",
-        "200",
-        "-y",
-        "20",
-        &command,
-    ]);
+    open_chat(&tmux, &env, &router, "alice", "bob", 200);
     tmux.wait_for("Chat with bob");
     tmux.wait_until("the prompt", |s| s.lines().any(|l| l.trim_end() == ">"));
     let title = || tmux.run(&["display-message", "-p", "-t", "chat", "#{pane_title}"]);
@@ -235,23 +203,7 @@ fn lines_typed_ahead_are_all_sent_in_order() {
     env.ok("alice", &["add-contact", "bob", &bob]);
 
     let tmux = Tmux::new();
-    let command = format!(
-        "env -i HOME=/nonexistent TERM=xterm CHAT_HOME={} CHAT_PROFILE=alice CHAT_SERVER={} {} chat bob",
-        shell_quote(env.home().to_str().unwrap()),
-        shell_quote(&router.url()),
-        shell_quote(env!("CARGO_BIN_EXE_chat-p2p")),
-    );
-    tmux.run(&[
-        "new-session",
-        "-d",
-        "-s",
-        "chat",
-        "-x",
-        "100",
-        "-y",
-        "20",
-        &command,
-    ]);
+    open_chat(&tmux, &env, &router, "alice", "bob", 100);
     tmux.wait_until("the prompt", |s| s.lines().any(|l| l.trim_end() == ">"));
     // Typed faster than a line is handed over, without bracketed paste.
     tmux.run(&[
@@ -347,25 +299,32 @@ fn delete_asks_on_a_terminal_and_deletes_only_on_yes() {
     );
 }
 
-/// Starts `PROFILE chat PEER ARGS` in a 100x30 tmux pane named `chat`.
-fn start_chat(tmux: &Tmux, env: &Env, router: &Router, profile: &str, args: &str) {
+/// Opens `PROFILE chat ARGS` against `router` in a tmux pane named `chat`,
+/// `width` columns by 30 rows.
+fn open_chat(tmux: &Tmux, env: &Env, router: &Router, profile: &str, args: &str, width: u16) {
     let command = format!(
         "env -i HOME=/nonexistent TERM=xterm CHAT_HOME={} CHAT_PROFILE={profile} CHAT_SERVER={} {} chat {args}",
         shell_quote(env.home().to_str().unwrap()),
         shell_quote(&router.url()),
         shell_quote(env!("CARGO_BIN_EXE_chat-p2p")),
     );
+    let width = width.to_string();
     tmux.run(&[
         "new-session",
         "-d",
         "-s",
         "chat",
         "-x",
-        "100",
+        &width,
         "-y",
         "30",
         &command,
     ]);
+}
+
+/// Opens `PROFILE chat ARGS` 100 columns wide and waits for its prompt.
+fn start_chat(tmux: &Tmux, env: &Env, router: &Router, profile: &str, args: &str) {
+    open_chat(tmux, env, router, profile, args, 100);
     tmux.wait_until("the prompt", |s| s.lines().any(|l| l.trim_end() == ">"));
 }
 
@@ -535,23 +494,7 @@ fn a_protected_chat_asks_for_the_passphrase_once_without_echo() {
         .success();
 
     let tmux = Tmux::new();
-    let command = format!(
-        "env -i HOME=/nonexistent TERM=xterm CHAT_HOME={} CHAT_PROFILE=alice CHAT_SERVER={} {} chat bob",
-        shell_quote(env.home().to_str().unwrap()),
-        shell_quote(&router.url()),
-        shell_quote(env!("CARGO_BIN_EXE_chat-p2p")),
-    );
-    tmux.run(&[
-        "new-session",
-        "-d",
-        "-s",
-        "chat",
-        "-x",
-        "100",
-        "-y",
-        "20",
-        &command,
-    ]);
+    open_chat(&tmux, &env, &router, "alice", "bob", 100);
     tmux.wait_for("Passphrase for profile 'alice':");
     tmux.run(&["send-keys", "-t", "chat", "-l", "typed in the dark"]);
     tmux.run(&["send-keys", "-t", "chat", "Enter"]);
