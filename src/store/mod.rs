@@ -17,11 +17,13 @@ mod error;
 pub mod fts;
 mod identity;
 pub mod messages;
+pub mod query;
 pub mod receipts;
 pub mod rejected;
 mod schema;
 pub mod search;
 mod status;
+mod when;
 
 pub(crate) use contacts::merge_contact_tx;
 pub use contacts::{Contact, ContactName, Merge, UnknownPeer};
