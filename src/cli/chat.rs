@@ -308,7 +308,7 @@ fn excerpt(body: &str) -> String {
 }
 
 const HELP: &str = "/history [N]   the last N messages of this conversation (default 20)
-/search WORDS  search every conversation (prefix*, \"phrases\", AND/OR/NOT)
+/search WORDS  search every conversation (plain words; any part of Chinese, Japanese, Thai)
 /help          this list
 exit, quit, /quit, Ctrl-D   leave (waits briefly for the router's acks)";
 
@@ -336,9 +336,9 @@ fn run_command(
                 .map(|m| line(m, style))
                 .collect())
         }
-        "/search" if rest.is_empty() => Ok(vec!["/search needs words, e.g. /search plan*".into()]),
+        "/search" if rest.is_empty() => Ok(vec!["/search needs words, e.g. /search plan".into()]),
         "/search" => {
-            let hits = store.search(rest, &Filter::default(), Order::Newest, 20)?;
+            let hits = store.search_words(rest, &Filter::default(), Order::Newest, 20)?;
             if hits.is_empty() {
                 return Ok(vec![format!(
                     "no message matches \"{}\"",

@@ -18,6 +18,8 @@
 //! - a piece that is only punctuation or symbols (`!!!`, `🎉`) is harmless
 //!   next to words (dropped); alone it is a substring too, so `!!!` finds
 //!   `wow!!!` (by `LIKE`: the trigram index holds only non-ASCII bodies).
+//! - text between a pair of double quotes is one piece, a phrase matched
+//!   exactly (no prefix): `"secret plan"`.
 
 use unicode_normalization::UnicodeNormalization;
 
@@ -94,18 +96,18 @@ pub fn plan(query: &str) -> Plan {
     let mut substrings = Vec::new();
     let mut plan = Plan::default();
     let mut symbols = Vec::new();
-    for piece in query.split_whitespace() {
+    for (piece, quoted) in pieces(&query) {
         let has_word = piece.chars().any(is_word_char);
         if piece.chars().any(is_unspaced) {
-            substrings.push(trim_punctuation(piece));
+            substrings.push(trim_punctuation(piece.trim()));
         } else if has_word {
             let ends_word = piece.chars().next_back().is_some_and(is_word_char);
-            let star = if ends_word { "*" } else { "" };
+            let star = if ends_word && !quoted { "*" } else { "" };
             words.push(format!("{}{star}", fts_string(piece)));
         } else if !piece.is_ascii() {
             // Emoji and other symbols: unicode61 ignores them.
-            substrings.push(piece);
-        } else {
+            substrings.push(piece.trim());
+        } else if !piece.trim().is_empty() {
             symbols.push(piece);
         }
     }
@@ -129,6 +131,27 @@ pub fn plan(query: &str) -> Plan {
         plan.trigrams = Some(trigrams.join(" "));
     }
     plan
+}
+
+/// The query's pieces: each text between a pair of double quotes (a
+/// phrase, `true`), and every whitespace-separated piece outside them. A
+/// quote without a partner is just punctuation.
+fn pieces(query: &str) -> Vec<(&str, bool)> {
+    let mut out = Vec::new();
+    let mut rest = query;
+    loop {
+        let pair = rest.find('"').and_then(|open| {
+            let close = rest[open + 1..].find('"')? + open + 1;
+            Some((open, close))
+        });
+        let Some((open, close)) = pair else {
+            out.extend(rest.split_whitespace().map(|p| (p, false)));
+            return out;
+        };
+        out.extend(rest[..open].split_whitespace().map(|p| (p, false)));
+        out.push((&rest[open + 1..close], true));
+        rest = &rest[close + 1..];
+    }
 }
 
 /// `piece` without the punctuation around it (`「テキスト」。` → `テキスト`),
@@ -163,6 +186,10 @@ mod tests {
             Some("\"AND\"* \"OR\"* \"NOT\"*")
         );
         assert_eq!(words("a\"b").as_deref(), Some("\"a\"\"b\"*"));
+        assert_eq!(
+            words("\"secret plan\" now").as_deref(),
+            Some("\"secret plan\" \"now\"*")
+        );
     }
 
     #[test]
