@@ -18,7 +18,8 @@ use crate::store::{Direction, Filter, Hit, Message, Order, Status, Store, TimeBo
 const HISTORY_HELP: &str = "\
 Search: --search takes plain words. Each word matches the start of a word, \
 ignoring case and accents, and all are required; punctuation is harmless \
-(don't, e-mail, c++, \"what's the plan?\"). Text in Chinese, Japanese or \
+(don't, e-mail, c++, \"what's the plan?\"); words in double quotes are \
+a phrase. Text in Chinese, Japanese or \
 Thai is found by any part: テキスト finds 日本語テキスト. With --fts the \
 query is FTS5 syntax instead: secr* a prefix, \"secret plan\" a phrase, \
 AND, OR, NOT and parentheses.
