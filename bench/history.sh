@@ -108,12 +108,12 @@ for i in $(seq "$IMPORT_RUNS"); do
     read -r rate cpu < <(import_once "$BIN" "import$i" "run $i")
     rates+=("$rate")
     cpus+=("$cpu")
-    [ "$i" -gt 1 ] && rm -rf "${CHAT_HOME:?}/import$i"
+    if [ "$i" -gt 1 ]; then rm -rf "${CHAT_HOME:?}/import$i"; fi
     if [ -n "$BASELINE_BIN" ]; then
         read -r rate cpu < <(import_once "$BASELINE_BIN" "base$i" "baseline run $i")
         base_rates+=("$rate")
         base_cpus+=("$cpu")
-        [ "$i" -gt 1 ] && rm -rf "${CHAT_HOME:?}/base$i"
+        if [ "$i" -gt 1 ]; then rm -rf "${CHAT_HOME:?}/base$i"; fi
     fi
 done
 IMPORT_RATE=$(printf '%s\n' "${rates[@]}" | median)
@@ -239,7 +239,7 @@ write_row() { # label db
     echo "$1: ASCII body ${a} µs/message, Japanese body ${j} µs/message (1,000 transactions, median of 3)"
 }
 write_row "writes, this schema (V7, trigram)" "$DB"
-[ -n "$BASELINE_BIN" ] && write_row "writes, baseline schema" "$BASE_DB"
+if [ -n "$BASELINE_BIN" ]; then write_row "writes, baseline schema" "$BASE_DB"; fi
 
 echo "--- summary"
 echo "import: $IMPORT_RATE messages/s, CPU ${IMPORT_CPU}s (median of $IMPORT_RUNS)"
