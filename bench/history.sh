@@ -49,9 +49,19 @@ if [ -n "$BASELINE_REV" ]; then
     cp "$CARGO_TARGET_DIR/release/chat-p2p" "$WORK/baseline-chat-p2p"
     BASELINE_BIN="$WORK/baseline-chat-p2p"
     rm -rf "$WORK/baseline-src"
+    # Cargo fingerprints the crate by paths relative to its root and by
+    # mtimes, so it would take the baseline's fresh build for ours.
+    cargo clean --release --quiet -p chat-p2p
+fi
+if [ -n "$BASELINE_BIN" ] && cmp -s "$BASELINE_BIN" "$CARGO_TARGET_DIR/release/chat-p2p"; then
+    cargo clean --release --quiet -p chat-p2p
 fi
 cargo build --release --quiet --bin chat-p2p --example gen_history
 BIN="$CARGO_TARGET_DIR/release/chat-p2p"
+if [ -n "$BASELINE_BIN" ] && cmp -s "$BASELINE_BIN" "$BIN"; then
+    echo "the baseline and this tree built the same binary: not a comparison" >&2
+    exit 1
+fi
 GEN="$CARGO_TARGET_DIR/release/examples/gen_history"
 export CHAT_HOME="$WORK/home"
 unset CHAT_PROFILE NO_COLOR || true
