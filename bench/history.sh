@@ -229,13 +229,13 @@ rebuild_s=$( { /usr/bin/time -f %e "$SQLITE3" "$DB" \
 echo "rebuilding messages_trigram over all rows: ${rebuild_s}s (sqlite3 shell)"
 # Live writes: 1,000 single-row transactions through the triggers, into our
 # schema and (if any) the baseline's, median of 3, µs per message.
-writes_us() { # db body
+writes_us() { # db body tag (unique per call: ids must not repeat)
     local sql="$WORK/writes.sql"
     {
         echo "PRAGMA synchronous = NORMAL;"
         for k in $(seq 1000); do
             echo "INSERT INTO messages (msg_id, peer_key, direction, body, status, created_at, received_at)
-                  VALUES ('w-$BASHPID-$k', 'k', 'in', '$2 $k', 'received', '2027-01-01T00:00:00.000Z', '2027-01-01T00:00:00.000Z');"
+                  VALUES ('w-$3-$k', 'k', 'in', '$2 $k', 'received', '2027-01-01T00:00:00.000Z', '2027-01-01T00:00:00.000Z');"
         done
     } >"$sql"
     local ms
@@ -244,8 +244,8 @@ writes_us() { # db body
 }
 write_row() { # label db
     local a j
-    a=$(for _ in 1 2 3; do writes_us "$2" "meeting at ten about the zanzibar trip"; done | median)
-    j=$(for _ in 1 2 3; do writes_us "$2" "明日の打ち合わせは十時からです"; done | median)
+    a=$(for r in 1 2 3; do writes_us "$2" "meeting at ten about the zanzibar trip" "a$r"; done | median)
+    j=$(for r in 1 2 3; do writes_us "$2" "明日の打ち合わせは十時からです" "j$r"; done | median)
     echo "$1: ASCII body ${a} µs/message, Japanese body ${j} µs/message (1,000 transactions, median of 3)"
 }
 write_row "writes, this schema (V7, trigram)" "$DB"
