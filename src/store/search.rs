@@ -190,38 +190,12 @@ pub fn search_words_tx(
     let (filter_parts, filter_params) = conditions(filter);
     let mut parts: Vec<&str> = Vec::new();
     let mut params = Vec::new();
-    // The index that drives the search (newest first, it walks rowids
-    // down and stops at `limit`): words if any, else trigrams, else the
-    // messages themselves.
-    let (from, rowid, snippet, rank) = if let Some(words) = &plan.words {
-        parts.push("messages_fts MATCH ?");
-        params.push(Value::Text(words.clone()));
-        if let Some(trigrams) = &plan.trigrams {
-            parts.push(
-                "m.id IN (SELECT rowid FROM messages_trigram WHERE messages_trigram MATCH ?)",
-            );
-            params.push(Value::Text(trigrams.clone()));
-        }
-        (
-            "messages_fts JOIN messages AS m ON m.id = messages_fts.rowid",
-            "messages_fts.rowid",
-            "snippet(messages_fts, 0, char(2), char(3), '…', 12)",
-            "messages_fts.rank",
-        )
-    } else if let Some(trigrams) = &plan.trigrams {
-        parts.push("messages_trigram MATCH ?");
-        params.push(Value::Text(trigrams.clone()));
-        (
-            "messages_trigram JOIN messages AS m ON m.id = messages_trigram.rowid",
-            "messages_trigram.rowid",
-            "snippet(messages_trigram, 0, char(2), char(3), '…', 24)",
-            "messages_trigram.rank",
-        )
-    } else {
-        // Only 1-2 character substrings: no index can help; newest first
-        // this still stops at `limit` hits.
-        ("messages AS m", "m.id", "m.body", "m.id DESC")
-    };
+    let Driver {
+        from,
+        rowid,
+        snippet,
+        rank,
+    } = Driver::choose(&plan, &mut parts, &mut params);
     for like in &plan.likes {
         parts.push("m.body LIKE ? ESCAPE '\\'");
         params.push(Value::Text(like.clone()));
@@ -254,6 +228,60 @@ pub fn search_words_tx(
         }
     }
     Ok(hits)
+}
+
+/// The index that drives a plain-words search (newest first, it walks
+/// rowids down and stops at the limit): words if any, else trigrams, else
+/// the messages themselves; as FROM, row id, snippet and rank SQL.
+struct Driver {
+    from: &'static str,
+    rowid: &'static str,
+    snippet: &'static str,
+    rank: &'static str,
+}
+
+impl Driver {
+    /// Chooses the driver for `plan`, adding its MATCH conditions.
+    fn choose(
+        plan: &super::query::Plan,
+        parts: &mut Vec<&'static str>,
+        params: &mut Vec<Value>,
+    ) -> Self {
+        if let Some(words) = &plan.words {
+            parts.push("messages_fts MATCH ?");
+            params.push(Value::Text(words.clone()));
+            if let Some(trigrams) = &plan.trigrams {
+                parts.push(
+                    "m.id IN (SELECT rowid FROM messages_trigram WHERE messages_trigram MATCH ?)",
+                );
+                params.push(Value::Text(trigrams.clone()));
+            }
+            Self {
+                from: "messages_fts JOIN messages AS m ON m.id = messages_fts.rowid",
+                rowid: "messages_fts.rowid",
+                snippet: "snippet(messages_fts, 0, char(2), char(3), '…', 12)",
+                rank: "messages_fts.rank",
+            }
+        } else if let Some(trigrams) = &plan.trigrams {
+            parts.push("messages_trigram MATCH ?");
+            params.push(Value::Text(trigrams.clone()));
+            Self {
+                from: "messages_trigram JOIN messages AS m ON m.id = messages_trigram.rowid",
+                rowid: "messages_trigram.rowid",
+                snippet: "snippet(messages_trigram, 0, char(2), char(3), '…', 24)",
+                rank: "messages_trigram.rank",
+            }
+        } else {
+            // Only 1-2 character substrings: no index can help; newest
+            // first this still stops at the limit.
+            Self {
+                from: "messages AS m",
+                rowid: "m.id",
+                snippet: "m.body",
+                rank: "m.id DESC",
+            }
+        }
+    }
 }
 
 /// `body` with the first occurrence of `needle` between the match markers
