@@ -84,6 +84,10 @@ fn everyday_queries_find_exactly_what_they_should() {
         ("\"the plan\"", &["what's the plan? tell me"]),
         ("\"the plan\" milk", &[]),
         ("meeting:", &["the planning meeting"]),
+        (
+            "plan*",
+            &["the planning meeting", "what's the plan? tell me"],
+        ),
         ("mensagem", &["Uma Mensagém"]),
         // Unspaced scripts: any part.
         ("テキスト", &["テキストエディタを開く", "日本語テキスト"]),

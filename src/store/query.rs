@@ -9,7 +9,7 @@
 //!   phrase, so the piece finds the same spelling (and `e mail`). The last
 //!   word is a prefix (`plan` finds `planning`) unless punctuation ends the
 //!   piece: `plan?` and `c++` end their word, so `c++` finds `C++` and not
-//!   `cat`. Punctuation never is syntax: no piece can break the query.
+//!   `cat` (a trailing `*`, FTS5's prefix mark, keeps the prefix). Punctuation never is syntax: no piece can break the query.
 //! - a piece with a character of a script written without spaces between
 //!   words (Chinese, Japanese kana, Thai, Lao, Khmer, Myanmar) is a
 //!   substring: three characters or more go to the trigram index
@@ -101,7 +101,9 @@ pub fn plan(query: &str) -> Plan {
         if piece.chars().any(is_unspaced) {
             substrings.push(trim_punctuation(piece.trim()));
         } else if has_word {
-            let ends_word = piece.chars().next_back().is_some_and(is_word_char);
+            // `secr*` (FTS5 habit) is a prefix too.
+            let ends_word =
+                piece.ends_with('*') || piece.chars().next_back().is_some_and(is_word_char);
             let star = if ends_word && !quoted { "*" } else { "" };
             words.push(format!("{}{star}", fts_string(piece)));
         } else if !piece.is_ascii() {
@@ -195,6 +197,7 @@ mod tests {
     #[test]
     fn punctuation_ends_a_word_and_alone_is_harmless() {
         assert_eq!(words("c++").as_deref(), Some("\"c++\""));
+        assert_eq!(words("secr*").as_deref(), Some("\"secr*\"*"));
         assert_eq!(
             words("what's the plan?").as_deref(),
             Some("\"what's\"* \"the\"* \"plan?\"")
