@@ -155,14 +155,16 @@ fn filters_by_status_direction_and_time() {
         bodies(&until),
         ["Uma Mensagém importante", "the secret plan"]
     );
-    f.env.fails("me", &["history", "--since", "yesterday"], 2);
+    f.env
+        .fails("me", &["history", "--since", "the day after"], 2);
     f.env.fails("me", &["history", "--status", "lost"], 2);
 }
 
 #[test]
 fn search_ignores_accents_and_supports_prefix_phrase_and_operators() {
     let f = fixture();
-    let search = |q: &str| bodies(&f.env.json("me", &["history", "--search", q, "--json"]));
+    // FTS5 syntax is --fts since issue 12 (--search takes plain words).
+    let search = |q: &str| bodies(&f.env.json("me", &["history", "--fts", q, "--json"]));
     assert_eq!(search("mensagem"), ["Uma Mensagém importante"]);
     assert_eq!(search("MENSAGEM"), ["Uma Mensagém importante"]);
     assert_eq!(
@@ -174,11 +176,11 @@ fn search_ignores_accents_and_supports_prefix_phrase_and_operators() {
     assert_eq!(search("words OR meeting").len(), 2);
     let in_bob = f
         .env
-        .json("me", &["history", "bob", "--search", "secr*", "--json"]);
+        .json("me", &["history", "bob", "--fts", "secr*", "--json"]);
     assert_eq!(bodies(&in_bob).len(), 2);
     let ranked = f
         .env
-        .json("me", &["history", "--search", "secret", "--rank", "--json"]);
+        .json("me", &["history", "--fts", "secret", "--rank", "--json"]);
     assert_eq!(bodies(&ranked).len(), 2);
     assert!(ranked[0]["snippet"].as_str().unwrap().contains("secret"));
 }
@@ -186,12 +188,13 @@ fn search_ignores_accents_and_supports_prefix_phrase_and_operators() {
 #[test]
 fn malformed_searches_fail_with_a_named_problem() {
     let f = fixture();
+    // A malformed --fts query is a usage error (exit 2) since issue 12.
     for q in ["\"unbalanced", "AND", "secret AND"] {
-        let err = f.env.fails("me", &["history", "--search", q], 1);
+        let err = f.env.fails("me", &["history", "--fts", q], 2);
         assert!(err.contains("cannot search for"), "{q}: {err}");
         assert!(!err.contains("panicked"), "{err}");
     }
-    let err = f.env.fails("me", &["history", "--search", "\"open"], 1);
+    let err = f.env.fails("me", &["history", "--fts", "\"open"], 2);
     assert!(err.contains("double quote is not closed"), "{err}");
 }
 

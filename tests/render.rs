@@ -142,7 +142,7 @@ fn error_messages_escape_what_they_quote() {
     let err = env.fails("me", &["history", "\u{1b}]0;pwned\u{7}"], 1);
     assert_inert(&err);
     assert!(err.contains("^[]0;pwned^G"), "{err}");
-    let err = env.fails("me", &["history", "--search", "\"\u{1b}[2J"], 1);
+    let err = env.fails("me", &["history", "--fts", "\"\u{1b}[2J"], 2);
     assert_inert(&err);
 }
 

@@ -19,7 +19,7 @@ use serde::Serialize;
 use super::{ContactRecord, Error, Header, MessageRecord, FORMAT, VERSION};
 use crate::clock;
 use crate::identity::{Identity, PublicKey};
-use crate::store::fts::FTS_INSERT_TRIGGER;
+use crate::store::fts;
 use crate::store::messages::Event;
 use crate::store::{self, ContactName, Direction, Merge, Status, Store};
 
@@ -126,17 +126,14 @@ impl<'a> Importer<'a> {
     pub(crate) fn begin(store: &'a mut Store, options: ImportOptions) -> Result<Self, Error> {
         let own_key = store.public_key()?.map(|k| k.to_base64());
         let tx = store.transaction()?;
-        let last: i64 = tx.query_row("SELECT coalesce(max(id), 0) FROM messages", [], |r| {
-            r.get(0)
-        })?;
-        tx.execute_batch("DROP TRIGGER messages_fts_insert")?;
+        let first_new_id = fts::suspend(&tx)?;
         Ok(Self {
             tx,
             force: options.force,
             other_identity: options.other_identity,
             own_key,
             validator: Validator::default(),
-            first_new_id: last + 1,
+            first_new_id,
             saw_header: false,
             report: ImportReport::default(),
             events: Vec::with_capacity(EVENT_BATCH + 16),
@@ -146,12 +143,7 @@ impl<'a> Importer<'a> {
     /// Indexes the new rows, restores the trigger and commits.
     pub(crate) fn finish(mut self) -> Result<ImportReport, Error> {
         flush_events(&self.tx, &mut self.events)?;
-        self.tx.execute(
-            "INSERT INTO messages_fts (rowid, body)
-             SELECT id, body FROM messages WHERE id >= ?1",
-            [self.first_new_id],
-        )?;
-        self.tx.execute_batch(FTS_INSERT_TRIGGER)?;
+        fts::resume(&self.tx, self.first_new_id)?;
         self.tx.commit()?;
         Ok(self.report)
     }

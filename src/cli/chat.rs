@@ -480,7 +480,7 @@ pub(super) fn excerpt(body: &str) -> String {
 }
 
 const HELP: &str = "/history [N]   the last N messages of this conversation (default 20)
-/search WORDS  search every conversation (prefix*, \"phrases\", AND/OR/NOT)
+/search WORDS  search every conversation (plain words; any part of Chinese, Japanese, Thai)
 /help          this list
 //text         send a line starting with / (here: /text)
 Alt-Enter, Ctrl-J           a new line within the message
@@ -512,9 +512,9 @@ fn run_command(
                 .map(|m| line(m, style))
                 .collect())
         }
-        "/search" if rest.is_empty() => Ok(vec!["/search needs words, e.g. /search plan*".into()]),
+        "/search" if rest.is_empty() => Ok(vec!["/search needs words, e.g. /search plan".into()]),
         "/search" => {
-            let hits = store.search(rest, &Filter::default(), Order::Newest, 20)?;
+            let hits = store.search_words(rest, &Filter::default(), Order::Newest, 20)?;
             if hits.is_empty() {
                 return Ok(vec![format!(
                     "no message matches \"{}\"",

@@ -3,13 +3,13 @@
 use std::io::{IsTerminal, Write};
 
 use anyhow::Result;
-use chrono::{DateTime, Local};
+use chrono::{DateTime, Local, Utc};
 use clap::Args;
 use serde_json::json;
 use unicode_width::UnicodeWidthStr;
 
 use super::out::StdoutError;
-use super::{print_json, resolve_peer, Context};
+use super::{print_json, resolve_peer, Context, UsageError};
 use crate::identity::PublicKey;
 use crate::render::{untrusted, untrusted_inline, wrap};
 use crate::store::outbox::is_cancelled;
@@ -18,31 +18,52 @@ use crate::store::{
     Direction, Filter, Hit, Message, Order, Status, Store, TimeBound, SHORT_ID_LEN,
 };
 
+const HISTORY_HELP: &str = "\
+Each line starts with the message's short id, which 'delete' and 'outbox' \
+take (any unique beginning of it will do).
+
+Search: --search takes plain words. Each word matches the start of a word, \
+ignoring case and accents, and all are required; punctuation is harmless \
+(don't, e-mail, c++, \"what's the plan?\"); words in double quotes are \
+a phrase. Text in Chinese, Japanese or \
+Thai is found by any part: テキスト finds 日本語テキスト. With --fts the \
+query is FTS5 syntax instead: secr* a prefix, \"secret plan\" a phrase, \
+AND, OR, NOT and parentheses.
+
+Times: --since and --until take 2h, 30m, 7d, 2w, today, yesterday, \
+\"3 days ago\", a date (2026-11-25: the whole day), a local time \
+(\"2026-11-25 14:30\") or RFC 3339 with a zone (2026-11-25T14:30:00Z). \
+Dates and times without a zone are in the local time zone (TZ), the one \
+history shows; --utc shows UTC; --json always gives UTC (RFC 3339).
+
+Examples:
+  chat-p2p history bob --since yesterday
+  chat-p2p history --search \"what's the plan?\" --since 7d
+  chat-p2p history --search テキスト --until \"2026-11-25 18:00\"
+  chat-p2p history --fts 'secret NOT plan*' --rank";
+
 /// Arguments of `history`.
 #[derive(Debug, Args)]
-#[command(
-    after_help = "Each line starts with the message's short id, which 'delete' and 'outbox' \
-    take (any unique beginning of it will do).\n\
-    Times are shown in local time; --json gives them in UTC (RFC 3339).\n\
-    Search syntax (FTS5): words match ignoring case and accents; secr* is a prefix; \
-    \"secret plan\" a phrase; AND, OR, NOT and parentheses combine terms."
-)]
+#[command(after_help = HISTORY_HELP, group(clap::ArgGroup::new("query").args(["search", "fts"])))]
 pub struct HistoryArgs {
     /// A contact's name (or a public key); all conversations when omitted.
     peer: Option<String>,
-    /// Full-text search query; hits are listed newest first.
-    #[arg(long, short = 's', value_name = "QUERY")]
+    /// Search for these words (plain text, see below); hits are listed newest first.
+    #[arg(long, short = 's', value_name = "WORDS")]
     search: Option<String>,
-    /// With --search: order hits by relevance (bm25) instead of newest first.
-    #[arg(long, requires = "search")]
+    /// Search with a raw FTS5 query (prefix*, "phrases", AND/OR/NOT).
+    #[arg(long, value_name = "QUERY")]
+    fts: Option<String>,
+    /// With --search or --fts: order hits by relevance (bm25) instead of newest first.
+    #[arg(long, requires = "query")]
     rank: bool,
     /// How many messages (or hits) to show.
     #[arg(long, short = 'n', default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..))]
     limit: u32,
-    /// Only messages written at or after this date (a UTC day) or RFC 3339 time.
+    /// Only messages written at or after T (7d, yesterday, 2026-11-25, "2026-11-25 14:30"...).
     #[arg(long, value_name = "T", value_parser = TimeBound::parse)]
     since: Option<TimeBound>,
-    /// Only messages written before the end of this date (UTC) or at or before this time.
+    /// Only messages written at or before T (a date: until the end of that day).
     #[arg(long, value_name = "T", value_parser = TimeBound::parse)]
     until: Option<TimeBound>,
     /// Only messages with this status (pending, sent, delivered, read, failed, received;
@@ -52,9 +73,12 @@ pub struct HistoryArgs {
     /// Only incoming (in) or outgoing (out) messages.
     #[arg(long, value_name = "in|out")]
     direction: Option<Direction>,
-    /// With --search: show N messages of the conversation around each hit.
-    #[arg(short = 'C', long = "context", value_name = "N", requires = "search")]
+    /// With --search or --fts: show N messages of the conversation around each hit.
+    #[arg(short = 'C', long = "context", value_name = "N", requires = "query")]
     context: Option<u32>,
+    /// Show times in UTC instead of the local time zone.
+    #[arg(long)]
+    utc: bool,
     /// Print every field as JSON.
     #[arg(long)]
     json: bool,
@@ -75,8 +99,9 @@ pub fn history(ctx: &Context, args: HistoryArgs) -> Result<()> {
         direction: args.direction,
     };
     let limit = args.limit as usize;
-    let style = Style::detect();
-    let Some(query) = &args.search else {
+    let mut style = Style::detect();
+    style.utc = args.utc || ctx.config.display_utc;
+    if args.search.is_none() && args.fts.is_none() {
         if args.json {
             return print_json_stream(&store, &filter, limit);
         }
@@ -94,13 +119,22 @@ pub fn history(ctx: &Context, args: HistoryArgs) -> Result<()> {
             )?;
         }
         return Ok(());
-    };
+    }
     let order = if args.rank {
         Order::Rank
     } else {
         Order::Newest
     };
-    let hits = store.search(query, &filter, order, limit)?;
+    let hits = match (&args.search, &args.fts) {
+        (Some(words), _) => store.search_words(words, &filter, order, limit),
+        (None, Some(fts)) => store.search(fts, &filter, order, limit),
+        (None, None) => Ok(Vec::new()),
+    }
+    .map_err(|e| match e {
+        // A query that cannot be read is a usage mistake, as a bad --status is.
+        e @ crate::store::Error::BadSearch { .. } => anyhow::Error::from(UsageError(e.to_string())),
+        e => e.into(),
+    })?;
     let context = args.context.unwrap_or(0) as usize;
     if args.json {
         return Ok(print_json(&hits_json(&store, &hits, context)?)?);
@@ -176,6 +210,8 @@ fn hits_json(store: &Store, hits: &[Hit], context: usize) -> Result<serde_json::
 pub(super) struct Style {
     colour: bool,
     terminal: bool,
+    /// Times in UTC (`--utc`) rather than the local zone.
+    pub(super) utc: bool,
 }
 
 impl Style {
@@ -184,6 +220,7 @@ impl Style {
         Self {
             colour: super::shell::colour(terminal),
             terminal,
+            utc: false,
         }
     }
 
@@ -196,6 +233,17 @@ impl Style {
                 wrap(&rendered, used, usize::from(w))
             }
             _ => rendered,
+        }
+    }
+
+    /// A stored time as shown: local (or UTC with `--utc`), to the minute.
+    pub(super) fn time(&self, stored: &str) -> String {
+        if self.utc {
+            DateTime::parse_from_rfc3339(stored)
+                .map(|t| t.with_timezone(&Utc).format("%Y-%m-%d %H:%M").to_string())
+                .unwrap_or_else(|_| untrusted_inline(stored))
+        } else {
+            local_time(stored)
         }
     }
 
@@ -225,7 +273,7 @@ pub(super) fn line(m: &Message, style: &Style) -> String {
 
 /// [`line`] printed after `indent` columns of the caller's own.
 fn line_at(m: &Message, style: &Style, indent: usize) -> String {
-    let time = format!("[{}]", local_time(&m.created_at));
+    let time = format!("[{}]", style.time(&m.created_at));
     let peer = peer_label(m);
     let (head, painted) = match m.direction {
         Direction::Out => {
@@ -264,7 +312,7 @@ fn hit_line_at(hit: &Hit, style: &Style, indent: usize) -> String {
         Direction::Out => format!("you {}", m.status.mark()).trim_end().to_owned(),
         Direction::In => peer_label(m),
     };
-    let (peer, time) = (peer_label(m), format!("[{}]", local_time(&m.created_at)));
+    let (peer, time) = (peer_label(m), format!("[{}]", style.time(&m.created_at)));
     let head = format!("{peer}  {time} {who}: ");
     let snippet = style.fit(marked_snippet(&hit.snippet, style), indent + head.width());
     format!(
@@ -325,11 +373,13 @@ mod tests {
         let plain = Style {
             colour: false,
             terminal: false,
+            utc: false,
         };
         assert_eq!(marked_snippet(&snippet, &plain), "^[[2Jplan\n  │ next");
         let colour = Style {
             colour: true,
             terminal: false,
+            utc: false,
         };
         assert_eq!(
             marked_snippet(&snippet, &colour),

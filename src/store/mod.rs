@@ -20,12 +20,14 @@ mod identity;
 pub mod ids;
 pub mod messages;
 pub mod outbox;
+pub mod query;
 pub mod receipts;
 pub mod rejected;
 mod schema;
 pub mod search;
 mod status;
 mod verify;
+mod when;
 
 pub(crate) use contacts::merge_contact_tx;
 pub use contacts::{Contact, ContactName, Merge, UnknownPeer};

@@ -356,6 +356,86 @@ mod tests {
     }
 
     #[test]
+    fn a_v4_profile_with_messages_gets_a_filled_trigram_index() {
+        use crate::identity::Identity;
+        use crate::store::{Filter, MessageId, Order};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("chat.db");
+        let mut conn = Connection::open(&path).unwrap();
+        conn.pragma_update(None, "foreign_keys", "ON").unwrap();
+        embedded::migrations::runner()
+            .set_target(refinery::Target::Version(4))
+            .run(&mut conn)
+            .unwrap();
+        let alice = Identity::generate().public_key();
+        for (i, body) in ["日本語テキストです", "plain ascii", "ภาษาไทยง่าย"]
+            .iter()
+            .enumerate()
+        {
+            conn.execute(
+                "INSERT INTO messages (msg_id, peer_key, direction, body, status, created_at,
+                                       received_at)
+                 VALUES (?1, ?2, 'in', ?3, 'received', ?4, ?4)",
+                rusqlite::params![
+                    format!("00000000-0000-7000-8000-00000000000{i}"),
+                    alice.to_base64(),
+                    body,
+                    format!("2026-01-01T00:00:0{i}.000Z"),
+                ],
+            )
+            .unwrap();
+        }
+        drop(conn);
+
+        let mut store = Store::open(&path).unwrap();
+        assert_eq!(store.schema_version().unwrap(), latest_version());
+        let found = |store: &Store, q: &str| -> Vec<String> {
+            store
+                .search_words(q, &Filter::default(), Order::Newest, 5)
+                .unwrap()
+                .into_iter()
+                .map(|h| h.message.body)
+                .collect()
+        };
+        assert_eq!(found(&store, "テキスト"), ["日本語テキストです"]);
+        assert_eq!(found(&store, "ไทย"), ["ภาษาไทยง่าย"]);
+        let indexed: i64 = store
+            .conn()
+            .query_row("SELECT count(*) FROM messages_trigram", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(indexed, 2, "only the non-ASCII bodies");
+        for table in ["messages_fts", "messages_trigram"] {
+            store
+                .conn()
+                .execute_batch(&format!(
+                    "INSERT INTO {table} ({table}) VALUES ('integrity-check')"
+                ))
+                .unwrap();
+        }
+        // Live writes follow: insert, then delete.
+        store
+            .insert_incoming(
+                &MessageId::new_v7(),
+                &alice,
+                "新しいテキスト",
+                "2026-01-02T00:00:00.000Z",
+            )
+            .unwrap();
+        assert_eq!(found(&store, "テキスト").len(), 2);
+        store
+            .conn()
+            .execute("DELETE FROM messages WHERE body = '日本語テキストです'", [])
+            .unwrap();
+        assert_eq!(found(&store, "テキスト"), ["新しいテキスト"]);
+        store
+            .conn()
+            .execute_batch(
+                "INSERT INTO messages_trigram (messages_trigram) VALUES ('integrity-check')",
+            )
+            .unwrap();
+    }
+
+    #[test]
     fn adopts_an_empty_sqlite_file() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("chat.db");

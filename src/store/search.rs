@@ -4,14 +4,13 @@
 //! Every query is built from fixed SQL fragments; user input only ever
 //! travels as bound parameters.
 
-use chrono::{DateTime, Duration, NaiveDate, Utc};
 use rusqlite::types::Value;
 use rusqlite::Connection;
 
 use super::messages::{message_from_row, Message, MESSAGE_COLUMNS, MESSAGE_FROM};
 use super::status::{Direction, Status};
+pub use super::when::TimeBound;
 use super::{Error, Result, Store};
-use crate::clock;
 use crate::identity::PublicKey;
 
 /// Marks the start of a match in [`Hit::snippet`].
@@ -50,51 +49,6 @@ pub struct Hit {
     pub message: Message,
     /// An excerpt with each match between [`MATCH_START`] and [`MATCH_END`].
     pub snippet: String,
-}
-
-/// A time bound typed by the user: a date (`2026-11-25`, a whole UTC day)
-/// or an RFC 3339 time.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct TimeBound {
-    start: DateTime<Utc>,
-    /// Where the bound ends: a date covers its whole day.
-    end: DateTime<Utc>,
-}
-
-impl TimeBound {
-    /// Parses a date (UTC day) or an RFC 3339 time.
-    pub fn parse(text: &str) -> std::result::Result<Self, String> {
-        let text = text.trim();
-        if let Ok(at) = DateTime::parse_from_rfc3339(text) {
-            let at = at.with_timezone(&Utc);
-            return Ok(Self {
-                start: at,
-                end: at + Duration::milliseconds(1),
-            });
-        }
-        if let Ok(day) = NaiveDate::parse_from_str(text, "%Y-%m-%d") {
-            let start = day.and_hms_opt(0, 0, 0).map(|t| t.and_utc());
-            if let Some(start) = start {
-                return Ok(Self {
-                    start,
-                    end: start + Duration::days(1),
-                });
-            }
-        }
-        Err(format!(
-            "'{text}' is not a date (2026-11-25) or an RFC 3339 time (2026-11-25T19:32:00Z)"
-        ))
-    }
-
-    /// The bound as a `since`: its first instant.
-    pub fn as_since(&self) -> String {
-        clock::format(self.start)
-    }
-
-    /// The bound as an exclusive `until`: just past its last instant.
-    pub fn as_until(&self) -> String {
-        clock::format(self.end)
-    }
 }
 
 /// Builds the WHERE conditions and parameters for `filter`.
@@ -169,7 +123,8 @@ pub fn recent_each_tx<E: From<Error>>(
     Ok(())
 }
 
-/// Up to `limit` messages matching the FTS5 query `query` and `filter`.
+/// Up to `limit` messages matching the raw FTS5 query `query` and `filter`
+/// (`--fts`); [`search_words_tx`] takes what people type.
 pub fn search_tx(
     conn: &Connection,
     query: &str,
@@ -212,6 +167,134 @@ pub fn search_tx(
         rows.collect()
     };
     run().map_err(|e| search_error(query, e))
+}
+
+/// Up to `limit` messages matching the plain-words query `query` (see
+/// [`super::query`]) and `filter`: every word as a word prefix, text in
+/// unspaced scripts as a substring, punctuation harmless. Never a syntax
+/// error; only a blank query is refused.
+pub fn search_words_tx(
+    conn: &Connection,
+    query: &str,
+    filter: &Filter,
+    order: Order,
+    limit: usize,
+) -> Result<Vec<Hit>> {
+    let plan = super::query::plan(query);
+    if plan.is_empty() {
+        return Err(Error::BadSearch {
+            query: query.to_owned(),
+            problem: "the query is empty".to_owned(),
+        });
+    }
+    let (filter_parts, filter_params) = conditions(filter);
+    let mut parts: Vec<&str> = Vec::new();
+    let mut params = Vec::new();
+    let Driver {
+        from,
+        rowid,
+        snippet,
+        rank,
+    } = Driver::choose(&plan, &mut parts, &mut params);
+    for like in &plan.likes {
+        parts.push("m.body LIKE ? ESCAPE '\\'");
+        params.push(Value::Text(like.clone()));
+    }
+    parts.extend(filter_parts);
+    params.extend(filter_params);
+    params.push(Value::Integer(clamp(limit)));
+    let order_by = match order {
+        Order::Newest => format!("{rowid} DESC"),
+        Order::Rank => rank.to_owned(),
+    };
+    let sql = format!(
+        "SELECT {MESSAGE_COLUMNS}, {snippet}
+         FROM {from}
+         LEFT JOIN contacts AS c ON c.public_key = m.peer_key
+         {} ORDER BY {order_by} LIMIT ?",
+        where_clause(&parts)
+    );
+    let mut stmt = conn.prepare(&sql)?;
+    let rows = stmt.query_map(rusqlite::params_from_iter(params), |row| {
+        Ok(Hit {
+            message: message_from_row(row)?,
+            snippet: row.get(14)?,
+        })
+    })?;
+    let mut hits = rows.collect::<rusqlite::Result<Vec<_>>>()?;
+    if plan.words.is_none() && plan.trigrams.is_none() {
+        for hit in &mut hits {
+            hit.snippet = mark_first(&hit.snippet, query.trim());
+        }
+    }
+    Ok(hits)
+}
+
+/// The index that drives a plain-words search (newest first, it walks
+/// rowids down and stops at the limit): words if any, else trigrams, else
+/// the messages themselves; as FROM, row id, snippet and rank SQL.
+struct Driver {
+    from: &'static str,
+    rowid: &'static str,
+    snippet: &'static str,
+    rank: &'static str,
+}
+
+impl Driver {
+    /// Chooses the driver for `plan`, adding its MATCH conditions.
+    fn choose(
+        plan: &super::query::Plan,
+        parts: &mut Vec<&'static str>,
+        params: &mut Vec<Value>,
+    ) -> Self {
+        if let Some(words) = &plan.words {
+            parts.push("messages_fts MATCH ?");
+            params.push(Value::Text(words.clone()));
+            if let Some(trigrams) = &plan.trigrams {
+                parts.push(
+                    "m.id IN (SELECT rowid FROM messages_trigram WHERE messages_trigram MATCH ?)",
+                );
+                params.push(Value::Text(trigrams.clone()));
+            }
+            Self {
+                from: "messages_fts JOIN messages AS m ON m.id = messages_fts.rowid",
+                rowid: "messages_fts.rowid",
+                snippet: "snippet(messages_fts, 0, char(2), char(3), '…', 12)",
+                rank: "messages_fts.rank",
+            }
+        } else if let Some(trigrams) = &plan.trigrams {
+            parts.push("messages_trigram MATCH ?");
+            params.push(Value::Text(trigrams.clone()));
+            Self {
+                from: "messages_trigram JOIN messages AS m ON m.id = messages_trigram.rowid",
+                rowid: "messages_trigram.rowid",
+                snippet: "snippet(messages_trigram, 0, char(2), char(3), '…', 24)",
+                rank: "messages_trigram.rank",
+            }
+        } else {
+            // Only 1-2 character substrings: no index can help; newest
+            // first this still stops at the limit.
+            Self {
+                from: "messages AS m",
+                rowid: "m.id",
+                snippet: "m.body",
+                rank: "m.id DESC",
+            }
+        }
+    }
+}
+
+/// `body` with the first occurrence of `needle` between the match markers
+/// (for hits found by `LIKE`, which has no snippet of its own).
+fn mark_first(body: &str, needle: &str) -> String {
+    match body.find(needle) {
+        Some(at) if !needle.is_empty() => format!(
+            "{}{MATCH_START}{needle}{MATCH_END}{}",
+            &body[..at],
+            &body[at + needle.len()..]
+        ),
+        _ => body.to_owned(),
+    }
 }
 
 /// Names the problem of a malformed FTS5 query instead of passing SQLite's
@@ -294,6 +377,17 @@ impl Store {
         limit: usize,
     ) -> Result<Vec<Hit>> {
         search_tx(&self.conn, query, filter, order, limit)
+    }
+
+    /// See [`search_words_tx`].
+    pub fn search_words(
+        &self,
+        query: &str,
+        filter: &Filter,
+        order: Order,
+        limit: usize,
+    ) -> Result<Vec<Hit>> {
+        search_words_tx(&self.conn, query, filter, order, limit)
     }
 
     /// See [`context_tx`].
@@ -435,13 +529,59 @@ mod tests {
         assert_eq!(after[0].body, "m3");
     }
 
+    fn words(store: &Store, q: &str) -> Vec<String> {
+        store
+            .search_words(q, &Filter::default(), Order::Newest, 50)
+            .unwrap()
+            .into_iter()
+            .map(|h| h.message.body)
+            .collect()
+    }
+
+    #[test]
+    fn plain_words_take_punctuation_and_find_substrings_in_cjk() {
+        let (_dir, mut store) = temp_store();
+        let peer = Identity::generate().public_key();
+        fill(
+            &mut store,
+            &peer,
+            &[
+                "don't worry",
+                "I write C++ daily",
+                "cats",
+                "wow!!!",
+                "日本語テキスト",
+                "send an e-mail",
+            ],
+        );
+        assert_eq!(words(&store, "don't"), ["don't worry"]);
+        assert_eq!(words(&store, "c++"), ["I write C++ daily"]);
+        assert_eq!(words(&store, "!!!"), ["wow!!!"]);
+        assert_eq!(words(&store, "テキスト"), ["日本語テキスト"]);
+        assert_eq!(words(&store, "語テ"), ["日本語テキスト"]);
+        assert_eq!(words(&store, "E-MAIL"), ["send an e-mail"]);
+        assert_eq!(words(&store, "AND"), Vec::<String>::new());
+        let hit = &store
+            .search_words("テキスト", &Filter::default(), Order::Rank, 5)
+            .unwrap()[0];
+        assert_eq!(hit.snippet, "日本語\u{2}テキスト\u{3}");
+        assert!(matches!(
+            store.search_words(" ", &Filter::default(), Order::Newest, 5),
+            Err(Error::BadSearch { .. })
+        ));
+    }
+
     #[test]
     fn time_bounds_parse_dates_and_times() {
-        let day = TimeBound::parse("2026-11-25").unwrap();
+        // Dates are whole days in the local zone (UTC here); "yesterday"
+        // reads since issue 12 (see store::when for the other forms).
+        let now = chrono::Utc::now();
+        let day = TimeBound::parse_at("2026-11-25", now, &chrono::Utc).unwrap();
         assert_eq!(day.as_since(), "2026-11-25T00:00:00.000Z");
         assert_eq!(day.as_until(), "2026-11-26T00:00:00.000Z");
         let t = TimeBound::parse("2026-11-25T10:00:00+01:00").unwrap();
         assert_eq!(t.as_since(), "2026-11-25T09:00:00.000Z");
-        assert!(TimeBound::parse("yesterday").is_err());
+        assert!(TimeBound::parse("yesterday").is_ok());
+        assert!(TimeBound::parse("the day after").is_err());
     }
 }
