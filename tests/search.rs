@@ -160,7 +160,19 @@ fn history_in(env: &Env, tz: &str, args: &[&str]) -> String {
         "{args:?}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    String::from_utf8(out.stdout).unwrap()
+    without_short_ids(&String::from_utf8(out.stdout).unwrap())
+}
+
+/// `history`'s text with each line's leading short id (`00000015 `) cut,
+/// so the times can be read at the start of the line.
+fn without_short_ids(text: &str) -> String {
+    text.lines()
+        .map(|line| match line.split_once(' ') {
+            Some((id, rest)) if id.len() == 8 && id.chars().all(|c| c.is_ascii_hexdigit()) => rest,
+            _ => line,
+        })
+        .map(|line| format!("{line}\n"))
+        .collect()
 }
 
 #[test]
