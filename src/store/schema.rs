@@ -169,6 +169,25 @@ fn not_ours(path: &Path, reason: &str) -> Error {
     }
 }
 
+/// A database file migrated up to `version` exactly, as an older release
+/// left it, with foreign keys on as every connection has them (so a
+/// careless rebuild would cascade): upgrade tests fill it, then open it
+/// with [`super::Store::open`].
+#[cfg(test)]
+pub(crate) fn profile_at_version(
+    version: i32,
+) -> (tempfile::TempDir, std::path::PathBuf, Connection) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("chat.db");
+    let mut conn = Connection::open(&path).unwrap();
+    conn.pragma_update(None, "foreign_keys", "ON").unwrap();
+    embedded::migrations::runner()
+        .set_target(refinery::Target::Version(version))
+        .run(&mut conn)
+        .unwrap();
+    (dir, path, conn)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -272,16 +291,7 @@ mod tests {
     fn a_v3_profile_with_messages_upgrades_with_everything_kept() {
         use crate::identity::Identity;
         use crate::store::{Filter, Inserted, MessageId, Order};
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("chat.db");
-        let mut conn = Connection::open(&path).unwrap();
-        // As every connection is: foreign keys on, so a careless rebuild
-        // would cascade into message_events.
-        conn.pragma_update(None, "foreign_keys", "ON").unwrap();
-        embedded::migrations::runner()
-            .set_target(refinery::Target::Version(3))
-            .run(&mut conn)
-            .unwrap();
+        let (_dir, path, conn) = profile_at_version(3);
         assert_eq!(current_version(&conn).unwrap(), 3);
         let (alice, bob) = (
             Identity::generate().public_key(),
@@ -359,14 +369,7 @@ mod tests {
     fn a_v4_profile_with_messages_gets_a_filled_trigram_index() {
         use crate::identity::Identity;
         use crate::store::{Filter, MessageId, Order};
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("chat.db");
-        let mut conn = Connection::open(&path).unwrap();
-        conn.pragma_update(None, "foreign_keys", "ON").unwrap();
-        embedded::migrations::runner()
-            .set_target(refinery::Target::Version(4))
-            .run(&mut conn)
-            .unwrap();
+        let (_dir, path, conn) = profile_at_version(4);
         let alice = Identity::generate().public_key();
         for (i, body) in ["日本語テキストです", "plain ascii", "ภาษาไทยง่าย"]
             .iter()
@@ -447,14 +450,7 @@ mod tests {
     #[test]
     fn a_v4_profile_keeps_its_key_and_history_through_the_passphrase_columns() {
         use crate::identity::Identity;
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("chat.db");
-        let mut conn = Connection::open(&path).unwrap();
-        conn.pragma_update(None, "foreign_keys", "ON").unwrap();
-        embedded::migrations::runner()
-            .set_target(refinery::Target::Version(4))
-            .run(&mut conn)
-            .unwrap();
+        let (_dir, path, conn) = profile_at_version(4);
         let me = Identity::generate();
         let alice = Identity::generate().public_key();
         conn.execute(

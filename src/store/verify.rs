@@ -234,20 +234,9 @@ mod tests {
         assert_eq!(store.own_public_key().unwrap(), Some(me.public_key()));
     }
 
-    mod embedded {
-        refinery::embed_migrations!("migrations");
-    }
-
     #[test]
     fn a_v4_profile_with_contacts_upgrades_unverified() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("chat.db");
-        let mut conn = rusqlite::Connection::open(&path).unwrap();
-        conn.pragma_update(None, "foreign_keys", "ON").unwrap();
-        embedded::migrations::runner()
-            .set_target(refinery::Target::Version(4))
-            .run(&mut conn)
-            .unwrap();
+        let (_dir, path, conn) = super::super::schema::profile_at_version(4);
         let (alice, bob) = (key(), key());
         for (n, k) in [("alice", alice), ("bob", bob)] {
             conn.execute(
