@@ -254,6 +254,31 @@ mod tests {
         }
     }
 
+    /// A router serving `data` on a free loopback port, until stopped.
+    struct Running {
+        addr: std::net::SocketAddr,
+        stop: tokio::sync::oneshot::Sender<()>,
+        server: tokio::task::JoinHandle<Result<(), RouterError>>,
+    }
+
+    impl Running {
+        async fn start(data: std::path::PathBuf) -> Self {
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+            let server = tokio::spawn(serve(listener, RouterConfig::new(data), async {
+                let _ = stopped.await;
+            }));
+            Self { addr, stop, server }
+        }
+
+        /// Stops it and checks it ended cleanly.
+        async fn stop(self) {
+            self.stop.send(()).unwrap();
+            self.server.await.unwrap().unwrap();
+        }
+    }
+
     #[tokio::test]
     async fn frames_a_v1_router_queued_are_delivered_after_the_upgrade() {
         let dir = tempfile::tempdir().unwrap();
@@ -284,12 +309,8 @@ mod tests {
             .collect();
         backend::sqlite::write_v1_queue(&data, &rows).unwrap();
 
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(serve(listener, RouterConfig::new(data), async {
-            let _ = stopped.await;
-        }));
+        let router = Running::start(data).await;
+        let addr = router.addr;
         let mut bob_ws = session(addr, &bob).await;
         for m in &queued {
             assert_eq!(&next_message(&mut bob_ws).await, m);
@@ -311,20 +332,14 @@ mod tests {
         .await;
         let got = next_message(&mut bob_ws).await;
         assert_eq!((got.id, got.from), (id, carol.public_key()));
-        stop.send(()).unwrap();
-        server.await.unwrap().unwrap();
+        router.stop().await;
     }
 
     #[tokio::test]
     async fn a_panicking_session_takes_no_other_down() {
         let dir = tempfile::tempdir().unwrap();
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let config = RouterConfig::new(dir.path().join("router"));
-        let server = tokio::spawn(serve(listener, config, async {
-            let _ = stopped.await;
-        }));
+        let router = Running::start(dir.path().join("router")).await;
+        let addr = router.addr;
         let (alice, bob) = (Identity::generate(), Identity::generate());
         let mut alice_ws = session(addr, &alice).await;
         let mut bob_ws = session(addr, &bob).await;
@@ -344,20 +359,14 @@ mod tests {
             }
         };
         assert_eq!(got.from, bob.public_key());
-        stop.send(()).unwrap();
-        server.await.unwrap().unwrap();
+        router.stop().await;
     }
 
     #[tokio::test]
     async fn serve_answers_and_stops_when_told() {
         let dir = tempfile::tempdir().unwrap();
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let config = RouterConfig::new(dir.path().join("router"));
-        let server = tokio::spawn(serve(listener, config, async {
-            let _ = stopped.await;
-        }));
+        let router = Running::start(dir.path().join("router")).await;
+        let addr = router.addr;
         let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
         tcp.write_all(b"GET /healthz HTTP/1.1\r\n\r\n")
             .await
@@ -365,8 +374,7 @@ mod tests {
         let mut reply = String::new();
         tcp.read_to_string(&mut reply).await.unwrap();
         assert!(reply.starts_with("HTTP/1.1 200 OK"));
-        stop.send(()).unwrap();
-        server.await.unwrap().unwrap();
+        router.stop().await;
         assert!(dir.path().join("router/queue.sqlite3").exists());
     }
 }
