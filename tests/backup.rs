@@ -7,34 +7,12 @@ mod common;
 
 use std::fs;
 use std::io::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Stdio;
 
 use common::*;
 
-fn p(path: &Path) -> &str {
-    path.to_str().unwrap()
-}
-
 const EXPORT_PASS: &str = "CHAT_EXPORT_PASSPHRASE_FILE";
-
-fn pass_file(env: &Env, name: &str, passphrase: &str) -> PathBuf {
-    let path = env.path(name);
-    fs::write(&path, format!("{passphrase}\n")).unwrap();
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt as _;
-        fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).unwrap();
-    }
-    path
-}
-
-/// `profile`'s command with the tests' tiny KDF costs.
-fn cmd(env: &Env, profile: &str) -> assert_cmd::Command {
-    let mut cmd = env.cmd(profile);
-    cmd.env("CHAT_TEST_WEAK_KDF", "1");
-    cmd
-}
 
 /// A profile "me" with `n` messages from bob (enough for several 64 KiB
 /// chunks of age when `n` is in the hundreds).
@@ -56,7 +34,7 @@ fn with_messages(env: &Env, n: u32) -> String {
 /// Writes an encrypted export of "me" with its secret key to `file`.
 fn encrypted_export(env: &Env, file: &Path, passphrase: &str) {
     let pass = pass_file(env, "export-pass", passphrase);
-    cmd(env, "me")
+    weak_kdf_cmd(env, "me")
         .args(["export", "--encrypt", "--include-secret", "-o", p(file)])
         .env(EXPORT_PASS, &pass)
         .assert()
@@ -65,7 +43,7 @@ fn encrypted_export(env: &Env, file: &Path, passphrase: &str) {
 
 fn import(env: &Env, profile: &str, file: &Path, passphrase: &str) -> std::process::Output {
     let pass = pass_file(env, "import-pass", passphrase);
-    cmd(env, profile)
+    weak_kdf_cmd(env, profile)
         .args(["import", p(file)])
         .env(EXPORT_PASS, &pass)
         .output()
@@ -114,7 +92,7 @@ fn an_encrypted_export_streams_through_standard_output_and_input() {
     let env = Env::new();
     with_messages(&env, 2);
     let pass = pass_file(&env, "pass", "stream passphrase");
-    let out = cmd(&env, "me")
+    let out = weak_kdf_cmd(&env, "me")
         .args(["export", "--encrypt", "-o", "-"])
         .env(EXPORT_PASS, &pass)
         .output()
@@ -122,7 +100,7 @@ fn an_encrypted_export_streams_through_standard_output_and_input() {
     assert!(out.status.success());
     assert!(out.stdout.starts_with(b"age-encryption.org/v1\n"));
     env.ok("other", &["init"]);
-    cmd(&env, "other")
+    weak_kdf_cmd(&env, "other")
         .args(["import", "--other-identity", "-"])
         .env(EXPORT_PASS, &pass)
         .write_stdin(out.stdout)
@@ -209,7 +187,7 @@ fn the_secret_key_in_clear_needs_plaintext_secret() {
     assert!(err.contains("--encrypt"), "{err}");
     assert!(err.contains("--plaintext-secret"), "{err}");
     let file = env.path("clear.json");
-    let out = cmd(&env, "me")
+    let out = weak_kdf_cmd(&env, "me")
         .args([
             "export",
             "--include-secret",
@@ -232,14 +210,14 @@ fn a_protected_profile_exports_its_secret_after_its_passphrase() {
     with_messages(&env, 1);
     let me = env.key("me");
     let new = pass_file(&env, "profile-pass", "profile passphrase");
-    cmd(&env, "me")
+    weak_kdf_cmd(&env, "me")
         .args(["passphrase", "set"])
         .env("CHAT_NEW_PASSPHRASE_FILE", &new)
         .assert()
         .success();
     let file = env.path("backup.age");
     let export_pass = pass_file(&env, "export-pass", "export passphrase");
-    cmd(&env, "me")
+    weak_kdf_cmd(&env, "me")
         .args(["export", "--encrypt", "--include-secret", "-o", p(&file)])
         .env("CHAT_PASSPHRASE_FILE", &new)
         .env(EXPORT_PASS, &export_pass)
@@ -298,7 +276,7 @@ fn importing_a_key_into_a_protected_profile_keeps_or_says_what_it_loses() {
     let me = env.key("me");
     let new = pass_file(&env, "profile-pass", "profile passphrase");
     let protect = |profile: &str| {
-        cmd(&env, profile)
+        weak_kdf_cmd(&env, profile)
             .args(["passphrase", "set"])
             .env("CHAT_NEW_PASSPHRASE_FILE", &new)
             .assert()
@@ -312,7 +290,7 @@ fn importing_a_key_into_a_protected_profile_keeps_or_says_what_it_loses() {
     protect("me");
     let own = env.path("own.age");
     let export_pass = pass_file(&env, "export-pass", "export passphrase");
-    cmd(&env, "me")
+    weak_kdf_cmd(&env, "me")
         .args(["export", "--encrypt", "--include-secret", "-o", p(&own)])
         .env("CHAT_PASSPHRASE_FILE", &new)
         .env(EXPORT_PASS, &export_pass)
@@ -333,7 +311,7 @@ fn importing_a_key_into_a_protected_profile_keeps_or_says_what_it_loses() {
     // and the user is told.
     env.ok("other", &["init"]);
     protect("other");
-    let out = cmd(&env, "other")
+    let out = weak_kdf_cmd(&env, "other")
         .args(["import", "--force", p(&own)])
         .env(EXPORT_PASS, &export_pass)
         .output()

@@ -13,10 +13,6 @@ use std::process::{Command, Output, Stdio};
 use common::*;
 use serde_json::Value;
 
-fn p(path: &Path) -> &str {
-    path.to_str().unwrap()
-}
-
 /// The binary for `profile` as a plain `std` command, so its standard
 /// streams can go anywhere.
 fn raw(env: &Env, profile: &str) -> Command {

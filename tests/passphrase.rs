@@ -12,33 +12,10 @@ use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
 use common::*;
 
-fn p(path: &Path) -> &str {
-    path.to_str().unwrap()
-}
-
-/// A file whose first line is `passphrase`.
-fn pass_file(env: &Env, name: &str, passphrase: &str) -> PathBuf {
-    let path = env.path(name);
-    fs::write(&path, format!("{passphrase}\n")).unwrap();
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt as _;
-        fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).unwrap();
-    }
-    path
-}
-
-/// `profile`'s command with the tests' tiny argon2 cost.
-fn cmd(env: &Env, profile: &str) -> assert_cmd::Command {
-    let mut cmd = env.cmd(profile);
-    cmd.env("CHAT_TEST_WEAK_KDF", "1");
-    cmd
-}
-
 /// Sets `passphrase` on `profile`.
 fn set(env: &Env, profile: &str, passphrase: &str) {
     let file = pass_file(env, "new-pass", passphrase);
-    cmd(env, profile)
+    weak_kdf_cmd(env, profile)
         .args(["passphrase", "set"])
         .env("CHAT_NEW_PASSPHRASE_FILE", &file)
         .assert()
@@ -48,7 +25,7 @@ fn set(env: &Env, profile: &str, passphrase: &str) {
 /// The 32-byte secret seed of `profile`, from a plain export (and the
 /// passphrase file, if it has one).
 fn secret(env: &Env, profile: &str, pass: Option<&Path>) -> Vec<u8> {
-    let mut c = cmd(env, profile);
+    let mut c = weak_kdf_cmd(env, profile);
     c.args(["export", "--include-secret", "--plaintext-secret"]);
     if let Some(pass) = pass {
         c.env("CHAT_PASSPHRASE_FILE", pass);
@@ -85,7 +62,7 @@ fn passphrase_set_change_and_remove() {
     let first = pass_file(&env, "first", "first passphrase");
     assert_eq!(secret(&env, "me", Some(&first)), original);
     // Setting it twice is refused: change is the command for that.
-    let out = cmd(&env, "me")
+    let out = weak_kdf_cmd(&env, "me")
         .args(["passphrase", "set"])
         .env("CHAT_NEW_PASSPHRASE_FILE", &first)
         .assert()
@@ -93,20 +70,20 @@ fn passphrase_set_change_and_remove() {
     assert!(String::from_utf8_lossy(&out.get_output().stderr).contains("passphrase change"));
 
     let second = pass_file(&env, "second", "second passphrase");
-    cmd(&env, "me")
+    weak_kdf_cmd(&env, "me")
         .args(["passphrase", "change"])
         .env("CHAT_PASSPHRASE_FILE", &first)
         .env("CHAT_NEW_PASSPHRASE_FILE", &second)
         .assert()
         .success();
     assert_eq!(secret(&env, "me", Some(&second)), original);
-    cmd(&env, "me")
+    weak_kdf_cmd(&env, "me")
         .args(["export", "--include-secret", "--plaintext-secret"])
         .env("CHAT_PASSPHRASE_FILE", &first)
         .assert()
         .code(1);
 
-    cmd(&env, "me")
+    weak_kdf_cmd(&env, "me")
         .args(["passphrase", "remove"])
         .env("CHAT_PASSPHRASE_FILE", &second)
         .assert()
@@ -131,7 +108,7 @@ fn a_wrong_passphrase_is_a_clear_error_and_changes_nothing() {
         &["passphrase", "remove"],
         &["send", "--server", "ws://127.0.0.1:9/ws", &key(), "hello"],
     ] {
-        let out = cmd(&env, "me")
+        let out = weak_kdf_cmd(&env, "me")
             .args(args)
             .env("CHAT_PASSPHRASE_FILE", &wrong)
             .env("CHAT_NEW_PASSPHRASE_FILE", &wrong)
@@ -260,18 +237,18 @@ fn send_and_sync_read_the_passphrase_file() {
     let bob_pass = pass_file(&env, "bob-pass", "bob's passphrase");
 
     // Without the file there is nobody to ask: nothing is sent.
-    let out = cmd(&env, "alice")
+    let out = weak_kdf_cmd(&env, "alice")
         .args(["send", "--server", &url, "bob", "not sent"])
         .assert()
         .code(1);
     assert!(String::from_utf8_lossy(&out.get_output().stderr).contains("CHAT_PASSPHRASE_FILE"));
 
-    cmd(&env, "alice")
+    weak_kdf_cmd(&env, "alice")
         .args(["send", "--server", &url, "bob", "sealed and signed"])
         .env("CHAT_PASSPHRASE_FILE", &alice_pass)
         .assert()
         .success();
-    cmd(&env, "bob")
+    weak_kdf_cmd(&env, "bob")
         .args(["sync", "--server", &url])
         .env("CHAT_PASSPHRASE_FILE", &bob_pass)
         .assert()
@@ -289,7 +266,7 @@ fn a_new_key_replacing_a_protected_one_is_stored_unprotected_with_a_warning() {
     set(&env, "me", "right");
     // The backup `init --force` keeps would hold the key in clear: refused,
     // nothing replaced, and the way to an encrypted backup is named.
-    let out = cmd(&env, "me")
+    let out = weak_kdf_cmd(&env, "me")
         .args(["init", "--force", "--yes"])
         .output()
         .unwrap();
@@ -301,7 +278,7 @@ fn a_new_key_replacing_a_protected_one_is_stored_unprotected_with_a_warning() {
     );
     assert_eq!(env.key("me"), old);
     // Told that no backup is wanted, it replaces the key.
-    let out = cmd(&env, "me")
+    let out = weak_kdf_cmd(&env, "me")
         .args(["init", "--force", "--yes", "--no-backup"])
         .output()
         .unwrap();
@@ -323,14 +300,14 @@ fn a_passphrase_file_others_can_read_is_warned_about() {
     set(&env, "me", "right");
     let file = pass_file(&env, "pass", "right");
     let export = ["export", "--include-secret", "--plaintext-secret"];
-    let out = cmd(&env, "me")
+    let out = weak_kdf_cmd(&env, "me")
         .args(export)
         .env("CHAT_PASSPHRASE_FILE", &file)
         .output()
         .unwrap();
     assert!(!String::from_utf8_lossy(&out.stderr).contains("other users"));
     fs::set_permissions(&file, fs::Permissions::from_mode(0o644)).unwrap();
-    let out = cmd(&env, "me")
+    let out = weak_kdf_cmd(&env, "me")
         .args(export)
         .env("CHAT_PASSPHRASE_FILE", &file)
         .output()

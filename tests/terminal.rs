@@ -484,10 +484,8 @@ fn a_protected_chat_asks_for_the_passphrase_once_without_echo() {
     let bob = env.init("bob");
     env.ok("alice", &["add-contact", "bob", &bob]);
     env.ok("bob", &["add-contact", "alice", &alice]);
-    let new = env.path("new-pass");
-    std::fs::write(&new, "typed in the dark\n").unwrap();
-    env.cmd("alice")
-        .env("CHAT_TEST_WEAK_KDF", "1")
+    let new = common::pass_file(&env, "new-pass", "typed in the dark");
+    common::weak_kdf_cmd(&env, "alice")
         .env("CHAT_NEW_PASSPHRASE_FILE", &new)
         .args(["passphrase", "set"])
         .assert()

@@ -5,17 +5,13 @@
 mod common;
 
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use chat_p2p::identity::Identity;
 use common::*;
 use serde_json::json;
 
 const BOM: &str = "\u{feff}";
-
-fn p(path: &Path) -> &str {
-    path.to_str().unwrap()
-}
 
 #[test]
 fn an_export_starting_with_a_byte_order_mark_is_imported() {

@@ -161,6 +161,31 @@ pub fn id(n: u32) -> String {
     format!("00000000-0000-7000-8000-{n:012}")
 }
 
+/// A path as a command-line argument.
+pub fn p(path: &Path) -> &str {
+    path.to_str().unwrap()
+}
+
+/// A file, readable by its owner alone, whose first line is `passphrase`.
+pub fn pass_file(env: &Env, name: &str, passphrase: &str) -> PathBuf {
+    let path = env.path(name);
+    std::fs::write(&path, format!("{passphrase}\n")).unwrap();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    path
+}
+
+/// `profile`'s command with the tests' tiny KDF costs (argon2, scrypt):
+/// honoured by debug builds only.
+pub fn weak_kdf_cmd(env: &Env, profile: &str) -> Command {
+    let mut cmd = env.cmd(profile);
+    cmd.env("CHAT_TEST_WEAK_KDF", "1");
+    cmd
+}
+
 // The router and raw WebSocket clients, for tests that need the network.
 mod net;
 #[allow(unused_imports)]
