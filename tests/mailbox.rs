@@ -245,10 +245,7 @@ fn delete_needs_yes_without_a_terminal_and_takes_search_with_it() {
 fn pair() -> (Env, Router) {
     let env = Env::new();
     let router = Router::start(&env.path("router"), &[]);
-    let alice = env.init("alice");
-    let bob = env.init("bob");
-    env.ok("alice", &["add-contact", "bob", &bob]);
-    env.ok("bob", &["add-contact", "alice", &alice]);
+    env.friends();
     (env, router)
 }
 

@@ -29,10 +29,7 @@ impl Pair {
     fn new(router_args: &[&str]) -> Self {
         let env = Env::new();
         let router = Router::start(&env.path("router"), router_args);
-        let alice = env.init("alice");
-        let bob = env.init("bob");
-        env.ok("alice", &["add-contact", "bob", &bob]);
-        env.ok("bob", &["add-contact", "alice", &alice]);
+        let (alice, _) = env.friends();
         Pair { env, router, alice }
     }
 

@@ -227,10 +227,7 @@ fn send_and_sync_read_the_passphrase_file() {
     let env = Env::new();
     let router = Router::start(&env.path("router"), &[]);
     let url = router.url();
-    let alice = env.init("alice");
-    let bob = env.init("bob");
-    env.ok("alice", &["add-contact", "bob", &bob]);
-    env.ok("bob", &["add-contact", "alice", &alice]);
+    env.friends();
     set(&env, "alice", "alice's passphrase");
     set(&env, "bob", "bob's passphrase");
     let alice_pass = pass_file(&env, "alice-pass", "alice's passphrase");

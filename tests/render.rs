@@ -40,10 +40,7 @@ fn assert_no_forged_header(text: &str) {
 fn history_shows_hostile_bodies_from_a_real_peer_escaped() {
     let env = Env::new();
     let router = Router::start(&env.path("router"), &[]);
-    let alice = env.init("alice");
-    let bob = env.init("bob");
-    env.ok("alice", &["add-contact", "bob", &bob]);
-    env.ok("bob", &["add-contact", "alice", &alice]);
+    let (alice, _) = env.friends();
 
     // Bob's own client sends the forged line (the sender may write anything:
     // the receiver must be safe), a stranger the escape sequence.

@@ -84,10 +84,7 @@ fn shell_quote(s: &str) -> String {
 fn an_arriving_message_does_not_garble_the_line_being_typed() {
     let env = Env::new();
     let router = Router::start(&env.path("router"), &[]);
-    let alice = env.init("alice");
-    let bob = env.init("bob");
-    env.ok("alice", &["add-contact", "bob", &bob]);
-    env.ok("bob", &["add-contact", "alice", &alice]);
+    env.friends();
 
     let tmux = Tmux::new();
     open_chat(&tmux, &env, &router, "alice", "bob", 100);
@@ -137,10 +134,7 @@ fn an_arriving_message_does_not_garble_the_line_being_typed() {
 fn a_hostile_message_arriving_in_the_chat_is_shown_escaped() {
     let env = Env::new();
     let router = Router::start(&env.path("router"), &[]);
-    let alice = env.init("alice");
-    let bob = env.init("bob");
-    env.ok("alice", &["add-contact", "bob", &bob]);
-    env.ok("bob", &["add-contact", "alice", &alice]);
+    env.friends();
 
     let tmux = Tmux::new();
     open_chat(&tmux, &env, &router, "alice", "bob", 200);
@@ -341,10 +335,7 @@ fn bodies(env: &Env) -> Vec<String> {
 fn receipts_for_earlier_messages_take_one_line() {
     let env = Env::new();
     let router = Router::start(&env.path("router"), &[]);
-    let alice = env.init("alice");
-    let bob = env.init("bob");
-    env.ok("alice", &["add-contact", "bob", &bob]);
-    env.ok("bob", &["add-contact", "alice", &alice]);
+    env.friends();
     let at_router = |profile: &str, args: &[&str]| {
         env.cmd(profile)
             .env("CHAT_SERVER", router.url())
@@ -435,10 +426,7 @@ fn slash_slash_ctrl_j_and_ctrl_c_in_the_chat() {
 fn notifications_are_checked_and_never_reach_a_pipe() {
     let env = Env::new();
     let router = Router::start(&env.path("router"), &[]);
-    let alice = env.init("alice");
-    let bob = env.init("bob");
-    env.ok("alice", &["add-contact", "bob", &bob]);
-    env.ok("bob", &["add-contact", "alice", &alice]);
+    env.friends();
     let bad = env.fails("alice", &["chat", "bob", "--notify", "loud"], 2);
     assert!(bad.contains("bell, desktop, all or off"), "{bad}");
     // Asked for by the environment, but the output is a pipe.
@@ -480,10 +468,7 @@ fn notifications_are_checked_and_never_reach_a_pipe() {
 fn a_protected_chat_asks_for_the_passphrase_once_without_echo() {
     let env = Env::new();
     let router = Router::start(&env.path("router"), &[]);
-    let alice = env.init("alice");
-    let bob = env.init("bob");
-    env.ok("alice", &["add-contact", "bob", &bob]);
-    env.ok("bob", &["add-contact", "alice", &alice]);
+    env.friends();
     let new = common::pass_file(&env, "new-pass", "typed in the dark");
     common::weak_kdf_cmd(&env, "alice")
         .env("CHAT_NEW_PASSPHRASE_FILE", &new)

@@ -47,10 +47,7 @@ proptest! {
 /// calls alice "alice".
 fn pair() -> (Env, String, String) {
     let env = Env::new();
-    let alice = env.init("alice");
-    let bob = env.init("bob");
-    env.ok("alice", &["add-contact", "bob", &bob]);
-    env.ok("bob", &["add-contact", "alice", &alice]);
+    let (alice, bob) = env.friends();
     (env, alice, bob)
 }
 

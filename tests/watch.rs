@@ -97,10 +97,7 @@ fn kind(line: &Value, kind: &str) -> bool {
 fn watch_prints_json_lines_sends_what_others_queue_and_stops_on_sigterm() {
     let env = Env::new();
     let router = Router::start(&env.path("router"), &[]);
-    let alice = env.init("alice");
-    let bob = env.init("bob");
-    env.ok("alice", &["add-contact", "bob", &bob]);
-    env.ok("bob", &["add-contact", "alice", &alice]);
+    let (_, bob) = env.friends();
     let send = |profile: &str, server: &str, body: &str| {
         env.cmd(profile)
             .env("CHAT_SERVER", server)
@@ -250,10 +247,7 @@ fn the_example_echo_bot_answers_a_message() {
 fn watch_prints_plain_lines_and_send_queue_only_stores() {
     let env = Env::new();
     let router = Router::start(&env.path("router"), &[]);
-    let alice = env.init("alice");
-    let bob = env.init("bob");
-    env.ok("alice", &["add-contact", "bob", &bob]);
-    env.ok("bob", &["add-contact", "alice", &alice]);
+    env.friends();
 
     // --queue stores the message and connects to nothing.
     let queued = env

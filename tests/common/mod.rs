@@ -52,6 +52,15 @@ impl Env {
         self.key(profile)
     }
 
+    /// Alice and Bob, each the other's contact: their public keys.
+    pub fn friends(&self) -> (String, String) {
+        let alice = self.init("alice");
+        let bob = self.init("bob");
+        self.ok("alice", &["add-contact", "bob", &bob]);
+        self.ok("bob", &["add-contact", "alice", &alice]);
+        (alice, bob)
+    }
+
     /// The public key of `profile`, from `whoami --key`.
     pub fn key(&self, profile: &str) -> String {
         self.ok(profile, &["whoami", "--key"]).trim().to_owned()
