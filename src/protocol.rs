@@ -255,6 +255,72 @@ pub enum Content {
         /// The message ids.
         ids: Vec<Uuid>,
     },
+    /// Between one's own devices only (`from` and `to` both the own key):
+    /// a copy of a message this identity sent from another device, to be
+    /// stored as outgoing with the same id.
+    Sent {
+        /// The original message's id.
+        id: Uuid,
+        /// Whom the original went to.
+        peer: PublicKey,
+        /// The text.
+        body: String,
+        /// The original's `ts`: when it was written.
+        created: String,
+        /// When the router accepted the original (its `ack`'s `at`), if
+        /// known.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        sent: Option<String>,
+    },
+    /// Between one's own devices only: these messages from `peer` were
+    /// shown on another device (at the frame's `ts`); the read receipt went
+    /// from there, so no other device sends one.
+    ReadSync {
+        /// Who wrote the messages.
+        peer: PublicKey,
+        /// The message ids.
+        ids: Vec<Uuid>,
+    },
+    /// Between one's own devices only: a contact was added, renamed or
+    /// removed on another device.
+    Contact {
+        /// What happened.
+        op: ContactOp,
+        /// The contact's key.
+        key: PublicKey,
+        /// The contact's name (absent for `remove`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        name: Option<String>,
+    },
+    /// A kind from a newer version of the protocol: stored nowhere, and
+    /// acknowledged like any other message.
+    #[serde(other)]
+    Unknown,
+}
+
+impl Content {
+    /// Whether only the own key may send this kind (to itself).
+    pub fn is_self_sync(&self) -> bool {
+        matches!(
+            self,
+            Self::Sent { .. } | Self::ReadSync { .. } | Self::Contact { .. }
+        )
+    }
+}
+
+/// What a [`Content::Contact`] did to the contact list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ContactOp {
+    /// The key was saved under the name.
+    Add,
+    /// The contact with the key got the name.
+    Rename,
+    /// The contact with the key was removed (its messages are kept).
+    Remove,
+    /// An operation from a newer version: ignored.
+    #[serde(other)]
+    Unknown,
 }
 
 /// Why a frame could not be parsed, or a message not sealed or opened.

@@ -487,6 +487,8 @@ impl Engine {
                 Ok(Content::Read { ids }) => {
                     updated.extend(apply_receipt(&tx, frame, ids, Status::Read)?);
                 }
+                // Acked below, nothing stored.
+                Ok(_) => {}
             }
         }
         let mut receipts = Vec::new();
