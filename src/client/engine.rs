@@ -9,7 +9,9 @@
 //! - a duplicate is acknowledged again and stored once;
 //! - a frame that fails verification or decryption is recorded as
 //!   rejected and acknowledged, so it does not come back forever;
-//! - a receipt changes a message only if it comes from that message's peer.
+//! - a receipt changes a message only if it comes from that message's peer;
+//! - this identity's other devices get a copy of every message the router
+//!   accepted, every read and every contact change (see [`sync`]).
 
 use std::collections::{HashMap, HashSet};
 
@@ -33,6 +35,7 @@ use crate::store::receipts::{
     ReceiptKind,
 };
 use crate::store::rejected::record_rejected_tx;
+use crate::store::sync::{any_early_tx, pending_sync_tx, queue_sync_tx, remove_sync_tx, SyncItem};
 use crate::store::{self, Direction, Inserted, Message, MessageId, Status, Store};
 
 /// The longest message body accepted, in bytes as JSON encodes it: sealed
@@ -50,7 +53,8 @@ const BULK_INDEX_MIN: usize = 16;
 /// Something the user should see.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Update {
-    /// A new message arrived and is stored.
+    /// A new message arrived and is stored: from a peer, or (outgoing) a
+    /// copy of one this identity sent from another device.
     Received(Message),
     /// An outgoing message changed status (sent, delivered, read, failed).
     Status(Message),
@@ -252,7 +256,8 @@ impl Engine {
     }
 
     /// Frames for what waits in the outbox (pending messages, oldest first,
-    /// then receipts), as many as the send window has room for. Frames in
+    /// then receipts, then what the other devices are to be told), as many
+    /// as the send window has room for. Frames in
     /// flight are not repeated. Call it again as acks arrive: a long outbox
     /// goes out at the pace the router accepts it.
     pub fn outbox_frames(&mut self) -> Result<Vec<Frame>, ClientError> {
@@ -283,6 +288,14 @@ impl Engine {
                 frames.push(self.seal_receipt(&receipt)?);
             }
         }
+        for item in pending_sync_tx(self.store.conn())? {
+            if frames.len() == room {
+                return Ok(frames);
+            }
+            if !self.in_flight.contains_key(&item.item_id.uuid()) {
+                frames.extend(self.seal_sync(&item)?);
+            }
+        }
         // Everything waiting is in flight now.
         self.outbox_drained = true;
         Ok(frames)
@@ -290,8 +303,9 @@ impl Engine {
 
     /// Marks the messages of `shown` that were received from `peer` and not
     /// yet read as read, and, if `peer` is a contact, queues a read receipt
-    /// for them. Returns the receipt frames. Only what was shown on screen
-    /// is read: a message scrolled past unseen stays unread.
+    /// for them; the other devices are told to mark them read too (and not
+    /// to send a receipt). Returns the frames. Only what was shown on
+    /// screen is read: a message scrolled past unseen stays unread.
     pub fn mark_read(
         &mut self,
         peer: &PublicKey,
@@ -317,8 +331,20 @@ impl Engine {
         } else {
             Vec::new()
         };
+        let read = SyncItem::Read {
+            peer: *peer,
+            msg_ids: unread,
+        };
+        let syncs = queue_sync_tx(&tx, &read, &now)?;
         tx.commit().map_err(store::Error::from)?;
-        receipts.iter().map(|r| self.seal_receipt(r)).collect()
+        let mut frames = receipts
+            .iter()
+            .map(|r| self.seal_receipt(r))
+            .collect::<Result<Vec<_>, _>>()?;
+        for item in &syncs {
+            frames.extend(self.seal_sync(item)?);
+        }
+        Ok(frames)
     }
 
     /// Handles frames from the router, in order.
@@ -346,16 +372,18 @@ impl Engine {
         Ok(reaction)
     }
 
-    /// The router stored our frames: messages become `sent`, receipts are
+    /// The router stored our frames: messages become `sent` (and a copy is
+    /// queued for the other devices), receipts and sync items are
     /// forgotten. One transaction for all of them.
     fn on_acks(&mut self, acks: &[Ack], reaction: &mut Reaction) -> Result<(), ClientError> {
         let tx = self.store.transaction()?;
         let mut changed = Vec::new();
+        let mut copies = false;
         for ack in acks {
             self.in_flight.remove(&ack.id);
             self.retrying.remove(&ack.id);
             let id = MessageId::from(ack.id);
-            if remove_receipt_tx(&tx, &id)? {
+            if remove_receipt_tx(&tx, &id)? || remove_sync_tx(&tx, &id)? {
                 continue;
             }
             let Some(message) = message_tx(&tx, &id)? else {
@@ -369,12 +397,16 @@ impl Engine {
                 .as_deref()
                 .and_then(clock::normalize)
                 .unwrap_or_else(clock::now);
-            if apply_status_tx(&tx, &id, Status::Sent, &at, None)? {
+            let marked_sent = apply_status_tx(&tx, &id, Status::Sent, &at, None)?;
+            if marked_sent {
                 changed.push(id);
             }
+            copies |= sync::copy_on_ack(&tx, &message, marked_sent, &at)?;
         }
         let updated = reload(&tx, &changed)?;
         tx.commit().map_err(store::Error::from)?;
+        // Copies wait in the outbox now.
+        self.outbox_drained &= !copies;
         self.tally.sent += updated.len();
         reaction
             .updates
@@ -433,7 +465,8 @@ impl Engine {
             .map(|(f, verified)| {
                 let content = verified
                     .and_then(|()| self.open_verified(&f))
-                    .map_err(|e| e.to_string());
+                    .map_err(|e| e.to_string())
+                    .and_then(|c| sync::check_sender(c, &f, &self.me));
                 (f, content)
             })
             .collect();
@@ -445,13 +478,15 @@ impl Engine {
         // A backlog arrives in batches: index it once per batch, not per row.
         let texts = opened
             .iter()
-            .filter(|(_, c)| matches!(c, Ok(Content::Text { .. })))
+            .filter(|(_, c)| matches!(c, Ok(Content::Text { .. } | Content::Sent { .. })))
             .count();
         let fts = if texts >= BULK_INDEX_MIN {
             Some(FtsBatch::begin(&tx)?)
         } else {
             None
         };
+        // Reads from other devices that came before their message.
+        let early = any_early_tx(&tx)?;
         let mut delivered: HashMap<PublicKey, Vec<MessageId>> = HashMap::new();
         // Each receipt's change as it happened: a delivered and a read
         // receipt in one batch are two updates, not the final state twice.
@@ -476,7 +511,12 @@ impl Engine {
                             if contacts.contains(&frame.from) {
                                 delivered.entry(frame.from).or_default().push(id);
                             }
-                            reaction.updates.push(Update::Received(*message));
+                            let message = if early {
+                                sync::apply_early_read(&tx, &frame.from, *message)?
+                            } else {
+                                *message
+                            };
+                            reaction.updates.push(Update::Received(message));
                         }
                         Inserted::Duplicate => self.tally.duplicates += 1,
                     }
@@ -487,8 +527,17 @@ impl Engine {
                 Ok(Content::Read { ids }) => {
                     updated.extend(apply_receipt(&tx, frame, ids, Status::Read)?);
                 }
-                // Acked below, nothing stored.
-                Ok(_) => {}
+                Ok(
+                    content @ (Content::Sent { .. }
+                    | Content::ReadSync { .. }
+                    | Content::Contact { .. }),
+                ) => {
+                    reaction
+                        .updates
+                        .extend(sync::apply_sync(&tx, &self.me, frame, content)?);
+                }
+                // A kind from a newer version: acked below, nothing stored.
+                Ok(Content::Unknown) => {}
             }
         }
         let mut receipts = Vec::new();
@@ -626,22 +675,29 @@ fn apply_receipt(
     for id in ids {
         let id = MessageId::from(*id);
         let Some(message) = message_tx(tx, &id)? else {
+            // Sent from another device whose copy is still on its way?
+            sync::keep_early_receipt(tx, &frame.from, &id, status, &at)?;
             continue;
         };
         if message.direction != Direction::Out || message.peer_key != from {
             continue;
         }
-        // A receipt cannot predate the router's acceptance: a peer's clock
-        // running behind must not put the timeline out of order.
-        let at = match &message.sent_at {
-            Some(sent) if sent.as_str() > at.as_str() => sent.clone(),
-            _ => at.clone(),
-        };
+        let at = receipt_time(&message, at.clone());
         if apply_status_tx(tx, &id, status, &at, None)? {
             changed.extend(message_tx(tx, &id)?);
         }
     }
     Ok(changed)
+}
+
+/// The time to record for a receipt about `message` dated `at`: a receipt
+/// cannot predate the router's acceptance, so a peer's clock running
+/// behind must not put the timeline out of order.
+fn receipt_time(message: &Message, at: String) -> String {
+    match &message.sent_at {
+        Some(sent) if *sent > at => sent.clone(),
+        _ => at,
+    }
 }
 
 fn reload(tx: &rusqlite::Connection, ids: &[MessageId]) -> Result<Vec<Message>, ClientError> {
@@ -684,5 +740,6 @@ fn is_temporary(code: ErrorCode) -> bool {
 }
 
 mod refusals;
+mod sync;
 #[cfg(test)]
 mod tests;
