@@ -490,6 +490,17 @@ fn test_vector_sent_copy() {
     assert_eq!(open(&alice(), &f).unwrap(), copy_content());
     // Only alice can open it: bob is not its recipient.
     assert_eq!(open(&bob(), &f), Err(ProtocolError::NotForMe));
+    // The document carries the vector as this code makes it.
+    let doc = include_str!("../../docs/PROTOCOL.md");
+    for published in [
+        COPY_PLAINTEXT,
+        COPY_KEY_HEX,
+        COPY_CIPHERTEXT,
+        COPY_SIG,
+        &to_text(&Frame::Message(f)),
+    ] {
+        assert!(doc.contains(published), "not in PROTOCOL.md: {published}");
+    }
 }
 
 #[test]
