@@ -314,7 +314,7 @@ mod tests {
     use crate::identity::Identity;
     use crate::store::schema::profile_at_version;
     use crate::store::test_util::temp_store;
-    use crate::store::Store;
+    use crate::store::{sync_contact_tx, ContactName, Store, SyncedContact};
 
     fn key() -> PublicKey {
         Identity::generate().public_key()
@@ -425,9 +425,80 @@ mod tests {
         tx.commit().unwrap();
     }
 
+    fn synced(
+        store: &mut Store,
+        change: ContactChange,
+        key: &PublicKey,
+        name: &str,
+    ) -> SyncedContact {
+        let tx = store.transaction().unwrap();
+        let done = sync_contact_tx(
+            &tx,
+            None,
+            change,
+            key,
+            Some(name),
+            "2026-01-01T00:00:00.000Z",
+        )
+        .unwrap();
+        tx.commit().unwrap();
+        done
+    }
+
+    fn name(n: &str) -> ContactName {
+        ContactName::parse(n).unwrap()
+    }
+
+    #[test]
+    fn a_synced_name_taken_here_gets_the_first_free_number() {
+        let (_dir, mut store) = temp_store();
+        store.add_contact(&name("bob"), &key()).unwrap();
+        // Look-alikes count as taken: a Cyrillic о.
+        let other = key();
+        let done = synced(&mut store, ContactChange::Add, &other, "b\u{043e}b");
+        assert_eq!(done, SyncedContact::Named("b\u{043e}b (2)".into()));
+        // The same change again changes nothing, and neither does a rename
+        // to the name it already has here.
+        assert_eq!(
+            synced(&mut store, ContactChange::Add, &other, "b\u{043e}b"),
+            SyncedContact::Unchanged
+        );
+        // Nothing syncing did is queued for the other devices.
+        let queued = pending_sync_tx(store.conn()).unwrap();
+        assert_eq!(queued.len(), 1, "only the add-contact made here");
+        // A long name is shortened to make room for its number.
+        let long = "x".repeat(64);
+        store.add_contact(&name(&long), &key()).unwrap();
+        let done = synced(&mut store, ContactChange::Add, &key(), &long);
+        let expected = format!("{} (2)", "x".repeat(60));
+        assert_eq!(done, SyncedContact::Named(expected));
+    }
+
+    #[test]
+    fn when_every_number_is_taken_the_change_is_left_out() {
+        let (_dir, mut store) = temp_store();
+        store.add_contact(&name("eve"), &key()).unwrap();
+        for n in 2..=9 {
+            store
+                .add_contact(&name(&format!("eve ({n})")), &key())
+                .unwrap();
+        }
+        let late = key();
+        assert_eq!(
+            synced(&mut store, ContactChange::Add, &late, "eve"),
+            SyncedContact::Unchanged
+        );
+        assert!(store.contact_by_key(&late).unwrap().is_none());
+        // A remove of a key not saved here is nothing either.
+        assert_eq!(
+            synced(&mut store, ContactChange::Remove, &late, "eve"),
+            SyncedContact::Unchanged
+        );
+    }
+
     #[test]
     fn a_profile_from_before_devices_upgrades_with_its_messages() {
-        let (_dir, path, conn) = profile_at_version(7);
+        let (_dir, path, conn) = profile_at_version(8);
         conn.execute(
             "INSERT INTO messages (msg_id, peer_key, direction, body, status, created_at)
              VALUES ('0193a1b2-c3d4-7e5f-8a6b-7c8d9e0f1a2b', 'k', 'out', 'hi', 'sent',

@@ -521,3 +521,31 @@ fn a_copy_of_a_message_deleted_before_it_went_is_dropped() {
         .unwrap()
         .is_empty());
 }
+
+#[test]
+fn a_copy_over_the_routers_limit_is_dropped_and_said() {
+    let (mut one, _two, bob) = alice_twice_and_bob();
+    let body = "x".repeat(1000);
+    // The message fits, its copy (a little longer) does not.
+    let len = one.engine.text_frame_len(&bob.me(), &body).unwrap();
+    one.engine.set_frame_limit(Some(len + 10));
+    let msg = one.engine.queue(&bob.me(), &body).unwrap();
+    let frames = one.flush(SENT_AT);
+    assert_eq!(to_key(&frames, &bob.me()).len(), 1);
+    assert_eq!(frames.len(), 1, "no copy went out");
+    assert_eq!(one.out(&msg.msg_id).status, Status::Sent);
+    let updates = one.engine.take_updates();
+    assert!(
+        matches!(
+            &updates[..],
+            [Update::RouterError {
+                code: ErrorCode::TooLarge,
+                ..
+            }]
+        ),
+        "{updates:?}"
+    );
+    assert!(crate::store::sync::pending_sync_tx(one.store().conn())
+        .unwrap()
+        .is_empty());
+}
