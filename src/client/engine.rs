@@ -496,8 +496,9 @@ impl Engine {
         } else {
             None
         };
-        // Reads from other devices that came before their message.
-        let early = any_early_tx(&tx)?;
+        // Reads from other devices that came before their message (maybe
+        // earlier in this batch).
+        let mut early = any_early_tx(&tx)?;
         let mut delivered: HashMap<PublicKey, Vec<MessageId>> = HashMap::new();
         // Each receipt's change as it happened: a delivered and a read
         // receipt in one batch are two updates, not the final state twice.
@@ -543,6 +544,7 @@ impl Engine {
                     | Content::ReadSync { .. }
                     | Content::Contact { .. }),
                 ) => {
+                    early |= matches!(content, Content::ReadSync { .. });
                     reaction
                         .updates
                         .extend(sync::apply_sync(&tx, &self.me, frame, content)?);

@@ -549,3 +549,19 @@ fn a_copy_over_the_routers_limit_is_dropped_and_said() {
         .unwrap()
         .is_empty());
 }
+
+#[test]
+fn a_read_and_its_message_in_one_batch_in_the_wrong_order_still_meet() {
+    let (mut one, mut two, mut bob) = alice_twice_and_bob();
+    let msg = bob.engine.queue(&one.me(), "same batch").unwrap();
+    let from_bob = bob.flush(SENT_AT);
+    two.take(&from_bob);
+    let mut batch = two.engine.mark_read(&bob.me(), &[msg.msg_id]).unwrap();
+    batch.extend(from_bob);
+    let r = one.take(&batch);
+    assert!(
+        matches!(&r.updates[..], [Update::Received(m)] if m.status == Status::Read),
+        "{:?}",
+        r.updates
+    );
+}
