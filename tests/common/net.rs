@@ -94,9 +94,14 @@ impl Router {
     /// Kills the router and starts a new one on the same address and data
     /// directory, as a restart in the middle of a conversation.
     pub fn restart_same_port(self) -> Router {
+        self.restart_same_port_with(&[])
+    }
+
+    /// [`Router::restart_same_port`] with other arguments.
+    pub fn restart_same_port_with(self, extra: &[&str]) -> Router {
         let (data, addr) = (self.data.clone(), self.addr.clone());
         self.kill();
-        Router::start_at(&data, &addr, &[])
+        Router::start_at(&data, &addr, extra)
     }
 
     /// Starts a new router on the same data directory.
