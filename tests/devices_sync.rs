@@ -136,7 +136,6 @@ impl Devices {
 }
 
 #[test]
-#[ignore = "needs per-device delivery: the router of issue 9 item 2"]
 fn bobs_message_reaches_both_of_alices_devices() {
     let d = Devices::new();
     d.ok("bob", &["send", "alice", "hello, both of you"]);
@@ -153,7 +152,6 @@ fn bobs_message_reaches_both_of_alices_devices() {
 }
 
 #[test]
-#[ignore = "needs per-device delivery: the router of issue 9 item 2"]
 fn what_alice_sends_on_one_device_shows_on_the_other_with_bobs_receipts() {
     let d = Devices::new();
     d.ok("alice", &["send", "bob", "sent from the laptop"]);
@@ -213,7 +211,6 @@ async fn drain(addr: &str, bob: &Identity, device: &Uuid) -> Vec<Content> {
 }
 
 #[test]
-#[ignore = "needs per-device delivery: the router of issue 9 item 2"]
 fn a_read_on_one_device_is_a_read_on_the_other_and_bob_gets_one_receipt() {
     // Bob is a raw client here, to count the receipts that reach him.
     let env = Env::new();
@@ -284,7 +281,6 @@ fn a_read_on_one_device_is_a_read_on_the_other_and_bob_gets_one_receipt() {
 }
 
 #[test]
-#[ignore = "needs per-device delivery: the router of issue 9 item 2"]
 fn contacts_follow_from_one_device_to_the_other() {
     let d = Devices::new();
     let carol = Identity::generate().public_key().to_base64();
@@ -373,7 +369,6 @@ impl Drop for Watch {
 }
 
 #[test]
-#[ignore = "needs per-device delivery: the router of issue 9 item 2"]
 fn a_device_online_shows_what_the_other_sends_as_it_happens() {
     let d = Devices::new();
     let mut watch = Watch::start(&d, "alice2");
