@@ -873,15 +873,42 @@ pub fn seal_with_nonce(
     content: &Content,
     nonce: &[u8; NONCE_LEN],
 ) -> Result<MessageFrame, ProtocolError> {
+    let key = crypto::message_key(identity, to, &identity.public_key(), to)?;
+    seal_keyed_with_nonce(identity, &key, to, id, ts, content, nonce)
+}
+
+/// [`seal`] with `key`, the key for messages from `identity` to `to`
+/// ([`crypto::message_key`]) derived beforehand: a sender that seals many
+/// messages to one key derives it once (an X25519 operation) instead of
+/// once per message.
+pub fn seal_keyed(
+    identity: &Identity,
+    key: &crypto::MessageKey,
+    to: &PublicKey,
+    id: Uuid,
+    ts: &str,
+    content: &Content,
+) -> Result<MessageFrame, ProtocolError> {
+    seal_keyed_with_nonce(identity, key, to, id, ts, content, &crypto::random_nonce())
+}
+
+fn seal_keyed_with_nonce(
+    identity: &Identity,
+    key: &crypto::MessageKey,
+    to: &PublicKey,
+    id: Uuid,
+    ts: &str,
+    content: &Content,
+    nonce: &[u8; NONCE_LEN],
+) -> Result<MessageFrame, ProtocolError> {
     let from = identity.public_key();
-    let key = crypto::message_key(identity, to, &from, to)?;
     let plaintext = zeroize::Zeroizing::new(
         serde_json::to_vec(content).map_err(|e| ProtocolError::BadContent(e.to_string()))?,
     );
     let ad = message_ad(&id, &from, to, ts);
     let payload = Payload {
         nonce: *nonce,
-        ciphertext: crypto::encrypt(&key, nonce, &ad, &plaintext)?,
+        ciphertext: crypto::encrypt(key, nonce, &ad, &plaintext)?,
     };
     let signed = message_signed_bytes(&id, &from, to, ts, &payload);
     Ok(MessageFrame {

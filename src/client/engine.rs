@@ -13,6 +13,7 @@
 //! - this identity's other devices get a copy of every message the router
 //!   accepted, every read and every contact change (see [`sync`]).
 
+use std::collections::hash_map::Entry;
 use std::collections::{HashMap, HashSet};
 
 use ed25519_dalek::{Signature, VerifyingKey};
@@ -35,7 +36,9 @@ use crate::store::receipts::{
     ReceiptKind,
 };
 use crate::store::rejected::record_rejected_tx;
-use crate::store::sync::{any_early_tx, pending_sync_tx, queue_sync_tx, remove_sync_tx, SyncItem};
+use crate::store::sync::{
+    any_early_tx, first_pending_sync_tx, queue_sync_tx, remove_sync_tx, SyncItem,
+};
 use crate::store::{self, Direction, Inserted, Message, MessageId, Status, Store};
 
 /// The longest message body accepted, in bytes as JSON encodes it: sealed
@@ -117,6 +120,9 @@ pub struct Engine {
     /// Keys for messages from each peer to us: one X25519 + HKDF per peer,
     /// not per message.
     inbound_keys: HashMap<PublicKey, MessageKey>,
+    /// Keys for messages from us to each peer (and to our own key, for the
+    /// other devices): derived once, as inbound ones.
+    outbound_keys: HashMap<PublicKey, MessageKey>,
     /// Frames sent in this connection and not yet acknowledged by the
     /// router, with their length in bytes.
     in_flight: HashMap<Uuid, usize>,
@@ -146,6 +152,7 @@ impl Engine {
             identity,
             me,
             inbound_keys: HashMap::new(),
+            outbound_keys: HashMap::new(),
             in_flight: HashMap::new(),
             retrying: HashSet::new(),
             unattributed: Vec::new(),
@@ -294,13 +301,20 @@ impl Engine {
                 frames.push(self.seal_receipt(&receipt)?);
             }
         }
-        for item in pending_sync_tx(self.store.conn())? {
+        let wanted = room - frames.len() + self.in_flight.len();
+        let items = first_pending_sync_tx(self.store.conn(), wanted)?;
+        let more = items.len() == wanted;
+        for item in items {
             if frames.len() == room {
                 return Ok(frames);
             }
             if !self.in_flight.contains_key(&item.item_id.uuid()) {
                 frames.extend(self.seal_sync(&item)?);
             }
+        }
+        if more {
+            // Some were dropped as they were sealed: look again next time.
+            return Ok(frames);
         }
         // Everything waiting is in flight now.
         self.outbox_drained = true;
@@ -625,7 +639,16 @@ impl Engine {
         ts: &str,
         content: &Content,
     ) -> Result<Frame, ClientError> {
-        let frame = Frame::Message(protocol::seal(&self.identity, to, id.uuid(), ts, content)?);
+        let key = match self.outbound_keys.entry(*to) {
+            Entry::Occupied(key) => key.into_mut(),
+            Entry::Vacant(slot) => {
+                let key = crypto::message_key(&self.identity, to, &self.me, to)
+                    .map_err(protocol::ProtocolError::from)?;
+                slot.insert(key)
+            }
+        };
+        let sealed = protocol::seal_keyed(&self.identity, key, to, id.uuid(), ts, content)?;
+        let frame = Frame::Message(sealed);
         // Its length tells which frame a close for size was about.
         let len = protocol::to_text(&frame).len();
         self.in_flight.insert(id.uuid(), len);

@@ -145,12 +145,24 @@ pub fn queue_sync_tx(
 
 /// Everything not yet acknowledged by the router, oldest first.
 pub fn pending_sync_tx(conn: &rusqlite::Connection) -> Result<Vec<PendingSync>> {
+    first_pending_sync_tx(conn, usize::MAX)
+}
+
+/// The `limit` oldest items not yet acknowledged by the router: a sender
+/// that has `n` in flight (always the oldest, as they go out in order) and
+/// room for `m` more needs only the first `n + m`, however long the queue.
+pub fn first_pending_sync_tx(
+    conn: &rusqlite::Connection,
+    limit: usize,
+) -> Result<Vec<PendingSync>> {
     let mut stmt = conn.prepare_cached(
         "SELECT item_id, kind, peer_key, msg_ids, op, name, created_at
          FROM sync_outbox
-         ORDER BY id",
+         ORDER BY id
+         LIMIT ?1",
     )?;
-    let rows = stmt.query_map([], |r| {
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    let rows = stmt.query_map([limit], |r| {
         Ok((
             r.get::<_, MessageId>(0)?,
             r.get::<_, String>(1)?,

@@ -6,6 +6,7 @@ use ed25519_dalek::Signer;
 
 use super::*;
 use crate::client::engine::tests::to_key;
+use crate::client::engine::SEND_WINDOW;
 use crate::crypto;
 use crate::identity::Identity;
 use crate::protocol::{self, Ack};
@@ -564,4 +565,40 @@ fn a_read_and_its_message_in_one_batch_in_the_wrong_order_still_meet() {
         "{:?}",
         r.updates
     );
+}
+
+#[test]
+fn a_long_queue_for_the_other_devices_goes_out_within_the_send_window_once_each() {
+    let (mut one, mut two, _bob) = alice_twice_and_bob();
+    let keys: Vec<PublicKey> = (0..SEND_WINDOW + 10)
+        .map(|_| Identity::generate().public_key())
+        .collect();
+    for (n, key) in keys.iter().enumerate() {
+        let name = ContactName::parse(&format!("friend {n}")).unwrap();
+        one.engine.store.add_contact(&name, key).unwrap();
+    }
+    one.engine.outbox_changed();
+    let first = one.engine.outbox_frames().unwrap();
+    assert_eq!(first.len(), SEND_WINDOW);
+    assert!(
+        one.engine.outbox_frames().unwrap().is_empty(),
+        "window full"
+    );
+    one.engine
+        .handle(first[..3].iter().map(|f| ack_at(f, LATER)).collect())
+        .unwrap();
+    let more = one.engine.outbox_frames().unwrap();
+    assert_eq!(more.len(), 3);
+    let mut all = first.clone();
+    all.extend(more);
+    one.engine
+        .handle(all[3..].iter().map(|f| ack_at(f, LATER)).collect())
+        .unwrap();
+    all.extend(one.flush(LATER));
+    let mut ids: Vec<_> = all.iter().map(frame_id).collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), keys.len(), "each once");
+    two.take(&all);
+    assert_eq!(names(&two).len(), keys.len() + 1);
 }
