@@ -12,6 +12,8 @@ pub mod chat;
 pub mod connection;
 pub mod engine;
 pub mod exchange;
+pub mod follow;
+pub mod owner;
 pub mod watch;
 
 pub use connection::{ServerUrl, DEFAULT_SERVER};
