@@ -91,6 +91,9 @@ pub enum ClientError {
     /// The profile database failed.
     #[error(transparent)]
     Store(#[from] store::Error),
+    /// The profile's session lock could not be used.
+    #[error(transparent)]
+    Lock(#[from] owner::LockError),
     /// A frame could not be built.
     #[error(transparent)]
     Protocol(#[from] ProtocolError),
