@@ -15,6 +15,7 @@
 pub mod changes;
 mod contacts;
 pub mod conversations;
+pub mod device;
 mod error;
 pub mod fts;
 mod identity;
