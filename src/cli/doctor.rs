@@ -251,17 +251,7 @@ fn check_database(ctx: &Context, db: &Path, args: &DoctorArgs) -> Vec<Check> {
     match (identity, args.offline) {
         (_, true) => checks.push(ok("router", "not checked (--offline)")),
         (None, false) => {}
-        (Some(id), false) => match session_holder(&store) {
-            // Its own session would replace the owner's at the router.
-            Some(holder) => checks.push(ok(
-                "router",
-                format!(
-                    "not checked: {holder} holds this profile's router session (doctor does \
-                     not open a second one)"
-                ),
-            )),
-            None => checks.extend(check_router(&args.server.server, &id, args.timeout)),
-        },
+        (Some(id), false) => checks.extend(check_router(&args.server.server, &id, args.timeout)),
     }
     checks
 }
@@ -444,14 +434,6 @@ fn check_outbox(store: &Store) -> Check {
             "check the integrity above",
         ),
     }
-}
-
-/// The process that owns this profile's router session, when it is another
-/// one (see [`crate::client::owner`]); `None` also when the lock file
-/// cannot be used, as the router check then says what is wrong.
-fn session_holder(store: &Store) -> Option<crate::client::owner::Holder> {
-    let mut lock = crate::client::owner::SessionLock::open(store.path(), "chat-p2p doctor").ok()?;
-    lock.try_take().ok().flatten()
 }
 
 /// Connects and authenticates for real, then compares clocks.
