@@ -33,10 +33,9 @@ pub struct SendArgs {
     /// Print the stored message as JSON.
     #[arg(long)]
     json: bool,
-    /// Only store the message, without connecting: a running
-    /// `sync --watch` sends it within a second (else the next send, sync
-    /// or chat). Bots answering from a watch use this, so as not to take
-    /// the router session over from it.
+    /// Only store the message and return, without waiting: a running
+    /// `chat` or `sync --watch` of this profile sends it at once (else the
+    /// next send, sync or chat). Bots answering from a watch use this.
     #[arg(long)]
     queue: bool,
 }
@@ -46,8 +45,10 @@ pub struct SendArgs {
 #[command(
     after_help = "With --watch, sync stays connected: it prints each message as it \
     arrives (with --json, one JSON object per line whose \"kind\" is message, status, \
-    rejected, retrying, router_error, connected or disconnected), sends what 'send' and \
-    other commands store, reconnects by itself, and exits 0 on Ctrl-C or SIGTERM.\n\
+    rejected, retrying, router_error, connected, disconnected or following), sends what \
+    'send' and other commands store, reconnects by itself, and exits 0 on Ctrl-C or \
+    SIGTERM. Beside a chat of the same profile it follows that chat's session (kind \
+    following) and takes it over when the chat exits.\n\
     Example: chat-p2p sync --watch --json | jq -r 'select(.kind == \"message\") | .body'"
 )]
 pub struct SyncArgs {
@@ -92,8 +93,8 @@ pub fn send(ctx: &Context, args: SendArgs) -> Result<()> {
             return print_json(&serde_json::to_value(&message)?).done(QUEUED);
         }
         return outln!(
-            "{} Queued for {}: a running 'chat-p2p sync --watch' sends it (else the next \
-             send, sync or chat).",
+            "{} Queued for {}: a running 'chat-p2p sync --watch' or chat sends it (else the \
+             next send, sync or chat).",
             Status::Pending.mark(),
             untrusted_inline(&args.peer)
         )
