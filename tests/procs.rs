@@ -135,12 +135,17 @@ struct Watch {
 
 impl Watch {
     fn start(env: &Env, profile: &str, router: &Router) -> Self {
+        Self::start_at(env, profile, &router.url())
+    }
+
+    /// A watch against the router at `url`.
+    fn start_at(env: &Env, profile: &str, url: &str) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_chat-p2p"))
             .env_clear()
             .env("CHAT_HOME", env.home())
             .env("CHAT_CONFIG", env.config())
             .env("CHAT_PROFILE", profile)
-            .env("CHAT_SERVER", router.url())
+            .env("CHAT_SERVER", url)
             .args(["sync", "--watch", "--json"])
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -211,6 +216,16 @@ fn sessions_started(env: &Env) -> usize {
     log.matches("session started").count()
 }
 
+/// Waits until the router has started `n` sessions (a chat shows its
+/// prompt before it has connected).
+fn wait_sessions(env: &Env, n: usize) {
+    let deadline = std::time::Instant::now() + GUARD;
+    while sessions_started(env) < n {
+        assert!(std::time::Instant::now() < deadline, "no session {n}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// Bob takes in what waits for him: `sync --json`.
 fn bob_syncs(env: &Env, router: &Router) -> Value {
     let out = at(env, router, "bob")
@@ -239,7 +254,7 @@ fn a_send_beside_an_open_chat_goes_out_once_through_it() {
     env.friends();
     let tmux = Tmux::new();
     tmux.chat("a", &env, &router, "alice", "bob");
-    assert_eq!(sessions_started(&env), 1);
+    wait_sessions(&env, 1);
 
     let out = at(&env, &router, "alice")
         .args(["send", "bob", "from the other terminal"])
@@ -394,6 +409,7 @@ fn a_watch_beside_a_chat_follows_it_and_takes_over_when_it_leaves() {
     env.friends();
     let tmux = Tmux::new();
     tmux.chat("a", &env, &router, "alice", "bob");
+    wait_sessions(&env, 1);
     let mut watch = Watch::start(&env, "alice", &router);
     let following = watch.kind("following");
     assert_eq!(following["owner"]["command"], "chat-p2p chat");
@@ -525,4 +541,84 @@ fn copies_from(env: &Env, profile: &str, prefix: &str) -> usize {
         .iter()
         .filter(|m| m["body"].as_str().is_some_and(|b| b.starts_with(prefix)))
         .count()
+}
+
+#[test]
+fn a_send_the_owner_cannot_deliver_in_time_says_it_is_queued_and_who_holds_the_session() {
+    let env = Env::new();
+    env.friends();
+    // The owner's router is away: it keeps the session lock and retries.
+    let mut watch = Watch::start_at(&env, "alice", "ws://127.0.0.1:9/ws");
+    watch.kind("disconnected");
+    let router = Router::start(&env.path("router"), &[]);
+    let out = at(&env, &router, "alice")
+        .args(["send", "bob", "stuck", "--timeout", "1"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    let owner = format!("process {} (chat-p2p sync --watch)", watch.child.id());
+    assert!(stderr.contains("queued (pending)"), "{stderr}");
+    assert!(stderr.contains(&owner), "{stderr}");
+    let pending = env.json("alice", &["outbox", "--json"]);
+    assert_eq!(pending[0]["body"], "stuck");
+    assert_eq!(pending[0]["status"], "pending");
+
+    // sync says who holds the session and what still waits, and exits 0.
+    let sync = env.json("alice", &["sync", "--json", "--timeout", "1"]);
+    assert_eq!(sync["owner"]["command"], "chat-p2p sync --watch", "{sync}");
+    assert_eq!(sync["owner"]["pid"], watch.child.id(), "{sync}");
+    assert_eq!(sync["pending"], 1, "{sync}");
+    assert_eq!(sessions_started(&env), 0);
+
+    // Once the owner is gone, the next send takes the session and sends
+    // both, each once.
+    drop(watch);
+    at(&env, &router, "alice")
+        .args(["send", "bob", "unstuck"])
+        .assert()
+        .success();
+    let synced = bob_syncs(&env, &router);
+    assert_eq!(synced["received"], 2, "{synced}");
+    assert_eq!(synced["duplicates"], 0, "{synced}");
+}
+
+#[test]
+fn two_chats_on_one_profile_share_one_session() {
+    let env = Env::new();
+    let router = Router::start(&env.path("router"), &[]);
+    env.friends();
+    let tmux = Tmux::new();
+    tmux.chat("first", &env, &router, "alice", "bob");
+    // Connected, so holding the session lock.
+    wait_sessions(&env, 1);
+    tmux.chat("second", &env, &router, "alice", "bob");
+    tmux.wait_for(
+        "second",
+        "(chat-p2p chat) holds this profile's router session",
+    );
+
+    at(&env, &router, "bob")
+        .args(["send", "alice", "to both chats"])
+        .assert()
+        .success();
+    tmux.wait_for("first", "bob: to both chats");
+    tmux.wait_for("second", "bob: to both chats");
+    tmux.type_line("second", "from the second chat");
+    tmux.wait_sent("first", "from the second chat");
+    tmux.wait_sent("second", "from the second chat");
+    // Alice's chat and Bob's send: nothing else.
+    assert_eq!(sessions_started(&env), 2, "the second chat connected");
+
+    // The first leaves: the second takes over and goes on.
+    tmux.type_line("first", "exit");
+    tmux.wait_for("second", "this chat now holds the router session");
+    tmux.type_line("second", "after the first left");
+    tmux.wait_sent("second", "after the first left");
+    let synced = bob_syncs(&env, &router);
+    assert_eq!(synced["received"], 2, "{synced}");
+    assert_eq!(synced["duplicates"], 0, "{synced}");
+    let screen = tmux.screen("second");
+    assert!(!screen.contains("Reconnecting"), "{screen}");
+    tmux.type_line("second", "exit");
 }
