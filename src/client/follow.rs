@@ -15,8 +15,14 @@ use super::{ClientError, Update};
 use crate::store::changes::{message_by_rowid_tx, messages_after_tx, out_statuses_after_tx};
 use crate::store::{Direction, MessageId, Status, Store};
 
-/// How often a follower looks at the database (and tries the lock).
-pub const POLL: Duration = Duration::from_millis(200);
+/// How often the owner looks at the database for what the others stored,
+/// and a follower for what the owner stored (trying the lock too). An
+/// idle chat spends about 0.3% of a core on it.
+pub const POLL: Duration = Duration::from_millis(100);
+
+/// How often [`await_owner`] looks at the messages it waits for: a short
+/// process, polling one row.
+const AWAIT_POLL: Duration = Duration::from_millis(25);
 
 /// Outgoing messages among this many most recent rows when following began
 /// have their status changes reported; older ones are not watched (their
@@ -105,7 +111,7 @@ pub enum Handed {
 
 /// Waits, up to `timeout`, for the process owning the router session to
 /// send `ids` (to get them out of `pending`), polling the database every
-/// [`POLL`]. Without ids, waits for the outbox (messages and receipts) to
+/// [`AWAIT_POLL`]. Without ids, waits for the outbox (messages and receipts) to
 /// be empty. Tries the lock on every poll: when the owner is gone, returns
 /// [`Handed::TookOver`] holding it.
 pub fn await_owner(
@@ -141,7 +147,7 @@ pub fn await_owner(
         if std::time::Instant::now() >= deadline {
             return Ok(Handed::TimedOut(holder));
         }
-        std::thread::sleep(POLL);
+        std::thread::sleep(AWAIT_POLL);
     }
 }
 
