@@ -500,3 +500,95 @@ impl Chat<'_> {
         Ok(None)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+    use crate::store::test_util::temp_store;
+    use crate::store::{ContactName, Status};
+
+    /// A screen that keeps what it was shown.
+    struct Recorder(Arc<Mutex<Vec<String>>>);
+
+    impl Screen for Recorder {
+        fn update(&mut self, update: &Update) {
+            let text = match update {
+                Update::Received(m) => format!("received {}", m.body),
+                Update::Status(m) => format!("{} {}", m.status, m.body),
+                other => format!("{other:?}"),
+            };
+            self.0.lock().unwrap().push(text);
+        }
+        fn notice(&mut self, text: &str) {
+            self.0.lock().unwrap().push(format!("notice {text}"));
+        }
+        fn command(&mut self, _: &str, _: &Store) -> Vec<MessageId> {
+            Vec::new()
+        }
+    }
+
+    /// Waits (bounded) until `check` holds.
+    async fn until(what: &str, check: impl Fn() -> bool) {
+        for _ in 0..500 {
+            if check() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("never: {what}");
+    }
+
+    #[tokio::test]
+    async fn a_chat_beside_the_owner_shows_what_it_stores_reads_it_and_queues_what_is_typed() {
+        let (_dir, mut store) = temp_store();
+        let bob = Identity::generate().public_key();
+        store
+            .add_contact(&ContactName::parse("bob").unwrap(), &bob)
+            .unwrap();
+        let path = store.path().to_path_buf();
+        let mut owner = SessionLock::open(&path, "chat-p2p sync --watch").unwrap();
+        assert_eq!(owner.try_take().unwrap(), None);
+        let mut lock = SessionLock::open(&path, "chat-p2p chat").unwrap();
+        let mut engine = Engine::new(store, Identity::generate());
+        let options = ChatOptions {
+            peer: bob,
+            // Never dialled: the chat only follows.
+            server: ServerUrl::parse("ws://127.0.0.1:9/ws").unwrap(),
+            connect_timeout: Duration::from_secs(1),
+            quit_timeout: Duration::from_millis(100),
+            shown: Vec::new(),
+        };
+        let shown = Arc::new(Mutex::new(Vec::new()));
+        let mut screen = Recorder(Arc::clone(&shown));
+        let (tx, mut input) = mpsc::channel(4);
+        let seen = |text: &str| shown.lock().unwrap().iter().any(|l| l.contains(text));
+        let drive = async {
+            // The owner takes a message in.
+            let mut theirs = Store::open(&path).unwrap();
+            let id = MessageId::new_v7();
+            theirs
+                .insert_incoming(&id, &bob, "hello", &crate::clock::now())
+                .unwrap();
+            until("the message shown", || seen("received hello")).await;
+            // Shown in the open conversation: read, with a receipt for the
+            // owner to send.
+            let m = theirs.incoming(&bob, &id).unwrap().unwrap();
+            assert_eq!(m.status, Status::Read);
+            assert_eq!(theirs.pending_receipts().unwrap().len(), 1);
+            tx.send(Input::Send("typed here".into())).await.unwrap();
+            until("the message stored", || {
+                theirs.outbox().is_ok_and(|o| o.len() == 1)
+            })
+            .await;
+            tx.send(Input::Quit).await.unwrap();
+        };
+        let run = run(&mut engine, &options, &mut lock, &mut input, &mut screen);
+        let (pending, ()) = tokio::join!(run, drive);
+        // The owner never sent it: still pending on leaving.
+        assert_eq!(pending.unwrap(), 1);
+        assert!(seen("holds this profile's router session"));
+        assert!(!lock.is_held());
+    }
+}
