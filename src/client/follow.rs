@@ -3,7 +3,7 @@
 //! as the same [`Update`]s a connection would give, and what is stored
 //! here for it to send waits in the outbox until it has sent it.
 //!
-//! Cheap enough to run every few hundred milliseconds: `PRAGMA
+//! Cheap enough to run ten times a second: `PRAGMA
 //! data_version` says whether another process committed anything, and only
 //! then are new rows read.
 
