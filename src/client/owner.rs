@@ -120,12 +120,16 @@ impl SessionLock {
         match fs4::FileExt::try_lock(&self.file) {
             Ok(()) => {
                 self.held = true;
-                self.record().map_err(|e| self.error(e))?;
+                // Best effort: the record only names us in messages.
+                let _ = self.record();
                 Ok(None)
             }
-            Err(fs4::TryLockError::WouldBlock) => {
-                Ok(Some(self.holder().map_err(|e| self.error(e))?))
-            }
+            // A record that cannot be read (a platform whose locks also
+            // bar reading) names no one, but the lock still says no.
+            Err(fs4::TryLockError::WouldBlock) => Ok(Some(self.holder().unwrap_or(Holder {
+                pid: None,
+                command: String::new(),
+            }))),
             Err(fs4::TryLockError::Error(e)) => Err(self.error(e)),
         }
     }
