@@ -124,7 +124,10 @@ pub fn send(ctx: &Context, args: SendArgs) -> Result<()> {
             )
         }
     }
-    let stored = engine.store().message(&message.msg_id)?.unwrap_or(message);
+    let Some(stored) = engine.store().message(&message.msg_id)? else {
+        // 'chat-p2p delete' from another terminal while it waited.
+        anyhow::bail!("not sent: the message was deleted before it went out");
+    };
     // With --json the message is printed whatever became of it, and a
     // refused one still exits 1, as without --json.
     if args.json {
