@@ -24,9 +24,9 @@ pub const POLL: Duration = Duration::from_millis(100);
 /// process, polling one row.
 const AWAIT_POLL: Duration = Duration::from_millis(25);
 
-/// Outgoing messages among this many most recent rows when following began
-/// have their status changes reported; older ones are not watched (their
-/// changes still reach the database and `history`).
+/// Outgoing messages among this many most recent rows have their status
+/// changes reported; older ones are not watched (their changes still reach
+/// the database and `history`).
 const STATUS_WINDOW: i64 = 1000;
 
 /// What a follower has seen of the database.
@@ -84,6 +84,13 @@ impl Follower {
                     self.statuses.insert(m.id, Status::Pending);
                 }
             }
+        }
+        // The window moves with the newest rows: a long follow does not
+        // read ever more of them.
+        let floor = self.last_rowid.saturating_sub(STATUS_WINDOW).max(0);
+        if floor > self.floor {
+            self.floor = floor;
+            self.statuses.retain(|rowid, _| *rowid > floor);
         }
         for (rowid, status) in out_statuses_after_tx(store.conn(), self.floor)? {
             let seen = self.statuses.insert(rowid, status);
@@ -201,6 +208,22 @@ mod tests {
             matches!(&updates[..], [Update::Status(m)] if m.body == "typed here"),
             "{updates:?}"
         );
+    }
+
+    #[test]
+    fn the_watched_window_moves_with_the_newest_rows() {
+        let (_dir, mine) = temp_store();
+        let peer = Identity::generate().public_key();
+        let mut follower = Follower::start(&mine).unwrap();
+        let mut other = Store::open(mine.path()).unwrap();
+        let tx = other.transaction().unwrap();
+        for i in 0..STATUS_WINDOW + 10 {
+            crate::store::messages::insert_outgoing_tx(&tx, &peer, &i.to_string()).unwrap();
+        }
+        tx.commit().unwrap();
+        follower.poll(&mine).unwrap();
+        assert_eq!(follower.statuses.len(), STATUS_WINDOW as usize);
+        assert_eq!(follower.floor, follower.last_rowid - STATUS_WINDOW);
     }
 
     #[test]
