@@ -216,6 +216,22 @@ fn sessions_started(env: &Env) -> usize {
     log.matches("session started").count()
 }
 
+/// The frames the router holds, from its `/metrics`.
+fn queue_depth(router: &Router) -> u64 {
+    use std::io::{Read as _, Write as _};
+    let mut tcp = std::net::TcpStream::connect(&router.addr).unwrap();
+    write!(tcp, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut reply = String::new();
+    tcp.read_to_string(&mut reply).unwrap();
+    reply
+        .lines()
+        .find_map(|l| l.strip_prefix("chat_router_queue_depth "))
+        .unwrap_or_else(|| panic!("no queue depth in {reply}"))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
 /// Waits until the router has started `n` sessions (a chat shows its
 /// prompt before it has connected).
 fn wait_sessions(env: &Env, n: usize) {
@@ -277,6 +293,8 @@ fn a_send_beside_an_open_chat_goes_out_once_through_it() {
     // The chat sent both: its own session is the only one of alice's.
     tmux.wait_sent("a", "as json");
     assert_eq!(sessions_started(&env), 1, "a send opened a session");
+    // One frame each, waiting for bob.
+    assert_eq!(queue_depth(&router), 2);
 
     // sync, too, leaves the session to the chat and says so.
     let sync = env.json(
