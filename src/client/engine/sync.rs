@@ -3,9 +3,9 @@
 //!
 //! Everything travels as ordinary sealed `message` frames from the own key
 //! to the own key (the router delivers them to the identity's other
-//! devices, not back to the sender), so the router cannot tell them from
-//! messages, and they wait in the `sync_outbox` table until the router has
-//! them (see [`crate::store::sync`]). Only the own key may send them: the
+//! devices, not back to the sender), so the router reads none of it and
+//! cannot tell one kind from another, and they wait in the `sync_outbox`
+//! table until the router has them (see [`crate::store::sync`]). Only the own key may send them: the
 //! same kinds signed by any other key are refused and recorded as rejected.
 //!
 //! - **Sent messages.** When the router acknowledges a text message, the
