@@ -383,3 +383,104 @@ fn a_device_online_shows_what_the_other_sends_as_it_happens() {
     assert_eq!(delivered["msg_id"], copy["msg_id"]);
     assert_eq!(delivered["status"], "delivered");
 }
+
+/// A private tmux server running one chat, killed when dropped.
+struct Tmux {
+    socket: String,
+}
+
+impl Tmux {
+    /// Opens `PROFILE chat bob` in a 100-column terminal.
+    fn chat(d: &Devices, profile: &str) -> Self {
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let tmux = Tmux {
+            socket: format!("chat-p2p-sync-{}-{n}", std::process::id()),
+        };
+        let quote = |s: &str| format!("'{}'", s.replace('\'', r"'\''"));
+        let command = format!(
+            "env -i HOME=/nonexistent TERM=xterm CHAT_HOME={} CHAT_PROFILE={profile} \
+             CHAT_CONFIG={} CHAT_SERVER={} {} chat bob",
+            quote(d.env.home().to_str().unwrap()),
+            quote(d.env.config().to_str().unwrap()),
+            quote(&d.router.url()),
+            quote(env!("CARGO_BIN_EXE_chat-p2p")),
+        );
+        tmux.run(&[
+            "new-session",
+            "-d",
+            "-s",
+            "chat",
+            "-x",
+            "100",
+            "-y",
+            "30",
+            &command,
+        ]);
+        tmux.wait_until("the prompt", |s| s.lines().any(|l| l.trim_end() == ">"));
+        tmux
+    }
+
+    fn run(&self, args: &[&str]) -> String {
+        let out = Command::new("tmux")
+            .args(["-L", &self.socket])
+            .args(args)
+            .output()
+            .expect("tmux is installed (.ci/run installs it)");
+        assert!(
+            out.status.success(),
+            "tmux {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    fn screen(&self) -> String {
+        self.run(&["capture-pane", "-p", "-t", "chat"])
+    }
+
+    fn type_line(&self, text: &str) {
+        self.run(&["send-keys", "-t", "chat", "-l", text]);
+        self.run(&["send-keys", "-t", "chat", "Enter"]);
+    }
+
+    /// Waits until the screen shows what `check` looks for; the guard
+    /// only prevents hanging.
+    fn wait_until(&self, what: &str, check: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            let screen = self.screen();
+            if check(&screen) {
+                return screen;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("the screen never showed {what}:\n{}", self.screen());
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        let _ = Command::new("tmux")
+            .args(["-L", &self.socket, "kill-server"])
+            .output();
+    }
+}
+
+#[test]
+fn what_is_typed_in_one_devices_chat_shows_in_the_others() {
+    let d = Devices::new();
+    let (one, two) = (Tmux::chat(&d, "alice"), Tmux::chat(&d, "alice2"));
+    one.type_line("typed on the laptop");
+    let screen = two.wait_until("the copy", |s| s.contains("typed on the laptop"));
+    let line = screen
+        .lines()
+        .find(|l| l.contains("typed on the laptop"))
+        .unwrap();
+    assert!(line.contains("you → bob"), "shown as alice's own: {line:?}");
+    // Bob stores it: both chats say so.
+    d.ok("bob", &["sync"]);
+    for chat in [&one, &two] {
+        chat.wait_until("delivered", |s| s.contains("✓✓ delivered to bob"));
+    }
+}
