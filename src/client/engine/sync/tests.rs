@@ -602,3 +602,23 @@ fn a_long_queue_for_the_other_devices_goes_out_within_the_send_window_once_each(
     two.take(&all);
     assert_eq!(names(&two).len(), keys.len() + 1);
 }
+
+#[test]
+fn a_receipt_that_overtook_the_routers_ack_leaves_both_devices_alike() {
+    let (mut one, mut two, mut bob) = alice_twice_and_bob();
+    let (msg, frame) = one.engine.compose(&bob.me(), "fast bob").unwrap();
+    // The router forwards it and bob's receipt is back before its ack
+    // (the ack was lost with a connection, say).
+    let delivered = to_key(&bob.take(std::slice::from_ref(&frame)).send, &one.me());
+    one.take(&delivered);
+    assert_eq!(one.out(&msg.msg_id).status, Status::Delivered);
+    one.engine.handle(vec![ack_at(&frame, SENT_AT)]).unwrap();
+    let copies = one.flush(LATER);
+    assert_eq!(copies.len(), 1, "the copy still goes");
+    two.take(&delivered);
+    two.take(&copies);
+    let (a, b) = (one.out(&msg.msg_id), two.out(&msg.msg_id));
+    assert_eq!(a.sent_at, None);
+    assert_eq!(shown(&a), shown(&b));
+    assert_eq!(one.timeline(&a), two.timeline(&b));
+}
