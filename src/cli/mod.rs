@@ -13,6 +13,7 @@ mod doctor;
 mod history;
 mod identity;
 mod inbox;
+mod link;
 mod notify;
 mod outbox;
 mod passphrase;
@@ -130,6 +131,9 @@ enum Command {
     Inbox(inbox::InboxArgs),
     /// Protect the secret key with a passphrase, change it or remove it.
     Passphrase(passphrase::PassphraseArgs),
+    /// Hand this identity and its whole history to a new device (prints a
+    /// one-time code), or join with --join CODE on the new device.
+    Link(link::LinkArgs),
 }
 
 /// What every command needs, resolved once from the arguments and the
@@ -446,6 +450,7 @@ pub fn run(
         Command::Delete(args) => outbox::delete(&ctx, args),
         Command::Inbox(args) => inbox::inbox(&ctx, args),
         Command::Passphrase(args) => passphrase::run(&ctx, args),
+        Command::Link(args) => link::run(&ctx, args),
     }
 }
 

@@ -18,6 +18,7 @@ mod error;
 pub mod fts;
 mod identity;
 pub mod ids;
+pub mod link;
 pub mod messages;
 pub mod outbox;
 pub mod query;
@@ -35,6 +36,8 @@ pub use conversations::Conversation;
 pub use error::Error;
 pub(crate) use identity::set_identity_tx;
 pub use ids::{IdQuery, Scope};
+pub use identity::StoredSecret;
+pub use link::DeviceRow;
 pub use messages::{Event, Inserted, Message};
 pub use schema::{inspect as inspect_schema, latest_version as latest_schema_version};
 pub use search::{Filter, Hit, Order, TimeBound};
@@ -152,7 +155,7 @@ fn create_private_file(path: &Path) -> Result<()> {
     }
 }
 
-fn create_private_dir(dir: &Path) -> io::Result<()> {
+pub(crate) fn create_private_dir(dir: &Path) -> io::Result<()> {
     let mut builder = fs::DirBuilder::new();
     builder.recursive(true);
     #[cfg(unix)]
