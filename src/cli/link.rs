@@ -16,9 +16,11 @@ use crate::render::untrusted_inline;
 
 /// Arguments of `link`.
 #[derive(Debug, Args)]
-#[command(after_help = "Linking hands over the secret key and the whole history: \
+#[command(
+    after_help = "Linking hands over the secret key and the whole history: \
     run it only for a device of yours. The code works once and only until it \
-    expires; a wrong code ends the link on both sides.")]
+    expires; a wrong code ends the link on both sides."
+)]
 pub struct LinkArgs {
     /// Join as a new device, with the code the existing device printed.
     #[arg(long, value_name = "CODE")]
@@ -27,7 +29,12 @@ pub struct LinkArgs {
     #[arg(long, value_name = "NAME", requires = "join")]
     device_name: Option<String>,
     /// How many seconds the code stays usable.
-    #[arg(long, value_name = "SECS", default_value_t = 600, conflicts_with = "join")]
+    #[arg(
+        long,
+        value_name = "SECS",
+        default_value_t = 600,
+        conflicts_with = "join"
+    )]
     expires: u64,
     /// How many seconds to wait for the router and for the other device at
     /// each step (with --join: also for the code's first message).

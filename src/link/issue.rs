@@ -143,7 +143,14 @@ async fn wait_reply(
         let Some(incoming) = ch.recv(deadline).await? else {
             return Err(LinkError::Expired { at: String::new() });
         };
-        let Incoming::Boxed(Note::Reply { pake: theirs, confirm }, id) = incoming else {
+        let Incoming::Boxed(
+            Note::Reply {
+                pake: theirs,
+                confirm,
+            },
+            id,
+        ) = incoming
+        else {
             continue;
         };
         ch.ack(id).await?;

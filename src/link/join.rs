@@ -184,8 +184,8 @@ async fn receive(
             if !wire::same_confirmation(&expected, &unb64(&confirm)?) {
                 return Err(LinkError::WrongCode);
             }
-            let key = PublicKey::parse(&public_key)
-                .map_err(|e| LinkError::Protocol(e.to_string()))?;
+            let key =
+                PublicKey::parse(&public_key).map_err(|e| LinkError::Protocol(e.to_string()))?;
             (key, secret, device_name)
         }
         other => return Err(unexpected(&other)),
@@ -223,7 +223,10 @@ async fn receive(
                 }
                 maybe_pause(chunks, observer).await;
             }
-            Body::Note(Note::End { chunks: sent, sha256 }) if sent == chunks => break sha256,
+            Body::Note(Note::End {
+                chunks: sent,
+                sha256,
+            }) if sent == chunks => break sha256,
             Body::Note(Note::End { chunks: sent, .. }) => {
                 return Err(LinkError::BadCopy(format!(
                     "{chunks} chunks arrived of {sent}"

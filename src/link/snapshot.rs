@@ -147,7 +147,8 @@ impl<R: Read> Read for HashingReader<R> {
 
 /// The compressed stream of a snapshot.
 pub struct Compressed {
-    encoder: zstd::stream::read::Encoder<'static, io::BufReader<HashingReader<io::BufReader<File>>>>,
+    encoder:
+        zstd::stream::read::Encoder<'static, io::BufReader<HashingReader<io::BufReader<File>>>>,
 }
 
 impl Compressed {
@@ -176,7 +177,13 @@ impl Compressed {
 
     /// The SHA-256 of everything read (call at the end).
     pub fn sha256(&self) -> [u8; 32] {
-        self.encoder.get_ref().get_ref().hash.clone().finalize().into()
+        self.encoder
+            .get_ref()
+            .get_ref()
+            .hash
+            .clone()
+            .finalize()
+            .into()
     }
 }
 
@@ -244,9 +251,7 @@ impl Receiving {
 
     /// Uncompressed bytes written so far.
     pub fn raw_bytes(&self) -> u64 {
-        self.decoder
-            .as_ref()
-            .map_or(0, |d| d.get_ref().bytes)
+        self.decoder.as_ref().map_or(0, |d| d.get_ref().bytes)
     }
 
     /// Ends the stream and checks its size and hash; the file is synced.

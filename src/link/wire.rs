@@ -110,7 +110,10 @@ pub fn box_key(nameplate: &str) -> MessageKey {
 
 /// The key of the messages `from` sends once the PAKE gave `shared`.
 pub fn session_key(shared: &[u8], from: Side) -> MessageKey {
-    MessageKey::from_bytes(hkdf(shared, &length_prefixed(&[SESSION_LABEL, from.label()])))
+    MessageKey::from_bytes(hkdf(
+        shared,
+        &length_prefixed(&[SESSION_LABEL, from.label()]),
+    ))
 }
 
 /// The value `side` shows to prove it holds the same PAKE key.
@@ -402,13 +405,22 @@ mod tests {
             old.public_key(),
             rendezvous("K7M2Q", Side::Old).public_key()
         );
-        assert_ne!(old.public_key(), rendezvous("K7M2Q", Side::New).public_key());
-        assert_ne!(old.public_key(), rendezvous("K7M2R", Side::Old).public_key());
+        assert_ne!(
+            old.public_key(),
+            rendezvous("K7M2Q", Side::New).public_key()
+        );
+        assert_ne!(
+            old.public_key(),
+            rendezvous("K7M2R", Side::Old).public_key()
+        );
     }
 
     #[test]
     fn a_sealed_frame_is_router_valid_and_opens_once_bound() {
-        let (old, new) = (rendezvous("AAAAA", Side::Old), rendezvous("AAAAA", Side::New));
+        let (old, new) = (
+            rendezvous("AAAAA", Side::Old),
+            rendezvous("AAAAA", Side::New),
+        );
         let key = session_key(b"k", Side::Old);
         let body = Body::Chunk(Zeroizing::new(vec![7; 100])).encode().unwrap();
         let frame = seal(&old, &new.public_key(), &key, Layer::Session, 5, &body).unwrap();
@@ -420,8 +432,14 @@ mod tests {
         assert!(matches!(Body::decode(&opened).unwrap(), Body::Chunk(c) if c.len() == 100));
         // The other direction's key, the box layer, a changed number: no.
         let back = session_key(b"k", Side::New);
-        assert!(matches!(open(&frame, &back, Layer::Session), Err(LinkError::Garbled)));
-        assert!(matches!(open(&frame, &key, Layer::Box), Err(LinkError::Garbled)));
+        assert!(matches!(
+            open(&frame, &back, Layer::Session),
+            Err(LinkError::Garbled)
+        ));
+        assert!(matches!(
+            open(&frame, &key, Layer::Box),
+            Err(LinkError::Garbled)
+        ));
         let mut moved = frame.clone();
         moved.payload.ciphertext[7] ^= 1;
         assert!(open(&moved, &key, Layer::Session).is_err());
@@ -434,7 +452,14 @@ mod tests {
             let chunk = Body::Chunk(Zeroizing::new(vec![0xff; chunk_capacity(max)]));
             let body = chunk.encode().unwrap();
             let key = session_key(b"k", Side::Old);
-            let frame = seal(&old, &new.public_key(), &key, Layer::Session, u64::MAX, &body);
+            let frame = seal(
+                &old,
+                &new.public_key(),
+                &key,
+                Layer::Session,
+                u64::MAX,
+                &body,
+            );
             let text = protocol::to_text(&protocol::Frame::Message(frame.unwrap()));
             assert!(text.len() <= max, "{} > {max}", text.len());
         }

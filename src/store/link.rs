@@ -100,7 +100,11 @@ mod tests {
         let now = store.message(&pending.msg_id).unwrap().unwrap();
         assert_eq!(now.status, Status::Failed);
         assert_eq!(now.failure_reason.as_deref(), Some(LINKED_BEFORE_SENT));
-        assert!(store.outbox().unwrap().iter().all(|m| m.status != Status::Pending));
+        assert!(store
+            .outbox()
+            .unwrap()
+            .iter()
+            .all(|m| m.status != Status::Pending));
         let receipts: i64 = store
             .conn()
             .query_row("SELECT count(*) FROM receipt_outbox", [], |r| r.get(0))
