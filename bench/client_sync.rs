@@ -121,7 +121,8 @@ fn cli(home: &Path, args: &[&str]) -> String {
 /// Sends `n` messages from alice to bob, at most a window unacknowledged.
 async fn fill(url: &ServerUrl, alice: &Identity, bob: &chat_p2p::identity::PublicKey, n: usize) {
     const WINDOW: usize = 2_000;
-    let mut conn = connection::connect(url, alice, Duration::from_secs(10))
+    let device = chat_p2p::store::device::Device::control();
+    let mut conn = connection::connect(url, alice, &device, Duration::from_secs(10))
         .await
         .expect("connect as alice");
     let ts = chat_p2p::clock::now();

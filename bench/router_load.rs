@@ -244,7 +244,13 @@ async fn connect(addr: &str, id: &Identity) -> Ws {
             }
         }
     };
-    let auth = protocol::sign_challenge(id, protocol::VERSION, &nonce);
+    let router = protocol::router_name(&format!("ws://{addr}/ws")).unwrap();
+    let who = protocol::AuthFor {
+        device: &uuid::Uuid::new_v4(),
+        name: "bench",
+        router: &router,
+    };
+    let auth = protocol::sign_challenge(id, protocol::VERSION, &nonce, who);
     ws.send(Message::text(protocol::to_text(&Frame::Auth(auth))))
         .await
         .unwrap();

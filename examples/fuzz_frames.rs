@@ -184,7 +184,16 @@ impl Gen {
                 }
             }
             6 => Frame::Ack(protocol::Ack { id, at: None }),
-            7 => Frame::Auth(protocol::sign_challenge(author, 1, &[3; 32])),
+            7 => Frame::Auth(protocol::sign_challenge(
+                author,
+                2,
+                &[3; 32],
+                protocol::AuthFor {
+                    device: &id,
+                    name: "fuzz",
+                    router: "ws://127.0.0.1:8080/ws",
+                },
+            )),
             8 => Frame::Error(protocol::ErrorFrame {
                 id: Some(id),
                 code: protocol::ErrorCode::TooLarge,
@@ -383,6 +392,7 @@ fn router_in_process(n: u64, seed: u64) -> String {
                     let _ = delivery.on_ack(&a.id);
                     true
                 }
+                Ok(Inbound::ListDevices | Inbound::RemoveDevice(_)) => true,
                 Ok(Inbound::Message(m)) => {
                     seq += 1;
                     let row = Queued {
@@ -532,7 +542,18 @@ async fn connect(addr: std::net::SocketAddr, id: &Identity) -> Option<Ws> {
     let Ok(Frame::Challenge(c)) = protocol::parse(t.as_str()) else {
         return None;
     };
-    let auth = Frame::Auth(protocol::sign_challenge(id, protocol::VERSION, &c.nonce));
+    let router = protocol::router_name(&format!("ws://{addr}/ws")).ok()?;
+    let who = protocol::AuthFor {
+        device: &uuid::Uuid::new_v4(),
+        name: "fuzz",
+        router: &router,
+    };
+    let auth = Frame::Auth(protocol::sign_challenge(
+        id,
+        protocol::VERSION,
+        &c.nonce,
+        who,
+    ));
     ws.send(Message::text(protocol::to_text(&auth)))
         .await
         .ok()?;

@@ -1,4 +1,4 @@
-//! Wire protocol v1: the JSON frames router and clients exchange over a
+//! Wire protocol v2: the JSON frames router and clients exchange over a
 //! WebSocket, the exact byte strings that are signed, and the client-side
 //! helpers that seal and open messages.
 //!
@@ -19,8 +19,11 @@ use uuid::Uuid;
 use crate::crypto::{self, length_prefixed, CryptoError, NONCE_LEN};
 use crate::identity::{Identity, PublicKey};
 
-/// The protocol version this build speaks.
-pub const VERSION: u32 = 1;
+/// The protocol version this build speaks. Version 2 added devices (one
+/// identity on several devices, each with its own session and delivery)
+/// and bound the auth signature to the router's address; message frames
+/// and their encryption are unchanged from version 1.
+pub const VERSION: u32 = 2;
 
 /// The versions a router built from this code accepts, newest first.
 pub const SUPPORTED_VERSIONS: &[u32] = &[VERSION];
@@ -28,8 +31,20 @@ pub const SUPPORTED_VERSIONS: &[u32] = &[VERSION];
 /// The default cap on a frame's size, in bytes of JSON text.
 pub const MAX_FRAME_BYTES: usize = 64 * 1024;
 
-/// The label opening the bytes signed to authenticate a session.
-pub const AUTH_LABEL: &[u8] = b"chat-p2p/auth";
+/// The label opening the bytes signed to authenticate a session (v2: with
+/// the device and the router's address).
+pub const AUTH_LABEL: &[u8] = b"chat-p2p/v2/auth";
+
+/// The longest device name, in bytes of UTF-8.
+pub const MAX_DEVICE_NAME_BYTES: usize = 64;
+
+/// The longest router address in an `auth`, in bytes.
+pub const MAX_ROUTER_NAME_BYTES: usize = 512;
+
+/// The device id that asks for a control session: authenticated, may send
+/// messages and device requests, receives nothing, is not registered as a
+/// device and replaces no other session.
+pub const CONTROL_DEVICE: Uuid = Uuid::nil();
 /// The label opening the bytes a message signature covers.
 pub const MESSAGE_SIG_LABEL: &[u8] = b"chat-p2p/v1/message-sig";
 /// The label opening a message's associated data.
@@ -45,7 +60,7 @@ pub const TAG_LEN: usize = 16;
 /// Longest `type` quoted back in an `unknown-type` error, in bytes.
 const MAX_TYPE_ECHO: usize = 64;
 
-/// Every frame of protocol v1, told apart by its `"type"`.
+/// Every frame of protocol v2, told apart by its `"type"`.
 // Frames live briefly on the stack, one at a time: boxing the message
 // variant would cost an allocation per frame for nothing.
 #[allow(clippy::large_enum_variant)]
@@ -69,6 +84,54 @@ pub enum Frame {
     /// the key has been delivered (frames committed later follow as they
     /// arrive). Lets `sync` stop without guessing from silence.
     Synced,
+    /// Client to router: which devices does my key have?
+    ListDevices,
+    /// Router to client: the answer to `list-devices`.
+    Devices(DeviceList),
+    /// Client to router: stop delivering to one of my devices.
+    RemoveDevice(RemoveDevice),
+    /// Router to client: the answer to `remove-device`.
+    DeviceRemoved(DeviceRemoved),
+}
+
+/// One device of a key, as the router knows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceInfo {
+    /// The device id the device chose (a random UUID).
+    pub id: Uuid,
+    /// The name it gave in its last `auth`.
+    pub name: String,
+    /// When the router first saw it, RFC 3339 UTC.
+    pub first_seen: String,
+    /// When the router last saw it (its last session's start or end).
+    pub last_seen: String,
+    /// Whether it has a session on this router now.
+    pub online: bool,
+}
+
+/// The router's list of a key's devices.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceList {
+    /// Every device the router delivers to, oldest first.
+    pub devices: Vec<DeviceInfo>,
+}
+
+/// A request to stop delivering to one of the session key's devices.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RemoveDevice {
+    /// The device to remove.
+    #[serde(deserialize_with = "canonical_uuid")]
+    pub device: Uuid,
+}
+
+/// The answer to [`RemoveDevice`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceRemoved {
+    /// The device named in the request.
+    pub device: Uuid,
+    /// Whether it was a device of this key (false: unknown, or already
+    /// removed).
+    pub removed: bool,
 }
 
 /// The router's challenge: a fresh random nonce, and the versions it speaks.
@@ -81,11 +144,22 @@ pub struct Challenge {
     pub nonce: [u8; CHALLENGE_LEN],
 }
 
-/// The client's proof that it holds the key it connected as.
+/// The client's proof that it holds the key it connected as, for one of
+/// its devices, on this router.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Auth {
     /// The protocol version the client chose from the challenge's list.
     pub version: u32,
+    /// The device this session is for ([`CONTROL_DEVICE`] for a control
+    /// session).
+    #[serde(deserialize_with = "canonical_uuid")]
+    pub device: Uuid,
+    /// The device's name, for `devices` lists (at most
+    /// [`MAX_DEVICE_NAME_BYTES`]).
+    pub name: String,
+    /// The router's address as the client dialed it, in the form of
+    /// [`router_name`]: the router refuses a signature made for another.
+    pub router: String,
     /// ed25519 signature over [`auth_signed_bytes`].
     #[serde(with = "b64_array")]
     pub sig: [u8; 64],
@@ -190,6 +264,12 @@ pub enum ErrorCode {
     TooSlow,
     /// The router failed to store the frame; send it again later.
     Internal,
+    /// The `auth` was signed for another router's address.
+    WrongRouter,
+    /// The device was removed from its key (`remove-device`).
+    DeviceRemoved,
+    /// The key has as many devices as the router allows.
+    TooManyDevices,
     /// A code from a newer version of the protocol.
     #[serde(other)]
     Unknown,
@@ -198,7 +278,7 @@ pub enum ErrorCode {
 impl ErrorCode {
     /// Every code a router of this version sends (not [`Self::Unknown`]),
     /// in the order of the protocol document's table.
-    pub const ALL: [ErrorCode; 13] = [
+    pub const ALL: [ErrorCode; 16] = [
         Self::BadFrame,
         Self::UnknownType,
         Self::TooLarge,
@@ -212,6 +292,9 @@ impl ErrorCode {
         Self::TooManyConnections,
         Self::TooSlow,
         Self::Internal,
+        Self::WrongRouter,
+        Self::DeviceRemoved,
+        Self::TooManyDevices,
     ];
 
     /// The code as it appears on the wire.
@@ -230,6 +313,9 @@ impl ErrorCode {
             Self::TooManyConnections => "too-many-connections",
             Self::TooSlow => "too-slow",
             Self::Internal => "internal",
+            Self::WrongRouter => "wrong-router",
+            Self::DeviceRemoved => "device-removed",
+            Self::TooManyDevices => "too-many-devices",
             Self::Unknown => "unknown",
         }
     }
@@ -291,6 +377,54 @@ pub enum ProtocolError {
     BadContent(String),
 }
 
+/// A router address that cannot be signed for.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("'{address}' is not a router address: {why}")]
+pub struct BadRouterAddress {
+    /// The address as given (at most its first 200 bytes).
+    pub address: String,
+    /// What is wrong with it.
+    pub why: &'static str,
+}
+
+/// The canonical spelling of a router's WebSocket address, as signed in
+/// `auth` and as a router compares it with its own names:
+/// `scheme://host:port/path` with the scheme and host in lower case, the
+/// default port (80 for `ws`, 443 for `wss`) written out, an empty path
+/// as `/ws`, and no query or fragment. So `WS://Example.org/ws?pub=x` and
+/// `ws://example.org:80/ws` name the same router.
+pub fn router_name(url: &str) -> Result<String, BadRouterAddress> {
+    let bad = |why| BadRouterAddress {
+        address: truncate_on_char(url, 200).to_owned(),
+        why,
+    };
+    let uri: tokio_tungstenite::tungstenite::http::Uri =
+        url.parse().map_err(|_| bad("it is not a URL"))?;
+    let scheme = uri
+        .scheme_str()
+        .map(str::to_ascii_lowercase)
+        .ok_or_else(|| bad("it has no scheme"))?;
+    let default_port = match scheme.as_str() {
+        "ws" => 80,
+        "wss" => 443,
+        _ => return Err(bad("it must start with ws:// or wss://")),
+    };
+    let authority = uri.authority().ok_or_else(|| bad("it has no host"))?;
+    if authority.as_str().contains('@') {
+        return Err(bad("it must not carry a user name or password"));
+    }
+    let host = authority.host().to_ascii_lowercase();
+    if host.is_empty() {
+        return Err(bad("it has no host"));
+    }
+    let port = authority.port_u16().unwrap_or(default_port);
+    let path = match uri.path() {
+        "" | "/" => "/ws",
+        path => path,
+    };
+    Ok(format!("{scheme}://{host}:{port}{path}"))
+}
+
 impl ProtocolError {
     /// The wire error code for a frame refused with this error.
     pub fn code(&self) -> ErrorCode {
@@ -340,8 +474,24 @@ pub fn from_slice(bytes: &[u8], limit: usize) -> Result<Frame, ProtocolError> {
 /// Checks what serde cannot: the timestamp's format and the ciphertext's
 /// length.
 fn check(frame: &Frame) -> Result<(), ProtocolError> {
-    if let Frame::Message(m) = frame {
-        check_message(&m.ts, &m.payload)?;
+    match frame {
+        Frame::Message(m) => check_message(&m.ts, &m.payload),
+        Frame::Auth(a) => check_auth(a),
+        _ => Ok(()),
+    }
+}
+
+/// The checks of an `auth` that its types do not express.
+fn check_auth(auth: &Auth) -> Result<(), ProtocolError> {
+    if auth.name.len() > MAX_DEVICE_NAME_BYTES || auth.name.chars().any(char::is_control) {
+        return Err(ProtocolError::BadFrame(format!(
+            "'name' must be at most {MAX_DEVICE_NAME_BYTES} bytes with no control characters"
+        )));
+    }
+    if auth.router.len() > MAX_ROUTER_NAME_BYTES {
+        return Err(ProtocolError::BadFrame(format!(
+            "'router' must be at most {MAX_ROUTER_NAME_BYTES} bytes"
+        )));
     }
     Ok(())
 }
@@ -401,6 +551,10 @@ fn classify(text: &str, error: serde_json::Error) -> ProtocolError {
         "ack",
         "error",
         "synced",
+        "list-devices",
+        "devices",
+        "remove-device",
+        "device-removed",
     ];
     match serde_json::from_str::<TypeOnly>(text) {
         Ok(t) if !KNOWN.contains(&t.kind.as_str()) => {
@@ -446,6 +600,10 @@ pub enum Inbound {
     Message(Envelope),
     /// The recipient stored a delivered message.
     Ack(Ack),
+    /// Which devices does the session's key have?
+    ListDevices,
+    /// Stop delivering to this device of the session's key.
+    RemoveDevice(Uuid),
 }
 
 /// How a router parses: the whole frame's shape is checked as [`parse`]
@@ -487,6 +645,10 @@ pub fn parse_inbound(text: &str, limit: usize) -> Result<Inbound, ProtocolError>
         Ready(serde::de::IgnoredAny),
         Error(serde::de::IgnoredAny),
         Synced,
+        ListDevices,
+        Devices(serde::de::IgnoredAny),
+        RemoveDevice(RemoveDevice),
+        DeviceRemoved(serde::de::IgnoredAny),
     }
     if text.len() > limit {
         return Err(ProtocolError::TooLarge {
@@ -495,7 +657,12 @@ pub fn parse_inbound(text: &str, limit: usize) -> Result<Inbound, ProtocolError>
         });
     }
     match serde_json::from_str::<Raw>(text) {
-        Ok(Raw::Auth(a)) => Ok(Inbound::Auth(a)),
+        Ok(Raw::Auth(a)) => {
+            check_auth(&a)?;
+            Ok(Inbound::Auth(a))
+        }
+        Ok(Raw::ListDevices) => Ok(Inbound::ListDevices),
+        Ok(Raw::RemoveDevice(r)) => Ok(Inbound::RemoveDevice(r.device)),
         Ok(Raw::Ack(a)) => Ok(Inbound::Ack(Ack { id: a.id, at: a.at })),
         Ok(Raw::Message(m)) => {
             check_message(&m.ts, &m.payload)?;
@@ -505,11 +672,18 @@ pub fn parse_inbound(text: &str, limit: usize) -> Result<Inbound, ProtocolError>
                 to: m.to,
             }))
         }
-        Ok(Raw::Challenge(_) | Raw::Ready(_) | Raw::Error(_) | Raw::Synced) => {
-            Err(ProtocolError::BadFrame(
-                "only routers send 'challenge', 'ready', 'error' and 'synced' frames".to_owned(),
-            ))
-        }
+        Ok(
+            Raw::Challenge(_)
+            | Raw::Ready(_)
+            | Raw::Error(_)
+            | Raw::Synced
+            | Raw::Devices(_)
+            | Raw::DeviceRemoved(_),
+        ) => Err(ProtocolError::BadFrame(
+            "only routers send 'challenge', 'ready', 'error', 'synced', 'devices' and \
+             'device-removed' frames"
+                .to_owned(),
+        )),
         Err(e) => Err(classify(text, e)),
     }
 }
@@ -521,23 +695,62 @@ pub fn to_text(frame: &Frame) -> String {
     serde_json::to_string(frame).unwrap_or_default()
 }
 
-/// The bytes a client signs to authenticate as `key` against `nonce`.
-pub fn auth_signed_bytes(version: u32, key: &PublicKey, nonce: &[u8; CHALLENGE_LEN]) -> Vec<u8> {
-    length_prefixed(&[AUTH_LABEL, &version.to_be_bytes(), key.as_bytes(), nonce])
+/// Who is signing in: a device of an identity, at a router.
+#[derive(Debug, Clone, Copy)]
+pub struct AuthFor<'a> {
+    /// The device's id ([`CONTROL_DEVICE`] for a control session).
+    pub device: &'a Uuid,
+    /// The device's name.
+    pub name: &'a str,
+    /// The router's address, as [`router_name`] spells it.
+    pub router: &'a str,
+}
+
+/// The bytes a client signs to authenticate as `key` against `nonce`, for
+/// one device at one router.
+pub fn auth_signed_bytes(
+    version: u32,
+    key: &PublicKey,
+    nonce: &[u8; CHALLENGE_LEN],
+    who: AuthFor<'_>,
+) -> Vec<u8> {
+    length_prefixed(&[
+        AUTH_LABEL,
+        &version.to_be_bytes(),
+        key.as_bytes(),
+        nonce,
+        who.device.as_bytes(),
+        who.name.as_bytes(),
+        who.router.as_bytes(),
+    ])
 }
 
 /// The client half of the handshake: answers a challenge as `identity`.
-pub fn sign_challenge(identity: &Identity, version: u32, nonce: &[u8; CHALLENGE_LEN]) -> Auth {
-    let bytes = auth_signed_bytes(version, &identity.public_key(), nonce);
+pub fn sign_challenge(
+    identity: &Identity,
+    version: u32,
+    nonce: &[u8; CHALLENGE_LEN],
+    who: AuthFor<'_>,
+) -> Auth {
+    let bytes = auth_signed_bytes(version, &identity.public_key(), nonce, who);
     Auth {
         version,
+        device: *who.device,
+        name: who.name.to_owned(),
+        router: who.router.to_owned(),
         sig: identity.signing_key().sign(&bytes).to_bytes(),
     }
 }
 
 /// The router half: does `auth` prove ownership of `key` for `nonce`?
+/// (Whether `auth.router` names this router is the caller's check.)
 pub fn verify_auth(key: &PublicKey, nonce: &[u8; CHALLENGE_LEN], auth: &Auth) -> bool {
-    let bytes = auth_signed_bytes(auth.version, key, nonce);
+    let who = AuthFor {
+        device: &auth.device,
+        name: &auth.name,
+        router: &auth.router,
+    };
+    let bytes = auth_signed_bytes(auth.version, key, nonce, who);
     key.verifying_key()
         .verify_strict(&bytes, &Signature::from_bytes(&auth.sig))
         .is_ok()

@@ -187,7 +187,8 @@ fn a_close_for_size_is_reported_and_the_client_reconnects() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let timeout = Duration::from_secs(10);
-        let mut conn = connection::connect(&server, &identity, timeout)
+        let device = engine.device().unwrap();
+        let mut conn = connection::connect(&server, &identity, &device, timeout)
             .await
             .unwrap();
         assert_eq!(conn.max_frame_bytes(), Some(4096), "announced in ready");
@@ -211,7 +212,7 @@ fn a_close_for_size_is_reported_and_the_client_reconnects() {
             "{again:?}"
         );
         engine.closed_for_size("frame larger").unwrap();
-        let mut conn = connection::connect(&server, &identity, timeout)
+        let mut conn = connection::connect(&server, &identity, &device, timeout)
             .await
             .unwrap();
         let small = engine.queue(&bob, "small").unwrap();

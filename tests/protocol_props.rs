@@ -71,7 +71,16 @@ fn valid_frames() -> Vec<String> {
     .unwrap();
     let frames = [
         Frame::Message(message),
-        Frame::Auth(protocol::sign_challenge(&alice, 1, &[7; 32])),
+        Frame::Auth(protocol::sign_challenge(
+            &alice,
+            2,
+            &[7; 32],
+            protocol::AuthFor {
+                device: &Uuid::nil(),
+                name: "test",
+                router: "ws://127.0.0.1:8080/ws",
+            },
+        )),
         Frame::Ack(protocol::Ack {
             id: Uuid::now_v7(),
             at: Some("2026-11-25T20:00:00.000Z".into()),

@@ -7,9 +7,12 @@ use std::io::{Read, Write};
 
 use chat_p2p::identity::Identity;
 use chat_p2p::protocol::{self, ErrorCode, Frame};
-use common::{connect_raw, read_challenge, send_frame, send_text, until_close, Client, Router};
+use common::{
+    auth, connect_raw, read_challenge, send_frame, send_text, until_close, Client, Router,
+};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::Message;
+use uuid::Uuid;
 
 fn data() -> (tempfile::TempDir, std::path::PathBuf) {
     let dir = tempfile::tempdir().unwrap();
@@ -148,8 +151,8 @@ async fn wrong_signature_is_closed_with_policy_violation() {
     let mallory = Identity::generate();
     let mut ws = connect_raw(&router.addr, &bob.public_key()).await;
     let nonce = read_challenge(&mut ws).await;
-    let auth = protocol::sign_challenge(&mallory, protocol::VERSION, &nonce);
-    send_frame(&mut ws, &Frame::Auth(auth)).await;
+    let forged = auth(&mallory, &nonce, &router.addr, &Uuid::new_v4());
+    send_frame(&mut ws, &forged).await;
     let (close, frames) = until_close(&mut ws).await;
     assert!(matches!(&frames[..], [Frame::Error(e)] if e.code == ErrorCode::BadSignature));
     let close = close.expect("a close frame");
@@ -201,8 +204,8 @@ async fn impostor_gets_nothing_and_the_queue_stays_intact() {
     // Mallory connects as bob but cannot sign for bob's key.
     let mut ws = connect_raw(&router.addr, &bob_key).await;
     let nonce = read_challenge(&mut ws).await;
-    let forged = protocol::sign_challenge(&Identity::generate(), protocol::VERSION, &nonce);
-    send_frame(&mut ws, &Frame::Auth(forged)).await;
+    let forged = auth(&Identity::generate(), &nonce, &router.addr, &Uuid::new_v4());
+    send_frame(&mut ws, &forged).await;
     let (_, frames) = until_close(&mut ws).await;
     assert!(
         frames.iter().all(|f| !matches!(f, Frame::Message(_))),

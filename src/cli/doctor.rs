@@ -447,8 +447,11 @@ fn check_router(
         Err(e) => return vec![bad("router", Level::Fail, e.to_string(), "try again")],
     };
     let connected = rt.block_on(async {
+        // A control session: doctor must not take over a running chat's.
+        let device = crate::store::device::Device::control();
         let conn =
-            crate::client::connection::connect(server, id, Duration::from_secs(timeout)).await?;
+            crate::client::connection::connect(server, id, &device, Duration::from_secs(timeout))
+                .await?;
         let date = conn.router_date();
         conn.close().await;
         Ok::<_, crate::client::ClientError>(date)

@@ -137,7 +137,9 @@ impl Chat<'_> {
             }
             let (identity, server) = (Arc::clone(&self.identity), self.options.server.clone());
             let timeout = self.options.connect_timeout;
-            let attempt = async move { connection::connect(&server, &identity, timeout).await };
+            let device = self.engine.device()?;
+            let attempt =
+                async move { connection::connect(&server, &identity, &device, timeout).await };
             tokio::pin!(attempt);
             let result = loop {
                 // Once the user has left, input is not read again: a closed

@@ -16,6 +16,7 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use super::ClientError;
 use crate::identity::{Identity, PublicKey};
 use crate::protocol::{self, Frame, MAX_FRAME_BYTES, SUPPORTED_VERSIONS};
+use crate::store::device::Device;
 
 /// The router used when neither `--server` nor `CHAT_SERVER` says otherwise.
 pub const DEFAULT_SERVER: &str = "ws://localhost:8080/ws";
@@ -138,14 +139,15 @@ pub struct Connection {
     closed: Option<(u16, String)>,
 }
 
-/// Connects to `server` and authenticates as `identity`, all within
-/// `timeout`.
+/// Connects to `server` and authenticates as `identity`'s `device`, all
+/// within `timeout`.
 pub async fn connect(
     server: &ServerUrl,
     identity: &Identity,
+    device: &Device,
     timeout: Duration,
 ) -> Result<Connection, ClientError> {
-    tokio::time::timeout(timeout, connect_inner(server, identity))
+    tokio::time::timeout(timeout, connect_inner(server, identity, device))
         .await
         .map_err(|_| ClientError::Unreachable {
             server: server.to_string(),
@@ -205,7 +207,11 @@ fn is_refused(e: &tokio_tungstenite::tungstenite::Error) -> bool {
         if matches!(io.kind(), std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::NotFound))
 }
 
-async fn connect_inner(server: &ServerUrl, identity: &Identity) -> Result<Connection, ClientError> {
+async fn connect_inner(
+    server: &ServerUrl,
+    identity: &Identity,
+    device: &Device,
+) -> Result<Connection, ClientError> {
     let mut config = WebSocketConfig::default();
     // Twice the frame limit: a frame the router accepts always fits.
     config.max_message_size = Some(2 * MAX_FRAME_BYTES);
@@ -226,12 +232,17 @@ async fn connect_inner(server: &ServerUrl, identity: &Identity) -> Result<Connec
         ended: None,
         closed: None,
     };
-    conn.authenticate(identity).await?;
+    conn.authenticate(identity, device, server).await?;
     Ok(conn)
 }
 
 impl Connection {
-    async fn authenticate(&mut self, identity: &Identity) -> Result<(), ClientError> {
+    async fn authenticate(
+        &mut self,
+        identity: &Identity,
+        device: &Device,
+        server: &ServerUrl,
+    ) -> Result<(), ClientError> {
         let challenge = match self.next_frame().await? {
             Some(Frame::Challenge(c)) => c,
             Some(Frame::Error(e)) => {
@@ -253,7 +264,16 @@ impl Connection {
                     challenge.versions, SUPPORTED_VERSIONS
                 ))
             })?;
-        let auth = protocol::sign_challenge(identity, version, &challenge.nonce);
+        // The signature names the router as dialed, so another router
+        // cannot relay this answer to open a session there.
+        let router = protocol::router_name(&server.0)
+            .map_err(|e| handshake(format!("cannot sign in: {e}")))?;
+        let who = protocol::AuthFor {
+            device: &device.id,
+            name: &device.name,
+            router: &router,
+        };
+        let auth = protocol::sign_challenge(identity, version, &challenge.nonce, who);
         self.send(&[Frame::Auth(auth)]).await?;
         match self.next_frame().await? {
             Some(Frame::Ready(ready)) => {

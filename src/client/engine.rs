@@ -152,6 +152,12 @@ impl Engine {
         }
     }
 
+    /// This profile's device (created on first use), which the router
+    /// session authenticates as.
+    pub fn device(&self) -> Result<store::device::Device, ClientError> {
+        Ok(self.store.device()?)
+    }
+
     /// The profile database.
     pub fn store(&self) -> &Store {
         &self.store
@@ -333,6 +339,11 @@ impl Engine {
                 Frame::Error(e) => self.on_error(e, &mut reaction)?,
                 // Handshake frames mid-session mean nothing to us.
                 Frame::Challenge(_) | Frame::Auth(_) | Frame::Ready(_) | Frame::Synced => {}
+                // Device lists are answers to requests the chat never makes.
+                Frame::ListDevices
+                | Frame::Devices(_)
+                | Frame::RemoveDevice(_)
+                | Frame::DeviceRemoved(_) => {}
             }
         }
         if !acks.is_empty() {

@@ -59,7 +59,8 @@ async fn session(
     on_update: &mut impl FnMut(&Update),
 ) -> Result<(), ClientError> {
     let left = deadline.saturating_duration_since(Instant::now());
-    let mut conn = connection::connect(server, engine.identity(), left).await?;
+    let device = engine.device()?;
+    let mut conn = connection::connect(server, engine.identity(), &device, left).await?;
     engine.connection_lost();
     engine.set_frame_limit(conn.max_frame_bytes());
     let outbox = engine.outbox_frames()?;

@@ -69,8 +69,13 @@ pub async fn run(
     let mut backoff = Backoff::default();
     let mut replaced = Backoff::new(Duration::from_secs(1), Duration::from_secs(15));
     loop {
-        let attempt =
-            connection::connect(&options.server, engine.identity(), options.connect_timeout);
+        let device = engine.device()?;
+        let attempt = connection::connect(
+            &options.server,
+            engine.identity(),
+            &device,
+            options.connect_timeout,
+        );
         let connected = tokio::select! {
             () = &mut stop => return Ok(()),
             result = attempt => result,

@@ -39,8 +39,8 @@ const CIPHERTEXT: &str = "tXv6xozs4V0Iu1lV0jfP0UCuPJ1crtxXvQ3jzopCU4AvsfxKdXv/Jk
 const SIG: &str =
     "9z76k9XHHRhz/bgORe/KxDtlssAjw4bnntLUYepAiz9DGUXEEZUPRTcm1kRIHx2IvbTCavFnSiPkuAh/2MIwBg==";
 const AUTH_SIG: &str =
-    "KMS8VPnQ9rdDW/UXvKbLyakboICF9VvC4MnB2JPeTPCs6D1rXqwUIvzcr0cP5GUIgjb3D4fC1X2y/8TUIHI+AA==";
-const AUTH_BYTES_HEX: &str = "0000000d636861742d7032702f617574680000000400000001000000208a88e3dd7409f195fd52db2d3cba5d72ca6709bf1d94121bf3748801b40f6f5c00000020aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+    "i0UaKy1Snm6nBpTRd515Itn8Ch3EgpBLIIn83/a34NhekDNiHVC5Q66Ifnqpx1X2ZNEgW50Fi4yyi8rYhneRBA==";
+const AUTH_BYTES_HEX: &str = "00000010636861742d7032702f76322f617574680000000400000002000000208a88e3dd7409f195fd52db2d3cba5d72ca6709bf1d94121bf3748801b40f6f5c00000020aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa0000001011111111111111111111111111111111000000066c6170746f700000001677733a2f2f3132372e302e302e313a383038302f7773";
 
 #[test]
 fn test_vector_keys_and_map() {
@@ -67,20 +67,55 @@ fn test_vector_ciphertext_and_signature() {
     );
 }
 
+/// The device and router of the auth test vector.
+fn vector_who() -> AuthFor<'static> {
+    static DEVICE: Uuid = Uuid::from_bytes([0x11; 16]);
+    AuthFor {
+        device: &DEVICE,
+        name: "laptop",
+        router: "ws://127.0.0.1:8080/ws",
+    }
+}
+
 #[test]
 fn test_vector_auth() {
     let nonce = [0xAA; 32];
-    let auth = sign_challenge(&alice(), 1, &nonce);
+    let auth = sign_challenge(&alice(), 2, &nonce, vector_who());
     assert_eq!(STANDARD.encode(auth.sig), AUTH_SIG);
     assert_eq!(
-        hex(&auth_signed_bytes(1, &alice().public_key(), &nonce)),
+        hex(&auth_signed_bytes(
+            2,
+            &alice().public_key(),
+            &nonce,
+            vector_who()
+        )),
         AUTH_BYTES_HEX
     );
     assert!(verify_auth(&alice().public_key(), &nonce, &auth));
     assert!(!verify_auth(&bob().public_key(), &nonce, &auth));
     assert!(!verify_auth(&alice().public_key(), &[0xAB; 32], &auth));
-    let other_version = Auth { version: 2, ..auth };
+    let other_version = Auth {
+        version: 3,
+        ..auth.clone()
+    };
     assert!(!verify_auth(&alice().public_key(), &nonce, &other_version));
+    // Each field is under the signature: another router, device or name
+    // makes it invalid.
+    let relayed = Auth {
+        router: "ws://evil.example:80/ws".to_owned(),
+        ..auth.clone()
+    };
+    assert!(!verify_auth(&alice().public_key(), &nonce, &relayed));
+    let other_device = Auth {
+        device: Uuid::from_bytes([0x22; 16]),
+        ..auth.clone()
+    };
+    assert!(!verify_auth(&alice().public_key(), &nonce, &other_device));
+    let renamed = Auth {
+        name: "desk".to_owned(),
+        ..auth
+    };
+    assert!(!verify_auth(&alice().public_key(), &nonce, &renamed));
 }
 
 #[test]
@@ -90,7 +125,7 @@ fn frames_round_trip_through_text() {
             versions: vec![1],
             nonce: [7; 32],
         }),
-        Frame::Auth(sign_challenge(&alice(), 1, &[7; 32])),
+        Frame::Auth(sign_challenge(&alice(), 2, &[7; 32], vector_who())),
         Frame::Ready(Ready {
             version: 1,
             key: alice().public_key(),
@@ -256,7 +291,7 @@ fn router_parse_agrees_with_the_full_parse() {
         parse_inbound(&to_text(&Frame::Ack(ack.clone())), MAX_FRAME_BYTES),
         Ok(Inbound::Ack(ack))
     );
-    let auth = sign_challenge(&alice(), 1, &[1; 32]);
+    let auth = sign_challenge(&alice(), 2, &[1; 32], vector_who());
     assert_eq!(
         parse_inbound(&to_text(&Frame::Auth(auth.clone())), MAX_FRAME_BYTES),
         Ok(Inbound::Auth(auth))
@@ -437,4 +472,35 @@ fn a_ciphertext_shorter_than_the_tag_is_a_bad_frame() {
     assert_eq!(err.code(), ErrorCode::BadFrame);
     frame.payload.ciphertext = vec![1; TAG_LEN];
     assert!(parse_inbound(&to_text(&Frame::Message(frame)), MAX_FRAME_BYTES).is_ok());
+}
+
+#[test]
+fn router_names_are_canonical() {
+    let same = [
+        "ws://127.0.0.1:8080/ws",
+        "WS://127.0.0.1:8080/ws?pub=abc",
+        "ws://127.0.0.1:8080",
+        "ws://127.0.0.1:8080/",
+    ];
+    for url in same {
+        assert_eq!(router_name(url).unwrap(), "ws://127.0.0.1:8080/ws", "{url}");
+    }
+    assert_eq!(
+        router_name("wss://Chat.Example.org/ws").unwrap(),
+        "wss://chat.example.org:443/ws"
+    );
+    assert_eq!(
+        router_name("ws://example.org/chat/ws").unwrap(),
+        "ws://example.org:80/chat/ws"
+    );
+    assert_eq!(router_name("ws://[::1]:9/ws").unwrap(), "ws://[::1]:9/ws");
+    for bad in [
+        "http://example.org/ws",
+        "example.org",
+        "ws://user:pw@example.org/ws",
+        "",
+        "ws://",
+    ] {
+        assert!(router_name(bad).is_err(), "{bad}");
+    }
 }

@@ -222,7 +222,13 @@ mod tests {
         let Some(Frame::Challenge(c)) = next(&mut ws).await else {
             panic!("no challenge")
         };
-        let auth = protocol::sign_challenge(id, protocol::VERSION, &c.nonce);
+        let router = protocol::router_name(&format!("ws://{addr}/ws")).unwrap();
+        let who = protocol::AuthFor {
+            device: &uuid::Uuid::new_v4(),
+            name: "test",
+            router: &router,
+        };
+        let auth = protocol::sign_challenge(id, protocol::VERSION, &c.nonce, who);
         send(&mut ws, protocol::to_text(&Frame::Auth(auth))).await;
         assert!(matches!(next(&mut ws).await, Some(Frame::Ready(_))));
         ws

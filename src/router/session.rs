@@ -637,6 +637,10 @@ impl<'a, B: Backend, S: AsyncRead + AsyncWrite + Unpin> Session<'a, B, S> {
                 }
                 Ok(())
             }
+            Inbound::ListDevices | Inbound::RemoveDevice(_) => {
+                let msg = "device requests are not served by this router yet";
+                self.conn.error(None, ErrorCode::UnknownType, msg).await
+            }
             Inbound::Auth(_) => {
                 let msg = "this session is already authenticated";
                 self.conn.error(None, ErrorCode::BadFrame, msg).await

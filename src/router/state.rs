@@ -231,15 +231,20 @@ mod tests {
         let alice = Identity::generate();
         let hs = Handshake::new(alice.public_key());
         let nonce = hs.challenge().nonce;
-        let good = Frame::Auth(protocol::sign_challenge(&alice, 1, &nonce));
-        assert_eq!(hs.answer(&good), Ok(1));
+        let who = protocol::AuthFor {
+            device: &Uuid::new_v4(),
+            name: "test",
+            router: "ws://127.0.0.1:8080/ws",
+        };
+        let good = Frame::Auth(protocol::sign_challenge(&alice, 2, &nonce, who));
+        assert_eq!(hs.answer(&good), Ok(2));
         let mallory = Identity::generate();
-        let bad = Frame::Auth(protocol::sign_challenge(&mallory, 1, &nonce));
+        let bad = Frame::Auth(protocol::sign_challenge(&mallory, 2, &nonce, who));
         assert_eq!(hs.answer(&bad).unwrap_err().0, ErrorCode::BadSignature);
-        let stale = Frame::Auth(protocol::sign_challenge(&alice, 1, &[0; 32]));
+        let stale = Frame::Auth(protocol::sign_challenge(&alice, 2, &[0; 32], who));
         assert_eq!(hs.answer(&stale).unwrap_err().0, ErrorCode::BadSignature);
-        let v2 = Frame::Auth(protocol::sign_challenge(&alice, 2, &nonce));
-        assert_eq!(hs.answer(&v2).unwrap_err().0, ErrorCode::UnsupportedVersion);
+        let v1 = Frame::Auth(protocol::sign_challenge(&alice, 1, &nonce, who));
+        assert_eq!(hs.answer(&v1).unwrap_err().0, ErrorCode::UnsupportedVersion);
         let ack = Frame::Ack(protocol::Ack {
             id: Uuid::now_v7(),
             at: None,

@@ -92,6 +92,9 @@ pub enum Error {
     /// A contact name that cannot be used.
     #[error("{0}")]
     BadContactName(String),
+    /// A device name that cannot be used.
+    #[error("that device name cannot be used: {0}")]
+    BadDeviceName(String),
     /// Another contact already has this name (ignoring case).
     #[error("a contact named '{0}' already exists: choose another name, or 'chat-p2p rename-contact' the existing one")]
     NameTaken(String),

@@ -14,6 +14,7 @@
 
 mod contacts;
 pub mod conversations;
+pub mod device;
 mod error;
 pub mod fts;
 mod identity;

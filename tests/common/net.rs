@@ -128,6 +128,17 @@ pub async fn connect_raw(addr: &str, key: &PublicKey) -> Socket {
     ws
 }
 
+/// An `auth` answering `nonce` as `id`'s `device` at the router on `addr`.
+pub fn auth(id: &Identity, nonce: &[u8; 32], addr: &str, device: &Uuid) -> Frame {
+    let router = protocol::router_name(&format!("ws://{addr}/ws")).expect("a router address");
+    let who = protocol::AuthFor {
+        device,
+        name: "test",
+        router: &router,
+    };
+    Frame::Auth(protocol::sign_challenge(id, protocol::VERSION, nonce, who))
+}
+
 /// Next data frame on `ws`, parsed; panics when the socket closes.
 pub async fn next_frame(ws: &mut Socket) -> Frame {
     loop {
@@ -199,11 +210,7 @@ impl Client {
     pub async fn connect(addr: &str, id: Identity) -> Client {
         let mut ws = connect_raw(addr, &id.public_key()).await;
         let nonce = read_challenge(&mut ws).await;
-        send_frame(
-            &mut ws,
-            &Frame::Auth(protocol::sign_challenge(&id, protocol::VERSION, &nonce)),
-        )
-        .await;
+        send_frame(&mut ws, &auth(&id, &nonce, addr, &Uuid::new_v4())).await;
         match next_frame(&mut ws).await {
             Frame::Ready(r) => assert_eq!(r.key, id.public_key()),
             other => panic!("expected ready, got {other:?}"),
