@@ -131,6 +131,18 @@ impl Observer for Screen {
         }
     }
 
+    fn passphrase(&self) -> Result<zeroize::Zeroizing<String>, String> {
+        let prompt = "The secret key arrives sealed: its passphrase, to register this device: ";
+        super::passphrase::ask(prompt, super::passphrase::PASSPHRASE_FILE_ENV, || {
+            format!(
+                "the secret key is protected by a passphrase and there is no terminal to ask \
+                 for it: set {} to a file whose first line is the passphrase",
+                super::passphrase::PASSPHRASE_FILE_ENV
+            )
+        })
+        .map_err(|e| format!("{e:#}"))
+    }
+
     fn paused(&self, chunk: u64) {
         errln!("link: paused at chunk {chunk}");
     }
@@ -139,13 +151,15 @@ impl Observer for Screen {
 fn issue(ctx: &Context, args: &LinkArgs) -> Result<()> {
     // The secret key is handed over as stored (sealed if it has a
     // passphrase): no need to unlock it here.
-    let (_store, _key) = ctx.open_with_key()?;
+    let (store, _key) = ctx.open_with_key()?;
+    let device = store.device()?;
+    drop(store);
     let server = args.server.server.clone();
     let options = IssueOptions {
         server: server.clone(),
         expires: Duration::from_secs(args.expires),
         timeout: Duration::from_secs(args.timeout),
-        device_name: host_name(),
+        device_name: device.name,
     };
     let screen = Screen::new(args.json, server.to_string());
     let started = Instant::now();
@@ -177,11 +191,17 @@ fn issue(ctx: &Context, args: &LinkArgs) -> Result<()> {
 
 fn join(ctx: &Context, code: &str, args: &LinkArgs) -> Result<()> {
     let code = Code::parse(code).map_err(|e| UsageError(e.to_string()))?;
+    let device_name = match &args.device_name {
+        Some(name) => crate::store::device::check_name(name)
+            .map_err(|e| UsageError(e.to_string()))?
+            .to_owned(),
+        None => crate::store::device::default_name(),
+    };
     let options = JoinOptions {
         server: args.server.server.clone(),
         timeout: Duration::from_secs(args.timeout),
         profile: ctx.profile.name.to_string(),
-        device_name: args.device_name.clone().unwrap_or_else(host_name),
+        device_name,
     };
     let screen = Screen::new(args.json, args.server.server.to_string());
     let db = ctx.profile.db_path();
@@ -211,14 +231,4 @@ fn join(ctx: &Context, code: &str, args: &LinkArgs) -> Result<()> {
         )?;
     }
     Ok(())
-}
-
-/// This machine's host name, the default device name.
-fn host_name() -> String {
-    ["/proc/sys/kernel/hostname", "/etc/hostname"]
-        .iter()
-        .find_map(|p| std::fs::read_to_string(p).ok())
-        .map(|s| s.trim().to_owned())
-        .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| "this device".to_owned())
 }

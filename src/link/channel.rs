@@ -22,6 +22,7 @@ use crate::client::{ClientError, ServerUrl};
 use crate::crypto::MessageKey;
 use crate::identity::{Identity, PublicKey};
 use crate::protocol::{Ack, ErrorCode, Frame, MessageFrame, MAX_FRAME_BYTES};
+use crate::store::device::Device;
 
 /// How long to wait before sending again a frame the router dropped.
 const RETRY_DELAY: Duration = Duration::from_millis(50);
@@ -61,7 +62,8 @@ impl Channel {
     ) -> Result<Self, LinkError> {
         let me = wire::rendezvous(nameplate, side);
         let peer = wire::rendezvous(nameplate, side.other()).public_key();
-        let conn = connect_ephemeral(server, &me, timeout).await?;
+        let device = wire::rendezvous_device(nameplate, side);
+        let conn = connect_ephemeral(server, &me, device, timeout).await?;
         Ok(Self {
             conn,
             me,
@@ -275,12 +277,18 @@ impl Channel {
     }
 }
 
-/// Connects as a throwaway key. Kept apart: with protocol v2 the session
-/// names a device, and a rendezvous key uses a fresh random one.
+/// Connects as a rendezvous key, always as the same device of it (see
+/// [`wire::rendezvous_device`]).
 async fn connect_ephemeral(
     server: &ServerUrl,
     me: &Identity,
+    device: Uuid,
     timeout: Duration,
 ) -> Result<Connection, LinkError> {
-    Ok(connection::connect(server, me, timeout).await?)
+    let device = Device {
+        id: device,
+        name: "link".to_owned(),
+        created_at: String::new(),
+    };
+    Ok(connection::connect(server, me, &device, timeout).await?)
 }

@@ -194,7 +194,9 @@ async fn hand_over(
         device_name: options.device_name.clone(),
     }))
     .await?;
-    let (device_id, device_name) = match expect_note(ch, options.timeout).await? {
+    // The new device may ask its user for the key's passphrase first.
+    let patience = options.timeout.max(options.expires);
+    let (device_id, device_name) = match expect_note(ch, patience).await? {
         Note::Ready {
             device_id,
             device_name,

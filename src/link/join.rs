@@ -12,9 +12,11 @@ use super::code::Code;
 use super::snapshot::{self, Receiving};
 use super::wire::{self, b64, unb64, Body, Closed, Note, SecretAsStored, Side};
 use super::{maybe_pause, LinkError, Observer};
-use crate::client::ServerUrl;
+use crate::client::{connection, ServerUrl};
 use crate::identity::{Identity, PublicKey};
-use crate::store::{DeviceRow, Store};
+use crate::keywrap::{self, KdfParams, WrappedKey};
+use crate::store::device::Device;
+use crate::store::Store;
 
 /// Chunks between two progress notes.
 const PROGRESS_EVERY: u64 = 32;
@@ -190,16 +192,28 @@ async fn receive(
         }
         other => return Err(unexpected(&other)),
     };
-    check_secret(&public_key, &secret)?;
     if let Some(key) = existing.filter(|k| *k != public_key) {
         return Err(LinkError::OtherIdentity {
             profile: options.profile.clone(),
             key: key.to_base64(),
         });
     }
-    let device = new_device(&options.device_name);
-    register_device(&options.server, &public_key, &secret, &device).await?;
-    let device_id = uuid::Uuid::from_bytes(device.id).to_string();
+    let device = Device {
+        id: uuid::Uuid::new_v4(),
+        name: options.device_name.clone(),
+        created_at: String::new(),
+    };
+    let timeout = options.timeout;
+    register_device(
+        &options.server,
+        &public_key,
+        &secret,
+        &device,
+        timeout,
+        observer,
+    )
+    .await?;
+    let device_id = device.id.to_string();
     ch.send(&Body::Note(Note::Ready {
         device_id: device_id.clone(),
         device_name: device.name.clone(),
@@ -237,7 +251,7 @@ async fn receive(
     };
     rx.finish(bytes, &unb64(&sha256)?)?;
     let replaced = db.exists();
-    let messages = rx.install(&public_key, &device)?;
+    let messages = rx.install(&public_key, device.id, &device.name)?;
     ch.send(&Body::Note(Note::Done { messages })).await?;
     let _ = ch.flush(Instant::now() + options.timeout).await?;
     Ok(Joined {
@@ -250,42 +264,61 @@ async fn receive(
     })
 }
 
-/// A plain secret must be the seed of the key announced; a sealed one is
-/// checked when its passphrase is first used.
-fn check_secret(key: &PublicKey, secret: &SecretAsStored) -> Result<(), LinkError> {
-    if let SecretAsStored::Plain { seed } = secret {
-        let seed = Zeroizing::new(unb64(seed)?);
-        let seed: &[u8; 32] = seed
-            .as_slice()
-            .try_into()
-            .map_err(|_| LinkError::Protocol("a secret key of the wrong length".into()))?;
-        if Identity::from_secret_bytes(seed).public_key() != *key {
-            return Err(LinkError::Protocol(
-                "the secret key does not match the public key".into(),
-            ));
-        }
-    }
-    Ok(())
-}
-
-/// This device as the profile will name it: a fresh random id.
-fn new_device(name: &str) -> DeviceRow {
-    DeviceRow {
-        id: *uuid::Uuid::new_v4().as_bytes(),
-        name: name.to_owned(),
-    }
-}
-
-/// Makes the router know this device for the identity, so frames for the
-/// key are kept for it from now on. Protocol v1 has no devices: nothing
-/// to do until the v2 router lands.
+/// Makes the router know this device for the identity (a session as
+/// `device` of the key, closed at once), so frames for the key are kept
+/// for it from now on. A sealed key is opened with the passphrase, asked
+/// once through `observer`.
 async fn register_device(
-    _server: &ServerUrl,
-    _key: &PublicKey,
-    _secret: &SecretAsStored,
-    _device: &DeviceRow,
+    server: &ServerUrl,
+    key: &PublicKey,
+    secret: &SecretAsStored,
+    device: &Device,
+    timeout: Duration,
+    observer: &dyn Observer,
 ) -> Result<(), LinkError> {
+    let identity = match secret {
+        SecretAsStored::Plain { seed } => identity_from_seed(key, &unb64(seed)?)?,
+        SecretAsStored::Wrapped {
+            memory_kib,
+            iterations,
+            parallelism,
+            salt,
+            sealed,
+        } => {
+            let wrapped = WrappedKey {
+                params: KdfParams {
+                    memory_kib: *memory_kib,
+                    iterations: *iterations,
+                    parallelism: *parallelism,
+                },
+                salt: unb64(salt)?,
+                sealed: unb64(sealed)?,
+            };
+            let passphrase = observer.passphrase().map_err(LinkError::Passphrase)?;
+            let seed = keywrap::unwrap(&wrapped, key, passphrase.as_bytes())
+                .map_err(|e| LinkError::Passphrase(e.to_string()))?;
+            identity_from_seed(key, seed.as_ref())?
+        }
+    };
+    connection::connect(server, &identity, device, timeout)
+        .await?
+        .close()
+        .await;
     Ok(())
+}
+
+/// The key pair of `seed`, which must be `key`'s.
+fn identity_from_seed(key: &PublicKey, seed: &[u8]) -> Result<Identity, LinkError> {
+    let seed: &[u8; 32] = seed
+        .try_into()
+        .map_err(|_| LinkError::Protocol("a secret key of the wrong length".into()))?;
+    let identity = Identity::from_secret_bytes(seed);
+    if identity.public_key() != *key {
+        return Err(LinkError::Protocol(
+            "the secret key does not match the public key".into(),
+        ));
+    }
+    Ok(identity)
 }
 
 async fn next_body(ch: &mut Channel, timeout: Duration) -> Result<Body, LinkError> {

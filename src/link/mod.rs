@@ -55,6 +55,9 @@ pub trait Observer {
     fn transfer(&self, bytes: u64);
     /// `bytes` of the snapshot are through so far.
     fn progress(&self, bytes: u64);
+    /// The passphrase of the identity's secret key (new side, when the
+    /// key arrives sealed): needed once, to register this device.
+    fn passphrase(&self) -> Result<zeroize::Zeroizing<String>, String>;
     /// A test asked the transfer to stop at `chunk` ([`PAUSE_ENV`]); it
     /// waits there to be killed.
     fn paused(&self, chunk: u64);
@@ -143,6 +146,9 @@ pub enum LinkError {
     /// The received profile failed a check; nothing was installed.
     #[error("the received profile is not usable ({0}); nothing was installed")]
     BadCopy(String),
+    /// New side: the passphrase does not open the secret key.
+    #[error("the passphrase does not open the secret key; nothing was received: {0}")]
+    Passphrase(String),
     /// The existing profile has no identity.
     #[error("this profile has no identity to link: run 'init' first")]
     NoIdentity,

@@ -11,7 +11,8 @@ use sha2::{Digest, Sha256};
 
 use super::LinkError;
 use crate::identity::PublicKey;
-use crate::store::{self, DeviceRow, Store};
+use crate::store::{self, Store};
+use uuid::Uuid;
 
 /// zstd level: 3 (zstd's default) takes a 65 MB profile to 18 MB in a
 /// third of a second; level 1 gives 20 MB, level 6 17.5 MB in 1.6 s.
@@ -281,7 +282,7 @@ impl Receiving {
 
     /// Checks the received file, makes it this device's and renames it
     /// over the profile. Returns the messages it holds.
-    pub fn install(self, identity: &PublicKey, device: &DeviceRow) -> Result<u64, LinkError> {
+    pub fn install(self, identity: &PublicKey, device: Uuid, name: &str) -> Result<u64, LinkError> {
         check_integrity(&self.path)?;
         let mut copy = Store::open(&self.path).map_err(|e| LinkError::BadCopy(e.to_string()))?;
         match copy.public_key()? {
@@ -292,7 +293,7 @@ impl Receiving {
                 ))
             }
         }
-        copy.adopt_linked_copy(device)?;
+        copy.adopt_linked_copy(device, name)?;
         let messages = copy.message_count()?;
         checkpoint(&copy)?;
         drop(copy);
@@ -390,13 +391,11 @@ mod tests {
         }
         assert_eq!(stream.raw_bytes(), snap.bytes);
         rx.finish(snap.bytes, &stream.sha256()).unwrap();
-        let device = DeviceRow {
-            id: [1; 16],
-            name: "new".into(),
-        };
-        assert_eq!(rx.install(&id.public_key(), &device).unwrap(), 1);
+        let device = Uuid::new_v4();
+        assert_eq!(rx.install(&id.public_key(), device, "new").unwrap(), 1);
         let copy = Store::open(&dst).unwrap();
         assert_eq!(copy.public_key().unwrap(), Some(id.public_key()));
+        assert_eq!(copy.device().unwrap().id, device);
         assert!(!beside(&dst, PARTIAL_SUFFIX).exists());
         let path = snap.path.clone();
         drop(snap);

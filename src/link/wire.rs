@@ -34,6 +34,7 @@ use crate::identity::{Identity, PublicKey};
 use crate::protocol::{self, MessageFrame, Payload};
 
 const RENDEZVOUS_LABEL: &[u8] = b"chat-p2p/link/v1/rendezvous";
+const RENDEZVOUS_DEVICE_LABEL: &[u8] = b"chat-p2p/link/v1/rendezvous-device";
 const BOX_LABEL: &[u8] = b"chat-p2p/link/v1/box-key";
 const SESSION_LABEL: &[u8] = b"chat-p2p/link/v1/session-key";
 const CONFIRM_LABEL: &[u8] = b"chat-p2p/link/v1/confirm";
@@ -101,6 +102,22 @@ pub fn rendezvous(nameplate: &str, side: Side) -> Identity {
         &length_prefixed(&[RENDEZVOUS_LABEL, side.label()]),
     );
     Identity::from_secret_bytes(&seed)
+}
+
+/// The device id `side` connects its rendezvous key as. Fixed by the
+/// nameplate rather than random: the router gives a key's frames queued
+/// before a device first registered only to the key's *first* device, so
+/// a second try with the same code (another process, another random id)
+/// would never see the "closed" note the existing device left; as the same
+/// device it does, and at most one session per side is live.
+pub fn rendezvous_device(nameplate: &str, side: Side) -> Uuid {
+    let bytes = hkdf(
+        nameplate.as_bytes(),
+        &length_prefixed(&[RENDEZVOUS_DEVICE_LABEL, side.label()]),
+    );
+    let mut id = [0u8; 16];
+    id.copy_from_slice(&bytes[..16]);
+    uuid::Builder::from_random_bytes(id).into_uuid()
 }
 
 /// The key of the messages sent before the PAKE finishes.

@@ -10,10 +10,10 @@
 //!   [`LINKED_BEFORE_SENT`]; `outbox retry` there sends one anyway.
 //! - **receipts waiting to go out** (`receipt_outbox`): the same, for
 //!   delivered and read receipts.
-//! - **this device's id and name** (the `device` table, once it exists):
+//! - **this device's id and name** (the `device` table):
 //!   replaced by the new device's own.
 
-use rusqlite::{params, OptionalExtension};
+use uuid::Uuid;
 
 use super::messages::apply_status_tx;
 use super::status::{MessageId, Status};
@@ -25,21 +25,12 @@ use crate::clock;
 pub const LINKED_BEFORE_SENT: &str =
     "linked from another device before it was sent: that device sends it";
 
-/// This device, as the `device` table names it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DeviceRow {
-    /// Random, 16 bytes.
-    pub id: [u8; 16],
-    /// For people: the host name or `--device-name`.
-    pub name: String,
-}
-
 impl Store {
     /// Makes a copy of another device's profile this device's own:
     /// pending messages fail here (the other device sends them), queued
-    /// receipts are dropped, and the device row (when the schema has one)
-    /// becomes `device`. Returns how many messages were pending.
-    pub fn adopt_linked_copy(&mut self, device: &DeviceRow) -> Result<usize> {
+    /// receipts are dropped, and the device row becomes `device` named
+    /// `name`. Returns how many messages were pending.
+    pub fn adopt_linked_copy(&mut self, device: Uuid, name: &str) -> Result<usize> {
         let tx = self.transaction()?;
         let pending: Vec<MessageId> = {
             let mut stmt = tx.prepare(
@@ -54,21 +45,8 @@ impl Store {
             apply_status_tx(&tx, id, Status::Failed, &now, Some(LINKED_BEFORE_SENT))?;
         }
         tx.execute("DELETE FROM receipt_outbox", [])?;
-        let has_device_table: Option<i64> = tx
-            .query_row(
-                "SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = 'device'",
-                [],
-                |r| r.get(0),
-            )
-            .optional()?;
-        if has_device_table.is_some() {
-            tx.execute("DELETE FROM device", [])?;
-            tx.execute(
-                "INSERT INTO device (id, name, created_at) VALUES (?1, ?2, ?3)",
-                params![&device.id[..], device.name, now],
-            )?;
-        }
         tx.commit()?;
+        self.set_device(device, name)?;
         Ok(pending.len())
     }
 }
@@ -92,11 +70,14 @@ mod tests {
                 [peer.to_base64()],
             )
             .unwrap();
-        let device = DeviceRow {
-            id: [7; 16],
-            name: "laptop".into(),
-        };
-        assert_eq!(store.adopt_linked_copy(&device).unwrap(), 1);
+        let device = Uuid::new_v4();
+        store.device().unwrap();
+        assert_eq!(store.adopt_linked_copy(device, "laptop").unwrap(), 1);
+        let now_device = store.device().unwrap();
+        assert_eq!(
+            (now_device.id, now_device.name.as_str()),
+            (device, "laptop")
+        );
         let now = store.message(&pending.msg_id).unwrap().unwrap();
         assert_eq!(now.status, Status::Failed);
         assert_eq!(now.failure_reason.as_deref(), Some(LINKED_BEFORE_SENT));
@@ -112,6 +93,6 @@ mod tests {
         assert_eq!(receipts, 0);
         assert_eq!(store.message_count().unwrap(), 1);
         // Again: nothing left to change.
-        assert_eq!(store.adopt_linked_copy(&device).unwrap(), 0);
+        assert_eq!(store.adopt_linked_copy(device, "laptop").unwrap(), 0);
     }
 }

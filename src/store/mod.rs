@@ -38,7 +38,6 @@ pub use error::Error;
 pub(crate) use identity::set_identity_tx;
 pub use identity::StoredSecret;
 pub use ids::{IdQuery, Scope};
-pub use link::DeviceRow;
 pub use messages::{Event, Inserted, Message};
 pub use schema::{inspect as inspect_schema, latest_version as latest_schema_version};
 pub use search::{Filter, Hit, Order, TimeBound};
