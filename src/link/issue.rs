@@ -216,8 +216,10 @@ async fn hand_over(
         sha256: b64(&sha256),
     }))
     .await?;
+    // The new device checks the whole file before it answers: for a large
+    // profile that takes longer than a step of the transfer.
     loop {
-        match expect_note(ch, options.timeout).await? {
+        match expect_note(ch, patience).await? {
             Note::Done { messages } => {
                 return Ok(Linked {
                     device_id,
