@@ -285,6 +285,11 @@ fn a_wrong_code_fails_on_both_sides_and_imports_nothing() {
     // The code is spent: the right one now fails too.
     let right = join(&env, "laptop", &router, &code, &[]);
     assert_eq!(right.status.code(), Some(1));
+    assert!(
+        stderr(&right).contains("wrong password"),
+        "{}",
+        stderr(&right)
+    );
     assert!(!env.db("laptop").exists());
 }
 

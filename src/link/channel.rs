@@ -91,11 +91,13 @@ impl Channel {
         self.recv_key = Some(wire::session_key(shared, me.other()));
     }
 
-    /// Sends a note under the box key.
-    pub async fn send_box(&mut self, note: Note) -> Result<(), LinkError> {
+    /// Sends a note under the box key; returns the frame's id.
+    pub async fn send_box(&mut self, note: Note) -> Result<Uuid, LinkError> {
         let body = Body::Note(note).encode()?;
         let frame = wire::seal(&self.me, &self.peer, &self.box_key, Layer::Box, 0, &body)?;
-        self.transmit(frame).await
+        let id = frame.id;
+        self.transmit(frame).await?;
+        Ok(id)
     }
 
     /// Sends a session message (after [`Channel::start_session`]).

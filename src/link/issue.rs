@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use spake2::{Ed25519Group, Identity as PakeId, Password, Spake2};
 use tokio::time::Instant;
+use uuid::Uuid;
 use zeroize::Zeroizing;
 
 use super::channel::{Channel, Incoming};
@@ -17,6 +18,9 @@ use crate::store::{Store, StoredSecret};
 
 /// Chunks sent ahead of the new device's last progress note.
 const AHEAD: u64 = 128;
+/// A pessimistic speed of the new device's checks (`PRAGMA
+/// integrity_check` and the rest), to know how long to wait for its "done".
+const CHECK_BYTES_PER_SEC: u64 = 20_000_000;
 /// Frames sent and not yet acknowledged by the router.
 const IN_FLIGHT: usize = 64;
 
@@ -91,7 +95,8 @@ pub async fn issue(
     }
     observer.code(&code, &expires_text);
     let deadline = Instant::now() + options.expires;
-    let shared = match wait_reply(&mut ch, pake, deadline).await {
+    let mut refused = None;
+    let shared = match wait_reply(&mut ch, pake, deadline, &mut refused).await {
         Ok(shared) => shared,
         Err(e) => {
             let reason = match e {
@@ -99,7 +104,7 @@ pub async fn issue(
                 LinkError::WrongCodeTyped => Closed::WrongCode,
                 _ => Closed::Failed,
             };
-            close_code(ch, reason, options.timeout).await;
+            close_code(ch, reason, refused, options.timeout).await;
             return Err(match e {
                 LinkError::Expired { .. } => LinkError::Expired { at: expires_text },
                 other => other,
@@ -109,7 +114,7 @@ pub async fn issue(
     ch.start_session(&shared, Side::Old);
     match hand_over(&mut ch, db, &shared, public, secret, options, observer).await {
         Ok(linked) => {
-            close_code(ch, Closed::Used, options.timeout).await;
+            close_code(ch, Closed::Used, None, options.timeout).await;
             Ok(linked)
         }
         Err(e) => {
@@ -117,7 +122,7 @@ pub async fn issue(
                 let reason = e.to_string();
                 let _ = ch.send(&Body::Note(Note::Abort { reason })).await;
             }
-            close_code(ch, Closed::Failed, options.timeout).await;
+            close_code(ch, Closed::Failed, None, options.timeout).await;
             Err(e)
         }
     }
@@ -125,19 +130,20 @@ pub async fn issue(
 
 /// Leaves a note that the code is closed for whoever tries it next, and
 /// ends the session (best effort: the link's outcome is already known).
-async fn close_code(mut ch: Channel, reason: Closed, timeout: Duration) {
-    if ch.send_box(Note::Closed { reason }).await.is_ok() {
+async fn close_code(mut ch: Channel, reason: Closed, refused: Option<Uuid>, timeout: Duration) {
+    if ch.send_box(Note::Closed { reason, refused }).await.is_ok() {
         let _ = ch.flush(Instant::now() + timeout).await;
     }
     ch.close().await;
 }
 
 /// Waits for the new device's SPAKE2 message and checks its confirmation:
-/// the shared key.
+/// the shared key. A refused reply's id is left in `refused`.
 async fn wait_reply(
     ch: &mut Channel,
     pake: Spake2<Ed25519Group>,
     deadline: Instant,
+    refused: &mut Option<Uuid>,
 ) -> Result<Zeroizing<Vec<u8>>, LinkError> {
     loop {
         let Some(incoming) = ch.recv(deadline).await? else {
@@ -154,6 +160,7 @@ async fn wait_reply(
             continue;
         };
         ch.ack(id).await?;
+        *refused = Some(id);
         let shared = Zeroizing::new(
             pake.finish(&unb64(&theirs)?)
                 .map_err(|_| LinkError::WrongCodeTyped)?,
@@ -216,10 +223,11 @@ async fn hand_over(
         sha256: b64(&sha256),
     }))
     .await?;
-    // The new device checks the whole file before it answers: for a large
-    // profile that takes longer than a step of the transfer.
+    // The new device checks the whole file before it answers: allow a
+    // second per 20 MB on top of a step's time.
+    let checking = options.timeout + Duration::from_secs(snapshot.bytes / CHECK_BYTES_PER_SEC);
     loop {
-        match expect_note(ch, patience).await? {
+        match expect_note(ch, checking).await? {
             Note::Done { messages } => {
                 return Ok(Linked {
                     device_id,

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use spake2::{Ed25519Group, Identity as PakeId, Password, Spake2};
 use tokio::time::Instant;
+use uuid::Uuid;
 use zeroize::Zeroizing;
 
 use super::channel::{Channel, Incoming};
@@ -70,8 +71,9 @@ pub async fn join(
         options.timeout,
     )
     .await?;
-    let shared = pake(&mut ch, code, options.timeout).await?;
-    let result = receive(&mut ch, db, &shared, existing, options, observer).await;
+    let (shared, hello, reply) = pake(&mut ch, code, options.timeout).await?;
+    let ids = Exchanged { hello, reply };
+    let result = receive(&mut ch, db, &shared, ids, existing, options, observer).await;
     if let Err(e) = &result {
         if !matches!(e, LinkError::Aborted(_) | LinkError::Client(_)) {
             let reason = e.to_string();
@@ -91,12 +93,14 @@ fn existing_identity(db: &Path) -> Result<Option<PublicKey>, LinkError> {
     Ok(Store::open(db)?.public_key()?)
 }
 
-/// Reads the existing device's first message, answers it: the shared key.
+/// Reads the existing device's first message, answers it: the shared key,
+/// and the hello's id, acknowledged only once the existing device has
+/// confirmed (a join killed before that can try the same code again).
 async fn pake(
     ch: &mut Channel,
     code: &Code,
     timeout: Duration,
-) -> Result<Zeroizing<Vec<u8>>, LinkError> {
+) -> Result<(Zeroizing<Vec<u8>>, Uuid, Uuid), LinkError> {
     let deadline = Instant::now() + timeout;
     let (theirs, hello_id) = loop {
         let Some(incoming) = ch.recv(deadline).await? else {
@@ -106,7 +110,7 @@ async fn pake(
         };
         match incoming {
             // Left queued for whoever tries next: not acknowledged.
-            Incoming::Boxed(Note::Closed { reason }, _) => return Err(closed(reason)),
+            Incoming::Boxed(Note::Closed { reason, .. }, _) => return Err(closed_before(reason)),
             Incoming::Boxed(Note::Hello { pake, expires_at }, id) => {
                 if chrono::DateTime::parse_from_rfc3339(&expires_at)
                     .is_ok_and(|at| at < chrono::Utc::now())
@@ -120,6 +124,13 @@ async fn pake(
             _ => {}
         }
     };
+    // A "closed" note queued behind the hello (the code was used, or
+    // someone typed it wrong): no use answering.
+    while let Some(incoming) = ch.try_recv() {
+        if let Incoming::Boxed(Note::Closed { reason, .. }, _) = incoming {
+            return Err(closed_before(reason));
+        }
+    }
     let (pake, mine) = Spake2::<Ed25519Group>::start_b_with_rng(
         &Password::new(code.password()),
         &PakeId::new(wire::PAKE_OLD),
@@ -132,13 +143,13 @@ async fn pake(
     );
     // Keys first: the answer to this reply is sealed under them.
     ch.start_session(&shared, Side::New);
-    ch.ack(hello_id).await?;
-    ch.send_box(Note::Reply {
-        pake: b64(&mine),
-        confirm: b64(&wire::confirmation(&shared, Side::New)),
-    })
-    .await?;
-    Ok(shared)
+    let reply = ch
+        .send_box(Note::Reply {
+            pake: b64(&mine),
+            confirm: b64(&wire::confirmation(&shared, Side::New)),
+        })
+        .await?;
+    Ok((shared, hello_id, reply))
 }
 
 /// The error for an expired hello: the existing device's `closed` note if
@@ -146,13 +157,21 @@ async fn pake(
 async fn closed_after_hello(ch: &mut Channel, expires_at: String) -> LinkError {
     let soon = Instant::now() + Duration::from_millis(500);
     while let Ok(Some(incoming)) = ch.recv(soon).await {
-        if let Incoming::Boxed(Note::Closed { reason }, _) = incoming {
+        if let Incoming::Boxed(Note::Closed { reason, .. }, _) = incoming {
             if reason != Closed::Expired {
-                return closed(reason);
+                return closed_before(reason);
             }
         }
     }
     LinkError::Expired { at: expires_at }
+}
+
+/// The error for a code found closed before this device answered it.
+fn closed_before(reason: Closed) -> LinkError {
+    match reason {
+        Closed::WrongCode => LinkError::SpentByWrongTry,
+        other => closed(other),
+    }
 }
 
 fn closed(reason: Closed) -> LinkError {
@@ -166,16 +185,25 @@ fn closed(reason: Closed) -> LinkError {
     }
 }
 
+/// The frames of the exchange this device must recognise later.
+struct Exchanged {
+    /// The existing device's hello, acknowledged once it confirms.
+    hello: Uuid,
+    /// Our reply, which a `wrong-code` note names when it refuses it.
+    reply: Uuid,
+}
+
 /// Everything after the PAKE.
 async fn receive(
     ch: &mut Channel,
     db: &Path,
     shared: &[u8],
+    ids: Exchanged,
     existing: Option<PublicKey>,
     options: &JoinOptions,
     observer: &dyn Observer,
 ) -> Result<Joined, LinkError> {
-    let (public_key, secret, from_device) = match next_note(ch, options.timeout).await? {
+    let (public_key, secret, from_device) = match next_note(ch, options.timeout, ids.reply).await? {
         Note::Welcome {
             confirm,
             public_key,
@@ -186,6 +214,7 @@ async fn receive(
             if !wire::same_confirmation(&expected, &unb64(&confirm)?) {
                 return Err(LinkError::WrongCode);
             }
+            ch.ack(ids.hello).await?;
             let key =
                 PublicKey::parse(&public_key).map_err(|e| LinkError::Protocol(e.to_string()))?;
             (key, secret, device_name)
@@ -199,7 +228,7 @@ async fn receive(
         });
     }
     let device = Device {
-        id: uuid::Uuid::new_v4(),
+        id: Uuid::new_v4(),
         name: options.device_name.clone(),
         created_at: String::new(),
     };
@@ -219,7 +248,7 @@ async fn receive(
         device_name: device.name.clone(),
     }))
     .await?;
-    let bytes = match next_note(ch, options.timeout).await? {
+    let bytes = match next_note(ch, options.timeout, ids.reply).await? {
         Note::Manifest { bytes, .. } => bytes,
         other => return Err(unexpected(&other)),
     };
@@ -227,7 +256,7 @@ async fn receive(
     let mut rx = Receiving::start(db)?;
     let mut chunks = 0u64;
     let sha256 = loop {
-        match next_body(ch, options.timeout).await? {
+        match next_body(ch, options.timeout, ids.reply).await? {
             Body::Chunk(data) => {
                 rx.write(&data)?;
                 chunks += 1;
@@ -321,7 +350,9 @@ fn identity_from_seed(key: &PublicKey, seed: &[u8]) -> Result<Identity, LinkErro
     Ok(identity)
 }
 
-async fn next_body(ch: &mut Channel, timeout: Duration) -> Result<Body, LinkError> {
+/// The next session message; `reply` is this device's `reply` frame, to
+/// tell a refusal of it from an earlier wrong try.
+async fn next_body(ch: &mut Channel, timeout: Duration, reply: Uuid) -> Result<Body, LinkError> {
     loop {
         match ch.recv(Instant::now() + timeout).await? {
             None => {
@@ -333,10 +364,10 @@ async fn next_body(ch: &mut Channel, timeout: Duration) -> Result<Body, LinkErro
                 return Err(LinkError::Aborted(reason))
             }
             Some(Incoming::Session(body)) => return Ok(body),
-            Some(Incoming::Boxed(Note::Closed { reason }, _)) => {
+            Some(Incoming::Boxed(Note::Closed { reason, refused }, _)) => {
                 return Err(match reason {
-                    Closed::WrongCode => LinkError::WrongCode,
-                    other => closed(other),
+                    Closed::WrongCode if refused == Some(reply) => LinkError::WrongCode,
+                    other => closed_before(other),
                 })
             }
             Some(Incoming::Boxed(_, id)) => ch.ack(id).await?,
@@ -344,8 +375,8 @@ async fn next_body(ch: &mut Channel, timeout: Duration) -> Result<Body, LinkErro
     }
 }
 
-async fn next_note(ch: &mut Channel, timeout: Duration) -> Result<Note, LinkError> {
-    match next_body(ch, timeout).await? {
+async fn next_note(ch: &mut Channel, timeout: Duration, reply: Uuid) -> Result<Note, LinkError> {
+    match next_body(ch, timeout, reply).await? {
         Body::Note(note) => Ok(note),
         Body::Chunk(_) => Err(LinkError::Protocol("a chunk out of turn".into())),
     }

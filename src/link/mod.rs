@@ -111,6 +111,12 @@ pub enum LinkError {
     /// The code was used already.
     #[error("this code was already used: a code links one device; run 'link' again for a new one")]
     Used,
+    /// Someone typed the code wrong before: it is spent.
+    #[error(
+        "someone already tried this code with a wrong password, which spends it: \
+         run 'link' again for a new one"
+    )]
+    SpentByWrongTry,
     /// The code belonged to a link that failed.
     #[error("the link this code started has failed: run 'link' again for a new code")]
     Spent,

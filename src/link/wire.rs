@@ -289,6 +289,10 @@ pub enum Note {
     Closed {
         /// Why.
         reason: Closed,
+        /// With `wrong-code`: the id of the `reply` frame refused, so the
+        /// device that sent it knows it was its own try.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        refused: Option<Uuid>,
     },
     /// New → old, box key: the second SPAKE2 message and the new side's
     /// confirmation.
@@ -495,6 +499,7 @@ mod tests {
     fn notes_round_trip() {
         let note = Note::Closed {
             reason: Closed::WrongCode,
+            refused: Some(Uuid::nil()),
         };
         let bytes = Body::Note(note.clone()).encode().unwrap();
         assert!(matches!(Body::decode(&bytes).unwrap(), Body::Note(n) if n == note));
