@@ -13,6 +13,11 @@
 //! - router only: memory with receivers that never read (stalled), and the
 //!   RSS of N idle authenticated sessions.
 //!
+//! - devices (protocol v2): router throughput with one device per receiving
+//!   key and with two (each frame delivered to and acked by both), in the
+//!   same run, with the router's CPU per message; `router_load devices`
+//!   runs only this comparison, alternating 1 and 2 devices.
+//!
 //! `router_load parse` instead times `protocol::parse` on one frame.
 //!
 //! Settings come from the environment: `BENCH_PAIRS` (50), `BENCH_SECS`
@@ -91,6 +96,11 @@ fn main() {
         runtime.block_on(forwarder::run());
         return;
     }
+    if first.as_deref() == Some("devices") {
+        nanos();
+        runtime.block_on(devices_only());
+        return;
+    }
     nanos();
     runtime.block_on(run_all());
 }
@@ -162,6 +172,79 @@ async fn run_all() {
     println!("router_load: {pairs} pairs, {secs} s windows, offered {rate} msg/s, {idle} idle sessions, sender window {window}");
 
     let data = tempfile::tempdir().unwrap();
+    let router = start_router(data.path());
+    let mut cmd = Command::new(std::env::current_exe().unwrap());
+    cmd.arg("forwarder");
+    let forwarder = Server::start(cmd);
+    let dur = Duration::from_secs(secs);
+
+    let fwd_tp = load(&forwarder, pairs, None, window, dur, 1).await;
+    report("forwarder throughput", &fwd_tp);
+    let router_tp = load(&router, pairs, None, window, dur, 1).await;
+    report("router throughput   ", &router_tp);
+    println!(
+        "  router/forwarder = {:.0}% (target >= 50%)",
+        100.0 * router_tp.rate / fwd_tp.rate.max(1.0)
+    );
+    let two = load(&router, pairs, None, window, dur, 2).await;
+    report("router, 2 devices   ", &two);
+    compare_devices(&router_tp, &two);
+    let fwd_lat = load(&forwarder, pairs, Some(rate), window, dur, 1).await;
+    report("forwarder @ offered ", &fwd_lat);
+    let router_lat = load(&router, pairs, Some(rate), window, dur, 1).await;
+    report("router @ offered    ", &router_lat);
+    println!("  router p99 target < 20 ms at {rate} msg/s offered");
+
+    stalled(&router, pairs.min(20), window, dur).await;
+    idle_sessions(&router, idle).await;
+}
+
+/// One device per key against two, alternating (1, 2, 1, 2) against one
+/// router, flat out and at half the offered rate.
+async fn devices_only() {
+    let pairs = env("BENCH_PAIRS", 50) as usize;
+    let secs = env("BENCH_SECS", 5);
+    let rate = env("BENCH_RATE", 10_000);
+    let window = env("BENCH_WINDOW", 128) as usize;
+    println!("router_load devices: {pairs} pairs, {secs} s windows, sender window {window}");
+    let data = tempfile::tempdir().unwrap();
+    let router = start_router(data.path());
+    let dur = Duration::from_secs(secs);
+    for round in 1..=2 {
+        let one = load(&router, pairs, None, window, dur, 1).await;
+        report(&format!("round {round}, 1 device "), &one);
+        let two = load(&router, pairs, None, window, dur, 2).await;
+        report(&format!("round {round}, 2 devices"), &two);
+        compare_devices(&one, &two);
+    }
+    let offered = rate / 2;
+    let one = load(&router, pairs, Some(offered), window, dur, 1).await;
+    report(&format!("1 device  @ {offered}/s"), &one);
+    let two = load(&router, pairs, Some(offered), window, dur, 2).await;
+    report(&format!("2 devices @ {offered}/s"), &two);
+    compare_devices(&one, &two);
+}
+
+/// The second device's cost: router CPU per message with two devices per
+/// receiving key over that with one.
+fn compare_devices(one: &Outcome, two: &Outcome) {
+    println!(
+        "  CPU per message: 1 device {:.1} us, 2 devices {:.1} us = {:.2}x (target <= 1.5x); messages/s {:.0} -> {:.0}; accepted/received per device in the span {}/{} and {}/{}",
+        one.cpu_us_per_msg,
+        two.cpu_us_per_msg,
+        two.cpu_us_per_msg / one.cpu_us_per_msg.max(f64::MIN_POSITIVE),
+        one.rate,
+        two.rate,
+        one.accepted,
+        one.received_per_device,
+        two.accepted,
+        two.received_per_device,
+    );
+}
+
+/// A real router with its queue in `data`, limits raised so the load is
+/// not throttled.
+fn start_router(data: &std::path::Path) -> Server {
     // BENCH_ROUTER_WRAP="valgrind --tool=callgrind" profiles the router.
     let wrap = std::env::var("BENCH_ROUTER_WRAP").unwrap_or_default();
     let mut wrap = wrap.split_whitespace();
@@ -179,34 +262,15 @@ async fn run_all() {
             std::env::var("BENCH_ROUTER_LOG").unwrap_or_else(|_| "warn".to_owned()),
         )
         .args(["router", "--listen", "127.0.0.1:0", "--data"])
-        .arg(data.path())
+        .arg(data)
         .args(["--max-rate", "1000000", "--max-queued", "100000000"])
         .args(["--max-connections", "19000"]);
-    let router = Server::start(cmd);
-    let mut cmd = Command::new(std::env::current_exe().unwrap());
-    cmd.arg("forwarder");
-    let forwarder = Server::start(cmd);
-    let dur = Duration::from_secs(secs);
-
-    let fwd_tp = load(&forwarder, pairs, None, window, dur).await;
-    report("forwarder throughput", &fwd_tp);
-    let router_tp = load(&router, pairs, None, window, dur).await;
-    report("router throughput   ", &router_tp);
-    println!(
-        "  router/forwarder = {:.0}% (target >= 50%)",
-        100.0 * router_tp.rate / fwd_tp.rate.max(1.0)
-    );
-    let fwd_lat = load(&forwarder, pairs, Some(rate), window, dur).await;
-    report("forwarder @ offered ", &fwd_lat);
-    let router_lat = load(&router, pairs, Some(rate), window, dur).await;
-    report("router @ offered    ", &router_lat);
-    println!("  router p99 target < 20 ms at {rate} msg/s offered");
-
-    stalled(&router, pairs.min(20), window, dur).await;
-    idle_sessions(&router, idle).await;
+    Server::start(cmd)
 }
 
 struct Outcome {
+    /// Messages per second (each counted once, however many devices got
+    /// it), sent in the measuring window.
     rate: f64,
     delivered: u64,
     p50_us: u64,
@@ -215,6 +279,14 @@ struct Outcome {
     errors: u64,
     /// Server CPU while sending, in % of one core.
     cpu: f64,
+    /// Server CPU (user + system) per message accepted while it was
+    /// measured, in microseconds.
+    cpu_us_per_msg: f64,
+    /// Frames accepted while the CPU was measured.
+    accepted: u64,
+    /// Frames each device received in that span (on average): close to
+    /// `accepted` when delivery kept up.
+    received_per_device: u64,
 }
 
 fn report(name: &str, o: &Outcome) {
@@ -231,6 +303,11 @@ fn report(name: &str, o: &Outcome) {
 }
 
 async fn connect(addr: &str, id: &Identity) -> Ws {
+    connect_device(addr, id, Uuid::new_v4()).await
+}
+
+/// Connects as `device` of `id`.
+async fn connect_device(addr: &str, id: &Identity, device: Uuid) -> Ws {
     let text = id.public_key().to_base64();
     let key = percent_encoding::utf8_percent_encode(&text, percent_encoding::NON_ALPHANUMERIC);
     let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/ws?pub={key}"))
@@ -246,7 +323,7 @@ async fn connect(addr: &str, id: &Identity) -> Ws {
     };
     let router = protocol::router_name(&format!("ws://{addr}/ws")).unwrap();
     let who = protocol::AuthFor {
-        device: &uuid::Uuid::new_v4(),
+        device: &device,
         name: "bench",
         router: &router,
     };
@@ -301,6 +378,12 @@ impl Template {
 struct Shared {
     stop_sending: AtomicBool,
     stop_all: AtomicBool,
+    /// Frames the server acked (accepted) while the CPU was measured.
+    accepted: AtomicU64,
+    /// Frames devices received while the CPU was measured.
+    received: AtomicU64,
+    /// Whether the CPU is being measured.
+    measuring: AtomicBool,
     measure_from: u64,
     measure_to: u64,
     delivered: AtomicU64,
@@ -308,12 +391,16 @@ struct Shared {
     latencies: Mutex<Vec<u32>>,
 }
 
+/// Runs `pairs` senders flat out (or at `offered` msg/s in total), each to
+/// its own key received by `devices` devices (sessions of that key with
+/// different device ids, each acking every frame).
 async fn load(
     server: &Server,
     pairs: usize,
     offered: Option<u64>,
     window: usize,
     dur: Duration,
+    devices: usize,
 ) -> Outcome {
     let addr = server.addr.as_str();
     let warmup = Duration::from_secs(1);
@@ -322,14 +409,19 @@ async fn load(
         let (s, r) = (Identity::generate(), Identity::generate());
         let template = Template::new(&s, &r.public_key());
         let sws = connect(addr, &s).await;
-        let rws = connect(addr, &r).await;
-        conns.push((template, sws, rws));
+        let mut receivers = Vec::new();
+        for _ in 0..devices {
+            receivers.push(connect_device(addr, &r, Uuid::new_v4()).await);
+        }
+        conns.push((template, sws, receivers));
     }
     let start = nanos();
-    let (cpu0, wall0) = (server.cpu_secs(), Instant::now());
     let shared = Arc::new(Shared {
         stop_sending: AtomicBool::new(false),
         stop_all: AtomicBool::new(false),
+        accepted: AtomicU64::new(0),
+        received: AtomicU64::new(0),
+        measuring: AtomicBool::new(false),
         measure_from: start + warmup.as_nanos() as u64,
         measure_to: start + (warmup + dur).as_nanos() as u64,
         delivered: AtomicU64::new(0),
@@ -338,8 +430,10 @@ async fn load(
     });
     let per_pair = offered.map(|r| r as f64 / pairs as f64);
     let mut tasks = Vec::new();
-    for (template, sws, rws) in conns {
-        tasks.push(tokio::spawn(receiver(rws, Arc::clone(&shared))));
+    for (template, sws, receivers) in conns {
+        for rws in receivers {
+            tasks.push(tokio::spawn(receiver(rws, Arc::clone(&shared))));
+        }
         tasks.push(tokio::spawn(sender(
             sws,
             template,
@@ -348,8 +442,16 @@ async fn load(
             Arc::clone(&shared),
         )));
     }
-    tokio::time::sleep(warmup + dur).await;
-    let cpu = 100.0 * (server.cpu_secs() - cpu0) / wall0.elapsed().as_secs_f64();
+    // CPU and accepted frames over the same span, after the warm-up.
+    tokio::time::sleep(warmup).await;
+    let (cpu0, wall0) = (server.cpu_secs(), Instant::now());
+    shared.measuring.store(true, Ordering::Relaxed);
+    tokio::time::sleep(dur).await;
+    shared.measuring.store(false, Ordering::Relaxed);
+    let cpu_secs = server.cpu_secs() - cpu0;
+    let cpu = 100.0 * cpu_secs / wall0.elapsed().as_secs_f64();
+    let accepted = shared.accepted.load(Ordering::Relaxed);
+    let received = shared.received.load(Ordering::Relaxed);
     shared.stop_sending.store(true, Ordering::Relaxed);
     tokio::time::sleep(Duration::from_millis(1500)).await;
     shared.stop_all.store(true, Ordering::Relaxed);
@@ -365,8 +467,12 @@ async fn load(
             u64::from(lat[((lat.len() - 1) as f64 * p) as usize])
         }
     };
-    let delivered = shared.delivered.load(Ordering::Relaxed);
+    // Each device counts what it got: a message is delivered once per device.
+    let delivered = shared.delivered.load(Ordering::Relaxed) / devices.max(1) as u64;
     Outcome {
+        cpu_us_per_msg: 1e6 * cpu_secs / accepted.max(1) as f64,
+        accepted,
+        received_per_device: received / devices.max(1) as u64,
         rate: delivered as f64 / dur.as_secs_f64(),
         delivered,
         p50_us: pct(0.50),
@@ -435,7 +541,12 @@ async fn ack_reader(mut stream: SplitStream<Ws>, permits: Arc<Semaphore>, shared
     while let Some(Ok(msg)) = stream.next().await {
         if let Message::Text(t) = msg {
             match protocol::parse(t.as_str()) {
-                Ok(Frame::Ack(_)) => permits.add_permits(1),
+                Ok(Frame::Ack(_)) => {
+                    if shared.measuring.load(Ordering::Relaxed) {
+                        shared.accepted.fetch_add(1, Ordering::Relaxed);
+                    }
+                    permits.add_permits(1);
+                }
                 Ok(Frame::Error(_)) => {
                     shared.errors.fetch_add(1, Ordering::Relaxed);
                     permits.add_permits(1);
@@ -476,6 +587,9 @@ async fn receiver(ws: Ws, shared: Arc<Shared>) {
                         shared.delivered.fetch_add(1, Ordering::Relaxed);
                         lat.push(((now - sent) / 1000).min(u64::from(u32::MAX)) as u32);
                     }
+                    if shared.measuring.load(Ordering::Relaxed) {
+                        shared.received.fetch_add(1, Ordering::Relaxed);
+                    }
                     acks.push(m.id);
                 }
             }
@@ -501,6 +615,9 @@ async fn stalled(router: &Server, pairs: usize, window: usize, dur: Duration) {
     let shared = Arc::new(Shared {
         stop_sending: AtomicBool::new(false),
         stop_all: AtomicBool::new(false),
+        accepted: AtomicU64::new(0),
+        received: AtomicU64::new(0),
+        measuring: AtomicBool::new(false),
         measure_from: 0,
         measure_to: 0,
         delivered: AtomicU64::new(0),

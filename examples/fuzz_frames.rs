@@ -385,7 +385,8 @@ fn router_in_process(n: u64, seed: u64) -> String {
                 }
                 // The outcome does not matter, only that it does not panic.
                 Ok(Inbound::Auth(a)) => {
-                    let _ = handshake.answer(&Frame::Auth(a));
+                    let _ =
+                        handshake.answer(&Frame::Auth(a), &["ws://127.0.0.1:8080/ws".to_owned()]);
                     true
                 }
                 Ok(Inbound::Ack(a)) => {

@@ -485,9 +485,12 @@ impl TlsProxy {
 
 #[test]
 fn wss_routers_work_through_tls() {
-    let p = Pair::new();
+    let mut p = Pair::new();
     let proxy = TlsProxy::start(&p.env.path(""), &p.router().addr);
     let wss = format!("wss://localhost:{}/ws", proxy.port);
+    // Clients sign for the address they dial: the router must know it.
+    let router = p.router.take().unwrap();
+    p.router = Some(router.restart_same_port_with(&["--public-url", &wss]));
     let over_tls = |profile: &str, args: &[&str]| {
         p.env
             .cmd(profile)

@@ -467,3 +467,41 @@ fn a_sealed_secret_key_travels_sealed() {
     assert!(clear.is_none());
     assert!(sealed.is_some());
 }
+
+#[test]
+fn after_linking_both_devices_receive_what_is_new() {
+    let env = Env::new();
+    let router = Router::start(&env.path("router"), &[]);
+    let url = router.url();
+    env.friends();
+    env.ok(
+        "alice",
+        &["send", "--server", &url, "bob", "before the link"],
+    );
+    let issuer = Issuer::start(&env, "alice", &router, &[], &[]);
+    let out = join(&env, "laptop", &router, &issuer.code, &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(issuer.finish().0);
+
+    env.ok(
+        "bob",
+        &["send", "--server", &url, "alice", "hello, both of you"],
+    );
+    for device in ["alice", "laptop"] {
+        env.ok(device, &["sync", "--server", &url]);
+        let history = env.json(device, &["history", "bob", "--json"]);
+        let bodies: Vec<&str> = history
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["body"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            bodies,
+            ["before the link", "hello, both of you"],
+            "{device}"
+        );
+    }
+    let devices = env.json("laptop", &["devices", "--server", &url, "--json"]);
+    assert_eq!(devices.as_array().map(Vec::len), Some(2), "{devices}");
+}

@@ -246,7 +246,8 @@ proptest! {
         // And as the handshake reads a first frame.
         if let Ok(frame) = protocol::from_slice(&bytes, LIMIT) {
             let hs = Handshake::new(Identity::generate().public_key());
-            if let Err((code, msg)) = hs.answer(&frame) {
+            let names = ["ws://127.0.0.1:8080/ws".to_owned()];
+            if let Err((code, msg)) = hs.answer(&frame, &names) {
                 prop_assert!(!msg.is_empty());
                 prop_assert!(code != ErrorCode::Unknown);
             }

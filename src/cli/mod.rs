@@ -9,6 +9,7 @@ mod out;
 mod archive;
 mod chat;
 mod contacts;
+mod devices;
 mod doctor;
 mod history;
 mod identity;
@@ -131,6 +132,8 @@ enum Command {
     Inbox(inbox::InboxArgs),
     /// Protect the secret key with a passphrase, change it or remove it.
     Passphrase(passphrase::PassphraseArgs),
+    /// List this identity's devices; remove one, or rename this one.
+    Devices(devices::DevicesArgs),
     /// Hand this identity and its whole history to a new device (prints a
     /// one-time code), or join with --join CODE on the new device.
     Link(link::LinkArgs),
@@ -450,6 +453,7 @@ pub fn run(
         Command::Delete(args) => outbox::delete(&ctx, args),
         Command::Inbox(args) => inbox::inbox(&ctx, args),
         Command::Passphrase(args) => passphrase::run(&ctx, args),
+        Command::Devices(args) => devices::run(&ctx, args),
         Command::Link(args) => link::run(&ctx, args),
     }
 }

@@ -18,6 +18,22 @@ pub struct RouterArgs {
     /// printed on start).
     #[arg(long, default_value = "127.0.0.1:8080", value_name = "ADDR")]
     listen: SocketAddr,
+    /// An address clients dial this router by (ws:// or wss://, as they
+    /// type it, e.g. wss://chat.example.org/ws behind a TLS proxy);
+    /// repeatable. A client's auth names the address it dialed, and one
+    /// signed for any other is refused (wrong-router), so another router
+    /// cannot relay this one's challenge. Default: the listen address, plus
+    /// ws://localhost:PORT/ws, ws://127.0.0.1:PORT/ws and ws://[::1]:PORT/ws
+    /// when listening on loopback or on all interfaces (0.0.0.0, [::]):
+    /// with those, clients elsewhere are refused until you name the router.
+    #[arg(
+        long = "public-url",
+        value_name = "URL",
+        env = "CHAT_ROUTER_PUBLIC_URL",
+        value_delimiter = ',',
+        value_parser = public_url
+    )]
+    public_urls: Vec<String>,
     /// Directory for the queue database [default: <home>/router, where home
     /// is --home, CHAT_HOME or the platform data directory].
     #[arg(long, value_name = "DIR")]
@@ -102,6 +118,12 @@ fn positive<T: std::str::FromStr + PartialEq + From<u8>>(text: &str) -> Result<T
     Ok(n)
 }
 
+/// A `--public-url`, in the canonical form clients sign
+/// ([`crate::protocol::router_name`]).
+fn public_url(text: &str) -> Result<String, String> {
+    crate::protocol::router_name(text.trim()).map_err(|e| e.to_string())
+}
+
 /// [`positive`], and at most `MAX`.
 fn bounded<const MAX: u64>(text: &str) -> Result<u64, String> {
     let n = positive::<u64>(text)?;
@@ -129,8 +151,20 @@ impl RouterArgs {
         config.auth_timeout = Duration::from_secs(self.auth_timeout);
         config.ping_interval = Duration::from_secs(self.ping_interval.max(1));
         config.delivery_window = self.delivery_window;
+        config.public_names = dedup(self.public_urls);
         Ok((self.listen, config))
     }
+}
+
+/// `names` without repeats, in their order.
+fn dedup(names: Vec<String>) -> Vec<String> {
+    let mut out: Vec<String> = Vec::with_capacity(names.len());
+    for name in names {
+        if !out.contains(&name) {
+            out.push(name);
+        }
+    }
+    out
 }
 
 /// Runs the router in the foreground.
@@ -147,6 +181,14 @@ pub fn run(args: RouterArgs, home: Option<PathBuf>) -> Result<()> {
             .await
             .with_context(|| format!("cannot listen on {listen}"))?;
         let bound = listener.local_addr()?;
+        if config.public_names.is_empty() && bound.ip().is_unspecified() {
+            tracing::warn!(
+                "listening on all interfaces without --public-url: only clients dialing \
+                 ws://localhost:{port}/ws (or 127.0.0.1, [::1]) can sign in; name the address \
+                 others dial with --public-url",
+                port = bound.port()
+            );
+        }
         let mut out = std::io::stdout().lock();
         writeln!(out, "listening on {bound}")?;
         out.flush()?;

@@ -10,6 +10,7 @@
 pub mod backoff;
 pub mod chat;
 pub mod connection;
+pub mod devices;
 pub mod engine;
 pub mod exchange;
 pub mod watch;
@@ -48,6 +49,13 @@ pub enum ClientError {
     /// Another session of this profile connected and took over.
     #[error("another chat-p2p session of this profile connected to the router and took over")]
     Replaced,
+    /// Another device of this identity removed this one at the router.
+    #[error(
+        "this device was removed from its identity at the router ('devices remove' on another \
+         device): it receives nothing more there. Link it again with 'chat-p2p link' from a \
+         device that is still in use"
+    )]
+    DeviceRemoved,
     /// The connection broke.
     #[error("lost the connection to the router: {0}")]
     Lost(String),

@@ -1,16 +1,20 @@
-//! Who is online: one live session per key, and how to tell it that a
-//! frame for it was committed.
+//! Who is online: one live session per (key, device), and how to tell the
+//! sessions of a key's devices that a frame for them was committed.
 //!
 //! The hand-off is a bounded channel filled with `try_send`: the hub never
 //! waits for a session. When a session's channel is full, the frame is not
 //! lost (it is in the queue): the session's `lagged` flag is raised and it
 //! fetches from the queue once it has room.
+//!
+//! Control sessions (protocol v2's nil device) are not in the hub: they
+//! receive nothing and replace nothing ([`Registration::detached`]).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::{mpsc, Notify};
+use uuid::Uuid;
 
 use super::backend::Queued;
 use crate::identity::PublicKey;
@@ -19,13 +23,17 @@ use crate::identity::PublicKey;
 #[derive(Debug, Clone)]
 pub struct Handle {
     id: u64,
+    key: PublicKey,
+    device: Uuid,
     // Boxed: a channel allocates a block of 32 slots up front, and 32
     // inline frames would cost every idle session ~3 KB.
     deliver: mpsc::Sender<Box<Queued>>,
     /// Raised when a frame could not be handed over.
     pub lagged: Arc<AtomicBool>,
-    /// Notified when a newer session for the same key replaces this one.
+    /// Notified when a newer session for the same device replaces this one.
     pub replaced: Arc<Notify>,
+    /// Notified when the device was removed from its key.
+    pub removed: Arc<Notify>,
 }
 
 /// What a session keeps from registering.
@@ -33,12 +41,29 @@ pub struct Handle {
 pub struct Registration {
     /// This session's id in the hub.
     pub id: u64,
-    /// Frames committed for this key.
+    /// Frames committed for this device.
     pub deliveries: mpsc::Receiver<Box<Queued>>,
     /// See [`Handle::lagged`].
     pub lagged: Arc<AtomicBool>,
     /// See [`Handle::replaced`].
     pub replaced: Arc<Notify>,
+    /// See [`Handle::removed`].
+    pub removed: Arc<Notify>,
+}
+
+impl Registration {
+    /// A registration the hub does not know, for a control session: no
+    /// frame is ever handed to it and nothing replaces or removes it.
+    pub fn detached() -> Self {
+        let (_, rx) = mpsc::channel(1);
+        Self {
+            id: u64::MAX,
+            deliveries: rx,
+            lagged: Arc::default(),
+            replaced: Arc::default(),
+            removed: Arc::default(),
+        }
+    }
 }
 
 /// Unregisters a session when dropped: see [`Hub::leave_on_drop`].
@@ -55,66 +80,117 @@ impl Drop for Leave<'_> {
     }
 }
 
-/// The registry of live sessions.
+/// The registry of live sessions: per key, one handle per online device.
 #[derive(Debug, Default)]
 pub struct Hub {
-    sessions: Mutex<HashMap<[u8; 32], Handle>>,
+    sessions: Mutex<HashMap<[u8; 32], Vec<Handle>>>,
     next_id: AtomicU64,
 }
 
 impl Hub {
-    /// Registers the live session for `key`, replacing (and notifying) any
-    /// older one. `capacity` bounds its delivery channel.
-    pub fn register(&self, key: PublicKey, capacity: usize) -> Registration {
+    /// Registers the live session for `device` of `key`, replacing (and
+    /// notifying) an older one of the same device; other devices' sessions
+    /// stay. `capacity` bounds its delivery channel.
+    pub fn register(&self, key: PublicKey, device: Uuid, capacity: usize) -> Registration {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::channel(capacity.max(1));
         let handle = Handle {
             id,
+            key,
+            device,
             deliver: tx,
             lagged: Arc::new(AtomicBool::new(false)),
             replaced: Arc::new(Notify::new()),
+            removed: Arc::new(Notify::new()),
         };
         let registration = Registration {
             id,
             deliveries: rx,
             lagged: Arc::clone(&handle.lagged),
             replaced: Arc::clone(&handle.replaced),
+            removed: Arc::clone(&handle.removed),
         };
-        let old = self.lock().insert(*key.as_bytes(), handle);
-        if let Some(old) = old {
-            old.replaced.notify_one();
+        let mut sessions = self.lock();
+        let devices = sessions.entry(*key.as_bytes()).or_default();
+        match devices.iter_mut().find(|h| h.device == device) {
+            Some(slot) => {
+                let old = std::mem::replace(slot, handle);
+                old.replaced.notify_one();
+            }
+            None => devices.push(handle),
         }
         registration
     }
 
-    /// Forgets session `id` for `key`, unless a newer one replaced it.
+    /// Forgets session `id` of `key`, unless a newer one replaced it.
     pub fn unregister(&self, key: &PublicKey, id: u64) {
         let mut sessions = self.lock();
-        if sessions.get(key.as_bytes()).is_some_and(|h| h.id == id) {
-            sessions.remove(key.as_bytes());
+        if let Some(devices) = sessions.get_mut(key.as_bytes()) {
+            devices.retain(|h| h.id != id);
+            if devices.is_empty() {
+                sessions.remove(key.as_bytes());
+            }
         }
     }
 
-    /// A guard that unregisters session `id` for `key` when dropped, so a
+    /// A guard that unregisters session `id` of `key` when dropped, so a
     /// session that ends by panicking (tokio catches the panic in its task)
     /// leaves no stale entry behind.
     pub fn leave_on_drop(&self, key: PublicKey, id: u64) -> Leave<'_> {
         Leave { hub: self, key, id }
     }
 
-    /// Hands a committed frame to its recipient's session, if online.
-    pub fn notify(&self, frame: Queued) {
+    /// Hands a committed frame to the sessions of those of `devices` (the
+    /// devices it waits for) that are online.
+    pub fn notify(&self, frame: Queued, devices: &[Uuid]) {
         let sessions = self.lock();
-        if let Some(handle) = sessions.get(&frame.recipient) {
-            if handle.deliver.try_send(Box::new(frame)).is_err() {
-                handle.lagged.store(true, Ordering::Release);
-            }
+        let Some(online) = sessions.get(&frame.recipient) else {
+            return;
+        };
+        let mut targets = online.iter().filter(|h| devices.contains(&h.device));
+        let Some(first) = targets.next() else {
+            return;
+        };
+        let frame = Box::new(frame);
+        for handle in targets {
+            hand_over(handle, frame.clone());
+        }
+        hand_over(first, frame);
+    }
+
+    /// Tells the live session of `device` of `key`, if any, that the
+    /// device was removed.
+    pub fn remove_device(&self, key: &PublicKey, device: &Uuid) {
+        if let Some(h) = self
+            .lock()
+            .get(key.as_bytes())
+            .and_then(|devices| devices.iter().find(|h| h.device == *device))
+        {
+            h.removed.notify_one();
         }
     }
 
-    /// How many sessions are live.
+    /// The devices of `key` with a live session.
+    pub fn online(&self, key: &PublicKey) -> Vec<Uuid> {
+        self.lock()
+            .get(key.as_bytes())
+            .map(|devices| devices.iter().map(|h| h.device).collect())
+            .unwrap_or_default()
+    }
+
+    /// Every live (key, device), for refreshing when they were last seen.
+    pub fn all_online(&self) -> Vec<(PublicKey, Uuid)> {
+        let sessions = self.lock();
+        sessions
+            .values()
+            .flatten()
+            .map(|h| (h.key, h.device))
+            .collect()
+    }
+
+    /// How many sessions are live (control sessions not counted).
     pub fn len(&self) -> usize {
-        self.lock().len()
+        self.lock().values().map(Vec::len).sum()
     }
 
     /// Whether no session is live.
@@ -122,10 +198,17 @@ impl Hub {
         self.len() == 0
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<[u8; 32], Handle>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<[u8; 32], Vec<Handle>>> {
         // A panic while holding this lock cannot leave the map inconsistent
         // (every operation is a single insert/remove/get), so recover.
         self.sessions.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Hands `frame` to one session without waiting, or raises its `lagged`.
+fn hand_over(handle: &Handle, frame: Box<Queued>) {
+    if handle.deliver.try_send(frame).is_err() {
+        handle.lagged.store(true, Ordering::Release);
     }
 }
 
@@ -145,26 +228,67 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn newer_session_replaces_older() {
+    async fn newer_session_of_a_device_replaces_older() {
         let hub = Hub::default();
         let key = Identity::generate().public_key();
-        let old = hub.register(key, 4);
-        let mut new = hub.register(key, 4);
+        let device = Uuid::new_v4();
+        let old = hub.register(key, device, 4);
+        let mut new = hub.register(key, device, 4);
         // The permit is stored, so the old session sees it even if it was
         // not waiting yet.
         old.replaced.notified().await;
         hub.unregister(&key, old.id);
         assert_eq!(hub.len(), 1, "the old session must not unregister the new");
-        hub.notify(queued(key, 1));
+        hub.notify(queued(key, 1), &[device]);
         assert_eq!(new.deliveries.recv().await.unwrap().seq, 1);
+    }
+
+    #[tokio::test]
+    async fn each_device_has_its_session_and_gets_what_waits_for_it() {
+        let hub = Hub::default();
+        let key = Identity::generate().public_key();
+        let (laptop, phone) = (Uuid::new_v4(), Uuid::new_v4());
+        let mut a = hub.register(key, laptop, 4);
+        let mut b = hub.register(key, phone, 4);
+        assert_eq!(hub.len(), 2);
+        let mut online = hub.online(&key);
+        online.sort();
+        let mut both = vec![laptop, phone];
+        both.sort();
+        assert_eq!(online, both);
+        hub.notify(queued(key, 1), &[laptop, phone]);
+        hub.notify(queued(key, 2), &[phone]);
+        assert_eq!(a.deliveries.recv().await.unwrap().seq, 1);
+        assert_eq!(b.deliveries.recv().await.unwrap().seq, 1);
+        assert_eq!(b.deliveries.recv().await.unwrap().seq, 2);
+        assert!(
+            a.deliveries.try_recv().is_err(),
+            "not waiting for the laptop"
+        );
+        hub.remove_device(&key, &phone);
+        b.removed.notified().await;
+        hub.unregister(&key, b.id);
+        assert_eq!(hub.online(&key), vec![laptop]);
+        assert_eq!(hub.all_online(), vec![(key, laptop)]);
+    }
+
+    #[test]
+    fn a_detached_registration_gets_nothing() {
+        let hub = Hub::default();
+        let key = Identity::generate().public_key();
+        let mut reg = Registration::detached();
+        hub.notify(queued(key, 1), &[Uuid::nil()]);
+        assert!(reg.deliveries.try_recv().is_err());
+        assert!(hub.is_empty());
     }
 
     #[test]
     fn a_session_that_panics_is_unregistered() {
         let hub = Hub::default();
         let key = Identity::generate().public_key();
+        let device = Uuid::new_v4();
         let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            let reg = hub.register(key, 4);
+            let reg = hub.register(key, device, 4);
             let _leave = hub.leave_on_drop(key, reg.id);
             // Poison the lock too: the hub must recover from it.
             let _held = hub.sessions.lock();
@@ -172,8 +296,8 @@ mod tests {
         }));
         assert!(panicked.is_err());
         assert!(hub.is_empty(), "the dead session is still registered");
-        let mut reg = hub.register(key, 4);
-        hub.notify(queued(key, 1));
+        let mut reg = hub.register(key, device, 4);
+        hub.notify(queued(key, 1), &[device]);
         assert!(reg.deliveries.try_recv().is_ok());
     }
 
@@ -181,12 +305,13 @@ mod tests {
     fn full_channel_raises_lagged() {
         let hub = Hub::default();
         let key = Identity::generate().public_key();
-        let reg = hub.register(key, 1);
-        hub.notify(queued(key, 1));
+        let device = Uuid::new_v4();
+        let reg = hub.register(key, device, 1);
+        hub.notify(queued(key, 1), &[device]);
         assert!(!reg.lagged.load(Ordering::Acquire));
-        hub.notify(queued(key, 2));
+        hub.notify(queued(key, 2), &[device]);
         assert!(reg.lagged.load(Ordering::Acquire));
         // Nobody online: dropped silently (it is in the queue).
-        hub.notify(queued(Identity::generate().public_key(), 3));
+        hub.notify(queued(Identity::generate().public_key(), 3), &[device]);
     }
 }

@@ -16,6 +16,7 @@ mod session;
 pub mod state;
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,7 +28,7 @@ use tokio::task::JoinSet;
 use self::backend::sqlite::SqliteBackend;
 use self::backend::{Backend, BackendError};
 use self::hub::Hub;
-use crate::protocol::MAX_FRAME_BYTES;
+use crate::protocol::{self, MAX_FRAME_BYTES};
 
 /// Every limit and setting of a router. [`RouterConfig::new`] gives the
 /// defaults.
@@ -56,6 +57,11 @@ pub struct RouterConfig {
     pub delivery_window: usize,
     /// How long sessions get to finish on shutdown.
     pub shutdown_grace: Duration,
+    /// The addresses clients dial this router by, canonical (see
+    /// [`crate::protocol::router_name`]); an `auth` signed for another is
+    /// refused with `wrong-router`. Empty: [`default_names`] of the bound
+    /// address.
+    pub public_names: Vec<String>,
 }
 
 impl RouterConfig {
@@ -73,6 +79,7 @@ impl RouterConfig {
             write_timeout: Duration::from_secs(10),
             delivery_window: 256,
             shutdown_grace: Duration::from_secs(5),
+            public_names: Vec::new(),
         }
     }
 }
@@ -85,9 +92,39 @@ pub enum RouterError {
     Backend(#[from] BackendError),
 }
 
+/// The names a router listening on `addr` answers to when no
+/// `--public-url` is given, for local use: `ws://<addr>/ws`, and for a
+/// loopback or unspecified (all interfaces) address also the loopback names
+/// `ws://localhost:<port>/ws`, `ws://127.0.0.1:<port>/ws` and
+/// `ws://[::1]:<port>/ws`. A router listening on all interfaces cannot know
+/// the name clients elsewhere dial, and accepting any would let a relaying
+/// router through (docs/PROTOCOL.md §2): such clients are refused with
+/// `wrong-router` until the operator names it with `--public-url`.
+pub fn default_names(addr: SocketAddr) -> Vec<String> {
+    let port = addr.port();
+    let mut urls = vec![format!("ws://{addr}/ws")];
+    let ip = addr.ip();
+    if ip.is_loopback() || ip.is_unspecified() {
+        urls.push(format!("ws://localhost:{port}/ws"));
+        urls.push(format!("ws://127.0.0.1:{port}/ws"));
+        urls.push(format!("ws://[::1]:{port}/ws"));
+    }
+    let mut names = Vec::new();
+    for url in urls {
+        if let Ok(name) = protocol::router_name(&url) {
+            if !names.contains(&name) {
+                names.push(name);
+            }
+        }
+    }
+    names
+}
+
 /// What every connection shares.
 struct Shared<B> {
     config: RouterConfig,
+    /// The router's own names (see [`RouterConfig::public_names`]).
+    names: Vec<String>,
     backend: B,
     hub: Hub,
     connections: Arc<Semaphore>,
@@ -116,7 +153,20 @@ pub async fn serve_with_backend<B: Backend>(
     shutdown: impl Future<Output = ()>,
 ) {
     let (stop_tx, stop) = watch::channel(false);
+    let names = if config.public_names.is_empty() {
+        match listener.local_addr() {
+            Ok(addr) => default_names(addr),
+            Err(_) => Vec::new(),
+        }
+    } else {
+        config.public_names.clone()
+    };
+    if names.is_empty() {
+        tracing::warn!("this router has no name: every auth will be refused; pass --public-url");
+    }
+    tracing::info!(names = %names.join(" "), "answering to");
     let shared = Arc::new(Shared {
+        names,
         connections: Arc::new(Semaphore::new(config.max_connections)),
         config,
         backend,
@@ -176,9 +226,22 @@ async fn expire_loop<B: Backend>(shared: Arc<Shared<B>>) {
             return;
         };
         let cutoff = crate::clock::format(chrono::Utc::now() - retention);
+        // Devices online now are seen now: only those gone for the whole
+        // retention period are forgotten.
+        if let Err(e) = shared.backend.seen(shared.hub.all_online()).await {
+            tracing::warn!(error = %e, "noting the online devices failed");
+        }
         match shared.backend.expire(cutoff.clone()).await {
-            Ok(0) => {}
-            Ok(n) => tracing::info!(frames = n, before = %cutoff, "expired undelivered frames"),
+            Ok(backend::Expired {
+                frames: 0,
+                devices: 0,
+            }) => {}
+            Ok(gone) => tracing::info!(
+                frames = gone.frames,
+                devices = gone.devices,
+                before = %cutoff,
+                "expired undelivered frames and forgot devices not seen since"
+            ),
             Err(e) => tracing::warn!(error = %e, "expiring old frames failed"),
         }
     }
@@ -223,8 +286,10 @@ mod tests {
             panic!("no challenge")
         };
         let router = protocol::router_name(&format!("ws://{addr}/ws")).unwrap();
+        // One device per identity: a reconnection is the same device.
+        let device = uuid::Uuid::from_slice(&id.public_key().as_bytes()[..16]).unwrap();
         let who = protocol::AuthFor {
-            device: &uuid::Uuid::new_v4(),
+            device: &device,
             name: "test",
             router: &router,
         };
@@ -309,6 +374,7 @@ mod tests {
             .map(|m| backend::NewFrame {
                 recipient: *bob.public_key().as_bytes(),
                 sender: *alice.public_key().as_bytes(),
+                sender_device: protocol::CONTROL_DEVICE,
                 id: m.id,
                 text: protocol::to_text(&Frame::Message(m.clone())).into(),
             })

@@ -19,13 +19,15 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::WebSocketStream;
 use uuid::Uuid;
 
-use super::backend::{Backend, BackendError, Enqueued, NewFrame, Queued};
+use super::backend::{Backend, BackendError, DeviceRecord, Enqueued, NewFrame, Queued, Registered};
 use super::http::{self, Request};
 use super::hub::Registration;
-use super::state::{Delivery, Handshake, RateLimit};
+use super::state::{Delivery, Handshake, RateLimit, SignedIn};
 use super::Shared;
 use crate::identity::PublicKey;
-use crate::protocol::{self, Ack, ErrorCode, ErrorFrame, Frame, Inbound, Ready};
+use crate::protocol::{
+    self, Ack, DeviceInfo, DeviceList, DeviceRemoved, ErrorCode, ErrorFrame, Frame, Inbound, Ready,
+};
 
 /// Queue submissions a session may have awaiting their commit; beyond
 /// that it stops reading its socket (backpressure to the client). With
@@ -39,8 +41,11 @@ const BATCH: usize = 64;
 /// path: frames that do not fit are fetched from the queue later.
 const HANDOFF: usize = 64;
 
-/// Close code for a session replaced by a newer one for the same key.
+/// Close code for a session replaced by a newer one for the same device.
 const CLOSE_REPLACED: u16 = 4000;
+
+/// Close code for a session whose device was removed from its key.
+const CLOSE_REMOVED: u16 = 4001;
 
 /// A frame that makes a session panic, in unit tests only: proves one
 /// session's panic cannot take the router or other sessions down.
@@ -132,19 +137,26 @@ pub(super) async fn handle_connection<B: Backend>(
         .await;
         return;
     }
-    let Some(registration) = conn.authenticate(key).await else {
+    let Some((registration, signed_in)) = conn.authenticate(key).await else {
         return;
     };
     // At the default level a short fingerprint names the client: logs are
     // kept and shipped, and need neither whole keys nor addresses.
     let client = log_id(&key);
+    let control = signed_in.is_control();
+    let device = signed_in.device;
     shared.metrics.session_started();
-    tracing::info!(%client, "session started");
-    tracing::debug!(%client, %peer, key = %key, "session details");
+    tracing::info!(%client, control, "session started");
+    tracing::debug!(%client, %peer, key = %key, %device, "session details");
     // Unregisters however the session ends, a panic included.
     let leave = shared.hub.leave_on_drop(key, registration.id);
-    let exit = Session::new(conn, key, registration).run().await;
+    let exit = Session::new(conn, key, registration, signed_in).run().await;
     drop(leave);
+    if !control && !matches!(exit, Exit::Removed) {
+        if let Err(e) = shared.backend.seen(vec![(key, device)]).await {
+            tracing::warn!(error = %e, "noting when a device was last seen failed");
+        }
+    }
     tracing::info!(%client, ?exit, "session ended");
     drop(permit);
 }
@@ -174,8 +186,10 @@ fn ws_config<B>(shared: &Shared<B>) -> WebSocketConfig {
 enum Exit {
     /// The client closed or the socket failed.
     Closed,
-    /// A newer session for the same key took over.
+    /// A newer session for the same device took over.
     Replaced,
+    /// The device was removed from its key.
+    Removed,
     /// The router is shutting down.
     Shutdown,
     /// No sign of life for two ping intervals.
@@ -254,7 +268,7 @@ impl<B: Backend, S: AsyncRead + AsyncWrite + Unpin> Conn<'_, B, S> {
     }
 
     /// Challenge, verify the answer, register. `None` when refused.
-    async fn authenticate(&mut self, key: PublicKey) -> Option<Registration> {
+    async fn authenticate(&mut self, key: PublicKey) -> Option<(Registration, SignedIn)> {
         let handshake = Handshake::new(key);
         self.send(&Frame::Challenge(handshake.challenge()))
             .await
@@ -284,28 +298,72 @@ impl<B: Backend, S: AsyncRead + AsyncWrite + Unpin> Conn<'_, B, S> {
             }
             Ok(Some(Ok(frame))) => frame,
         };
-        match handshake.answer(&frame) {
-            Ok(version) => {
-                let registration = self.shared.hub.register(key, HANDOFF);
-                let ready = Frame::Ready(Ready {
-                    version,
-                    key,
-                    max_frame_bytes: Some(self.shared.config.max_frame_bytes),
-                });
-                self.send(&ready).await.ok()?;
-                Some(registration)
-            }
+        let signed_in = match handshake.answer(&frame, &self.shared.names) {
+            Ok(signed_in) => signed_in,
             Err((code, msg)) => {
-                tracing::info!(
-                    client = %log_id(&key),
-                    code = code.as_str(),
-                    "authentication refused"
-                );
-                tracing::debug!(key = %key, "authentication refused for this key");
-                self.refuse(code, msg, CloseCode::Policy).await;
-                None
+                self.refuse_auth(&key, code, &msg).await;
+                return None;
             }
+        };
+        let registration = self.register(key, &signed_in).await?;
+        let ready = Frame::Ready(Ready {
+            version: signed_in.version,
+            key,
+            max_frame_bytes: Some(self.shared.config.max_frame_bytes),
+        });
+        self.send(&ready).await.ok()?;
+        Some((registration, signed_in))
+    }
+
+    /// Registers the device (none for a control session) with the queue
+    /// and the hub; `None` when refused.
+    async fn register(&mut self, key: PublicKey, who: &SignedIn) -> Option<Registration> {
+        if who.is_control() {
+            return Some(Registration::detached());
         }
+        let registered = self
+            .shared
+            .backend
+            .register(key, who.device, who.name.clone())
+            .await;
+        let (code, msg) = match registered {
+            Ok(Registered::Known | Registered::First | Registered::Added) => {
+                return Some(self.shared.hub.register(key, who.device, HANDOFF));
+            }
+            Ok(Registered::Removed) => (
+                ErrorCode::DeviceRemoved,
+                "this device was removed from its identity (devices remove); it gets nothing \
+                 from this router any more",
+            ),
+            Ok(Registered::TooMany) => (
+                ErrorCode::TooManyDevices,
+                "this key has as many devices as the router allows; remove one first \
+                 (devices remove)",
+            ),
+            Err(e) => {
+                tracing::error!(error = %e, "registering a device failed");
+                let msg = "the router could not register this device; reconnect later";
+                self.shared.metrics.error(ErrorCode::Internal);
+                let _ = self
+                    .send(&error_frame(None, ErrorCode::Internal, msg))
+                    .await;
+                self.close(CloseCode::Error, "router storage failure; reconnect later")
+                    .await;
+                return None;
+            }
+        };
+        self.refuse_auth(&key, code, msg).await;
+        None
+    }
+
+    async fn refuse_auth(&mut self, key: &PublicKey, code: ErrorCode, msg: &str) {
+        tracing::info!(
+            client = %log_id(key),
+            code = code.as_str(),
+            "authentication refused"
+        );
+        tracing::debug!(key = %key, "authentication refused for this key");
+        self.refuse(code, msg, CloseCode::Policy).await;
     }
 
     /// The first data frame, parsed; `None` if the client went away.
@@ -353,6 +411,10 @@ fn close_for(exit: &Exit) -> Option<(CloseCode, &'static str)> {
             CloseCode::from(CLOSE_REPLACED),
             "replaced by a newer session for this key",
         ),
+        Exit::Removed => (
+            CloseCode::from(CLOSE_REMOVED),
+            "this device was removed from its identity",
+        ),
         Exit::Shutdown => (CloseCode::Away, "router shutting down"),
         Exit::TooSlow => (CloseCode::Policy, "too slow: writes to this client stalled"),
         Exit::TooLarge => (CloseCode::Size, "frame larger than the router accepts"),
@@ -365,12 +427,17 @@ fn close_for(exit: &Exit) -> Option<(CloseCode, &'static str)> {
 enum Done {
     Enqueued(Uuid, Result<Vec<Enqueued>, BackendError>),
     Removed(Result<u64, BackendError>),
+    Devices(Result<Vec<DeviceRecord>, BackendError>),
+    DeviceRemoved(Uuid, Result<bool, BackendError>),
 }
 
 /// An authenticated session.
 struct Session<'a, B, S> {
     conn: Conn<'a, B, S>,
     key: PublicKey,
+    /// The session's device ([`protocol::CONTROL_DEVICE`] for a control
+    /// session).
+    device: Uuid,
     registration: Registration,
     delivery: Delivery,
     rate: RateLimit,
@@ -382,13 +449,24 @@ struct Session<'a, B, S> {
 }
 
 impl<'a, B: Backend, S: AsyncRead + AsyncWrite + Unpin> Session<'a, B, S> {
-    fn new(conn: Conn<'a, B, S>, key: PublicKey, registration: Registration) -> Self {
+    fn new(
+        conn: Conn<'a, B, S>,
+        key: PublicKey,
+        registration: Registration,
+        who: SignedIn,
+    ) -> Self {
         let config = &conn.shared.config;
+        let delivery = if who.is_control() {
+            Delivery::none()
+        } else {
+            Delivery::new(config.delivery_window)
+        };
         Self {
-            delivery: Delivery::new(config.delivery_window),
+            delivery,
             rate: RateLimit::new(config.max_frames_per_sec, Instant::now()),
             conn,
             key,
+            device: who.device,
             registration,
             pending: FuturesUnordered::new(),
             acks: Vec::new(),
@@ -410,6 +488,7 @@ impl<'a, B: Backend, S: AsyncRead + AsyncWrite + Unpin> Session<'a, B, S> {
         let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
         let mut stop = self.conn.shared.stop.clone();
         let replaced = Arc::clone(&self.registration.replaced);
+        let removed = Arc::clone(&self.registration.removed);
         loop {
             if self.registration.lagged.swap(false, Ordering::AcqRel) {
                 self.delivery.on_lagged();
@@ -422,6 +501,7 @@ impl<'a, B: Backend, S: AsyncRead + AsyncWrite + Unpin> Session<'a, B, S> {
                 biased;
                 _ = stop.changed() => return Err(Exit::Shutdown),
                 () = replaced.notified() => return Err(Exit::Replaced),
+                () = removed.notified() => return Err(Exit::Removed),
                 Some(done) = self.pending.next(), if !self.pending.is_empty() => {
                     self.on_done(done).await?;
                 }
@@ -442,7 +522,7 @@ impl<'a, B: Backend, S: AsyncRead + AsyncWrite + Unpin> Session<'a, B, S> {
             .conn
             .shared
             .backend
-            .fetch(self.key, after, limit)
+            .fetch(self.key, self.device, after, limit)
             .await
             .map_err(|e| {
                 tracing::error!(error = %e, "fetching the queue failed");
@@ -515,18 +595,49 @@ impl<'a, B: Backend, S: AsyncRead + AsyncWrite + Unpin> Session<'a, B, S> {
                 Ok(())
             }
             Done::Removed(Ok(_)) => Ok(()),
+            Done::Devices(Ok(records)) => {
+                let online = self.conn.shared.hub.online(&self.key);
+                let devices = records
+                    .into_iter()
+                    .map(|d| DeviceInfo {
+                        online: online.contains(&d.id),
+                        id: d.id,
+                        name: d.name,
+                        first_seen: d.first_seen,
+                        last_seen: d.last_seen,
+                    })
+                    .collect();
+                self.conn
+                    .feed(&Frame::Devices(DeviceList { devices }))
+                    .await
+            }
+            Done::DeviceRemoved(device, Ok(removed)) => {
+                if removed {
+                    // After the commit: its session closes with 4001.
+                    self.conn.shared.hub.remove_device(&self.key, &device);
+                }
+                let answer = Frame::DeviceRemoved(DeviceRemoved { device, removed });
+                self.conn.feed(&answer).await
+            }
+            Done::Devices(Err(e)) | Done::DeviceRemoved(_, Err(e)) => {
+                tracing::warn!(error = %e, "a device request failed");
+                let msg = "the router could not answer this device request; try again later";
+                self.conn.error(None, ErrorCode::Internal, msg).await
+            }
         }
     }
 
     async fn answer_enqueued(&mut self, id: Uuid, outcome: Enqueued) -> Result<(), Exit> {
         let ack = |at: String| Frame::Ack(Ack { id, at: Some(at) });
         match outcome {
-            Enqueued::Stored(queued) => {
-                let frame = ack(queued.at.clone());
-                self.conn.shared.hub.notify(queued);
-                self.conn.feed(&frame).await
+            Enqueued::Stored { frame, devices } => {
+                let answer = ack(frame.at.clone());
+                self.conn.shared.hub.notify(frame, &devices);
+                self.conn.feed(&answer).await
             }
-            Enqueued::Duplicate { at } => self.conn.feed(&ack(at)).await,
+            Enqueued::Duplicate { at } | Enqueued::Unneeded { at } => {
+                self.conn.feed(&ack(at)).await
+            }
             Enqueued::QuotaExceeded => {
                 let msg = "the recipient has too many frames waiting; try again later";
                 self.conn
@@ -592,7 +703,7 @@ impl<'a, B: Backend, S: AsyncRead + AsyncWrite + Unpin> Session<'a, B, S> {
             return;
         }
         let seqs = std::mem::take(&mut self.acks);
-        let removal = self.conn.shared.backend.remove(self.key, seqs);
+        let removal = self.conn.shared.backend.remove(self.key, self.device, seqs);
         self.pending.push(removal.map(Done::Removed).boxed());
     }
 
@@ -637,9 +748,18 @@ impl<'a, B: Backend, S: AsyncRead + AsyncWrite + Unpin> Session<'a, B, S> {
                 }
                 Ok(())
             }
-            Inbound::ListDevices | Inbound::RemoveDevice(_) => {
-                let msg = "device requests are not served by this router yet";
-                self.conn.error(None, ErrorCode::UnknownType, msg).await
+            Inbound::ListDevices => {
+                let list = self.conn.shared.backend.devices(self.key);
+                self.pending.push(list.map(Done::Devices).boxed());
+                Ok(())
+            }
+            Inbound::RemoveDevice(device) => {
+                // Acks read before it settle first.
+                self.submit_acks();
+                let removal = self.conn.shared.backend.remove_device(self.key, device);
+                let done = removal.map(move |r| Done::DeviceRemoved(device, r));
+                self.pending.push(done.boxed());
+                Ok(())
             }
             Inbound::Auth(_) => {
                 let msg = "this session is already authenticated";
@@ -655,6 +775,7 @@ impl<'a, B: Backend, S: AsyncRead + AsyncWrite + Unpin> Session<'a, B, S> {
         let frame = NewFrame {
             recipient: to,
             sender: *self.key.as_bytes(),
+            sender_device: self.device,
             id,
             text: text.into(),
         };
@@ -694,8 +815,8 @@ impl<'a, B: Backend, S: AsyncRead + AsyncWrite + Unpin> Session<'a, B, S> {
                 let _ = self.answer(done).await;
             } else if let Done::Enqueued(_, Ok(outcomes)) = done {
                 for outcome in outcomes {
-                    if let Enqueued::Stored(queued) = outcome {
-                        self.conn.shared.hub.notify(queued);
+                    if let Enqueued::Stored { frame, devices } = outcome {
+                        self.conn.shared.hub.notify(frame, &devices);
                     }
                 }
             }
@@ -721,6 +842,7 @@ mod tests {
         let exits = [
             Exit::Dead,
             Exit::Replaced,
+            Exit::Removed,
             Exit::Shutdown,
             Exit::TooSlow,
             Exit::TooLarge,

@@ -34,28 +34,69 @@ impl Handshake {
         }
     }
 
-    /// Checks the client's first frame: the negotiated version, or why the
-    /// session must be closed.
-    pub fn answer(&self, frame: &Frame) -> Result<u32, (ErrorCode, &'static str)> {
+    /// Checks the client's first frame against the router's own `names`
+    /// (canonical, see [`protocol::router_name`]): who signed in, or why
+    /// the session must be closed.
+    pub fn answer(&self, frame: &Frame, names: &[String]) -> Result<SignedIn, (ErrorCode, String)> {
         let Frame::Auth(auth) = frame else {
             return Err((
                 ErrorCode::NotAuthenticated,
-                "the first frame must be 'auth' answering the challenge",
+                "the first frame must be 'auth' answering the challenge".to_owned(),
             ));
         };
         if !protocol::SUPPORTED_VERSIONS.contains(&auth.version) {
             return Err((
                 ErrorCode::UnsupportedVersion,
-                "this router does not speak that protocol version",
+                "this router does not speak that protocol version".to_owned(),
             ));
         }
         if !protocol::verify_auth(&self.key, &self.nonce, auth) {
             return Err((
                 ErrorCode::BadSignature,
-                "the auth signature does not verify for this key",
+                "the auth signature does not verify for this key".to_owned(),
             ));
         }
-        Ok(auth.version)
+        if !names.contains(&auth.router) {
+            return Err((ErrorCode::WrongRouter, wrong_router(&auth.router, names)));
+        }
+        Ok(SignedIn {
+            version: auth.version,
+            device: auth.device,
+            name: auth.name.clone(),
+        })
+    }
+}
+
+/// Why an `auth` signed for `signed` is refused, naming the addresses this
+/// router answers to: a client that dialed the router by another name (or
+/// through a relaying router) learns what to dial.
+fn wrong_router(signed: &str, names: &[String]) -> String {
+    // The client's own string, echoed: bounded by MAX_ROUTER_NAME_BYTES.
+    format!(
+        "this auth was signed for {signed}, which is not this router: it answers to {} \
+         (a router relaying another's challenge is refused this way; if you dialed this \
+         router by another name, use one of these, or ask its operator to add yours with \
+         --public-url)",
+        names.join(", ")
+    )
+}
+
+/// A session that passed the handshake.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SignedIn {
+    /// The negotiated protocol version.
+    pub version: u32,
+    /// Its device ([`protocol::CONTROL_DEVICE`] for a control session).
+    pub device: Uuid,
+    /// The device's name.
+    pub name: String,
+}
+
+impl SignedIn {
+    /// Whether this is a control session (receives nothing, replaces
+    /// nothing, is no device).
+    pub fn is_control(&self) -> bool {
+        self.device == protocol::CONTROL_DEVICE
     }
 }
 
@@ -78,9 +119,21 @@ pub struct Delivery {
     need_fetch: bool,
     /// Whether the client was told its backlog is delivered.
     synced_sent: bool,
+    /// False for a control session, which is sent no frames.
+    receives: bool,
 }
 
 impl Delivery {
+    /// A control session's: nothing is ever fetched or announced.
+    pub fn none() -> Self {
+        Self {
+            need_fetch: false,
+            synced_sent: true,
+            receives: false,
+            ..Self::new(1)
+        }
+    }
+
     /// A fresh session: whatever is queued must be fetched first.
     pub fn new(window: usize) -> Self {
         Self {
@@ -90,12 +143,13 @@ impl Delivery {
             window: window.max(1),
             need_fetch: true,
             synced_sent: false,
+            receives: true,
         }
     }
 
     /// A frame committed while the session is live: send it now?
     pub fn on_notify(&mut self, frame: &Queued) -> bool {
-        if frame.seq <= self.cursor {
+        if !self.receives || frame.seq <= self.cursor {
             return false;
         }
         if self.need_fetch || self.room() == 0 {
@@ -109,7 +163,7 @@ impl Delivery {
 
     /// A frame could not be handed over live (the hub's channel was full).
     pub fn on_lagged(&mut self) {
-        self.need_fetch = true;
+        self.need_fetch = self.receives;
     }
 
     /// The `(after, limit)` to fetch next, if a fetch is due and there is room.
@@ -226,30 +280,85 @@ mod tests {
         }
     }
 
+    fn names() -> Vec<String> {
+        vec![
+            "ws://127.0.0.1:8080/ws".to_owned(),
+            "ws://localhost:8080/ws".to_owned(),
+        ]
+    }
+
     #[test]
     fn handshake_accepts_only_the_keys_owner() {
         let alice = Identity::generate();
         let hs = Handshake::new(alice.public_key());
         let nonce = hs.challenge().nonce;
+        let device = Uuid::new_v4();
         let who = protocol::AuthFor {
-            device: &Uuid::new_v4(),
+            device: &device,
             name: "test",
             router: "ws://127.0.0.1:8080/ws",
         };
         let good = Frame::Auth(protocol::sign_challenge(&alice, 2, &nonce, who));
-        assert_eq!(hs.answer(&good), Ok(2));
+        let signed_in = hs.answer(&good, &names()).unwrap();
+        assert_eq!((signed_in.version, signed_in.device), (2, device));
+        assert!(!signed_in.is_control());
         let mallory = Identity::generate();
         let bad = Frame::Auth(protocol::sign_challenge(&mallory, 2, &nonce, who));
-        assert_eq!(hs.answer(&bad).unwrap_err().0, ErrorCode::BadSignature);
+        assert_eq!(
+            hs.answer(&bad, &names()).unwrap_err().0,
+            ErrorCode::BadSignature
+        );
         let stale = Frame::Auth(protocol::sign_challenge(&alice, 2, &[0; 32], who));
-        assert_eq!(hs.answer(&stale).unwrap_err().0, ErrorCode::BadSignature);
+        assert_eq!(
+            hs.answer(&stale, &names()).unwrap_err().0,
+            ErrorCode::BadSignature
+        );
         let v1 = Frame::Auth(protocol::sign_challenge(&alice, 1, &nonce, who));
-        assert_eq!(hs.answer(&v1).unwrap_err().0, ErrorCode::UnsupportedVersion);
+        assert_eq!(
+            hs.answer(&v1, &names()).unwrap_err().0,
+            ErrorCode::UnsupportedVersion
+        );
         let ack = Frame::Ack(protocol::Ack {
             id: Uuid::now_v7(),
             at: None,
         });
-        assert_eq!(hs.answer(&ack).unwrap_err().0, ErrorCode::NotAuthenticated);
+        assert_eq!(
+            hs.answer(&ack, &names()).unwrap_err().0,
+            ErrorCode::NotAuthenticated
+        );
+    }
+
+    #[test]
+    fn handshake_refuses_an_auth_signed_for_another_router() {
+        let alice = Identity::generate();
+        let hs = Handshake::new(alice.public_key());
+        let nonce = hs.challenge().nonce;
+        let who = protocol::AuthFor {
+            device: &protocol::CONTROL_DEVICE,
+            name: "",
+            router: "ws://evil.example:8080/ws",
+        };
+        let relayed = Frame::Auth(protocol::sign_challenge(&alice, 2, &nonce, who));
+        let (code, message) = hs.answer(&relayed, &names()).unwrap_err();
+        assert_eq!(code, ErrorCode::WrongRouter);
+        assert!(message.contains("ws://evil.example:8080/ws"), "{message}");
+        assert!(message.contains("ws://localhost:8080/ws"), "{message}");
+        // Signed for one of its names: accepted, as a control session.
+        let who = protocol::AuthFor {
+            router: "ws://localhost:8080/ws",
+            ..who
+        };
+        let good = Frame::Auth(protocol::sign_challenge(&alice, 2, &nonce, who));
+        assert!(hs.answer(&good, &names()).unwrap().is_control());
+    }
+
+    #[test]
+    fn a_control_session_fetches_nothing_and_is_never_synced() {
+        let mut d = Delivery::none();
+        assert_eq!(d.fetch_request(), None);
+        assert!(!d.take_synced());
+        d.on_lagged();
+        assert_eq!(d.fetch_request(), None, "a lag flag cannot start fetching");
     }
 
     #[test]

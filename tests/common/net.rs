@@ -94,9 +94,14 @@ impl Router {
     /// Kills the router and starts a new one on the same address and data
     /// directory, as a restart in the middle of a conversation.
     pub fn restart_same_port(self) -> Router {
+        self.restart_same_port_with(&[])
+    }
+
+    /// [`Router::restart_same_port`] with other arguments.
+    pub fn restart_same_port_with(self, extra: &[&str]) -> Router {
         let (data, addr) = (self.data.clone(), self.addr.clone());
         self.kill();
-        Router::start_at(&data, &addr, &[])
+        Router::start_at(&data, &addr, extra)
     }
 
     /// Starts a new router on the same data directory.
@@ -195,10 +200,26 @@ pub async fn read_challenge(ws: &mut Socket) -> [u8; 32] {
     }
 }
 
+/// The device a [`Client`] of `id` is unless told otherwise: derived from
+/// the key, so connecting again is the same device (as a profile is).
+pub fn default_device(id: &Identity) -> Uuid {
+    let key = id.public_key();
+    let mut bytes = [0u8; 16];
+    bytes.copy_from_slice(&key.as_bytes()[..16]);
+    Uuid::from_bytes(bytes)
+}
+
+/// The same identity again (another device of it holds the same key).
+pub fn twin(id: &Identity) -> Identity {
+    Identity::from_secret_bytes(&id.secret_bytes())
+}
+
 /// An authenticated client.
 pub struct Client {
     /// Its identity.
     pub id: Identity,
+    /// Its device ([`protocol::CONTROL_DEVICE`] for a control session).
+    pub device: Uuid,
     /// Its socket.
     pub ws: Socket,
     /// How many `synced` frames the router sent (one per session).
@@ -206,16 +227,59 @@ pub struct Client {
 }
 
 impl Client {
-    /// Connects and authenticates as `id`.
+    /// Connects and authenticates as `id`, on its default device.
     pub async fn connect(addr: &str, id: Identity) -> Client {
+        let device = default_device(&id);
+        Client::connect_device(addr, id, device).await
+    }
+
+    /// Connects and authenticates as `device` of `id`.
+    pub async fn connect_device(addr: &str, id: Identity, device: Uuid) -> Client {
+        match Client::try_connect(addr, id, device).await {
+            Ok(client) => client,
+            Err((close, frames)) => panic!("refused: {close:?} after {frames:?}"),
+        }
+    }
+
+    /// Connects as `device` of `id`: the client, or the router's close
+    /// frame and what it sent before when it refused the session.
+    pub async fn try_connect(
+        addr: &str,
+        id: Identity,
+        device: Uuid,
+    ) -> Result<Client, (Option<CloseFrame>, Vec<Frame>)> {
         let mut ws = connect_raw(addr, &id.public_key()).await;
         let nonce = read_challenge(&mut ws).await;
-        send_frame(&mut ws, &auth(&id, &nonce, addr, &Uuid::new_v4())).await;
-        match next_frame(&mut ws).await {
-            Frame::Ready(r) => assert_eq!(r.key, id.public_key()),
-            other => panic!("expected ready, got {other:?}"),
+        send_frame(&mut ws, &auth(&id, &nonce, addr, &device)).await;
+        let msg = tokio::time::timeout(GUARD, ws.next())
+            .await
+            .expect("the router sent nothing");
+        match msg {
+            Some(Ok(Message::Text(text))) => match protocol::parse(text.as_str()) {
+                Ok(Frame::Ready(r)) => {
+                    assert_eq!(r.key, id.public_key());
+                    Ok(Client {
+                        id,
+                        device,
+                        ws,
+                        synced: 0,
+                    })
+                }
+                Ok(first) => {
+                    let (close, mut frames) = until_close(&mut ws).await;
+                    frames.insert(0, first);
+                    Err((close, frames))
+                }
+                Err(e) => panic!("not a frame: {e}"),
+            },
+            Some(Ok(Message::Close(c))) => Err((c, Vec::new())),
+            other => panic!("expected ready or a refusal, got {other:?}"),
         }
-        Client { id, ws, synced: 0 }
+    }
+
+    /// A control session of `id`: receives nothing, replaces nothing.
+    pub async fn control(addr: &str, id: Identity) -> Client {
+        Client::connect_device(addr, id, protocol::CONTROL_DEVICE).await
     }
 
     /// This client's key.

@@ -3,10 +3,28 @@
 //!
 //! Every accepted frame goes through [`Backend::enqueue`], online recipient
 //! or not: the sender's `ack` waits for the commit, and the recipient's
-//! session is told about the frame only after it. A frame leaves the queue
-//! only through [`Backend::remove`] (the recipient's own `ack`) or
-//! [`Backend::expire`] (retention).
+//! sessions are told about the frame only after it.
+//!
+//! **Devices** (protocol v2, docs/PROTOCOL.md §2.1). A key has any number of
+//! devices (up to [`MAX_DEVICES`]), each registered by its first session
+//! ([`Backend::register`]). A frame waits for every device its recipient
+//! had when it was committed; each device fetches and acknowledges on its
+//! own ([`Backend::fetch`], [`Backend::remove`]), and the frame leaves the
+//! queue when the last one acknowledged it, or through
+//! [`Backend::expire`] (retention) or [`Backend::remove_device`]. A key
+//! without devices keeps its frames for its first device, which gets them
+//! all; a device registering for a key that has devices gets only what is
+//! committed after it. A frame a device sends to its own key does not wait
+//! for that device (and is not stored when no other device needs it).
+//! The quota is per device: a frame is refused when any device it would
+//! wait for (or, for a key without devices, the key) already has the
+//! quota's number of frames waiting.
+//!
+//! The contract is tested once, generically, in [`contract`]; every
+//! backend runs that suite.
 
+#[cfg(test)]
+pub mod contract;
 pub mod sqlite;
 
 use std::future::Future;
@@ -25,6 +43,10 @@ pub struct NewFrame {
     pub recipient: [u8; 32],
     /// Who sent it (the authenticated session's key).
     pub sender: [u8; 32],
+    /// The sending session's device ([`crate::protocol::CONTROL_DEVICE`]
+    /// for a control session): a frame to the sender's own key does not
+    /// wait for the device that sent it.
+    pub sender_device: Uuid,
     /// The message id, chosen by the sender: `(sender, recipient, id)` is
     /// unique, so two senders' frames with the same id are both kept.
     pub id: Uuid,
@@ -38,15 +60,68 @@ pub struct NewFrame {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Enqueued {
     /// Committed now.
-    Stored(Queued),
+    Stored {
+        /// The frame as stored.
+        frame: Queued,
+        /// The devices it waits for (to hand it to those online); empty
+        /// for a key without devices (its first device fetches it).
+        devices: Vec<Uuid>,
+    },
+    /// A frame to the sender's own key that no other device of it needs:
+    /// accepted (the sender gets its `ack`) and not stored.
+    Unneeded {
+        /// When it was accepted.
+        at: String,
+    },
     /// Already queued under this `(sender, recipient, id)`: nothing
     /// stored, but it is durable.
     Duplicate {
         /// When the first copy was committed.
         at: String,
     },
-    /// The recipient has as many frames queued as allowed.
+    /// A device of the recipient has as many frames waiting as allowed.
     QuotaExceeded,
+}
+
+/// The most devices one key may have at once (removed ones do not count).
+pub const MAX_DEVICES: usize = 32;
+
+/// The answer to [`Backend::register`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Registered {
+    /// Known before: its name and `last_seen` were updated.
+    Known,
+    /// New: the key's first device (it gets what waited for the key).
+    First,
+    /// New beside the key's other devices: it gets what is committed from
+    /// now on.
+    Added,
+    /// The device was removed with [`Backend::remove_device`]: refused.
+    Removed,
+    /// The key has [`MAX_DEVICES`] devices: refused.
+    TooMany,
+}
+
+/// A device of a key, as the queue knows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceRecord {
+    /// The device's id.
+    pub id: Uuid,
+    /// The name from its latest `auth`.
+    pub name: String,
+    /// When it registered, RFC 3339 UTC.
+    pub first_seen: String,
+    /// When a session of it last started, ended or was seen live.
+    pub last_seen: String,
+}
+
+/// What [`Backend::expire`] dropped.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Expired {
+    /// Frames committed before the cutoff.
+    pub frames: u64,
+    /// Devices not seen since before the cutoff, forgotten.
+    pub devices: u64,
 }
 
 /// A stored frame, as fetched for delivery.
@@ -98,41 +173,78 @@ pub enum BackendError {
 
 /// The storage a router queues frames in.
 ///
-/// Implementations must make `enqueue` durable before its future resolves,
-/// group concurrent submissions into shared commits, and keep `seq`
-/// increasing per recipient.
+/// Implementations must make every write durable before its future
+/// resolves, group concurrent submissions into shared commits, keep `seq`
+/// increasing per recipient, and keep the device rules of the module
+/// documentation.
 pub trait Backend: Send + Sync + 'static {
     /// Stores frames, each deduplicated by `(sender, recipient, id)` (ids
     /// are unique per sender only: a frame from another sender with an id
     /// already queued is a different frame) and checked against the
-    /// per-recipient quota; resolves after the commit.
+    /// per-device quota; resolves after the commit.
     fn enqueue(
         &self,
         frames: Vec<NewFrame>,
     ) -> impl Future<Output = Result<Vec<Enqueued>, BackendError>> + Send + 'static;
 
-    /// Up to `limit` frames for `recipient` with `seq > after`, in order.
+    /// Registers `device` of `key` (a session of it authenticated), or
+    /// notes that a known one is back, under `name`.
+    fn register(
+        &self,
+        key: PublicKey,
+        device: Uuid,
+        name: String,
+    ) -> impl Future<Output = Result<Registered, BackendError>> + Send + 'static;
+
+    /// Notes that these devices were seen now (sessions ending, or live
+    /// when retention runs); unknown or removed ones are ignored.
+    fn seen(
+        &self,
+        devices: Vec<(PublicKey, Uuid)>,
+    ) -> impl Future<Output = Result<(), BackendError>> + Send + 'static;
+
+    /// The key's devices (not removed ones), oldest first.
+    fn devices(
+        &self,
+        key: PublicKey,
+    ) -> impl Future<Output = Result<Vec<DeviceRecord>, BackendError>> + Send + 'static;
+
+    /// Stops delivery to `device` of `key`: its waiting frames are released
+    /// (deleted when no other device needs them) and its later
+    /// registrations are refused. False when the key has no such device.
+    fn remove_device(
+        &self,
+        key: PublicKey,
+        device: Uuid,
+    ) -> impl Future<Output = Result<bool, BackendError>> + Send + 'static;
+
+    /// Up to `limit` frames waiting for `device` of `recipient` with
+    /// `seq > after`, in order.
     fn fetch(
         &self,
         recipient: PublicKey,
+        device: Uuid,
         after: i64,
         limit: usize,
     ) -> impl Future<Output = Result<Vec<Queued>, BackendError>> + Send + 'static;
 
-    /// Deletes frames the recipient acknowledged, by their [`Queued::seq`]
-    /// (an id alone may name frames from several senders); only frames
-    /// queued for `recipient` are touched. Returns how many existed.
+    /// Settles frames `device` of `recipient` acknowledged, by their
+    /// [`Queued::seq`] (an id alone may name frames from several senders);
+    /// a frame is deleted once no device waits for it. Returns how many of
+    /// them were waiting for the device.
     fn remove(
         &self,
         recipient: PublicKey,
+        device: Uuid,
         seqs: Vec<i64>,
     ) -> impl Future<Output = Result<u64, BackendError>> + Send + 'static;
 
-    /// Deletes frames committed before `before` (RFC 3339); returns how many.
+    /// Deletes frames committed before `before` (RFC 3339), and forgets
+    /// devices last seen before it.
     fn expire(
         &self,
         before: String,
-    ) -> impl Future<Output = Result<u64, BackendError>> + Send + 'static;
+    ) -> impl Future<Output = Result<Expired, BackendError>> + Send + 'static;
 
     /// How many frames the queue holds now (for `/metrics`).
     fn depth(&self) -> impl Future<Output = Result<u64, BackendError>> + Send + 'static;

@@ -8,7 +8,6 @@
 //! its commit. Reads (delivery) use separate connections, which WAL lets
 //! run beside the writer.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -18,9 +17,12 @@ use rusqlite::{params, Connection, OpenFlags, Transaction};
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
-use super::{Backend, BackendError, Enqueued, NewFrame, Queued};
+use self::devices::{bit, Keys};
+use super::{Backend, BackendError, DeviceRecord, Enqueued, Expired, NewFrame, Queued, Registered};
 use crate::clock;
 use crate::identity::PublicKey;
+
+mod devices;
 
 mod embedded {
     refinery::embed_migrations!("src/router/backend/migrations");
@@ -61,8 +63,11 @@ type Reply<T> = oneshot::Sender<Result<T, BackendError>>;
 /// One unit of work for the writer.
 enum Op {
     Enqueue(Vec<NewFrame>, Reply<Vec<Enqueued>>),
-    Remove(PublicKey, Vec<i64>, Reply<u64>),
-    Expire(String, Reply<u64>),
+    Register(PublicKey, Uuid, String, Reply<Registered>),
+    Seen(Vec<(PublicKey, Uuid)>, Reply<()>),
+    RemoveDevice(PublicKey, Uuid, Reply<bool>),
+    Remove(PublicKey, Uuid, Vec<i64>, Reply<u64>),
+    Expire(String, Reply<Expired>),
     Close(oneshot::Sender<()>),
 }
 
@@ -104,7 +109,7 @@ impl SqliteBackend {
         check_ours(&conn, &path).map_err(not_ours)?;
         embedded::migrations::runner().run(&mut conn)?;
         conn.pragma_update(None, "application_id", APPLICATION_ID)?;
-        let counts = load_counts(&conn)?;
+        let keys = Keys::load(&conn)?;
         let next_seq: i64 =
             conn.query_row("SELECT coalesce(max(seq), 0) + 1 FROM queue", [], |r| {
                 r.get(0)
@@ -119,7 +124,8 @@ impl SqliteBackend {
         let writer = Writer {
             _lock: lock,
             conn,
-            counts,
+            keys,
+            stale: false,
             quota,
             next_seq,
             stopped: Arc::clone(&stopped),
@@ -146,6 +152,27 @@ impl SqliteBackend {
     /// The queue file.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Runs `query` on a pooled read connection, off the async threads.
+    fn read<T: Send + 'static>(
+        &self,
+        query: impl FnOnce(&Connection) -> Result<T, BackendError> + Send + 'static,
+    ) -> impl std::future::Future<Output = Result<T, BackendError>> + Send + 'static {
+        let readers = Arc::clone(&self.readers);
+        let path = Arc::clone(&self.path);
+        async move {
+            tokio::task::spawn_blocking(move || {
+                let conn = take_reader(&readers, &path)?;
+                let result = query(&conn);
+                // A list of connections cannot be left half-updated: a
+                // poisoned lock is still usable.
+                readers.lock().unwrap_or_else(|e| e.into_inner()).push(conn);
+                result
+            })
+            .await
+            .map_err(|_| BackendError::Closed)?
+        }
     }
 
     /// Submits `op` built around a fresh reply channel and awaits the reply.
@@ -185,59 +212,70 @@ impl Backend for SqliteBackend {
         self.submit(move |reply| Op::Enqueue(frames, reply))
     }
 
+    fn register(
+        &self,
+        key: PublicKey,
+        device: Uuid,
+        name: String,
+    ) -> impl std::future::Future<Output = Result<Registered, BackendError>> + Send + 'static {
+        self.submit(move |reply| Op::Register(key, device, name, reply))
+    }
+
+    fn seen(
+        &self,
+        devices: Vec<(PublicKey, Uuid)>,
+    ) -> impl std::future::Future<Output = Result<(), BackendError>> + Send + 'static {
+        self.submit(move |reply| Op::Seen(devices, reply))
+    }
+
+    fn devices(
+        &self,
+        key: PublicKey,
+    ) -> impl std::future::Future<Output = Result<Vec<DeviceRecord>, BackendError>> + Send + 'static
+    {
+        self.read(move |conn| devices::list(conn, &key))
+    }
+
+    fn remove_device(
+        &self,
+        key: PublicKey,
+        device: Uuid,
+    ) -> impl std::future::Future<Output = Result<bool, BackendError>> + Send + 'static {
+        self.submit(move |reply| Op::RemoveDevice(key, device, reply))
+    }
+
     fn fetch(
         &self,
         recipient: PublicKey,
+        device: Uuid,
         after: i64,
         limit: usize,
     ) -> impl std::future::Future<Output = Result<Vec<Queued>, BackendError>> + Send + 'static {
-        let readers = Arc::clone(&self.readers);
-        let path = Arc::clone(&self.path);
-        async move {
-            tokio::task::spawn_blocking(move || {
-                let conn = take_reader(&readers, &path)?;
-                let rows = fetch_rows(&conn, &recipient, after, limit);
-                // A list of connections cannot be left half-updated: a
-                // poisoned lock is still usable.
-                readers.lock().unwrap_or_else(|e| e.into_inner()).push(conn);
-                rows
-            })
-            .await
-            .map_err(|_| BackendError::Closed)?
-        }
+        self.read(move |conn| fetch_rows(conn, &recipient, &device, after, limit))
     }
 
     fn depth(
         &self,
     ) -> impl std::future::Future<Output = Result<u64, BackendError>> + Send + 'static {
-        let readers = Arc::clone(&self.readers);
-        let path = Arc::clone(&self.path);
-        async move {
-            tokio::task::spawn_blocking(move || {
-                let conn = take_reader(&readers, &path)?;
-                let depth = conn
-                    .query_row("SELECT count(*) FROM queue", [], |r| r.get::<_, i64>(0))
-                    .map_err(BackendError::from);
-                readers.lock().unwrap_or_else(|e| e.into_inner()).push(conn);
-                Ok(u64::try_from(depth?).unwrap_or(0))
-            })
-            .await
-            .map_err(|_| BackendError::Closed)?
-        }
+        self.read(|conn| {
+            let depth = conn.query_row("SELECT count(*) FROM queue", [], |r| r.get::<_, i64>(0))?;
+            Ok(u64::try_from(depth).unwrap_or(0))
+        })
     }
 
     fn remove(
         &self,
         recipient: PublicKey,
+        device: Uuid,
         seqs: Vec<i64>,
     ) -> impl std::future::Future<Output = Result<u64, BackendError>> + Send + 'static {
-        self.submit(move |reply| Op::Remove(recipient, seqs, reply))
+        self.submit(move |reply| Op::Remove(recipient, device, seqs, reply))
     }
 
     fn expire(
         &self,
         before: String,
-    ) -> impl std::future::Future<Output = Result<u64, BackendError>> + Send + 'static {
+    ) -> impl std::future::Future<Output = Result<Expired, BackendError>> + Send + 'static {
         self.submit(move |reply| Op::Expire(before, reply))
     }
 
@@ -331,18 +369,24 @@ fn take_reader(readers: &Mutex<Vec<Connection>>, path: &Path) -> Result<Connecti
 fn fetch_rows(
     conn: &Connection,
     recipient: &PublicKey,
+    device: &Uuid,
     after: i64,
     limit: usize,
 ) -> Result<Vec<Queued>, BackendError> {
+    // The device's bit, looked up once; NULL (nothing matches) for a
+    // device that is not live.
     let mut stmt = conn.prepare_cached(
         "SELECT seq, id, received_at, frame
          FROM queue
          WHERE recipient = ?1 AND seq > ?2
+           AND (waiting & (SELECT 1 << slot FROM devices
+                           WHERE recipient = ?1 AND device = ?4 AND removed = 0)) != 0
          ORDER BY seq
          LIMIT ?3",
     )?;
     let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-    let rows = stmt.query_map(params![recipient.as_bytes(), after, limit], |r| {
+    let args = params![recipient.as_bytes(), after, limit, device.as_bytes()];
+    let rows = stmt.query_map(args, |r| {
         let id: Vec<u8> = r.get(1)?;
         let text: String = r.get(3)?;
         Ok((r.get::<_, i64>(0)?, id, r.get::<_, String>(2)?, text))
@@ -363,23 +407,6 @@ fn fetch_rows(
         });
     }
     Ok(out)
-}
-
-fn load_counts(conn: &Connection) -> Result<HashMap<[u8; 32], u64>, BackendError> {
-    let mut stmt = conn.prepare(
-        "SELECT recipient, count(*)
-         FROM queue
-         GROUP BY recipient",
-    )?;
-    let rows = stmt.query_map([], |r| Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, i64>(1)?)))?;
-    let mut counts = HashMap::new();
-    for row in rows {
-        let (key, n) = row?;
-        if let Ok(key) = <[u8; 32]>::try_from(key.as_slice()) {
-            counts.insert(key, u64::try_from(n).unwrap_or(0));
-        }
-    }
-    Ok(counts)
 }
 
 /// Copies committed WAL frames into the database file with PASSIVE
@@ -407,19 +434,32 @@ fn drain(rx: &mut mpsc::Receiver<Op>, batch: &mut Vec<Op>) {
     }
 }
 
-/// A reply to send once the batch's transaction committed.
-enum Pending {
-    Enqueue(Reply<Vec<Enqueued>>, Vec<Enqueued>),
-    Count(Reply<u64>, u64),
+/// A reply to send once the batch's transaction committed (`None`) or
+/// failed (the error's text).
+type Pending = Box<dyn FnOnce(Option<&str>) + Send>;
+
+/// The answer `value` for `reply`, to send after the commit.
+fn pending<T: Send + 'static>(reply: Reply<T>, value: T) -> Pending {
+    Box::new(move |failed: Option<&str>| {
+        let answer = match failed {
+            None => Ok(value),
+            Some(e) => Err(BackendError::Commit(e.to_owned())),
+        };
+        let _ = reply.send(answer);
+    })
 }
 
-/// The single writer: owns the read-write connection and the per-recipient
-/// counts the quota checks (kept in memory, since only it writes).
+/// The single writer: owns the read-write connection and the per-key
+/// state the quota and the devices' slots need (kept in memory, since only
+/// it writes).
 struct Writer {
     /// The data directory's lock, released when the writer stops.
     _lock: std::fs::File,
     conn: Connection,
-    counts: HashMap<[u8; 32], u64>,
+    keys: Keys,
+    /// Set when a failed commit left `keys` ahead of the database and
+    /// reloading it failed too: reload before the next batch.
+    stale: bool,
     quota: u64,
     /// The next `seq` to assign.
     next_seq: i64,
@@ -483,37 +523,22 @@ impl Writer {
     fn commit(&mut self, ops: Vec<Op>) {
         let started = std::time::Instant::now();
         let count = ops.len();
-        let mut deltas: HashMap<[u8; 32], i64> = HashMap::new();
-        let mut replies = Vec::with_capacity(ops.len());
+        let mut replies: Vec<Pending> = Vec::with_capacity(ops.len());
+        if self.stale {
+            self.reload();
+        }
+        let mut state = State {
+            keys: &mut self.keys,
+            next_seq: &mut self.next_seq,
+            quota: self.quota,
+        };
+        let conn = &mut self.conn;
         let result = (|| -> Result<(), BackendError> {
-            let tx = self.conn.transaction()?;
+            let tx = conn.transaction()?;
             let now = clock::now();
             for op in ops {
-                let pending = match op {
-                    Op::Enqueue(frames, reply) => {
-                        let limits = Quota {
-                            quota: self.quota,
-                            counts: &self.counts,
-                            deltas: &mut deltas,
-                        };
-                        let outcomes = enqueue_tx(&tx, &frames, &now, &mut self.next_seq, limits)?;
-                        Pending::Enqueue(reply, outcomes)
-                    }
-                    Op::Remove(recipient, seqs, reply) => {
-                        let n = remove_tx(&tx, &recipient, &seqs)?;
-                        *deltas.entry(*recipient.as_bytes()).or_default() -= n as i64;
-                        Pending::Count(reply, n)
-                    }
-                    Op::Expire(before, reply) => {
-                        let gone = expire_tx(&tx, &before)?;
-                        for key in &gone {
-                            *deltas.entry(*key).or_default() -= 1;
-                        }
-                        Pending::Count(reply, gone.len() as u64)
-                    }
-                    Op::Close(_) => continue,
-                };
-                replies.push(pending);
+                let answer = state.apply(&tx, op, &now)?;
+                replies.push(answer);
             }
             let applied = started.elapsed();
             tx.commit()?;
@@ -522,69 +547,92 @@ impl Writer {
         })();
         match result {
             Ok(()) => {
-                self.merge(deltas);
-                for pending in replies {
-                    match pending {
-                        Pending::Enqueue(reply, outcomes) => {
-                            let _ = reply.send(Ok(outcomes));
-                        }
-                        Pending::Count(reply, n) => {
-                            let _ = reply.send(Ok(n));
-                        }
-                    }
+                for answer in replies {
+                    answer(None);
                 }
             }
             Err(e) => {
                 tracing::error!(error = %e, "queue commit failed; the batch is refused");
-                let err = || BackendError::Commit(e.to_string());
-                for pending in replies {
-                    match pending {
-                        Pending::Enqueue(reply, _) => {
-                            let _ = reply.send(Err(err()));
-                        }
-                        Pending::Count(reply, _) => {
-                            let _ = reply.send(Err(err()));
-                        }
-                    }
+                // The in-memory state took the batch's changes: read it
+                // back from what the database kept.
+                self.reload();
+                let e = e.to_string();
+                for answer in replies {
+                    answer(Some(&e));
                 }
             }
         }
     }
 
-    fn merge(&mut self, deltas: HashMap<[u8; 32], i64>) {
-        for (key, delta) in deltas {
-            let count = self.counts.entry(key).or_default();
-            *count = count.saturating_add_signed(delta);
-            if *count == 0 {
-                self.counts.remove(&key);
+    fn reload(&mut self) {
+        match Keys::load(&self.conn) {
+            Ok(keys) => {
+                self.keys = keys;
+                self.stale = false;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot reload the queue's state; will retry");
+                self.stale = true;
             }
         }
     }
 }
 
-/// The per-recipient quota: committed counts plus this batch's changes.
-struct Quota<'a> {
+/// What the writer's ops change beside the database.
+struct State<'a> {
+    keys: &'a mut Keys,
+    next_seq: &'a mut i64,
     quota: u64,
-    counts: &'a HashMap<[u8; 32], u64>,
-    deltas: &'a mut HashMap<[u8; 32], i64>,
 }
 
-/// Inserts frames, deduplicating and enforcing the quota.
+impl State<'_> {
+    /// One op inside the batch's transaction; its answer for after the
+    /// commit.
+    fn apply(&mut self, tx: &Transaction, op: Op, now: &str) -> Result<Pending, BackendError> {
+        let keys = &mut *self.keys;
+        Ok(match op {
+            Op::Enqueue(frames, reply) => {
+                let outcomes = enqueue_tx(tx, &frames, now, self.next_seq, keys, self.quota)?;
+                pending(reply, outcomes)
+            }
+            Op::Register(key, device, name, reply) => {
+                let outcome = devices::register_tx(tx, keys, &key, &device, &name, now)?;
+                pending(reply, outcome)
+            }
+            Op::Seen(list, reply) => {
+                devices::seen_tx(tx, &list, now)?;
+                pending(reply, ())
+            }
+            Op::RemoveDevice(key, device, reply) => {
+                let removed = devices::remove_device_tx(tx, keys, &key, &device, now)?;
+                pending(reply, removed)
+            }
+            Op::Remove(recipient, device, seqs, reply) => {
+                let n = remove_tx(tx, keys, &recipient, &device, &seqs)?;
+                pending(reply, n)
+            }
+            Op::Expire(before, reply) => {
+                let frames = expire_tx(tx, keys, &before)?;
+                let devices = devices::forget_tx(tx, keys, &before)?;
+                pending(reply, Expired { frames, devices })
+            }
+            Op::Close(_) => Box::new(|_| {}),
+        })
+    }
+}
+
+/// Inserts frames, deduplicating and enforcing the per-device quota.
 fn enqueue_tx(
     tx: &Transaction,
     frames: &[NewFrame],
     now: &str,
     next_seq: &mut i64,
-    limits: Quota<'_>,
+    keys: &mut Keys,
+    quota: u64,
 ) -> Result<Vec<Enqueued>, BackendError> {
-    let Quota {
-        quota,
-        counts,
-        deltas,
-    } = limits;
     let mut insert = tx.prepare_cached(
-        "INSERT INTO queue (seq, recipient, id, sender, received_at, frame)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+        "INSERT INTO queue (seq, recipient, id, sender, received_at, frame, waiting)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
          ON CONFLICT (id, recipient, sender) DO NOTHING",
     )?;
     let mut existing = tx.prepare_cached(
@@ -594,26 +642,39 @@ fn enqueue_tx(
     let mut out = Vec::with_capacity(frames.len());
     for f in frames {
         let key = f.recipient;
-        let queued =
-            counts.get(&key).copied().unwrap_or(0) as i64 + deltas.get(&key).copied().unwrap_or(0);
-        if queued >= quota as i64 {
+        let state = keys.get(&key);
+        let mut mask = state.map_or(1, |s| s.mask());
+        if f.sender == f.recipient {
+            // Not back to the device that wrote it.
+            if let Some(slot) = state.and_then(|s| s.slot_of(&f.sender_device)) {
+                mask &= !bit(slot);
+            }
+        }
+        if mask == 0 {
+            out.push(Enqueued::Unneeded { at: now.to_owned() });
+            continue;
+        }
+        if state.is_some_and(|s| s.over_quota(mask, quota)) {
             out.push(Enqueued::QuotaExceeded);
             continue;
         }
         let seq = *next_seq;
-        let inserted =
-            insert.execute(params![seq, key, f.id.as_bytes(), f.sender, now, &*f.text])?;
-        match inserted {
+        let args = params![seq, key, f.id.as_bytes(), f.sender, now, &*f.text, mask];
+        match insert.execute(args)? {
             1 => {
                 *next_seq += 1;
-                *deltas.entry(key).or_default() += 1;
-                out.push(Enqueued::Stored(Queued {
-                    seq,
-                    id: f.id,
-                    recipient: f.recipient,
-                    at: now.to_owned(),
-                    text: Arc::clone(&f.text),
-                }));
+                let state = keys.entry(key);
+                state.add(mask, 1);
+                out.push(Enqueued::Stored {
+                    frame: Queued {
+                        seq,
+                        id: f.id,
+                        recipient: f.recipient,
+                        at: now.to_owned(),
+                        text: Arc::clone(&f.text),
+                    },
+                    devices: state.devices_in(mask),
+                });
             }
             _ => {
                 let at: String =
@@ -625,28 +686,51 @@ fn enqueue_tx(
     Ok(out)
 }
 
-fn remove_tx(tx: &Transaction, recipient: &PublicKey, seqs: &[i64]) -> Result<u64, BackendError> {
+/// A device's acks: clears its bit, deleting rows it was the last one for.
+fn remove_tx(
+    tx: &Transaction,
+    keys: &mut Keys,
+    recipient: &PublicKey,
+    device: &Uuid,
+    seqs: &[i64],
+) -> Result<u64, BackendError> {
+    let key = recipient.as_bytes();
+    let Some(slot) = keys.get(key).and_then(|s| s.slot_of(device)) else {
+        return Ok(0);
+    };
+    let bit = bit(slot);
+    // The common case (one device, or the last one to ack) is one DELETE.
     let mut delete = tx.prepare_cached(
         "DELETE FROM queue
-         WHERE seq = ?2 AND recipient = ?1",
+         WHERE seq = ?2 AND recipient = ?1 AND waiting = ?3",
+    )?;
+    let mut clear = tx.prepare_cached(
+        "UPDATE queue SET waiting = waiting & ~?3
+         WHERE seq = ?2 AND recipient = ?1 AND (waiting & ?3) != 0",
     )?;
     let mut n = 0;
     for seq in seqs {
-        n += delete.execute(params![recipient.as_bytes(), seq])? as u64;
+        let mut done = delete.execute(params![key, seq, bit])?;
+        if done == 0 {
+            done = clear.execute(params![key, seq, bit])?;
+        }
+        n += done as u64;
     }
+    keys.entry(*key).add(bit, -(n as i64));
+    keys.tidy(key);
     Ok(n)
 }
 
 /// Rows read per step of an expiry scan.
 const EXPIRE_STEP: i64 = 1000;
 
-/// Deletes expired frames; returns the recipient of each.
+/// Deletes expired frames; returns how many.
 ///
 /// `received_at` grows with `seq`, so the expired rows are a prefix in
 /// `seq` order: scan from the oldest, in steps, up to the first row that
 /// is still fresh, and delete that prefix. (Should the clock have stepped
 /// back, a few rows expire one period late.)
-fn expire_tx(tx: &Transaction, before: &str) -> Result<Vec<[u8; 32]>, BackendError> {
+fn expire_tx(tx: &Transaction, keys: &mut Keys, before: &str) -> Result<u64, BackendError> {
     let mut scan = tx.prepare_cached(
         "SELECT seq, received_at FROM queue
          WHERE seq > ?1
@@ -673,14 +757,23 @@ fn expire_tx(tx: &Transaction, before: &str) -> Result<Vec<[u8; 32]>, BackendErr
     let mut delete = tx.prepare_cached(
         "DELETE FROM queue
          WHERE seq <= ?1
-         RETURNING recipient",
+         RETURNING recipient, waiting",
     )?;
-    let rows = delete.query_map([last_expired], |r| r.get::<_, Vec<u8>>(0))?;
-    let mut gone = Vec::new();
+    let rows = delete.query_map([last_expired], |r| {
+        Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, i64>(1)?))
+    })?;
+    let mut gone = 0;
+    let mut touched = Vec::new();
     for row in rows {
-        if let Ok(key) = <[u8; 32]>::try_from(row?.as_slice()) {
-            gone.push(key);
+        let (key, mask) = row?;
+        gone += 1;
+        if let Ok(key) = <[u8; 32]>::try_from(key.as_slice()) {
+            keys.entry(key).add(mask, -1);
+            touched.push(key);
         }
+    }
+    for key in &touched {
+        keys.tidy(key);
     }
     Ok(gone)
 }
@@ -689,13 +782,25 @@ fn expire_tx(tx: &Transaction, before: &str) -> Result<Vec<[u8; 32]>, BackendErr
 /// `frames` with seqs 1, 2...: for tests of the upgrade.
 #[cfg(test)]
 pub(crate) fn write_v1_queue(dir: &Path, frames: &[NewFrame]) -> Result<(), BackendError> {
+    write_queue_at(dir, 1, frames)
+}
+
+/// Writes a queue as a router of schema `version` (1 or 2: their queue
+/// tables have the same columns) left it, holding `frames` with seqs 1,
+/// 2...: for tests of the upgrade.
+#[cfg(test)]
+pub(crate) fn write_queue_at(
+    dir: &Path,
+    version: i32,
+    frames: &[NewFrame],
+) -> Result<(), BackendError> {
     create_private_dir(dir).map_err(|source| BackendError::Io {
         path: dir.to_path_buf(),
         source,
     })?;
     let mut conn = connect(&dir.join(FILE_NAME), false)?;
     embedded::migrations::runner()
-        .set_target(refinery::Target::Version(1))
+        .set_target(refinery::Target::Version(version))
         .run(&mut conn)?;
     conn.pragma_update(None, "application_id", APPLICATION_ID)?;
     for (seq, f) in (1i64..).zip(frames) {

@@ -1,94 +1,102 @@
-//! The queue's story, told against the SQLite backend: store, dedup,
-//! quota, fetch in order, remove on ack, expire, survive a reopen.
+//! The SQLite queue: the backend contract (run through
+//! [`crate::backend_contract!`]), and what is its own: surviving a reopen
+//! with its state reloaded, seq never reused, the expiry scan, and upgrades
+//! of queues older routers left, with their frames.
+
+use std::sync::atomic::AtomicUsize;
 
 use super::*;
 use crate::identity::Identity;
+use crate::protocol::CONTROL_DEVICE;
 
 fn frame(to: &PublicKey, from: &PublicKey, id: Uuid) -> NewFrame {
-    NewFrame {
-        recipient: *to.as_bytes(),
-        sender: *from.as_bytes(),
-        id,
-        text: format!("{{\"id\":\"{id}\"}}").into(),
+    super::super::contract::frame(to, from, CONTROL_DEVICE, id)
+}
+
+/// Opens SQLite queues in fresh directories under one temporary directory
+/// that lives as long as the test.
+struct Fresh {
+    dir: tempfile::TempDir,
+    n: AtomicUsize,
+}
+
+impl Fresh {
+    fn new() -> Self {
+        Self {
+            dir: tempfile::tempdir().unwrap(),
+            n: AtomicUsize::new(0),
+        }
+    }
+
+    fn open(&self, quota: u64) -> SqliteBackend {
+        let n = self.n.fetch_add(1, Ordering::Relaxed);
+        SqliteBackend::open(&self.dir.path().join(format!("q{n}")), quota).unwrap()
+    }
+}
+
+mod contract {
+    use super::*;
+
+    crate::backend_contract!(Fresh::new(), |fresh: &Fresh, quota| fresh.open(quota));
+}
+
+fn stored(outcome: &Enqueued) -> Queued {
+    match outcome {
+        Enqueued::Stored { frame, .. } => frame.clone(),
+        other => panic!("not stored: {other:?}"),
     }
 }
 
 #[tokio::test]
-async fn queue_story() {
+async fn a_reopened_queue_has_every_frame_device_and_count() {
     let dir = tempfile::tempdir().unwrap();
     let (alice, bob) = (
         Identity::generate().public_key(),
         Identity::generate().public_key(),
     );
-    let db = SqliteBackend::open(dir.path(), 3).unwrap();
-    let ids: Vec<Uuid> = (0..4).map(|_| Uuid::now_v7()).collect();
-
-    let first = db
-        .enqueue(vec![
-            frame(&bob, &alice, ids[0]),
-            frame(&bob, &alice, ids[0]),
-        ])
-        .await
-        .unwrap();
-    assert!(matches!(first[0], Enqueued::Stored(_)));
-    assert!(
-        matches!(first[1], Enqueued::Duplicate { .. }),
-        "same id twice in one batch"
+    let (laptop, phone) = (Uuid::new_v4(), Uuid::new_v4());
+    let db = SqliteBackend::open(dir.path(), 2).unwrap();
+    db.register(bob, laptop, "laptop".into()).await.unwrap();
+    db.register(bob, phone, "phone".into()).await.unwrap();
+    let a = stored(
+        &db.enqueue(vec![frame(&bob, &alice, Uuid::now_v7())])
+            .await
+            .unwrap()[0],
     );
-
-    let more = db
-        .enqueue(ids[1..].iter().map(|id| frame(&bob, &alice, *id)).collect())
-        .await
-        .unwrap();
-    assert!(matches!(more[0], Enqueued::Stored(_)));
-    assert!(matches!(more[1], Enqueued::Stored(_)));
-    assert_eq!(more[2], Enqueued::QuotaExceeded, "quota of 3 per recipient");
-
-    // Nothing queued for alice; bob's three come back in order.
-    assert!(db.fetch(alice, 0, 10).await.unwrap().is_empty());
-    let got = db.fetch(bob, 0, 10).await.unwrap();
-    assert_eq!(
-        got.iter().map(|q| q.id).collect::<Vec<_>>(),
-        ids[..3].to_vec()
+    let b = stored(
+        &db.enqueue(vec![frame(&bob, &alice, Uuid::now_v7())])
+            .await
+            .unwrap()[0],
     );
-    assert!(got.windows(2).all(|w| w[0].seq < w[1].seq));
-    let after_first = db.fetch(bob, got[0].seq, 1).await.unwrap();
-    assert_eq!(after_first[0].id, ids[1]);
-
-    // Only the recipient's ack removes, and it frees quota.
-    assert_eq!(db.remove(alice, vec![got[0].seq]).await.unwrap(), 0);
-    assert_eq!(db.remove(bob, vec![got[0].seq]).await.unwrap(), 1);
-    let again = db.enqueue(vec![frame(&bob, &alice, ids[3])]).await.unwrap();
-    assert!(matches!(again[0], Enqueued::Stored(_)));
+    db.remove(bob, phone, vec![a.seq, b.seq]).await.unwrap();
     db.close().await;
     assert!(matches!(
         db.enqueue(vec![frame(&bob, &alice, Uuid::now_v7())]).await,
         Err(BackendError::Closed)
     ));
 
-    // Reopen: everything committed is there, and counts were reloaded.
-    let db = SqliteBackend::open(dir.path(), 3).unwrap();
-    let got = db.fetch(bob, 0, 10).await.unwrap();
+    let db = SqliteBackend::open(dir.path(), 2).unwrap();
+    let seqs = |rows: Vec<Queued>| rows.iter().map(|q| q.seq).collect::<Vec<_>>();
     assert_eq!(
-        got.iter().map(|q| q.id).collect::<Vec<_>>(),
-        ids[1..].to_vec()
+        seqs(db.fetch(bob, laptop, 0, 10).await.unwrap()),
+        [a.seq, b.seq]
     );
-    let full = db
+    assert!(db.fetch(bob, phone, 0, 10).await.unwrap().is_empty());
+    // The laptop's count was reloaded: full.
+    let out = db
         .enqueue(vec![frame(&bob, &alice, Uuid::now_v7())])
         .await
         .unwrap();
-    assert_eq!(full[0], Enqueued::QuotaExceeded);
-
-    // Expiry drops what is older than the cutoff.
-    assert_eq!(
-        db.expire("1970-01-01T00:00:00.000Z".into()).await.unwrap(),
-        0
-    );
-    assert_eq!(
-        db.expire("9999-01-01T00:00:00.000Z".into()).await.unwrap(),
-        3
-    );
-    assert!(db.fetch(bob, 0, 10).await.unwrap().is_empty());
+    assert_eq!(out[0], Enqueued::QuotaExceeded);
+    assert_eq!(db.remove(bob, laptop, vec![a.seq]).await.unwrap(), 1);
+    let out = db
+        .enqueue(vec![frame(&bob, &alice, Uuid::now_v7())])
+        .await
+        .unwrap();
+    let Enqueued::Stored { devices, .. } = &out[0] else {
+        panic!("not stored: {out:?}")
+    };
+    assert_eq!(devices.len(), 2, "the slots were reloaded");
     db.close().await;
 }
 
@@ -100,21 +108,17 @@ async fn seq_never_reuses_a_deleted_maximum() {
         Identity::generate().public_key(),
     );
     let db = SqliteBackend::open(dir.path(), 100).unwrap();
+    let laptop = Uuid::new_v4();
+    db.register(bob, laptop, "laptop".into()).await.unwrap();
     let id = Uuid::now_v7();
-    let Enqueued::Stored(first) =
-        db.enqueue(vec![frame(&bob, &alice, id)]).await.unwrap()[0].clone()
-    else {
-        panic!("not stored")
-    };
-    db.remove(bob, vec![first.seq]).await.unwrap();
-    let Enqueued::Stored(second) = db
-        .enqueue(vec![frame(&bob, &alice, Uuid::now_v7())])
-        .await
-        .unwrap()[0]
-        .clone()
-    else {
-        panic!("not stored")
-    };
+    let first = stored(&db.enqueue(vec![frame(&bob, &alice, id)]).await.unwrap()[0]);
+    assert_eq!(db.remove(bob, laptop, vec![first.seq]).await.unwrap(), 1);
+    assert_eq!(db.depth().await.unwrap(), 0);
+    let second = stored(
+        &db.enqueue(vec![frame(&bob, &alice, Uuid::now_v7())])
+            .await
+            .unwrap()[0],
+    );
     assert!(second.seq > first.seq);
     db.close().await;
 }
@@ -177,50 +181,27 @@ async fn expiry_drops_exactly_the_old_prefix() {
     let db = SqliteBackend::open(dir.path(), 10_000).unwrap();
     assert_eq!(
         db.expire("2026-03-01T00:00:00.000Z".into()).await.unwrap(),
-        2500
+        Expired {
+            frames: 2500,
+            devices: 0
+        }
     );
-    assert_eq!(db.fetch(bob, 0, 10).await.unwrap().len(), 3);
+    let laptop = Uuid::new_v4();
+    db.register(bob, laptop, "laptop".into()).await.unwrap();
+    assert_eq!(db.fetch(bob, laptop, 0, 10).await.unwrap().len(), 3);
     assert_eq!(
         db.expire("2026-03-01T00:00:00.000Z".into()).await.unwrap(),
-        0
+        Expired::default()
     );
     // Counts were reloaded and decremented: 3 queued now.
     let stored = db
         .enqueue(vec![frame(&bob, &alice, Uuid::now_v7())])
         .await
         .unwrap();
-    let Enqueued::Stored(q) = &stored[0] else {
+    let Enqueued::Stored { frame: q, .. } = &stored[0] else {
         panic!("not stored")
     };
     assert!(q.seq > 2503, "seq continues after the highest stored");
-    db.close().await;
-}
-
-#[tokio::test]
-async fn one_id_from_two_senders_is_two_frames() {
-    let dir = tempfile::tempdir().unwrap();
-    let [alice, bob, carol] = [(); 3].map(|()| Identity::generate().public_key());
-    let db = SqliteBackend::open(dir.path(), 100).unwrap();
-    let id = Uuid::now_v7();
-    let out = db
-        .enqueue(vec![
-            frame(&bob, &alice, id),
-            frame(&bob, &carol, id),
-            frame(&bob, &alice, id),
-        ])
-        .await
-        .unwrap();
-    assert!(matches!(out[0], Enqueued::Stored(_)));
-    assert!(
-        matches!(out[1], Enqueued::Stored(_)),
-        "carol's is not alice's"
-    );
-    assert!(matches!(out[2], Enqueued::Duplicate { .. }));
-    let got = db.fetch(bob, 0, 10).await.unwrap();
-    assert_eq!(got.len(), 2);
-    // Removing one by its seq leaves the other sender's frame queued.
-    assert_eq!(db.remove(bob, vec![got[0].seq]).await.unwrap(), 1);
-    assert_eq!(db.fetch(bob, 0, 10).await.unwrap(), got[1..].to_vec());
     db.close().await;
 }
 
@@ -248,7 +229,9 @@ async fn a_v1_queue_is_upgraded_and_keeps_every_frame() {
         }
     }
     let db = SqliteBackend::open(dir.path(), 100).unwrap();
-    let got = db.fetch(bob, 0, 10).await.unwrap();
+    let laptop = Uuid::new_v4();
+    db.register(bob, laptop, "laptop".into()).await.unwrap();
+    let got = db.fetch(bob, laptop, 0, 10).await.unwrap();
     assert_eq!(
         got.iter().map(|q| (q.seq, q.id)).collect::<Vec<_>>(),
         [(7, ids[0]), (9, ids[1])]
@@ -261,10 +244,54 @@ async fn a_v1_queue_is_upgraded_and_keeps_every_frame() {
         ])
         .await
         .unwrap();
-    let Enqueued::Stored(carols) = &out[0] else {
+    let Enqueued::Stored { frame: carols, .. } = &out[0] else {
         panic!("carol's frame with alice's id was not stored: {out:?}")
     };
     assert!(carols.seq > 9);
     assert!(matches!(out[1], Enqueued::Duplicate { .. }));
+    db.close().await;
+}
+
+#[tokio::test]
+async fn a_v2_queue_is_upgraded_and_its_frames_wait_for_the_first_device() {
+    let dir = tempfile::tempdir().unwrap();
+    let [alice, bob, carol] = [(); 3].map(|()| Identity::generate().public_key());
+    let rows: Vec<NewFrame> = [(bob, alice), (bob, carol), (carol, alice)]
+        .iter()
+        .map(|(to, from)| frame(to, from, Uuid::now_v7()))
+        .collect();
+    write_queue_at(dir.path(), 2, &rows).unwrap();
+    let db = SqliteBackend::open(dir.path(), 2).unwrap();
+    assert_eq!(db.depth().await.unwrap(), 3);
+    // Bob's two frames count against his quota before he has a device.
+    let out = db
+        .enqueue(vec![frame(&bob, &alice, Uuid::now_v7())])
+        .await
+        .unwrap();
+    assert_eq!(out[0], Enqueued::QuotaExceeded);
+    let (laptop, phone) = (Uuid::new_v4(), Uuid::new_v4());
+    assert_eq!(
+        db.register(bob, laptop, "laptop".into()).await.unwrap(),
+        Registered::First
+    );
+    assert_eq!(
+        db.register(bob, phone, "phone".into()).await.unwrap(),
+        Registered::Added
+    );
+    let got = db.fetch(bob, laptop, 0, 10).await.unwrap();
+    let ids: Vec<Uuid> = got.iter().map(|q| q.id).collect();
+    assert_eq!(ids, [rows[0].id, rows[1].id]);
+    assert_eq!(&*got[0].text, &*rows[0].text);
+    assert!(db.fetch(bob, phone, 0, 10).await.unwrap().is_empty());
+    let seqs = got.iter().map(|q| q.seq).collect();
+    assert_eq!(db.remove(bob, laptop, seqs).await.unwrap(), 2);
+    // Carol's waits for her first device, as it did.
+    let desk = Uuid::new_v4();
+    db.register(carol, desk, "desk".into()).await.unwrap();
+    assert_eq!(
+        db.fetch(carol, desk, 0, 10).await.unwrap()[0].id,
+        rows[2].id
+    );
+    assert_eq!(db.depth().await.unwrap(), 1);
     db.close().await;
 }
