@@ -505,3 +505,27 @@ fn after_linking_both_devices_receive_what_is_new() {
     let devices = env.json("laptop", &["devices", "--server", &url, "--json"]);
     assert_eq!(devices.as_array().map(Vec::len), Some(2), "{devices}");
 }
+
+#[test]
+fn a_link_slowed_by_the_routers_rate_limit_still_arrives_whole() {
+    let env = Env::new();
+    // Small frames and 10 frames a second: the existing device is refused
+    // (`rate-limited`) again and again, sends those frames again, and the
+    // new device puts them back in order.
+    let router = Router::start(
+        &env.path("router"),
+        &["--max-frame-bytes", "4096", "--max-rate", "10"],
+    );
+    profile_with(&env, "desk", 1_500);
+    let issuer = Issuer::start(&env, "desk", &router, &[], &[]);
+    let out = join(&env, "laptop", &router, &issuer.code, &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let (ok, linked, errors) = issuer.finish();
+    assert!(ok, "{errors}");
+    let chunks = linked.unwrap()["chunks"].as_u64().unwrap();
+    assert!(
+        chunks > 10,
+        "only {chunks} chunks: the limit was never reached"
+    );
+    assert_eq!(env.dump("laptop"), env.dump("desk"));
+}

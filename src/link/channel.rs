@@ -24,8 +24,12 @@ use crate::identity::{Identity, PublicKey};
 use crate::protocol::{Ack, ErrorCode, Frame, MessageFrame, MAX_FRAME_BYTES};
 use crate::store::device::Device;
 
-/// How long to wait before sending again a frame the router dropped.
+/// How long to wait before sending again a frame the router dropped for
+/// its rate limit or quota: doubled at each refusal in a row, up to
+/// [`MAX_RETRY_DELAY`], and back to this after an ack.
 const RETRY_DELAY: Duration = Duration::from_millis(50);
+/// The longest wait before a resend.
+const MAX_RETRY_DELAY: Duration = Duration::from_secs(1);
 
 /// What arrived from the other device.
 #[derive(Debug)]
@@ -49,6 +53,7 @@ pub struct Channel {
     reorder: BTreeMap<u64, Body>,
     unacked: HashMap<Uuid, MessageFrame>,
     retry: VecDeque<(Instant, Uuid)>,
+    backoff: Duration,
     ready: VecDeque<Incoming>,
 }
 
@@ -76,6 +81,7 @@ impl Channel {
             reorder: BTreeMap::new(),
             unacked: HashMap::new(),
             retry: VecDeque::new(),
+            backoff: Duration::ZERO,
             ready: VecDeque::new(),
         })
     }
@@ -120,6 +126,7 @@ impl Channel {
     }
 
     async fn transmit(&mut self, frame: MessageFrame) -> Result<(), LinkError> {
+        tracing::debug!(id = %frame.id, in_flight = self.unacked.len(), "link: sending");
         self.unacked.insert(frame.id, frame.clone());
         self.conn.send(&[Frame::Message(frame)]).await?;
         Ok(())
@@ -156,9 +163,11 @@ impl Channel {
         Ok(true)
     }
 
-    /// Waits until fewer than `limit` frames are unacknowledged.
+    /// Waits until fewer than `limit` frames are unacknowledged and none
+    /// waits to be sent again (new frames would only be refused too, and
+    /// overtake it).
     pub async fn room(&mut self, limit: usize, deadline: Instant) -> Result<bool, LinkError> {
-        while self.unacked.len() >= limit {
+        while self.unacked.len() >= limit || !self.retry.is_empty() {
             if !self.pump(deadline).await? {
                 return Ok(false);
             }
@@ -190,16 +199,20 @@ impl Channel {
         for frame in batch {
             match frame {
                 Frame::Ack(ack) => {
-                    self.unacked.remove(&ack.id);
+                    if self.unacked.remove(&ack.id).is_some() {
+                        self.backoff = Duration::ZERO;
+                    }
                 }
                 Frame::Error(e) => {
+                    tracing::debug!(id = ?e.id, code = e.code.as_str(), "link: router refused");
                     let retriable = matches!(
                         e.code,
                         ErrorCode::RateLimited | ErrorCode::QuotaExceeded | ErrorCode::Internal
                     );
                     match e.id.filter(|id| self.unacked.contains_key(id)) {
                         Some(id) if retriable => {
-                            self.retry.push_back((Instant::now() + RETRY_DELAY, id));
+                            self.backoff = (self.backoff * 2).clamp(RETRY_DELAY, MAX_RETRY_DELAY);
+                            self.retry.push_back((Instant::now() + self.backoff, id));
                         }
                         _ => {
                             return Err(ClientError::Refused {
@@ -225,6 +238,7 @@ impl Channel {
     /// Files a message; returns its id when it should be acknowledged now.
     fn take(&mut self, m: MessageFrame) -> Option<Uuid> {
         let id = m.id;
+        tracing::debug!(%id, next = self.recv_next, "link: received");
         if m.from != self.peer || m.to != self.me.public_key() {
             // Not from the other rendezvous key: nothing of ours.
             return Some(id);
