@@ -198,11 +198,10 @@ impl Channel {
         let mut acks = Vec::new();
         for frame in batch {
             match frame {
-                Frame::Ack(ack) => {
-                    if self.unacked.remove(&ack.id).is_some() {
-                        self.backoff = Duration::ZERO;
-                    }
+                Frame::Ack(ack) if self.unacked.remove(&ack.id).is_some() => {
+                    self.backoff = Duration::ZERO;
                 }
+                Frame::Ack(_) => {}
                 Frame::Error(e) => {
                     tracing::debug!(id = ?e.id, code = e.code.as_str(), "link: router refused");
                     let retriable = matches!(
