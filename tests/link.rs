@@ -319,6 +319,23 @@ fn a_mistyped_nameplate_finds_nobody() {
         "{}",
         stderr(&out)
     );
+    let out = join(&env, "laptop", &router, "K7M2Q-9XH4T-WB3NU", &[]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("'U' cannot be in a link code"),
+        "{}",
+        stderr(&out)
+    );
+    // A device name the router would refuse, and options of the other side.
+    let code = "K7M2Q-9XH4T-WB3NE";
+    let bad_name = ["link", "--join", code, "--device-name", "a\u{1b}[31m"];
+    env.fails("laptop", &bad_name, 2);
+    env.fails("laptop", &["link", "--device-name", "x"], 2);
+    env.fails("laptop", &["link", "--join", code, "--expires", "5"], 2);
+    // Nothing to hand over.
+    let none = env.fails("nobody", &["link", "--server", &router.url()], 1);
+    assert!(none.contains("no identity"), "{none}");
+    assert!(!env.db("laptop").exists());
 }
 
 #[test]
