@@ -254,30 +254,7 @@ async fn receive(
     };
     observer.transfer(bytes);
     let mut rx = Receiving::start(db)?;
-    let mut chunks = 0u64;
-    let sha256 = loop {
-        match next_body(ch, options.timeout, ids.reply).await? {
-            Body::Chunk(data) => {
-                rx.write(&data)?;
-                chunks += 1;
-                observer.progress(rx.raw_bytes());
-                if chunks % PROGRESS_EVERY == 0 {
-                    ch.send(&Body::Note(Note::Progress { chunks })).await?;
-                }
-                maybe_pause(chunks, observer).await;
-            }
-            Body::Note(Note::End {
-                chunks: sent,
-                sha256,
-            }) if sent == chunks => break sha256,
-            Body::Note(Note::End { chunks: sent, .. }) => {
-                return Err(LinkError::BadCopy(format!(
-                    "{chunks} chunks arrived of {sent}"
-                )))
-            }
-            Body::Note(other) => return Err(unexpected(&other)),
-        }
-    };
+    let sha256 = receive_chunks(ch, &mut rx, ids.reply, options.timeout, observer).await?;
     rx.finish(bytes, &unb64(&sha256)?)?;
     let replaced = db.exists();
     let messages = rx.install(&public_key, device.id, &device.name)?;
@@ -291,6 +268,40 @@ async fn receive(
         bytes,
         replaced,
     })
+}
+
+/// Writes the chunks into `rx` until `end`: the hash it announces.
+async fn receive_chunks(
+    ch: &mut Channel,
+    rx: &mut Receiving,
+    reply: Uuid,
+    timeout: Duration,
+    observer: &dyn Observer,
+) -> Result<String, LinkError> {
+    let mut chunks = 0u64;
+    loop {
+        match next_body(ch, timeout, reply).await? {
+            Body::Chunk(data) => {
+                rx.write(&data)?;
+                chunks += 1;
+                observer.progress(rx.raw_bytes());
+                if chunks % PROGRESS_EVERY == 0 {
+                    ch.send(&Body::Note(Note::Progress { chunks })).await?;
+                }
+                maybe_pause(chunks, observer).await;
+            }
+            Body::Note(Note::End {
+                chunks: sent,
+                sha256,
+            }) if sent == chunks => return Ok(sha256),
+            Body::Note(Note::End { chunks: sent, .. }) => {
+                return Err(LinkError::BadCopy(format!(
+                    "{chunks} chunks arrived of {sent}"
+                )))
+            }
+            Body::Note(other) => return Err(unexpected(&other)),
+        }
+    }
 }
 
 /// Makes the router know this device for the identity (a session as
