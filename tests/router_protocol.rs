@@ -175,8 +175,11 @@ async fn one_id_from_two_senders_is_stored_and_delivered_twice() {
     bob.ack(first.id).await;
     // An ack for an id never delivered is ignored: no error, no effect.
     bob.ack(uuid::Uuid::now_v7()).await;
-    bob.send_acked(&bob.key(), "barrier").await;
-    assert_eq!(bob.receive().await.1, "barrier");
+    // Barrier: a frame to a stranger is acked only after the acks before
+    // it are committed. (Not one to himself: since protocol v2 the router
+    // does not deliver a device's own frames back to it.)
+    bob.send_acked(&Identity::generate().public_key(), "barrier")
+        .await;
     bob.close().await;
     let mut bob = Client::connect(&router.addr, Identity::from_secret_bytes(&bob_secret)).await;
     let (again, text) = bob.receive().await;

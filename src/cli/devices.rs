@@ -11,8 +11,9 @@ use uuid::Uuid;
 
 use super::history::local_time;
 use super::identity::short_device;
-use super::{print_json, runtime, Context, ServerArgs, UsageError};
+use super::{print_json, runtime, Context, UsageError};
 use crate::client::devices;
+use crate::client::ServerUrl;
 use crate::protocol::DeviceInfo;
 use crate::render::untrusted_inline;
 
@@ -27,8 +28,17 @@ use crate::render::untrusted_inline;
 pub struct DevicesArgs {
     #[command(subcommand)]
     action: Option<Action>,
-    #[command(flatten)]
-    server: ServerArgs,
+    /// The router's WebSocket URL [default: router in config.toml, else
+    /// the one shown]. Accepted before or after the subcommand.
+    #[arg(
+        long,
+        env = "CHAT_SERVER",
+        value_name = "URL",
+        default_value = crate::client::DEFAULT_SERVER,
+        value_parser = ServerUrl::parse,
+        global = true
+    )]
+    server: ServerUrl,
     /// How many seconds to wait at most for the router.
     #[arg(long, value_name = "SECS", default_value_t = 10, global = true)]
     timeout: u64,
@@ -68,7 +78,7 @@ fn list(ctx: &Context, args: &DevicesArgs) -> Result<()> {
     let (store, identity) = ctx.open_with_identity()?;
     let me = store.device()?;
     let timeout = Duration::from_secs(args.timeout);
-    let server = &args.server.server;
+    let server = &args.server;
     let all = runtime()?
         .block_on(devices::list(server, &identity, timeout))
         .with_context(|| format!("cannot list the devices at {server}"))?;
@@ -128,7 +138,7 @@ fn remove(ctx: &Context, args: &DevicesArgs, id: &str) -> Result<()> {
     let (store, identity) = ctx.open_with_identity()?;
     let me = store.device()?;
     let timeout = Duration::from_secs(args.timeout);
-    let server = &args.server.server;
+    let server = &args.server;
     let rt = runtime()?;
     let all = rt
         .block_on(devices::list(server, &identity, timeout))

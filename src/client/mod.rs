@@ -13,6 +13,8 @@ pub mod connection;
 pub mod devices;
 pub mod engine;
 pub mod exchange;
+pub mod follow;
+pub mod owner;
 pub mod watch;
 
 pub use connection::{ServerUrl, DEFAULT_SERVER};
@@ -97,6 +99,9 @@ pub enum ClientError {
     /// The profile database failed.
     #[error(transparent)]
     Store(#[from] store::Error),
+    /// The profile's session lock could not be used.
+    #[error(transparent)]
+    Lock(#[from] owner::LockError),
     /// A frame could not be built.
     #[error(transparent)]
     Protocol(#[from] ProtocolError),
