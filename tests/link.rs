@@ -546,3 +546,40 @@ fn a_link_slowed_by_the_routers_rate_limit_still_arrives_whole() {
     );
     assert_eq!(env.dump("laptop"), env.dump("desk"));
 }
+
+#[test]
+fn a_copy_in_use_is_not_replaced_under_its_process() {
+    let env = Env::new();
+    let router = Router::start(&env.path("router"), &[]);
+    profile_with(&env, "desk", 10);
+    let issuer = Issuer::start(&env, "desk", &router, &[], &[]);
+    assert!(join(&env, "laptop", &router, &issuer.code, &[])
+        .status
+        .success());
+    assert!(issuer.finish().0);
+    // The laptop's own session owner: a watch, connected.
+    let mut watch = spawnable(&env, "laptop")
+        .args(["sync", "--watch", "--json", "--server", &router.url()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let lines = lines_of(watch.stdout.take().unwrap());
+    loop {
+        let line: Value = serde_json::from_str(&lines.recv_timeout(GUARD).unwrap()).unwrap();
+        if line["kind"] == "connected" {
+            break;
+        }
+    }
+    let issuer = Issuer::start(&env, "desk", &router, &[], &[]);
+    let out = join(&env, "laptop", &router, &issuer.code, &[]);
+    let _ = watch.kill();
+    let _ = watch.wait();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("is in use by process"),
+        "{}",
+        stderr(&out)
+    );
+    issuer.kill();
+}

@@ -13,6 +13,7 @@ use super::code::Code;
 use super::snapshot::{self, Receiving};
 use super::wire::{self, b64, unb64, Body, Closed, Note, SecretAsStored, Side};
 use super::{maybe_pause, LinkError, Observer};
+use crate::client::owner::SessionLock;
 use crate::client::{connection, ServerUrl};
 use crate::identity::{Identity, PublicKey};
 use crate::keywrap::{self, KdfParams, WrappedKey};
@@ -64,6 +65,11 @@ pub async fn join(
     // What an earlier, killed join left is of no use.
     snapshot::remove_partial(db);
     let existing = existing_identity(db)?;
+    // A profile about to be replaced must not be in use meanwhile.
+    let _lock = match existing {
+        Some(_) => Some(lock_profile(db, &options.profile)?),
+        None => None,
+    };
     let mut ch = Channel::connect(
         &options.server,
         code.nameplate(),
@@ -83,6 +89,20 @@ pub async fn join(
     }
     ch.close().await;
     result
+}
+
+/// Takes the profile's session lock for the time of the join, so no
+/// `chat` or `sync` of it runs while its file is replaced.
+fn lock_profile(db: &Path, profile: &str) -> Result<SessionLock, LinkError> {
+    let mut lock =
+        SessionLock::open(db, "chat-p2p link --join").map_err(|e| LinkError::Client(e.into()))?;
+    match lock.try_take().map_err(|e| LinkError::Client(e.into()))? {
+        None => Ok(lock),
+        Some(holder) => Err(LinkError::InUse {
+            profile: profile.to_owned(),
+            holder: holder.to_string(),
+        }),
+    }
 }
 
 /// The identity already in the profile at `db`, if any.

@@ -149,6 +149,17 @@ pub enum LinkError {
         /// Its identity's key.
         key: String,
     },
+    /// New side: another process uses the profile to be replaced.
+    #[error(
+        "profile '{profile}' is in use by {holder}: stop it, then link again (the profile \
+         would be replaced under it)"
+    )]
+    InUse {
+        /// The profile.
+        profile: String,
+        /// Who holds its session lock (rendered for a terminal).
+        holder: String,
+    },
     /// The received profile failed a check; nothing was installed.
     #[error("the received profile is not usable ({0}); nothing was installed")]
     BadCopy(String),
