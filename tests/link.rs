@@ -218,6 +218,10 @@ fn a_linked_device_gets_the_identity_and_an_identical_history() {
     // their events, contacts.
     assert_eq!(env.key("laptop"), me);
     assert_eq!(env.dump("laptop"), env.dump("desk"));
+    // The search index came along.
+    let search = ["history", "--search", "fox", "--json", "--limit", "20000"];
+    let hits = |profile| env.json(profile, &search).as_array().map(Vec::len);
+    assert_eq!(hits("laptop"), Some(10_000));
     // Its own device id, under the name it was given.
     let (desk_id, _) = device(&env, "desk");
     let (laptop_id, laptop_name) = device(&env, "laptop");
