@@ -1,7 +1,8 @@
 //! Alice on two devices and Bob, with a real router and the real binary:
 //! what alice sends, reads and saves on one device shows on the other
 //! (issue 9, item 4). The second device is a copy of alice's profile file
-//! with its own device id, as `Env::second_device` makes it.
+//! with its own device id, as `Env::second_device` makes it, or (once) made
+//! with `chat-p2p link`.
 
 mod common;
 
@@ -29,10 +30,44 @@ struct Devices {
 
 impl Devices {
     fn new() -> Self {
+        Self::made(|env, _| env.second_device("alice", "alice2"))
+    }
+
+    /// The same, `alice2` made with `chat-p2p link` as a user would.
+    fn linked() -> Self {
+        Self::made(|env, router| {
+            let mut issuer = Command::new(env!("CARGO_BIN_EXE_chat-p2p"))
+                .env_clear()
+                .env("CHAT_HOME", env.home())
+                .env("CHAT_CONFIG", env.config())
+                .env("CHAT_PROFILE", "alice")
+                .args(["link", "--json", "--server", &router.url()])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap();
+            let (tx, lines) = mpsc::channel();
+            let stdout = issuer.stdout.take().unwrap();
+            // Read to the end: the issuer reports its progress there.
+            std::thread::spawn(move || {
+                for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                    let _ = tx.send(line);
+                }
+            });
+            let first = lines.recv_timeout(Duration::from_secs(30)).unwrap();
+            let first: Value = serde_json::from_str(&first).unwrap();
+            let code = first["code"].as_str().unwrap();
+            let url = router.url();
+            env.ok("alice2", &["link", "--join", code, "--server", &url]);
+            assert!(issuer.wait().unwrap().success());
+        })
+    }
+
+    fn made(second: impl FnOnce(&Env, &Router)) -> Self {
         let env = Env::new();
         let router = Router::start(&env.path("router"), &[]);
         let (alice, bob) = env.friends();
-        env.second_device("alice", "alice2");
+        second(&env, &router);
         let d = Devices {
             env,
             router,
@@ -483,4 +518,26 @@ fn what_is_typed_in_one_devices_chat_shows_in_the_others() {
     for chat in [&one, &two] {
         chat.wait_until("delivered", |s| s.contains("✓✓ delivered to bob"));
     }
+}
+
+#[test]
+fn a_device_made_with_link_keeps_in_step_as_well() {
+    let d = Devices::linked();
+    d.ok("alice2", &["send", "bob", "from the linked device"]);
+    d.ok("alice", &["sync"]);
+    let copy = d.find("alice", "bob", "from the linked device");
+    assert_eq!(copy, d.find("alice2", "bob", "from the linked device"));
+    assert_eq!(copy["direction"], "out");
+    d.ok("bob", &["sync"]);
+    for device in ["alice", "alice2"] {
+        d.ok(device, &["sync"]);
+    }
+    let one = d.find("alice", "bob", "from the linked device");
+    assert_eq!(one["status"], "delivered");
+    assert_eq!(one, d.find("alice2", "bob", "from the linked device"));
+    let carol = Identity::generate().public_key().to_base64();
+    d.ok("alice", &["add-contact", "carol", &carol]);
+    d.ok("alice", &["sync"]);
+    d.ok("alice2", &["sync"]);
+    assert_eq!(d.contacts("alice2"), d.contacts("alice"));
 }
