@@ -587,3 +587,30 @@ fn a_copy_in_use_is_not_replaced_under_its_process() {
     );
     issuer.kill();
 }
+
+/// A message that waited at the router for the existing device when the
+/// link began is taken in just before the copy, so the new device has it
+/// too (the router delivers it to the existing device only).
+#[test]
+fn what_waits_at_the_router_for_the_existing_device_is_in_the_copy() {
+    let env = Env::new();
+    let router = Router::start(&env.path("router"), &[]);
+    let url = router.url();
+    env.friends();
+    env.ok("alice", &["sync", "--server", &url]);
+    env.ok(
+        "bob",
+        &["send", "--server", &url, "alice", "waiting at the router"],
+    );
+    let issuer = Issuer::start(&env, "alice", &router, &[], &[]);
+    let out = join(&env, "laptop", &router, &issuer.code, &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(issuer.finish().0);
+    for device in ["alice", "laptop"] {
+        let history = env.ok(device, &["history", "bob"]);
+        assert!(
+            history.contains("waiting at the router"),
+            "{device}: {history}"
+        );
+    }
+}

@@ -150,9 +150,11 @@ impl Observer for Screen {
 
 fn issue(ctx: &Context, args: &LinkArgs) -> Result<()> {
     // The secret key is handed over as stored (sealed if it has a
-    // passphrase): no need to unlock it here.
+    // passphrase): no need to unlock it here. An unprotected one also
+    // serves to take in what waits at the router just before the copy.
     let (store, _key) = ctx.open_with_key()?;
     let device = store.device()?;
+    let catch_up = store.identity().ok().flatten();
     drop(store);
     let server = args.server.server.clone();
     let options = IssueOptions {
@@ -160,6 +162,7 @@ fn issue(ctx: &Context, args: &LinkArgs) -> Result<()> {
         expires: Duration::from_secs(args.expires),
         timeout: Duration::from_secs(args.timeout),
         device_name: device.name,
+        catch_up,
     };
     let screen = Screen::new(args.json, server.to_string());
     let started = Instant::now();

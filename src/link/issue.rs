@@ -25,7 +25,7 @@ const CHECK_BYTES_PER_SEC: u64 = 20_000_000;
 const IN_FLIGHT: usize = 64;
 
 /// How the existing device runs a link.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct IssueOptions {
     /// The router both devices use.
     pub server: ServerUrl,
@@ -36,6 +36,10 @@ pub struct IssueOptions {
     pub timeout: Duration,
     /// This device's name, shown on the new device.
     pub device_name: String,
+    /// This device's key pair, to take in what waits for it at the router
+    /// just before the snapshot (see [`catch_up`]); `None` skips that (a
+    /// key with a passphrase is handed over without being unlocked).
+    pub catch_up: Option<crate::identity::Identity>,
 }
 
 /// A finished link, as the existing device saw it.
@@ -128,6 +132,39 @@ pub async fn issue(
     }
 }
 
+/// Takes in what waits at the router for this device, now that the new
+/// device is registered there: a frame that arrived before the new device
+/// registered is delivered to this device only, and would otherwise be
+/// missing from the copy; one that arrives from now on reaches both (and is
+/// stored once, whichever way it comes). When another process of this
+/// profile owns the router session (a chat, a `sync --watch`), it is online
+/// and takes everything in as it arrives: nothing to do.
+async fn catch_up(
+    db: &Path,
+    server: &crate::client::ServerUrl,
+    identity: &crate::identity::Identity,
+    timeout: Duration,
+) -> Result<(), LinkError> {
+    use crate::client::exchange::{exchange, Until};
+    use crate::client::owner::SessionLock;
+    let mut lock = SessionLock::open(db, "chat-p2p link").map_err(|e| LinkError::Io {
+        what: "cannot use the profile's session lock".to_owned(),
+        source: e.source,
+    })?;
+    let taken = lock.try_take().map_err(|e| LinkError::Io {
+        what: "cannot use the profile's session lock".to_owned(),
+        source: e.source,
+    })?;
+    if taken.is_some() {
+        return Ok(());
+    }
+    let store = Store::open(db)?;
+    let copy = crate::identity::Identity::from_secret_bytes(&identity.secret_bytes());
+    let mut engine = crate::client::Engine::new(store, copy);
+    exchange(&mut engine, server, timeout, Until::Synced, |_| {}).await?;
+    Ok(())
+}
+
 /// Leaves a note that the code is closed for whoever tries it next, and
 /// ends the session (best effort: the link's outcome is already known).
 async fn close_code(mut ch: Channel, reason: Closed, refused: Option<Uuid>, timeout: Duration) {
@@ -210,6 +247,9 @@ async fn hand_over(
         } => (device_id, device_name),
         other => return Err(unexpected(&other)),
     };
+    if let Some(identity) = &options.catch_up {
+        catch_up(db, &options.server, identity, options.timeout).await?;
+    }
     let snapshot = Snapshot::take(db)?;
     ch.send(&Body::Note(Note::Manifest {
         bytes: snapshot.bytes,
