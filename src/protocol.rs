@@ -341,6 +341,72 @@ pub enum Content {
         /// The message ids.
         ids: Vec<Uuid>,
     },
+    /// Between one's own devices only (`from` and `to` both the own key):
+    /// a copy of a message this identity sent from another device, to be
+    /// stored as outgoing with the same id.
+    Sent {
+        /// The original message's id.
+        id: Uuid,
+        /// Whom the original went to.
+        peer: PublicKey,
+        /// The text.
+        body: String,
+        /// The original's `ts`: when it was written.
+        created: String,
+        /// When the router accepted the original (its `ack`'s `at`), if
+        /// known.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        sent: Option<String>,
+    },
+    /// Between one's own devices only: these messages from `peer` were
+    /// shown on another device (at the frame's `ts`); the read receipt went
+    /// from there, so no other device sends one.
+    ReadSync {
+        /// Who wrote the messages.
+        peer: PublicKey,
+        /// The message ids.
+        ids: Vec<Uuid>,
+    },
+    /// Between one's own devices only: a contact was added, renamed or
+    /// removed on another device.
+    Contact {
+        /// What happened.
+        op: ContactOp,
+        /// The contact's key.
+        key: PublicKey,
+        /// The contact's name (absent for `remove`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        name: Option<String>,
+    },
+    /// A kind from a newer version of the protocol: stored nowhere, and
+    /// acknowledged like any other message.
+    #[serde(other)]
+    Unknown,
+}
+
+impl Content {
+    /// Whether only the own key may send this kind (to itself).
+    pub fn is_self_sync(&self) -> bool {
+        matches!(
+            self,
+            Self::Sent { .. } | Self::ReadSync { .. } | Self::Contact { .. }
+        )
+    }
+}
+
+/// What a [`Content::Contact`] did to the contact list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ContactOp {
+    /// The key was saved under the name.
+    Add,
+    /// The contact with the key got the name.
+    Rename,
+    /// The contact with the key was removed (its messages are kept).
+    Remove,
+    /// An operation from a newer version: ignored.
+    #[serde(other)]
+    Unknown,
 }
 
 /// Why a frame could not be parsed, or a message not sealed or opened.
@@ -807,15 +873,42 @@ pub fn seal_with_nonce(
     content: &Content,
     nonce: &[u8; NONCE_LEN],
 ) -> Result<MessageFrame, ProtocolError> {
+    let key = crypto::message_key(identity, to, &identity.public_key(), to)?;
+    seal_keyed_with_nonce(identity, &key, to, id, ts, content, nonce)
+}
+
+/// [`seal`] with `key`, the key for messages from `identity` to `to`
+/// ([`crypto::message_key`]) derived beforehand: a sender that seals many
+/// messages to one key derives it once (an X25519 operation) instead of
+/// once per message.
+pub fn seal_keyed(
+    identity: &Identity,
+    key: &crypto::MessageKey,
+    to: &PublicKey,
+    id: Uuid,
+    ts: &str,
+    content: &Content,
+) -> Result<MessageFrame, ProtocolError> {
+    seal_keyed_with_nonce(identity, key, to, id, ts, content, &crypto::random_nonce())
+}
+
+fn seal_keyed_with_nonce(
+    identity: &Identity,
+    key: &crypto::MessageKey,
+    to: &PublicKey,
+    id: Uuid,
+    ts: &str,
+    content: &Content,
+    nonce: &[u8; NONCE_LEN],
+) -> Result<MessageFrame, ProtocolError> {
     let from = identity.public_key();
-    let key = crypto::message_key(identity, to, &from, to)?;
     let plaintext = zeroize::Zeroizing::new(
         serde_json::to_vec(content).map_err(|e| ProtocolError::BadContent(e.to_string()))?,
     );
     let ad = message_ad(&id, &from, to, ts);
     let payload = Payload {
         nonce: *nonce,
-        ciphertext: crypto::encrypt(&key, nonce, &ad, &plaintext)?,
+        ciphertext: crypto::encrypt(key, nonce, &ad, &plaintext)?,
     };
     let signed = message_signed_bytes(&id, &from, to, ts, &payload);
     Ok(MessageFrame {

@@ -330,9 +330,13 @@ impl ChatScreen {
         }
     }
 
-    /// The line for a new message, with the notifications asked for.
+    /// The line for a new message, with the notifications asked for (none
+    /// for a copy of what this identity sent from another device).
     fn arrived(&mut self, m: &Message) -> String {
         let mut text = line(m, &self.style);
+        if m.direction == Direction::Out {
+            return text;
+        }
         if self.notify.bell {
             // BEL moves nothing on screen: it rides with the line.
             text.push('\u{7}');

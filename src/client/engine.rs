@@ -9,8 +9,11 @@
 //! - a duplicate is acknowledged again and stored once;
 //! - a frame that fails verification or decryption is recorded as
 //!   rejected and acknowledged, so it does not come back forever;
-//! - a receipt changes a message only if it comes from that message's peer.
+//! - a receipt changes a message only if it comes from that message's peer;
+//! - this identity's other devices get a copy of every message the router
+//!   accepted, every read and every contact change (see [`sync`]).
 
+use std::collections::hash_map::Entry;
 use std::collections::{HashMap, HashSet};
 
 use ed25519_dalek::{Signature, VerifyingKey};
@@ -33,6 +36,9 @@ use crate::store::receipts::{
     ReceiptKind,
 };
 use crate::store::rejected::record_rejected_tx;
+use crate::store::sync::{
+    any_early_tx, first_pending_sync_tx, queue_sync_tx, remove_sync_tx, SyncItem,
+};
 use crate::store::{self, Direction, Inserted, Message, MessageId, Status, Store};
 
 /// The longest message body accepted, in bytes as JSON encodes it: sealed
@@ -50,7 +56,8 @@ const BULK_INDEX_MIN: usize = 16;
 /// Something the user should see.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Update {
-    /// A new message arrived and is stored.
+    /// A new message arrived and is stored: from a peer, or (outgoing) a
+    /// copy of one this identity sent from another device.
     Received(Message),
     /// An outgoing message changed status (sent, delivered, read, failed).
     Status(Message),
@@ -113,6 +120,9 @@ pub struct Engine {
     /// Keys for messages from each peer to us: one X25519 + HKDF per peer,
     /// not per message.
     inbound_keys: HashMap<PublicKey, MessageKey>,
+    /// Keys for messages from us to each peer (and to our own key, for the
+    /// other devices): derived once, as inbound ones.
+    outbound_keys: HashMap<PublicKey, MessageKey>,
     /// Frames sent in this connection and not yet acknowledged by the
     /// router, with their length in bytes.
     in_flight: HashMap<Uuid, usize>,
@@ -142,6 +152,7 @@ impl Engine {
             identity,
             me,
             inbound_keys: HashMap::new(),
+            outbound_keys: HashMap::new(),
             in_flight: HashMap::new(),
             retrying: HashSet::new(),
             unattributed: Vec::new(),
@@ -258,7 +269,8 @@ impl Engine {
     }
 
     /// Frames for what waits in the outbox (pending messages, oldest first,
-    /// then receipts), as many as the send window has room for. Frames in
+    /// then receipts, then what the other devices are to be told), as many
+    /// as the send window has room for. Frames in
     /// flight are not repeated. Call it again as acks arrive: a long outbox
     /// goes out at the pace the router accepts it.
     pub fn outbox_frames(&mut self) -> Result<Vec<Frame>, ClientError> {
@@ -289,6 +301,21 @@ impl Engine {
                 frames.push(self.seal_receipt(&receipt)?);
             }
         }
+        let wanted = room - frames.len() + self.in_flight.len();
+        let items = first_pending_sync_tx(self.store.conn(), wanted)?;
+        let more = items.len() == wanted;
+        for item in items {
+            if frames.len() == room {
+                return Ok(frames);
+            }
+            if !self.in_flight.contains_key(&item.item_id.uuid()) {
+                frames.extend(self.seal_sync(&item)?);
+            }
+        }
+        if more {
+            // Some were dropped as they were sealed: look again next time.
+            return Ok(frames);
+        }
         // Everything waiting is in flight now.
         self.outbox_drained = true;
         Ok(frames)
@@ -296,8 +323,9 @@ impl Engine {
 
     /// Marks the messages of `shown` that were received from `peer` and not
     /// yet read as read, and, if `peer` is a contact, queues a read receipt
-    /// for them. Returns the receipt frames. Only what was shown on screen
-    /// is read: a message scrolled past unseen stays unread.
+    /// for them; the other devices are told to mark them read too (and not
+    /// to send a receipt). Returns the frames. Only what was shown on
+    /// screen is read: a message scrolled past unseen stays unread.
     pub fn mark_read(
         &mut self,
         peer: &PublicKey,
@@ -323,8 +351,20 @@ impl Engine {
         } else {
             Vec::new()
         };
+        let read = SyncItem::Read {
+            peer: *peer,
+            msg_ids: unread,
+        };
+        let syncs = queue_sync_tx(&tx, &read, &now)?;
         tx.commit().map_err(store::Error::from)?;
-        receipts.iter().map(|r| self.seal_receipt(r)).collect()
+        let mut frames = receipts
+            .iter()
+            .map(|r| self.seal_receipt(r))
+            .collect::<Result<Vec<_>, _>>()?;
+        for item in &syncs {
+            frames.extend(self.seal_sync(item)?);
+        }
+        Ok(frames)
     }
 
     /// Handles frames from the router, in order.
@@ -357,16 +397,18 @@ impl Engine {
         Ok(reaction)
     }
 
-    /// The router stored our frames: messages become `sent`, receipts are
+    /// The router stored our frames: messages become `sent` (and a copy is
+    /// queued for the other devices), receipts and sync items are
     /// forgotten. One transaction for all of them.
     fn on_acks(&mut self, acks: &[Ack], reaction: &mut Reaction) -> Result<(), ClientError> {
         let tx = self.store.transaction()?;
         let mut changed = Vec::new();
+        let mut copies = false;
         for ack in acks {
             self.in_flight.remove(&ack.id);
             self.retrying.remove(&ack.id);
             let id = MessageId::from(ack.id);
-            if remove_receipt_tx(&tx, &id)? {
+            if remove_receipt_tx(&tx, &id)? || remove_sync_tx(&tx, &id)? {
                 continue;
             }
             let Some(message) = message_tx(&tx, &id)? else {
@@ -380,12 +422,16 @@ impl Engine {
                 .as_deref()
                 .and_then(clock::normalize)
                 .unwrap_or_else(clock::now);
-            if apply_status_tx(&tx, &id, Status::Sent, &at, None)? {
+            let marked_sent = apply_status_tx(&tx, &id, Status::Sent, &at, None)?;
+            if marked_sent {
                 changed.push(id);
             }
+            copies |= sync::copy_on_ack(&tx, &message, marked_sent, &at)?;
         }
         let updated = reload(&tx, &changed)?;
         tx.commit().map_err(store::Error::from)?;
+        // Copies wait in the outbox now.
+        self.outbox_drained &= !copies;
         self.tally.sent += updated.len();
         reaction
             .updates
@@ -444,7 +490,8 @@ impl Engine {
             .map(|(f, verified)| {
                 let content = verified
                     .and_then(|()| self.open_verified(&f))
-                    .map_err(|e| e.to_string());
+                    .map_err(|e| e.to_string())
+                    .and_then(|c| sync::check_sender(c, &f, &self.me));
                 (f, content)
             })
             .collect();
@@ -456,13 +503,16 @@ impl Engine {
         // A backlog arrives in batches: index it once per batch, not per row.
         let texts = opened
             .iter()
-            .filter(|(_, c)| matches!(c, Ok(Content::Text { .. })))
+            .filter(|(_, c)| matches!(c, Ok(Content::Text { .. } | Content::Sent { .. })))
             .count();
         let fts = if texts >= BULK_INDEX_MIN {
             Some(FtsBatch::begin(&tx)?)
         } else {
             None
         };
+        // Reads from other devices that came before their message (maybe
+        // earlier in this batch).
+        let mut early = any_early_tx(&tx)?;
         let mut delivered: HashMap<PublicKey, Vec<MessageId>> = HashMap::new();
         // Each receipt's change as it happened: a delivered and a read
         // receipt in one batch are two updates, not the final state twice.
@@ -487,7 +537,12 @@ impl Engine {
                             if contacts.contains(&frame.from) {
                                 delivered.entry(frame.from).or_default().push(id);
                             }
-                            reaction.updates.push(Update::Received(*message));
+                            let message = if early {
+                                sync::apply_early_read(&tx, &frame.from, *message)?
+                            } else {
+                                *message
+                            };
+                            reaction.updates.push(Update::Received(message));
                         }
                         Inserted::Duplicate => self.tally.duplicates += 1,
                     }
@@ -498,6 +553,18 @@ impl Engine {
                 Ok(Content::Read { ids }) => {
                     updated.extend(apply_receipt(&tx, frame, ids, Status::Read)?);
                 }
+                Ok(
+                    content @ (Content::Sent { .. }
+                    | Content::ReadSync { .. }
+                    | Content::Contact { .. }),
+                ) => {
+                    early |= matches!(content, Content::ReadSync { .. });
+                    reaction
+                        .updates
+                        .extend(sync::apply_sync(&tx, &self.me, frame, content)?);
+                }
+                // A kind from a newer version: acked below, nothing stored.
+                Ok(Content::Unknown) => {}
             }
         }
         let mut receipts = Vec::new();
@@ -572,7 +639,16 @@ impl Engine {
         ts: &str,
         content: &Content,
     ) -> Result<Frame, ClientError> {
-        let frame = Frame::Message(protocol::seal(&self.identity, to, id.uuid(), ts, content)?);
+        let key = match self.outbound_keys.entry(*to) {
+            Entry::Occupied(key) => key.into_mut(),
+            Entry::Vacant(slot) => {
+                let key = crypto::message_key(&self.identity, to, &self.me, to)
+                    .map_err(protocol::ProtocolError::from)?;
+                slot.insert(key)
+            }
+        };
+        let sealed = protocol::seal_keyed(&self.identity, key, to, id.uuid(), ts, content)?;
+        let frame = Frame::Message(sealed);
         // Its length tells which frame a close for size was about.
         let len = protocol::to_text(&frame).len();
         self.in_flight.insert(id.uuid(), len);
@@ -635,22 +711,29 @@ fn apply_receipt(
     for id in ids {
         let id = MessageId::from(*id);
         let Some(message) = message_tx(tx, &id)? else {
+            // Sent from another device whose copy is still on its way?
+            sync::keep_early_receipt(tx, &frame.from, &id, status, &at)?;
             continue;
         };
         if message.direction != Direction::Out || message.peer_key != from {
             continue;
         }
-        // A receipt cannot predate the router's acceptance: a peer's clock
-        // running behind must not put the timeline out of order.
-        let at = match &message.sent_at {
-            Some(sent) if sent.as_str() > at.as_str() => sent.clone(),
-            _ => at.clone(),
-        };
+        let at = receipt_time(&message, at.clone());
         if apply_status_tx(tx, &id, status, &at, None)? {
             changed.extend(message_tx(tx, &id)?);
         }
     }
     Ok(changed)
+}
+
+/// The time to record for a receipt about `message` dated `at`: a receipt
+/// cannot predate the router's acceptance, so a peer's clock running
+/// behind must not put the timeline out of order.
+fn receipt_time(message: &Message, at: String) -> String {
+    match &message.sent_at {
+        Some(sent) if *sent > at => sent.clone(),
+        _ => at,
+    }
 }
 
 fn reload(tx: &rusqlite::Connection, ids: &[MessageId]) -> Result<Vec<Message>, ClientError> {
@@ -693,5 +776,6 @@ fn is_temporary(code: ErrorCode) -> bool {
 }
 
 mod refusals;
+mod sync;
 #[cfg(test)]
 mod tests;

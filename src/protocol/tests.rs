@@ -504,3 +504,145 @@ fn router_names_are_canonical() {
         assert!(router_name(bad).is_err(), "{bad}");
     }
 }
+
+// The sent-copy vector of docs/PROTOCOL.md §7: alice's copy of the
+// vector message, sealed to herself for her other devices. The message key
+// was reproduced with Python's `cryptography` (X25519 of alice with
+// herself, HKDF-SHA256).
+const COPY_ID: &str = "0193a1b2-c3d4-7e5f-8a6b-7c8d9e0f1a2c";
+const COPY_TS: &str = "2026-11-25T20:00:00.300Z";
+const COPY_SENT: &str = "2026-11-25T20:00:00.250Z";
+const COPY_PLAINTEXT: &str = r#"{"kind":"sent","id":"0193a1b2-c3d4-7e5f-8a6b-7c8d9e0f1a2b","peer":"gTl3Dqh9F19Wo1Rmw0x+zMuNipG07jeiXfYPW4/Js5Q=","body":"hello, bob","created":"2026-11-25T20:00:00.000Z","sent":"2026-11-25T20:00:00.250Z"}"#;
+const COPY_KEY_HEX: &str = "649102f2b5e263382a9a464e2135459a2bac8ce95fa458d713abf1cdaabebb7f";
+const COPY_CIPHERTEXT: &str = "wGlspykewJnfT0rktLVAMatPzrGTpE1VtXelce5nJwVZ3dLP73jlSZKmVaXZVSxBqPEhJ4+MN15YtQc/vhj1ehdc/6lpp58VAXj6Bq9xSkAN1XJE6yAf0rW4KSix5V1uOrdlqBgE6jf0i7eUAtMIjhS3fjNufrHjrP/b/KDO+KZOd2W5+5BnthVDDyrLYQ1AJXGgik01Xl2SwJhX8A5whAPDkWBw5l7icb0F14qs2frD/6orwqHEg1SX8/FLC6WKAW0Xf0RVkLl+IcAF0VP+Q2zxxxIWKmqNBDlKEA==";
+const COPY_SIG: &str =
+    "PrJI38vKzjdhYiHK4BFPE5VRvNnf5HDcCSFLa3DQboyLZJDj3ZUoanU/9gmEXKyGvO4BPfpj8h95kVIi0o3NDA==";
+
+fn copy_content() -> Content {
+    Content::Sent {
+        id: Uuid::parse_str(ID).unwrap(),
+        peer: bob().public_key(),
+        body: "hello, bob".to_owned(),
+        created: TS.to_owned(),
+        sent: Some(COPY_SENT.to_owned()),
+    }
+}
+
+fn copy_frame() -> MessageFrame {
+    let nonce: [u8; 24] = std::array::from_fn(|i| (i + 24) as u8);
+    seal_with_nonce(
+        &alice(),
+        &alice().public_key(),
+        Uuid::parse_str(COPY_ID).unwrap(),
+        COPY_TS,
+        &copy_content(),
+        &nonce,
+    )
+    .unwrap()
+}
+
+#[test]
+fn test_vector_sent_copy() {
+    let f = copy_frame();
+    assert_eq!(f.from, f.to);
+    assert_eq!(
+        serde_json::to_string(&copy_content()).unwrap(),
+        COPY_PLAINTEXT
+    );
+    let key = crypto::message_key(&alice(), &alice().public_key(), &f.from, &f.to).unwrap();
+    assert_eq!(hex(key.as_bytes()), COPY_KEY_HEX);
+    assert_eq!(STANDARD.encode(&f.payload.ciphertext), COPY_CIPHERTEXT);
+    assert_eq!(STANDARD.encode(f.sig), COPY_SIG);
+    assert_eq!(open(&alice(), &f).unwrap(), copy_content());
+    // Only alice can open it: bob is not its recipient.
+    assert_eq!(open(&bob(), &f), Err(ProtocolError::NotForMe));
+    // The document carries the vector as this code makes it.
+    let doc = include_str!("../../docs/PROTOCOL.md");
+    for published in [
+        COPY_PLAINTEXT,
+        COPY_KEY_HEX,
+        COPY_CIPHERTEXT,
+        COPY_SIG,
+        &to_text(&Frame::Message(f)),
+    ] {
+        assert!(doc.contains(published), "not in PROTOCOL.md: {published}");
+    }
+}
+
+#[test]
+fn self_sync_kinds_round_trip_with_their_documented_names() {
+    let bob = bob().public_key();
+    let id = Uuid::parse_str(ID).unwrap();
+    let cases = [
+        (copy_content(), "sent"),
+        (
+            Content::ReadSync {
+                peer: bob,
+                ids: vec![id],
+            },
+            "read-sync",
+        ),
+        (
+            Content::Contact {
+                op: ContactOp::Rename,
+                key: bob,
+                name: Some("robert".into()),
+            },
+            "contact",
+        ),
+    ];
+    for (content, kind) in cases {
+        assert!(content.is_self_sync());
+        let json: serde_json::Value = serde_json::to_value(&content).unwrap();
+        assert_eq!(json["kind"], kind);
+        let back: Content = serde_json::from_value(json).unwrap();
+        assert_eq!(back, content);
+    }
+    let remove: Content = serde_json::from_str(&format!(
+        r#"{{"kind":"contact","op":"remove","key":"{}"}}"#,
+        bob.to_base64()
+    ))
+    .unwrap();
+    assert!(matches!(
+        remove,
+        Content::Contact {
+            op: ContactOp::Remove,
+            name: None,
+            ..
+        }
+    ));
+    // A copy whose router time is not known yet leaves `sent` out.
+    let unsent = Content::Sent {
+        id,
+        peer: bob,
+        body: "x".into(),
+        created: TS.into(),
+        sent: None,
+    };
+    assert!(!serde_json::to_string(&unsent)
+        .unwrap()
+        .contains("\"sent\":"));
+    assert!(!Content::Text { body: "x".into() }.is_self_sync());
+}
+
+#[test]
+fn kinds_and_contact_ops_from_a_newer_version_are_unknown_not_errors() {
+    let later: Content =
+        serde_json::from_str(r#"{"kind":"reaction","id":"x","emoji":"+1"}"#).unwrap();
+    assert_eq!(later, Content::Unknown);
+    let op: Content = serde_json::from_str(&format!(
+        r#"{{"kind":"contact","op":"block","key":"{}"}}"#,
+        bob().public_key().to_base64()
+    ))
+    .unwrap();
+    assert!(matches!(
+        op,
+        Content::Contact {
+            op: ContactOp::Unknown,
+            ..
+        }
+    ));
+    // A known kind with a missing field is still malformed.
+    assert!(serde_json::from_str::<Content>(r#"{"kind":"read-sync"}"#).is_err());
+    assert!(serde_json::from_str::<Content>(r#"{"body":"no kind"}"#).is_err());
+}

@@ -14,6 +14,7 @@ use rusqlite::{params, OptionalExtension, Row};
 use unicode_normalization::UnicodeNormalization;
 use unicode_security::confusable_detection::skeleton;
 
+use super::sync::{queue_sync_tx, ContactChange, SyncItem};
 use super::{Error, Result, Store};
 use crate::clock;
 use crate::identity::PublicKey;
@@ -181,7 +182,8 @@ impl Store {
     }
 
     /// Saves `key` under `name`. Refuses the profile's own key, a name in
-    /// use (ignoring case) and a key already saved under another name.
+    /// use (ignoring case) and a key already saved under another name. The
+    /// profile's other devices are told (see [`sync_contact_tx`]).
     pub fn add_contact(&mut self, name: &ContactName, key: &PublicKey) -> Result<Contact> {
         if let Some(own) = self.public_key()? {
             if own == *key {
@@ -198,11 +200,13 @@ impl Store {
         if let Some(existing) = find_look_alike(&tx, name, None)? {
             return Err(look_alike_error(name, existing));
         }
+        let now = clock::now();
         tx.execute(
             "INSERT INTO contacts (name, name_key, public_key, added_at)
              VALUES (?1, ?2, ?3, ?4)",
-            params![name.as_str(), name.key(), key.to_base64(), clock::now()],
+            params![name.as_str(), name.key(), key.to_base64(), now],
         )?;
+        tell_devices(&tx, ContactChange::Add, key, Some(name), &now)?;
         let contact = find_by_key(&tx, key)?.ok_or(Error::Corrupt {
             what: "contact",
             detail: "the new row vanished".into(),
@@ -248,15 +252,24 @@ impl Store {
     }
 
     /// Removes the contact called `name`. Messages exchanged with its key
-    /// stay in the history.
+    /// stay in the history. The profile's other devices are told.
     pub fn remove_contact(&mut self, name: &str) -> Result<Contact> {
         let contact = self.contact(name)?;
-        self.conn
-            .execute("DELETE FROM contacts WHERE id = ?1", [contact.id])?;
+        let tx = self.conn.transaction()?;
+        tx.execute("DELETE FROM contacts WHERE id = ?1", [contact.id])?;
+        tell_devices(
+            &tx,
+            ContactChange::Remove,
+            &contact.key,
+            None,
+            &clock::now(),
+        )?;
+        tx.commit()?;
         Ok(contact)
     }
 
-    /// Gives the contact called `old` the name `new`.
+    /// Gives the contact called `old` the name `new`. The profile's other
+    /// devices are told.
     pub fn rename_contact(&mut self, old: &str, new: &ContactName) -> Result<Contact> {
         let contact = self.contact(old)?;
         let tx = self.transaction()?;
@@ -272,6 +285,13 @@ impl Store {
         tx.execute(
             "UPDATE contacts SET name = ?1, name_key = ?2 WHERE id = ?3",
             params![new.as_str(), new.key(), contact.id],
+        )?;
+        tell_devices(
+            &tx,
+            ContactChange::Rename,
+            &contact.key,
+            Some(new),
+            &clock::now(),
         )?;
         tx.commit()?;
         Ok(Contact {
@@ -352,6 +372,119 @@ pub(crate) fn merge_contact_tx(
         params![name.as_str(), name.key(), key_text, added_at],
     )?;
     Ok(Merge::Added)
+}
+
+/// Queues a contact change for the profile's other devices.
+fn tell_devices(
+    conn: &rusqlite::Connection,
+    change: ContactChange,
+    key: &PublicKey,
+    name: Option<&ContactName>,
+    at: &str,
+) -> Result<()> {
+    let item = SyncItem::Contact {
+        change,
+        key: *key,
+        name: name.map(|n| n.as_str().to_owned()),
+    };
+    queue_sync_tx(conn, &item, at).map(drop)
+}
+
+/// What [`sync_contact_tx`] did with a change made on another device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SyncedContact {
+    /// The contact was saved, or renamed, under this name.
+    Named(String),
+    /// The contact was removed.
+    Removed,
+    /// Nothing changed: already so, the profile's own key, a key not
+    /// saved here (remove), a name that is no valid contact name, or no
+    /// free name.
+    Unchanged,
+}
+
+/// Applies a contact change made on another device of this identity
+/// (`own` is its key), without telling any device again: that would echo.
+///
+/// Contacts follow by key. An add or a rename saves the key under the
+/// name, or renames it (an add of a key known here under another name
+/// renames it too: the latest change wins, on every device alike). A name
+/// taken here by another key, or confusable with one, is not overwritten:
+/// the contact gets the first free of `name (2)` to `name (9)` on this
+/// device, where the user sees both and can rename either (and if all are
+/// taken, the change is left out). A remove deletes the contact with the
+/// key; its messages stay.
+pub(crate) fn sync_contact_tx(
+    conn: &rusqlite::Connection,
+    own: Option<&PublicKey>,
+    change: ContactChange,
+    key: &PublicKey,
+    name: Option<&str>,
+    at: &str,
+) -> Result<SyncedContact> {
+    if own == Some(key) {
+        return Ok(SyncedContact::Unchanged);
+    }
+    let existing = find_by_key(conn, key)?;
+    if change == ContactChange::Remove {
+        let Some(contact) = existing else {
+            return Ok(SyncedContact::Unchanged);
+        };
+        conn.execute("DELETE FROM contacts WHERE id = ?1", [contact.id])?;
+        return Ok(SyncedContact::Removed);
+    }
+    let Some(wanted) = name.and_then(|n| ContactName::parse(n).ok()) else {
+        return Ok(SyncedContact::Unchanged);
+    };
+    let except = existing.as_ref().map(|c| c.id);
+    let Some(name) = free_name(conn, &wanted, except)? else {
+        return Ok(SyncedContact::Unchanged);
+    };
+    match existing {
+        Some(contact) if contact.name == name.as_str() => return Ok(SyncedContact::Unchanged),
+        Some(contact) => {
+            super::verify::follow_rename(conn, contact.id, &name.key())?;
+            conn.execute(
+                "UPDATE contacts SET name = ?1, name_key = ?2 WHERE id = ?3",
+                params![name.as_str(), name.key(), contact.id],
+            )?;
+        }
+        None => {
+            conn.execute(
+                "INSERT INTO contacts (name, name_key, public_key, added_at)
+                 VALUES (?1, ?2, ?3, ?4)",
+                params![name.as_str(), name.key(), key.to_base64(), at],
+            )?;
+        }
+    }
+    Ok(SyncedContact::Named(name.0))
+}
+
+/// `name`, or the first of `name (2)` to `name (9)` (shortened to fit)
+/// that no contact but `except` has or looks like.
+fn free_name(
+    conn: &rusqlite::Connection,
+    name: &ContactName,
+    except: Option<i64>,
+) -> Result<Option<ContactName>> {
+    for n in 1..=9 {
+        let candidate = if n == 1 {
+            name.clone()
+        } else {
+            let suffix = format!(" ({n})");
+            let room = MAX_CONTACT_NAME_CHARS - suffix.chars().count();
+            let base: String = name.as_str().chars().take(room).collect();
+            match ContactName::parse(&format!("{}{suffix}", base.trim_end())) {
+                Ok(candidate) => candidate,
+                Err(_) => continue,
+            }
+        };
+        let same = find_by_name(conn, &candidate)?.is_some_and(|c| Some(c.id) != except);
+        if !same && find_look_alike(conn, &candidate, except)?.is_none() {
+            return Ok(Some(candidate));
+        }
+    }
+    Ok(None)
 }
 
 fn find_by_name(conn: &rusqlite::Connection, name: &ContactName) -> Result<Option<Contact>> {

@@ -1,7 +1,7 @@
 //! What a profile copied to a newly linked device must not carry over from
 //! the device it was copied from.
 //!
-//! The copy is the whole database; three kinds of rows belong to the
+//! The copy is the whole database; four kinds of rows belong to the
 //! device rather than the identity:
 //! - **messages still pending**: the device that wrote them sends them. If
 //!   the copy sent them too, the peer would get every one twice (it would
@@ -10,6 +10,10 @@
 //!   [`LINKED_BEFORE_SENT`]; `outbox retry` there sends one anyway.
 //! - **receipts waiting to go out** (`receipt_outbox`): the same, for
 //!   delivered and read receipts.
+//! - **news for the identity's other devices** (`sync_outbox`, and
+//!   `sync_early`, receipts kept for copies still to come): the device that
+//!   queued the news sends it; the copy, registered after it was sent,
+//!   would receive none of what the kept receipts wait for.
 //! - **this device's id and name** (the `device` table):
 //!   replaced by the new device's own.
 
@@ -28,7 +32,8 @@ pub const LINKED_BEFORE_SENT: &str =
 impl Store {
     /// Makes a copy of another device's profile this device's own:
     /// pending messages fail here (the other device sends them), queued
-    /// receipts are dropped, and the device row becomes `device` named
+    /// receipts and news for other devices are dropped, and the device row
+    /// becomes `device` named
     /// `name`. Returns how many messages were pending.
     pub fn adopt_linked_copy(&mut self, device: Uuid, name: &str) -> Result<usize> {
         let tx = self.transaction()?;
@@ -45,6 +50,8 @@ impl Store {
             apply_status_tx(&tx, id, Status::Failed, &now, Some(LINKED_BEFORE_SENT))?;
         }
         tx.execute("DELETE FROM receipt_outbox", [])?;
+        tx.execute("DELETE FROM sync_outbox", [])?;
+        tx.execute("DELETE FROM sync_early", [])?;
         tx.commit()?;
         self.set_device(device, name)?;
         Ok(pending.len())
@@ -70,6 +77,9 @@ mod tests {
                 [peer.to_base64()],
             )
             .unwrap();
+        // News for the other devices: a contact saved there.
+        let name = crate::store::ContactName::parse("carol").unwrap();
+        store.add_contact(&name, &peer).unwrap();
         let device = Uuid::new_v4();
         store.device().unwrap();
         assert_eq!(store.adopt_linked_copy(device, "laptop").unwrap(), 1);
@@ -91,6 +101,9 @@ mod tests {
             .query_row("SELECT count(*) FROM receipt_outbox", [], |r| r.get(0))
             .unwrap();
         assert_eq!(receipts, 0);
+        assert!(crate::store::sync::pending_sync_tx(store.conn())
+            .unwrap()
+            .is_empty());
         assert_eq!(store.message_count().unwrap(), 1);
         // Again: nothing left to change.
         assert_eq!(store.adopt_linked_copy(device, "laptop").unwrap(), 0);

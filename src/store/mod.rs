@@ -29,11 +29,12 @@ pub mod rejected;
 mod schema;
 pub mod search;
 mod status;
+pub mod sync;
 mod verify;
 mod when;
 
-pub(crate) use contacts::merge_contact_tx;
-pub use contacts::{Contact, ContactName, Merge, UnknownPeer};
+pub(crate) use contacts::{merge_contact_tx, sync_contact_tx};
+pub use contacts::{Contact, ContactName, Merge, SyncedContact, UnknownPeer};
 pub use conversations::Conversation;
 pub use error::Error;
 pub(crate) use identity::set_identity_tx;

@@ -13,6 +13,7 @@ use crate::identity::PublicKey;
 use crate::protocol::{self, Content, ErrorCode, Frame};
 use crate::store::messages::{apply_status_tx, message_tx};
 use crate::store::receipts::remove_receipt_tx;
+use crate::store::sync::remove_sync_tx;
 use crate::store::{self, Direction, MessageId, Status};
 
 impl Engine {
@@ -102,6 +103,13 @@ impl Engine {
             return Ok(vec![Update::RouterError {
                 code,
                 message: format!("a receipt was given up: {reason}"),
+            }]);
+        }
+        if remove_sync_tx(&tx, id)? {
+            tx.commit().map_err(store::Error::from)?;
+            return Ok(vec![Update::RouterError {
+                code,
+                message: format!("an update for your other devices was given up: {reason}"),
             }]);
         }
         let changed = match message_tx(&tx, id)? {
