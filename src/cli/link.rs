@@ -183,13 +183,21 @@ fn issue(ctx: &Context, args: &LinkArgs) -> Result<()> {
         )?;
     } else {
         outln!(
-            "Linked device '{}' ({}): it has this identity and {} messages.",
+            "Linked device '{}' ({}): it has this identity and {}.",
             untrusted_inline(&linked.device_name),
             linked.device_id,
-            linked.messages
+            messages(linked.messages)
         )?;
     }
     Ok(())
+}
+
+/// "1 message", "2 messages".
+fn messages(n: u64) -> String {
+    match n {
+        1 => "1 message".to_owned(),
+        n => format!("{n} messages"),
+    }
 }
 
 fn join(ctx: &Context, code: &str, args: &LinkArgs) -> Result<()> {
@@ -226,10 +234,10 @@ fn join(ctx: &Context, code: &str, args: &LinkArgs) -> Result<()> {
         }))?;
     } else {
         outln!(
-            "Linked: profile '{}' now holds identity {} with {} messages, from device '{}'.",
+            "Linked: profile '{}' now holds identity {} with {}, from device '{}'.",
             ctx.profile.name,
             joined.public_key.fingerprint(),
-            joined.messages,
+            messages(joined.messages),
             untrusted_inline(&joined.from_device)
         )?;
     }
