@@ -7,14 +7,14 @@
 mod common;
 
 use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use chat_p2p::identity::{Identity, PublicKey};
 use chat_p2p::protocol::{self, Content, Frame};
 
-use common::{Env, Router};
+use common::{Env, Router, Watch};
 use serde_json::Value;
 use uuid::Uuid;
 
@@ -341,72 +341,10 @@ fn contacts_follow_from_one_device_to_the_other() {
     assert_eq!(d.contacts("alice2"), [("bob".to_owned(), d.bob.clone())]);
 }
 
-/// `sync --watch --json` on a device, its lines arriving on a channel.
-struct Watch {
-    child: Child,
-    lines: mpsc::Receiver<Value>,
-    seen: Vec<Value>,
-}
-
-impl Watch {
-    fn start(d: &Devices, profile: &str) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_chat-p2p"))
-            .env_clear()
-            .env("CHAT_HOME", d.env.home())
-            .env("CHAT_PROFILE", profile)
-            .env("CHAT_CONFIG", d.env.config())
-            .env("CHAT_SERVER", d.router.url())
-            .args(["sync", "--watch", "--json"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { return };
-                let Ok(value) = serde_json::from_str::<Value>(&line) else {
-                    return;
-                };
-                if tx.send(value).is_err() {
-                    return;
-                }
-            }
-        });
-        Watch {
-            child,
-            lines,
-            seen: Vec::new(),
-        }
-    }
-
-    /// The next line that `check` accepts. The deadline only guards
-    /// against hanging; nothing is asserted about time.
-    fn wait_for(&mut self, what: &str, check: impl Fn(&Value) -> bool) -> Value {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(line) if check(&line) => return line,
-                Ok(line) => self.seen.push(line),
-                Err(_) => panic!("never printed {what}; printed {:#?}", self.seen),
-            }
-        }
-    }
-}
-
-impl Drop for Watch {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 #[test]
 fn a_device_online_shows_what_the_other_sends_as_it_happens() {
     let d = Devices::new();
-    let mut watch = Watch::start(&d, "alice2");
+    let mut watch = Watch::start(&d.env, "alice2", &d.router);
     watch.wait_for("connected", |l| l["kind"] == "connected");
     d.ok("alice", &["send", "bob", "live from the laptop"]);
     let copy = watch.wait_for("the copy", |l| l["kind"] == "message");

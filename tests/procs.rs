@@ -6,12 +6,10 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
 use std::time::Duration;
 
-use common::{Env, Router};
+use common::{Env, Router, Watch};
 use serde_json::Value;
 
 /// How long a test waits for something. Only a guard against hanging.
@@ -123,83 +121,6 @@ impl Drop for Tmux {
         let _ = Command::new("tmux")
             .args(["-L", &self.socket, "kill-server"])
             .output();
-    }
-}
-
-/// A `sync --watch --json` child whose stdout lines arrive on a channel.
-struct Watch {
-    child: Child,
-    lines: mpsc::Receiver<Value>,
-    seen: Vec<Value>,
-}
-
-impl Watch {
-    fn start(env: &Env, profile: &str, router: &Router) -> Self {
-        Self::start_at(env, profile, &router.url())
-    }
-
-    /// A watch against the router at `url`.
-    fn start_at(env: &Env, profile: &str, url: &str) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_chat-p2p"))
-            .env_clear()
-            .env("CHAT_HOME", env.home())
-            .env("CHAT_CONFIG", env.config())
-            .env("CHAT_PROFILE", profile)
-            .env("CHAT_SERVER", url)
-            .args(["sync", "--watch", "--json"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start sync --watch");
-        let stdout = child.stdout.take().expect("stdout");
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                let value: Value = serde_json::from_str(&line).expect("one JSON object a line");
-                if tx.send(value).is_err() {
-                    return;
-                }
-            }
-        });
-        Watch {
-            child,
-            lines,
-            seen: Vec::new(),
-        }
-    }
-
-    fn wait_for(&mut self, what: &str, check: impl Fn(&Value) -> bool) -> Value {
-        let deadline = std::time::Instant::now() + GUARD;
-        loop {
-            let left = deadline.saturating_duration_since(std::time::Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(line) => {
-                    self.seen.push(line.clone());
-                    if check(&line) {
-                        return line;
-                    }
-                }
-                Err(_) => panic!("the watch never printed {what}: {:#?}", self.seen),
-            }
-        }
-    }
-
-    fn kind(&mut self, kind: &str) -> Value {
-        self.wait_for(kind, |l| l["kind"] == kind)
-    }
-
-    fn disconnections(&self) -> usize {
-        self.seen
-            .iter()
-            .filter(|l| l["kind"] == "disconnected")
-            .count()
-    }
-}
-
-impl Drop for Watch {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

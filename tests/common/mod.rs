@@ -210,3 +210,8 @@ pub fn weak_kdf_cmd(env: &Env, profile: &str) -> Command {
 mod net;
 #[allow(unused_imports)]
 pub use net::*;
+
+// `sync --watch --json` as a child process.
+mod watch;
+#[allow(unused_imports)]
+pub use watch::*;
