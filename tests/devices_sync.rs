@@ -9,12 +9,12 @@ mod common;
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use chat_p2p::identity::{Identity, PublicKey};
 use chat_p2p::protocol::{self, Content, Frame};
 
-use common::{Env, Router, Watch};
+use common::{Env, Router, Tmux, Watch};
 use serde_json::Value;
 use uuid::Uuid;
 
@@ -357,93 +357,26 @@ fn a_device_online_shows_what_the_other_sends_as_it_happens() {
     assert_eq!(delivered["status"], "delivered");
 }
 
-/// A private tmux server running one chat, killed when dropped.
-struct Tmux {
-    socket: String,
-}
-
-impl Tmux {
-    /// Opens `PROFILE chat bob` in a 100-column terminal.
-    fn chat(d: &Devices, profile: &str) -> Self {
-        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let tmux = Tmux {
-            socket: format!("chat-p2p-sync-{}-{n}", std::process::id()),
-        };
-        let quote = |s: &str| format!("'{}'", s.replace('\'', r"'\''"));
-        let command = format!(
-            "env -i HOME=/nonexistent TERM=xterm CHAT_HOME={} CHAT_PROFILE={profile} \
-             CHAT_CONFIG={} CHAT_SERVER={} {} chat bob",
-            quote(d.env.home().to_str().unwrap()),
-            quote(d.env.config().to_str().unwrap()),
-            quote(&d.router.url()),
-            quote(env!("CARGO_BIN_EXE_chat-p2p")),
-        );
-        tmux.run(&[
-            "new-session",
-            "-d",
-            "-s",
-            "chat",
-            "-x",
-            "100",
-            "-y",
-            "30",
-            &command,
-        ]);
-        tmux.wait_until("the prompt", |s| s.lines().any(|l| l.trim_end() == ">"));
-        tmux
-    }
-
-    fn run(&self, args: &[&str]) -> String {
-        let out = Command::new("tmux")
-            .args(["-L", &self.socket])
-            .args(args)
-            .output()
-            .expect("tmux is installed (.ci/run installs it)");
-        assert!(
-            out.status.success(),
-            "tmux {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
-    }
-
-    fn screen(&self) -> String {
-        self.run(&["capture-pane", "-p", "-t", "chat"])
-    }
-
-    fn type_line(&self, text: &str) {
-        self.run(&["send-keys", "-t", "chat", "-l", text]);
-        self.run(&["send-keys", "-t", "chat", "Enter"]);
-    }
-
-    /// Waits until the screen shows what `check` looks for; the guard
-    /// only prevents hanging.
-    fn wait_until(&self, what: &str, check: impl Fn(&str) -> bool) -> String {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while Instant::now() < deadline {
-            let screen = self.screen();
-            if check(&screen) {
-                return screen;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        panic!("the screen never showed {what}:\n{}", self.screen());
-    }
-}
-
-impl Drop for Tmux {
-    fn drop(&mut self) {
-        let _ = Command::new("tmux")
-            .args(["-L", &self.socket, "kill-server"])
-            .output();
-    }
+/// A private tmux server running `PROFILE chat bob` in a 100-column
+/// terminal, its prompt shown.
+fn chat(d: &Devices, profile: &str) -> Tmux {
+    let tmux = Tmux::new();
+    let config = d.env.config();
+    let url = d.router.url();
+    let vars = [
+        ("CHAT_CONFIG", config.to_str().unwrap()),
+        ("CHAT_SERVER", &url),
+    ];
+    let command = common::clean_command(&d.env, profile, &vars, "chat bob");
+    tmux.open(common::SESSION, (100, 30), &[&command]);
+    tmux.wait_prompt();
+    tmux
 }
 
 #[test]
 fn what_is_typed_in_one_devices_chat_shows_in_the_others() {
     let d = Devices::new();
-    let (one, two) = (Tmux::chat(&d, "alice"), Tmux::chat(&d, "alice2"));
+    let (one, two) = (chat(&d, "alice"), chat(&d, "alice2"));
     one.type_line("typed on the laptop");
     let screen = two.wait_until("the copy", |s| s.contains("typed on the laptop"));
     let line = screen

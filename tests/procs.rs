@@ -9,119 +9,29 @@ mod common;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::{Env, Router, Watch};
+use common::{Env, Router, Tmux, Watch};
 use serde_json::Value;
 
 /// How long a test waits for something. Only a guard against hanging.
 const GUARD: Duration = Duration::from_secs(30);
 
-/// A private tmux server with one session per chat, killed when dropped.
-struct Tmux {
-    socket: String,
+/// Waits for the mark in the session `name` saying `body` was sent: its
+/// own line, or the last of several marked together.
+fn wait_sent(tmux: &Tmux, name: &str, body: &str) {
+    let quoted = format!("\"{body}\"");
+    tmux.wait_until_in(name, body, |s| {
+        s.lines().any(|l| {
+            let l = l.trim_end();
+            l.contains("sent to bob") && (l.ends_with(body) || l.ends_with(&quoted))
+        })
+    });
 }
 
-impl Tmux {
-    fn new() -> Self {
-        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        Self {
-            socket: format!("chat-p2p-procs-{}-{n}", std::process::id()),
-        }
-    }
-
-    fn run(&self, args: &[&str]) -> String {
-        let out = Command::new("tmux")
-            .arg("-L")
-            .arg(&self.socket)
-            .args(args)
-            .output()
-            .expect("tmux is installed (.ci/run installs it)");
-        assert!(
-            out.status.success(),
-            "tmux {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
-    }
-
-    /// Opens `chat PEER` for `profile` in the tmux session `name`.
-    fn chat(&self, name: &str, env: &Env, router: &Router, profile: &str, peer: &str) {
-        let quote = |s: &str| format!("'{}'", s.replace('\'', r"'\''"));
-        let command = format!(
-            "env -i HOME=/nonexistent TERM=xterm CHAT_HOME={} CHAT_PROFILE={profile} \
-             CHAT_SERVER={} {} chat {peer}",
-            quote(env.home().to_str().unwrap()),
-            quote(&router.url()),
-            quote(env!("CARGO_BIN_EXE_chat-p2p")),
-        );
-        self.run(&[
-            "new-session",
-            "-d",
-            "-s",
-            name,
-            "-x",
-            "120",
-            "-y",
-            "40",
-            &command,
-        ]);
-        self.wait_until(name, "the prompt", |s| {
-            s.lines().any(|l| l.trim_end() == ">")
-        });
-    }
-
-    fn screen(&self, name: &str) -> String {
-        self.run(&["capture-pane", "-p", "-t", name])
-    }
-
-    fn wait_for(&self, name: &str, text: &str) -> String {
-        self.wait_until(name, text, |screen| screen.contains(text))
-    }
-
-    fn wait_until(&self, name: &str, what: &str, check: impl Fn(&str) -> bool) -> String {
-        let deadline = std::time::Instant::now() + GUARD;
-        while std::time::Instant::now() < deadline {
-            let screen = self.screen(name);
-            if check(&screen) {
-                return screen;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        panic!("{name} never showed {what:?}:\n{}", self.screen(name));
-    }
-
-    /// Waits for the mark saying `body` was sent: its own line, or the
-    /// last of several marked together.
-    fn wait_sent(&self, name: &str, body: &str) {
-        let quoted = format!("\"{body}\"");
-        self.wait_until(name, body, |s| {
-            s.lines().any(|l| {
-                let l = l.trim_end();
-                l.contains("sent to bob") && (l.ends_with(body) || l.ends_with(&quoted))
-            })
-        });
-    }
-
-    fn type_line(&self, name: &str, text: &str) {
-        self.run(&["send-keys", "-t", name, "-l", text]);
-        self.run(&["send-keys", "-t", name, "Enter"]);
-    }
-
-    /// Whether the session (its chat) still runs.
-    fn alive(&self, name: &str) -> bool {
-        Command::new("tmux")
-            .args(["-L", &self.socket, "has-session", "-t", name])
-            .output()
-            .is_ok_and(|o| o.status.success())
-    }
-}
-
-impl Drop for Tmux {
-    fn drop(&mut self) {
-        let _ = Command::new("tmux")
-            .args(["-L", &self.socket, "kill-server"])
-            .output();
-    }
+/// Opens `chat bob` for alice in the tmux session `name` and waits for
+/// its prompt.
+fn alice_chat(tmux: &Tmux, name: &str, env: &Env, router: &Router) {
+    tmux.open_chat(name, (120, 40), env, router, "alice", "bob");
+    tmux.wait_prompt_in(name);
 }
 
 /// `profile`'s command against `router`.
@@ -190,7 +100,7 @@ fn a_send_beside_an_open_chat_goes_out_once_through_it() {
     let router = Router::start(&env.path("router"), &[]);
     env.friends();
     let tmux = Tmux::new();
-    tmux.chat("a", &env, &router, "alice", "bob");
+    alice_chat(&tmux, "a", &env, &router);
     wait_sessions(&env, 1);
 
     let out = at(&env, &router, "alice")
@@ -212,7 +122,7 @@ fn a_send_beside_an_open_chat_goes_out_once_through_it() {
     assert_eq!(json["status"], "sent");
     assert_eq!(json["body"], "as json");
     // The chat sent both: its own session is the only one of alice's.
-    tmux.wait_sent("a", "as json");
+    wait_sent(&tmux, "a", "as json");
     assert_eq!(sessions_started(&env), 1, "a send opened a session");
     // One frame each, waiting for bob.
     assert_eq!(queue_depth(&router), 2);
@@ -244,12 +154,12 @@ fn a_send_beside_an_open_chat_goes_out_once_through_it() {
     assert_eq!(synced["received"], 2, "{synced}");
     assert_eq!(synced["duplicates"], 0, "{synced}");
     assert_eq!(copies(&env, "bob", "from the other terminal"), 1);
-    let screen = tmux.screen("a");
+    let screen = tmux.screen_in("a");
     assert!(
         !screen.contains("took over") && !screen.contains("Reconnecting"),
         "the chat lost its session:\n{screen}"
     );
-    tmux.type_line("a", "exit");
+    tmux.type_line_in("a", "exit");
 }
 
 #[test]
@@ -295,8 +205,8 @@ fn a_chat_beside_a_watch_follows_it_and_sends_through_it() {
     let mut watch = Watch::start(&env, "alice", &router);
     watch.kind("connected");
     let tmux = Tmux::new();
-    tmux.chat("a", &env, &router, "alice", "bob");
-    tmux.wait_for(
+    alice_chat(&tmux, "a", &env, &router);
+    tmux.wait_for_in(
         "a",
         "(chat-p2p sync --watch) holds this profile's router session",
     );
@@ -308,7 +218,7 @@ fn a_chat_beside_a_watch_follows_it_and_sends_through_it() {
         .assert()
         .success();
     watch.wait_for("the message", |l| l["body"] == "to both of them");
-    tmux.wait_for("a", "bob: to both of them");
+    tmux.wait_for_in("a", "bob: to both of them");
     let mut read = false;
     for _ in 0..100 {
         bob_syncs(&env, &router);
@@ -322,23 +232,17 @@ fn a_chat_beside_a_watch_follows_it_and_sends_through_it() {
     assert!(read, "bob never got the read receipt");
 
     // Typed in the chat, sent by the watch, shown sent in both.
-    tmux.type_line("a", "typed beside the watch");
+    tmux.type_line_in("a", "typed beside the watch");
     watch.wait_for("the status", |l| {
         l["kind"] == "status" && l["body"] == "typed beside the watch"
     });
-    tmux.wait_sent("a", "typed beside the watch");
+    wait_sent(&tmux, "a", "typed beside the watch");
     let synced = bob_syncs(&env, &router);
     assert_eq!(synced["received"], 1, "{synced}");
     assert_eq!(copies(&env, "bob", "typed beside the watch"), 1);
     assert_eq!(watch.disconnections(), 0, "{:#?}", watch.seen);
-    tmux.type_line("a", "exit");
-    for _ in 0..200 {
-        if !tmux.alive("a") {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    assert!(!tmux.alive("a"), "the following chat did not leave");
+    tmux.type_line_in("a", "exit");
+    assert!(tmux.ended_in("a"), "the following chat did not leave");
 }
 
 #[test]
@@ -347,7 +251,7 @@ fn a_watch_beside_a_chat_follows_it_and_takes_over_when_it_leaves() {
     let router = Router::start(&env.path("router"), &[]);
     env.friends();
     let tmux = Tmux::new();
-    tmux.chat("a", &env, &router, "alice", "bob");
+    alice_chat(&tmux, "a", &env, &router);
     wait_sessions(&env, 1);
     let mut watch = Watch::start(&env, "alice", &router);
     let following = watch.kind("following");
@@ -358,11 +262,11 @@ fn a_watch_beside_a_chat_follows_it_and_takes_over_when_it_leaves() {
         .args(["send", "alice", "seen by the chat"])
         .assert()
         .success();
-    tmux.wait_for("a", "bob: seen by the chat");
+    tmux.wait_for_in("a", "bob: seen by the chat");
     let message = watch.kind("message");
     assert_eq!(message["body"], "seen by the chat");
 
-    tmux.type_line("a", "exit");
+    tmux.type_line_in("a", "exit");
     watch.kind("connected");
     at(&env, &router, "bob")
         .args(["send", "alice", "after the chat left"])
@@ -381,23 +285,23 @@ fn a_following_chat_takes_over_from_an_owner_killed_with_sigkill() {
     let mut watch = Watch::start(&env, "alice", &router);
     watch.kind("connected");
     let tmux = Tmux::new();
-    tmux.chat("a", &env, &router, "alice", "bob");
-    tmux.wait_for("a", "holds this profile's router session");
+    alice_chat(&tmux, "a", &env, &router);
+    tmux.wait_for_in("a", "holds this profile's router session");
 
     // SIGKILL: the OS drops the lock with the process.
     watch.child.kill().unwrap();
     watch.child.wait().unwrap();
-    tmux.wait_for("a", "this chat now holds the router session");
+    tmux.wait_for_in("a", "this chat now holds the router session");
     at(&env, &router, "bob")
         .args(["send", "alice", "to the new owner"])
         .assert()
         .success();
-    tmux.wait_for("a", "bob: to the new owner");
-    tmux.type_line("a", "from the new owner");
-    tmux.wait_sent("a", "from the new owner");
+    tmux.wait_for_in("a", "bob: to the new owner");
+    tmux.type_line_in("a", "from the new owner");
+    wait_sent(&tmux, "a", "from the new owner");
     bob_syncs(&env, &router);
     assert_eq!(copies(&env, "bob", "from the new owner"), 1);
-    tmux.type_line("a", "exit");
+    tmux.type_line_in("a", "exit");
 }
 
 #[test]
@@ -528,11 +432,11 @@ fn two_chats_on_one_profile_share_one_session() {
     let router = Router::start(&env.path("router"), &[]);
     env.friends();
     let tmux = Tmux::new();
-    tmux.chat("first", &env, &router, "alice", "bob");
+    alice_chat(&tmux, "first", &env, &router);
     // Connected, so holding the session lock.
     wait_sessions(&env, 1);
-    tmux.chat("second", &env, &router, "alice", "bob");
-    tmux.wait_for(
+    alice_chat(&tmux, "second", &env, &router);
+    tmux.wait_for_in(
         "second",
         "(chat-p2p chat) holds this profile's router session",
     );
@@ -541,23 +445,23 @@ fn two_chats_on_one_profile_share_one_session() {
         .args(["send", "alice", "to both chats"])
         .assert()
         .success();
-    tmux.wait_for("first", "bob: to both chats");
-    tmux.wait_for("second", "bob: to both chats");
-    tmux.type_line("second", "from the second chat");
-    tmux.wait_sent("first", "from the second chat");
-    tmux.wait_sent("second", "from the second chat");
+    tmux.wait_for_in("first", "bob: to both chats");
+    tmux.wait_for_in("second", "bob: to both chats");
+    tmux.type_line_in("second", "from the second chat");
+    wait_sent(&tmux, "first", "from the second chat");
+    wait_sent(&tmux, "second", "from the second chat");
     // Alice's chat and Bob's send: nothing else.
     assert_eq!(sessions_started(&env), 2, "the second chat connected");
 
     // The first leaves: the second takes over and goes on.
-    tmux.type_line("first", "exit");
-    tmux.wait_for("second", "this chat now holds the router session");
-    tmux.type_line("second", "after the first left");
-    tmux.wait_sent("second", "after the first left");
+    tmux.type_line_in("first", "exit");
+    tmux.wait_for_in("second", "this chat now holds the router session");
+    tmux.type_line_in("second", "after the first left");
+    wait_sent(&tmux, "second", "after the first left");
     let synced = bob_syncs(&env, &router);
     assert_eq!(synced["received"], 2, "{synced}");
     assert_eq!(synced["duplicates"], 0, "{synced}");
-    let screen = tmux.screen("second");
+    let screen = tmux.screen_in("second");
     assert!(!screen.contains("Reconnecting"), "{screen}");
-    tmux.type_line("second", "exit");
+    tmux.type_line_in("second", "exit");
 }

@@ -211,6 +211,11 @@ mod net;
 #[allow(unused_imports)]
 pub use net::*;
 
+// A private tmux server, for the tests that drive the chat in a terminal.
+mod tmux;
+#[allow(unused_imports)]
+pub use tmux::*;
+
 // `sync --watch --json` as a child process.
 mod watch;
 #[allow(unused_imports)]
