@@ -73,6 +73,15 @@ fn wait_sessions(env: &Env, n: usize) {
     }
 }
 
+/// Bob sends alice `body`, asserting success.
+#[track_caller]
+fn bob_sends(env: &Env, router: &Router, body: &str) {
+    at(env, router, "bob")
+        .args(["send", "alice", body])
+        .assert()
+        .success();
+}
+
 /// Bob takes in what waits for him: `sync --json`.
 fn bob_syncs(env: &Env, router: &Router) -> Value {
     let out = at(env, router, "bob")
@@ -213,10 +222,7 @@ fn a_chat_beside_a_watch_follows_it_and_sends_through_it() {
 
     // What the watch takes in shows in the chat, which reads it: the
     // watch sends the read receipt.
-    at(&env, &router, "bob")
-        .args(["send", "alice", "to both of them"])
-        .assert()
-        .success();
+    bob_sends(&env, &router, "to both of them");
     watch.wait_for("the message", |l| l["body"] == "to both of them");
     tmux.wait_for_in("a", "bob: to both of them");
     let mut read = false;
@@ -258,20 +264,14 @@ fn a_watch_beside_a_chat_follows_it_and_takes_over_when_it_leaves() {
     assert_eq!(following["owner"]["command"], "chat-p2p chat");
     assert!(following["owner"]["pid"].is_u64());
 
-    at(&env, &router, "bob")
-        .args(["send", "alice", "seen by the chat"])
-        .assert()
-        .success();
+    bob_sends(&env, &router, "seen by the chat");
     tmux.wait_for_in("a", "bob: seen by the chat");
     let message = watch.kind("message");
     assert_eq!(message["body"], "seen by the chat");
 
     tmux.type_line_in("a", "exit");
     watch.kind("connected");
-    at(&env, &router, "bob")
-        .args(["send", "alice", "after the chat left"])
-        .assert()
-        .success();
+    bob_sends(&env, &router, "after the chat left");
     let message = watch.kind("message");
     assert_eq!(message["body"], "after the chat left");
     assert_eq!(copies(&env, "alice", "seen by the chat"), 1);
@@ -292,10 +292,7 @@ fn a_following_chat_takes_over_from_an_owner_killed_with_sigkill() {
     watch.child.kill().unwrap();
     watch.child.wait().unwrap();
     tmux.wait_for_in("a", "this chat now holds the router session");
-    at(&env, &router, "bob")
-        .args(["send", "alice", "to the new owner"])
-        .assert()
-        .success();
+    bob_sends(&env, &router, "to the new owner");
     tmux.wait_for_in("a", "bob: to the new owner");
     tmux.type_line_in("a", "from the new owner");
     wait_sent(&tmux, "a", "from the new owner");
@@ -441,10 +438,7 @@ fn two_chats_on_one_profile_share_one_session() {
         "(chat-p2p chat) holds this profile's router session",
     );
 
-    at(&env, &router, "bob")
-        .args(["send", "alice", "to both chats"])
-        .assert()
-        .success();
+    bob_sends(&env, &router, "to both chats");
     tmux.wait_for_in("first", "bob: to both chats");
     tmux.wait_for_in("second", "bob: to both chats");
     tmux.type_line_in("second", "from the second chat");
