@@ -80,17 +80,11 @@ impl Devices {
     }
 
     fn ok(&self, profile: &str, args: &[&str]) -> String {
-        let out = self
-            .env
-            .cmd(profile)
-            .env("CHAT_SERVER", self.router.url())
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{profile} {args:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
+        let out = common::run_ok(
+            self.env
+                .cmd(profile)
+                .env("CHAT_SERVER", self.router.url())
+                .args(args),
         );
         String::from_utf8(out.stdout).unwrap()
     }
@@ -98,18 +92,12 @@ impl Devices {
     /// `chat PEER -n N`, which shows (and so reads) the last N messages,
     /// then leaves once the router has everything it sent.
     fn show(&self, profile: &str, peer: &str, n: &str) -> String {
-        let out = self
-            .env
-            .cmd(profile)
-            .env("CHAT_SERVER", self.router.url())
-            .args(["chat", peer, "-n", n])
-            .write_stdin("exit\n")
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
+        let out = common::run_ok(
+            self.env
+                .cmd(profile)
+                .env("CHAT_SERVER", self.router.url())
+                .args(["chat", peer, "-n", n])
+                .write_stdin("exit\n"),
         );
         String::from_utf8(out.stdout).unwrap()
     }

@@ -250,17 +250,7 @@ fn pair() -> (Env, Router) {
 }
 
 fn with_router(env: &Env, router: &Router, profile: &str, args: &[&str]) -> String {
-    let out = env
-        .cmd(profile)
-        .env("CHAT_SERVER", router.url())
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = common::run_ok(env.cmd(profile).env("CHAT_SERVER", router.url()).args(args));
     String::from_utf8(out.stdout).unwrap()
 }
 

@@ -148,18 +148,7 @@ fn fts_takes_raw_syntax_and_a_malformed_query_is_a_usage_error() {
 
 /// Runs `history` in the time zone `tz` and returns its stdout.
 fn history_in(env: &Env, tz: &str, args: &[&str]) -> String {
-    let out = env
-        .cmd("me")
-        .env("TZ", tz)
-        .arg("history")
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = common::run_ok(env.cmd("me").env("TZ", tz).arg("history").args(args));
     without_short_ids(&String::from_utf8(out.stdout).unwrap())
 }
 

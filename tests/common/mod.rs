@@ -130,6 +130,19 @@ impl Env {
     }
 }
 
+/// Runs `cmd` and returns its output, asserting it succeeded (its stderr
+/// in the message).
+#[track_caller]
+pub fn run_ok(cmd: &mut Command) -> std::process::Output {
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
 /// A fresh public key.
 pub fn key() -> String {
     Identity::generate().public_key().to_base64()
