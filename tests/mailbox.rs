@@ -63,14 +63,6 @@ fn fixture() -> (Env, String) {
     (env, bob)
 }
 
-fn bodies(v: &Value) -> Vec<String> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["body"].as_str().unwrap().to_owned())
-        .collect()
-}
-
 #[test]
 fn history_lines_start_with_the_short_id() {
     let (env, _) = fixture();

@@ -5,7 +5,6 @@ mod common;
 
 use chrono::{Duration, Utc};
 use common::*;
-use serde_json::Value;
 
 /// The messages, oldest first: one row each, imported in this order (so
 /// newest first is the reverse).
@@ -40,14 +39,6 @@ fn fixture() -> Env {
     write_jsonl(&file, &records);
     env.ok("me", &["import", file.to_str().unwrap()]);
     env
-}
-
-fn bodies(v: &Value) -> Vec<String> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["body"].as_str().unwrap().to_owned())
-        .collect()
 }
 
 #[test]

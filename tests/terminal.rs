@@ -148,12 +148,7 @@ fn lines_typed_ahead_are_all_sent_in_order() {
         })
     });
     let sent = env.json("alice", &["history", "bob", "--json", "--direction", "out"]);
-    let bodies: Vec<&str> = sent
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["body"].as_str().unwrap())
-        .collect();
+    let bodies: Vec<&str> = common::body_strs(&sent);
     assert_eq!(bodies, ["one", "two", "three"]);
     tmux.run(&["send-keys", "-t", "chat", "-l", "exit"]);
     tmux.run(&["send-keys", "-t", "chat", "Enter"]);

@@ -88,12 +88,7 @@ fn watch_prints_json_lines_sends_what_others_queue_and_stops_on_sigterm() {
     assert!(status.success(), "sync --watch exited with {status:?}");
     // It took messages in for good: a plain sync finds nothing new.
     let history = env.json("alice", &["history", "bob", "--json"]);
-    let bodies: Vec<&str> = history
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["body"].as_str().unwrap())
-        .collect();
+    let bodies: Vec<&str> = common::body_strs(&history);
     assert!(bodies.contains(&"hello bot") && bodies.contains(&"after the handover"));
 }
 

@@ -171,6 +171,21 @@ pub fn outgoing(id: &str, peer: &str, body: &str, at: &str, status: &str) -> Val
     m
 }
 
+/// The bodies of the messages in a `history --json` array.
+pub fn bodies(history: &Value) -> Vec<String> {
+    body_strs(history).into_iter().map(str::to_owned).collect()
+}
+
+/// The same, borrowed from `history`.
+pub fn body_strs(history: &Value) -> Vec<&str> {
+    history
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["body"].as_str().unwrap())
+        .collect()
+}
+
 /// A header line.
 pub fn header(public_key: Option<&str>) -> Value {
     json!({"kind": "header", "format": "chat-p2p-export", "version": 1,
