@@ -73,6 +73,25 @@ fn wait_sessions(env: &Env, n: usize) {
     }
 }
 
+/// Alice's chat in the tmux session `name`, once it has connected and so
+/// holds the session lock.
+fn chat_holding_session(env: &Env, router: &Router, name: &str) -> Tmux {
+    let tmux = Tmux::new();
+    alice_chat(&tmux, name, env, router);
+    wait_sessions(env, 1);
+    tmux
+}
+
+/// A watch holding alice's session, then her chat in the tmux session
+/// `a` beside it, its prompt shown.
+fn watch_then_chat(env: &Env, router: &Router) -> (Watch, Tmux) {
+    let mut watch = Watch::start(env, "alice", router);
+    watch.kind("connected");
+    let tmux = Tmux::new();
+    alice_chat(&tmux, "a", env, router);
+    (watch, tmux)
+}
+
 /// Bob sends alice `body`, asserting success.
 #[track_caller]
 fn bob_sends(env: &Env, router: &Router, body: &str) {
@@ -108,9 +127,7 @@ fn a_send_beside_an_open_chat_goes_out_once_through_it() {
     let env = Env::new();
     let router = Router::start(&env.path("router"), &[]);
     env.friends();
-    let tmux = Tmux::new();
-    alice_chat(&tmux, "a", &env, &router);
-    wait_sessions(&env, 1);
+    let tmux = chat_holding_session(&env, &router, "a");
 
     let out = at(&env, &router, "alice")
         .args(["send", "bob", "from the other terminal"])
@@ -211,10 +228,7 @@ fn a_chat_beside_a_watch_follows_it_and_sends_through_it() {
     let env = Env::new();
     let router = Router::start(&env.path("router"), &[]);
     env.friends();
-    let mut watch = Watch::start(&env, "alice", &router);
-    watch.kind("connected");
-    let tmux = Tmux::new();
-    alice_chat(&tmux, "a", &env, &router);
+    let (mut watch, tmux) = watch_then_chat(&env, &router);
     tmux.wait_for_in(
         "a",
         "(chat-p2p sync --watch) holds this profile's router session",
@@ -256,9 +270,7 @@ fn a_watch_beside_a_chat_follows_it_and_takes_over_when_it_leaves() {
     let env = Env::new();
     let router = Router::start(&env.path("router"), &[]);
     env.friends();
-    let tmux = Tmux::new();
-    alice_chat(&tmux, "a", &env, &router);
-    wait_sessions(&env, 1);
+    let tmux = chat_holding_session(&env, &router, "a");
     let mut watch = Watch::start(&env, "alice", &router);
     let following = watch.kind("following");
     assert_eq!(following["owner"]["command"], "chat-p2p chat");
@@ -282,10 +294,7 @@ fn a_following_chat_takes_over_from_an_owner_killed_with_sigkill() {
     let env = Env::new();
     let router = Router::start(&env.path("router"), &[]);
     env.friends();
-    let mut watch = Watch::start(&env, "alice", &router);
-    watch.kind("connected");
-    let tmux = Tmux::new();
-    alice_chat(&tmux, "a", &env, &router);
+    let (mut watch, tmux) = watch_then_chat(&env, &router);
     tmux.wait_for_in("a", "holds this profile's router session");
 
     // SIGKILL: the OS drops the lock with the process.
@@ -428,10 +437,7 @@ fn two_chats_on_one_profile_share_one_session() {
     let env = Env::new();
     let router = Router::start(&env.path("router"), &[]);
     env.friends();
-    let tmux = Tmux::new();
-    alice_chat(&tmux, "first", &env, &router);
-    // Connected, so holding the session lock.
-    wait_sessions(&env, 1);
+    let tmux = chat_holding_session(&env, &router, "first");
     alice_chat(&tmux, "second", &env, &router);
     tmux.wait_for_in(
         "second",
