@@ -311,15 +311,10 @@ fn importing_a_key_into_a_protected_profile_keeps_or_says_what_it_loses() {
     // and the user is told.
     env.ok("other", &["init"]);
     protect("other");
-    let out = weak_kdf_cmd(&env, "other")
-        .args(["import", "--force", p(&own)])
-        .env(EXPORT_PASS, &export_pass)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = common::run_ok(
+        weak_kdf_cmd(&env, "other")
+            .args(["import", "--force", p(&own)])
+            .env(EXPORT_PASS, &export_pass),
     );
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("WITHOUT a passphrase"), "{err}");

@@ -7,14 +7,14 @@
 mod common;
 
 use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use chat_p2p::identity::{Identity, PublicKey};
 use chat_p2p::protocol::{self, Content, Frame};
 
-use common::{Env, Router};
+use common::{Env, Router, Tmux, Watch};
 use serde_json::Value;
 use uuid::Uuid;
 
@@ -80,17 +80,11 @@ impl Devices {
     }
 
     fn ok(&self, profile: &str, args: &[&str]) -> String {
-        let out = self
-            .env
-            .cmd(profile)
-            .env("CHAT_SERVER", self.router.url())
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{profile} {args:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
+        let out = common::run_ok(
+            self.env
+                .cmd(profile)
+                .env("CHAT_SERVER", self.router.url())
+                .args(args),
         );
         String::from_utf8(out.stdout).unwrap()
     }
@@ -98,18 +92,12 @@ impl Devices {
     /// `chat PEER -n N`, which shows (and so reads) the last N messages,
     /// then leaves once the router has everything it sent.
     fn show(&self, profile: &str, peer: &str, n: &str) -> String {
-        let out = self
-            .env
-            .cmd(profile)
-            .env("CHAT_SERVER", self.router.url())
-            .args(["chat", peer, "-n", n])
-            .write_stdin("exit\n")
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
+        let out = common::run_ok(
+            self.env
+                .cmd(profile)
+                .env("CHAT_SERVER", self.router.url())
+                .args(["chat", peer, "-n", n])
+                .write_stdin("exit\n"),
         );
         String::from_utf8(out.stdout).unwrap()
     }
@@ -341,72 +329,10 @@ fn contacts_follow_from_one_device_to_the_other() {
     assert_eq!(d.contacts("alice2"), [("bob".to_owned(), d.bob.clone())]);
 }
 
-/// `sync --watch --json` on a device, its lines arriving on a channel.
-struct Watch {
-    child: Child,
-    lines: mpsc::Receiver<Value>,
-    seen: Vec<Value>,
-}
-
-impl Watch {
-    fn start(d: &Devices, profile: &str) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_chat-p2p"))
-            .env_clear()
-            .env("CHAT_HOME", d.env.home())
-            .env("CHAT_PROFILE", profile)
-            .env("CHAT_CONFIG", d.env.config())
-            .env("CHAT_SERVER", d.router.url())
-            .args(["sync", "--watch", "--json"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { return };
-                let Ok(value) = serde_json::from_str::<Value>(&line) else {
-                    return;
-                };
-                if tx.send(value).is_err() {
-                    return;
-                }
-            }
-        });
-        Watch {
-            child,
-            lines,
-            seen: Vec::new(),
-        }
-    }
-
-    /// The next line that `check` accepts. The deadline only guards
-    /// against hanging; nothing is asserted about time.
-    fn wait_for(&mut self, what: &str, check: impl Fn(&Value) -> bool) -> Value {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(line) if check(&line) => return line,
-                Ok(line) => self.seen.push(line),
-                Err(_) => panic!("never printed {what}; printed {:#?}", self.seen),
-            }
-        }
-    }
-}
-
-impl Drop for Watch {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 #[test]
 fn a_device_online_shows_what_the_other_sends_as_it_happens() {
     let d = Devices::new();
-    let mut watch = Watch::start(&d, "alice2");
+    let mut watch = Watch::start(&d.env, "alice2", &d.router);
     watch.wait_for("connected", |l| l["kind"] == "connected");
     d.ok("alice", &["send", "bob", "live from the laptop"]);
     let copy = watch.wait_for("the copy", |l| l["kind"] == "message");
@@ -419,93 +345,26 @@ fn a_device_online_shows_what_the_other_sends_as_it_happens() {
     assert_eq!(delivered["status"], "delivered");
 }
 
-/// A private tmux server running one chat, killed when dropped.
-struct Tmux {
-    socket: String,
-}
-
-impl Tmux {
-    /// Opens `PROFILE chat bob` in a 100-column terminal.
-    fn chat(d: &Devices, profile: &str) -> Self {
-        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let tmux = Tmux {
-            socket: format!("chat-p2p-sync-{}-{n}", std::process::id()),
-        };
-        let quote = |s: &str| format!("'{}'", s.replace('\'', r"'\''"));
-        let command = format!(
-            "env -i HOME=/nonexistent TERM=xterm CHAT_HOME={} CHAT_PROFILE={profile} \
-             CHAT_CONFIG={} CHAT_SERVER={} {} chat bob",
-            quote(d.env.home().to_str().unwrap()),
-            quote(d.env.config().to_str().unwrap()),
-            quote(&d.router.url()),
-            quote(env!("CARGO_BIN_EXE_chat-p2p")),
-        );
-        tmux.run(&[
-            "new-session",
-            "-d",
-            "-s",
-            "chat",
-            "-x",
-            "100",
-            "-y",
-            "30",
-            &command,
-        ]);
-        tmux.wait_until("the prompt", |s| s.lines().any(|l| l.trim_end() == ">"));
-        tmux
-    }
-
-    fn run(&self, args: &[&str]) -> String {
-        let out = Command::new("tmux")
-            .args(["-L", &self.socket])
-            .args(args)
-            .output()
-            .expect("tmux is installed (.ci/run installs it)");
-        assert!(
-            out.status.success(),
-            "tmux {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
-    }
-
-    fn screen(&self) -> String {
-        self.run(&["capture-pane", "-p", "-t", "chat"])
-    }
-
-    fn type_line(&self, text: &str) {
-        self.run(&["send-keys", "-t", "chat", "-l", text]);
-        self.run(&["send-keys", "-t", "chat", "Enter"]);
-    }
-
-    /// Waits until the screen shows what `check` looks for; the guard
-    /// only prevents hanging.
-    fn wait_until(&self, what: &str, check: impl Fn(&str) -> bool) -> String {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while Instant::now() < deadline {
-            let screen = self.screen();
-            if check(&screen) {
-                return screen;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        panic!("the screen never showed {what}:\n{}", self.screen());
-    }
-}
-
-impl Drop for Tmux {
-    fn drop(&mut self) {
-        let _ = Command::new("tmux")
-            .args(["-L", &self.socket, "kill-server"])
-            .output();
-    }
+/// A private tmux server running `PROFILE chat bob` in a 100-column
+/// terminal, its prompt shown.
+fn chat(d: &Devices, profile: &str) -> Tmux {
+    let tmux = Tmux::new();
+    let config = d.env.config();
+    let url = d.router.url();
+    let vars = [
+        ("CHAT_CONFIG", config.to_str().unwrap()),
+        ("CHAT_SERVER", &url),
+    ];
+    let command = common::clean_command(&d.env, profile, &vars, "chat bob");
+    tmux.open(common::SESSION, (100, 30), &[&command]);
+    tmux.wait_prompt();
+    tmux
 }
 
 #[test]
 fn what_is_typed_in_one_devices_chat_shows_in_the_others() {
     let d = Devices::new();
-    let (one, two) = (Tmux::chat(&d, "alice"), Tmux::chat(&d, "alice2"));
+    let (one, two) = (chat(&d, "alice"), chat(&d, "alice2"));
     one.type_line("typed on the laptop");
     let screen = two.wait_until("the copy", |s| s.contains("typed on the laptop"));
     let line = screen

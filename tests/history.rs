@@ -61,14 +61,6 @@ fn fixture() -> Fixture {
     Fixture { env, unknown }
 }
 
-fn bodies(v: &Value) -> Vec<String> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["body"].as_str().unwrap().to_owned())
-        .collect()
-}
-
 #[test]
 fn lists_latest_messages_in_chronological_order() {
     let f = fixture();

@@ -511,12 +511,7 @@ fn after_linking_both_devices_receive_what_is_new() {
     for device in ["alice", "laptop"] {
         env.ok(device, &["sync", "--server", &url]);
         let history = env.json(device, &["history", "bob", "--json"]);
-        let bodies: Vec<&str> = history
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|m| m["body"].as_str().unwrap())
-            .collect();
+        let bodies: Vec<&str> = body_strs(&history);
         assert_eq!(
             bodies,
             ["before the link", "hello, both of you"],

@@ -63,14 +63,6 @@ fn fixture() -> (Env, String) {
     (env, bob)
 }
 
-fn bodies(v: &Value) -> Vec<String> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["body"].as_str().unwrap().to_owned())
-        .collect()
-}
-
 #[test]
 fn history_lines_start_with_the_short_id() {
     let (env, _) = fixture();
@@ -250,17 +242,7 @@ fn pair() -> (Env, Router) {
 }
 
 fn with_router(env: &Env, router: &Router, profile: &str, args: &[&str]) -> String {
-    let out = env
-        .cmd(profile)
-        .env("CHAT_SERVER", router.url())
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = common::run_ok(env.cmd(profile).env("CHAT_SERVER", router.url()).args(args));
     String::from_utf8(out.stdout).unwrap()
 }
 

@@ -6,201 +6,32 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
 use std::time::Duration;
 
-use common::{Env, Router};
+use common::{Env, Router, Tmux, Watch};
 use serde_json::Value;
 
 /// How long a test waits for something. Only a guard against hanging.
 const GUARD: Duration = Duration::from_secs(30);
 
-/// A private tmux server with one session per chat, killed when dropped.
-struct Tmux {
-    socket: String,
+/// Waits for the mark in the session `name` saying `body` was sent: its
+/// own line, or the last of several marked together.
+fn wait_sent(tmux: &Tmux, name: &str, body: &str) {
+    let quoted = format!("\"{body}\"");
+    tmux.wait_until_in(name, body, |s| {
+        s.lines().any(|l| {
+            let l = l.trim_end();
+            l.contains("sent to bob") && (l.ends_with(body) || l.ends_with(&quoted))
+        })
+    });
 }
 
-impl Tmux {
-    fn new() -> Self {
-        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        Self {
-            socket: format!("chat-p2p-procs-{}-{n}", std::process::id()),
-        }
-    }
-
-    fn run(&self, args: &[&str]) -> String {
-        let out = Command::new("tmux")
-            .arg("-L")
-            .arg(&self.socket)
-            .args(args)
-            .output()
-            .expect("tmux is installed (.ci/run installs it)");
-        assert!(
-            out.status.success(),
-            "tmux {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
-    }
-
-    /// Opens `chat PEER` for `profile` in the tmux session `name`.
-    fn chat(&self, name: &str, env: &Env, router: &Router, profile: &str, peer: &str) {
-        let quote = |s: &str| format!("'{}'", s.replace('\'', r"'\''"));
-        let command = format!(
-            "env -i HOME=/nonexistent TERM=xterm CHAT_HOME={} CHAT_PROFILE={profile} \
-             CHAT_SERVER={} {} chat {peer}",
-            quote(env.home().to_str().unwrap()),
-            quote(&router.url()),
-            quote(env!("CARGO_BIN_EXE_chat-p2p")),
-        );
-        self.run(&[
-            "new-session",
-            "-d",
-            "-s",
-            name,
-            "-x",
-            "120",
-            "-y",
-            "40",
-            &command,
-        ]);
-        self.wait_until(name, "the prompt", |s| {
-            s.lines().any(|l| l.trim_end() == ">")
-        });
-    }
-
-    fn screen(&self, name: &str) -> String {
-        self.run(&["capture-pane", "-p", "-t", name])
-    }
-
-    fn wait_for(&self, name: &str, text: &str) -> String {
-        self.wait_until(name, text, |screen| screen.contains(text))
-    }
-
-    fn wait_until(&self, name: &str, what: &str, check: impl Fn(&str) -> bool) -> String {
-        let deadline = std::time::Instant::now() + GUARD;
-        while std::time::Instant::now() < deadline {
-            let screen = self.screen(name);
-            if check(&screen) {
-                return screen;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        panic!("{name} never showed {what:?}:\n{}", self.screen(name));
-    }
-
-    /// Waits for the mark saying `body` was sent: its own line, or the
-    /// last of several marked together.
-    fn wait_sent(&self, name: &str, body: &str) {
-        let quoted = format!("\"{body}\"");
-        self.wait_until(name, body, |s| {
-            s.lines().any(|l| {
-                let l = l.trim_end();
-                l.contains("sent to bob") && (l.ends_with(body) || l.ends_with(&quoted))
-            })
-        });
-    }
-
-    fn type_line(&self, name: &str, text: &str) {
-        self.run(&["send-keys", "-t", name, "-l", text]);
-        self.run(&["send-keys", "-t", name, "Enter"]);
-    }
-
-    /// Whether the session (its chat) still runs.
-    fn alive(&self, name: &str) -> bool {
-        Command::new("tmux")
-            .args(["-L", &self.socket, "has-session", "-t", name])
-            .output()
-            .is_ok_and(|o| o.status.success())
-    }
-}
-
-impl Drop for Tmux {
-    fn drop(&mut self) {
-        let _ = Command::new("tmux")
-            .args(["-L", &self.socket, "kill-server"])
-            .output();
-    }
-}
-
-/// A `sync --watch --json` child whose stdout lines arrive on a channel.
-struct Watch {
-    child: Child,
-    lines: mpsc::Receiver<Value>,
-    seen: Vec<Value>,
-}
-
-impl Watch {
-    fn start(env: &Env, profile: &str, router: &Router) -> Self {
-        Self::start_at(env, profile, &router.url())
-    }
-
-    /// A watch against the router at `url`.
-    fn start_at(env: &Env, profile: &str, url: &str) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_chat-p2p"))
-            .env_clear()
-            .env("CHAT_HOME", env.home())
-            .env("CHAT_CONFIG", env.config())
-            .env("CHAT_PROFILE", profile)
-            .env("CHAT_SERVER", url)
-            .args(["sync", "--watch", "--json"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start sync --watch");
-        let stdout = child.stdout.take().expect("stdout");
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                let value: Value = serde_json::from_str(&line).expect("one JSON object a line");
-                if tx.send(value).is_err() {
-                    return;
-                }
-            }
-        });
-        Watch {
-            child,
-            lines,
-            seen: Vec::new(),
-        }
-    }
-
-    fn wait_for(&mut self, what: &str, check: impl Fn(&Value) -> bool) -> Value {
-        let deadline = std::time::Instant::now() + GUARD;
-        loop {
-            let left = deadline.saturating_duration_since(std::time::Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(line) => {
-                    self.seen.push(line.clone());
-                    if check(&line) {
-                        return line;
-                    }
-                }
-                Err(_) => panic!("the watch never printed {what}: {:#?}", self.seen),
-            }
-        }
-    }
-
-    fn kind(&mut self, kind: &str) -> Value {
-        self.wait_for(kind, |l| l["kind"] == kind)
-    }
-
-    fn disconnections(&self) -> usize {
-        self.seen
-            .iter()
-            .filter(|l| l["kind"] == "disconnected")
-            .count()
-    }
-}
-
-impl Drop for Watch {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// Opens `chat bob` for alice in the tmux session `name` and waits for
+/// its prompt.
+fn alice_chat(tmux: &Tmux, name: &str, env: &Env, router: &Router) {
+    tmux.open_chat(name, (120, 40), env, router, "alice", "bob");
+    tmux.wait_prompt_in(name);
 }
 
 /// `profile`'s command against `router`.
@@ -242,6 +73,34 @@ fn wait_sessions(env: &Env, n: usize) {
     }
 }
 
+/// Alice's chat in the tmux session `name`, once it has connected and so
+/// holds the session lock.
+fn chat_holding_session(env: &Env, router: &Router, name: &str) -> Tmux {
+    let tmux = Tmux::new();
+    alice_chat(&tmux, name, env, router);
+    wait_sessions(env, 1);
+    tmux
+}
+
+/// A watch holding alice's session, then her chat in the tmux session
+/// `a` beside it, its prompt shown.
+fn watch_then_chat(env: &Env, router: &Router) -> (Watch, Tmux) {
+    let mut watch = Watch::start(env, "alice", router);
+    watch.kind("connected");
+    let tmux = Tmux::new();
+    alice_chat(&tmux, "a", env, router);
+    (watch, tmux)
+}
+
+/// Bob sends alice `body`, asserting success.
+#[track_caller]
+fn bob_sends(env: &Env, router: &Router, body: &str) {
+    at(env, router, "bob")
+        .args(["send", "alice", body])
+        .assert()
+        .success();
+}
+
 /// Bob takes in what waits for him: `sync --json`.
 fn bob_syncs(env: &Env, router: &Router) -> Value {
     let out = at(env, router, "bob")
@@ -268,9 +127,7 @@ fn a_send_beside_an_open_chat_goes_out_once_through_it() {
     let env = Env::new();
     let router = Router::start(&env.path("router"), &[]);
     env.friends();
-    let tmux = Tmux::new();
-    tmux.chat("a", &env, &router, "alice", "bob");
-    wait_sessions(&env, 1);
+    let tmux = chat_holding_session(&env, &router, "a");
 
     let out = at(&env, &router, "alice")
         .args(["send", "bob", "from the other terminal"])
@@ -291,7 +148,7 @@ fn a_send_beside_an_open_chat_goes_out_once_through_it() {
     assert_eq!(json["status"], "sent");
     assert_eq!(json["body"], "as json");
     // The chat sent both: its own session is the only one of alice's.
-    tmux.wait_sent("a", "as json");
+    wait_sent(&tmux, "a", "as json");
     assert_eq!(sessions_started(&env), 1, "a send opened a session");
     // One frame each, waiting for bob.
     assert_eq!(queue_depth(&router), 2);
@@ -323,12 +180,12 @@ fn a_send_beside_an_open_chat_goes_out_once_through_it() {
     assert_eq!(synced["received"], 2, "{synced}");
     assert_eq!(synced["duplicates"], 0, "{synced}");
     assert_eq!(copies(&env, "bob", "from the other terminal"), 1);
-    let screen = tmux.screen("a");
+    let screen = tmux.screen_in("a");
     assert!(
         !screen.contains("took over") && !screen.contains("Reconnecting"),
         "the chat lost its session:\n{screen}"
     );
-    tmux.type_line("a", "exit");
+    tmux.type_line_in("a", "exit");
 }
 
 #[test]
@@ -371,23 +228,17 @@ fn a_chat_beside_a_watch_follows_it_and_sends_through_it() {
     let env = Env::new();
     let router = Router::start(&env.path("router"), &[]);
     env.friends();
-    let mut watch = Watch::start(&env, "alice", &router);
-    watch.kind("connected");
-    let tmux = Tmux::new();
-    tmux.chat("a", &env, &router, "alice", "bob");
-    tmux.wait_for(
+    let (mut watch, tmux) = watch_then_chat(&env, &router);
+    tmux.wait_for_in(
         "a",
         "(chat-p2p sync --watch) holds this profile's router session",
     );
 
     // What the watch takes in shows in the chat, which reads it: the
     // watch sends the read receipt.
-    at(&env, &router, "bob")
-        .args(["send", "alice", "to both of them"])
-        .assert()
-        .success();
+    bob_sends(&env, &router, "to both of them");
     watch.wait_for("the message", |l| l["body"] == "to both of them");
-    tmux.wait_for("a", "bob: to both of them");
+    tmux.wait_for_in("a", "bob: to both of them");
     let mut read = false;
     for _ in 0..100 {
         bob_syncs(&env, &router);
@@ -401,23 +252,17 @@ fn a_chat_beside_a_watch_follows_it_and_sends_through_it() {
     assert!(read, "bob never got the read receipt");
 
     // Typed in the chat, sent by the watch, shown sent in both.
-    tmux.type_line("a", "typed beside the watch");
+    tmux.type_line_in("a", "typed beside the watch");
     watch.wait_for("the status", |l| {
         l["kind"] == "status" && l["body"] == "typed beside the watch"
     });
-    tmux.wait_sent("a", "typed beside the watch");
+    wait_sent(&tmux, "a", "typed beside the watch");
     let synced = bob_syncs(&env, &router);
     assert_eq!(synced["received"], 1, "{synced}");
     assert_eq!(copies(&env, "bob", "typed beside the watch"), 1);
     assert_eq!(watch.disconnections(), 0, "{:#?}", watch.seen);
-    tmux.type_line("a", "exit");
-    for _ in 0..200 {
-        if !tmux.alive("a") {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    assert!(!tmux.alive("a"), "the following chat did not leave");
+    tmux.type_line_in("a", "exit");
+    assert!(tmux.ended_in("a"), "the following chat did not leave");
 }
 
 #[test]
@@ -425,28 +270,20 @@ fn a_watch_beside_a_chat_follows_it_and_takes_over_when_it_leaves() {
     let env = Env::new();
     let router = Router::start(&env.path("router"), &[]);
     env.friends();
-    let tmux = Tmux::new();
-    tmux.chat("a", &env, &router, "alice", "bob");
-    wait_sessions(&env, 1);
+    let tmux = chat_holding_session(&env, &router, "a");
     let mut watch = Watch::start(&env, "alice", &router);
     let following = watch.kind("following");
     assert_eq!(following["owner"]["command"], "chat-p2p chat");
     assert!(following["owner"]["pid"].is_u64());
 
-    at(&env, &router, "bob")
-        .args(["send", "alice", "seen by the chat"])
-        .assert()
-        .success();
-    tmux.wait_for("a", "bob: seen by the chat");
+    bob_sends(&env, &router, "seen by the chat");
+    tmux.wait_for_in("a", "bob: seen by the chat");
     let message = watch.kind("message");
     assert_eq!(message["body"], "seen by the chat");
 
-    tmux.type_line("a", "exit");
+    tmux.type_line_in("a", "exit");
     watch.kind("connected");
-    at(&env, &router, "bob")
-        .args(["send", "alice", "after the chat left"])
-        .assert()
-        .success();
+    bob_sends(&env, &router, "after the chat left");
     let message = watch.kind("message");
     assert_eq!(message["body"], "after the chat left");
     assert_eq!(copies(&env, "alice", "seen by the chat"), 1);
@@ -457,26 +294,20 @@ fn a_following_chat_takes_over_from_an_owner_killed_with_sigkill() {
     let env = Env::new();
     let router = Router::start(&env.path("router"), &[]);
     env.friends();
-    let mut watch = Watch::start(&env, "alice", &router);
-    watch.kind("connected");
-    let tmux = Tmux::new();
-    tmux.chat("a", &env, &router, "alice", "bob");
-    tmux.wait_for("a", "holds this profile's router session");
+    let (mut watch, tmux) = watch_then_chat(&env, &router);
+    tmux.wait_for_in("a", "holds this profile's router session");
 
     // SIGKILL: the OS drops the lock with the process.
     watch.child.kill().unwrap();
     watch.child.wait().unwrap();
-    tmux.wait_for("a", "this chat now holds the router session");
-    at(&env, &router, "bob")
-        .args(["send", "alice", "to the new owner"])
-        .assert()
-        .success();
-    tmux.wait_for("a", "bob: to the new owner");
-    tmux.type_line("a", "from the new owner");
-    tmux.wait_sent("a", "from the new owner");
+    tmux.wait_for_in("a", "this chat now holds the router session");
+    bob_sends(&env, &router, "to the new owner");
+    tmux.wait_for_in("a", "bob: to the new owner");
+    tmux.type_line_in("a", "from the new owner");
+    wait_sent(&tmux, "a", "from the new owner");
     bob_syncs(&env, &router);
     assert_eq!(copies(&env, "bob", "from the new owner"), 1);
-    tmux.type_line("a", "exit");
+    tmux.type_line_in("a", "exit");
 }
 
 #[test]
@@ -606,37 +437,31 @@ fn two_chats_on_one_profile_share_one_session() {
     let env = Env::new();
     let router = Router::start(&env.path("router"), &[]);
     env.friends();
-    let tmux = Tmux::new();
-    tmux.chat("first", &env, &router, "alice", "bob");
-    // Connected, so holding the session lock.
-    wait_sessions(&env, 1);
-    tmux.chat("second", &env, &router, "alice", "bob");
-    tmux.wait_for(
+    let tmux = chat_holding_session(&env, &router, "first");
+    alice_chat(&tmux, "second", &env, &router);
+    tmux.wait_for_in(
         "second",
         "(chat-p2p chat) holds this profile's router session",
     );
 
-    at(&env, &router, "bob")
-        .args(["send", "alice", "to both chats"])
-        .assert()
-        .success();
-    tmux.wait_for("first", "bob: to both chats");
-    tmux.wait_for("second", "bob: to both chats");
-    tmux.type_line("second", "from the second chat");
-    tmux.wait_sent("first", "from the second chat");
-    tmux.wait_sent("second", "from the second chat");
+    bob_sends(&env, &router, "to both chats");
+    tmux.wait_for_in("first", "bob: to both chats");
+    tmux.wait_for_in("second", "bob: to both chats");
+    tmux.type_line_in("second", "from the second chat");
+    wait_sent(&tmux, "first", "from the second chat");
+    wait_sent(&tmux, "second", "from the second chat");
     // Alice's chat and Bob's send: nothing else.
     assert_eq!(sessions_started(&env), 2, "the second chat connected");
 
     // The first leaves: the second takes over and goes on.
-    tmux.type_line("first", "exit");
-    tmux.wait_for("second", "this chat now holds the router session");
-    tmux.type_line("second", "after the first left");
-    tmux.wait_sent("second", "after the first left");
+    tmux.type_line_in("first", "exit");
+    tmux.wait_for_in("second", "this chat now holds the router session");
+    tmux.type_line_in("second", "after the first left");
+    wait_sent(&tmux, "second", "after the first left");
     let synced = bob_syncs(&env, &router);
     assert_eq!(synced["received"], 2, "{synced}");
     assert_eq!(synced["duplicates"], 0, "{synced}");
-    let screen = tmux.screen("second");
+    let screen = tmux.screen_in("second");
     assert!(!screen.contains("Reconnecting"), "{screen}");
-    tmux.type_line("second", "exit");
+    tmux.type_line_in("second", "exit");
 }

@@ -85,12 +85,7 @@ fn history_shows_hostile_bodies_from_a_real_peer_escaped() {
 
     // JSON keeps the exact text.
     let json = env.json("alice", &["history", "--json"]);
-    let bodies: Vec<&str> = json
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["body"].as_str().unwrap())
-        .collect();
+    let bodies: Vec<&str> = body_strs(&json);
     assert!(bodies.contains(&INJECTION) && bodies.contains(&FORGED_LINE));
 }
 

@@ -5,7 +5,6 @@ mod common;
 
 use chrono::{Duration, Utc};
 use common::*;
-use serde_json::Value;
 
 /// The messages, oldest first: one row each, imported in this order (so
 /// newest first is the reverse).
@@ -40,14 +39,6 @@ fn fixture() -> Env {
     write_jsonl(&file, &records);
     env.ok("me", &["import", file.to_str().unwrap()]);
     env
-}
-
-fn bodies(v: &Value) -> Vec<String> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["body"].as_str().unwrap().to_owned())
-        .collect()
 }
 
 #[test]
@@ -148,18 +139,7 @@ fn fts_takes_raw_syntax_and_a_malformed_query_is_a_usage_error() {
 
 /// Runs `history` in the time zone `tz` and returns its stdout.
 fn history_in(env: &Env, tz: &str, args: &[&str]) -> String {
-    let out = env
-        .cmd("me")
-        .env("TZ", tz)
-        .arg("history")
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = common::run_ok(env.cmd("me").env("TZ", tz).arg("history").args(args));
     without_short_ids(&String::from_utf8(out.stdout).unwrap())
 }
 

@@ -195,18 +195,7 @@ fn completions_are_written_for_every_shell_and_complete_contacts() {
     env.ok("a", &["add-contact", "bella", &key()]);
     env.ok("a", &["add-contact", "carol", &key()]);
     let complete = |words: &[&str]| -> String {
-        let out = env
-            .cmd("a")
-            .env("COMPLETE", "fish")
-            .arg("--")
-            .args(words)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let out = common::run_ok(env.cmd("a").env("COMPLETE", "fish").arg("--").args(words));
         String::from_utf8(out.stdout).unwrap()
     };
     let names = complete(&["chat-p2p", "send", "b"]);

@@ -4,81 +4,9 @@
 
 mod common;
 
-use std::process::Command;
 use std::time::Duration;
 
-use common::{Env, Router};
-
-/// A private tmux server, killed when dropped.
-struct Tmux {
-    socket: String,
-}
-
-impl Tmux {
-    fn new() -> Self {
-        // One server per test: tests run in parallel, and dropping one
-        // kills its server.
-        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let socket = format!("chat-p2p-test-{}-{n}", std::process::id());
-        Self { socket }
-    }
-
-    fn run(&self, args: &[&str]) -> String {
-        let out = Command::new("tmux")
-            .arg("-L")
-            .arg(&self.socket)
-            .args(args)
-            .output()
-            .expect("tmux is installed (.ci/run installs it)");
-        assert!(
-            out.status.success(),
-            "tmux {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
-    }
-
-    /// Whether the chat is still running (its session ends with it).
-    fn alive(&self) -> bool {
-        Command::new("tmux")
-            .args(["-L", &self.socket, "has-session", "-t", "chat"])
-            .output()
-            .is_ok_and(|o| o.status.success())
-    }
-
-    fn screen(&self) -> String {
-        self.run(&["capture-pane", "-p", "-t", "chat"])
-    }
-
-    /// Waits until the screen shows `text`; the guard only prevents hanging.
-    fn wait_for(&self, text: &str) -> String {
-        self.wait_until(text, |screen| screen.contains(text))
-    }
-
-    fn wait_until(&self, what: &str, check: impl Fn(&str) -> bool) -> String {
-        for _ in 0..200 {
-            let screen = self.screen();
-            if check(&screen) {
-                return screen;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        panic!("the screen never showed {what:?}:\n{}", self.screen());
-    }
-}
-
-impl Drop for Tmux {
-    fn drop(&mut self) {
-        let _ = Command::new("tmux")
-            .args(["-L", &self.socket, "kill-server"])
-            .output();
-    }
-}
-
-fn shell_quote(s: &str) -> String {
-    format!("'{}'", s.replace('\'', r"'\''"))
-}
+use common::{Env, Router, Tmux};
 
 #[test]
 fn an_arriving_message_does_not_garble_the_line_being_typed() {
@@ -87,7 +15,7 @@ fn an_arriving_message_does_not_garble_the_line_being_typed() {
     env.friends();
 
     let tmux = Tmux::new();
-    open_chat(&tmux, &env, &router, "alice", "bob", 100);
+    tmux.open_chat("chat", (100, 30), &env, &router, "alice", "bob");
     tmux.wait_for("Chat with bob");
     tmux.wait_until("the prompt", |s| s.lines().any(|l| l.trim_end() == ">"));
 
@@ -137,7 +65,7 @@ fn a_hostile_message_arriving_in_the_chat_is_shown_escaped() {
     env.friends();
 
     let tmux = Tmux::new();
-    open_chat(&tmux, &env, &router, "alice", "bob", 200);
+    tmux.open_chat("chat", (200, 30), &env, &router, "alice", "bob");
     tmux.wait_for("Chat with bob");
     tmux.wait_until("the prompt", |s| s.lines().any(|l| l.trim_end() == ">"));
     let title = || tmux.run(&["display-message", "-p", "-t", "chat", "#{pane_title}"]);
@@ -197,7 +125,7 @@ fn lines_typed_ahead_are_all_sent_in_order() {
     env.ok("alice", &["add-contact", "bob", &bob]);
 
     let tmux = Tmux::new();
-    open_chat(&tmux, &env, &router, "alice", "bob", 100);
+    tmux.open_chat("chat", (100, 30), &env, &router, "alice", "bob");
     tmux.wait_until("the prompt", |s| s.lines().any(|l| l.trim_end() == ">"));
     // Typed faster than a line is handed over, without bracketed paste.
     tmux.run(&[
@@ -220,12 +148,7 @@ fn lines_typed_ahead_are_all_sent_in_order() {
         })
     });
     let sent = env.json("alice", &["history", "bob", "--json", "--direction", "out"]);
-    let bodies: Vec<&str> = sent
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["body"].as_str().unwrap())
-        .collect();
+    let bodies: Vec<&str> = common::body_strs(&sent);
     assert_eq!(bodies, ["one", "two", "three"]);
     tmux.run(&["send-keys", "-t", "chat", "-l", "exit"]);
     tmux.run(&["send-keys", "-t", "chat", "Enter"]);
@@ -254,26 +177,10 @@ fn delete_asks_on_a_terminal_and_deletes_only_on_yes() {
     let outbox = env.json("alice", &["outbox", "--json"]);
     let id = outbox[0]["id"].as_str().unwrap().to_owned();
     let tmux = Tmux::new();
-    let delete = format!(
-        "env -i HOME=/nonexistent TERM=xterm CHAT_HOME={} CHAT_PROFILE=alice {} delete {id}",
-        shell_quote(env.home().to_str().unwrap()),
-        shell_quote(env!("CARGO_BIN_EXE_chat-p2p")),
-    );
+    let delete = common::clean_command(&env, "alice", &[], &format!("delete {id}"));
     // Asked twice: "n" keeps it, "y" deletes it.
     let script = format!("{delete}; {delete}; echo DONE; sleep 60");
-    tmux.run(&[
-        "new-session",
-        "-d",
-        "-s",
-        "chat",
-        "-x",
-        "100",
-        "-y",
-        "20",
-        "sh",
-        "-c",
-        &script,
-    ]);
+    tmux.open("chat", (100, 20), &["sh", "-c", &script]);
     tmux.wait_for("Delete 1 message(s) from this profile? [y/N]");
     tmux.run(&["send-keys", "-t", "chat", "n", "Enter"]);
     tmux.wait_for("Nothing deleted.");
@@ -291,35 +198,6 @@ fn delete_asks_on_a_terminal_and_deletes_only_on_yes() {
         env.json("alice", &["history", "--json"]),
         serde_json::json!([])
     );
-}
-
-/// Opens `PROFILE chat ARGS` against `router` in a tmux pane named `chat`,
-/// `width` columns by 30 rows.
-fn open_chat(tmux: &Tmux, env: &Env, router: &Router, profile: &str, args: &str, width: u16) {
-    let command = format!(
-        "env -i HOME=/nonexistent TERM=xterm CHAT_HOME={} CHAT_PROFILE={profile} CHAT_SERVER={} {} chat {args}",
-        shell_quote(env.home().to_str().unwrap()),
-        shell_quote(&router.url()),
-        shell_quote(env!("CARGO_BIN_EXE_chat-p2p")),
-    );
-    let width = width.to_string();
-    tmux.run(&[
-        "new-session",
-        "-d",
-        "-s",
-        "chat",
-        "-x",
-        &width,
-        "-y",
-        "30",
-        &command,
-    ]);
-}
-
-/// Opens `PROFILE chat ARGS` 100 columns wide and waits for its prompt.
-fn start_chat(tmux: &Tmux, env: &Env, router: &Router, profile: &str, args: &str) {
-    open_chat(tmux, env, router, profile, args, 100);
-    tmux.wait_until("the prompt", |s| s.lines().any(|l| l.trim_end() == ">"));
 }
 
 fn bodies(env: &Env) -> Vec<String> {
@@ -357,7 +235,8 @@ fn receipts_for_earlier_messages_take_one_line() {
         .success();
 
     let tmux = Tmux::new();
-    start_chat(&tmux, &env, &router, "alice", "bob -n 0");
+    tmux.open_chat("chat", (100, 30), &env, &router, "alice", "bob -n 0");
+    tmux.wait_prompt();
     tmux.wait_for("read by bob: 3 messages, up to \"three\"");
     // Longer than marks are ever held back: nothing more comes.
     std::thread::sleep(Duration::from_millis(2500));
@@ -376,7 +255,8 @@ fn slash_slash_ctrl_j_and_ctrl_c_in_the_chat() {
     let bob = env.init("bob");
     env.ok("alice", &["add-contact", "bob", &bob]);
     let tmux = Tmux::new();
-    start_chat(&tmux, &env, &router, "alice", "bob");
+    tmux.open_chat("chat", (100, 30), &env, &router, "alice", "bob");
+    tmux.wait_prompt();
 
     // `//text` sends "/text" rather than running a command.
     tmux.run(&["send-keys", "-t", "chat", "-l", "//shrug"]);
@@ -412,13 +292,7 @@ fn slash_slash_ctrl_j_and_ctrl_c_in_the_chat() {
     });
     assert!(tmux.alive(), "Ctrl-C on a typed line left the chat");
     tmux.run(&["send-keys", "-t", "chat", "C-c"]);
-    for _ in 0..200 {
-        if !tmux.alive() {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    assert!(!tmux.alive(), "Ctrl-C on an empty line did not leave");
+    assert!(tmux.ended(), "Ctrl-C on an empty line did not leave");
     assert_eq!(bodies(&env), with_alt);
 }
 
@@ -477,7 +351,7 @@ fn a_protected_chat_asks_for_the_passphrase_once_without_echo() {
         .success();
 
     let tmux = Tmux::new();
-    open_chat(&tmux, &env, &router, "alice", "bob", 100);
+    tmux.open_chat("chat", (100, 30), &env, &router, "alice", "bob");
     tmux.wait_for("Passphrase for profile 'alice':");
     tmux.run(&["send-keys", "-t", "chat", "-l", "typed in the dark"]);
     tmux.run(&["send-keys", "-t", "chat", "Enter"]);

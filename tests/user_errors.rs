@@ -118,16 +118,7 @@ fn init_force_asks_first_and_keeps_a_private_backup() {
     );
     assert_eq!(env.key("me"), old);
 
-    let out = env
-        .cmd("me")
-        .args(["init", "--force", "--yes", "--json"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = common::run_ok(env.cmd("me").args(["init", "--force", "--yes", "--json"]));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["replaced"], old.as_str());
     let backup = PathBuf::from(v["backup"].as_str().unwrap());

@@ -4,90 +4,15 @@
 mod common;
 
 use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use common::{Env, Router};
+use common::{Env, Router, Watch};
 use serde_json::Value;
 
 /// How long a test waits for a line. Only a guard against hanging.
 const GUARD: Duration = Duration::from_secs(30);
-
-/// A `sync --watch --json` child whose stdout lines arrive on a channel.
-struct Watch {
-    child: Child,
-    lines: mpsc::Receiver<Value>,
-    seen: Vec<Value>,
-}
-
-impl Watch {
-    fn start(env: &Env, profile: &str, server: &str) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_chat-p2p"))
-            .env_clear()
-            .env("CHAT_HOME", env.home())
-            .env("CHAT_PROFILE", profile)
-            .env("CHAT_SERVER", server)
-            .args(["sync", "--watch", "--json"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start sync --watch");
-        let stdout = child.stdout.take().expect("stdout");
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { return };
-                let value: Value = serde_json::from_str(&line)
-                    .unwrap_or_else(|e| panic!("not one JSON object per line ({e}): {line:?}"));
-                if tx.send(value).is_err() {
-                    return;
-                }
-            }
-        });
-        Watch {
-            child,
-            lines,
-            seen: Vec::new(),
-        }
-    }
-
-    /// The next line matching `check`, keeping every line read.
-    fn wait_for(&mut self, what: &str, check: impl Fn(&Value) -> bool) -> Value {
-        let deadline = std::time::Instant::now() + GUARD;
-        loop {
-            let left = deadline.saturating_duration_since(std::time::Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(line) => {
-                    self.seen.push(line.clone());
-                    if check(&line) {
-                        return line;
-                    }
-                }
-                Err(_) => panic!(
-                    "sync --watch never printed {what}; it printed {:#?}",
-                    self.seen
-                ),
-            }
-        }
-    }
-
-    fn terminate(mut self) -> std::process::ExitStatus {
-        let status = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .expect("run kill");
-        assert!(status.success());
-        self.child.wait().expect("wait for sync --watch")
-    }
-}
-
-impl Drop for Watch {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 fn kind(line: &Value, kind: &str) -> bool {
     line["kind"] == kind
@@ -107,7 +32,7 @@ fn watch_prints_json_lines_sends_what_others_queue_and_stops_on_sigterm() {
             .unwrap()
     };
 
-    let mut watch = Watch::start(&env, "alice", &router.url());
+    let mut watch = Watch::start(&env, "alice", &router);
     let connected = watch.wait_for("connected", |l| kind(l, "connected"));
     assert_eq!(connected["server"], router.url());
 
@@ -163,12 +88,7 @@ fn watch_prints_json_lines_sends_what_others_queue_and_stops_on_sigterm() {
     assert!(status.success(), "sync --watch exited with {status:?}");
     // It took messages in for good: a plain sync finds nothing new.
     let history = env.json("alice", &["history", "bob", "--json"]);
-    let bodies: Vec<&str> = history
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["body"].as_str().unwrap())
-        .collect();
+    let bodies: Vec<&str> = common::body_strs(&history);
     assert!(bodies.contains(&"hello bot") && bodies.contains(&"after the handover"));
 }
 
@@ -176,7 +96,7 @@ fn watch_prints_json_lines_sends_what_others_queue_and_stops_on_sigterm() {
 fn watch_waits_for_an_absent_router_and_stops_on_sigint() {
     let env = Env::new();
     env.init("alice");
-    let mut watch = Watch::start(&env, "alice", "ws://127.0.0.1:9/ws");
+    let mut watch = Watch::start_at(&env, "alice", "ws://127.0.0.1:9/ws");
     let away = watch.wait_for("the router away", |l| kind(l, "disconnected"));
     assert!(
         away["reason"].as_str().unwrap().contains("cannot reach"),

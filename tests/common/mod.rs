@@ -130,6 +130,19 @@ impl Env {
     }
 }
 
+/// Runs `cmd` and returns its output, asserting it succeeded (its stderr
+/// in the message).
+#[track_caller]
+pub fn run_ok(cmd: &mut Command) -> std::process::Output {
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
 /// A fresh public key.
 pub fn key() -> String {
     Identity::generate().public_key().to_base64()
@@ -156,6 +169,21 @@ pub fn outgoing(id: &str, peer: &str, body: &str, at: &str, status: &str) -> Val
         m[field] = json!(at);
     }
     m
+}
+
+/// The bodies of the messages in a `history --json` array.
+pub fn bodies(history: &Value) -> Vec<String> {
+    body_strs(history).into_iter().map(str::to_owned).collect()
+}
+
+/// The same, borrowed from `history`.
+pub fn body_strs(history: &Value) -> Vec<&str> {
+    history
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["body"].as_str().unwrap())
+        .collect()
 }
 
 /// A header line.
@@ -210,3 +238,13 @@ pub fn weak_kdf_cmd(env: &Env, profile: &str) -> Command {
 mod net;
 #[allow(unused_imports)]
 pub use net::*;
+
+// A private tmux server, for the tests that drive the chat in a terminal.
+mod tmux;
+#[allow(unused_imports)]
+pub use tmux::*;
+
+// `sync --watch --json` as a child process.
+mod watch;
+#[allow(unused_imports)]
+pub use watch::*;
