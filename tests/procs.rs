@@ -325,6 +325,10 @@ fn history_and_export_work_while_a_watch_stores_a_burst() {
     watch.kind("connected");
 
     let addr = router.addr.clone();
+    // How many of carol's frames the router has acked: tells a slow burst
+    // (a loaded machine's fsyncs) from a frame committed but not stored.
+    let acked = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = std::sync::Arc::clone(&acked);
     let burst = std::thread::spawn(move || {
         let rt = tokio::runtime::Runtime::new().unwrap();
         rt.block_on(async move {
@@ -341,7 +345,10 @@ fn history_and_export_work_while_a_watch_stores_a_burst() {
                 let mut acks = 0;
                 while acks < 50 {
                     match carol.next().await {
-                        Frame::Ack(_) => acks += 1,
+                        Frame::Ack(_) => {
+                            acks += 1;
+                            counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        }
                         Frame::Message(_) => {}
                         other => panic!("expected an ack, got {other:?}"),
                     }
@@ -373,7 +380,8 @@ fn history_and_export_work_while_a_watch_stores_a_burst() {
         }
         assert!(
             std::time::Instant::now() < deadline,
-            "only {stored} of {BURST} stored"
+            "only {stored} of {BURST} stored; the router had acked {} of them to carol",
+            acked.load(std::sync::atomic::Ordering::Relaxed)
         );
     }
     burst.join().unwrap();
