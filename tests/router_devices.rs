@@ -315,6 +315,23 @@ async fn public_urls_replace_the_default_names() {
     );
 }
 
+#[tokio::test]
+async fn public_urls_come_from_the_environment_too() {
+    let (_dir, data) = data();
+    let urls = "ws://a.example/ws, WS://B.example:8080/chat";
+    let router = Router::start_with_env(
+        &data,
+        "127.0.0.1:0",
+        &[],
+        &[("CHAT_ROUTER_PUBLIC_URL", urls)],
+    );
+    let id = Identity::generate();
+    for name in ["ws://a.example:80/ws", "ws://b.example:8080/chat"] {
+        let (first, _) = sign_in_for(&router.addr, &id, name).await;
+        assert!(matches!(first, Frame::Ready(_)), "{name}: {first:?}");
+    }
+}
+
 #[test]
 fn a_public_url_that_is_not_a_router_address_is_a_usage_error() {
     let (_dir, data) = data();

@@ -860,6 +860,15 @@ mod tests {
         assert!(close_for(&Exit::Closed).is_none());
     }
 
+    /// The device cap the document states is the router's.
+    #[test]
+    fn the_device_cap_is_documented() {
+        let doc = include_str!("../../docs/PROTOCOL.md");
+        let cap = super::super::backend::MAX_DEVICES;
+        assert!(doc.contains(&format!("A key has at most **{cap}** devices")));
+        assert!(doc.contains(&format!("the router allows ({cap})")));
+    }
+
     /// Every error code is in the document's table.
     #[test]
     fn error_codes_are_documented() {
