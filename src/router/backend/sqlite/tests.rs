@@ -8,6 +8,7 @@ use std::sync::atomic::AtomicUsize;
 use super::*;
 use crate::identity::Identity;
 use crate::protocol::CONTROL_DEVICE;
+use rusqlite::params;
 
 fn frame(to: &PublicKey, from: &PublicKey, id: Uuid) -> NewFrame {
     super::super::contract::frame(to, from, CONTROL_DEVICE, id)
