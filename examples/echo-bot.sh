@@ -6,9 +6,9 @@
 #
 # `sync --watch --json` stays connected and prints one JSON object per
 # line; lines of kind "message" are new incoming messages (the fields of
-# `history --json`). Answers are stored with `send --queue`, which does not
-# connect: the running watch sends them within a second, and keeps its
-# router session (a plain `send` would take the session over for a moment).
+# `history --json`). Answers are stored with `send --queue`, which returns at
+# once: the running watch, which holds the profile's router session, sends
+# them (a plain `send` would hand them to it too, and wait for the router).
 # Ctrl-C or SIGTERM stops the watch, which exits 0, and the bot with it.
 #
 # Needs chat-p2p on PATH (or CHAT_P2P=/path/to/chat-p2p) and jq.

@@ -195,6 +195,20 @@ fn outputs(env: &Env, router: &Router) -> BTreeMap<&'static str, Value> {
     out.insert("rename-contact", env.json("me", &rename));
     let remove = ["remove-contact", "robert", "--json"];
     out.insert("remove-contact", env.json("me", &remove));
+    out.insert(
+        "devices",
+        env.json("me", &["devices", server[0], server[1], "--json"]),
+    );
+    env.second_device("me", "me-desk");
+    env.ok("me-desk", &["sync", server[0], server[1]]);
+    let desk = env.json("me-desk", &["whoami", "--json"])["device"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let remove = ["devices", "remove", &desk, server[0], server[1], "--json"];
+    out.insert("devices-remove", env.json("me", &remove));
+    let rename = ["devices", "rename", "laptop", "--json"];
+    out.insert("devices-rename", env.json("me", &rename));
     out
 }
 

@@ -175,7 +175,9 @@ async fn one_id_from_two_senders_is_stored_and_delivered_twice() {
     bob.ack(first.id).await;
     // An ack for an id never delivered is ignored: no error, no effect.
     bob.ack(uuid::Uuid::now_v7()).await;
-    // Acks reach the queue before a later frame: its ack is the barrier.
+    // Barrier: a frame to a stranger is acked only after the acks before
+    // it are committed. (Not one to himself: since protocol v2 the router
+    // does not deliver a device's own frames back to it.)
     bob.send_acked(&Identity::generate().public_key(), "barrier")
         .await;
     bob.close().await;

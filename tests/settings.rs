@@ -480,4 +480,11 @@ fn doctor_names_another_process_using_the_profile() {
             .contains(&format!("pid {}", child.id())),
         "{c}"
     );
+    assert!(
+        c["detail"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("process {} (chat-p2p sync) holds", child.id())),
+        "{c}"
+    );
 }

@@ -120,33 +120,34 @@ fn watch_prints_json_lines_sends_what_others_queue_and_stops_on_sigterm() {
     assert_eq!(message["status"], "received");
     assert!(message["msg_id"].is_string() && message["peer_key"] == bob);
 
-    // Queued by another command that could not reach the router: the
-    // watch finds it in the database and sends it.
-    let offline = send("alice", "ws://127.0.0.1:9/ws", "queued elsewhere");
-    assert_eq!(offline.status.code(), Some(1));
+    // Queued by another command: the watch finds it in the database and
+    // sends it.
+    env.ok("alice", &["send", "--queue", "bob", "queued elsewhere"]);
     let sent = watch.wait_for("the queued message sent", |l| {
         kind(l, "status") && l["body"] == "queued elsewhere"
     });
     assert_eq!(sent["status"], "sent");
     assert_eq!(sent["direction"], "out");
 
-    // A `send` from another process takes the router session over: the
-    // watch says so, comes back by itself and keeps working.
-    assert!(send("alice", &router.url(), "sent directly")
-        .status
-        .success());
-    let gone = watch.wait_for("the takeover", |l| kind(l, "disconnected"));
-    assert!(
-        gone["reason"].as_str().unwrap().contains("took over"),
-        "{gone}"
-    );
-    assert!(gone["retry_in_ms"].as_u64().unwrap() <= 1000, "{gone}");
-    watch.wait_for("connected again", |l| kind(l, "connected"));
-    assert!(send("bob", &router.url(), "after the takeover")
+    // A `send` from another process hands its message to the watch, which
+    // owns the profile's router session: it goes out, the send reports it
+    // sent, and the watch stays connected.
+    let direct = send("alice", &router.url(), "sent directly");
+    assert!(direct.status.success(), "{direct:?}");
+    assert!(String::from_utf8_lossy(&direct.stdout).contains("Sent to bob"));
+    watch.wait_for("the handed-over message sent", |l| {
+        kind(l, "status") && l["body"] == "sent directly" && l["status"] == "sent"
+    });
+    assert!(send("bob", &router.url(), "after the handover")
         .status
         .success());
     let message = watch.wait_for("the second message", |l| kind(l, "message"));
-    assert_eq!(message["body"], "after the takeover");
+    assert_eq!(message["body"], "after the handover");
+    assert!(
+        !watch.seen.iter().any(|l| kind(l, "disconnected")),
+        "the watch lost its session: {:#?}",
+        watch.seen
+    );
 
     // Bob's client acknowledges receipt: a status line for Alice's message.
     env.cmd("bob")
@@ -168,7 +169,7 @@ fn watch_prints_json_lines_sends_what_others_queue_and_stops_on_sigterm() {
         .iter()
         .map(|m| m["body"].as_str().unwrap())
         .collect();
-    assert!(bodies.contains(&"hello bot") && bodies.contains(&"after the takeover"));
+    assert!(bodies.contains(&"hello bot") && bodies.contains(&"after the handover"));
 }
 
 #[test]

@@ -16,6 +16,7 @@ use super::statuses::{Group, Held};
 use super::sync::resolve_recipient;
 use super::{runtime, ServerArgs, UsageError};
 use crate::client::chat::{self, ChatOptions, Input, Screen};
+use crate::client::owner::SessionLock;
 use crate::client::{Engine, ServerUrl, Update};
 use crate::identity::PublicKey;
 use crate::render::{untrusted, untrusted_inline};
@@ -123,6 +124,7 @@ pub fn chat(ctx: &super::Context, args: ChatArgs) -> Result<()> {
         // Only what was on screen is read.
         shown: recent.iter().map(|m| m.msg_id).collect(),
     };
+    let mut lock = SessionLock::open(store.path(), "chat-p2p chat")?;
     let mut engine = Engine::new(store, identity);
     runtime()?.block_on(async {
         let (mut input, mut screen) = if interactive {
@@ -134,7 +136,7 @@ pub fn chat(ctx: &super::Context, args: ChatArgs) -> Result<()> {
                 ChatScreen::new(style, peer, None, notify),
             )
         };
-        let pending = chat::run(&mut engine, &options, &mut input, &mut screen).await?;
+        let pending = chat::run(&mut engine, &options, &mut lock, &mut input, &mut screen).await?;
         if pending > 0 {
             // As `send` does: a script must not mistake this for delivery.
             anyhow::bail!(

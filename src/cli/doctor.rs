@@ -530,11 +530,19 @@ fn check_processes(db: &Path) -> Check {
             "no other chat-p2p process has this profile open",
         );
     }
+    let holder = crate::client::owner::SessionLock::open(&db, "chat-p2p doctor")
+        .ok()
+        .and_then(|mut lock| lock.try_take().ok().flatten());
+    let owner = match holder {
+        Some(holder) => format!("; {holder} holds its router session"),
+        None => String::new(),
+    };
     bad(
         "processes",
         Level::Warn,
-        format!("also open in {}", others.join(", ")),
-        "fine if you meant it; two chats of one profile take the router session from each other",
+        format!("also open in {}{owner}", others.join(", ")),
+        "fine if you meant it: only the process holding the profile's session lock talks to \
+         the router, the others hand their messages to it",
     )
 }
 

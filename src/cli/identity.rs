@@ -11,7 +11,15 @@ use serde_json::json;
 use super::out::{AlreadyDone, StdoutError};
 use super::{print_json, Context, UsageError};
 use crate::identity::{Identity, PublicKey};
+use crate::render::untrusted_inline;
+use crate::store::device::Device;
 use crate::store::{self, Store};
+
+/// A device id as lists show it: its first 8 hex digits, which
+/// `devices remove` accepts.
+pub(super) fn short_device(id: &uuid::Uuid) -> String {
+    id.simple().to_string().chars().take(8).collect()
+}
 
 /// Arguments of `init`.
 #[derive(Debug, Args)]
@@ -28,6 +36,10 @@ pub struct InitArgs {
     /// then gone for good.
     #[arg(long, requires = "force")]
     no_backup: bool,
+    /// This device's name, as 'devices' lists it on your other devices
+    /// (default: the host name). The router sees it too.
+    #[arg(long, value_name = "NAME")]
+    device_name: Option<String>,
     /// Print the result as JSON.
     #[arg(long)]
     json: bool,
@@ -45,17 +57,27 @@ pub struct WhoamiArgs {
 }
 
 /// The fields `init --json` and `whoami --json` share.
-fn identity_json(ctx: &Context, key: &PublicKey, store: &Store) -> serde_json::Value {
+fn identity_json(
+    ctx: &Context,
+    key: &PublicKey,
+    store: &Store,
+    device: Option<&Device>,
+) -> serde_json::Value {
     json!({
         "profile": ctx.profile.name.as_str(),
         "public_key": key.to_base64(),
         "fingerprint": key.fingerprint(),
         "database": store.path(),
+        "device": device.map(|d| json!({"id": d.id, "name": d.name})),
     })
 }
 
 /// Creates the profile's identity.
 pub fn init(ctx: &Context, args: InitArgs) -> Result<()> {
+    let name = args.device_name.as_deref().map(str::trim);
+    if let Some(Err(e)) = name.map(store::device::check_name) {
+        return Err(UsageError(format!("--device-name: {e}")).into());
+    }
     let mut store = Store::create(&ctx.profile.db_path())?;
     let backup = if args.force {
         make_way(ctx, &store, &args)?
@@ -91,15 +113,19 @@ pub fn init(ctx: &Context, args: InitArgs) -> Result<()> {
     if was_protected {
         super::passphrase::warn_unprotected(ctx);
     }
+    // A new identity starts as a new device: a device id is never shared
+    // between two keys.
+    let default = store::device::default_name();
+    let device = store.set_device(uuid::Uuid::new_v4(), name.unwrap_or(&default))?;
     let key = identity.public_key();
     let created = format!("the identity of profile '{}' was created", ctx.profile.name);
     if args.json {
-        let mut value = identity_json(ctx, &key, &store);
+        let mut value = identity_json(ctx, &key, &store, Some(&device));
         value["replaced"] = json!(replaced.map(|k| k.to_base64()));
         value["backup"] = json!(backup);
         return print_json(&value).done(&created);
     }
-    print_created(ctx, &key, &store).done(&created)
+    print_created(ctx, &key, &store, &device).done(&created)
 }
 
 /// Before `init --force` replaces an identity: asks, then backs it up
@@ -181,11 +207,17 @@ fn eprint_prompt(text: &str) {
     let _ = err.flush();
 }
 
-fn print_created(ctx: &Context, key: &PublicKey, store: &Store) -> Result<(), StdoutError> {
+fn print_created(
+    ctx: &Context,
+    key: &PublicKey,
+    store: &Store,
+    device: &Device,
+) -> Result<(), StdoutError> {
     outln!("Created a new identity for profile '{}'.", ctx.profile.name)?;
     outln!()?;
     outln!("  Public key:  {key}")?;
     outln!("  Fingerprint: {}", key.fingerprint())?;
+    outln!("  Device:      {}", untrusted_inline(&device.name))?;
     outln!("  Database:    {}", store.path().display())?;
     outln!()?;
     outln!("Give your public key to the people you want to talk to; they run:")?;
@@ -199,12 +231,27 @@ pub fn whoami(ctx: &Context, args: WhoamiArgs) -> Result<()> {
     if args.key {
         return Ok(outln!("{key}")?);
     }
+    // Read only: whoami must not write (a profile from before devices gets
+    // its device id the first time it connects).
+    let device = store.device_if_any()?;
     if args.json {
-        return Ok(print_json(&identity_json(ctx, &key, &store))?);
+        return Ok(print_json(&identity_json(
+            ctx,
+            &key,
+            &store,
+            device.as_ref(),
+        ))?);
     }
     outln!("Profile:     {}", ctx.profile.name)?;
     outln!("Public key:  {key}")?;
     outln!("Fingerprint: {}", key.fingerprint())?;
+    if let Some(device) = &device {
+        outln!(
+            "Device:      {} ({})",
+            untrusted_inline(&device.name),
+            short_device(&device.id)
+        )?;
+    }
     outln!("Database:    {}", store.path().display())?;
     Ok(())
 }

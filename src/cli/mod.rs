@@ -9,6 +9,7 @@ mod out;
 mod archive;
 mod chat;
 mod contacts;
+mod devices;
 mod doctor;
 mod history;
 mod identity;
@@ -130,6 +131,8 @@ enum Command {
     Inbox(inbox::InboxArgs),
     /// Protect the secret key with a passphrase, change it or remove it.
     Passphrase(passphrase::PassphraseArgs),
+    /// List this identity's devices; remove one, or rename this one.
+    Devices(devices::DevicesArgs),
 }
 
 /// What every command needs, resolved once from the arguments and the
@@ -446,6 +449,7 @@ pub fn run(
         Command::Delete(args) => outbox::delete(&ctx, args),
         Command::Inbox(args) => inbox::inbox(&ctx, args),
         Command::Passphrase(args) => passphrase::run(&ctx, args),
+        Command::Devices(args) => devices::run(&ctx, args),
     }
 }
 

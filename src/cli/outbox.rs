@@ -10,7 +10,7 @@ use unicode_width::UnicodeWidthStr;
 
 use super::history::{peer_label, Style};
 use super::out::AlreadyDone;
-use super::sync::{run_exchange, with_pending_hint};
+use super::sync::{deliver, with_pending_hint, Delivery};
 use super::{print_json, resolve_peer, Context, ServerArgs, UsageError};
 use crate::client::exchange::Until;
 use crate::client::Engine;
@@ -269,8 +269,23 @@ fn retry(ctx: &Context, args: RetryArgs) -> Result<()> {
     }
     let mut engine = Engine::new(store, identity);
     let server = args.server.server;
-    if let Err(e) = run_exchange(&mut engine, &server, args.timeout, Until::Acked, None)? {
-        return Err(with_pending_hint(e, "The messages are pending again"));
+    let ids: Vec<_> = messages.iter().map(|m| m.msg_id).collect();
+    match deliver(
+        &mut engine,
+        &server,
+        args.timeout,
+        Until::Acked,
+        &ids,
+        "outbox retry",
+    )? {
+        Delivery::Here(Err(e)) => {
+            return Err(with_pending_hint(e, "The messages are pending again"))
+        }
+        Delivery::Here(Ok(())) | Delivery::ByOwner(_) => {}
+        Delivery::Queued(holder) => errln!(
+            "{holder} holds this profile's router session: what it has not sent yet stays \
+             pending there"
+        ),
     }
     let mut after = Vec::with_capacity(messages.len());
     for m in &messages {

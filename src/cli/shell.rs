@@ -186,6 +186,8 @@ fn contact_names() -> Vec<String> {
             db,
             rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )?;
+        // A running chat or watch may be writing: wait a moment, not fail.
+        conn.busy_timeout(std::time::Duration::from_secs(2))?;
         let mut stmt = conn.prepare("SELECT name FROM contacts ORDER BY name")?;
         let names = stmt.query_map([], |r| r.get(0))?;
         names.collect()

@@ -10,6 +10,8 @@ use serde_json::json;
 use super::out::AlreadyDone;
 use super::{print_json, resolve_peer, runtime, Context, ServerArgs, UsageError};
 use crate::client::exchange::{exchange, Until};
+use crate::client::follow::{await_owner, Handed};
+use crate::client::owner::{Holder, SessionLock};
 use crate::client::{ClientError, Engine, ServerUrl, Tally, Update};
 use crate::identity::{Identity, PublicKey};
 use crate::render::untrusted_inline;
@@ -31,10 +33,9 @@ pub struct SendArgs {
     /// Print the stored message as JSON.
     #[arg(long)]
     json: bool,
-    /// Only store the message, without connecting: a running
-    /// `sync --watch` sends it within a second (else the next send, sync
-    /// or chat). Bots answering from a watch use this, so as not to take
-    /// the router session over from it.
+    /// Only store the message and return, without waiting: a running
+    /// `chat` or `sync --watch` of this profile sends it at once (else the
+    /// next send, sync or chat). Bots answering from a watch use this.
     #[arg(long)]
     queue: bool,
 }
@@ -44,8 +45,10 @@ pub struct SendArgs {
 #[command(
     after_help = "With --watch, sync stays connected: it prints each message as it \
     arrives (with --json, one JSON object per line whose \"kind\" is message, status, \
-    rejected, retrying, router_error, connected or disconnected), sends what 'send' and \
-    other commands store, reconnects by itself, and exits 0 on Ctrl-C or SIGTERM.\n\
+    rejected, retrying, router_error, connected, disconnected or following), sends what \
+    'send' and other commands store, reconnects by itself, and exits 0 on Ctrl-C or \
+    SIGTERM. Beside a chat of the same profile it follows that chat's session (kind \
+    following) and takes it over when the chat exits.\n\
     Example: chat-p2p sync --watch --json | jq -r 'select(.kind == \"message\") | .body'"
 )]
 pub struct SyncArgs {
@@ -90,19 +93,41 @@ pub fn send(ctx: &Context, args: SendArgs) -> Result<()> {
             return print_json(&serde_json::to_value(&message)?).done(QUEUED);
         }
         return outln!(
-            "{} Queued for {}: a running 'chat-p2p sync --watch' sends it (else the next \
-             send, sync or chat).",
+            "{} Queued for {}: a running 'chat-p2p sync --watch' or chat sends it (else the \
+             next send, sync or chat).",
             Status::Pending.mark(),
             untrusted_inline(&args.peer)
         )
         .done(QUEUED);
     }
     let server = args.server.server;
-    let own = Some(message.msg_id);
-    if let Err(e) = run_exchange(&mut engine, &server, args.timeout, Until::Acked, own)? {
-        return Err(with_pending_hint(e, "Your message is saved as pending"));
+    let own = [message.msg_id];
+    match deliver(
+        &mut engine,
+        &server,
+        args.timeout,
+        Until::Acked,
+        &own,
+        "send",
+    )? {
+        Delivery::Here(Err(e)) => {
+            return Err(with_pending_hint(e, "Your message is saved as pending"))
+        }
+        Delivery::Here(Ok(())) | Delivery::ByOwner(_) => {}
+        Delivery::Queued(holder) => {
+            anyhow::bail!(
+                "the router did not acknowledge it within {}s: {holder} holds this profile's \
+                 router session and sends it when it can. Your message is queued (pending); \
+                 'chat-p2p history {}' shows when it goes out",
+                args.timeout,
+                untrusted_inline(&args.peer)
+            )
+        }
     }
-    let stored = engine.store().message(&message.msg_id)?.unwrap_or(message);
+    let Some(stored) = engine.store().message(&message.msg_id)? else {
+        // 'chat-p2p delete' from another terminal while it waited.
+        anyhow::bail!("not sent: the message was deleted before it went out");
+    };
     // With --json the message is printed whatever became of it, and a
     // refused one still exits 1, as without --json.
     if args.json {
@@ -155,7 +180,19 @@ pub fn sync(ctx: &Context, args: SyncArgs) -> Result<()> {
     let (store, identity) = ctx.open_with_identity()?;
     let mut engine = Engine::new(store, identity);
     let server = args.server.server;
-    let outcome = run_exchange(&mut engine, &server, args.timeout, Until::Synced, None)?;
+    let outcome = match deliver(
+        &mut engine,
+        &server,
+        args.timeout,
+        Until::Synced,
+        &[],
+        "sync",
+    )? {
+        Delivery::Here(outcome) => outcome,
+        Delivery::ByOwner(holder) | Delivery::Queued(holder) => {
+            return by_owner(&engine, &server, &holder, args.json)
+        }
+    };
     let t = engine.tally();
     if let Err(e) = outcome {
         let done = if t.sent + t.received + t.receipts > 0 {
@@ -182,10 +219,87 @@ pub fn sync(ctx: &Context, args: SyncArgs) -> Result<()> {
             "rejected": t.rejected,
             "failed": t.failed,
             "pending": pending,
+            "owner": null,
         }))
         .done(SYNCED);
     }
     outln!("{}", summary(&server.to_string(), &t, pending)).done(SYNCED)
+}
+
+/// What came of handing work to the process that owns the profile's
+/// router session (see [`crate::client::owner`]).
+pub(super) enum Delivery {
+    /// This process owned the session (or took it over) and talked to the
+    /// router itself.
+    Here(Result<(), ClientError>),
+    /// Another process owns it and sent the work.
+    ByOwner(Holder),
+    /// Another process owns it and had not sent the work in time.
+    Queued(Holder),
+}
+
+/// Sends `ids` (with `Until::Synced`: everything, and takes in what
+/// waits) through this process's own session when it can take the
+/// profile's session lock, else through the process that holds it: then
+/// waits, within `timeout_secs`, for that one to get `ids` (or the whole
+/// outbox) out of pending. The lock, once taken, is held until the process
+/// ends. `command` names this process for the others.
+pub(super) fn deliver(
+    engine: &mut Engine,
+    server: &ServerUrl,
+    timeout_secs: u64,
+    until: Until,
+    ids: &[MessageId],
+    command: &str,
+) -> Result<Delivery> {
+    let mut lock = SessionLock::open(engine.store().path(), &format!("chat-p2p {command}"))?;
+    if let Some(holder) = lock.try_take()? {
+        let timeout = Duration::from_secs(timeout_secs);
+        match await_owner(engine.store(), ids, &mut lock, timeout)? {
+            Handed::Settled => return Ok(Delivery::ByOwner(holder)),
+            Handed::TimedOut(holder) => return Ok(Delivery::Queued(holder)),
+            Handed::TookOver => {}
+        }
+    }
+    // The one message `send` reports itself is not warned about.
+    let own = match ids {
+        [one] => Some(*one),
+        _ => None,
+    };
+    let outcome = run_exchange(engine, server, timeout_secs, until, own)?;
+    // Kept until here: no other process of this profile connects meanwhile.
+    drop(lock);
+    Ok(Delivery::Here(outcome))
+}
+
+/// `sync`'s report when another process owns the router session: it
+/// sends and receives for the profile, so this one did not connect.
+fn by_owner(engine: &Engine, server: &ServerUrl, holder: &Holder, json: bool) -> Result<()> {
+    let pending = engine.store().outbox()?.len();
+    if json {
+        return print_json(&json!({
+            "server": server.to_string(),
+            "sent": 0,
+            "received": 0,
+            "duplicates": 0,
+            "receipts": 0,
+            "rejected": 0,
+            "failed": 0,
+            "pending": pending,
+            "owner": {"pid": holder.pid, "command": holder.command},
+        }))
+        .done(SYNCED);
+    }
+    let what = if pending > 0 {
+        format!("{pending} message(s) still pending there")
+    } else {
+        "what waited here went out through it".to_owned()
+    };
+    outln!(
+        "{holder} holds this profile's router session: it sends and receives for this \
+         profile, so this sync did not connect; {what}."
+    )
+    .done(SYNCED)
 }
 
 /// One session with the router, on a runtime of its own. `own` is the

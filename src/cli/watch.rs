@@ -12,16 +12,16 @@ use super::chat::status_line;
 use super::history::{line, Style};
 use super::out::StdoutError;
 use super::{runtime, Context};
+use crate::client::follow::POLL;
+use crate::client::owner::SessionLock;
 use crate::client::watch::{self, WatchEvent, WatchOptions};
 use crate::client::{Engine, ServerUrl, Update};
 use crate::render::untrusted_inline;
 
-/// How often the outbox is read again for what other commands stored.
-const POLL: Duration = Duration::from_secs(1);
-
 /// Runs the watch against `server` until a signal; exit 0 then.
 pub(super) fn watch(ctx: &Context, server: ServerUrl, timeout: u64, json: bool) -> Result<()> {
     let (store, identity) = ctx.open_with_identity()?;
+    let mut lock = SessionLock::open(store.path(), "chat-p2p sync --watch")?;
     let mut engine = Engine::new(store, identity);
     let options = WatchOptions {
         server,
@@ -55,7 +55,7 @@ pub(super) fn watch(ctx: &Context, server: ServerUrl, timeout: u64, json: bool) 
                 }
             }
         };
-        let outcome = watch::run(&mut engine, &options, stop, on_event).await;
+        let outcome = watch::run(&mut engine, &options, &mut lock, stop, on_event).await;
         if let Some(e) = failure.take() {
             return Err(anyhow::Error::new(e));
         }
@@ -86,10 +86,16 @@ fn stop_signal() -> Result<impl std::future::Future<Output = ()>> {
 /// - `rejected`: a frame refused (`from`, `reason`);
 /// - `retrying`, `router_error`: the router's `code` and `message`;
 /// - `connected` (`server`), `disconnected` (`server`, `reason`,
-///   `retry_in_ms`).
+///   `retry_in_ms`);
+/// - `following` (`owner`: `pid`, `command`): another process owns the
+///   router session; messages are reported as it stores them.
 fn event_json(event: &WatchEvent<'_>, server: &str) -> Value {
     match event {
         WatchEvent::Connected => json!({"kind": "connected", "server": server}),
+        WatchEvent::Following(holder) => json!({
+            "kind": "following",
+            "owner": {"pid": holder.pid, "command": holder.command},
+        }),
         WatchEvent::Disconnected { error, retry_in } => json!({
             "kind": "disconnected",
             "server": server,
@@ -135,6 +141,10 @@ fn with_kind(kind: &str, value: serde_json::Result<Value>) -> Value {
 fn print_text(event: &WatchEvent<'_>, style: &Style, server: &str) -> Result<(), StdoutError> {
     match event {
         WatchEvent::Connected => errln!("-- connected to {server}; watching (Ctrl-C stops)"),
+        WatchEvent::Following(holder) => errln!(
+            "-- {holder} holds this profile's router session: showing what it takes in and \
+             sending through it; taking over when it exits (Ctrl-C stops)"
+        ),
         WatchEvent::Disconnected { error, retry_in } => errln!(
             "-- {}; trying again in {:.1}s",
             untrusted_inline(&error.to_string()),

@@ -4,6 +4,14 @@
 //! Input keeps flowing while the router is away: lines are stored
 //! `pending` at once and go out when the connection is back. Leaving waits,
 //! within a bound, for the router to acknowledge what was sent.
+//!
+//! Only the process holding the profile's session lock connects (see
+//! [`super::owner`]). A chat opened while another process holds it follows
+//! that one through the database: it shows what the owner takes in, stores
+//! what is typed for the owner to send, marks what it shows as read (the
+//! owner sends the receipts), and takes the session over when the owner
+//! exits. The owner looks at the database every [`POLL`] for what the
+//! others stored.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,6 +21,8 @@ use tokio::time::{sleep_until, Instant};
 
 use super::backoff::Backoff;
 use super::connection::{self, Connection, ServerUrl};
+use super::follow::{Follower, POLL};
+use super::owner::SessionLock;
 use super::{ClientError, Engine, Update};
 use crate::identity::{Identity, PublicKey};
 use crate::protocol::Frame;
@@ -72,10 +82,12 @@ pub struct ChatOptions {
 
 /// Runs the chat until the user quits. Returns how many messages are still
 /// pending at the end (not acknowledged by the router within the quit
-/// timeout, or typed while it was away).
+/// timeout, or typed while it was away). Connects only while holding
+/// `lock`; until it can take it, follows its holder.
 pub async fn run(
     engine: &mut Engine,
     options: &ChatOptions,
+    lock: &mut SessionLock,
     input: &mut mpsc::Receiver<Input>,
     screen: &mut dyn Screen,
 ) -> Result<usize, ClientError> {
@@ -93,11 +105,24 @@ pub async fn run(
         away_reported: false,
         quit_by: None,
         retry_at: None,
+        seen_version: 0,
     };
     // Shown on opening, so read: the receipts wait in the outbox, which
     // goes out as soon as the router is reached.
     chat.engine.mark_read(&options.peer, &options.shown)?;
     chat.engine.connection_lost();
+    if let Some(holder) = lock.try_take()? {
+        chat.screen.notice(&format!(
+            "{holder} holds this profile's router session: this chat shows what it takes in \
+             and sends through it, and takes the session over when it exits"
+        ));
+        if let Some(pending) = chat.follow(lock, input).await? {
+            chat.screen.flush();
+            return Ok(pending);
+        }
+        chat.screen
+            .notice("the other process has exited: this chat now holds the router session");
+    }
     loop {
         let Some(conn) = chat.connect(input).await? else {
             break;
@@ -122,6 +147,9 @@ struct Chat<'a> {
     /// Set when the user asked to leave: the deadline for pending acks.
     quit_by: Option<Instant>,
     retry_at: Option<Instant>,
+    /// The database's data version when last looked at for what other
+    /// processes stored.
+    seen_version: i64,
 }
 
 impl Chat<'_> {
@@ -170,6 +198,21 @@ impl Chat<'_> {
         }
         self.engine.connection_lost();
         self.engine.set_frame_limit(conn.max_frame_bytes());
+        self.seen_version = self.engine.store().data_version()?;
+        let frames = self.engine.outbox_frames()?;
+        self.show_engine_updates();
+        conn.send(&frames).await
+    }
+
+    /// Sends what other processes of the profile stored in the outbox
+    /// since the last look, if any committed anything.
+    async fn on_poll(&mut self, conn: &mut Connection) -> Result<(), ClientError> {
+        let version = self.engine.store().data_version()?;
+        if version == self.seen_version || self.retry_at.is_some() {
+            return Ok(());
+        }
+        self.seen_version = version;
+        self.engine.outbox_changed();
         let frames = self.engine.outbox_frames()?;
         self.show_engine_updates();
         conn.send(&frames).await
@@ -221,6 +264,8 @@ impl Chat<'_> {
         mut conn: Connection,
         input: &mut mpsc::Receiver<Input>,
     ) -> Result<Option<Connection>, ClientError> {
+        let mut poll = tokio::time::interval(POLL);
+        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             if self.quit_by.is_some() && self.engine.in_flight() == 0 {
                 return Ok(Some(conn));
@@ -233,6 +278,7 @@ impl Chat<'_> {
                     self.on_input(line, Some(&mut conn)).await
                 }
                 batch = conn.recv_batch() => self.on_frames(batch, &mut conn).await,
+                _ = poll.tick() => self.on_poll(&mut conn).await,
                 () = sleep_until(flush_at.unwrap_or_else(Instant::now)), if flush_at.is_some() => {
                     self.screen.flush();
                     Ok(())
@@ -344,5 +390,205 @@ impl Chat<'_> {
             Input::Quit => self.quit_by = Some(Instant::now() + self.options.quit_timeout),
         }
         Ok(())
+    }
+}
+
+impl Chat<'_> {
+    /// Follows the process holding `lock` through the database until this
+    /// one can take the lock (`None`: go on and connect) or the user has
+    /// left (how many of the messages typed here are still pending).
+    async fn follow(
+        &mut self,
+        lock: &mut SessionLock,
+        input: &mut mpsc::Receiver<Input>,
+    ) -> Result<Option<usize>, ClientError> {
+        let mut follower = Follower::start(self.engine.store())?;
+        let mut typed = Vec::new();
+        let mut poll = tokio::time::interval(POLL);
+        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            if self.quit_by.is_some() {
+                let pending = self.still_pending(&typed)?;
+                if pending == 0 {
+                    return Ok(Some(0));
+                }
+            }
+            let quit_by = self.quit_by;
+            let flush_at = self.screen.flush_at().map(Instant::from_std);
+            tokio::select! {
+                line = input.recv(), if quit_by.is_none() => {
+                    if let Some(id) = self.on_followed_input(line)? {
+                        typed.push(id);
+                    }
+                }
+                _ = poll.tick() => {
+                    let took_over = lock.try_take()?.is_none();
+                    // After the owner has gone, a last look at all it stored.
+                    let updates = if took_over {
+                        follower.read(self.engine.store())?
+                    } else {
+                        follower.poll(self.engine.store())?
+                    };
+                    self.show_followed(&updates)?;
+                    if took_over {
+                        return Ok(None);
+                    }
+                }
+                () = sleep_until(flush_at.unwrap_or_else(Instant::now)), if flush_at.is_some() => {
+                    self.screen.flush();
+                }
+                () = sleep_until(quit_by.unwrap_or_else(Instant::now)), if quit_by.is_some() => {
+                    return Ok(Some(self.still_pending(&typed)?));
+                }
+            }
+        }
+    }
+
+    /// How many of `ids` are still pending.
+    fn still_pending(&self, ids: &[MessageId]) -> Result<usize, ClientError> {
+        let mut n = 0;
+        for id in ids {
+            if self
+                .engine
+                .store()
+                .message(id)?
+                .is_some_and(|m| m.status == crate::store::Status::Pending)
+            {
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
+    /// Shows what the owner stored; what arrived in the open conversation
+    /// is read, its receipt queued for the owner to send.
+    fn show_followed(&mut self, updates: &[Update]) -> Result<(), ClientError> {
+        let peer = self.options.peer.to_base64();
+        let mut shown = Vec::new();
+        for update in updates {
+            if let Update::Received(m) = update {
+                if m.peer_key == peer {
+                    shown.push(m.msg_id);
+                }
+            }
+            self.screen.update(update);
+        }
+        // The frames are the owner's to send, from the outbox.
+        self.engine.mark_read(&self.options.peer, &shown)?;
+        self.engine.connection_lost();
+        Ok(())
+    }
+
+    /// Handles one input while following: a message typed is stored for
+    /// the owner to send (its id returned).
+    fn on_followed_input(&mut self, line: Option<Input>) -> Result<Option<MessageId>, ClientError> {
+        match line.unwrap_or(Input::Quit) {
+            Input::Send(text) => match self.engine.queue(&self.options.peer, &text) {
+                Ok(message) => return Ok(Some(message.msg_id)),
+                Err(e @ (ClientError::TooLong { .. } | ClientError::FrameTooLarge { .. })) => {
+                    self.screen.notice(&format!("not sent: {e}"));
+                }
+                Err(e) => return Err(e),
+            },
+            Input::Command(command) => {
+                let shown = self.screen.command(&command, self.engine.store());
+                self.engine.mark_read(&self.options.peer, &shown)?;
+                self.engine.connection_lost();
+            }
+            Input::Quit => self.quit_by = Some(Instant::now() + self.options.quit_timeout),
+        }
+        Ok(None)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+    use crate::store::test_util::temp_store;
+    use crate::store::{ContactName, Status};
+
+    /// A screen that keeps what it was shown.
+    struct Recorder(Arc<Mutex<Vec<String>>>);
+
+    impl Screen for Recorder {
+        fn update(&mut self, update: &Update) {
+            let text = match update {
+                Update::Received(m) => format!("received {}", m.body),
+                Update::Status(m) => format!("{} {}", m.status, m.body),
+                other => format!("{other:?}"),
+            };
+            self.0.lock().unwrap().push(text);
+        }
+        fn notice(&mut self, text: &str) {
+            self.0.lock().unwrap().push(format!("notice {text}"));
+        }
+        fn command(&mut self, _: &str, _: &Store) -> Vec<MessageId> {
+            Vec::new()
+        }
+    }
+
+    /// Waits (bounded) until `check` holds.
+    async fn until(what: &str, check: impl Fn() -> bool) {
+        for _ in 0..500 {
+            if check() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("never: {what}");
+    }
+
+    #[tokio::test]
+    async fn a_chat_beside_the_owner_shows_what_it_stores_reads_it_and_queues_what_is_typed() {
+        let (_dir, mut store) = temp_store();
+        let bob = Identity::generate().public_key();
+        store
+            .add_contact(&ContactName::parse("bob").unwrap(), &bob)
+            .unwrap();
+        let path = store.path().to_path_buf();
+        let mut owner = SessionLock::open(&path, "chat-p2p sync --watch").unwrap();
+        assert_eq!(owner.try_take().unwrap(), None);
+        let mut lock = SessionLock::open(&path, "chat-p2p chat").unwrap();
+        let mut engine = Engine::new(store, Identity::generate());
+        let options = ChatOptions {
+            peer: bob,
+            // Never dialled: the chat only follows.
+            server: ServerUrl::parse("ws://127.0.0.1:9/ws").unwrap(),
+            connect_timeout: Duration::from_secs(1),
+            quit_timeout: Duration::from_millis(100),
+            shown: Vec::new(),
+        };
+        let shown = Arc::new(Mutex::new(Vec::new()));
+        let mut screen = Recorder(Arc::clone(&shown));
+        let (tx, mut input) = mpsc::channel(4);
+        let seen = |text: &str| shown.lock().unwrap().iter().any(|l| l.contains(text));
+        let drive = async {
+            // The owner takes a message in.
+            let mut theirs = Store::open(&path).unwrap();
+            let id = MessageId::new_v7();
+            theirs
+                .insert_incoming(&id, &bob, "hello", &crate::clock::now())
+                .unwrap();
+            until("the message shown", || seen("received hello")).await;
+            // Shown in the open conversation: read, with a receipt for the
+            // owner to send.
+            let m = theirs.incoming(&bob, &id).unwrap().unwrap();
+            assert_eq!(m.status, Status::Read);
+            assert_eq!(theirs.pending_receipts().unwrap().len(), 1);
+            tx.send(Input::Send("typed here".into())).await.unwrap();
+            until("the message stored", || {
+                theirs.outbox().is_ok_and(|o| o.len() == 1)
+            })
+            .await;
+            tx.send(Input::Quit).await.unwrap();
+        };
+        let run = run(&mut engine, &options, &mut lock, &mut input, &mut screen);
+        let (pending, ()) = tokio::join!(run, drive);
+        // The owner never sent it: still pending on leaving.
+        assert_eq!(pending.unwrap(), 1);
+        assert!(seen("holds this profile's router session"));
+        assert!(!lock.is_held());
     }
 }

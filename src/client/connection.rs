@@ -29,6 +29,10 @@ const MAX_BATCH: usize = 512;
 /// replaced this one.
 const REPLACED_CLOSE_CODE: u16 = 4000;
 
+/// The close code a router uses when another device of the identity
+/// removed this one (`remove-device`).
+const REMOVED_CLOSE_CODE: u16 = 4001;
+
 /// A router's WebSocket address, `ws://` or `wss://`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServerUrl(String);
@@ -280,6 +284,9 @@ impl Connection {
                 self.max_frame_bytes = ready.max_frame_bytes;
                 Ok(())
             }
+            Some(Frame::Error(e)) if e.code == protocol::ErrorCode::DeviceRemoved => {
+                Err(ClientError::DeviceRemoved)
+            }
             Some(Frame::Error(e)) => Err(ClientError::Refused {
                 code: e.code,
                 message: e.message,
@@ -391,6 +398,7 @@ impl Connection {
 fn close_error(code: u16, reason: String) -> ClientError {
     match code {
         REPLACED_CLOSE_CODE => ClientError::Replaced,
+        REMOVED_CLOSE_CODE => ClientError::DeviceRemoved,
         TOO_LARGE_CLOSE_CODE => ClientError::ClosedForSize(reason),
         _ => ClientError::Closed(format!("{reason} ({code})")),
     }

@@ -6,6 +6,7 @@ use std::time::Duration;
 use tokio::time::{sleep_until, Instant};
 
 use super::connection::{self, ServerUrl};
+use super::follow::POLL;
 use super::{ClientError, Engine, Update};
 use crate::protocol::Frame;
 
@@ -68,6 +69,11 @@ async fn session(
     conn.send(&outbox).await?;
     let mut synced = false;
     let mut retry_at: Option<Instant> = None;
+    // Other processes of the profile hand their messages to this one while
+    // it holds the session (see `super::owner`).
+    let mut seen_version = engine.store().data_version()?;
+    let mut poll = tokio::time::interval(POLL);
+    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let done =
             engine.in_flight() == 0 && retry_at.is_none() && (until == Until::Acked || synced);
@@ -80,6 +86,16 @@ async fn session(
                     secs: timeout.as_secs(),
                     waiting_for: waiting_for(engine, synced),
                 });
+            }
+            _ = poll.tick(), if retry_at.is_none() => {
+                let version = engine.store().data_version()?;
+                if version != seen_version {
+                    seen_version = version;
+                    engine.outbox_changed();
+                    let frames = engine.outbox_frames()?;
+                    engine.take_updates().iter().for_each(&mut *on_update);
+                    conn.send(&frames).await?;
+                }
             }
             () = sleep_until(retry_at.unwrap_or(deadline)), if retry_at.is_some() => {
                 retry_at = None;

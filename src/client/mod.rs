@@ -10,8 +10,11 @@
 pub mod backoff;
 pub mod chat;
 pub mod connection;
+pub mod devices;
 pub mod engine;
 pub mod exchange;
+pub mod follow;
+pub mod owner;
 pub mod watch;
 
 pub use connection::{ServerUrl, DEFAULT_SERVER};
@@ -48,6 +51,13 @@ pub enum ClientError {
     /// Another session of this profile connected and took over.
     #[error("another chat-p2p session of this profile connected to the router and took over")]
     Replaced,
+    /// Another device of this identity removed this one at the router.
+    #[error(
+        "this device was removed from its identity at the router ('devices remove' on another \
+         device): it receives nothing more there. Link it again with 'chat-p2p link' from a \
+         device that is still in use"
+    )]
+    DeviceRemoved,
     /// The connection broke.
     #[error("lost the connection to the router: {0}")]
     Lost(String),
@@ -89,6 +99,9 @@ pub enum ClientError {
     /// The profile database failed.
     #[error(transparent)]
     Store(#[from] store::Error),
+    /// The profile's session lock could not be used.
+    #[error(transparent)]
+    Lock(#[from] owner::LockError),
     /// A frame could not be built.
     #[error(transparent)]
     Protocol(#[from] ProtocolError),

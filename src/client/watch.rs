@@ -2,12 +2,12 @@
 //! as they arrive, sends what other commands stored in the outbox, and
 //! reconnects by itself until told to stop.
 //!
-//! Other processes (`send`, `chat`) write to the same database; the outbox
-//! is looked at again every [`WatchOptions::poll`], so what they queue goes
-//! out from here too. A `send` from another process still opens its own
-//! session, which replaces this one at the router (close 4000): the watch
-//! then comes back after a short pause instead of the chat's long one, so
-//! it does not in turn cut that `send` short.
+//! Only the process holding the profile's session lock (see
+//! [`super::owner`]) connects. Other processes (`send`, `chat`) hand their
+//! messages to it through the database: the watch looks at it every
+//! [`WatchOptions::poll`] and sends what they queued. When another process
+//! holds the lock, the watch follows it through the database instead
+//! (reporting what it takes in) and takes over when it exits.
 
 use std::future::Future;
 use std::time::Duration;
@@ -16,6 +16,8 @@ use tokio::time::{sleep, sleep_until, Instant};
 
 use super::backoff::Backoff;
 use super::connection::{self, Connection, ServerUrl};
+use super::follow::Follower;
+use super::owner::{Holder, SessionLock};
 use super::{ClientError, Engine, Update};
 
 /// Pause before sending again what the router refused for now.
@@ -35,7 +37,8 @@ pub struct WatchOptions {
     pub server: ServerUrl,
     /// The most time one connection attempt may take.
     pub connect_timeout: Duration,
-    /// How often the outbox is looked at for what other processes stored.
+    /// How often the database is looked at for what other processes
+    /// stored (and, while following, the lock tried).
     pub poll: Duration,
 }
 
@@ -44,6 +47,9 @@ pub struct WatchOptions {
 pub enum WatchEvent<'a> {
     /// A session is up; the outbox went out.
     Connected,
+    /// Another process owns the profile's router session: the watch
+    /// follows it through the database until it exits.
+    Following(&'a Holder),
     /// A message arrived, a status changed, a frame was refused...
     Update(&'a Update),
     /// The session ended or could not be made; the watch tries again in
@@ -58,14 +64,22 @@ pub enum WatchEvent<'a> {
 
 /// Runs until `stop` completes (returns `Ok`) or something that retrying
 /// cannot mend happens (the router refusing this key, the database
-/// failing).
+/// failing). Connects only while holding `lock`: until it can take it,
+/// follows its holder.
 pub async fn run(
     engine: &mut Engine,
     options: &WatchOptions,
+    lock: &mut SessionLock,
     stop: impl Future<Output = ()>,
     mut on_event: impl FnMut(WatchEvent<'_>),
 ) -> Result<(), ClientError> {
     tokio::pin!(stop);
+    if let Some(holder) = lock.try_take()? {
+        on_event(WatchEvent::Following(&holder));
+        if !follow(engine, options, lock, &mut stop, &mut on_event).await? {
+            return Ok(());
+        }
+    }
     let mut backoff = Backoff::default();
     let mut replaced = Backoff::new(Duration::from_secs(1), Duration::from_secs(15));
     loop {
@@ -135,6 +149,7 @@ async fn session(
     let mut retry_at: Option<Instant> = None;
     let mut poll = tokio::time::interval(options.poll);
     poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut seen_version = engine.store().data_version()?;
     loop {
         tokio::select! {
             () = stop.as_mut() => {
@@ -144,8 +159,12 @@ async fn session(
             }
             _ = poll.tick(), if retry_at.is_none() => {
                 // Another process may have stored something to send.
-                engine.outbox_changed();
-                send_outbox(engine, &mut conn, on_event).await?;
+                let version = engine.store().data_version()?;
+                if version != seen_version {
+                    seen_version = version;
+                    engine.outbox_changed();
+                    send_outbox(engine, &mut conn, on_event).await?;
+                }
             }
             () = sleep_until(retry_at.unwrap_or_else(Instant::now)), if retry_at.is_some() => {
                 retry_at = None;
@@ -188,4 +207,39 @@ async fn send_outbox(
         on_event(WatchEvent::Update(&update));
     }
     conn.send(&frames).await
+}
+
+/// Follows the process that holds `lock` through the database, reporting
+/// what it stores, until this process can take the lock (`true`: go on and
+/// connect) or `stop` completes (`false`).
+async fn follow(
+    engine: &mut Engine,
+    options: &WatchOptions,
+    lock: &mut SessionLock,
+    stop: &mut std::pin::Pin<&mut impl Future<Output = ()>>,
+    on_event: &mut impl FnMut(WatchEvent<'_>),
+) -> Result<bool, ClientError> {
+    let mut follower = Follower::start(engine.store())?;
+    let mut poll = tokio::time::interval(options.poll);
+    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = stop.as_mut() => return Ok(false),
+            _ = poll.tick() => {
+                let took_over = lock.try_take()?.is_none();
+                // After the owner has gone, a last look at all it stored.
+                let updates = if took_over {
+                    follower.read(engine.store())?
+                } else {
+                    follower.poll(engine.store())?
+                };
+                for update in &updates {
+                    on_event(WatchEvent::Update(update));
+                }
+                if took_over {
+                    return Ok(true);
+                }
+            }
+        }
+    }
 }

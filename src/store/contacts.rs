@@ -188,7 +188,7 @@ impl Store {
                 return Err(Error::OwnKey);
             }
         }
-        let tx = self.conn.transaction()?;
+        let tx = self.transaction()?;
         if let Some(existing) = find_by_key(&tx, key)? {
             return Err(Error::KeyTaken(existing.name));
         }
@@ -259,7 +259,7 @@ impl Store {
     /// Gives the contact called `old` the name `new`.
     pub fn rename_contact(&mut self, old: &str, new: &ContactName) -> Result<Contact> {
         let contact = self.contact(old)?;
-        let tx = self.conn.transaction()?;
+        let tx = self.transaction()?;
         if let Some(other) = find_by_name(&tx, new)? {
             if other.id != contact.id {
                 return Err(Error::NameTaken(other.name));

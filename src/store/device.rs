@@ -174,4 +174,30 @@ mod tests {
         }
         assert!(check_name(&"é".repeat(32)).is_ok());
     }
+
+    /// A profile written before devices existed opens with everything in
+    /// it, and gets its device the first time one is asked for.
+    #[test]
+    fn a_v7_profile_gets_a_device_on_first_use() {
+        let (_dir, path, conn) = crate::store::schema::profile_at_version(7);
+        let peer = crate::identity::Identity::generate().public_key();
+        conn.execute_batch(&format!(
+            "INSERT INTO contacts (name, name_key, public_key, added_at)
+                 VALUES ('bob', 'bob', '{peer}', '2026-01-01T00:00:00.000Z');
+             INSERT INTO messages (msg_id, peer_key, direction, body, status, created_at)
+                 VALUES ('00000000-0000-7000-8000-000000000001', '{peer}', 'out',
+                         'kept across the upgrade', 'sent', '2026-01-01T00:00:00.000Z');"
+        ))
+        .unwrap();
+        drop(conn);
+        let store = Store::open(&path).unwrap();
+        assert_eq!(store.device_if_any().unwrap(), None);
+        let device = store.device().unwrap();
+        assert_eq!(store.device_if_any().unwrap(), Some(device));
+        let body: String = store
+            .conn()
+            .query_row("SELECT body FROM messages", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(body, "kept across the upgrade");
+    }
 }

@@ -128,7 +128,7 @@ impl Store {
     ) -> Result<()> {
         // Freed bytes (the old row) are overwritten with zeros.
         self.conn.pragma_update(None, "secure_delete", "ON")?;
-        let tx = self.conn.transaction()?;
+        let tx = self.transaction()?;
         let row = read_row(&tx)?.ok_or(Error::NoIdentity)?;
         if row.public()? != identity.public_key() {
             return Err(corrupt("the key given is not this profile's".into()));
@@ -151,7 +151,7 @@ impl Store {
         identity: &Identity,
         replace: bool,
     ) -> Result<Option<PublicKey>> {
-        let tx = self.conn.transaction()?;
+        let tx = self.transaction()?;
         let old = set_identity_tx(&tx, identity, replace)?;
         tx.commit()?;
         Ok(old)

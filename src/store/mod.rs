@@ -12,6 +12,7 @@
 //! database from a newer chat-p2p are refused with the file left untouched.
 //! Then the migrations in `migrations/` are applied.
 
+pub mod changes;
 mod contacts;
 pub mod conversations;
 pub mod device;

@@ -61,6 +61,17 @@ impl Env {
         (alice, bob)
     }
 
+    /// Makes `to` a second device of `from`'s identity as a user who
+    /// copied the profile file would, then gives the copy its own device
+    /// id and the name `to` (what `link` does for real).
+    pub fn second_device(&self, from: &str, to: &str) {
+        std::fs::create_dir_all(self.home().join(to)).unwrap();
+        std::fs::copy(self.db(from), self.db(to)).unwrap();
+        let conn = rusqlite::Connection::open(self.db(to)).unwrap();
+        conn.execute("UPDATE device SET id = randomblob(16), name = ?1", [to])
+            .unwrap();
+    }
+
     /// The public key of `profile`, from `whoami --key`.
     pub fn key(&self, profile: &str) -> String {
         self.ok(profile, &["whoami", "--key"]).trim().to_owned()
