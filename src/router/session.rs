@@ -293,10 +293,14 @@ impl<'a, B: Backend, S: AsyncRead + AsyncWrite + Unpin> Session<'a, B, S> {
         let period = self.conn.shared.config.ping_interval;
         let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
         let mut stop = self.conn.shared.stop.clone();
-        let replaced = Arc::clone(&self.registration.replaced);
-        let removed = Arc::clone(&self.registration.removed);
+        let signals = Arc::clone(&self.registration.signals);
         loop {
-            if self.registration.lagged.swap(false, Ordering::AcqRel) {
+            if self
+                .registration
+                .signals
+                .lagged
+                .swap(false, Ordering::AcqRel)
+            {
                 self.delivery.on_lagged();
             }
             if let Some((after, limit)) = self.delivery.fetch_request() {
@@ -306,8 +310,9 @@ impl<'a, B: Backend, S: AsyncRead + AsyncWrite + Unpin> Session<'a, B, S> {
             tokio::select! {
                 biased;
                 _ = stop.changed() => return Err(Exit::Shutdown),
-                () = replaced.notified() => return Err(Exit::Replaced),
-                () = removed.notified() => return Err(Exit::Removed),
+                () = signals.end.notified() => {
+                    return Err(if signals.ended_by_removal() { Exit::Removed } else { Exit::Replaced });
+                }
                 Some(done) = self.pending.next(), if !self.pending.is_empty() => {
                     self.on_done(done).await?;
                 }
@@ -350,7 +355,12 @@ impl<'a, B: Backend, S: AsyncRead + AsyncWrite + Unpin> Session<'a, B, S> {
         while let Some(frame) = next {
             // A frame dropped before this one (channel full) must go out
             // first, through a fetch: check the flag before each frame.
-            if self.registration.lagged.swap(false, Ordering::AcqRel) {
+            if self
+                .registration
+                .signals
+                .lagged
+                .swap(false, Ordering::AcqRel)
+            {
                 self.delivery.on_lagged();
             }
             if self.delivery.on_notify(&frame) {
