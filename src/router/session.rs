@@ -519,8 +519,13 @@ impl<'a, B: Backend, S: AsyncRead + AsyncWrite + Unpin> Session<'a, B, S> {
             return;
         }
         let seqs = std::mem::take(&mut self.acks);
-        let removal = self.conn.shared.backend.remove(self.key, self.device, seqs);
-        self.pending.push(removal.map(Done::Removed).boxed());
+        let backend = &self.conn.shared.backend;
+        // Handed over now (in order with this session's other
+        // submissions), the removal's answer is not waited for: waking the
+        // session for it cost as much as a delivery's socket work.
+        if let Some(removal) = backend.remove_detached(self.key, self.device, seqs) {
+            self.pending.push(removal.map(Done::Removed).boxed());
+        }
     }
 
     async fn on_frame(

@@ -274,6 +274,31 @@ impl Backend for SqliteBackend {
         self.submit(move |reply| Op::Remove(recipient, device, seqs, reply))
     }
 
+    fn remove_detached(
+        &self,
+        recipient: PublicKey,
+        device: Uuid,
+        seqs: Vec<i64>,
+    ) -> Option<futures_util::future::BoxFuture<'static, Result<u64, BackendError>>> {
+        // Nobody awaits the answer (a failed commit is logged by the
+        // writer), so the session is not woken for it.
+        let (reply, _) = oneshot::channel();
+        match self
+            .ops
+            .try_send(Op::Remove(recipient, device, seqs, reply))
+        {
+            Ok(()) => None,
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                Some(Box::pin(std::future::ready(Err(BackendError::Closed))))
+            }
+            Err(mpsc::error::TrySendError::Full(Op::Remove(recipient, device, seqs, _))) => {
+                Some(Box::pin(self.remove(recipient, device, seqs)))
+            }
+            // Only a removal was sent: nothing else can come back.
+            Err(mpsc::error::TrySendError::Full(_)) => None,
+        }
+    }
+
     fn expire(
         &self,
         before: String,
