@@ -15,8 +15,10 @@ done
 
 WORK=$(mktemp -d)
 ROUTER_PID=""
+LINK_PID=""
 cleanup() {
     status=$?
+    if [ -n "$LINK_PID" ]; then kill "$LINK_PID" 2>/dev/null || true; fi
     if [ -n "$ROUTER_PID" ] && kill -0 "$ROUTER_PID" 2>/dev/null; then
         kill -TERM "$ROUTER_PID" 2>/dev/null || true
         wait "$ROUTER_PID" 2>/dev/null || true
@@ -52,6 +54,7 @@ export CHAT_HOME="$WORK/home"
 export CHAT_CONFIG="$WORK/config.toml"
 alice() { CHAT_PROFILE=alice "$BIN" "$@"; }
 bob() { CHAT_PROFILE=bob "$BIN" "$@"; }
+laptop() { CHAT_PROFILE=alice-laptop "$BIN" "$@"; }
 # status_of PROFILE PEER BODY: the status of that one message
 status_of() {
     CHAT_PROFILE=$1 "$BIN" history "$2" --json --limit 1000 |
@@ -156,6 +159,34 @@ expect "read messages with a timestamp missing or out of order" "$(sqlite3 "$DB"
     SELECT count(*) FROM messages
     WHERE direction = 'out' AND status = 'read'
       AND NOT (created_at <= sent_at AND sent_at <= delivered_at AND delivered_at <= read_at);")" 0
+
+step "Alice links her laptop: it gets her identity and her whole history"
+alice link --json >"$WORK/link.out" 2>"$WORK/link.err" &
+LINK_PID=$!
+for _ in $(seq 100); do
+    if [ -s "$WORK/link.out" ]; then break; fi
+    sleep 0.1
+done
+CODE=$(head -n 1 "$WORK/link.out" | jq -r .code)
+ok "alice's one-time code: $CODE"
+laptop link --join "$CODE" --device-name laptop
+wait "$LINK_PID" || fail "link on alice's first device: $(cat "$WORK/link.err")"
+LINK_PID=""
+expect "the laptop's identity" "$(laptop whoami --key)" "$ALICE"
+expect "the laptop's history" "$(laptop history bob --json --limit 1000 | jq -c '[.[] | [.msg_id, .status]]')" \
+    "$(alice history bob --json --limit 1000 | jq -c '[.[] | [.msg_id, .status]]')"
+expect "alice's devices at the router" "$(laptop devices --json | jq length)" 2
+if laptop link --join "$CODE" --timeout 5 2>"$WORK/again.err"; then
+    fail "a code worked twice"
+fi
+ok "the code works once: $(head -n 1 "$WORK/again.err")"
+
+step "Bob writes once: the message arrives on both of alice's devices"
+bob send alice "One message, two devices."
+alice sync
+laptop sync
+expect "on alice's first device" "$(status_of alice bob 'One message, two devices.')" received
+expect "on alice's laptop" "$(status_of alice-laptop bob 'One message, two devices.')" received
 
 printf '\n%sAll checks passed.%s\n' "$BOLD" "$PLAIN"
 echo "flow: $CHECKS passed, 0 failed"

@@ -48,6 +48,12 @@ pub enum CryptoError {
 pub struct MessageKey(Zeroizing<[u8; 32]>);
 
 impl MessageKey {
+    /// A key from raw bytes derived elsewhere (device linking derives its
+    /// own keys from a PAKE).
+    pub(crate) fn from_bytes(bytes: Zeroizing<[u8; 32]>) -> Self {
+        Self(bytes)
+    }
+
     /// The raw key bytes (for test vectors).
     pub fn as_bytes(&self) -> &[u8; 32] {
         &self.0

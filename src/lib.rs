@@ -18,6 +18,7 @@ pub mod config;
 pub mod crypto;
 pub mod identity;
 pub mod keywrap;
+pub mod link;
 pub mod profile;
 pub mod protocol;
 pub mod render;

@@ -209,7 +209,42 @@ fn outputs(env: &Env, router: &Router) -> BTreeMap<&'static str, Value> {
     out.insert("devices-remove", env.json("me", &remove));
     let rename = ["devices", "rename", "laptop", "--json"];
     out.insert("devices-rename", env.json("me", &rename));
+    let (link, join) = link_lines(env, router);
+    out.insert("link", link);
+    out.insert("link-join", join);
     out
+}
+
+/// `me`'s `link --json` lines and the new device's `link --join --json`.
+fn link_lines(env: &Env, router: &Router) -> (Value, Value) {
+    use std::io::BufRead as _;
+    let mut link = std::process::Command::new(env!("CARGO_BIN_EXE_chat-p2p"))
+        .env_clear()
+        .env("CHAT_HOME", env.home())
+        .env("CHAT_CONFIG", env.config())
+        .env("CHAT_PROFILE", "me")
+        .args(["link", "--json", "--server", &router.url()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdout = std::io::BufReader::new(link.stdout.take().unwrap());
+    let mut first = String::new();
+    stdout.read_line(&mut first).unwrap();
+    let code: Value = serde_json::from_str(&first).unwrap();
+    let join = [
+        "link",
+        "--join",
+        code["code"].as_str().unwrap(),
+        "--server",
+        &router.url(),
+        "--json",
+    ];
+    let joined = env.json("me-laptop", &join);
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stdout, &mut rest).unwrap();
+    assert!(link.wait().unwrap().success());
+    (lines(&format!("{first}{rest}")), joined)
 }
 
 #[test]

@@ -14,6 +14,7 @@ mod doctor;
 mod history;
 mod identity;
 mod inbox;
+mod link;
 mod notify;
 mod outbox;
 mod passphrase;
@@ -133,6 +134,9 @@ enum Command {
     Passphrase(passphrase::PassphraseArgs),
     /// List this identity's devices; remove one, or rename this one.
     Devices(devices::DevicesArgs),
+    /// Hand this identity and its whole history to a new device (prints a
+    /// one-time code), or join with --join CODE on the new device.
+    Link(link::LinkArgs),
 }
 
 /// What every command needs, resolved once from the arguments and the
@@ -450,6 +454,7 @@ pub fn run(
         Command::Inbox(args) => inbox::inbox(&ctx, args),
         Command::Passphrase(args) => passphrase::run(&ctx, args),
         Command::Devices(args) => devices::run(&ctx, args),
+        Command::Link(args) => link::run(&ctx, args),
     }
 }
 

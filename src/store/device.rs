@@ -40,7 +40,18 @@ impl Store {
         if let Some(device) = read(&self.conn)? {
             return Ok(device);
         }
-        self.set_device(Uuid::new_v4(), &default_name())
+        // Two processes may get here at once: the first insert wins and
+        // both read the row it wrote, so a profile never has two ids.
+        self.conn.execute(
+            "INSERT INTO device (only, id, name, created_at)
+             VALUES (1, ?1, ?2, ?3)
+             ON CONFLICT (only) DO NOTHING",
+            params![Uuid::new_v4().as_bytes(), default_name(), clock::now()],
+        )?;
+        read(&self.conn)?.ok_or_else(|| Error::Corrupt {
+            what: "device row",
+            detail: "it vanished right after it was written".to_owned(),
+        })
     }
 
     /// The device row if there is one, without creating it (for readers

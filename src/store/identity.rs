@@ -27,7 +27,29 @@ impl Row {
     }
 }
 
+/// The secret key exactly as the profile stores it, for handing it to a
+/// newly linked device: in clear, or sealed under the passphrase.
+pub enum StoredSecret {
+    /// The 32-byte seed in clear.
+    Plain(zeroize::Zeroizing<Vec<u8>>),
+    /// Sealed under the owner's passphrase.
+    Wrapped(WrappedKey),
+}
+
 impl Store {
+    /// The public key and the secret key as stored (never unwrapped), or
+    /// `None` without an identity.
+    pub fn stored_secret(&self) -> Result<Option<(PublicKey, StoredSecret)>> {
+        let Some(row) = read_row(&self.conn)? else {
+            return Ok(None);
+        };
+        let public = row.public()?;
+        Ok(Some(match row {
+            Row::Plain(_, seed) => (public, StoredSecret::Plain(zeroize::Zeroizing::new(seed))),
+            Row::Wrapped(_, wrapped) => (public, StoredSecret::Wrapped(wrapped)),
+        }))
+    }
+
     /// The profile's identity, if `init` has created one; the error
     /// [`Error::KeyProtected`] if its secret key has a passphrase.
     pub fn identity(&self) -> Result<Option<Identity>> {

@@ -20,6 +20,7 @@ mod error;
 pub mod fts;
 mod identity;
 pub mod ids;
+pub mod link;
 pub mod messages;
 pub mod outbox;
 pub mod query;
@@ -36,6 +37,7 @@ pub use contacts::{Contact, ContactName, Merge, UnknownPeer};
 pub use conversations::Conversation;
 pub use error::Error;
 pub(crate) use identity::set_identity_tx;
+pub use identity::StoredSecret;
 pub use ids::{IdQuery, Scope};
 pub use messages::{Event, Inserted, Message};
 pub use schema::{inspect as inspect_schema, latest_version as latest_schema_version};
@@ -154,7 +156,7 @@ fn create_private_file(path: &Path) -> Result<()> {
     }
 }
 
-fn create_private_dir(dir: &Path) -> io::Result<()> {
+pub(crate) fn create_private_dir(dir: &Path) -> io::Result<()> {
     let mut builder = fs::DirBuilder::new();
     builder.recursive(true);
     #[cfg(unix)]
