@@ -18,7 +18,8 @@
 //!   same run, with the router's CPU per message; `router_load devices`
 //!   runs only this comparison, alternating 1 and 2 devices.
 //!
-//! `router_load parse` instead times `protocol::parse` on one frame.
+//! `router_load parse` instead times `protocol::parse` on one frame;
+//! `router_load idle` measures only the idle sessions' memory.
 //!
 //! Settings come from the environment: `BENCH_PAIRS` (50), `BENCH_SECS`
 //! (5), `BENCH_RATE` (10000), `BENCH_IDLE` (10000), `BENCH_WINDOW` (128);
@@ -94,6 +95,13 @@ fn main() {
     }
     if first.as_deref() == Some("forwarder") {
         runtime.block_on(forwarder::run());
+        return;
+    }
+    if first.as_deref() == Some("idle") {
+        // Only the idle sessions' memory (BENCH_IDLE of them).
+        let data = tempfile::tempdir().unwrap();
+        let router = start_router(data.path());
+        runtime.block_on(idle_sessions(&router, env("BENCH_IDLE", 10_000) as usize));
         return;
     }
     if first.as_deref() == Some("devices") {

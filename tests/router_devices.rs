@@ -226,6 +226,41 @@ async fn a_removed_device_is_closed_with_4001_and_refused_after() {
     assert_eq!(list.devices.len(), 1);
 }
 
+#[tokio::test]
+async fn a_key_has_at_most_32_devices() {
+    let (_dir, data) = data();
+    let router = Router::start(&data, &[]);
+    let bob = Identity::generate();
+    let mut devices = Vec::new();
+    for _ in 0..32 {
+        let device = Uuid::new_v4();
+        Client::connect_device(&router.addr, twin(&bob), device)
+            .await
+            .close()
+            .await;
+        devices.push(device);
+    }
+    let Err((close, frames)) = Client::try_connect(&router.addr, twin(&bob), Uuid::new_v4()).await
+    else {
+        panic!("a 33rd device signed in")
+    };
+    let [Frame::Error(e)] = &frames[..] else {
+        panic!("expected one error, got {frames:?}")
+    };
+    assert_eq!(e.code, ErrorCode::TooManyDevices);
+    assert_eq!(close.expect("a close frame").code, CloseCode::Policy);
+    // Known devices still sign in; after a removal, a new one fits.
+    let mut first = Client::connect_device(&router.addr, twin(&bob), devices[0]).await;
+    let remove = Frame::RemoveDevice(protocol::RemoveDevice {
+        device: devices[31],
+    });
+    assert!(matches!(
+        request(&mut first, remove).await,
+        Frame::DeviceRemoved(protocol::DeviceRemoved { removed: true, .. })
+    ));
+    Client::connect_device(&router.addr, twin(&bob), Uuid::new_v4()).await;
+}
+
 /// An `auth` of `id`'s `device` signed for the router named `router`.
 fn auth_for(id: &Identity, nonce: &[u8; 32], router: &str, device: &Uuid) -> Frame {
     let who = protocol::AuthFor {
@@ -313,6 +348,23 @@ async fn public_urls_replace_the_default_names() {
         "{}",
         e.message
     );
+}
+
+#[tokio::test]
+async fn public_urls_come_from_the_environment_too() {
+    let (_dir, data) = data();
+    let urls = "ws://a.example/ws, WS://B.example:8080/chat";
+    let router = Router::start_with_env(
+        &data,
+        "127.0.0.1:0",
+        &[],
+        &[("CHAT_ROUTER_PUBLIC_URL", urls)],
+    );
+    let id = Identity::generate();
+    for name in ["ws://a.example:80/ws", "ws://b.example:8080/chat"] {
+        let (first, _) = sign_in_for(&router.addr, &id, name).await;
+        assert!(matches!(first, Frame::Ready(_)), "{name}: {first:?}");
+    }
 }
 
 #[test]

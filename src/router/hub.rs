@@ -19,21 +19,36 @@ use uuid::Uuid;
 use super::backend::Queued;
 use crate::identity::PublicKey;
 
+/// What the hub tells a session besides frames, in one allocation (there
+/// may be 10,000s of idle sessions).
+#[derive(Debug, Default)]
+pub struct Signals {
+    /// Raised when a frame could not be handed over.
+    pub lagged: AtomicBool,
+    /// Notified when the session must end: a newer session of its device
+    /// replaced it, or (with `removed` raised first) its device was
+    /// removed from its key.
+    pub end: Notify,
+    /// Raised before `end` is notified for a removal.
+    pub removed: AtomicBool,
+}
+
+impl Signals {
+    /// Why the session must end, once `end` was notified.
+    pub fn ended_by_removal(&self) -> bool {
+        self.removed.load(Ordering::Acquire)
+    }
+}
+
 /// The hub's side of a session.
 #[derive(Debug, Clone)]
 pub struct Handle {
     id: u64,
-    key: PublicKey,
     device: Uuid,
     // Boxed: a channel allocates a block of 32 slots up front, and 32
     // inline frames would cost every idle session ~3 KB.
     deliver: mpsc::Sender<Box<Queued>>,
-    /// Raised when a frame could not be handed over.
-    pub lagged: Arc<AtomicBool>,
-    /// Notified when a newer session for the same device replaces this one.
-    pub replaced: Arc<Notify>,
-    /// Notified when the device was removed from its key.
-    pub removed: Arc<Notify>,
+    signals: Arc<Signals>,
 }
 
 /// What a session keeps from registering.
@@ -43,12 +58,8 @@ pub struct Registration {
     pub id: u64,
     /// Frames committed for this device.
     pub deliveries: mpsc::Receiver<Box<Queued>>,
-    /// See [`Handle::lagged`].
-    pub lagged: Arc<AtomicBool>,
-    /// See [`Handle::replaced`].
-    pub replaced: Arc<Notify>,
-    /// See [`Handle::removed`].
-    pub removed: Arc<Notify>,
+    /// Lag, replacement and removal.
+    pub signals: Arc<Signals>,
 }
 
 impl Registration {
@@ -59,9 +70,7 @@ impl Registration {
         Self {
             id: u64::MAX,
             deliveries: rx,
-            lagged: Arc::default(),
-            replaced: Arc::default(),
-            removed: Arc::default(),
+            signals: Arc::default(),
         }
     }
 }
@@ -96,26 +105,25 @@ impl Hub {
         let (tx, rx) = mpsc::channel(capacity.max(1));
         let handle = Handle {
             id,
-            key,
             device,
             deliver: tx,
-            lagged: Arc::new(AtomicBool::new(false)),
-            replaced: Arc::new(Notify::new()),
-            removed: Arc::new(Notify::new()),
+            signals: Arc::default(),
         };
         let registration = Registration {
             id,
             deliveries: rx,
-            lagged: Arc::clone(&handle.lagged),
-            replaced: Arc::clone(&handle.replaced),
-            removed: Arc::clone(&handle.removed),
+            signals: Arc::clone(&handle.signals),
         };
         let mut sessions = self.lock();
-        let devices = sessions.entry(*key.as_bytes()).or_default();
+        // Most keys have one device online: no room reserved for more
+        // (a handle is ~60 bytes, and there may be 10,000s of keys).
+        let devices = sessions
+            .entry(*key.as_bytes())
+            .or_insert_with(|| Vec::with_capacity(1));
         match devices.iter_mut().find(|h| h.device == device) {
             Some(slot) => {
                 let old = std::mem::replace(slot, handle);
-                old.replaced.notify_one();
+                old.signals.end.notify_one();
             }
             None => devices.push(handle),
         }
@@ -166,7 +174,8 @@ impl Hub {
             .get(key.as_bytes())
             .and_then(|devices| devices.iter().find(|h| h.device == *device))
         {
-            h.removed.notify_one();
+            h.signals.removed.store(true, Ordering::Release);
+            h.signals.end.notify_one();
         }
     }
 
@@ -179,12 +188,19 @@ impl Hub {
     }
 
     /// Every live (key, device), for refreshing when they were last seen.
+    /// (Keys are kept as bytes, a third of a parsed key's size, and
+    /// parsed here, which is rare: once per retention check.)
     pub fn all_online(&self) -> Vec<(PublicKey, Uuid)> {
-        let sessions = self.lock();
-        sessions
-            .values()
-            .flatten()
-            .map(|h| (h.key, h.device))
+        let online: Vec<([u8; 32], Uuid)> = {
+            let sessions = self.lock();
+            sessions
+                .iter()
+                .flat_map(|(key, handles)| handles.iter().map(|h| (*key, h.device)))
+                .collect()
+        };
+        online
+            .into_iter()
+            .filter_map(|(key, device)| Some((PublicKey::from_bytes(&key).ok()?, device)))
             .collect()
     }
 
@@ -208,7 +224,7 @@ impl Hub {
 /// Hands `frame` to one session without waiting, or raises its `lagged`.
 fn hand_over(handle: &Handle, frame: Box<Queued>) {
     if handle.deliver.try_send(frame).is_err() {
-        handle.lagged.store(true, Ordering::Release);
+        handle.signals.lagged.store(true, Ordering::Release);
     }
 }
 
@@ -236,7 +252,8 @@ mod tests {
         let mut new = hub.register(key, device, 4);
         // The permit is stored, so the old session sees it even if it was
         // not waiting yet.
-        old.replaced.notified().await;
+        old.signals.end.notified().await;
+        assert!(!old.signals.ended_by_removal());
         hub.unregister(&key, old.id);
         assert_eq!(hub.len(), 1, "the old session must not unregister the new");
         hub.notify(queued(key, 1), &[device]);
@@ -266,7 +283,8 @@ mod tests {
             "not waiting for the laptop"
         );
         hub.remove_device(&key, &phone);
-        b.removed.notified().await;
+        b.signals.end.notified().await;
+        assert!(b.signals.ended_by_removal());
         hub.unregister(&key, b.id);
         assert_eq!(hub.online(&key), vec![laptop]);
         assert_eq!(hub.all_online(), vec![(key, laptop)]);
@@ -308,9 +326,9 @@ mod tests {
         let device = Uuid::new_v4();
         let reg = hub.register(key, device, 1);
         hub.notify(queued(key, 1), &[device]);
-        assert!(!reg.lagged.load(Ordering::Acquire));
+        assert!(!reg.signals.lagged.load(Ordering::Acquire));
         hub.notify(queued(key, 2), &[device]);
-        assert!(reg.lagged.load(Ordering::Acquire));
+        assert!(reg.signals.lagged.load(Ordering::Acquire));
         // Nobody online: dropped silently (it is in the queue).
         hub.notify(queued(Identity::generate().public_key(), 3), &[device]);
     }

@@ -14,19 +14,18 @@ use futures_util::{FutureExt as _, SinkExt as _, StreamExt as _};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
-use tokio_tungstenite::WebSocketStream;
 use uuid::Uuid;
 
-use super::backend::{Backend, BackendError, DeviceRecord, Enqueued, NewFrame, Queued, Registered};
+use super::backend::{Backend, BackendError, DeviceRecord, Enqueued, NewFrame, Queued};
 use super::http::{self, Request};
 use super::hub::Registration;
-use super::state::{Delivery, Handshake, RateLimit, SignedIn};
+use super::state::{Delivery, RateLimit, SignedIn};
 use super::Shared;
 use crate::identity::PublicKey;
 use crate::protocol::{
-    self, Ack, DeviceInfo, DeviceList, DeviceRemoved, ErrorCode, ErrorFrame, Frame, Inbound, Ready,
+    self, Ack, DeviceInfo, DeviceList, DeviceRemoved, ErrorCode, Frame, Inbound,
 };
 
 /// Queue submissions a session may have awaiting their commit; beyond
@@ -51,6 +50,10 @@ const CLOSE_REMOVED: u16 = 4001;
 /// session's panic cannot take the router or other sessions down.
 #[cfg(test)]
 pub(super) const TEST_PANIC_FRAME: &str = r#"{"type":"test-panic"}"#;
+
+mod conn;
+
+use self::conn::Conn;
 
 /// Close reason (with code 1007) for a text message that is not UTF-8.
 const CLOSE_BAD_UTF8: &str = "text message is not valid UTF-8";
@@ -204,203 +207,6 @@ enum Exit {
     Internal,
 }
 
-/// A WebSocket plus the router: writing frames and closing with reasons.
-struct Conn<'a, B, S> {
-    ws: WebSocketStream<S>,
-    shared: &'a Shared<B>,
-}
-
-impl<B: Backend, S: AsyncRead + AsyncWrite + Unpin> Conn<'_, B, S> {
-    /// Queues a frame for the next flush.
-    async fn feed(&mut self, frame: &Frame) -> Result<(), Exit> {
-        let text = protocol::to_text(frame);
-        self.feed_text(text).await
-    }
-
-    async fn feed_text(&mut self, text: String) -> Result<(), Exit> {
-        self.shared.metrics.frame_out();
-        let limit = self.shared.config.write_timeout;
-        match tokio::time::timeout(limit, self.ws.feed(Message::text(text))).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(_)) => Err(Exit::Closed),
-            Err(_) => Err(Exit::TooSlow),
-        }
-    }
-
-    async fn flush(&mut self) -> Result<(), Exit> {
-        let limit = self.shared.config.write_timeout;
-        match tokio::time::timeout(limit, self.ws.flush()).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(_)) => Err(Exit::Closed),
-            Err(_) => Err(Exit::TooSlow),
-        }
-    }
-
-    async fn send(&mut self, frame: &Frame) -> Result<(), Exit> {
-        self.feed(frame).await?;
-        self.flush().await
-    }
-
-    async fn error(
-        &mut self,
-        id: Option<Uuid>,
-        code: ErrorCode,
-        message: &str,
-    ) -> Result<(), Exit> {
-        self.shared.metrics.error(code);
-        self.feed(&error_frame(id, code, message)).await
-    }
-
-    /// Sends an error, then closes with `close` and the message as reason.
-    async fn refuse(&mut self, code: ErrorCode, message: &str, close: CloseCode) {
-        self.shared.metrics.error(code);
-        let _ = self.send(&error_frame(None, code, message)).await;
-        self.close(close, code.as_str()).await;
-    }
-
-    async fn close(&mut self, code: CloseCode, reason: &str) {
-        let frame = CloseFrame {
-            code,
-            reason: reason.to_owned().into(),
-        };
-        let limit = self.shared.config.write_timeout;
-        let _ = tokio::time::timeout(limit, self.ws.close(Some(frame))).await;
-    }
-
-    /// Challenge, verify the answer, register. `None` when refused.
-    async fn authenticate(&mut self, key: PublicKey) -> Option<(Registration, SignedIn)> {
-        let handshake = Handshake::new(key);
-        self.send(&Frame::Challenge(handshake.challenge()))
-            .await
-            .ok()?;
-        let limit = self.shared.config.auth_timeout;
-        let mut stop = self.shared.stop.clone();
-        let answer = tokio::select! {
-            answer = tokio::time::timeout(limit, self.first_frame()) => answer,
-            _ = stop.changed() => {
-                self.close(CloseCode::Away, "router shutting down").await;
-                return None;
-            }
-        };
-        let frame = match answer {
-            Err(_) => {
-                let msg = "no auth answer in time: sign the challenge and send 'auth'";
-                self.refuse(ErrorCode::AuthTimeout, msg, CloseCode::Policy)
-                    .await;
-                return None;
-            }
-            Ok(None) => return None,
-            Ok(Some(Err(e))) => {
-                let msg = format!("the first frame must be 'auth': {e}");
-                self.refuse(ErrorCode::NotAuthenticated, &msg, CloseCode::Policy)
-                    .await;
-                return None;
-            }
-            Ok(Some(Ok(frame))) => frame,
-        };
-        let signed_in = match handshake.answer(&frame, &self.shared.names) {
-            Ok(signed_in) => signed_in,
-            Err((code, msg)) => {
-                self.refuse_auth(&key, code, &msg).await;
-                return None;
-            }
-        };
-        let registration = self.register(key, &signed_in).await?;
-        let ready = Frame::Ready(Ready {
-            version: signed_in.version,
-            key,
-            max_frame_bytes: Some(self.shared.config.max_frame_bytes),
-        });
-        self.send(&ready).await.ok()?;
-        Some((registration, signed_in))
-    }
-
-    /// Registers the device (none for a control session) with the queue
-    /// and the hub; `None` when refused.
-    async fn register(&mut self, key: PublicKey, who: &SignedIn) -> Option<Registration> {
-        if who.is_control() {
-            return Some(Registration::detached());
-        }
-        let registered = self
-            .shared
-            .backend
-            .register(key, who.device, who.name.clone())
-            .await;
-        let (code, msg) = match registered {
-            Ok(Registered::Known | Registered::First | Registered::Added) => {
-                return Some(self.shared.hub.register(key, who.device, HANDOFF));
-            }
-            Ok(Registered::Removed) => (
-                ErrorCode::DeviceRemoved,
-                "this device was removed from its identity (devices remove); it gets nothing \
-                 from this router any more",
-            ),
-            Ok(Registered::TooMany) => (
-                ErrorCode::TooManyDevices,
-                "this key has as many devices as the router allows; remove one first \
-                 (devices remove)",
-            ),
-            Err(e) => {
-                tracing::error!(error = %e, "registering a device failed");
-                let msg = "the router could not register this device; reconnect later";
-                self.shared.metrics.error(ErrorCode::Internal);
-                let _ = self
-                    .send(&error_frame(None, ErrorCode::Internal, msg))
-                    .await;
-                self.close(CloseCode::Error, "router storage failure; reconnect later")
-                    .await;
-                return None;
-            }
-        };
-        self.refuse_auth(&key, code, msg).await;
-        None
-    }
-
-    async fn refuse_auth(&mut self, key: &PublicKey, code: ErrorCode, msg: &str) {
-        tracing::info!(
-            client = %log_id(key),
-            code = code.as_str(),
-            "authentication refused"
-        );
-        tracing::debug!(key = %key, "authentication refused for this key");
-        self.refuse(code, msg, CloseCode::Policy).await;
-    }
-
-    /// The first data frame, parsed; `None` if the client went away.
-    async fn first_frame(&mut self) -> Option<Result<Frame, protocol::ProtocolError>> {
-        loop {
-            match self.ws.next().await? {
-                Ok(Message::Text(text)) => {
-                    return Some(protocol::parse_with_limit(
-                        text.as_str(),
-                        self.shared.config.max_frame_bytes,
-                    ))
-                }
-                Ok(Message::Binary(bytes)) => {
-                    return Some(protocol::from_slice(
-                        &bytes,
-                        self.shared.config.max_frame_bytes,
-                    ))
-                }
-                Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_)) => {}
-                Err(WsError::Utf8(_)) => {
-                    self.close(CloseCode::Invalid, CLOSE_BAD_UTF8).await;
-                    return None;
-                }
-                Ok(Message::Close(_)) | Err(_) => return None,
-            }
-        }
-    }
-}
-
-fn error_frame(id: Option<Uuid>, code: ErrorCode, message: &str) -> Frame {
-    Frame::Error(ErrorFrame {
-        id,
-        code,
-        message: message.to_owned(),
-    })
-}
-
 /// The close code and reason a session ending for `exit` sends; `None`
 /// when the socket is already gone. docs/PROTOCOL.md §4 lists them all.
 fn close_for(exit: &Exit) -> Option<(CloseCode, &'static str)> {
@@ -487,10 +293,14 @@ impl<'a, B: Backend, S: AsyncRead + AsyncWrite + Unpin> Session<'a, B, S> {
         let period = self.conn.shared.config.ping_interval;
         let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
         let mut stop = self.conn.shared.stop.clone();
-        let replaced = Arc::clone(&self.registration.replaced);
-        let removed = Arc::clone(&self.registration.removed);
+        let signals = Arc::clone(&self.registration.signals);
         loop {
-            if self.registration.lagged.swap(false, Ordering::AcqRel) {
+            if self
+                .registration
+                .signals
+                .lagged
+                .swap(false, Ordering::AcqRel)
+            {
                 self.delivery.on_lagged();
             }
             if let Some((after, limit)) = self.delivery.fetch_request() {
@@ -500,8 +310,9 @@ impl<'a, B: Backend, S: AsyncRead + AsyncWrite + Unpin> Session<'a, B, S> {
             tokio::select! {
                 biased;
                 _ = stop.changed() => return Err(Exit::Shutdown),
-                () = replaced.notified() => return Err(Exit::Replaced),
-                () = removed.notified() => return Err(Exit::Removed),
+                () = signals.end.notified() => {
+                    return Err(if signals.ended_by_removal() { Exit::Removed } else { Exit::Replaced });
+                }
                 Some(done) = self.pending.next(), if !self.pending.is_empty() => {
                     self.on_done(done).await?;
                 }
@@ -544,7 +355,12 @@ impl<'a, B: Backend, S: AsyncRead + AsyncWrite + Unpin> Session<'a, B, S> {
         while let Some(frame) = next {
             // A frame dropped before this one (channel full) must go out
             // first, through a fetch: check the flag before each frame.
-            if self.registration.lagged.swap(false, Ordering::AcqRel) {
+            if self
+                .registration
+                .signals
+                .lagged
+                .swap(false, Ordering::AcqRel)
+            {
                 self.delivery.on_lagged();
             }
             if self.delivery.on_notify(&frame) {
@@ -703,8 +519,13 @@ impl<'a, B: Backend, S: AsyncRead + AsyncWrite + Unpin> Session<'a, B, S> {
             return;
         }
         let seqs = std::mem::take(&mut self.acks);
-        let removal = self.conn.shared.backend.remove(self.key, self.device, seqs);
-        self.pending.push(removal.map(Done::Removed).boxed());
+        let backend = &self.conn.shared.backend;
+        // Handed over now (in order with this session's other
+        // submissions), the removal's answer is not waited for: waking the
+        // session for it cost as much as a delivery's socket work.
+        if let Some(removal) = backend.remove_detached(self.key, self.device, seqs) {
+            self.pending.push(removal.map(Done::Removed).boxed());
+        }
     }
 
     async fn on_frame(
@@ -858,6 +679,15 @@ mod tests {
             assert!(row.contains(&format!("`{reason}`")), "{exit:?}: {row}");
         }
         assert!(close_for(&Exit::Closed).is_none());
+    }
+
+    /// The device cap the document states is the router's.
+    #[test]
+    fn the_device_cap_is_documented() {
+        let doc = include_str!("../../docs/PROTOCOL.md");
+        let cap = super::super::backend::MAX_DEVICES;
+        assert!(doc.contains(&format!("A key has at most **{cap}** devices")));
+        assert!(doc.contains(&format!("the router allows ({cap})")));
     }
 
     /// Every error code is in the document's table.

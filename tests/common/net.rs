@@ -34,8 +34,19 @@ impl Router {
 
     /// Starts a router listening on `listen` with its queue in `data`.
     pub fn start_at(data: &Path, listen: &str, extra: &[&str]) -> Router {
+        Router::start_with_env(data, listen, extra, &[])
+    }
+
+    /// [`Router::start_at`] with environment variables set.
+    pub fn start_with_env(
+        data: &Path,
+        listen: &str,
+        extra: &[&str],
+        vars: &[(&str, &str)],
+    ) -> Router {
         let mut child = Command::new(env!("CARGO_BIN_EXE_chat-p2p"))
             .env_clear()
+            .envs(vars.iter().copied())
             .env("CHAT_HOME", data)
             .env("RUST_LOG", "debug")
             .args(["router", "--listen", listen, "--data"])

@@ -239,6 +239,20 @@ pub trait Backend: Send + Sync + 'static {
         seqs: Vec<i64>,
     ) -> impl Future<Output = Result<u64, BackendError>> + Send + 'static;
 
+    /// [`Backend::remove`] for a caller that does not need the outcome:
+    /// `None` when the removal was handed over (in order with the caller's
+    /// other submissions) and nothing is left to await (a failure only
+    /// means the frames are delivered again), or the future to await when
+    /// it could not be handed over yet. The default always awaits.
+    fn remove_detached(
+        &self,
+        recipient: PublicKey,
+        device: Uuid,
+        seqs: Vec<i64>,
+    ) -> Option<futures_util::future::BoxFuture<'static, Result<u64, BackendError>>> {
+        Some(Box::pin(self.remove(recipient, device, seqs)))
+    }
+
     /// Deletes frames committed before `before` (RFC 3339), and forgets
     /// devices last seen before it.
     fn expire(

@@ -221,6 +221,8 @@ pub(super) fn register_tx(
          VALUES (?1, ?2, ?3, ?4, ?5, ?5, 0)",
     )?
     .execute(params![key.as_bytes(), device.as_bytes(), slot, name, now])?;
+    // Most keys have one device: no room reserved for more.
+    state.devices.reserve_exact(1);
     state.devices.push(Slot {
         device: *device,
         slot,

@@ -8,6 +8,7 @@ use std::sync::atomic::AtomicUsize;
 use super::*;
 use crate::identity::Identity;
 use crate::protocol::CONTROL_DEVICE;
+use rusqlite::params;
 
 fn frame(to: &PublicKey, from: &PublicKey, id: Uuid) -> NewFrame {
     super::super::contract::frame(to, from, CONTROL_DEVICE, id)
@@ -292,6 +293,33 @@ async fn a_v2_queue_is_upgraded_and_its_frames_wait_for_the_first_device() {
         db.fetch(carol, desk, 0, 10).await.unwrap()[0].id,
         rows[2].id
     );
+    assert_eq!(db.depth().await.unwrap(), 1);
+    db.close().await;
+}
+
+#[tokio::test]
+async fn a_detached_removal_is_committed_in_order_with_later_submissions() {
+    let dir = tempfile::tempdir().unwrap();
+    let (alice, bob) = (
+        Identity::generate().public_key(),
+        Identity::generate().public_key(),
+    );
+    let db = SqliteBackend::open(dir.path(), 100).unwrap();
+    let laptop = Uuid::new_v4();
+    db.register(bob, laptop, "laptop".into()).await.unwrap();
+    let first = stored(
+        &db.enqueue(vec![frame(&bob, &alice, Uuid::now_v7())])
+            .await
+            .unwrap()[0],
+    );
+    assert!(
+        db.remove_detached(bob, laptop, vec![first.seq]).is_none(),
+        "handed over at once: nothing to await"
+    );
+    // A submission made after it is answered after its commit.
+    db.enqueue(vec![frame(&bob, &alice, Uuid::now_v7())])
+        .await
+        .unwrap();
     assert_eq!(db.depth().await.unwrap(), 1);
     db.close().await;
 }
