@@ -8,7 +8,9 @@ use std::time::Duration;
 use anyhow::{Context as _, Result};
 use clap::Args;
 
+use crate::router::backend::redis::{redacted, RedisBackend, RedisConfig};
 use crate::router::backend::sqlite::SqliteBackend;
+use crate::router::backend::Backend;
 use crate::router::{self, RouterConfig};
 
 /// Arguments of `router`.
@@ -36,8 +38,26 @@ pub struct RouterArgs {
     public_urls: Vec<String>,
     /// Directory for the queue database [default: <home>/router, where home
     /// is --home, CHAT_HOME or the platform data directory].
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, value_name = "DIR", conflicts_with = "redis")]
     data: Option<PathBuf>,
+    /// Keep the queue in Redis instead of --data, so several routers can
+    /// share it (redis://[:PASSWORD@]HOST[:PORT][/DB], or rediss:// for
+    /// TLS). The password is never logged. See docs/DEPLOY.md.
+    #[arg(long, value_name = "URL", env = "CHAT_ROUTER_REDIS")]
+    redis: Option<String>,
+    /// A file whose first line is the Redis password (instead of one in
+    /// the URL, where `ps` and shell history can see it).
+    #[arg(long, value_name = "FILE", requires = "redis")]
+    redis_password_file: Option<PathBuf>,
+    /// Prefix of every Redis key and channel, so several deployments can
+    /// share one Redis.
+    #[arg(long, value_name = "PREFIX", default_value = crate::router::backend::redis::DEFAULT_PREFIX, requires = "redis")]
+    redis_prefix: String,
+    /// Start even if Redis' persistence settings would lose acknowledged
+    /// frames when Redis restarts (no append-only file): for throwaway test
+    /// deployments only.
+    #[arg(long, requires = "redis")]
+    redis_allow_volatile: bool,
     /// Largest frame accepted, in bytes.
     #[arg(long, default_value_t = 65_536, value_name = "BYTES", value_parser = positive::<usize>)]
     max_frame_bytes: usize,
@@ -134,6 +154,16 @@ fn bounded<const MAX: u64>(text: &str) -> Result<u64, String> {
 }
 
 impl RouterArgs {
+    /// The Redis settings, when the queue is in Redis.
+    fn redis_config(&self) -> Option<RedisConfig> {
+        let url = self.redis.clone()?;
+        let mut config = RedisConfig::new(url, self.max_queued);
+        config.password_file = self.redis_password_file.clone();
+        config.prefix = self.redis_prefix.clone();
+        config.allow_volatile = self.redis_allow_volatile;
+        Some(config)
+    }
+
     fn config(self, home: Option<PathBuf>) -> Result<(SocketAddr, RouterConfig)> {
         let data = match self.data {
             Some(dir) => dir,
@@ -170,13 +200,34 @@ fn dedup(names: Vec<String>) -> Vec<String> {
 /// Runs the router in the foreground.
 pub fn run(args: RouterArgs, home: Option<PathBuf>) -> Result<()> {
     init_logging(args.log_format);
+    let redis = args.redis_config();
     let (listen, config) = args.config(home)?;
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     runtime.block_on(async move {
         // Open the queue first: "listening" must mean ready to serve.
-        let backend = SqliteBackend::open(&config.data_dir, config.max_queued_per_recipient)
-            .context("cannot open the router's queue")?;
-        tracing::info!(queue = %backend.path().display(), "queue opened");
+        match redis {
+            Some(redis) => {
+                let shown = redacted(&redis.url);
+                let backend = RedisBackend::open(redis).await.with_context(|| {
+                    format!("cannot open the router's queue in Redis at {shown}")
+                })?;
+                tracing::info!(redis = %shown, "queue opened");
+                serve(listen, config, backend).await
+            }
+            None => {
+                let backend =
+                    SqliteBackend::open(&config.data_dir, config.max_queued_per_recipient)
+                        .context("cannot open the router's queue")?;
+                tracing::info!(queue = %backend.path().display(), "queue opened");
+                serve(listen, config, backend).await
+            }
+        }
+    })
+}
+
+/// Listens on `listen` and serves with `backend` until a signal.
+async fn serve<B: Backend>(listen: SocketAddr, config: RouterConfig, backend: B) -> Result<()> {
+    {
         let listener = tokio::net::TcpListener::bind(listen)
             .await
             .with_context(|| format!("cannot listen on {listen}"))?;
@@ -195,7 +246,7 @@ pub fn run(args: RouterArgs, home: Option<PathBuf>) -> Result<()> {
         drop(out);
         router::serve_with_backend(listener, config, backend, shutdown_signal()).await;
         Ok(())
-    })
+    }
 }
 
 /// Resolves on SIGINT or SIGTERM.

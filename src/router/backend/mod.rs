@@ -22,14 +22,27 @@
 //!
 //! The contract is tested once, generically, in [`contract`]; every
 //! backend runs that suite.
+//!
+//! **Shared queues** (issue 10). A backend several routers share (Redis)
+//! also carries what one router must tell another: frames committed for a
+//! device whose session is elsewhere, a newer session of a device starting
+//! elsewhere, a device removed elsewhere ([`ClusterEvent`], from
+//! [`Backend::events`]). These are hints: a router re-checks its sessions'
+//! queues and claims after reconnecting to the store and on every
+//! heartbeat, so a lost event delays, never loses. One live session per
+//! `(key, device)` across routers is kept by numbered claims
+//! ([`Backend::claim`]): the newest wins, an older one ends with 4000. The
+//! defaults of these methods are those of a queue one router owns alone.
 
 #[cfg(test)]
 pub mod contract;
+pub mod redis;
 pub mod sqlite;
 
 use std::future::Future;
 use std::sync::Arc;
 
+use tokio::sync::mpsc;
 use uuid::Uuid;
 
 use crate::identity::PublicKey;
@@ -139,6 +152,42 @@ pub struct Queued {
     pub text: Arc<str>,
 }
 
+/// What another router sharing the queue tells this one. Every event is a
+/// hint (it may be lost, late or repeated): sessions act on it at once and
+/// re-check on their heartbeat anyway.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClusterEvent {
+    /// A frame another router committed, for `devices` whose sessions this
+    /// router holds (by their claims): hand it over as a local commit.
+    Frame {
+        /// The frame as stored.
+        frame: Queued,
+        /// The devices of `frame.recipient` it waits for.
+        devices: Vec<Uuid>,
+    },
+    /// A session of `device` of `key` started on another router with
+    /// `claim`: a session here with an older claim ends (close 4000).
+    Replaced {
+        /// The key.
+        key: PublicKey,
+        /// Its device.
+        device: Uuid,
+        /// The newer session's claim ([`Backend::claim`]).
+        claim: u64,
+    },
+    /// `device` of `key` was removed through another router: its session
+    /// here ends (close 4001).
+    DeviceRemoved {
+        /// The key.
+        key: PublicKey,
+        /// The removed device.
+        device: Uuid,
+    },
+    /// Events may have been lost (the router was cut off from the store
+    /// and is back): every session re-checks its queue and claim now.
+    Recheck,
+}
+
 /// Why the queue failed.
 #[derive(Debug, thiserror::Error)]
 pub enum BackendError {
@@ -169,6 +218,14 @@ pub enum BackendError {
     /// The queue was closed (the router is shutting down).
     #[error("the queue is closed: the router is shutting down")]
     Closed,
+    /// Redis answered with an error, or could not be reached.
+    #[error("redis: {0}")]
+    Redis(#[from] ::redis::RedisError),
+    /// The Redis backend cannot start as configured (bad URL, unreadable
+    /// password file, persistence that would lose acknowledged frames):
+    /// what is wrong and what to do.
+    #[error("{0}")]
+    RedisSetup(String),
 }
 
 /// The storage a router queues frames in.
@@ -260,8 +317,61 @@ pub trait Backend: Send + Sync + 'static {
         before: String,
     ) -> impl Future<Output = Result<Expired, BackendError>> + Send + 'static;
 
-    /// How many frames the queue holds now (for `/metrics`).
+    /// How many frames the queue holds now (for `/metrics`; a shared
+    /// backend may answer an estimate).
     fn depth(&self) -> impl Future<Output = Result<u64, BackendError>> + Send + 'static;
+
+    /// Whether other routers share this queue: sessions then re-check
+    /// their queue and claim on every heartbeat (see [`ClusterEvent`]).
+    fn is_shared(&self) -> bool {
+        false
+    }
+
+    /// The events other routers send this one; `None` for a queue one
+    /// router owns. Taken once, when the router starts serving.
+    fn events(&self) -> Option<mpsc::UnboundedReceiver<ClusterEvent>> {
+        None
+    }
+
+    /// Claims the live session of `device` of `key` for this router, with
+    /// a number larger than any earlier claim of that device; a router
+    /// holding an older claim is sent [`ClusterEvent::Replaced`].
+    fn claim(
+        &self,
+        _key: PublicKey,
+        _device: Uuid,
+    ) -> impl Future<Output = Result<u64, BackendError>> + Send + 'static {
+        std::future::ready(Ok(0))
+    }
+
+    /// Whether `claim` is still the newest claim of `device` of `key` (the
+    /// heartbeat's check, which catches a lost [`ClusterEvent::Replaced`];
+    /// false too once the device was removed).
+    fn holds_claim(
+        &self,
+        _key: PublicKey,
+        _device: Uuid,
+        _claim: u64,
+    ) -> impl Future<Output = Result<bool, BackendError>> + Send + 'static {
+        std::future::ready(Ok(true))
+    }
+
+    /// Gives `claim` up when its session ends (nothing if a newer claim
+    /// replaced it).
+    fn release(
+        &self,
+        _key: PublicKey,
+        _device: Uuid,
+        _claim: u64,
+    ) -> impl Future<Output = Result<(), BackendError>> + Send + 'static {
+        std::future::ready(Ok(()))
+    }
+
+    /// Whether the queue is usable now, or why not (for `/healthz`, and to
+    /// refuse new sessions while it is not). Cheap: no round trip.
+    fn health(&self) -> Result<(), String> {
+        Ok(())
+    }
 
     /// Finishes every submission made so far, then refuses new ones.
     fn close(&self) -> impl Future<Output = ()> + Send + 'static;
