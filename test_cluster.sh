@@ -252,6 +252,8 @@ bob init >/dev/null
 alice add-contact bob "$(bob whoami --key)" >/dev/null
 bob add-contact alice "$(alice whoami --key)" >/dev/null
 ok "alice and bob know each other"
+expect "doctor's router check through HAProxy" \
+    "$(alice doctor --json | jq -r '.checks[] | select(.name == "router") | .status')" ok
 
 step "Alice and bob stay online (sync --watch): one session on each router"
 go_online alice
@@ -356,4 +358,4 @@ fi
 ok "not in the routers' logs"
 
 printf '\n%sAll checks passed.%s\n' "$BOLD" "$PLAIN"
-echo "cluster: $CHECKS passed, 0 failed"
+echo "cluster: $CHECKS passed, 0 failed, in ${SECONDS}s"
