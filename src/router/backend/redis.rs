@@ -43,7 +43,7 @@
 //! # Scripts
 //!
 //! Lua files beside this one, each prefixed with `lib.lua`, each atomic
-//! and each on one recipient's keys (see [`scripts`]):
+//! and each on one recipient's keys (module `scripts`):
 //!
 //! - `enqueue.lua`: per frame, in order: not needed (to one's own key, no
 //!   other device), over quota, duplicate, or stored with a new seq and a
@@ -62,7 +62,7 @@
 //!
 //! Frames and acknowledgements go through one writer task that sends all
 //! that is waiting as one pipeline with one script call per recipient
-//! ([`writer`]). The deployment-wide bookkeeping is kept beside the scripts
+//! (module `writer`). The deployment-wide bookkeeping is kept beside the scripts
 //! with separate commands, so no script spans two slots: the recipients
 //! set (`SADD` after the script that gave a recipient its first frame or
 //! device; `SREM` when retention finds a recipient idle, then re-added if
@@ -82,11 +82,13 @@
 //! frames. [`RedisBackend::open`] reads these settings (`CONFIG GET`) and
 //! refuses a Redis without an append-only file unless told otherwise
 //! ([`RedisConfig::allow_volatile`]). While Redis is unreachable every
-//! operation fails within a few seconds ([`health`]); nothing is spooled.
+//! operation fails within a few seconds (module `health`); nothing is
+//! spooled.
 //!
 //! # Routers
 //!
-//! Each router has a random id and subscribes to its channel ([`events`]);
+//! Each router has a random id and subscribes to its channel (module
+//! `events`);
 //! what arrives there becomes [`ClusterEvent`]s. Those are hints: after a
 //! lost subscription the router gets [`ClusterEvent::Recheck`].
 

@@ -20,7 +20,7 @@ use redis::{Cmd, Value};
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
-use super::health::Health;
+use super::health::{self, Health};
 use super::keys::{self, Names};
 use super::scripts::{self, evalsha, SCRIPTS};
 use super::setup::OP_TIMEOUT;
@@ -156,7 +156,14 @@ impl Writer {
         let run = scripts::run(&mut self.conn, all);
         let outcome = match tokio::time::timeout(OP_TIMEOUT, run).await {
             Ok(Ok(replies)) => {
-                self.health.up();
+                let refused = replies.iter().find_map(|v| match v {
+                    Value::ServerError(e) if health::unable(e.code()) => Some(e),
+                    _ => None,
+                });
+                match refused {
+                    Some(e) => self.health.down(&format!("{e:?}")),
+                    None => self.health.up(),
+                }
                 Ok(replies)
             }
             Ok(Err(e)) => {
