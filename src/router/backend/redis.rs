@@ -32,13 +32,13 @@
 //! forgotten), or when it expires; its dedup entry goes with it, so an id
 //! acknowledged may be queued again, as with SQLite.
 //!
-//! Memory per frame: one `f` entry (about 80 bytes of overhead, 73 of
-//! header, the text), its dedup entry in `f` (about 110 bytes) and one `w` member
-//! per device it waits for (about 20 bytes while a recipient has fewer
-//! than 128 waits, about 90 beyond): some 300 bytes beside the text for a
-//! one-device recipient. Per recipient: the counters (kept for good, so a
-//! seq or claim is never reused) and its device records (removed ones are kept, so
-//! a removed device stays refused, as with SQLite).
+//! Memory per frame: in `f` the record (73 bytes of header beside the
+//! text) and its dedup entry, and in `w` one member per device it waits
+//! for; measured with Redis 7.0 (jemalloc), 150-byte texts and 180 frames
+//! waiting per recipient: about 300 bytes per frame in all, so some 150
+//! beside the text. Per recipient: the counters (kept for good, so a seq or
+//! claim is never reused) and its device records (removed ones are kept,
+//! so a removed device stays refused, as with SQLite).
 //!
 //! # Scripts
 //!
@@ -246,12 +246,12 @@ impl RedisBackend {
         let router_id = Uuid::new_v4().to_string();
         let names = Names::new(&config.prefix);
         let channel = names.channel(&router_id);
-        let stream = events::subscribe(&client, &channel).await.map_err(|e| {
+        let subscription = events::subscribe(&client, &channel).await.map_err(|e| {
             BackendError::RedisSetup(format!("cannot subscribe to Redis at {shown}: {e}"))
         })?;
         let (events_tx, events_rx) = mpsc::unbounded_channel();
         let health = Health::new(shown);
-        let subscriber = tokio::spawn(events::run(client, channel, stream, events_tx));
+        let subscriber = tokio::spawn(events::run(client, channel, subscription, events_tx));
         let pinger = tokio::spawn(health::pinger(conn.clone(), Arc::clone(&health)));
         let (ops, rx) = mpsc::channel(WRITER_QUEUE);
         let writer = Writer {
@@ -425,7 +425,10 @@ impl Backend for RedisBackend {
         &self,
         devices: Vec<(PublicKey, Uuid)>,
     ) -> impl std::future::Future<Output = Result<(), BackendError>> + Send + 'static {
-        self.call(move |inner, mut conn| {
+        if devices.is_empty() {
+            return futures_util::future::Either::Left(std::future::ready(Ok(())));
+        }
+        futures_util::future::Either::Right(self.call(move |inner, mut conn| {
             let devices = devices.clone();
             async move {
                 let mut by_key: Vec<([u8; 32], Vec<String>)> = Vec::new();
@@ -455,7 +458,7 @@ impl Backend for RedisBackend {
                 }
                 Ok(())
             }
-        })
+        }))
     }
 
     fn devices(
