@@ -38,6 +38,8 @@ struct Control {
     down: AtomicBool,
     /// Only fetches fail.
     fetch_fails: AtomicBool,
+    /// Only claims fail.
+    claims_fail: AtomicBool,
     /// Fetches that failed so far.
     fetch_failures: AtomicU64,
     /// Whether the queue says other routers share it.
@@ -204,7 +206,8 @@ impl Backend for TestQueue {
             .lock()
             .unwrap()
             .insert((key, device), claim);
-        gated(self.up().then(|| std::future::ready(Ok(claim))))
+        let fails = self.control.claims_fail.load(SeqCst);
+        gated((self.up() && !fails).then(|| std::future::ready(Ok(claim))))
     }
 
     fn holds_claim(
@@ -537,4 +540,43 @@ async fn a_replacement_whose_event_was_lost_ends_the_session_on_a_heartbeat() {
         closed(&mut bob_ws).await,
         (4000, "replaced by a newer session for this key".to_owned())
     );
+}
+
+#[tokio::test]
+async fn a_login_whose_claim_fails_is_refused_with_1013() {
+    let dir = tempfile::tempdir().unwrap();
+    let (queue, _events) = TestQueue::open(dir.path(), true);
+    queue.control.claims_fail.store(true, SeqCst);
+    let router = Running::start(dir.path(), queue.clone(), Duration::from_secs(30)).await;
+    let bob = Identity::generate();
+    let key = percent_encoding::utf8_percent_encode(
+        &bob.public_key().to_base64(),
+        percent_encoding::NON_ALPHANUMERIC,
+    )
+    .to_string();
+    let url = format!("ws://{}/ws?pub={key}", router.addr);
+    let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    let Some(Frame::Challenge(c)) = next(&mut ws).await else {
+        panic!("no challenge")
+    };
+    let name = protocol::router_name(&format!("ws://{}/ws", router.addr)).unwrap();
+    let who = protocol::AuthFor {
+        device: &device_of(&bob),
+        name: "test",
+        router: &name,
+    };
+    let auth = protocol::sign_challenge(&bob, protocol::VERSION, &c.nonce, who);
+    send(&mut ws, protocol::to_text(&Frame::Auth(auth))).await;
+    match next(&mut ws).await {
+        Some(Frame::Error(e)) => assert_eq!(e.code, ErrorCode::Internal),
+        other => panic!("expected internal, got {other:?}"),
+    }
+    assert_eq!(
+        closed(&mut ws).await,
+        (1013, "queue unavailable; reconnect later".to_owned())
+    );
+    // Once claims work again, so do logins.
+    queue.control.claims_fail.store(false, SeqCst);
+    let mut bob_ws = session(router.addr, &bob).await;
+    assert!(matches!(next(&mut bob_ws).await, Some(Frame::Synced)));
 }

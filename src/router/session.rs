@@ -162,7 +162,8 @@ pub(super) async fn handle_connection<B: Backend>(
         shared: &shared,
     };
     if let Err(cause) = shared.backend.health() {
-        tracing::warn!(client = %log_id(&key), %cause, "the queue is unavailable; refusing a session");
+        // The outage itself is logged once, by the queue.
+        tracing::debug!(client = %log_id(&key), %cause, "the queue is unavailable; refusing a session");
         conn.refuse_unavailable().await;
         return;
     }
