@@ -378,7 +378,9 @@ impl<'a, B: Backend, S: AsyncRead + AsyncWrite + Unpin> Session<'a, B, S> {
                 () = signals.end.notified() => {
                     return Err(if signals.ended_by_removal() { Exit::Removed } else { Exit::Replaced });
                 }
-                () = signals.recheck.notified() => {
+                // Only other routers ask for re-checks: a queue of one
+                // router adds no waiter to register on every turn.
+                () = signals.recheck.notified(), if self.shared_queue => {
                     // The queue is back (or events were lost): now, not
                     // after the rest of a backoff.
                     retry = None;
