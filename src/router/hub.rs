@@ -37,9 +37,10 @@ pub struct Signals {
     pub end: Notify,
     /// Raised before `end` is notified for a removal.
     pub removed: AtomicBool,
-    /// Notified when the session must re-check its queue (a fetch after
-    /// its cursor) and its claim: events from other routers may have been
-    /// lost ([`Hub::recheck_all`]).
+    /// Notified when the session must re-check its queue (a fetch from
+    /// its start, see [`super::state::Delivery::on_recheck`]) and its
+    /// claim: events from other routers may have been lost
+    /// ([`Hub::recheck_all`]).
     pub recheck: Notify,
 }
 
