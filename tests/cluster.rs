@@ -528,3 +528,35 @@ async fn a_lost_wake_up_is_made_good_by_the_periodic_recheck() {
         "+OK"
     );
 }
+
+/// A replacement whose event is lost (the older session's router cannot
+/// subscribe, as in the test above) still ends the older session, on its
+/// next heartbeat: its claim is no longer the newest.
+#[tokio::test]
+async fn a_lost_replacement_is_caught_by_the_heartbeat() {
+    let c = Cluster::start(2, &["--ping-interval", "1"]);
+    let bob = Identity::generate();
+    let mut old = Client::connect(&c.addr(0), common::twin(&bob)).await;
+    assert!(backlog(&mut old).await.is_empty());
+    assert_eq!(
+        c.redis.command("ACL SETUSER default -subscribe").unwrap(),
+        "+OK"
+    );
+    assert_eq!(c.redis.command("CLIENT KILL TYPE pubsub").unwrap(), ":2");
+    let _new = Client::connect(&c.addr(1), bob).await;
+    let (close, _) = common::until_close(&mut old.ws).await;
+    let close = close.expect("a close frame");
+    assert_eq!(
+        (u16::from(close.code), close.reason.as_str()),
+        (4000, "replaced by a newer session for this key")
+    );
+    assert_eq!(
+        c.redis.command("PUBSUB CHANNELS").unwrap(),
+        "*0",
+        "not by an event"
+    );
+    assert_eq!(
+        c.redis.command("ACL SETUSER default +subscribe").unwrap(),
+        "+OK"
+    );
+}
