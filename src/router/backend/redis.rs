@@ -97,6 +97,7 @@ pub mod local;
 mod events;
 mod health;
 mod keys;
+mod retention;
 mod scripts;
 mod setup;
 mod wire;
@@ -112,7 +113,7 @@ use tokio::task::AbortHandle;
 use uuid::Uuid;
 
 use self::health::Health;
-use self::keys::{unhex32, Names};
+use self::keys::Names;
 use self::scripts::{evalsha, SCRIPTS};
 use self::setup::{Note, OP_TIMEOUT};
 use self::writer::{Op, Reply, Writer, WRITER_QUEUE};
@@ -168,12 +169,6 @@ pub fn redacted(url: &str) -> String {
         None => url.to_owned(),
     }
 }
-
-/// Retention's most deletions per script call (keeps each call short).
-const EXPIRE_STEP: u64 = 1000;
-
-/// Recipients read from the retention set per `SSCAN` step.
-const SCAN_STEP: u64 = 200;
 
 /// The largest seq a wait's score can carry (`2⁴⁰ - 1`).
 const MAX_SEQ: i64 = (1 << 40) - 1;
@@ -594,34 +589,7 @@ impl Backend for RedisBackend {
         &self,
         before: String,
     ) -> impl std::future::Future<Output = Result<Expired, BackendError>> + Send + 'static {
-        let inner = Arc::clone(&self.inner);
-        async move {
-            if inner.closed.load(Ordering::Acquire) {
-                return Err(BackendError::Closed);
-            }
-            // Many steps, each bounded (a retention pass over a large
-            // deployment takes as long as it takes).
-            let mut conn = inner.conn.clone();
-            let mut total = Expired::default();
-            let mut cursor = 0u64;
-            loop {
-                let mut scan = redis::cmd("SSCAN");
-                scan.arg(inner.names.recipients())
-                    .arg(cursor)
-                    .arg("COUNT")
-                    .arg(SCAN_STEP);
-                let scan = scan.query_async::<(u64, Vec<String>)>(&mut conn);
-                let (next, batch) = bounded(&inner, scan).await?;
-                let gone = bounded(&inner, expire_some(&inner, &mut conn, batch, &before)).await?;
-                total.frames += gone.frames;
-                total.devices += gone.devices;
-                if next == 0 {
-                    break;
-                }
-                cursor = next;
-            }
-            Ok(total)
-        }
+        retention::expire(Arc::clone(&self.inner), before)
     }
 
     fn depth(
@@ -743,81 +711,6 @@ async fn bounded<T, E: Into<BackendError>>(
             )))
         }
     }
-}
-
-/// Retention for the recipients `batch` (hex, from the recipients set):
-/// runs expire.lua on each until it is done, drops idle recipients from
-/// the set, and adjusts the depth counter.
-async fn expire_some(
-    inner: &Inner,
-    conn: &mut ConnectionManager,
-    batch: Vec<String>,
-    before: &str,
-) -> Result<Expired, BackendError> {
-    let names = &inner.names;
-    let mut total = Expired::default();
-    let mut deleted = 0i64;
-    let (mut pending, junk): (Vec<String>, Vec<String>) =
-        batch.into_iter().partition(|hex| unhex32(hex).is_some());
-    let mut idle = junk;
-    while !pending.is_empty() {
-        let cmds = pending
-            .iter()
-            .map(|hex| {
-                let k = names.recipient_hex(hex.clone());
-                let mut cmd = evalsha(&SCRIPTS.expire, &[&k.f, &k.w, &k.slots, &k.dev, &k.sess]);
-                cmd.arg(before).arg(EXPIRE_STEP);
-                cmd
-            })
-            .collect();
-        let replies = scripts::run(conn, cmds).await?;
-        let mut again = Vec::new();
-        for (hex, reply) in pending.into_iter().zip(&replies) {
-            let parts: Option<Vec<i64>> = wire::array(reply)
-                .map(|items| items.iter().map(wire::int).collect())
-                .unwrap_or(None);
-            let Some([expired, forgotten, released, more, empty]) =
-                parts.as_deref().and_then(|p| <[i64; 5]>::try_from(p).ok())
-            else {
-                tracing::error!(recipient = hex, reply = ?reply, "retention failed for a recipient");
-                continue;
-            };
-            total.frames += expired.max(0) as u64;
-            total.devices += forgotten.max(0) as u64;
-            deleted += expired + released;
-            if more == 1 {
-                again.push(hex);
-            } else if empty == 1 {
-                idle.push(hex);
-            }
-        }
-        pending = again;
-    }
-    count(conn, names, -deleted).await?;
-    for hex in idle {
-        // Dropped from the set, then put back if anything arrived between
-        // the script and here (an enqueue's SADD follows its script).
-        let k = names.recipient_hex(hex.clone());
-        let (_, fields, devices): (i64, i64, i64) = redis::pipe()
-            .cmd("SREM")
-            .arg(names.recipients())
-            .arg(&hex)
-            .cmd("HLEN")
-            .arg(&k.f)
-            .cmd("EXISTS")
-            .arg(&k.slots)
-            .query_async(conn)
-            .await?;
-        // `f` keeps the seq counter: more than that is a frame.
-        if fields > 1 || devices > 0 {
-            redis::cmd("SADD")
-                .arg(names.recipients())
-                .arg(&hex)
-                .exec_async(conn)
-                .await?;
-        }
-    }
-    Ok(total)
 }
 
 #[cfg(test)]
