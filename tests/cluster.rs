@@ -128,7 +128,7 @@ async fn connect_when_up(addr: &str, id: &Identity) -> Client {
     panic!("{addr} never accepted a session");
 }
 
-/// The bodies of the messages `client` gets until `synced`, acking none.
+/// The frames `client` gets until `synced` (its backlog), acking none.
 async fn backlog(client: &mut Client) -> Vec<Frame> {
     client.until_synced().await
 }
