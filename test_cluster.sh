@@ -195,6 +195,21 @@ ok "router 1 on ${ROUTER_ADDR[1]} (pid ${ROUTER_PIDS[1]}), router 2 on ${ROUTER_
 expect "router 1 /healthz" "$(healthz 1)" 200
 expect "router 2 /healthz" "$(healthz 2)" 200
 
+step "Check docs/deploy/chat-p2p-router.service"
+if command -v systemd-analyze >/dev/null; then
+    # Verified as installed, with this build as its binary.
+    sed "s#/usr/local/bin/chat-p2p#$BIN#" docs/deploy/chat-p2p-router.service \
+        >"$WORK/chat-p2p-router.service"
+    # It exits 0 on a misspelt or unparsable setting: any output is a failure.
+    if ! systemd-analyze verify "$WORK/chat-p2p-router.service" >"$WORK/systemd.out" 2>&1 ||
+        [ -s "$WORK/systemd.out" ]; then
+        fail "systemd-analyze verify: $(cat "$WORK/systemd.out")"
+    fi
+    ok "systemd-analyze verify accepts the unit, without a warning"
+else
+    echo "    not checked: no systemd-analyze here (Debian package systemd)"
+fi
+
 step "Start HAProxy from docs/deploy/haproxy.cfg on 127.0.0.1:$HAPROXY_PORT"
 # The guide's file with this test's addresses, certificate and log, and
 # without what needs a system install (chroot, user, daemon, stats socket).
