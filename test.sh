@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The one test command: installs what the tests need and is missing, then
 # runs the test suite. Arguments go to `cargo test` unchanged, e.g.
-#   ./test.sh --test router_cluster
+#   ./test.sh --test cluster
 #   ./test.sh --lib router::
 #
 # The tests start real programs rather than skip when one is missing:
