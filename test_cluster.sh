@@ -84,12 +84,13 @@ wait_for() {
     done
     fail "gave up waiting (30 s) for: $what"
 }
-# A port nothing listens on now. Whoever binds it must still retry on a
-# clash: another program can take it in between.
+# A port nothing listens on now, below Linux's range for outgoing
+# connections (32768 and up), so no client socket takes it meanwhile.
+# Whoever binds it still retries on a clash where it can.
 free_port() {
     local port
     for _ in $(seq 100); do
-        port=$((20000 + RANDOM % 40000))
+        port=$((20000 + RANDOM % 12000))
         if ! (: <"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
             echo "$port"
             return 0
