@@ -14,7 +14,10 @@
 //!   does under load) on the router holding its recipient;
 //! - `live`: each worker enqueues a frame, then acknowledges it at once on
 //!   the recipient's router: the router's steady state, store and ack
-//!   sharing pipelines.
+//!   sharing pipelines;
+//! - `rounds` (not by default): `BENCH_ROUND` (5000) frames stored, then
+//!   acknowledged, again and again: store and ack measured apart with
+//!   memory level, as in a steady state.
 //!
 //! For each phase it prints frames/s, Redis CPU µs per frame (`INFO cpu`:
 //! `used_cpu_sys + used_cpu_user` deltas), append-only file bytes per
@@ -59,6 +62,9 @@ struct Recipient {
 #[derive(Default)]
 struct Snapshot {
     cpu: f64,
+    sys: f64,
+    /// Reads from client sockets (each a pipeline or part of one).
+    reads: u64,
     aof: u64,
     /// command -> (calls, usec)
     commands: BTreeMap<String, (u64, u64)>,
@@ -73,7 +79,10 @@ async fn snapshot(conn: &mut redis::aio::MultiplexedConnection) -> Snapshot {
     let mut snap = Snapshot::default();
     for line in info.lines() {
         if let Some(v) = line.strip_prefix("used_cpu_sys:") {
-            snap.cpu += v.trim().parse::<f64>().unwrap_or(0.0);
+            snap.sys = v.trim().parse::<f64>().unwrap_or(0.0);
+            snap.cpu += snap.sys;
+        } else if let Some(v) = line.strip_prefix("total_reads_processed:") {
+            snap.reads = v.trim().parse().unwrap_or(0);
         } else if let Some(v) = line.strip_prefix("used_cpu_user:") {
             snap.cpu += v.trim().parse::<f64>().unwrap_or(0.0);
         } else if let Some(v) = line.strip_prefix("aof_current_size:") {
@@ -96,32 +105,80 @@ async fn snapshot(conn: &mut redis::aio::MultiplexedConnection) -> Snapshot {
     snap
 }
 
-fn report(phase: &str, frames: u64, secs: f64, before: &Snapshot, after: &Snapshot) {
-    let n = frames.max(1) as f64;
-    println!(
-        "{phase:>6}: {frames} frames in {secs:.2}s = {:.0} frames/s; Redis CPU {:.1} µs/frame; \
-         AOF {:.0} bytes/frame",
-        frames as f64 / secs,
-        (after.cpu - before.cpu) * 1e6 / n,
-        after.aof.saturating_sub(before.aof) as f64 / n,
-    );
-    let mut rows: Vec<(String, f64, f64)> = after
-        .commands
-        .iter()
-        .filter(|(name, _)| !matches!(name.as_str(), "info"))
-        .map(|(name, &(calls, usec))| {
-            let (c0, u0) = before.commands.get(name).copied().unwrap_or((0, 0));
-            (
-                name.clone(),
-                calls.saturating_sub(c0) as f64 / n,
-                usec.saturating_sub(u0) as f64 / n,
-            )
-        })
-        .filter(|(_, calls, _)| *calls > 0.0)
-        .collect();
-    rows.sort_by(|a, b| b.2.total_cmp(&a.2));
-    for (name, calls, usec) in rows {
-        println!("        {name:<18} {calls:>7.3} calls/frame {usec:>7.2} µs/frame");
+/// What Redis did between two snapshots, for `frames` frames.
+#[derive(Default)]
+struct Delta {
+    frames: u64,
+    secs: f64,
+    cpu: f64,
+    sys: f64,
+    aof: u64,
+    reads: u64,
+    commands: BTreeMap<String, (u64, u64)>,
+}
+
+impl Delta {
+    fn between(before: &Snapshot, after: &Snapshot, frames: u64, secs: f64) -> Self {
+        let commands = after
+            .commands
+            .iter()
+            .filter(|(name, _)| name.as_str() != "info")
+            .map(|(name, &(calls, usec))| {
+                let (c0, u0) = before.commands.get(name).copied().unwrap_or((0, 0));
+                (
+                    name.clone(),
+                    (calls.saturating_sub(c0), usec.saturating_sub(u0)),
+                )
+            })
+            .filter(|(_, (calls, _))| *calls > 0)
+            .collect();
+        Self {
+            frames,
+            secs,
+            cpu: after.cpu - before.cpu,
+            sys: after.sys - before.sys,
+            aof: after.aof.saturating_sub(before.aof),
+            reads: after.reads.saturating_sub(before.reads),
+            commands,
+        }
+    }
+
+    fn add(&mut self, other: Delta) {
+        self.frames += other.frames;
+        self.secs += other.secs;
+        self.cpu += other.cpu;
+        self.sys += other.sys;
+        self.aof += other.aof;
+        self.reads += other.reads;
+        for (name, (calls, usec)) in other.commands {
+            let entry = self.commands.entry(name).or_default();
+            entry.0 += calls;
+            entry.1 += usec;
+        }
+    }
+
+    fn report(&self, phase: &str) {
+        let n = self.frames.max(1) as f64;
+        println!(
+            "{phase:>7}: {} frames in {:.2}s = {:.0} frames/s; Redis CPU {:.1} µs/frame \
+             ({:.1} in the kernel); AOF {:.0} bytes/frame; {:.2} socket reads/frame",
+            self.frames,
+            self.secs,
+            self.frames as f64 / self.secs,
+            self.cpu * 1e6 / n,
+            self.sys * 1e6 / n,
+            self.aof as f64 / n,
+            self.reads as f64 / n,
+        );
+        let mut rows: Vec<(&String, f64, f64)> = self
+            .commands
+            .iter()
+            .map(|(name, &(calls, usec))| (name, calls as f64 / n, usec as f64 / n))
+            .collect();
+        rows.sort_by(|a, b| b.2.total_cmp(&a.2));
+        for (name, calls, usec) in rows {
+            println!("         {name:<18} {calls:>7.3} calls/frame {usec:>7.2} µs/frame");
+        }
     }
 }
 
@@ -145,7 +202,7 @@ fn frame(i: u64, recipients: &[Arc<Recipient>], senders: &[[u8; 32]], text: &Arc
     }
 }
 
-fn recipient_of<'a>(recipients: &'a [Arc<Recipient>], i: u64) -> &'a Arc<Recipient> {
+fn recipient_of(recipients: &[Arc<Recipient>], i: u64) -> &Arc<Recipient> {
     &recipients[(mix(i + 1) % recipients.len() as u64) as usize]
 }
 
@@ -228,9 +285,9 @@ async fn run() -> anyhow::Result<()> {
         let device = Uuid::new_v4();
         let holder = (i % 2) as usize;
         backends[holder]
-            .register(key.clone(), device, "bench".into())
+            .register(key, device, "bench".into())
             .await?;
-        backends[holder].claim(key.clone(), device).await?;
+        backends[holder].claim(key, device).await?;
         recipients.push(Arc::new(Recipient {
             key,
             device,
@@ -247,18 +304,60 @@ async fn run() -> anyhow::Result<()> {
     let text: Arc<str> = Arc::from("x".repeat(text_len));
 
     for phase in phases.split(',') {
+        if phase == "rounds" {
+            // Store then acknowledge `round` frames at a time, so memory
+            // stays level as in a router's steady state, with store and
+            // ack measured apart.
+            let round = env("BENCH_ROUND", 5000).max(1);
+            let (mut stored, mut acked) = (Delta::default(), Delta::default());
+            for r in 0..frames_n.div_ceil(round) {
+                let offset = (2 << 40) + r * round;
+                let s0 = snapshot(&mut info).await;
+                let start = Instant::now();
+                let n = store(
+                    &backends,
+                    &recipients,
+                    &senders,
+                    &text,
+                    offset,
+                    round,
+                    inflight,
+                )
+                .await?;
+                let s1 = snapshot(&mut info).await;
+                stored.add(Delta::between(&s0, &s1, n, start.elapsed().as_secs_f64()));
+                let start = Instant::now();
+                let n = ack(&backends, &recipients, inflight).await?;
+                let s2 = snapshot(&mut info).await;
+                acked.add(Delta::between(&s1, &s2, n, start.elapsed().as_secs_f64()));
+            }
+            stored.report("r-store");
+            acked.report("r-ack");
+            continue;
+        }
         let before = snapshot(&mut info).await;
         let start = Instant::now();
         let frames = match phase {
-            "store" => store(&backends, &recipients, &senders, &text, frames_n, inflight).await,
+            "store" => {
+                store(
+                    &backends,
+                    &recipients,
+                    &senders,
+                    &text,
+                    0,
+                    frames_n,
+                    inflight,
+                )
+                .await
+            }
             "fetch" => fetch(&backends, &recipients, inflight).await,
             "ack" => ack(&backends, &recipients, inflight).await,
             "live" => live(&backends, &recipients, &senders, &text, frames_n, inflight).await,
-            other => anyhow::bail!("unknown phase {other:?}: store, fetch, ack or live"),
+            other => anyhow::bail!("unknown phase {other:?}: store, fetch, ack, live or rounds"),
         }?;
         let secs = start.elapsed().as_secs_f64();
         let after = snapshot(&mut info).await;
-        report(phase, frames, secs, &before, &after);
+        Delta::between(&before, &after, frames, secs).report(phase);
     }
     println!(
         "frames handed to the other router by pub/sub: {}",
@@ -304,6 +403,7 @@ async fn store(
     recipients: &Arc<Vec<Arc<Recipient>>>,
     senders: &Arc<Vec<[u8; 32]>>,
     text: &Arc<str>,
+    offset: u64,
     n: u64,
     inflight: u64,
 ) -> anyhow::Result<u64> {
@@ -314,6 +414,7 @@ async fn store(
         Arc::clone(text),
     );
     spread(n, inflight, move |i| {
+        let i = i + offset;
         let f = frame(i, &recipients, &senders, &text);
         let r = Arc::clone(recipient_of(&recipients, i));
         let via = backends[(mix(i ^ 0x5555) % 2) as usize].clone();
@@ -351,7 +452,7 @@ async fn fetch(
         async move {
             let mut after = 0;
             loop {
-                let rows = b.fetch(r.key.clone(), r.device, after, 128).await?;
+                let rows = b.fetch(r.key, r.device, after, 128).await?;
                 let Some(last) = rows.last() else { break };
                 after = last.seq;
                 count.fetch_add(rows.len() as u64, Ordering::Relaxed);
@@ -398,7 +499,7 @@ async fn ack(
         let r = Arc::clone(&list[r]);
         let b = backends[r.holder].clone();
         async move {
-            let done = b.remove(r.key.clone(), r.device, vec![seq]).await?;
+            let done = b.remove(r.key, r.device, vec![seq]).await?;
             anyhow::ensure!(done == 1, "seq {seq} was not waiting");
             Ok(())
         }
@@ -433,7 +534,7 @@ async fn live(
                 Some(Enqueued::Stored { frame, .. }) => frame.seq,
                 other => anyhow::bail!("frame not stored: {other:?}"),
             };
-            let done = holder.remove(r.key.clone(), r.device, vec![seq]).await?;
+            let done = holder.remove(r.key, r.device, vec![seq]).await?;
             anyhow::ensure!(done == 1, "seq {seq} was not waiting");
             Ok(())
         }
