@@ -485,7 +485,8 @@ fn each_device_gets_its_copy_whichever_router_it_uses() {
 }
 
 /// A wake-up lost without the recipient's router noticing is made good by
-/// the periodic re-check (every heartbeat, `--ping-interval 1` here).
+/// the periodic re-check (every second here: `--ping-interval 1
+/// --recheck-interval 1`).
 ///
 /// How the wake-up is lost, faithfully: the routers' pub/sub connections
 /// are killed (`CLIENT KILL TYPE pubsub`) while the default Redis user may
@@ -497,7 +498,7 @@ fn each_device_gets_its_copy_whichever_router_it_uses() {
 /// re-check can deliver the frame.
 #[tokio::test]
 async fn a_lost_wake_up_is_made_good_by_the_periodic_recheck() {
-    let c = Cluster::start(2, &["--ping-interval", "1"]);
+    let c = Cluster::start(2, &["--ping-interval", "1", "--recheck-interval", "1"]);
     let mut alice = Client::connect(&c.addr(0), Identity::generate()).await;
     let mut bob = Client::connect(&c.addr(1), Identity::generate()).await;
     assert!(backlog(&mut bob).await.is_empty());
@@ -534,7 +535,7 @@ async fn a_lost_wake_up_is_made_good_by_the_periodic_recheck() {
 /// next heartbeat: its claim is no longer the newest.
 #[tokio::test]
 async fn a_lost_replacement_is_caught_by_the_heartbeat() {
-    let c = Cluster::start(2, &["--ping-interval", "1"]);
+    let c = Cluster::start(2, &["--ping-interval", "1", "--recheck-interval", "1"]);
     let bob = Identity::generate();
     let mut old = Client::connect(&c.addr(0), common::twin(&bob)).await;
     assert!(backlog(&mut old).await.is_empty());

@@ -254,6 +254,7 @@ impl Running {
         let addr = listener.local_addr().unwrap();
         let mut config = RouterConfig::new(dir.to_path_buf());
         config.ping_interval = ping;
+        config.recheck_interval = ping;
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         tokio::spawn(serve_with_backend(listener, config, queue, async {
             let _ = stopped.await;

@@ -55,6 +55,10 @@ pub struct RouterConfig {
     pub auth_timeout: Duration,
     /// Interval of WebSocket pings; a session silent for two is reaped.
     pub ping_interval: Duration,
+    /// With a queue other routers share: how often each session re-checks
+    /// its queue and its claim, in case a wake-up or a replacement from
+    /// another router was lost (rounded to whole heartbeats).
+    pub recheck_interval: Duration,
     /// How long a write to a client may take before it is dropped as too
     /// slow.
     pub write_timeout: Duration,
@@ -81,6 +85,7 @@ impl RouterConfig {
             max_connections: 20_000,
             auth_timeout: Duration::from_secs(10),
             ping_interval: Duration::from_secs(30),
+            recheck_interval: Duration::from_secs(300),
             write_timeout: Duration::from_secs(10),
             delivery_window: 256,
             shutdown_grace: Duration::from_secs(5),

@@ -274,6 +274,13 @@ fn close_for(exit: &Exit) -> Option<(CloseCode, &'static str)> {
     })
 }
 
+/// How many heartbeats of `ping` make `interval`, rounded up, at least one.
+fn beats_between(interval: Duration, ping: Duration) -> u32 {
+    let ping = ping.as_millis().max(1);
+    let every = interval.as_millis().div_ceil(ping).max(1);
+    u32::try_from(every).unwrap_or(u32::MAX)
+}
+
 /// The answer to one queue submission.
 enum Done {
     Enqueued(Uuid, Result<Vec<Enqueued>, BackendError>),
@@ -305,6 +312,10 @@ struct Session<'a, B, S> {
     /// The wait before the next fetch while fetches fail; zero when the
     /// last one succeeded.
     fetch_retry: Duration,
+    /// Heartbeats until the next re-check on a shared queue.
+    beats_to_recheck: u32,
+    /// Heartbeats between two re-checks.
+    recheck_every: u32,
 }
 
 impl<'a, B: Backend, S: AsyncRead + AsyncWrite + Unpin> Session<'a, B, S> {
@@ -333,7 +344,19 @@ impl<'a, B: Backend, S: AsyncRead + AsyncWrite + Unpin> Session<'a, B, S> {
             last_seen: Instant::now(),
             shared_queue,
             fetch_retry: Duration::ZERO,
+            beats_to_recheck: 0,
+            recheck_every: 0,
         }
+        .with_recheck_period(config.recheck_interval, config.ping_interval)
+    }
+
+    /// Sets how many heartbeats pass between re-checks, starting this
+    /// session at a random point of the period: sessions that signed in
+    /// together (after a router restart) then do not all re-check at once.
+    fn with_recheck_period(mut self, interval: Duration, ping: Duration) -> Self {
+        self.recheck_every = beats_between(interval, ping);
+        self.beats_to_recheck = 1 + rand::random::<u32>() % self.recheck_every;
+        self
     }
 
     async fn run(mut self) -> Exit {
@@ -744,7 +767,11 @@ impl<'a, B: Backend, S: AsyncRead + AsyncWrite + Unpin> Session<'a, B, S> {
         }
         if self.shared_queue {
             // Wake-ups and replacements from other routers are hints.
-            self.recheck();
+            self.beats_to_recheck = self.beats_to_recheck.saturating_sub(1);
+            if self.beats_to_recheck == 0 {
+                self.beats_to_recheck = self.recheck_every;
+                self.recheck();
+            }
         }
         let limit = self.conn.shared.config.write_timeout;
         match tokio::time::timeout(limit, self.conn.ws.send(Message::Ping(Vec::new().into()))).await
@@ -808,6 +835,16 @@ mod tests {
             assert!(row.contains(&format!("`{reason}`")), "{exit:?}: {row}");
         }
         assert!(close_for(&Exit::Closed).is_none());
+    }
+
+    #[test]
+    fn rechecks_are_whole_heartbeats_apart() {
+        let s = Duration::from_secs;
+        assert_eq!(beats_between(s(300), s(30)), 10);
+        assert_eq!(beats_between(s(301), s(30)), 11, "rounded up");
+        assert_eq!(beats_between(s(1), s(30)), 1, "at least every beat");
+        assert_eq!(beats_between(s(0), s(1)), 1);
+        assert_eq!(beats_between(s(86_400), Duration::ZERO), 86_400_000);
     }
 
     /// The device cap the document states is the router's.

@@ -121,8 +121,11 @@
 //!
 //! A frame is acknowledged once its script ran, which with `appendfsync
 //! always` means fsynced to the append-only file; with `everysec` (the
-//! usual choice) a Redis crash loses nothing but a crash of its machine
-//! can lose about the last second of acknowledged frames. Replication is
+//! usual choice) a crash of its machine can lose about the last second
+//! of acknowledged frames, and a crash of Redis alone nothing, unless a
+//! slow disk made Redis hold writes back (it then answers before writing,
+//! for up to two seconds: `aof_delayed_fsync` in `INFO persistence`
+//! counts those times). Replication is
 //! asynchronous: a replica promoted after a crash may lack the latest
 //! frames. [`RedisBackend::open`] reads these settings (`CONFIG GET`) and
 //! refuses a Redis without an append-only file unless told otherwise

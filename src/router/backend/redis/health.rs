@@ -79,6 +79,12 @@ pub(super) fn unable(code: &str) -> bool {
     )
 }
 
+/// How long a PING may take before Redis counts as down. Longer than a
+/// tick: under `appendfsync always` on a slow disk, Redis' main thread can
+/// sit in one fdatasync for over a second while it is merely busy, and
+/// refusing every sign-in for that would be worse than waiting.
+const PING_DEADLINE: Duration = Duration::from_secs(3);
+
 /// PINGs Redis every [`PING_EVERY`] (which also makes the connection
 /// manager reconnect while nothing else is sent), until aborted.
 pub(super) async fn pinger(mut conn: ConnectionManager, health: Arc<Health>) {
@@ -88,10 +94,10 @@ pub(super) async fn pinger(mut conn: ConnectionManager, health: Arc<Health>) {
         tick.tick().await;
         let cmd = redis::cmd("PING");
         let ping = cmd.query_async::<String>(&mut conn);
-        match tokio::time::timeout(PING_EVERY, ping).await {
+        match tokio::time::timeout(PING_DEADLINE, ping).await {
             Ok(Ok(_)) => health.up(),
             Ok(Err(e)) => health.note(&e),
-            Err(_) => health.down("no answer to PING within a second"),
+            Err(_) => health.down("no answer to PING within 3 seconds"),
         }
     }
 }

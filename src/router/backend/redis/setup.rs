@@ -168,8 +168,9 @@ pub(super) fn assess(
         )),
         "everysec" => Note::Info(format!(
             "Redis at {shown} fsyncs its append-only file every second (appendfsync \
-             everysec): a crash of Redis alone loses nothing, a crash of its machine can \
-             lose about the last second of acknowledged frames"
+             everysec): a crash of its machine can lose about the last second of \
+             acknowledged frames (up to two while a slow disk makes Redis hold writes \
+             back); a crash of Redis alone loses what it held back, usually nothing"
         )),
         other => Note::Warn(format!(
             "Redis at {shown} runs with appendfsync {other}: the OS writes the append-only \
