@@ -16,10 +16,46 @@ use crate::protocol::CONTROL_DEVICE;
 
 /// Expands to one `#[tokio::test]` per contract case. Each evaluates
 /// `$setup` once (a temporary directory, say) and opens its backend(s)
-/// with `$open`, a closure `|&setup, quota| -> impl Backend`.
+/// with `$open`, a closure `|&setup, quota| -> impl Backend`; written
+/// `backend_contract!(async setup, open)`, `$open` returns a future of
+/// the backend instead.
 #[macro_export]
 #[doc(hidden)]
 macro_rules! backend_contract {
+    // A backend whose `$open` is async (a closure returning a `'static`
+    // future): the cases run on a multi-threaded runtime, which lets the
+    // sync factory they take block on it.
+    (async $setup:expr, $open:expr) => {
+        $crate::backend_contract!(
+            async $setup, $open;
+            dedup_is_per_sender,
+            quota_is_per_device,
+            fetch_is_ordered_per_device,
+            an_ack_by_one_device_keeps_the_frame_for_the_other,
+            a_late_device_gets_no_older_frames,
+            the_first_device_gets_the_backlog,
+            frames_to_ones_own_key_skip_the_sending_device,
+            removed_devices_are_released_and_refused,
+            retention_forgets_devices_not_seen,
+            devices_are_listed_oldest_first,
+            the_device_count_is_capped,
+        );
+    };
+    (async $setup:expr, $open:expr; $($case:ident),+ $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $case() {
+                let setup = $setup;
+                let open = $open;
+                $crate::router::backend::contract::$case(|quota| {
+                    tokio::task::block_in_place(|| {
+                        tokio::runtime::Handle::current().block_on(open(&setup, quota))
+                    })
+                })
+                .await;
+            }
+        )+
+    };
     ($setup:expr, $open:expr) => {
         $crate::backend_contract!(
             $setup, $open;

@@ -1,22 +1,123 @@
 //! The Redis queue: several routers share one Redis (issue 10), so any
 //! router serves any client and a router can die without losing what it
-//! acknowledged.
+//! acknowledged. The contract is [`super::Backend`]'s, tested by the same
+//! suite as SQLite's ([`super::contract`]).
 //!
-//! Layout (every key of one recipient carries the hash tag `{<key hex>}`,
-//! so it lives in one slot and works unchanged on a Redis Cluster), atomic
-//! steps as Lua scripts beside this file, wake-ups and session claims over
-//! pub/sub: see the submodules. The contract is [`super::Backend`]'s, tested
-//! by the same suite as SQLite's ([`super::contract`]).
+//! # Key layout
+//!
+//! Every key of one recipient carries the hash tag `{<key as 64 lowercase
+//! hex>}`, so all of them live in one slot and every script below touches
+//! one slot only: the layout works unchanged on a Redis Cluster. With `P`
+//! the `--redis-prefix` and `{h}` the tag:
+//!
+//! | key | type | holds |
+//! |-----|------|-------|
+//! | `P:{h}:n` | hash | counters: `seq` (the recipient's frames), `claim` (its sessions) |
+//! | `P:{h}:f` | hash | seq → frame: `<at>\n<sender 32 bytes><id 16 bytes><text>` |
+//! | `P:{h}:dd` | hash | sender and id (48 bytes) → seq: the dedup index |
+//! | `P:{h}:w` | sorted set | waits: member `<slot>:<seq>`, score `slot·2⁴⁰ + seq` |
+//! | `P:{h}:slots` | hash | device → slot (0..32), live devices only |
+//! | `P:{h}:dev` | hash | device → `{"r":removed,"f":first seen,"l":last seen,"n":name}` |
+//! | `P:{h}:sess` | hash | device → `"<router id> <claim>"`: who holds its session |
+//! | `P:recipients` | set | every recipient hex with frames or devices (retention) |
+//! | `P:depth` | string | frames queued, deployment-wide: an estimate (below) |
+//! | channel `P:router:<id>` | pub/sub | events for the router `<id>` |
+//!
+//! Seqs are per recipient (`HINCRBY n seq`), which is all a session's
+//! cursor needs. A device's waits are one score range of `w`, in seq order:
+//! fetching is a range read, the quota a `ZCOUNT`, and a device registering
+//! beside others takes a free slot, whose range is empty, so it gets only
+//! what comes after it; the first device of a key takes slot 0, where a key
+//! without devices queues, and with it the backlog. A frame goes when the
+//! last wait for it goes (an acknowledgement, a device removed or
+//! forgotten), or when it expires; its dedup entry goes with it, so an id
+//! acknowledged may be queued again, as with SQLite.
+//!
+//! Memory per frame: one `f` entry (about 80 bytes of overhead, 73 of
+//! header, the text), one `dd` entry (about 110 bytes) and one `w` member
+//! per device it waits for (about 20 bytes while a recipient has fewer
+//! than 128 waits, about 90 beyond): some 300 bytes beside the text for a
+//! one-device recipient. Per recipient: the counters (kept for good, so a
+//! seq is never reused) and its device records (removed ones are kept, so
+//! a removed device stays refused, as with SQLite).
+//!
+//! # Scripts
+//!
+//! Lua files beside this one, each prefixed with `lib.lua`, each atomic
+//! and each on one recipient's keys (see [`scripts`]):
+//!
+//! - `enqueue.lua`: per frame, in order: not needed (to one's own key, no
+//!   other device), over quota, duplicate, or stored with a new seq and a
+//!   wait per device; then one `PUBLISH` per other router holding a claim
+//!   of a device the frames wait for (the enqueuing router tells its own
+//!   sessions directly).
+//! - `remove.lua` (acks): drops the device's waits, deletes frames nobody
+//!   waits for any more.
+//! - `register.lua`, `seen.lua`, `devices.lua`, `remove_device.lua` (which
+//!   releases the device's waits, keeps it refused, drops its claim and
+//!   tells the router holding that claim), `fetch.lua`.
+//! - `expire.lua`: frames older than the cutoff (a prefix of each range),
+//!   then devices not seen since; at most a thousand deletions a call.
+//! - `claim.lua` (a new number, `replaced` to the previous holder's
+//!   router), `release.lua` (compare and delete).
+//!
+//! Frames and acknowledgements go through one writer task that sends all
+//! that is waiting as one pipeline with one script call per recipient
+//! ([`writer`]). The deployment-wide bookkeeping is kept beside the scripts
+//! with separate commands, so no script spans two slots: the recipients
+//! set (`SADD` after each enqueue and registration; `SREM` when retention
+//! finds a recipient idle, then re-added if anything arrived meanwhile)
+//! and the depth counter, adjusted after the scripts that change the
+//! count. The counter is exact while routers run, but drifts if a router
+//! dies between a script and its adjustment: `/metrics` shows an estimate.
+//!
+//! # Durability
+//!
+//! A frame is acknowledged once its script ran, which with `appendfsync
+//! always` means fsynced to the append-only file; with `everysec` (the
+//! usual choice) a Redis crash loses nothing but a crash of its machine
+//! can lose about the last second of acknowledged frames. Replication is
+//! asynchronous: a replica promoted after a crash may lack the latest
+//! frames. [`RedisBackend::open`] reads these settings (`CONFIG GET`) and
+//! refuses a Redis without an append-only file unless told otherwise
+//! ([`RedisConfig::allow_volatile`]). While Redis is unreachable every
+//! operation fails within a few seconds ([`health`]); nothing is spooled.
+//!
+//! # Routers
+//!
+//! Each router has a random id and subscribes to its channel ([`events`]);
+//! what arrives there becomes [`ClusterEvent`]s. Those are hints: after a
+//! lost subscription the router gets [`ClusterEvent::Recheck`].
 
 pub mod local;
 
-use std::path::PathBuf;
+mod events;
+mod health;
+mod keys;
+mod scripts;
+mod setup;
+mod wire;
+mod writer;
 
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use redis::aio::ConnectionManager;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::AbortHandle;
 use uuid::Uuid;
 
-use super::{Backend, BackendError, DeviceRecord, Enqueued, Expired, NewFrame, Queued, Registered};
+use self::health::Health;
+use self::keys::{unhex32, Names};
+use self::scripts::{evalsha, SCRIPTS};
+use self::setup::{Note, OP_TIMEOUT};
+use self::writer::{Op, Reply, Writer, WRITER_QUEUE};
+use super::{
+    Backend, BackendError, ClusterEvent, DeviceRecord, Enqueued, Expired, NewFrame, Queued,
+    Registered, MAX_DEVICES,
+};
 use crate::identity::PublicKey;
-
 /// The default `--redis-prefix`.
 pub const DEFAULT_PREFIX: &str = "chat-p2p";
 
@@ -65,111 +166,661 @@ pub fn redacted(url: &str) -> String {
     }
 }
 
-/// The Redis implementation of [`Backend`].
+/// Retention's most deletions per script call (keeps each call short).
+const EXPIRE_STEP: u64 = 1000;
+
+/// Recipients read from the retention set per `SSCAN` step.
+const SCAN_STEP: u64 = 200;
+
+/// The largest seq a wait's score can carry (`2⁴⁰ - 1`).
+const MAX_SEQ: i64 = (1 << 40) - 1;
+
+/// The Redis implementation of [`Backend`] (see the module documentation).
 #[derive(Debug, Clone)]
 pub struct RedisBackend {
-    _config: RedisConfig,
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    conn: ConnectionManager,
+    names: Names,
+    /// This router's id: its channel's name and its claims' owner.
+    router_id: String,
+    ops: mpsc::Sender<Op>,
+    health: Arc<Health>,
+    events: Mutex<Option<mpsc::UnboundedReceiver<ClusterEvent>>>,
+    closed: AtomicBool,
+    /// The subscriber and the pinger, stopped with the backend.
+    tasks: Vec<AbortHandle>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
 }
 
 impl RedisBackend {
     /// Connects, checks Redis' persistence settings, loads the scripts and
     /// starts the subscriber.
     pub async fn open(config: RedisConfig) -> Result<Self, BackendError> {
-        Err(BackendError::RedisSetup(format!(
-            "the Redis backend is not built yet ({})",
-            redacted(&config.url)
-        )))
+        let shown = redacted(&config.url);
+        if config.prefix.contains(['{', '}']) {
+            return Err(BackendError::RedisSetup(format!(
+                "the Redis prefix {:?} contains a brace, which would change which keys \
+                 Redis keeps together: choose one without {{ or }}",
+                config.prefix
+            )));
+        }
+        let client = setup::client(&config)?;
+        let mut conn = setup::connect(&client, &shown).await?;
+        let settings = setup::persistence(&mut conn).await;
+        let notes = setup::assess(settings.as_ref(), config.allow_volatile, &shown)
+            .map_err(BackendError::RedisSetup)?;
+        for note in notes {
+            match note {
+                Note::Info(text) => tracing::info!("{text}"),
+                Note::Warn(text) => tracing::warn!("{text}"),
+            }
+        }
+        let load = SCRIPTS.load_all(&mut conn);
+        match tokio::time::timeout(OP_TIMEOUT, load).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                return Err(BackendError::RedisSetup(format!(
+                    "cannot load the router's scripts into Redis at {shown}: {e}"
+                )))
+            }
+            Err(_) => {
+                return Err(BackendError::RedisSetup(format!(
+                    "Redis at {shown} did not load the router's scripts in time"
+                )))
+            }
+        }
+        let router_id = Uuid::new_v4().to_string();
+        let names = Names::new(&config.prefix);
+        let channel = names.channel(&router_id);
+        let stream = events::subscribe(&client, &channel).await.map_err(|e| {
+            BackendError::RedisSetup(format!("cannot subscribe to Redis at {shown}: {e}"))
+        })?;
+        let (events_tx, events_rx) = mpsc::unbounded_channel();
+        let health = Health::new(shown);
+        let subscriber = tokio::spawn(events::run(client, channel, stream, events_tx));
+        let pinger = tokio::spawn(health::pinger(conn.clone(), Arc::clone(&health)));
+        let (ops, rx) = mpsc::channel(WRITER_QUEUE);
+        let writer = Writer {
+            conn: conn.clone(),
+            names: names.clone(),
+            router_id: router_id.clone(),
+            quota: config.quota,
+            health: Arc::clone(&health),
+            delta: 0,
+        };
+        tokio::spawn(writer.run(rx));
+        tracing::debug!(router_id, prefix = config.prefix, "Redis queue open");
+        Ok(Self {
+            inner: Arc::new(Inner {
+                conn,
+                names,
+                router_id,
+                ops,
+                health,
+                events: Mutex::new(Some(events_rx)),
+                closed: AtomicBool::new(false),
+                tasks: vec![subscriber.abort_handle(), pinger.abort_handle()],
+            }),
+        })
+    }
+
+    /// This router's id (its pub/sub channel is `<prefix>:router:<id>`).
+    pub fn router_id(&self) -> &str {
+        &self.inner.router_id
+    }
+
+    /// Submits `op` built around a fresh reply channel to the writer and
+    /// awaits the reply (handed over at once when there is room, so one
+    /// caller's submissions keep their order).
+    fn submit<T: Send + 'static>(
+        &self,
+        make: impl FnOnce(Reply<T>) -> Op,
+    ) -> impl std::future::Future<Output = Result<T, BackendError>> + Send + 'static {
+        let ops = self.inner.ops.clone();
+        let (tx, rx) = oneshot::channel();
+        let waiting = match ops.try_send(make(tx)) {
+            Ok(()) => None,
+            Err(mpsc::error::TrySendError::Full(op)) => Some(op),
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                return futures_util::future::Either::Left(std::future::ready(Err(
+                    BackendError::Closed,
+                )))
+            }
+        };
+        futures_util::future::Either::Right(async move {
+            if let Some(op) = waiting {
+                ops.send(op).await.map_err(|_| BackendError::Closed)?;
+            }
+            rx.await.map_err(|_| BackendError::Closed)?
+        })
+    }
+
+    /// Runs `work` on the connection within [`OP_TIMEOUT`], noting what
+    /// its outcome says of Redis' health.
+    fn call<T, F>(
+        &self,
+        work: impl FnOnce(Arc<Inner>, ConnectionManager) -> F,
+    ) -> impl std::future::Future<Output = Result<T, BackendError>> + Send + 'static
+    where
+        T: Send + 'static,
+        F: std::future::Future<Output = Result<T, BackendError>> + Send + 'static,
+    {
+        let inner = Arc::clone(&self.inner);
+        let closed = inner.closed.load(Ordering::Acquire);
+        let health = Arc::clone(&inner.health);
+        let work = (!closed).then(|| work(Arc::clone(&inner), inner.conn.clone()));
+        async move {
+            let Some(work) = work else {
+                return Err(BackendError::Closed);
+            };
+            match tokio::time::timeout(OP_TIMEOUT, work).await {
+                Ok(Ok(value)) => {
+                    health.up();
+                    Ok(value)
+                }
+                Ok(Err(BackendError::Redis(e))) => {
+                    health.note(&e);
+                    Err(BackendError::Redis(e))
+                }
+                Ok(Err(e)) => Err(e),
+                Err(_) => {
+                    let cause = format!("no answer within {}s", OP_TIMEOUT.as_secs());
+                    health.down(&cause);
+                    Err(BackendError::Redis(redis::RedisError::from(
+                        std::io::Error::new(std::io::ErrorKind::TimedOut, cause),
+                    )))
+                }
+            }
+        }
     }
 }
 
-fn unbuilt<T>() -> std::future::Ready<Result<T, BackendError>> {
-    std::future::ready(Err(BackendError::Closed))
+/// An unexpected reply from a script (a bug or a foreign key layout).
+fn unexpected(what: &str) -> BackendError {
+    BackendError::Commit(format!("unexpected reply from Redis to {what}"))
+}
+
+/// Adds `delta` to the deployment's depth counter.
+async fn count(
+    conn: &mut ConnectionManager,
+    names: &Names,
+    delta: i64,
+) -> Result<(), BackendError> {
+    if delta != 0 {
+        redis::cmd("INCRBY")
+            .arg(names.depth())
+            .arg(delta)
+            .exec_async(conn)
+            .await?;
+    }
+    Ok(())
+}
+
+/// One device record as `dev` stores it.
+#[derive(serde::Deserialize)]
+struct DeviceJson {
+    #[serde(default)]
+    f: String,
+    #[serde(default)]
+    l: String,
+    #[serde(default)]
+    n: String,
 }
 
 impl Backend for RedisBackend {
     fn enqueue(
         &self,
-        _frames: Vec<NewFrame>,
+        frames: Vec<NewFrame>,
     ) -> impl std::future::Future<Output = Result<Vec<Enqueued>, BackendError>> + Send + 'static
     {
-        unbuilt()
+        self.submit(move |reply| Op::Enqueue(frames, reply))
     }
 
     fn register(
         &self,
-        _key: PublicKey,
-        _device: Uuid,
-        _name: String,
+        key: PublicKey,
+        device: Uuid,
+        name: String,
     ) -> impl std::future::Future<Output = Result<Registered, BackendError>> + Send + 'static {
-        unbuilt()
+        self.call(move |inner, mut conn| async move {
+            let k = inner.names.recipient(key.as_bytes());
+            let answer: String = SCRIPTS
+                .register
+                .key(&k.slots)
+                .key(&k.dev)
+                .arg(device.to_string())
+                .arg(name)
+                .arg(crate::clock::now())
+                .arg(MAX_DEVICES)
+                .invoke_async(&mut conn)
+                .await?;
+            let registered = match answer.as_str() {
+                "known" => Registered::Known,
+                "first" => Registered::First,
+                "added" => Registered::Added,
+                "removed" => Registered::Removed,
+                "toomany" => Registered::TooMany,
+                _ => return Err(unexpected("register")),
+            };
+            if matches!(registered, Registered::First | Registered::Added) {
+                redis::cmd("SADD")
+                    .arg(inner.names.recipients())
+                    .arg(&k.hex)
+                    .exec_async(&mut conn)
+                    .await?;
+            }
+            Ok(registered)
+        })
     }
 
     fn seen(
         &self,
-        _devices: Vec<(PublicKey, Uuid)>,
+        devices: Vec<(PublicKey, Uuid)>,
     ) -> impl std::future::Future<Output = Result<(), BackendError>> + Send + 'static {
-        unbuilt()
+        self.call(move |inner, mut conn| async move {
+            let mut by_key: Vec<([u8; 32], Vec<String>)> = Vec::new();
+            for (key, device) in devices {
+                let key = *key.as_bytes();
+                match by_key.iter_mut().find(|(k, _)| *k == key) {
+                    Some((_, list)) => list.push(device.to_string()),
+                    None => by_key.push((key, vec![device.to_string()])),
+                }
+            }
+            let now = crate::clock::now();
+            let cmds = by_key
+                .iter()
+                .map(|(key, list)| {
+                    let k = inner.names.recipient(key);
+                    let mut cmd = evalsha(&SCRIPTS.seen, &[&k.slots, &k.dev]);
+                    cmd.arg(&now).arg(list);
+                    cmd
+                })
+                .collect();
+            let replies = scripts::run(&mut conn, cmds).await?;
+            if let Some(redis::Value::ServerError(e)) = replies
+                .iter()
+                .find(|v| matches!(v, redis::Value::ServerError(_)))
+            {
+                return Err(BackendError::Commit(format!("redis: {e:?}")));
+            }
+            Ok(())
+        })
     }
 
     fn devices(
         &self,
-        _key: PublicKey,
+        key: PublicKey,
     ) -> impl std::future::Future<Output = Result<Vec<DeviceRecord>, BackendError>> + Send + 'static
     {
-        unbuilt()
+        self.call(move |inner, mut conn| async move {
+            let k = inner.names.recipient(key.as_bytes());
+            let flat: Vec<redis::Value> = SCRIPTS
+                .devices
+                .key(&k.slots)
+                .key(&k.dev)
+                .invoke_async(&mut conn)
+                .await?;
+            let mut out = Vec::with_capacity(flat.len() / 2);
+            for pair in flat.chunks_exact(2) {
+                let id = wire::uuid(&pair[0]).ok_or_else(|| unexpected("devices"))?;
+                let rec: DeviceJson = wire::bytes(&pair[1])
+                    .and_then(|b| serde_json::from_slice(b).ok())
+                    .ok_or_else(|| unexpected("devices"))?;
+                out.push(DeviceRecord {
+                    id,
+                    name: rec.n,
+                    first_seen: rec.f,
+                    last_seen: rec.l,
+                });
+            }
+            out.sort_by(|a, b| (&a.first_seen, a.id).cmp(&(&b.first_seen, b.id)));
+            Ok(out)
+        })
     }
 
     fn remove_device(
         &self,
-        _key: PublicKey,
-        _device: Uuid,
+        key: PublicKey,
+        device: Uuid,
     ) -> impl std::future::Future<Output = Result<bool, BackendError>> + Send + 'static {
-        unbuilt()
+        self.call(move |inner, mut conn| async move {
+            let k = inner.names.recipient(key.as_bytes());
+            let answer: Vec<i64> = SCRIPTS
+                .remove_device
+                .key(&k.f)
+                .key(&k.dd)
+                .key(&k.w)
+                .key(&k.slots)
+                .key(&k.dev)
+                .key(&k.sess)
+                .arg(device.to_string())
+                .arg(crate::clock::now())
+                .arg(&inner.router_id)
+                .arg(inner.names.channel_prefix())
+                .arg(&k.hex)
+                .invoke_async(&mut conn)
+                .await?;
+            let [removed, deleted] = answer[..] else {
+                return Err(unexpected("remove_device"));
+            };
+            count(&mut conn, &inner.names, -deleted).await?;
+            Ok(removed == 1)
+        })
     }
 
     fn fetch(
         &self,
-        _recipient: PublicKey,
-        _device: Uuid,
-        _after: i64,
-        _limit: usize,
+        recipient: PublicKey,
+        device: Uuid,
+        after: i64,
+        limit: usize,
     ) -> impl std::future::Future<Output = Result<Vec<Queued>, BackendError>> + Send + 'static {
-        unbuilt()
+        self.call(move |inner, mut conn| async move {
+            if limit == 0 || after >= MAX_SEQ {
+                return Ok(Vec::new());
+            }
+            let k = inner.names.recipient(recipient.as_bytes());
+            let flat: Vec<redis::Value> = SCRIPTS
+                .fetch
+                .key(&k.f)
+                .key(&k.w)
+                .key(&k.slots)
+                .arg(device.to_string())
+                .arg(after.max(0))
+                .arg(limit.min(i64::MAX as usize))
+                .invoke_async(&mut conn)
+                .await?;
+            let bytes = *recipient.as_bytes();
+            let mut out = Vec::with_capacity(flat.len() / 2);
+            for pair in flat.chunks_exact(2) {
+                let seq = wire::int(&pair[0]).ok_or_else(|| unexpected("fetch"))?;
+                let rec = wire::bytes(&pair[1]).ok_or_else(|| unexpected("fetch"))?;
+                match wire::parse_record(seq, bytes, rec) {
+                    Some(q) => out.push(q),
+                    None => tracing::warn!(seq, "skipped an unreadable frame in Redis"),
+                }
+            }
+            Ok(out)
+        })
     }
 
     fn remove(
         &self,
-        _recipient: PublicKey,
-        _device: Uuid,
-        _seqs: Vec<i64>,
+        recipient: PublicKey,
+        device: Uuid,
+        seqs: Vec<i64>,
     ) -> impl std::future::Future<Output = Result<u64, BackendError>> + Send + 'static {
-        unbuilt()
+        self.submit(move |reply| Op::Remove(*recipient.as_bytes(), device, seqs, reply))
+    }
+
+    fn remove_detached(
+        &self,
+        recipient: PublicKey,
+        device: Uuid,
+        seqs: Vec<i64>,
+    ) -> Option<futures_util::future::BoxFuture<'static, Result<u64, BackendError>>> {
+        // Nobody awaits the answer (a failure is logged by the writer).
+        let (reply, _) = oneshot::channel();
+        match self
+            .inner
+            .ops
+            .try_send(Op::Remove(*recipient.as_bytes(), device, seqs, reply))
+        {
+            Ok(()) => None,
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                Some(Box::pin(std::future::ready(Err(BackendError::Closed))))
+            }
+            Err(mpsc::error::TrySendError::Full(Op::Remove(_, device, seqs, _))) => {
+                Some(Box::pin(self.remove(recipient, device, seqs)))
+            }
+            Err(mpsc::error::TrySendError::Full(_)) => None,
+        }
     }
 
     fn expire(
         &self,
-        _before: String,
+        before: String,
     ) -> impl std::future::Future<Output = Result<Expired, BackendError>> + Send + 'static {
-        unbuilt()
+        let inner = Arc::clone(&self.inner);
+        async move {
+            if inner.closed.load(Ordering::Acquire) {
+                return Err(BackendError::Closed);
+            }
+            // Many steps, each bounded (a retention pass over a large
+            // deployment takes as long as it takes).
+            let mut conn = inner.conn.clone();
+            let mut total = Expired::default();
+            let mut cursor = 0u64;
+            loop {
+                let mut scan = redis::cmd("SSCAN");
+                scan.arg(inner.names.recipients())
+                    .arg(cursor)
+                    .arg("COUNT")
+                    .arg(SCAN_STEP);
+                let scan = scan.query_async::<(u64, Vec<String>)>(&mut conn);
+                let (next, batch) = bounded(&inner, scan).await?;
+                let gone = bounded(&inner, expire_some(&inner, &mut conn, batch, &before)).await?;
+                total.frames += gone.frames;
+                total.devices += gone.devices;
+                if next == 0 {
+                    break;
+                }
+                cursor = next;
+            }
+            Ok(total)
+        }
     }
 
     fn depth(
         &self,
     ) -> impl std::future::Future<Output = Result<u64, BackendError>> + Send + 'static {
-        unbuilt()
-    }
-
-    fn close(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
-        std::future::ready(())
+        self.submit(Op::Depth)
     }
 
     fn is_shared(&self) -> bool {
         true
     }
+
+    fn events(&self) -> Option<mpsc::UnboundedReceiver<ClusterEvent>> {
+        self.inner
+            .events
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+    }
+
+    fn claim(
+        &self,
+        key: PublicKey,
+        device: Uuid,
+    ) -> impl std::future::Future<Output = Result<u64, BackendError>> + Send + 'static {
+        self.call(move |inner, mut conn| async move {
+            let k = inner.names.recipient(key.as_bytes());
+            let claim: u64 = SCRIPTS
+                .claim
+                .key(&k.n)
+                .key(&k.sess)
+                .arg(device.to_string())
+                .arg(&inner.router_id)
+                .arg(inner.names.channel_prefix())
+                .arg(&k.hex)
+                .invoke_async(&mut conn)
+                .await?;
+            Ok(claim)
+        })
+    }
+
+    fn holds_claim(
+        &self,
+        key: PublicKey,
+        device: Uuid,
+        claim: u64,
+    ) -> impl std::future::Future<Output = Result<bool, BackendError>> + Send + 'static {
+        self.call(move |inner, mut conn| async move {
+            let k = inner.names.recipient(key.as_bytes());
+            let held: Option<String> = redis::cmd("HGET")
+                .arg(&k.sess)
+                .arg(device.to_string())
+                .query_async(&mut conn)
+                .await?;
+            Ok(held.is_some_and(|h| h == format!("{} {claim}", inner.router_id)))
+        })
+    }
+
+    fn release(
+        &self,
+        key: PublicKey,
+        device: Uuid,
+        claim: u64,
+    ) -> impl std::future::Future<Output = Result<(), BackendError>> + Send + 'static {
+        self.call(move |inner, mut conn| async move {
+            let k = inner.names.recipient(key.as_bytes());
+            let _: i64 = SCRIPTS
+                .release
+                .key(&k.sess)
+                .arg(device.to_string())
+                .arg(format!("{} {claim}", inner.router_id))
+                .invoke_async(&mut conn)
+                .await?;
+            Ok(())
+        })
+    }
+
+    fn health(&self) -> Result<(), String> {
+        self.inner.health.get()
+    }
+
+    fn close(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let inner = Arc::clone(&self.inner);
+        async move {
+            let (tx, rx) = oneshot::channel();
+            if inner.ops.send(Op::Close(tx)).await.is_ok() {
+                let _ = rx.await;
+            }
+            inner.closed.store(true, Ordering::Release);
+            for task in &inner.tasks {
+                task.abort();
+            }
+        }
+    }
+}
+
+/// Awaits `work` within [`OP_TIMEOUT`], noting Redis' health.
+async fn bounded<T, E: Into<BackendError>>(
+    inner: &Inner,
+    work: impl std::future::Future<Output = Result<T, E>>,
+) -> Result<T, BackendError> {
+    match tokio::time::timeout(OP_TIMEOUT, work).await {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(e)) => {
+            let e = e.into();
+            if let BackendError::Redis(e) = &e {
+                inner.health.note(e);
+            }
+            Err(e)
+        }
+        Err(_) => {
+            let cause = format!("no answer within {}s", OP_TIMEOUT.as_secs());
+            inner.health.down(&cause);
+            Err(BackendError::Redis(redis::RedisError::from(
+                std::io::Error::new(std::io::ErrorKind::TimedOut, cause),
+            )))
+        }
+    }
+}
+
+/// Retention for the recipients `batch` (hex, from the recipients set):
+/// runs expire.lua on each until it is done, drops idle recipients from
+/// the set, and adjusts the depth counter.
+async fn expire_some(
+    inner: &Inner,
+    conn: &mut ConnectionManager,
+    batch: Vec<String>,
+    before: &str,
+) -> Result<Expired, BackendError> {
+    let names = &inner.names;
+    let mut total = Expired::default();
+    let mut deleted = 0i64;
+    let (mut pending, junk): (Vec<String>, Vec<String>) =
+        batch.into_iter().partition(|hex| unhex32(hex).is_some());
+    let mut idle = junk;
+    while !pending.is_empty() {
+        let cmds = pending
+            .iter()
+            .map(|hex| {
+                let k = names.recipient_hex(hex.clone());
+                let mut cmd = evalsha(
+                    &SCRIPTS.expire,
+                    &[&k.f, &k.dd, &k.w, &k.slots, &k.dev, &k.sess],
+                );
+                cmd.arg(before).arg(EXPIRE_STEP);
+                cmd
+            })
+            .collect();
+        let replies = scripts::run(conn, cmds).await?;
+        let mut again = Vec::new();
+        for (hex, reply) in pending.into_iter().zip(&replies) {
+            let parts: Option<Vec<i64>> = wire::array(reply)
+                .map(|items| items.iter().map(wire::int).collect())
+                .unwrap_or(None);
+            let Some([expired, forgotten, released, more, empty]) =
+                parts.as_deref().and_then(|p| <[i64; 5]>::try_from(p).ok())
+            else {
+                tracing::error!(recipient = hex, reply = ?reply, "retention failed for a recipient");
+                continue;
+            };
+            total.frames += expired.max(0) as u64;
+            total.devices += forgotten.max(0) as u64;
+            deleted += expired + released;
+            if more == 1 {
+                again.push(hex);
+            } else if empty == 1 {
+                idle.push(hex);
+            }
+        }
+        pending = again;
+    }
+    count(conn, names, -deleted).await?;
+    for hex in idle {
+        // Dropped from the set, then put back if anything arrived between
+        // the script and here (an enqueue's SADD follows its script).
+        let k = names.recipient_hex(hex.clone());
+        let (_, exists): (i64, i64) = redis::pipe()
+            .cmd("SREM")
+            .arg(names.recipients())
+            .arg(&hex)
+            .cmd("EXISTS")
+            .arg(&k.f)
+            .arg(&k.slots)
+            .query_async(conn)
+            .await?;
+        if exists > 0 {
+            redis::cmd("SADD")
+                .arg(names.recipients())
+                .arg(&hex)
+                .exec_async(conn)
+                .await?;
+        }
+    }
+    Ok(total)
 }
 
 #[cfg(test)]
-mod tests {
+mod tests;
+
+#[cfg(test)]
+mod redacting {
     use super::*;
 
     #[test]

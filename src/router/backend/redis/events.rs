@@ -1,0 +1,79 @@
+//! The subscriber: one pub/sub connection per router, subscribed to the
+//! router's own channel, turning what other routers' scripts publish into
+//! [`ClusterEvent`]s. After it lost the connection and subscribed again it
+//! sends [`ClusterEvent::Recheck`], since messages published meanwhile
+//! are gone.
+
+use std::time::Duration;
+
+use futures_util::StreamExt as _;
+use redis::aio::PubSubStream;
+use redis::Client;
+use tokio::sync::mpsc;
+
+use super::setup::OP_TIMEOUT;
+use super::wire;
+use crate::router::backend::ClusterEvent;
+
+/// The longest wait between two attempts to subscribe again.
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
+
+/// Connects and subscribes to `channel`.
+pub(super) async fn subscribe(client: &Client, channel: &str) -> Result<PubSubStream, String> {
+    let attempt = async {
+        let mut pubsub = client.get_async_pubsub().await?;
+        pubsub.subscribe(channel).await?;
+        Ok::<_, redis::RedisError>(pubsub.into_on_message())
+    };
+    match tokio::time::timeout(OP_TIMEOUT, attempt).await {
+        Ok(Ok(stream)) => Ok(stream),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err("no answer in time".to_owned()),
+    }
+}
+
+/// Sends the events of one message on `events`; a message that is not
+/// one of ours is logged and dropped.
+pub(super) fn dispatch(payload: &[u8], events: &mpsc::UnboundedSender<ClusterEvent>) {
+    match wire::decode(payload) {
+        Ok(list) => {
+            for event in list {
+                let _ = events.send(event);
+            }
+        }
+        Err(e) => tracing::warn!(
+            error = %e,
+            bytes = payload.len(),
+            "dropped a malformed message on the router's Redis channel"
+        ),
+    }
+}
+
+/// Reads `stream` until the connection goes, then subscribes again (with
+/// a growing pause) and sends a Recheck; until aborted.
+pub(super) async fn run(
+    client: Client,
+    channel: String,
+    mut stream: PubSubStream,
+    events: mpsc::UnboundedSender<ClusterEvent>,
+) {
+    loop {
+        while let Some(msg) = stream.next().await {
+            dispatch(msg.get_payload_bytes(), &events);
+        }
+        tracing::warn!("lost the Redis subscription; subscribing again");
+        let mut pause = Duration::from_millis(100);
+        stream = loop {
+            tokio::time::sleep(pause).await;
+            match subscribe(&client, &channel).await {
+                Ok(stream) => break stream,
+                Err(e) => {
+                    tracing::debug!(error = %e, "cannot subscribe yet");
+                    pause = (pause * 2).min(MAX_BACKOFF);
+                }
+            }
+        };
+        tracing::info!("subscribed again: sessions re-check their queues");
+        let _ = events.send(ClusterEvent::Recheck);
+    }
+}
