@@ -424,6 +424,7 @@ struct RedisSpan {
 struct SyscallRates {
     fsyncs_per_sec: f64,
     loops_per_sec: f64,
+    reads_per_sec: f64,
     /// Messages accepted per `fdatasync` (0 when there was none).
     msgs_per_fsync: f64,
 }
@@ -470,8 +471,8 @@ fn report(name: &str, o: &Outcome) {
     if let Some(r) = &o.redis {
         let syscalls = match &r.syscalls {
             Some(c) => format!(
-                "{:.0} fdatasync/s ({:.1} msg each), {:.0} event loops/s",
-                c.fsyncs_per_sec, c.msgs_per_fsync, c.loops_per_sec
+                "{:.0} fdatasync/s ({:.1} msg each), {:.0} event loops/s, {:.0} reads/s",
+                c.fsyncs_per_sec, c.msgs_per_fsync, c.loops_per_sec, c.reads_per_sec
             ),
             None => "fsyncs not counted (perf unavailable or BENCH_PERF=0)".to_owned(),
         };
@@ -660,6 +661,7 @@ async fn load(
                 syscalls: counted.map(|c| SyscallRates {
                     fsyncs_per_sec: c.fsyncs as f64 / wall,
                     loops_per_sec: c.loops as f64 / wall,
+                    reads_per_sec: c.reads as f64 / wall,
                     msgs_per_fsync: if c.fsyncs == 0 {
                         0.0
                     } else {

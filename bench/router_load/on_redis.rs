@@ -198,8 +198,8 @@ pub fn info(port: u16, section: &str) -> String {
     })
 }
 
-/// Counts a process's `fdatasync`/`fsync` calls and event-loop iterations
-/// (`epoll_wait`) with `perf stat` over a span, when perf can (root or
+/// Counts a process's `fdatasync`/`fsync` calls, event-loop iterations
+/// (`epoll_wait`) and `read`s with `perf stat` over a span, when perf can (root or
 /// `perf_event_paranoid` allowing tracepoints). `BENCH_PERF=0` turns it off.
 pub struct Syscalls {
     child: Option<Child>,
@@ -210,6 +210,9 @@ pub struct Syscalls {
 pub struct SyscallCounts {
     pub fsyncs: u64,
     pub loops: u64,
+    /// `read`s: Redis reads at most 16 KB of a client's requests per
+    /// event-loop iteration.
+    pub reads: u64,
 }
 
 impl Syscalls {
@@ -221,7 +224,7 @@ impl Syscalls {
         let child = Command::new("perf")
             .args(["stat", "-x", ",", "-e"])
             .arg(
-                "syscalls:sys_enter_fdatasync,syscalls:sys_enter_fsync,syscalls:sys_enter_epoll_wait",
+                "syscalls:sys_enter_fdatasync,syscalls:sys_enter_fsync,syscalls:sys_enter_epoll_wait,syscalls:sys_enter_read",
             )
             .arg("-p")
             .arg(pid.to_string())
@@ -253,6 +256,8 @@ impl Syscalls {
                 counts.fsyncs += n;
             } else if event.contains("epoll_wait") {
                 counts.loops += n;
+            } else if event.contains("sys_enter_read") {
+                counts.reads += n;
             }
         }
         seen.then_some(counts)
