@@ -12,9 +12,8 @@
 //!
 //! | key | type | holds |
 //! |-----|------|-------|
-//! | `P:{h}:n` | hash | counters: `seq` (the recipient's frames), `claim` (its sessions) |
-//! | `P:{h}:f` | hash | seq → frame: `<at>\n<sender 32 bytes><id 16 bytes><text>` |
-//! | `P:{h}:dd` | hash | sender and id (48 bytes) → seq: the dedup index |
+//! | `P:{h}:n` | hash | `claim`: the counter of its sessions' claims |
+//! | `P:{h}:f` | hash | seq → frame: `<at>\n<sender 32 bytes><id 16 bytes><text>`; sender and id (48 bytes) → seq: the dedup index; `seq` → the last seq |
 //! | `P:{h}:w` | sorted set | waits: member `<slot>:<seq>`, score `slot·2⁴⁰ + seq` |
 //! | `P:{h}:slots` | hash | device → slot (0..32), live devices only |
 //! | `P:{h}:dev` | hash | device → `{"r":removed,"f":first seen,"l":last seen,"n":name}` |
@@ -23,8 +22,8 @@
 //! | `P:depth` | string | frames queued, deployment-wide: an estimate (below) |
 //! | channel `P:router:<id>` | pub/sub | events for the router `<id>` |
 //!
-//! Seqs are per recipient (`HINCRBY n seq`), which is all a session's
-//! cursor needs. A device's waits are one score range of `w`, in seq order:
+//! Seqs are per recipient (the field `seq` of `f`, bumped in the same
+//! `HSET` that stores the frame), which is all a session's cursor needs. A device's waits are one score range of `w`, in seq order:
 //! fetching is a range read, the quota a `ZCOUNT`, and a device registering
 //! beside others takes a free slot, whose range is empty, so it gets only
 //! what comes after it; the first device of a key takes slot 0, where a key
@@ -33,18 +32,18 @@
 //! forgotten), or when it expires; its dedup entry goes with it, so an id
 //! acknowledged may be queued again, as with SQLite.
 //!
-//! Memory per frame: one `f` entry (about 80 bytes of overhead, 73 of
-//! header, the text), one `dd` entry (about 110 bytes) and one `w` member
-//! per device it waits for (about 20 bytes while a recipient has fewer
-//! than 128 waits, about 90 beyond): some 300 bytes beside the text for a
-//! one-device recipient. Per recipient: the counters (kept for good, so a
-//! seq is never reused) and its device records (removed ones are kept, so
-//! a removed device stays refused, as with SQLite).
+//! Memory per frame: in `f` the record (73 bytes of header beside the
+//! text) and its dedup entry, and in `w` one member per device it waits
+//! for; measured with Redis 7.0 (jemalloc), 150-byte texts and 180 frames
+//! waiting per recipient: about 300 bytes per frame in all, so some 150
+//! beside the text. Per recipient: the counters (kept for good, so a seq or
+//! claim is never reused) and its device records (removed ones are kept,
+//! so a removed device stays refused, as with SQLite).
 //!
 //! # Scripts
 //!
 //! Lua files beside this one, each prefixed with `lib.lua`, each atomic
-//! and each on one recipient's keys (see [`scripts`]):
+//! and each on one recipient's keys (module `scripts`):
 //!
 //! - `enqueue.lua`: per frame, in order: not needed (to one's own key, no
 //!   other device), over quota, duplicate, or stored with a new seq and a
@@ -63,10 +62,12 @@
 //!
 //! Frames and acknowledgements go through one writer task that sends all
 //! that is waiting as one pipeline with one script call per recipient
-//! ([`writer`]). The deployment-wide bookkeeping is kept beside the scripts
+//! (module `writer`). The deployment-wide bookkeeping is kept beside the scripts
 //! with separate commands, so no script spans two slots: the recipients
-//! set (`SADD` after each enqueue and registration; `SREM` when retention
-//! finds a recipient idle, then re-added if anything arrived meanwhile)
+//! set (`SADD` after the script that gave a recipient its first frame or
+//! device; `SREM` when retention finds a recipient idle, then re-added if
+//! anything arrived meanwhile: a router dying between a first frame and its
+//! `SADD` leaves that recipient to its acks, outside retention)
 //! and the depth counter, adjusted after the scripts that change the
 //! count. The counter is exact while routers run, but drifts if a router
 //! dies between a script and its adjustment: `/metrics` shows an estimate.
@@ -81,11 +82,13 @@
 //! frames. [`RedisBackend::open`] reads these settings (`CONFIG GET`) and
 //! refuses a Redis without an append-only file unless told otherwise
 //! ([`RedisConfig::allow_volatile`]). While Redis is unreachable every
-//! operation fails within a few seconds ([`health`]); nothing is spooled.
+//! operation fails within a few seconds (module `health`); nothing is
+//! spooled.
 //!
 //! # Routers
 //!
-//! Each router has a random id and subscribes to its channel ([`events`]);
+//! Each router has a random id and subscribes to its channel (module
+//! `events`);
 //! what arrives there becomes [`ClusterEvent`]s. Those are hints: after a
 //! lost subscription the router gets [`ClusterEvent::Recheck`].
 
@@ -94,6 +97,7 @@ pub mod local;
 mod events;
 mod health;
 mod keys;
+mod retention;
 mod scripts;
 mod setup;
 mod wire;
@@ -109,7 +113,7 @@ use tokio::task::AbortHandle;
 use uuid::Uuid;
 
 use self::health::Health;
-use self::keys::{unhex32, Names};
+use self::keys::Names;
 use self::scripts::{evalsha, SCRIPTS};
 use self::setup::{Note, OP_TIMEOUT};
 use self::writer::{Op, Reply, Writer, WRITER_QUEUE};
@@ -165,12 +169,6 @@ pub fn redacted(url: &str) -> String {
         None => url.to_owned(),
     }
 }
-
-/// Retention's most deletions per script call (keeps each call short).
-const EXPIRE_STEP: u64 = 1000;
-
-/// Recipients read from the retention set per `SSCAN` step.
-const SCAN_STEP: u64 = 200;
 
 /// The largest seq a wait's score can carry (`2⁴⁰ - 1`).
 const MAX_SEQ: i64 = (1 << 40) - 1;
@@ -243,12 +241,12 @@ impl RedisBackend {
         let router_id = Uuid::new_v4().to_string();
         let names = Names::new(&config.prefix);
         let channel = names.channel(&router_id);
-        let stream = events::subscribe(&client, &channel).await.map_err(|e| {
+        let subscription = events::subscribe(&client, &channel).await.map_err(|e| {
             BackendError::RedisSetup(format!("cannot subscribe to Redis at {shown}: {e}"))
         })?;
         let (events_tx, events_rx) = mpsc::unbounded_channel();
         let health = Health::new(shown);
-        let subscriber = tokio::spawn(events::run(client, channel, stream, events_tx));
+        let subscriber = tokio::spawn(events::run(client, channel, subscription, events_tx));
         let pinger = tokio::spawn(health::pinger(conn.clone(), Arc::clone(&health)));
         let (ops, rx) = mpsc::channel(WRITER_QUEUE);
         let writer = Writer {
@@ -258,6 +256,7 @@ impl RedisBackend {
             quota: config.quota,
             health: Arc::clone(&health),
             delta: 0,
+            new_recipients: Vec::new(),
         };
         tokio::spawn(writer.run(rx));
         tracing::debug!(router_id, prefix = config.prefix, "Redis queue open");
@@ -307,40 +306,30 @@ impl RedisBackend {
     }
 
     /// Runs `work` on the connection within [`OP_TIMEOUT`], noting what
-    /// its outcome says of Redis' health.
+    /// its outcome says of Redis' health. A connection found dropped (Redis
+    /// restarted since the last command) is tried once more: the
+    /// connection manager reconnects on that first failure. Every `work`
+    /// here is safe to repeat.
     fn call<T, F>(
         &self,
-        work: impl FnOnce(Arc<Inner>, ConnectionManager) -> F,
+        work: impl Fn(Arc<Inner>, ConnectionManager) -> F + Send + 'static,
     ) -> impl std::future::Future<Output = Result<T, BackendError>> + Send + 'static
     where
         T: Send + 'static,
         F: std::future::Future<Output = Result<T, BackendError>> + Send + 'static,
     {
         let inner = Arc::clone(&self.inner);
-        let closed = inner.closed.load(Ordering::Acquire);
-        let health = Arc::clone(&inner.health);
-        let work = (!closed).then(|| work(Arc::clone(&inner), inner.conn.clone()));
         async move {
-            let Some(work) = work else {
+            if inner.closed.load(Ordering::Acquire) {
                 return Err(BackendError::Closed);
-            };
-            match tokio::time::timeout(OP_TIMEOUT, work).await {
-                Ok(Ok(value)) => {
-                    health.up();
-                    Ok(value)
+            }
+            let first = bounded(&inner, work(Arc::clone(&inner), inner.conn.clone())).await;
+            match first {
+                Err(BackendError::Redis(e)) if e.is_connection_dropped() || e.is_io_error() => {
+                    tracing::debug!(error = %e, "Redis connection lost; trying once more");
+                    bounded(&inner, work(Arc::clone(&inner), inner.conn.clone())).await
                 }
-                Ok(Err(BackendError::Redis(e))) => {
-                    health.note(&e);
-                    Err(BackendError::Redis(e))
-                }
-                Ok(Err(e)) => Err(e),
-                Err(_) => {
-                    let cause = format!("no answer within {}s", OP_TIMEOUT.as_secs());
-                    health.down(&cause);
-                    Err(BackendError::Redis(redis::RedisError::from(
-                        std::io::Error::new(std::io::ErrorKind::TimedOut, cause),
-                    )))
-                }
+                other => other,
             }
         }
     }
@@ -393,34 +382,37 @@ impl Backend for RedisBackend {
         device: Uuid,
         name: String,
     ) -> impl std::future::Future<Output = Result<Registered, BackendError>> + Send + 'static {
-        self.call(move |inner, mut conn| async move {
-            let k = inner.names.recipient(key.as_bytes());
-            let answer: String = SCRIPTS
-                .register
-                .key(&k.slots)
-                .key(&k.dev)
-                .arg(device.to_string())
-                .arg(name)
-                .arg(crate::clock::now())
-                .arg(MAX_DEVICES)
-                .invoke_async(&mut conn)
-                .await?;
-            let registered = match answer.as_str() {
-                "known" => Registered::Known,
-                "first" => Registered::First,
-                "added" => Registered::Added,
-                "removed" => Registered::Removed,
-                "toomany" => Registered::TooMany,
-                _ => return Err(unexpected("register")),
-            };
-            if matches!(registered, Registered::First | Registered::Added) {
-                redis::cmd("SADD")
-                    .arg(inner.names.recipients())
-                    .arg(&k.hex)
-                    .exec_async(&mut conn)
+        self.call(move |inner, mut conn| {
+            let name = name.clone();
+            async move {
+                let k = inner.names.recipient(key.as_bytes());
+                let answer: String = SCRIPTS
+                    .register
+                    .key(&k.slots)
+                    .key(&k.dev)
+                    .arg(device.to_string())
+                    .arg(name)
+                    .arg(crate::clock::now())
+                    .arg(MAX_DEVICES)
+                    .invoke_async(&mut conn)
                     .await?;
+                let registered = match answer.as_str() {
+                    "known" => Registered::Known,
+                    "first" => Registered::First,
+                    "added" => Registered::Added,
+                    "removed" => Registered::Removed,
+                    "toomany" => Registered::TooMany,
+                    _ => return Err(unexpected("register")),
+                };
+                if matches!(registered, Registered::First | Registered::Added) {
+                    redis::cmd("SADD")
+                        .arg(inner.names.recipients())
+                        .arg(&k.hex)
+                        .exec_async(&mut conn)
+                        .await?;
+                }
+                Ok(registered)
             }
-            Ok(registered)
         })
     }
 
@@ -428,34 +420,40 @@ impl Backend for RedisBackend {
         &self,
         devices: Vec<(PublicKey, Uuid)>,
     ) -> impl std::future::Future<Output = Result<(), BackendError>> + Send + 'static {
-        self.call(move |inner, mut conn| async move {
-            let mut by_key: Vec<([u8; 32], Vec<String>)> = Vec::new();
-            for (key, device) in devices {
-                let key = *key.as_bytes();
-                match by_key.iter_mut().find(|(k, _)| *k == key) {
-                    Some((_, list)) => list.push(device.to_string()),
-                    None => by_key.push((key, vec![device.to_string()])),
+        if devices.is_empty() {
+            return futures_util::future::Either::Left(std::future::ready(Ok(())));
+        }
+        futures_util::future::Either::Right(self.call(move |inner, mut conn| {
+            let devices = devices.clone();
+            async move {
+                let mut by_key: Vec<([u8; 32], Vec<String>)> = Vec::new();
+                for (key, device) in devices {
+                    let key = *key.as_bytes();
+                    match by_key.iter_mut().find(|(k, _)| *k == key) {
+                        Some((_, list)) => list.push(device.to_string()),
+                        None => by_key.push((key, vec![device.to_string()])),
+                    }
                 }
+                let now = crate::clock::now();
+                let cmds = by_key
+                    .iter()
+                    .map(|(key, list)| {
+                        let k = inner.names.recipient(key);
+                        let mut cmd = evalsha(&SCRIPTS.seen, &[&k.slots, &k.dev]);
+                        cmd.arg(&now).arg(list);
+                        cmd
+                    })
+                    .collect();
+                let replies = scripts::run(&mut conn, cmds).await?;
+                if let Some(redis::Value::ServerError(e)) = replies
+                    .iter()
+                    .find(|v| matches!(v, redis::Value::ServerError(_)))
+                {
+                    return Err(BackendError::Commit(format!("redis: {e:?}")));
+                }
+                Ok(())
             }
-            let now = crate::clock::now();
-            let cmds = by_key
-                .iter()
-                .map(|(key, list)| {
-                    let k = inner.names.recipient(key);
-                    let mut cmd = evalsha(&SCRIPTS.seen, &[&k.slots, &k.dev]);
-                    cmd.arg(&now).arg(list);
-                    cmd
-                })
-                .collect();
-            let replies = scripts::run(&mut conn, cmds).await?;
-            if let Some(redis::Value::ServerError(e)) = replies
-                .iter()
-                .find(|v| matches!(v, redis::Value::ServerError(_)))
-            {
-                return Err(BackendError::Commit(format!("redis: {e:?}")));
-            }
-            Ok(())
-        })
+        }))
     }
 
     fn devices(
@@ -499,7 +497,6 @@ impl Backend for RedisBackend {
             let answer: Vec<i64> = SCRIPTS
                 .remove_device
                 .key(&k.f)
-                .key(&k.dd)
                 .key(&k.w)
                 .key(&k.slots)
                 .key(&k.dev)
@@ -592,34 +589,7 @@ impl Backend for RedisBackend {
         &self,
         before: String,
     ) -> impl std::future::Future<Output = Result<Expired, BackendError>> + Send + 'static {
-        let inner = Arc::clone(&self.inner);
-        async move {
-            if inner.closed.load(Ordering::Acquire) {
-                return Err(BackendError::Closed);
-            }
-            // Many steps, each bounded (a retention pass over a large
-            // deployment takes as long as it takes).
-            let mut conn = inner.conn.clone();
-            let mut total = Expired::default();
-            let mut cursor = 0u64;
-            loop {
-                let mut scan = redis::cmd("SSCAN");
-                scan.arg(inner.names.recipients())
-                    .arg(cursor)
-                    .arg("COUNT")
-                    .arg(SCAN_STEP);
-                let scan = scan.query_async::<(u64, Vec<String>)>(&mut conn);
-                let (next, batch) = bounded(&inner, scan).await?;
-                let gone = bounded(&inner, expire_some(&inner, &mut conn, batch, &before)).await?;
-                total.frames += gone.frames;
-                total.devices += gone.devices;
-                if next == 0 {
-                    break;
-                }
-                cursor = next;
-            }
-            Ok(total)
-        }
+        retention::expire(Arc::clone(&self.inner), before)
     }
 
     fn depth(
@@ -722,7 +692,10 @@ async fn bounded<T, E: Into<BackendError>>(
     work: impl std::future::Future<Output = Result<T, E>>,
 ) -> Result<T, BackendError> {
     match tokio::time::timeout(OP_TIMEOUT, work).await {
-        Ok(Ok(value)) => Ok(value),
+        Ok(Ok(value)) => {
+            inner.health.up();
+            Ok(value)
+        }
         Ok(Err(e)) => {
             let e = e.into();
             if let BackendError::Redis(e) = &e {
@@ -738,82 +711,6 @@ async fn bounded<T, E: Into<BackendError>>(
             )))
         }
     }
-}
-
-/// Retention for the recipients `batch` (hex, from the recipients set):
-/// runs expire.lua on each until it is done, drops idle recipients from
-/// the set, and adjusts the depth counter.
-async fn expire_some(
-    inner: &Inner,
-    conn: &mut ConnectionManager,
-    batch: Vec<String>,
-    before: &str,
-) -> Result<Expired, BackendError> {
-    let names = &inner.names;
-    let mut total = Expired::default();
-    let mut deleted = 0i64;
-    let (mut pending, junk): (Vec<String>, Vec<String>) =
-        batch.into_iter().partition(|hex| unhex32(hex).is_some());
-    let mut idle = junk;
-    while !pending.is_empty() {
-        let cmds = pending
-            .iter()
-            .map(|hex| {
-                let k = names.recipient_hex(hex.clone());
-                let mut cmd = evalsha(
-                    &SCRIPTS.expire,
-                    &[&k.f, &k.dd, &k.w, &k.slots, &k.dev, &k.sess],
-                );
-                cmd.arg(before).arg(EXPIRE_STEP);
-                cmd
-            })
-            .collect();
-        let replies = scripts::run(conn, cmds).await?;
-        let mut again = Vec::new();
-        for (hex, reply) in pending.into_iter().zip(&replies) {
-            let parts: Option<Vec<i64>> = wire::array(reply)
-                .map(|items| items.iter().map(wire::int).collect())
-                .unwrap_or(None);
-            let Some([expired, forgotten, released, more, empty]) =
-                parts.as_deref().and_then(|p| <[i64; 5]>::try_from(p).ok())
-            else {
-                tracing::error!(recipient = hex, reply = ?reply, "retention failed for a recipient");
-                continue;
-            };
-            total.frames += expired.max(0) as u64;
-            total.devices += forgotten.max(0) as u64;
-            deleted += expired + released;
-            if more == 1 {
-                again.push(hex);
-            } else if empty == 1 {
-                idle.push(hex);
-            }
-        }
-        pending = again;
-    }
-    count(conn, names, -deleted).await?;
-    for hex in idle {
-        // Dropped from the set, then put back if anything arrived between
-        // the script and here (an enqueue's SADD follows its script).
-        let k = names.recipient_hex(hex.clone());
-        let (_, exists): (i64, i64) = redis::pipe()
-            .cmd("SREM")
-            .arg(names.recipients())
-            .arg(&hex)
-            .cmd("EXISTS")
-            .arg(&k.f)
-            .arg(&k.slots)
-            .query_async(conn)
-            .await?;
-        if exists > 0 {
-            redis::cmd("SADD")
-                .arg(names.recipients())
-                .arg(&hex)
-                .exec_async(conn)
-                .await?;
-        }
-    }
-    Ok(total)
 }
 
 #[cfg(test)]

@@ -2,7 +2,7 @@
 -- above every earlier claim of the key; the router holding the previous
 -- claim, if another one, is told it was replaced.
 --
--- KEYS: 1 n (counters), 2 sess
+-- KEYS: 1 n (the claim counter), 2 sess
 -- ARGV: 1 device, 2 router id, 3 channel prefix, 4 key hex
 -- Returns the claim.
 local claim = redis.call('HINCRBY', KEYS[1], 'claim', 1)

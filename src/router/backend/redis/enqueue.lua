@@ -4,17 +4,27 @@
 -- or Stored (new seq, a wait per device); then publishes the stored
 -- frames to the other routers holding a claim of a device they wait for.
 --
--- KEYS: 1 n (counters), 2 f, 3 dd, 4 w, 5 slots, 6 sess
+-- KEYS: 1 f, 2 w, 3 slots, 4 sess
 -- ARGV: 1 router id, 2 channel prefix, 3 at, 4 quota, 5 recipient hex,
 --       then 4 per frame: dedup key (sender and id bytes), id text,
 --       sending device ('' unless the frame is to the sender's own key),
 --       text.
--- Returns per frame {'s', seq, {devices}} | {'d', at} | {'u'} | {'q'}.
+-- Returns per frame {'s', seq, {devices}} | {'d', at} | {'u'} | {'q'},
+-- then 1 if the key had neither frames nor devices before (the caller
+-- adds it to the retention set), else 0.
 local me, chan, at, quota, hex = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4]), ARGV[5]
-local devs, slots = live(KEYS[5])
+local devs, slots = live(KEYS[3])
+-- The last seq is the field 'seq' of `f` (so `f` never empties, and one
+-- HSET stores a frame, its dedup entry and the counter).
+local last = redis.call('HGET', KEYS[1], 'seq')
+local new = 0
+if #devs == 0 and redis.call('HLEN', KEYS[1]) <= 1 then
+  new = 1
+end
+last = tonumber(last) or 0
 local holder = {}
 if #devs > 0 then
-  local held = redis.call('HMGET', KEYS[6], unpack(devs))
+  local held = redis.call('HMGET', KEYS[4], unpack(devs))
   for i = 1, #devs do
     local router = router_of(held[i])
     if router and router ~= me then
@@ -42,28 +52,28 @@ for i = 6, #ARGV, 4 do
   else
     local full = false
     for _, s in ipairs(tslots) do
-      if redis.call('ZCOUNT', KEYS[4], lo(s), hi(s)) >= quota then
+      if redis.call('ZCOUNT', KEYS[2], lo(s), hi(s)) >= quota then
         full = true
         break
       end
     end
-    local old = (not full) and redis.call('HGET', KEYS[3], dd)
-    local rec = old and redis.call('HGET', KEYS[2], old)
+    local old = (not full) and redis.call('HGET', KEYS[1], dd)
+    local rec = old and redis.call('HGET', KEYS[1], old)
     if full then
       out[#out + 1] = { 'q' }
     elseif rec then
       out[#out + 1] = { 'd', at_of(rec) }
     else
-      local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
+      last = last + 1
+      local seq = last
       local s = num(seq)
-      redis.call('HSET', KEYS[2], s, at .. '\n' .. dd .. text)
-      redis.call('HSET', KEYS[3], dd, s)
+      redis.call('HSET', KEYS[1], 'seq', s, s, at .. '\n' .. dd .. text, dd, s)
       local args = {}
       for _, sl in ipairs(tslots) do
         args[#args + 1] = num(tonumber(sl) * SPAN + seq)
         args[#args + 1] = member(sl, s)
       end
-      redis.call('ZADD', KEYS[4], unpack(args))
+      redis.call('ZADD', KEYS[2], unpack(args))
       out[#out + 1] = { 's', seq, tdevs }
       local told = {}
       for _, d in ipairs(tdevs) do
@@ -84,4 +94,5 @@ end
 for _, r in ipairs(order) do
   redis.call('PUBLISH', chan .. r, cjson.encode({ t = 'frames', k = hex, f = pubs[r] }))
 end
+out[#out + 1] = new
 return out

@@ -54,9 +54,12 @@ impl Health {
     }
 
     /// Notes what a command's error says of reachability: a server's
-    /// error reply means it is up.
+    /// error reply means it is up, unless it says it cannot serve now
+    /// (loading its append-only file, busy with a script, a read-only
+    /// replica).
     pub(super) fn note(&self, e: &RedisError) {
-        if e.is_io_error()
+        if e.code().is_some_and(unable)
+            || e.is_io_error()
             || e.is_connection_dropped()
             || e.is_timeout()
             || e.is_unrecoverable_error()
@@ -66,6 +69,14 @@ impl Health {
             self.up();
         }
     }
+}
+
+/// Whether an error code says Redis cannot serve now.
+pub(super) fn unable(code: &str) -> bool {
+    matches!(
+        code,
+        "LOADING" | "BUSY" | "MASTERDOWN" | "READONLY" | "TRYAGAIN" | "CLUSTERDOWN"
+    )
 }
 
 /// PINGs Redis every [`PING_EVERY`] (which also makes the connection

@@ -14,12 +14,11 @@ pub(super) struct Names {
 pub(super) struct Recipient {
     /// The key as 64 lowercase hex digits.
     pub hex: String,
-    /// Hash of counters: `seq` (frames), `claim` (sessions).
+    /// Hash with the claim counter (`claim`).
     pub n: String,
-    /// Hash seq -> stored frame.
+    /// Hash seq -> stored frame, (sender, id) bytes -> seq (the dedup
+    /// index), and `seq` -> the last seq: the fields' lengths differ.
     pub f: String,
-    /// Hash (sender, id) bytes -> seq: the dedup index.
-    pub dd: String,
     /// Sorted set of waits, one member per (device slot, frame).
     pub w: String,
     /// Hash device -> slot, of live devices.
@@ -49,7 +48,6 @@ impl Names {
         Recipient {
             n: part("n"),
             f: part("f"),
-            dd: part("dd"),
             w: part("w"),
             slots: part("slots"),
             dev: part("dev"),
@@ -113,7 +111,7 @@ mod tests {
         let names = Names::new("dep");
         let r = names.recipient(&[0xab; 32]);
         let tag = format!("dep:{{{}}}:", "ab".repeat(32));
-        for k in [&r.n, &r.f, &r.dd, &r.w, &r.slots, &r.dev, &r.sess] {
+        for k in [&r.n, &r.f, &r.w, &r.slots, &r.dev, &r.sess] {
             assert!(k.starts_with(&tag), "{k}");
         }
         assert_eq!(names.channel("x"), "dep:router:x");

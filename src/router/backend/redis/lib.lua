@@ -59,20 +59,20 @@ local function waited(w_key, slots, except, seq)
   return false
 end
 
--- Deletes frame `seq` and its dedup entry; 1 if it was there.
-local function drop(f_key, dd_key, seq)
+-- Deletes frame `seq` and its dedup entry (both in `f`); 1 if it was
+-- there.
+local function drop(f_key, seq)
   local rec = redis.call('HGET', f_key, seq)
   if not rec then
     return 0
   end
-  redis.call('HDEL', dd_key, dedup_of(rec))
-  redis.call('HDEL', f_key, seq)
+  redis.call('HDEL', f_key, seq, dedup_of(rec))
   return 1
 end
 
 -- Takes every wait of `slot` away, deleting the frames no other slot of
 -- `slots` waits for; returns how many were deleted.
-local function release(f_key, dd_key, w_key, slots, slot)
+local function release(f_key, w_key, slots, slot)
   local members = redis.call('ZRANGEBYSCORE', w_key, lo(slot), hi(slot))
   if #members == 0 then
     return 0
@@ -82,7 +82,7 @@ local function release(f_key, dd_key, w_key, slots, slot)
   for _, m in ipairs(members) do
     local seq = seq_of(m)
     if not waited(w_key, slots, slot, seq) then
-      deleted = deleted + drop(f_key, dd_key, seq)
+      deleted = deleted + drop(f_key, seq)
     end
   end
   return deleted

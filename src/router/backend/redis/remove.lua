@@ -2,10 +2,10 @@
 -- for each seq goes; a frame no other device waits for is deleted, with
 -- its dedup entry (so its id may be queued again, as in SQLite).
 --
--- KEYS: 1 f, 2 dd, 3 w, 4 slots
+-- KEYS: 1 f, 2 w, 3 slots
 -- ARGV: per acknowledging device: device, count n, then n seqs.
 -- Returns {frames deleted, then per device: waits it had}.
-local devs, slots = live(KEYS[4])
+local devs, slots = live(KEYS[3])
 local slot_of = {}
 for i = 1, #devs do
   slot_of[devs[i]] = slots[i]
@@ -19,10 +19,10 @@ while i <= #ARGV do
   if slot then
     for k = i + 2, i + 1 + n do
       local seq = ARGV[k]
-      if redis.call('ZREM', KEYS[3], member(slot, seq)) == 1 then
+      if redis.call('ZREM', KEYS[2], member(slot, seq)) == 1 then
         done = done + 1
-        if not waited(KEYS[3], slots, slot, seq) then
-          deleted = deleted + drop(KEYS[1], KEYS[2], seq)
+        if not waited(KEYS[2], slots, slot, seq) then
+          deleted = deleted + drop(KEYS[1], seq)
         end
       end
     end

@@ -510,3 +510,19 @@ async fn retention_walks_every_recipient_and_forgets_idle_ones() {
     db.register(bobs[1], laptop, "l".into()).await.unwrap();
     assert_eq!(db.fetch(bobs[1], laptop, 0, 10).await.unwrap(), [fresh_one]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_url_goes_through_rustls_and_fails_cleanly_on_a_plain_server() {
+    // A server that is not TLS: the handshake fails, with an error (the
+    // crypto provider is in place, so nothing panics).
+    let fresh = Fresh::new();
+    let mut config = fresh.config(10);
+    config.url = format!("rediss://:s3cret@127.0.0.1:{}/0", fresh.redis.port());
+    match RedisBackend::open(config).await {
+        Err(BackendError::RedisSetup(m)) => {
+            assert!(m.contains("rediss://:***@127.0.0.1"), "{m}");
+            assert!(!m.contains("s3cret"), "{m}");
+        }
+        other => panic!("expected a setup error, got {other:?}"),
+    }
+}

@@ -7,9 +7,9 @@
 //! applied in the order they were made.
 //!
 //! Beside the scripts it keeps the deployment-wide bookkeeping, which no
-//! script may touch: `SADD` of each recipient to the retention set (after
-//! its script, in the same pipeline) and the depth counter, whose change
-//! rides on the next pipeline (or goes alone when idle).
+//! script may touch: `SADD` to the retention set of each recipient a
+//! script found new, and the depth counter; both ride on the next
+//! pipeline (or go alone when the writer is idle).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -20,8 +20,8 @@ use redis::{Cmd, Value};
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
-use super::health::Health;
-use super::keys::Names;
+use super::health::{self, Health};
+use super::keys::{self, Names};
 use super::scripts::{self, evalsha, SCRIPTS};
 use super::setup::OP_TIMEOUT;
 use super::wire;
@@ -57,6 +57,9 @@ pub(super) struct Writer {
     pub health: Arc<Health>,
     /// Frames stored minus frames deleted, not yet added to the counter.
     pub delta: i64,
+    /// Recipients (hex) that got their first frame, not yet in the
+    /// retention set.
+    pub new_recipients: Vec<String>,
 }
 
 /// What one command of a pipeline answers.
@@ -86,7 +89,7 @@ struct FrameGroup {
 impl Writer {
     pub(super) async fn run(mut self, mut rx: mpsc::Receiver<Op>) {
         let closers = loop {
-            let next = if self.delta != 0 {
+            let next = if self.has_bookkeeping() {
                 match tokio::time::timeout(IDLE_FLUSH, rx.recv()).await {
                     Ok(next) => next,
                     Err(_) => {
@@ -112,7 +115,7 @@ impl Writer {
                 break closers;
             }
         };
-        if self.delta != 0 {
+        if self.has_bookkeeping() {
             self.flush().await;
         }
         drop(rx);
@@ -122,27 +125,45 @@ impl Writer {
         tracing::debug!("Redis queue writer stopped");
     }
 
-    /// Sends the pending depth change alone.
+    fn has_bookkeeping(&self) -> bool {
+        self.delta != 0 || !self.new_recipients.is_empty()
+    }
+
+    /// Sends the pending bookkeeping alone.
     async fn flush(&mut self) {
         let _ = self.send(Vec::new(), &mut Vec::new()).await;
     }
 
-    /// Sends `cmds` (after the pending depth change) within
-    /// [`OP_TIMEOUT`]; the replies of `cmds` (the depth change's removed).
+    /// Sends `cmds` (after the pending bookkeeping) within [`OP_TIMEOUT`];
+    /// `kinds` gets the bookkeeping's entries in front.
     async fn send(&mut self, cmds: Vec<Cmd>, kinds: &mut Vec<Kind>) -> Result<Vec<Value>, String> {
-        let mut all = Vec::with_capacity(cmds.len() + 1);
+        let mut all = Vec::with_capacity(cmds.len() + 2);
         let delta = std::mem::take(&mut self.delta);
+        let new = std::mem::take(&mut self.new_recipients);
         if delta != 0 {
             let mut incr = redis::cmd("INCRBY");
             incr.arg(self.names.depth()).arg(delta);
             all.push(incr);
             kinds.insert(0, Kind::Ignore);
         }
+        if !new.is_empty() {
+            let mut sadd = redis::cmd("SADD");
+            sadd.arg(self.names.recipients()).arg(&new);
+            all.push(sadd);
+            kinds.insert(0, Kind::Ignore);
+        }
         all.extend(cmds);
         let run = scripts::run(&mut self.conn, all);
         let outcome = match tokio::time::timeout(OP_TIMEOUT, run).await {
             Ok(Ok(replies)) => {
-                self.health.up();
+                let refused = replies.iter().find_map(|v| match v {
+                    Value::ServerError(e) if health::unable(e.code()) => Some(e),
+                    _ => None,
+                });
+                match refused {
+                    Some(e) => self.health.down(&format!("{e:?}")),
+                    None => self.health.up(),
+                }
                 Ok(replies)
             }
             Ok(Err(e)) => {
@@ -156,8 +177,9 @@ impl Writer {
             }
         };
         if outcome.is_err() {
-            // Most likely not applied: count it again next time.
+            // Most likely not applied: again next time.
             self.delta += delta;
+            self.new_recipients.extend(new);
         }
         outcome
     }
@@ -188,7 +210,7 @@ impl Writer {
         let remove_groups = group(removes.iter().map(|r| r.0), |ops| RemoveGroup { ops });
         for (g, (key, group)) in remove_groups.iter().enumerate() {
             let k = self.names.recipient(key);
-            let mut cmd = evalsha(&SCRIPTS.remove, &[&k.f, &k.dd, &k.w, &k.slots]);
+            let mut cmd = evalsha(&SCRIPTS.remove, &[&k.f, &k.w, &k.slots]);
             for &i in &group.ops {
                 let (_, device, seqs, _) = &removes[i];
                 cmd.arg(device.to_string()).arg(seqs.len()).arg(seqs);
@@ -201,10 +223,7 @@ impl Writer {
         let chan = self.names.channel_prefix();
         for (g, group) in frame_groups.iter().enumerate() {
             let k = self.names.recipient(&group.recipient);
-            let mut cmd = evalsha(
-                &SCRIPTS.enqueue,
-                &[&k.n, &k.f, &k.dd, &k.w, &k.slots, &k.sess],
-            );
+            let mut cmd = evalsha(&SCRIPTS.enqueue, &[&k.f, &k.w, &k.slots, &k.sess]);
             cmd.arg(&self.router_id)
                 .arg(&chan)
                 .arg(&at)
@@ -225,10 +244,6 @@ impl Writer {
             }
             cmds.push(cmd);
             kinds.push(Kind::Enqueue(g));
-            let mut sadd = redis::cmd("SADD");
-            sadd.arg(self.names.recipients()).arg(&k.hex);
-            cmds.push(sadd);
-            kinds.push(Kind::Ignore);
         }
         if !depths.is_empty() {
             let mut get = redis::cmd("GET");
@@ -284,7 +299,11 @@ impl Writer {
                 Kind::Enqueue(g) => {
                     let group = &frame_groups[*g];
                     match parse_enqueue(reply, group, &enqueues, &at) {
-                        Ok(outcomes) => {
+                        Ok((outcomes, new)) => {
+                            if new {
+                                let hex = keys::hex(&group.recipient);
+                                self.new_recipients.push(hex);
+                            }
                             for (&(op, i), outcome) in group.frames.iter().zip(outcomes) {
                                 if matches!(outcome, Enqueued::Stored { .. }) {
                                     self.delta += 1;
@@ -382,16 +401,20 @@ fn parse_remove(reply: &Value, ops: usize) -> Result<(i64, Vec<u64>), String> {
     Ok((deleted, counts))
 }
 
-/// The outcome of each frame of `group` from enqueue.lua.
+/// The outcome of each frame of `group` from enqueue.lua, and whether
+/// the recipient is new to the retention set.
 fn parse_enqueue(
     reply: &Value,
     group: &FrameGroup,
     enqueues: &[(Vec<NewFrame>, Reply<Vec<Enqueued>>)],
     at: &str,
-) -> Result<Vec<Enqueued>, String> {
+) -> Result<(Vec<Enqueued>, bool), String> {
     let items = match reply {
         Value::ServerError(e) => return Err(format!("redis: {e:?}")),
         other => wire::array(other).ok_or("unexpected reply to the enqueue script")?,
+    };
+    let Some((new, items)) = items.split_last() else {
+        return Err("no outcomes from the enqueue script".into());
     };
     if items.len() != group.frames.len() {
         return Err("wrong number of outcomes from the enqueue script".into());
@@ -438,5 +461,5 @@ fn parse_enqueue(
             other => return Err(format!("unknown outcome {other:?}")),
         });
     }
-    Ok(out)
+    Ok((out, wire::int(new) == Some(1)))
 }
