@@ -118,6 +118,21 @@ fn init_logging(format: LogFormat) {
     }
 }
 
+/// A retention in seconds instead of `--retention-days`, so the tests can
+/// watch frames expire (with the retention check every second). Honoured
+/// by debug builds only: no operator should meet it.
+pub const TEST_RETENTION_ENV: &str = "CHAT_TEST_RETENTION_SECS";
+
+/// [`TEST_RETENTION_ENV`], when set to a whole number of seconds in a
+/// debug build.
+fn test_retention() -> Option<Duration> {
+    if !cfg!(debug_assertions) {
+        return None;
+    }
+    let secs: u64 = std::env::var(TEST_RETENTION_ENV).ok()?.parse().ok()?;
+    (secs > 0).then(|| Duration::from_secs(secs))
+}
+
 /// Longest retention accepted: a century. Longer would overflow the
 /// expiry's date arithmetic and silently stop expiry.
 const MAX_RETENTION_DAYS: u64 = 36_500;
@@ -175,7 +190,8 @@ impl RouterArgs {
         let mut config = RouterConfig::new(data);
         config.max_frame_bytes = self.max_frame_bytes;
         config.max_queued_per_recipient = self.max_queued;
-        config.retention = Duration::from_secs(self.retention_days.saturating_mul(86_400));
+        config.retention = test_retention()
+            .unwrap_or_else(|| Duration::from_secs(self.retention_days.saturating_mul(86_400)));
         config.max_frames_per_sec = self.max_rate;
         config.max_connections = self.max_connections;
         config.auth_timeout = Duration::from_secs(self.auth_timeout);

@@ -8,6 +8,12 @@
 //!
 //! Control sessions (protocol v2's nil device) are not in the hub: they
 //! receive nothing and replace nothing ([`Registration::detached`]).
+//!
+//! With a queue other routers share, each session also holds a numbered
+//! claim on its device ([`super::backend::Backend::claim`]): the newest
+//! claim wins, here and across routers ([`Hub::replace_older`]), and
+//! [`Hub::recheck_all`] wakes every session to look at its queue and claim
+//! again after events from the other routers may have been lost.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -31,6 +37,11 @@ pub struct Signals {
     pub end: Notify,
     /// Raised before `end` is notified for a removal.
     pub removed: AtomicBool,
+    /// Notified when the session must re-check its queue (a fetch from
+    /// its start, see [`super::state::Delivery::on_recheck`]) and its
+    /// claim: events from other routers may have been lost
+    /// ([`Hub::recheck_all`]).
+    pub recheck: Notify,
 }
 
 impl Signals {
@@ -49,6 +60,8 @@ pub struct Handle {
     // inline frames would cost every idle session ~3 KB.
     deliver: mpsc::Sender<Box<Queued>>,
     signals: Arc<Signals>,
+    /// The session's claim on its device (0 with a queue of one router).
+    claim: u64,
 }
 
 /// What a session keeps from registering.
@@ -58,8 +71,10 @@ pub struct Registration {
     pub id: u64,
     /// Frames committed for this device.
     pub deliveries: mpsc::Receiver<Box<Queued>>,
-    /// Lag, replacement and removal.
+    /// Lag, replacement, removal and re-checks.
     pub signals: Arc<Signals>,
+    /// The claim on the device this session holds (see [`Hub::register`]).
+    pub claim: u64,
 }
 
 impl Registration {
@@ -71,6 +86,7 @@ impl Registration {
             id: u64::MAX,
             deliveries: rx,
             signals: Arc::default(),
+            claim: 0,
         }
     }
 }
@@ -97,10 +113,20 @@ pub struct Hub {
 }
 
 impl Hub {
-    /// Registers the live session for `device` of `key`, replacing (and
-    /// notifying) an older one of the same device; other devices' sessions
-    /// stay. `capacity` bounds its delivery channel.
-    pub fn register(&self, key: PublicKey, device: Uuid, capacity: usize) -> Registration {
+    /// Registers the live session for `device` of `key` holding `claim`,
+    /// replacing (and notifying) an older one of the same device; other
+    /// devices' sessions stay. Claims decide which is older: a session
+    /// registering with a claim older than the one registered (two logins
+    /// of one device racing) is told to end at once instead. Equal claims
+    /// (a queue of one router numbers none) let the newcomer win.
+    /// `capacity` bounds its delivery channel.
+    pub fn register(
+        &self,
+        key: PublicKey,
+        device: Uuid,
+        claim: u64,
+        capacity: usize,
+    ) -> Registration {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::channel(capacity.max(1));
         let handle = Handle {
@@ -108,11 +134,13 @@ impl Hub {
             device,
             deliver: tx,
             signals: Arc::default(),
+            claim,
         };
         let registration = Registration {
             id,
             deliveries: rx,
             signals: Arc::clone(&handle.signals),
+            claim,
         };
         let mut sessions = self.lock();
         // Most keys have one device online: no room reserved for more
@@ -121,13 +149,38 @@ impl Hub {
             .entry(*key.as_bytes())
             .or_insert_with(|| Vec::with_capacity(1));
         match devices.iter_mut().find(|h| h.device == device) {
-            Some(slot) => {
+            Some(slot) if slot.claim <= claim => {
                 let old = std::mem::replace(slot, handle);
                 old.signals.end.notify_one();
             }
+            // A newer claim is live already: this one lost the race.
+            Some(_) => handle.signals.end.notify_one(),
             None => devices.push(handle),
         }
         registration
+    }
+
+    /// Ends the live session of `device` of `key` if its claim is older
+    /// than `claim` (a newer session of the device started on another
+    /// router); it closes as a local replacement does (4000).
+    pub fn replace_older(&self, key: &PublicKey, device: &Uuid, claim: u64) {
+        if let Some(h) = self
+            .lock()
+            .get(key.as_bytes())
+            .and_then(|devices| devices.iter().find(|h| h.device == *device))
+        {
+            if h.claim < claim {
+                h.signals.end.notify_one();
+            }
+        }
+    }
+
+    /// Wakes every live session to re-check its queue and its claim (the
+    /// store reconnected: wake-ups and replacements may have been lost).
+    pub fn recheck_all(&self) {
+        for handle in self.lock().values().flatten() {
+            handle.signals.recheck.notify_one();
+        }
     }
 
     /// Forgets session `id` of `key`, unless a newer one replaced it.
@@ -232,6 +285,7 @@ fn hand_over(handle: &Handle, frame: Box<Queued>) {
 mod tests {
     use super::*;
     use crate::identity::Identity;
+    use futures_util::FutureExt as _;
 
     fn queued(to: PublicKey, seq: i64) -> Queued {
         Queued {
@@ -248,8 +302,8 @@ mod tests {
         let hub = Hub::default();
         let key = Identity::generate().public_key();
         let device = Uuid::new_v4();
-        let old = hub.register(key, device, 4);
-        let mut new = hub.register(key, device, 4);
+        let old = hub.register(key, device, 0, 4);
+        let mut new = hub.register(key, device, 0, 4);
         // The permit is stored, so the old session sees it even if it was
         // not waiting yet.
         old.signals.end.notified().await;
@@ -265,8 +319,8 @@ mod tests {
         let hub = Hub::default();
         let key = Identity::generate().public_key();
         let (laptop, phone) = (Uuid::new_v4(), Uuid::new_v4());
-        let mut a = hub.register(key, laptop, 4);
-        let mut b = hub.register(key, phone, 4);
+        let mut a = hub.register(key, laptop, 0, 4);
+        let mut b = hub.register(key, phone, 0, 4);
         assert_eq!(hub.len(), 2);
         let mut online = hub.online(&key);
         online.sort();
@@ -306,7 +360,7 @@ mod tests {
         let key = Identity::generate().public_key();
         let device = Uuid::new_v4();
         let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            let reg = hub.register(key, device, 4);
+            let reg = hub.register(key, device, 0, 4);
             let _leave = hub.leave_on_drop(key, reg.id);
             // Poison the lock too: the hub must recover from it.
             let _held = hub.sessions.lock();
@@ -314,9 +368,60 @@ mod tests {
         }));
         assert!(panicked.is_err());
         assert!(hub.is_empty(), "the dead session is still registered");
-        let mut reg = hub.register(key, device, 4);
+        let mut reg = hub.register(key, device, 0, 4);
         hub.notify(queued(key, 1), &[device]);
         assert!(reg.deliveries.try_recv().is_ok());
+    }
+
+    #[tokio::test]
+    async fn only_a_newer_claim_replaces_a_session() {
+        let hub = Hub::default();
+        let key = Identity::generate().public_key();
+        let (device, other) = (Uuid::new_v4(), Uuid::new_v4());
+        let mut held = hub.register(key, device, 5, 4);
+        let mut beside = hub.register(key, other, 1, 4);
+        // Claims elsewhere that are not newer (late or repeated events),
+        // or for another device: nothing ends.
+        hub.replace_older(&key, &device, 5);
+        hub.replace_older(&key, &device, 4);
+        hub.replace_older(&Identity::generate().public_key(), &device, 9);
+        hub.notify(queued(key, 1), &[device, other]);
+        assert_eq!(held.deliveries.recv().await.unwrap().seq, 1);
+        assert_eq!(beside.deliveries.recv().await.unwrap().seq, 1);
+        assert!(
+            held.signals.end.notified().now_or_never().is_none(),
+            "an event with an older or equal claim ended the session"
+        );
+        // A login here that lost the race to the held claim ends at once;
+        // the held session stays registered.
+        let late = hub.register(key, device, 3, 4);
+        late.signals.end.notified().await;
+        hub.unregister(&key, late.id);
+        hub.notify(queued(key, 2), &[device]);
+        assert_eq!(held.deliveries.recv().await.unwrap().seq, 2);
+        // A newer claim on another router ends it, as a replacement.
+        hub.replace_older(&key, &device, 6);
+        held.signals.end.notified().await;
+        assert!(!held.signals.ended_by_removal());
+        assert!(beside.signals.end.notified().now_or_never().is_none());
+    }
+
+    #[tokio::test]
+    async fn recheck_wakes_every_session_even_one_not_waiting_yet() {
+        let hub = Hub::default();
+        let (alice, bob) = (
+            Identity::generate().public_key(),
+            Identity::generate().public_key(),
+        );
+        let a = hub.register(alice, Uuid::new_v4(), 0, 4);
+        let b = hub.register(bob, Uuid::new_v4(), 0, 4);
+        let control = Registration::detached();
+        hub.recheck_all();
+        // The permit is stored until the session next waits.
+        a.signals.recheck.notified().await;
+        b.signals.recheck.notified().await;
+        assert!(control.signals.recheck.notified().now_or_never().is_none());
+        assert!(a.signals.end.notified().now_or_never().is_none());
     }
 
     #[test]
@@ -324,7 +429,7 @@ mod tests {
         let hub = Hub::default();
         let key = Identity::generate().public_key();
         let device = Uuid::new_v4();
-        let reg = hub.register(key, device, 1);
+        let reg = hub.register(key, device, 0, 1);
         hub.notify(queued(key, 1), &[device]);
         assert!(!reg.signals.lagged.load(Ordering::Acquire));
         hub.notify(queued(key, 2), &[device]);

@@ -36,6 +36,8 @@ pub struct Gauges {
     pub sessions: usize,
     /// Frames in the queue, if the queue could be asked.
     pub queue_depth: Option<u64>,
+    /// Whether the queue is reachable ([`super::backend::Backend::health`]).
+    pub queue_up: bool,
 }
 
 impl Metrics {
@@ -106,6 +108,12 @@ impl Metrics {
             "Frames written to clients.",
             &plain(self.frames_out.load(Relaxed)),
         );
+        metric(
+            "chat_router_queue_up",
+            "gauge",
+            "1 when the router's queue is reachable, 0 while it is not (sessions are then refused).",
+            &plain(u64::from(gauges.queue_up)),
+        );
         if let Some(depth) = gauges.queue_depth {
             metric(
                 "chat_router_queue_depth",
@@ -172,6 +180,7 @@ mod tests {
         let text = m.render(Gauges {
             sessions: 1,
             queue_depth: Some(7),
+            queue_up: true,
         });
         for line in [
             "chat_router_sessions 1",
@@ -179,6 +188,7 @@ mod tests {
             "chat_router_frames_in_total 1",
             "chat_router_frames_out_total 2",
             "chat_router_queue_depth 7",
+            "chat_router_queue_up 1",
             "chat_router_errors_total{code=\"rate-limited\"} 1",
             "chat_router_errors_total{code=\"internal\"} 0",
             "chat_router_commit_seconds_bucket{le=\"0.0005\"} 1",
@@ -190,5 +200,15 @@ mod tests {
             assert!(text.lines().any(|l| l == line), "{line} missing in\n{text}");
         }
         assert!(text.contains("# TYPE chat_router_commit_seconds histogram"));
+        let down = m.render(Gauges {
+            sessions: 0,
+            queue_depth: None,
+            queue_up: false,
+        });
+        assert!(
+            down.lines().any(|l| l == "chat_router_queue_up 0"),
+            "{down}"
+        );
+        assert!(!down.contains("chat_router_queue_depth "), "{down}");
     }
 }

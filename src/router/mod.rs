@@ -7,6 +7,11 @@
 //! tells every session to finish (each waits for its in-flight commits and
 //! sends their acks, then closes with a reason), and closes the queue after
 //! its last commit.
+//!
+//! With a queue several routers share ([`Backend::is_shared`]), the other
+//! routers' [`ClusterEvent`]s are applied to this router's hub as they come
+//! ([`cluster_events`]): frames for its sessions, newer sessions of their
+//! devices elsewhere, removed devices, and re-checks after a reconnection.
 
 pub mod backend;
 mod http;
@@ -26,7 +31,7 @@ use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 
 use self::backend::sqlite::SqliteBackend;
-use self::backend::{Backend, BackendError};
+use self::backend::{Backend, BackendError, ClusterEvent};
 use self::hub::Hub;
 use crate::protocol::{self, MAX_FRAME_BYTES};
 
@@ -176,6 +181,9 @@ pub async fn serve_with_backend<B: Backend>(
     });
     let mut tasks = JoinSet::new();
     tasks.spawn(expire_loop(Arc::clone(&shared)));
+    if let Some(events) = shared.backend.events() {
+        tasks.spawn(cluster_events(Arc::clone(&shared), events));
+    }
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -209,6 +217,44 @@ pub async fn serve_with_backend<B: Backend>(
     }
     shared.backend.close().await;
     tracing::info!("router stopped");
+}
+
+/// Applies what the other routers sharing the queue tell this one to its
+/// hub, until the router stops or the queue closes the channel.
+async fn cluster_events<B: Backend>(
+    shared: Arc<Shared<B>>,
+    mut events: tokio::sync::mpsc::UnboundedReceiver<ClusterEvent>,
+) {
+    let mut stop = shared.stop.clone();
+    loop {
+        let event = tokio::select! {
+            _ = stop.changed() => return,
+            event = events.recv() => event,
+        };
+        match event {
+            Some(event) => apply(&shared.hub, event),
+            None => {
+                tracing::warn!("the queue stopped sending other routers' events");
+                return;
+            }
+        }
+    }
+}
+
+/// One event from another router, applied to the local sessions.
+fn apply(hub: &Hub, event: ClusterEvent) {
+    match event {
+        ClusterEvent::Frame { frame, devices } => hub.notify(frame, &devices),
+        ClusterEvent::Replaced { key, device, claim } => hub.replace_older(&key, &device, claim),
+        ClusterEvent::DeviceRemoved { key, device } => hub.remove_device(&key, &device),
+        ClusterEvent::Recheck => {
+            tracing::info!(
+                sessions = hub.len(),
+                "re-checking every session's queue and claim"
+            );
+            hub.recheck_all();
+        }
+    }
 }
 
 /// Drops expired frames at start and then periodically.
@@ -248,6 +294,9 @@ async fn expire_loop<B: Backend>(shared: Arc<Shared<B>>) {
 }
 
 #[cfg(test)]
+mod cluster_tests;
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use crate::identity::Identity;
@@ -256,12 +305,12 @@ mod tests {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio_tungstenite::tungstenite::Message;
 
-    type Ws = tokio_tungstenite::WebSocketStream<
+    pub(super) type Ws = tokio_tungstenite::WebSocketStream<
         tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
     >;
 
     /// The next frame, or `None` when the socket ends.
-    async fn next(ws: &mut Ws) -> Option<Frame> {
+    pub(super) async fn next(ws: &mut Ws) -> Option<Frame> {
         let guard = Duration::from_secs(20);
         loop {
             match tokio::time::timeout(guard, ws.next()).await.ok()?? {
@@ -272,12 +321,12 @@ mod tests {
         }
     }
 
-    async fn send(ws: &mut Ws, text: String) {
+    pub(super) async fn send(ws: &mut Ws, text: String) {
         ws.send(Message::text(text)).await.unwrap();
     }
 
     /// An authenticated session for `id`.
-    async fn session(addr: std::net::SocketAddr, id: &Identity) -> Ws {
+    pub(super) async fn session(addr: std::net::SocketAddr, id: &Identity) -> Ws {
         let key = id.public_key().to_base64();
         let key = percent_encoding::utf8_percent_encode(&key, percent_encoding::NON_ALPHANUMERIC);
         let url = format!("ws://{addr}/ws?pub={key}");
@@ -300,7 +349,7 @@ mod tests {
     }
 
     /// Sends a text from `from` to `to` and waits for its ack.
-    async fn send_acked(ws: &mut Ws, from: &Identity, to: &Identity, body: &str) {
+    pub(super) async fn send_acked(ws: &mut Ws, from: &Identity, to: &Identity, body: &str) {
         let content = protocol::Content::Text { body: body.into() };
         let id = uuid::Uuid::now_v7();
         let m = protocol::seal(from, &to.public_key(), id, &crate::clock::now(), &content);
@@ -315,7 +364,7 @@ mod tests {
     }
 
     /// The next message delivered on `ws`, skipping `synced`.
-    async fn next_message(ws: &mut Ws) -> protocol::MessageFrame {
+    pub(super) async fn next_message(ws: &mut Ws) -> protocol::MessageFrame {
         loop {
             match next(ws).await {
                 Some(Frame::Message(m)) => return m,

@@ -2,11 +2,17 @@
 //! one `select!` loop over the socket, the committed-frame hand-off, the
 //! queue's answers, the heartbeat and shutdown. Each branch calls a named
 //! method; the protocol state lives in [`super::state`].
+//!
+//! The queue may be out of reach for a while (Redis restarting): a session
+//! then stays open, refusing what it cannot store (`internal`, no ack) and
+//! retrying its fetches with a backoff, and resumes delivery when the queue
+//! is back. New sessions are refused while [`Backend::health`] says the
+//! queue is down (close 1013).
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use futures_util::future::BoxFuture;
 use futures_util::stream::FuturesUnordered;
@@ -45,6 +51,18 @@ const CLOSE_REPLACED: u16 = 4000;
 
 /// Close code for a session whose device was removed from its key.
 const CLOSE_REMOVED: u16 = 4001;
+
+/// The first wait before fetching again after a fetch failed; it doubles
+/// with every failure in a row, up to [`FETCH_RETRY_MAX`].
+const FETCH_RETRY_FIRST: Duration = Duration::from_secs(1);
+
+/// The longest wait between two fetch attempts while the queue is down.
+const FETCH_RETRY_MAX: Duration = Duration::from_secs(10);
+
+/// What a client is told when the router's queue cannot be reached at
+/// login (with close 1013): nothing about where the queue lives.
+const QUEUE_DOWN: &str = "this router's queue is unavailable, so it cannot serve sessions now; \
+                          retry later";
 
 /// A frame that makes a session panic, in unit tests only: proves one
 /// session's panic cannot take the router or other sessions down.
@@ -87,13 +105,27 @@ pub(super) async fn handle_connection<B: Backend>(
     };
     let key = match http::route(&head) {
         Request::Health => {
-            let _ = http::respond(&mut stream, "200 OK", "ok\n").await;
+            let _ = match shared.backend.health() {
+                Ok(()) => http::respond(&mut stream, "200 OK", "ok\n").await,
+                Err(cause) => {
+                    let body = format!("queue unavailable: {cause}\n");
+                    http::respond(&mut stream, "503 Service Unavailable", &body).await
+                }
+            };
             return;
         }
         Request::Metrics => {
+            let queue_up = shared.backend.health().is_ok();
+            // Asking a queue that is down would only wait for its error.
+            let queue_depth = if queue_up {
+                shared.backend.depth().await.ok()
+            } else {
+                None
+            };
             let gauges = super::metrics::Gauges {
                 sessions: shared.hub.len(),
-                queue_depth: shared.backend.depth().await.ok(),
+                queue_depth,
+                queue_up,
             };
             let body = shared.metrics.render(gauges);
             let _ = http::respond_typed(&mut stream, "200 OK", http::PROMETHEUS_TEXT, &body).await;
@@ -129,6 +161,12 @@ pub(super) async fn handle_connection<B: Backend>(
         ws,
         shared: &shared,
     };
+    if let Err(cause) = shared.backend.health() {
+        // The outage itself is logged once, by the queue.
+        tracing::debug!(client = %log_id(&key), %cause, "the queue is unavailable; refusing a session");
+        conn.refuse_unavailable().await;
+        return;
+    }
     if permit.is_none() {
         tracing::warn!(client = %log_id(&key), "connection limit reached; refusing a session");
         tracing::debug!(%peer, key = %key, "refused for the connection limit");
@@ -148,6 +186,7 @@ pub(super) async fn handle_connection<B: Backend>(
     let client = log_id(&key);
     let control = signed_in.is_control();
     let device = signed_in.device;
+    let claim = registration.claim;
     shared.metrics.session_started();
     tracing::info!(%client, control, "session started");
     tracing::debug!(%client, %peer, key = %key, %device, "session details");
@@ -155,6 +194,12 @@ pub(super) async fn handle_connection<B: Backend>(
     let leave = shared.hub.leave_on_drop(key, registration.id);
     let exit = Session::new(conn, key, registration, signed_in).run().await;
     drop(leave);
+    if !control {
+        // A newer claim (a replacement) is kept by the queue.
+        if let Err(e) = shared.backend.release(key, device, claim).await {
+            tracing::debug!(error = %e, "giving up a session's claim failed");
+        }
+    }
     if !control && !matches!(exit, Exit::Removed) {
         if let Err(e) = shared.backend.seen(vec![(key, device)]).await {
             tracing::warn!(error = %e, "noting when a device was last seen failed");
@@ -203,8 +248,8 @@ enum Exit {
     TooLarge,
     /// A text message that is not valid UTF-8.
     BadUtf8,
-    /// The queue failed.
-    Internal,
+    /// The queue could not be reached to open the session.
+    Unavailable,
 }
 
 /// The close code and reason a session ending for `exit` sends; `None`
@@ -225,7 +270,7 @@ fn close_for(exit: &Exit) -> Option<(CloseCode, &'static str)> {
         Exit::TooSlow => (CloseCode::Policy, "too slow: writes to this client stalled"),
         Exit::TooLarge => (CloseCode::Size, "frame larger than the router accepts"),
         Exit::BadUtf8 => (CloseCode::Invalid, CLOSE_BAD_UTF8),
-        Exit::Internal => (CloseCode::Error, "router storage failure; reconnect later"),
+        Exit::Unavailable => (CloseCode::Again, "queue unavailable; reconnect later"),
     })
 }
 
@@ -235,6 +280,8 @@ enum Done {
     Removed(Result<u64, BackendError>),
     Devices(Result<Vec<DeviceRecord>, BackendError>),
     DeviceRemoved(Uuid, Result<bool, BackendError>),
+    /// Whether the session still holds the newest claim on its device.
+    Claim(Result<bool, BackendError>),
 }
 
 /// An authenticated session.
@@ -252,6 +299,12 @@ struct Session<'a, B, S> {
     /// (see [`Session::on_message`]).
     acks: Vec<i64>,
     last_seen: Instant,
+    /// Whether other routers share the queue: the heartbeat then
+    /// re-checks the queue and the claim.
+    shared_queue: bool,
+    /// The wait before the next fetch while fetches fail; zero when the
+    /// last one succeeded.
+    fetch_retry: Duration,
 }
 
 impl<'a, B: Backend, S: AsyncRead + AsyncWrite + Unpin> Session<'a, B, S> {
@@ -262,8 +315,11 @@ impl<'a, B: Backend, S: AsyncRead + AsyncWrite + Unpin> Session<'a, B, S> {
         who: SignedIn,
     ) -> Self {
         let config = &conn.shared.config;
+        let shared_queue = conn.shared.backend.is_shared();
         let delivery = if who.is_control() {
             Delivery::none()
+        } else if shared_queue {
+            Delivery::new(config.delivery_window).shared()
         } else {
             Delivery::new(config.delivery_window)
         };
@@ -277,6 +333,8 @@ impl<'a, B: Backend, S: AsyncRead + AsyncWrite + Unpin> Session<'a, B, S> {
             pending: FuturesUnordered::new(),
             acks: Vec::new(),
             last_seen: Instant::now(),
+            shared_queue,
+            fetch_retry: Duration::ZERO,
         }
     }
 
@@ -294,6 +352,9 @@ impl<'a, B: Backend, S: AsyncRead + AsyncWrite + Unpin> Session<'a, B, S> {
         let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
         let mut stop = self.conn.shared.stop.clone();
         let signals = Arc::clone(&self.registration.signals);
+        // Set while fetches fail: the next attempt waits for it (boxed, and
+        // only then: most sessions never need one).
+        let mut retry: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
         loop {
             if self
                 .registration
@@ -303,15 +364,30 @@ impl<'a, B: Backend, S: AsyncRead + AsyncWrite + Unpin> Session<'a, B, S> {
             {
                 self.delivery.on_lagged();
             }
-            if let Some((after, limit)) = self.delivery.fetch_request() {
-                self.deliver_backlog(after, limit).await?;
-                continue;
+            if retry.is_none() {
+                if let Some((after, limit)) = self.delivery.fetch_request() {
+                    if !self.deliver_backlog(after, limit).await? {
+                        retry = Some(Box::pin(tokio::time::sleep(self.fetch_retry)));
+                    }
+                    continue;
+                }
             }
             tokio::select! {
                 biased;
                 _ = stop.changed() => return Err(Exit::Shutdown),
                 () = signals.end.notified() => {
                     return Err(if signals.ended_by_removal() { Exit::Removed } else { Exit::Replaced });
+                }
+                // Only other routers ask for re-checks: a queue of one
+                // router adds no waiter to register on every turn.
+                () = signals.recheck.notified(), if self.shared_queue => {
+                    // The queue is back (or events were lost): now, not
+                    // after the rest of a backoff.
+                    retry = None;
+                    self.recheck();
+                }
+                () = async { if let Some(wait) = retry.as_mut() { wait.await } }, if retry.is_some() => {
+                    retry = None;
                 }
                 Some(done) = self.pending.next(), if !self.pending.is_empty() => {
                     self.on_done(done).await?;
@@ -328,24 +404,65 @@ impl<'a, B: Backend, S: AsyncRead + AsyncWrite + Unpin> Session<'a, B, S> {
     }
 
     /// Sends queued frames after the cursor, as many as the window allows.
-    async fn deliver_backlog(&mut self, after: i64, limit: usize) -> Result<(), Exit> {
-        let rows = self
+    /// False when the queue could not be read: the session stays, and
+    /// tries again after [`Session::fetch_retry`].
+    async fn deliver_backlog(&mut self, after: i64, limit: usize) -> Result<bool, Exit> {
+        let fetched = self
             .conn
             .shared
             .backend
             .fetch(self.key, self.device, after, limit)
-            .await
-            .map_err(|e| {
-                tracing::error!(error = %e, "fetching the queue failed");
-                Exit::Internal
-            })?;
+            .await;
+        let rows = match fetched {
+            Ok(rows) => rows,
+            Err(e) => {
+                self.fetch_failed(&e);
+                return Ok(false);
+            }
+        };
+        if !self.fetch_retry.is_zero() {
+            tracing::info!(client = %log_id(&self.key), "the queue answers again; delivery resumed");
+            self.fetch_retry = Duration::ZERO;
+        }
         for row in self.delivery.on_fetched(&rows, limit) {
             self.conn.feed_text(row.text.to_string()).await?;
         }
         if self.delivery.take_synced() {
             self.conn.feed(&Frame::Synced).await?;
         }
-        self.conn.flush().await
+        self.conn.flush().await?;
+        Ok(true)
+    }
+
+    /// A fetch failed: waits longer before each next attempt. Only the
+    /// first failure in a row is a warning (every session of the router
+    /// sees the same outage).
+    fn fetch_failed(&mut self, e: &BackendError) {
+        if self.fetch_retry.is_zero() {
+            tracing::warn!(
+                client = %log_id(&self.key),
+                error = %e,
+                "fetching the queue failed; the session stays and tries again"
+            );
+            self.fetch_retry = FETCH_RETRY_FIRST;
+        } else {
+            tracing::debug!(error = %e, "fetching the queue failed again");
+            self.fetch_retry = (self.fetch_retry * 2).min(FETCH_RETRY_MAX);
+        }
+    }
+
+    /// Re-checks the queue (a fetch from its start, for wake-ups that were
+    /// lost or came out of order) and, in the background, whether this
+    /// session still holds its device's claim (a lost replacement).
+    fn recheck(&mut self) {
+        if self.device == protocol::CONTROL_DEVICE {
+            // Receives nothing and holds no claim.
+            return;
+        }
+        self.delivery.on_recheck();
+        let backend = &self.conn.shared.backend;
+        let check = backend.holds_claim(self.key, self.device, self.registration.claim);
+        self.pending.push(check.map(Done::Claim).boxed());
     }
 
     /// Frames committed for this key while it is online.
@@ -434,6 +551,16 @@ impl<'a, B: Backend, S: AsyncRead + AsyncWrite + Unpin> Session<'a, B, S> {
                 }
                 let answer = Frame::DeviceRemoved(DeviceRemoved { device, removed });
                 self.conn.feed(&answer).await
+            }
+            Done::Claim(Ok(true)) => Ok(()),
+            Done::Claim(Ok(false)) => {
+                tracing::info!(client = %log_id(&self.key), "a newer session of this device holds its claim");
+                Err(Exit::Replaced)
+            }
+            Done::Claim(Err(e)) => {
+                // Checked again on the next heartbeat.
+                tracing::debug!(error = %e, "checking a session's claim failed");
+                Ok(())
             }
             Done::Devices(Err(e)) | Done::DeviceRemoved(_, Err(e)) => {
                 tracing::warn!(error = %e, "a device request failed");
@@ -617,6 +744,10 @@ impl<'a, B: Backend, S: AsyncRead + AsyncWrite + Unpin> Session<'a, B, S> {
         if self.last_seen.elapsed() > period * 2 {
             return Err(Exit::Dead);
         }
+        if self.shared_queue {
+            // Wake-ups and replacements from other routers are hints.
+            self.recheck();
+        }
         let limit = self.conn.shared.config.write_timeout;
         match tokio::time::timeout(limit, self.conn.ws.send(Message::Ping(Vec::new().into()))).await
         {
@@ -668,7 +799,7 @@ mod tests {
             Exit::TooSlow,
             Exit::TooLarge,
             Exit::BadUtf8,
-            Exit::Internal,
+            Exit::Unavailable,
         ];
         for exit in exits {
             let (code, reason) = close_for(&exit).unwrap();

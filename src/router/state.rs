@@ -109,6 +109,15 @@ impl SignedIn {
 /// Ids are unique per sender only, so two frames in flight may share an id
 /// (from different senders): each id maps to the `seq`s sent under it, and
 /// an ack settles the earliest.
+///
+/// With a queue several routers share, wake-ups come from several places
+/// (this router's senders, the other routers' pub/sub) and can arrive out
+/// of `seq` order or not at all: a frame below the cursor that was never
+/// sent would wait for the next session. So a shared session rewinds: a
+/// notified frame at or below the cursor that is not in flight, and every
+/// re-check ([`Delivery::on_recheck`]), make the next fetch start further
+/// back and send what it finds that is not in flight (a frame acked a
+/// moment ago may be sent again: delivery is at least once).
 #[derive(Debug)]
 pub struct Delivery {
     cursor: i64,
@@ -121,6 +130,12 @@ pub struct Delivery {
     synced_sent: bool,
     /// False for a control session, which is sent no frames.
     receives: bool,
+    /// Where the next fetch starts instead of the cursor, when frames
+    /// below the cursor may have been missed.
+    rewind: Option<i64>,
+    /// Whether an out-of-order wake-up rewinds (a shared queue; a queue
+    /// one router owns keeps its behaviour).
+    shared: bool,
 }
 
 impl Delivery {
@@ -144,12 +159,31 @@ impl Delivery {
             need_fetch: true,
             synced_sent: false,
             receives: true,
+            rewind: None,
+            shared: false,
+        }
+    }
+
+    /// The same on a queue other routers share: out-of-order wake-ups
+    /// rewind (see the type's documentation).
+    pub fn shared(self) -> Self {
+        Self {
+            shared: true,
+            ..self
         }
     }
 
     /// A frame committed while the session is live: send it now?
     pub fn on_notify(&mut self, frame: &Queued) -> bool {
-        if !self.receives || frame.seq <= self.cursor {
+        if !self.receives {
+            return false;
+        }
+        if frame.seq <= self.cursor {
+            if self.shared && !self.is_sent(frame) {
+                // Woken out of order: the fetch after the cursor would
+                // never find it.
+                self.rewind_to(frame.seq - 1);
+            }
             return false;
         }
         if self.need_fetch || self.room() == 0 {
@@ -166,23 +200,53 @@ impl Delivery {
         self.need_fetch = self.receives;
     }
 
-    /// The `(after, limit)` to fetch next, if a fetch is due and there is room.
+    /// Wake-ups may have been lost (a heartbeat or a reconnection of a
+    /// shared queue): the next fetch looks at everything waiting.
+    pub fn on_recheck(&mut self) {
+        self.rewind_to(0);
+    }
+
+    /// The `(after, limit)` to fetch next, if a fetch is due and there is
+    /// room. A rewound fetch asks for a whole window, since what is in
+    /// flight comes back with it.
     pub fn fetch_request(&self) -> Option<(i64, usize)> {
-        (self.need_fetch && self.room() > 0).then(|| (self.cursor, self.room()))
+        if !self.need_fetch || self.room() == 0 {
+            return None;
+        }
+        Some(match self.rewind {
+            Some(after) => (after, self.window),
+            None => (self.cursor, self.room()),
+        })
     }
 
     /// A fetch of `limit` rows returned `rows`: which to send.
     pub fn on_fetched<'a>(&mut self, rows: &'a [Queued], limit: usize) -> Vec<&'a Queued> {
+        let rewound = self.rewind.take().is_some();
         let mut send = Vec::with_capacity(rows.len());
+        let mut first_skipped = None;
         for row in rows {
-            if row.seq > self.cursor && self.room() > 0 {
-                self.mark_sent(row);
-                send.push(row);
+            let unsent = row.seq > self.cursor || (rewound && !self.is_sent(row));
+            if !unsent {
+                continue;
             }
+            if self.room() == 0 {
+                first_skipped = first_skipped.or(Some(row.seq));
+                continue;
+            }
+            self.mark_sent(row);
+            send.push(row);
         }
         // A short page means the queue is drained up to now; later commits
         // arrive through on_notify.
-        self.need_fetch = rows.len() >= limit;
+        self.need_fetch = rows.len() >= limit || first_skipped.is_some();
+        // What a rewound page did not cover below the cursor is fetched
+        // from where it stopped.
+        let resume = match (first_skipped, rows.last()) {
+            (Some(seq), _) => Some(seq - 1),
+            (None, Some(last)) if rewound && self.need_fetch => Some(last.seq),
+            _ => None,
+        };
+        self.rewind = resume.filter(|after| *after < self.cursor);
         send
     }
 
@@ -223,10 +287,28 @@ impl Delivery {
         self.window.saturating_sub(self.unacked)
     }
 
+    /// Whether this very frame (id and seq) is in flight.
+    fn is_sent(&self, frame: &Queued) -> bool {
+        self.in_flight
+            .get(&frame.id)
+            .is_some_and(|seqs| seqs.contains(&frame.seq))
+    }
+
+    fn rewind_to(&mut self, after: i64) {
+        if !self.receives {
+            return;
+        }
+        self.need_fetch = true;
+        let after = after.max(0);
+        self.rewind = Some(self.rewind.map_or(after, |r| r.min(after)));
+    }
+
     fn mark_sent(&mut self, frame: &Queued) {
-        self.cursor = frame.seq;
-        // Sent in `seq` order, so each list stays sorted.
-        self.in_flight.entry(frame.id).or_default().push(frame.seq);
+        self.cursor = self.cursor.max(frame.seq);
+        // Mostly sent in `seq` order; a rewind may send an earlier one.
+        let seqs = self.in_flight.entry(frame.id).or_default();
+        let at = seqs.partition_point(|s| *s < frame.seq);
+        seqs.insert(at, frame.seq);
         self.unacked += 1;
     }
 }
@@ -435,6 +517,57 @@ mod tests {
         assert_eq!(d.on_ack(&first.id), Some(2));
         assert_eq!(d.on_ack(&first.id), None, "an unknown id settles nothing");
         assert_eq!(d.in_flight(), 0);
+    }
+
+    #[test]
+    fn a_shared_session_rewinds_for_a_wake_up_that_came_late() {
+        let mut d = Delivery::new(10).shared();
+        d.on_fetched(&[], 10);
+        let (nine, ten) = (q(9), q(10));
+        // Another router's frame 9 is woken after this router's 10.
+        assert!(d.on_notify(&ten));
+        assert!(!d.on_notify(&nine));
+        assert_eq!(d.fetch_request(), Some((8, 10)));
+        let page = [nine.clone(), ten.clone()];
+        let sent: Vec<i64> = d.on_fetched(&page, 10).iter().map(|r| r.seq).collect();
+        assert_eq!(sent, vec![9], "10 is in flight: not sent twice");
+        assert_eq!(d.fetch_request(), None);
+        // A repeated wake-up of a frame in flight changes nothing.
+        assert!(!d.on_notify(&ten));
+        assert_eq!(d.fetch_request(), None);
+        assert_eq!(d.on_ack(&nine.id), Some(9));
+        assert_eq!(d.on_ack(&ten.id), Some(10));
+        // A single router's queue keeps its behaviour: no rewind.
+        let mut alone = Delivery::new(10);
+        alone.on_fetched(&[], 10);
+        assert!(alone.on_notify(&q(10)));
+        assert!(!alone.on_notify(&q(9)));
+        assert_eq!(alone.fetch_request(), None);
+    }
+
+    #[test]
+    fn a_recheck_fetches_from_the_start_and_resumes_a_long_gap() {
+        let mut d = Delivery::new(3).shared();
+        d.on_fetched(&[], 3);
+        let five = q(5);
+        assert!(d.on_notify(&five));
+        // Frames 2..4 were woken nowhere (a lost pub/sub message).
+        d.on_recheck();
+        assert_eq!(d.fetch_request(), Some((0, 3)));
+        let page = [q(2), q(3), q(4)];
+        let sent: Vec<i64> = d.on_fetched(&page, 3).iter().map(|r| r.seq).collect();
+        assert_eq!(sent, vec![2, 3], "the window is full after two");
+        // The one skipped for room is fetched once there is room again.
+        assert_eq!(d.fetch_request(), None);
+        d.on_ack(&five.id);
+        assert_eq!(d.fetch_request(), Some((3, 3)));
+        let sent: Vec<i64> = d.on_fetched(&page[2..], 3).iter().map(|r| r.seq).collect();
+        assert_eq!(sent, vec![4]);
+        assert!(d.take_synced());
+        d.on_ack(&page[0].id);
+        // Nothing below the cursor left to look at: after it again.
+        d.on_lagged();
+        assert_eq!(d.fetch_request(), Some((5, 1)));
     }
 
     #[test]

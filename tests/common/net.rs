@@ -23,7 +23,11 @@ pub struct Router {
     child: Child,
     /// `127.0.0.1:PORT`.
     pub addr: String,
+    /// Its `--data` directory, or for a Redis router the directory beside
+    /// which it logs (`<data>.log`).
     data: PathBuf,
+    /// Where its queue is: `--data DIR` or `--redis URL`.
+    queue: Vec<String>,
 }
 
 impl Router {
@@ -44,13 +48,41 @@ impl Router {
         extra: &[&str],
         vars: &[(&str, &str)],
     ) -> Router {
+        let queue = vec!["--data".to_owned(), data.display().to_string()];
+        Router::spawn(data, queue, listen, extra, vars)
+    }
+
+    /// Starts a router on a free port with its queue in the Redis at
+    /// `url`, logging to `<home>.log` (`home` is its CHAT_HOME).
+    pub fn start_redis(home: &Path, url: &str, extra: &[&str]) -> Router {
+        Router::start_redis_with_env(home, url, extra, &[])
+    }
+
+    /// [`Router::start_redis`] with environment variables set.
+    pub fn start_redis_with_env(
+        home: &Path,
+        url: &str,
+        extra: &[&str],
+        vars: &[(&str, &str)],
+    ) -> Router {
+        let queue = vec!["--redis".to_owned(), url.to_owned()];
+        Router::spawn(home, queue, "127.0.0.1:0", extra, vars)
+    }
+
+    fn spawn(
+        data: &Path,
+        queue: Vec<String>,
+        listen: &str,
+        extra: &[&str],
+        vars: &[(&str, &str)],
+    ) -> Router {
         let mut child = Command::new(env!("CARGO_BIN_EXE_chat-p2p"))
             .env_clear()
             .envs(vars.iter().copied())
             .env("CHAT_HOME", data)
             .env("RUST_LOG", "debug")
-            .args(["router", "--listen", listen, "--data"])
-            .arg(data)
+            .args(["router", "--listen", listen])
+            .args(&queue)
             .args(extra)
             .stdout(Stdio::piped())
             .stderr(
@@ -77,6 +109,7 @@ impl Router {
             child,
             addr,
             data: data.to_path_buf(),
+            queue,
         }
     }
 
@@ -110,16 +143,36 @@ impl Router {
 
     /// [`Router::restart_same_port`] with other arguments.
     pub fn restart_same_port_with(self, extra: &[&str]) -> Router {
-        let (data, addr) = (self.data.clone(), self.addr.clone());
+        let (data, addr, queue) = (self.data.clone(), self.addr.clone(), self.queue.clone());
         self.kill();
-        Router::start_at(&data, &addr, extra)
+        Router::spawn(&data, queue, &addr, extra, &[])
     }
 
-    /// Starts a new router on the same data directory.
+    /// Starts a new router on the same queue.
     pub fn restart(self, extra: &[&str]) -> Router {
-        let data = self.data.clone();
+        let (data, queue) = (self.data.clone(), self.queue.clone());
         self.kill();
-        Router::start(&data, extra)
+        Router::spawn(&data, queue, "127.0.0.1:0", extra, &[])
+    }
+
+    /// `GET path` on the router: the status line and the body.
+    pub fn get(&self, path: &str) -> (String, String) {
+        use std::io::{Read as _, Write as _};
+        let mut tcp = std::net::TcpStream::connect(&self.addr).expect("connect to the router");
+        let head = format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n");
+        tcp.write_all(head.as_bytes()).expect("send the request");
+        let mut reply = String::new();
+        tcp.read_to_string(&mut reply).expect("read the answer");
+        let (head, body) = reply.split_once("\r\n\r\n").unwrap_or((&reply, ""));
+        let status = head.lines().next().unwrap_or_default().to_owned();
+        (status, body.to_owned())
+    }
+
+    /// The value of the metric `name` (a line `name value`) in `/metrics`.
+    pub fn metric(&self, name: &str) -> Option<f64> {
+        let (_, body) = self.get("/metrics");
+        body.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
     }
 }
 

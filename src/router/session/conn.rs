@@ -15,7 +15,7 @@ use super::super::backend::{Backend, Registered};
 use super::super::hub::Registration;
 use super::super::state::{Handshake, SignedIn};
 use super::super::Shared;
-use super::{log_id, Exit, CLOSE_BAD_UTF8, HANDOFF};
+use super::{close_for, log_id, Exit, CLOSE_BAD_UTF8, HANDOFF, QUEUE_DOWN};
 use crate::identity::PublicKey;
 use crate::protocol::{self, ErrorCode, ErrorFrame, Frame, Ready};
 
@@ -71,6 +71,18 @@ impl<B: Backend, S: AsyncRead + AsyncWrite + Unpin> Conn<'_, B, S> {
         self.shared.metrics.error(code);
         let _ = self.send(&error_frame(None, code, message)).await;
         self.close(close, code.as_str()).await;
+    }
+
+    /// Refuses a session because the queue cannot be reached: `internal`,
+    /// then close 1013 (try again later).
+    pub(super) async fn refuse_unavailable(&mut self) {
+        self.shared.metrics.error(ErrorCode::Internal);
+        let _ = self
+            .send(&error_frame(None, ErrorCode::Internal, QUEUE_DOWN))
+            .await;
+        if let Some((code, reason)) = close_for(&Exit::Unavailable) {
+            self.close(code, reason).await;
+        }
     }
 
     pub(super) async fn close(&mut self, code: CloseCode, reason: &str) {
@@ -133,8 +145,9 @@ impl<B: Backend, S: AsyncRead + AsyncWrite + Unpin> Conn<'_, B, S> {
         Some((registration, signed_in))
     }
 
-    /// Registers the device (none for a control session) with the queue
-    /// and the hub; `None` when refused.
+    /// Registers the device (none for a control session) with the queue,
+    /// claims its live session there, and registers it with the hub;
+    /// `None` when refused.
     pub(super) async fn register(
         &mut self,
         key: PublicKey,
@@ -150,7 +163,7 @@ impl<B: Backend, S: AsyncRead + AsyncWrite + Unpin> Conn<'_, B, S> {
             .await;
         let (code, msg) = match registered {
             Ok(Registered::Known | Registered::First | Registered::Added) => {
-                return Some(self.shared.hub.register(key, who.device, HANDOFF));
+                return self.claim(key, who.device).await;
             }
             Ok(Registered::Removed) => (
                 ErrorCode::DeviceRemoved,
@@ -164,18 +177,26 @@ impl<B: Backend, S: AsyncRead + AsyncWrite + Unpin> Conn<'_, B, S> {
             ),
             Err(e) => {
                 tracing::error!(error = %e, "registering a device failed");
-                let msg = "the router could not register this device; reconnect later";
-                self.shared.metrics.error(ErrorCode::Internal);
-                let _ = self
-                    .send(&error_frame(None, ErrorCode::Internal, msg))
-                    .await;
-                self.close(CloseCode::Error, "router storage failure; reconnect later")
-                    .await;
+                self.refuse_unavailable().await;
                 return None;
             }
         };
         self.refuse_auth(&key, code, msg).await;
         None
+    }
+
+    /// Claims the device's live session in the queue (ending an older one
+    /// on another router) and registers it with the hub (ending an older
+    /// one here); `None` when the queue cannot be reached.
+    async fn claim(&mut self, key: PublicKey, device: Uuid) -> Option<Registration> {
+        match self.shared.backend.claim(key, device).await {
+            Ok(claim) => Some(self.shared.hub.register(key, device, claim, HANDOFF)),
+            Err(e) => {
+                tracing::error!(error = %e, "claiming a device's session failed");
+                self.refuse_unavailable().await;
+                None
+            }
+        }
     }
 
     pub(super) async fn refuse_auth(&mut self, key: &PublicKey, code: ErrorCode, msg: &str) {
