@@ -891,7 +891,7 @@ async fn stalled(router: &Server, pairs: usize, window: usize, dur: Duration) {
 /// with `redis`, Redis' memory per session (device records, claims).
 async fn idle_sessions(router: &Server, n: usize, redis: Option<&on_redis::BenchRedis>) {
     let before = router.rss_kb();
-    let redis_before = redis.map(|r| r.used_memory());
+    let redis_before = redis.map(redis_compare::Snapshot::take);
     let ids: Vec<Identity> = (0..n).map(|_| Identity::generate()).collect();
     let (tx, mut rx) = mpsc::channel(n.max(1));
     let gate = Arc::new(Semaphore::new(200));
@@ -925,14 +925,8 @@ async fn idle_sessions(router: &Server, n: usize, redis: Option<&on_redis::Bench
         after as f64 / 1024.0,
         (after.saturating_sub(before)) as f64 / held.len().max(1) as f64
     );
-    if let (Some(r), Some(m0)) = (redis, redis_before) {
-        let m1 = r.used_memory();
-        println!(
-            "  Redis used_memory {:.1} MB before, {:.1} MB with them ({:.0} bytes per session)",
-            m0 as f64 / 1e6,
-            m1 as f64 / 1e6,
-            m1.saturating_sub(m0) as f64 / held.len().max(1) as f64
-        );
+    if let (Some(r), Some(logins)) = (redis, redis_before) {
+        redis_compare::idle_costs(router, r, held.len(), logins).await;
     }
 }
 

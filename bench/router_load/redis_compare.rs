@@ -223,3 +223,58 @@ async fn queue_frames(ws: super::Ws, template: Template, n: usize) -> usize {
     let _ = sink.close().await;
     acked
 }
+
+/// Redis' state at one moment: memory, CPU, commands.
+pub struct Snapshot {
+    memory: u64,
+    cpu: f64,
+    commands: on_redis::Commands,
+}
+
+impl Snapshot {
+    /// Now.
+    pub fn take(redis: &BenchRedis) -> Snapshot {
+        Snapshot {
+            memory: redis.used_memory(),
+            cpu: redis.cpu_secs(),
+            commands: redis.commands(),
+        }
+    }
+}
+
+/// What `n` idle sessions cost Redis: memory and the logins (since
+/// `before`, taken before they connected), then over one heartbeat
+/// (`BENCH_RECHECK_SECS`, default 31: the router's default ping interval
+/// is 30 s, and on a shared queue every session re-checks its claim and
+/// queue at each one) the router's and Redis' CPU per session.
+pub async fn idle_costs(router: &Server, redis: &BenchRedis, n: usize, before: Snapshot) {
+    let n = n.max(1) as f64;
+    let logged_in = Snapshot::take(redis);
+    let logins = before.commands.delta(&logged_in.commands);
+    println!(
+        "  Redis used_memory {:.1} MB before, {:.1} MB with them ({:.0} bytes per session); per login: Redis CPU {:.0} us, {:.1} commands ({:.1} scripts): {}",
+        before.memory as f64 / 1e6,
+        logged_in.memory as f64 / 1e6,
+        logged_in.memory.saturating_sub(before.memory) as f64 / n,
+        1e6 * (logged_in.cpu - before.cpu) / n,
+        logins.total() as f64 / n,
+        logins.scripts() as f64 / n,
+        logins.per_frame(n as u64),
+    );
+    let secs = env("BENCH_RECHECK_SECS", 31);
+    if secs == 0 {
+        return;
+    }
+    let router_cpu = router.cpu_secs();
+    tokio::time::sleep(Duration::from_secs(secs)).await;
+    let after = Snapshot::take(redis);
+    let idle = logged_in.commands.delta(&after.commands);
+    println!(
+        "  idle for {secs} s (one heartbeat): router CPU {:.0} us and Redis CPU {:.0} us per session, {:.2} Redis commands per session ({:.2} scripts): {}",
+        1e6 * (router.cpu_secs() - router_cpu) / n,
+        1e6 * (after.cpu - logged_in.cpu) / n,
+        idle.total() as f64 / n,
+        idle.scripts() as f64 / n,
+        idle.per_frame(n as u64),
+    );
+}
