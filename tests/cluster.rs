@@ -560,3 +560,46 @@ async fn a_lost_replacement_is_caught_by_the_heartbeat() {
         "+OK"
     );
 }
+
+/// A chat open through a Redis outage: what is typed meanwhile waits, the
+/// user is told once (not at every retry) that the router asks to wait,
+/// and it goes out when Redis is back.
+#[test]
+fn a_chat_open_through_a_redis_outage_says_so_once_and_sends_after() {
+    use std::io::Write as _;
+    use std::process::{Command as StdCommand, Stdio};
+    let mut c = Cluster::start(1, &[]);
+    let env = Env::new();
+    env.friends();
+    let mut chat = StdCommand::new(env!("CARGO_BIN_EXE_chat-p2p"))
+        .env_clear()
+        .env("CHAT_HOME", env.home())
+        .env("CHAT_PROFILE", "alice")
+        .env("CHAT_CONFIG", env.config())
+        .env("CHAT_SERVER", c.routers[0].url())
+        .args(["chat", "bob", "--timeout", "60"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    eventually("the chat is signed in", || {
+        c.routers[0].metric("chat_router_sessions") == Some(1.0)
+    });
+    c.redis.kill9();
+    c.wait_health("503");
+    let mut input = chat.stdin.take().unwrap();
+    writeln!(input, "typed while redis is down").unwrap();
+    // Several retries' worth (a retry every two seconds).
+    std::thread::sleep(Duration::from_secs(7));
+    c.redis.restart().expect("restart redis-server");
+    drop(input);
+    let out = chat.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
+    let waits = stdout.matches("router asks to wait").count();
+    assert_eq!(waits, 1, "said once per outage:\n{stdout}");
+    let sent = messages(&env, "alice", "bob", "typed while redis is down");
+    assert_eq!(sent[0]["status"], "sent", "{stdout}");
+}

@@ -173,3 +173,46 @@ fn an_unknown_log_format_is_a_usage_error() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
 }
+
+/// `router --redis` with the given URL: exit code and stderr.
+fn router_with_redis(url: &str) -> (Option<i32>, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_chat-p2p"))
+        .env_clear()
+        .args(["router", "--listen", "127.0.0.1:0", "--redis", url])
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn a_bad_redis_url_is_a_usage_error_that_never_shows_the_password() {
+    let (code, err) = router_with_redis("http://:hunter2@redis.example.org");
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("is not a Redis URL"), "{err}");
+    assert!(err.contains("redis://[:PASSWORD@]HOST"), "{err}");
+    let (code, err) = router_with_redis("redis://:hunter2@host:notaport");
+    assert_eq!(code, Some(2), "{err}");
+    for (code, err) in [(code, err), router_with_redis("http://:hunter2@x")] {
+        assert!(!err.contains("hunter2"), "the password leaked: {err}");
+        assert!(err.contains(":***@"), "{err}");
+        assert_eq!(code, Some(2));
+    }
+}
+
+#[test]
+fn a_redis_nobody_answers_on_is_a_clear_failure_without_the_password() {
+    // A port nothing listens on: bound, then released.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let (code, err) = router_with_redis(&format!("redis://:hunter2@127.0.0.1:{port}"));
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("cannot connect to Redis"), "{err}");
+    assert!(err.contains("check that it runs"), "{err}");
+    assert!(!err.contains("hunter2"), "the password leaked: {err}");
+}

@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::{Context as _, Result};
 use clap::Args;
 
+use super::UsageError;
 use crate::router::backend::redis::{redacted, RedisBackend, RedisConfig};
 use crate::router::backend::sqlite::SqliteBackend;
 use crate::router::backend::Backend;
@@ -43,6 +44,8 @@ pub struct RouterArgs {
     /// Keep the queue in Redis instead of --data, so several routers can
     /// share it (redis://[:PASSWORD@]HOST[:PORT][/DB], or rediss:// for
     /// TLS). The password is never logged. See docs/DEPLOY.md.
+    // Checked by `redis_url` after parsing, not by a clap value parser:
+    // clap would echo a bad URL, password included.
     #[arg(long, value_name = "URL", env = "CHAT_ROUTER_REDIS")]
     redis: Option<String>,
     /// A file whose first line is the Redis password (instead of one in
@@ -159,6 +162,24 @@ fn public_url(text: &str) -> Result<String, String> {
     crate::protocol::router_name(text.trim()).map_err(|e| e.to_string())
 }
 
+/// A `--redis` URL that names a Redis (a typo is a usage error, exit 2);
+/// the password in it is never echoed.
+fn redis_url(text: &str) -> Result<String, UsageError> {
+    use ::redis::IntoConnectionInfo as _;
+    let shown = redacted(text);
+    if !(text.starts_with("redis://") || text.starts_with("rediss://")) {
+        return Err(UsageError(format!(
+            "--redis {shown} is not a Redis URL: write redis://[:PASSWORD@]HOST[:PORT][/DB], or rediss://... for TLS"
+        )));
+    }
+    match text.into_connection_info() {
+        Ok(_) => Ok(text.to_owned()),
+        Err(_) => Err(UsageError(format!(
+            "--redis {shown} is not a usable Redis URL: write redis://[:PASSWORD@]HOST[:PORT][/DB], or rediss://... for TLS"
+        ))),
+    }
+}
+
 /// [`positive`], and at most `MAX`.
 fn bounded<const MAX: u64>(text: &str) -> Result<u64, String> {
     let n = positive::<u64>(text)?;
@@ -170,13 +191,15 @@ fn bounded<const MAX: u64>(text: &str) -> Result<u64, String> {
 
 impl RouterArgs {
     /// The Redis settings, when the queue is in Redis.
-    fn redis_config(&self) -> Option<RedisConfig> {
-        let url = self.redis.clone()?;
-        let mut config = RedisConfig::new(url, self.max_queued);
+    fn redis_config(&self) -> Result<Option<RedisConfig>, UsageError> {
+        let Some(url) = &self.redis else {
+            return Ok(None);
+        };
+        let mut config = RedisConfig::new(redis_url(url)?, self.max_queued);
         config.password_file = self.redis_password_file.clone();
         config.prefix = self.redis_prefix.clone();
         config.allow_volatile = self.redis_allow_volatile;
-        Some(config)
+        Ok(Some(config))
     }
 
     fn config(self, home: Option<PathBuf>) -> Result<(SocketAddr, RouterConfig)> {
@@ -216,7 +239,7 @@ fn dedup(names: Vec<String>) -> Vec<String> {
 /// Runs the router in the foreground.
 pub fn run(args: RouterArgs, home: Option<PathBuf>) -> Result<()> {
     init_logging(args.log_format);
-    let redis = args.redis_config();
+    let redis = args.redis_config()?;
     let (listen, config) = args.config(home)?;
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     runtime.block_on(async move {
@@ -224,9 +247,10 @@ pub fn run(args: RouterArgs, home: Option<PathBuf>) -> Result<()> {
         match redis {
             Some(redis) => {
                 let shown = redacted(&redis.url);
-                let backend = RedisBackend::open(redis).await.with_context(|| {
-                    format!("cannot open the router's queue in Redis at {shown}")
-                })?;
+                // The causes name the (redacted) URL themselves.
+                let backend = RedisBackend::open(redis)
+                    .await
+                    .context("cannot open the router's queue in Redis")?;
                 tracing::info!(redis = %shown, "queue opened");
                 serve(listen, config, backend).await
             }

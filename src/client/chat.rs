@@ -105,6 +105,7 @@ pub async fn run(
         away_reported: false,
         quit_by: None,
         retry_at: None,
+        wait_shown: false,
         seen_version: 0,
     };
     // Shown on opening, so read: the receipts wait in the outbox, which
@@ -147,6 +148,10 @@ struct Chat<'a> {
     /// Set when the user asked to leave: the deadline for pending acks.
     quit_by: Option<Instant>,
     retry_at: Option<Instant>,
+    /// Whether "the router asks to wait" was shown and nothing was sent
+    /// since: a long outage (the router's queue down) is said once, not
+    /// at every retry.
+    wait_shown: bool,
     /// The database's data version when last looked at for what other
     /// processes stored.
     seen_version: i64,
@@ -335,13 +340,18 @@ impl Chat<'_> {
         }
         let peer = self.options.peer.to_base64();
         let mut shown = Vec::new();
-        // One "the router asks to wait" per pause, not one per frame.
-        let mut wait_said = self.retry_at.is_some();
+        // One "the router asks to wait" per pause, not one per frame, and
+        // not again until something went through.
+        let mut wait_said = self.retry_at.is_some() || self.wait_shown;
         for update in &reaction.updates {
             match update {
                 Update::Received(m) if m.peer_key == peer => shown.push(m.msg_id),
                 Update::Retrying { .. } if wait_said => continue,
-                Update::Retrying { .. } => wait_said = true,
+                Update::Retrying { .. } => {
+                    wait_said = true;
+                    self.wait_shown = true;
+                }
+                Update::Status(_) => self.wait_shown = false,
                 _ => {}
             }
             self.screen.update(update);

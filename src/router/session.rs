@@ -318,8 +318,6 @@ impl<'a, B: Backend, S: AsyncRead + AsyncWrite + Unpin> Session<'a, B, S> {
         let shared_queue = conn.shared.backend.is_shared();
         let delivery = if who.is_control() {
             Delivery::none()
-        } else if shared_queue {
-            Delivery::new(config.delivery_window).shared()
         } else {
             Delivery::new(config.delivery_window)
         };

@@ -110,10 +110,11 @@ impl SignedIn {
 /// (from different senders): each id maps to the `seq`s sent under it, and
 /// an ack settles the earliest.
 ///
-/// With a queue several routers share, wake-ups come from several places
-/// (this router's senders, the other routers' pub/sub) and can arrive out
-/// of `seq` order or not at all: a frame below the cursor that was never
-/// sent would wait for the next session. So a shared session rewinds: a
+/// Wake-ups can arrive out of `seq` order: two senders' commits are handed
+/// over by their own sessions, on whichever worker thread runs first, and
+/// with a queue several routers share they also come from the other
+/// routers' pub/sub, or not at all. A frame below the cursor that was never
+/// sent would then wait for the next session. So a session rewinds: a
 /// notified frame at or below the cursor that is not in flight, and every
 /// re-check ([`Delivery::on_recheck`]), make the next fetch start further
 /// back and send what it finds that is not in flight (a frame acked a
@@ -133,9 +134,6 @@ pub struct Delivery {
     /// Where the next fetch starts instead of the cursor, when frames
     /// below the cursor may have been missed.
     rewind: Option<i64>,
-    /// Whether an out-of-order wake-up rewinds (a shared queue; a queue
-    /// one router owns keeps its behaviour).
-    shared: bool,
 }
 
 impl Delivery {
@@ -160,16 +158,6 @@ impl Delivery {
             synced_sent: false,
             receives: true,
             rewind: None,
-            shared: false,
-        }
-    }
-
-    /// The same on a queue other routers share: out-of-order wake-ups
-    /// rewind (see the type's documentation).
-    pub fn shared(self) -> Self {
-        Self {
-            shared: true,
-            ..self
         }
     }
 
@@ -179,7 +167,7 @@ impl Delivery {
             return false;
         }
         if frame.seq <= self.cursor {
-            if self.shared && !self.is_sent(frame) {
+            if !self.is_sent(frame) {
                 // Woken out of order: the fetch after the cursor would
                 // never find it.
                 self.rewind_to(frame.seq - 1);
@@ -520,8 +508,8 @@ mod tests {
     }
 
     #[test]
-    fn a_shared_session_rewinds_for_a_wake_up_that_came_late() {
-        let mut d = Delivery::new(10).shared();
+    fn a_session_rewinds_for_a_wake_up_that_came_late() {
+        let mut d = Delivery::new(10);
         d.on_fetched(&[], 10);
         let (nine, ten) = (q(9), q(10));
         // Another router's frame 9 is woken after this router's 10.
@@ -537,17 +525,17 @@ mod tests {
         assert_eq!(d.fetch_request(), None);
         assert_eq!(d.on_ack(&nine.id), Some(9));
         assert_eq!(d.on_ack(&ten.id), Some(10));
-        // A single router's queue keeps its behaviour: no rewind.
-        let mut alone = Delivery::new(10);
-        alone.on_fetched(&[], 10);
-        assert!(alone.on_notify(&q(10)));
-        assert!(!alone.on_notify(&q(9)));
-        assert_eq!(alone.fetch_request(), None);
+        // A frame acked already and woken late (its commit's hand-off
+        // lost the race with a fetch) costs one fetch, nothing more.
+        assert!(!d.on_notify(&nine));
+        assert_eq!(d.fetch_request(), Some((8, 10)));
+        assert!(d.on_fetched(&[], 10).is_empty());
+        assert_eq!(d.fetch_request(), None);
     }
 
     #[test]
     fn a_recheck_fetches_from_the_start_and_resumes_a_long_gap() {
-        let mut d = Delivery::new(3).shared();
+        let mut d = Delivery::new(3);
         d.on_fetched(&[], 3);
         let five = q(5);
         assert!(d.on_notify(&five));
