@@ -1,4 +1,4 @@
-//! The Lua scripts (files beside this one, each prefixed with `lib.lua`)
+//! The Lua scripts (files beside this one, most prefixed with `lib.lua`)
 //! and how they are run: one at a time with [`redis::Script`] (which
 //! loads a script Redis does not have), or many in one pipeline of
 //! `EVALSHA`s, re-sending those a restarted Redis answered `NOSCRIPT`.
@@ -10,8 +10,34 @@ use redis::{Cmd, Pipeline, RedisError, Script, Value};
 
 const LIB: &str = include_str!("lib.lua");
 
-fn script(source: &str) -> Script {
-    Script::new(&format!("{LIB}\n{source}"))
+/// A script's text as Redis gets it: `lib.lua` and `source`, or `source`
+/// alone for the hot ones, which do without helpers (Redis runs a script's
+/// whole text per call: every helper is a closure made each time).
+fn text(source: &str, with_lib: bool) -> String {
+    if with_lib {
+        format!("{LIB}\n{source}")
+    } else {
+        source.to_owned()
+    }
+}
+
+/// Every script's source, and whether it is prefixed with `lib.lua`.
+const SOURCES: [(&str, bool); 10] = [
+    (include_str!("enqueue.lua"), false),
+    (include_str!("remove.lua"), false),
+    (include_str!("fetch.lua"), true),
+    (include_str!("register.lua"), true),
+    (include_str!("seen.lua"), true),
+    (include_str!("devices.lua"), true),
+    (include_str!("remove_device.lua"), true),
+    (include_str!("expire.lua"), true),
+    (include_str!("claim.lua"), true),
+    (include_str!("release.lua"), true),
+];
+
+fn script(i: usize) -> Script {
+    let (source, with_lib) = SOURCES[i];
+    Script::new(&text(source, with_lib))
 }
 
 /// Every script, compiled once per process.
@@ -30,16 +56,16 @@ pub(super) struct Scripts {
 
 /// The scripts.
 pub(super) static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
-    enqueue: script(include_str!("enqueue.lua")),
-    remove: script(include_str!("remove.lua")),
-    fetch: script(include_str!("fetch.lua")),
-    register: script(include_str!("register.lua")),
-    seen: script(include_str!("seen.lua")),
-    devices: script(include_str!("devices.lua")),
-    remove_device: script(include_str!("remove_device.lua")),
-    expire: script(include_str!("expire.lua")),
-    claim: script(include_str!("claim.lua")),
-    release: script(include_str!("release.lua")),
+    enqueue: script(0),
+    remove: script(1),
+    fetch: script(2),
+    register: script(3),
+    seen: script(4),
+    devices: script(5),
+    remove_device: script(6),
+    expire: script(7),
+    claim: script(8),
+    release: script(9),
 });
 
 impl Scripts {
@@ -47,26 +73,12 @@ impl Scripts {
     /// proves they compile, and after Redis lost its cache in a restart).
     pub(super) async fn load_all(&self, conn: &mut ConnectionManager) -> Result<(), RedisError> {
         let mut pipe = redis::pipe();
-        for src in SOURCES {
-            pipe.cmd("SCRIPT").arg("LOAD").arg(format!("{LIB}\n{src}"));
+        for (source, with_lib) in SOURCES {
+            pipe.cmd("SCRIPT").arg("LOAD").arg(text(source, with_lib));
         }
         pipe.exec_async(conn).await
     }
 }
-
-/// Every script's source (without `lib.lua`).
-const SOURCES: [&str; 10] = [
-    include_str!("enqueue.lua"),
-    include_str!("remove.lua"),
-    include_str!("fetch.lua"),
-    include_str!("register.lua"),
-    include_str!("seen.lua"),
-    include_str!("devices.lua"),
-    include_str!("remove_device.lua"),
-    include_str!("expire.lua"),
-    include_str!("claim.lua"),
-    include_str!("release.lua"),
-];
 
 /// An `EVALSHA` of `script` with `keys` and no arguments yet.
 pub(super) fn evalsha(script: &Script, keys: &[&str]) -> Cmd {

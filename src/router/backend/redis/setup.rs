@@ -39,6 +39,11 @@ pub(super) fn client(config: &RedisConfig) -> Result<Client, BackendError> {
             e.kind()
         ))
     })?;
+    // Without TCP_NODELAY, Nagle's algorithm can hold back the tail of each
+    // pipeline until the previous one is acknowledged: a round trip added
+    // to every batch on a real network.
+    let tcp = info.tcp_settings().clone().set_nodelay(true);
+    info = info.set_tcp_settings(tcp);
     if let Some(file) = &config.password_file {
         let password = read_password(file)?;
         let settings = info.redis_settings().clone().set_password(password);

@@ -526,3 +526,62 @@ async fn a_tls_url_goes_through_rustls_and_fails_cleanly_on_a_plain_server() {
         other => panic!("expected a setup error, got {other:?}"),
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_larger_than_one_script_call_are_split_and_keep_their_order() {
+    let fresh = Fresh::new();
+    let db = fresh.open(10_000).await;
+    let (alice, bob) = (key(), key());
+    let (laptop, phone) = (Uuid::new_v4(), Uuid::new_v4());
+    db.register(bob, laptop, "laptop".into()).await.unwrap();
+    db.register(bob, phone, "phone".into()).await.unwrap();
+    // More frames than one enqueue call takes, with a duplicate id across
+    // the calls' boundary and one inside a call.
+    let mut frames: Vec<NewFrame> = (0..1100)
+        .map(|i| frame(&bob, &alice, &format!("{i}")))
+        .collect();
+    let mut again = frames[10].clone();
+    again.text = "again".into();
+    frames.insert(600, again);
+    frames.push(frames[1099].clone());
+    let out = db.enqueue(frames).await.unwrap();
+    assert_eq!(out.len(), 1102);
+    assert!(
+        matches!(out[600], Enqueued::Duplicate { .. }),
+        "{:?}",
+        out[600]
+    );
+    assert!(
+        matches!(out[1101], Enqueued::Duplicate { .. }),
+        "{:?}",
+        out[1101]
+    );
+    let seqs: Vec<i64> = out
+        .iter()
+        .filter(|o| matches!(o, Enqueued::Stored { .. }))
+        .map(|o| stored(o).seq)
+        .collect();
+    assert_eq!(seqs.len(), 1100);
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "seqs in order");
+    let fetched = db.fetch(bob, laptop, 0, 2000).await.unwrap();
+    assert_eq!(fetched.iter().map(|q| q.seq).collect::<Vec<_>>(), seqs);
+    assert_eq!(&*fetched[1099].text, "1099");
+    // More acknowledgements than one entry of the ack script takes, with
+    // a repeated seq: the laptop's go, the frames stay for the phone.
+    let mut acks = seqs.clone();
+    acks.push(seqs[0]);
+    assert_eq!(db.remove(bob, laptop, acks).await.unwrap(), 1100);
+    assert!(db.fetch(bob, laptop, 0, 10).await.unwrap().is_empty());
+    assert_eq!(db.fetch(bob, phone, 0, 2000).await.unwrap().len(), 1100);
+    assert_eq!(db.remove(bob, phone, seqs.clone()).await.unwrap(), 1100);
+    assert_eq!(db.depth().await.unwrap(), 0);
+    // Acknowledged, so their ids may be queued again.
+    let out = db
+        .enqueue(vec![NewFrame {
+            id: fetched[0].id,
+            ..frame(&bob, &alice, "re")
+        }])
+        .await
+        .unwrap();
+    assert!(stored(&out[0]).seq > seqs[1099]);
+}

@@ -1,6 +1,7 @@
 //! What the scripts answer and publish, read back in Rust: stored frame
-//! records, and the JSON messages routers send each other over pub/sub
-//! (written by the scripts with Redis' `cjson`).
+//! records, and the messages routers send each other over pub/sub:
+//! frames in a compact form of their records (see [`decode`]), the rarer
+//! events as JSON (written by the scripts with Redis' `cjson`).
 
 use std::sync::Arc;
 
@@ -13,8 +14,8 @@ use crate::identity::PublicKey;
 use crate::router::backend::{ClusterEvent, Queued};
 
 /// A frame as stored in the `f` hash: `<at>\n<sender 32 bytes><id 16
-/// bytes><text>` (see the module documentation; the scripts build it).
-#[cfg(test)]
+/// bytes><text>` (see the module documentation). Built here, so the
+/// enqueue script stores (and publishes) it as it comes.
 pub(super) fn record(at: &str, sender: &[u8; 32], id: &Uuid, text: &str) -> Vec<u8> {
     let mut out = Vec::with_capacity(at.len() + 49 + text.len());
     out.extend_from_slice(at.as_bytes());
@@ -131,6 +132,9 @@ fn devices<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<Uuid>, D::Error
 
 /// The events of one pub/sub message, or why it is not one.
 pub(super) fn decode(payload: &[u8]) -> Result<Vec<ClusterEvent>, String> {
+    if let Some(rest) = payload.strip_prefix(b"F") {
+        return decode_frames(rest);
+    }
     let message: Message = serde_json::from_slice(payload).map_err(|e| e.to_string())?;
     let key = |k: &str| unhex32(k).ok_or_else(|| format!("not a key: {k:?}"));
     let public = |k: &str| {
@@ -165,6 +169,42 @@ pub(super) fn decode(payload: &[u8]) -> Result<Vec<ClusterEvent>, String> {
     })
 }
 
+/// Frames as enqueue.lua publishes them (after the leading `F`): the
+/// recipient's hex and a newline, then per frame `<seq> <device>,<device>
+/// <record length>\n<record>`. No JSON: encoding it cost Redis more than
+/// the rest of the script.
+fn decode_frames(mut rest: &[u8]) -> Result<Vec<ClusterEvent>, String> {
+    let nl = |b: &[u8]| b.iter().position(|c| *c == b'\n');
+    let end = nl(rest).ok_or("no recipient")?;
+    let hex = std::str::from_utf8(&rest[..end]).map_err(|_| "not a key")?;
+    let recipient = unhex32(hex).ok_or_else(|| format!("not a key: {hex:?}"))?;
+    rest = &rest[end + 1..];
+    let mut out = Vec::new();
+    while !rest.is_empty() {
+        let end = nl(rest).ok_or("no frame header")?;
+        let header = std::str::from_utf8(&rest[..end]).map_err(|_| "bad frame header")?;
+        let mut fields = header.split(' ');
+        let (Some(seq), Some(devices), Some(len), None) =
+            (fields.next(), fields.next(), fields.next(), fields.next())
+        else {
+            return Err(format!("bad frame header {header:?}"));
+        };
+        let seq: i64 = seq.parse().map_err(|_| format!("bad seq {seq:?}"))?;
+        let len: usize = len.parse().map_err(|_| format!("bad length {len:?}"))?;
+        let devices = devices
+            .split(',')
+            .filter(|d| !d.is_empty())
+            .map(|d| d.parse::<Uuid>().map_err(|_| format!("bad device {d:?}")))
+            .collect::<Result<Vec<_>, _>>()?;
+        rest = &rest[end + 1..];
+        let rec = rest.get(..len).ok_or("a record cut short")?;
+        rest = &rest[len..];
+        let frame = parse_record(seq, recipient, rec).ok_or("an unreadable record")?;
+        out.push(ClusterEvent::Frame { frame, devices });
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -197,6 +237,38 @@ mod tests {
             br#"{"t":"removed","k":"zz","d":"00000000-0000-0000-0000-000000000000"}"#,
             br#"{"t":"replaced","k":"ab","d":"x","c":1}"#,
             b"\xff\xfe",
+        ] {
+            assert!(decode(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn compact_frames_decode_and_malformed_ones_are_errors() {
+        let (id, dev) = (Uuid::new_v4(), Uuid::new_v4());
+        let k = "ab".repeat(32);
+        let mut msg = format!("F{k}\n").into_bytes();
+        for (seq, text) in [(7, "one\ntwo"), (8, "")] {
+            let rec = record("2026-11-26T08:00:00.000Z", &[7; 32], &id, text);
+            msg.extend_from_slice(format!("{seq} {dev},{dev} {}\n", rec.len()).as_bytes());
+            msg.extend_from_slice(&rec);
+        }
+        let events = decode(&msg).unwrap();
+        assert_eq!(events.len(), 2);
+        match &events[0] {
+            ClusterEvent::Frame { frame, devices } => {
+                assert_eq!((frame.seq, frame.id, &*frame.text), (7, id, "one\ntwo"));
+                assert_eq!(frame.recipient, [0xab; 32]);
+                assert_eq!(devices, &vec![dev, dev]);
+            }
+            other => panic!("{other:?}"),
+        }
+        for bad in [
+            &b"F"[..],
+            b"Fzz\n",
+            &msg[..msg.len() - 1],
+            format!("F{k}\n1 x 3\nabc").as_bytes(),
+            format!("F{k}\nnope\n").as_bytes(),
+            format!("F{k}\n1  99999999999999999999\n").as_bytes(),
         ] {
             assert!(decode(bad).is_err(), "{bad:?}");
         }

@@ -34,6 +34,14 @@ pub(super) const WRITER_QUEUE: usize = 4096;
 /// Most submissions in one pipeline.
 const MAX_BATCH: usize = 2048;
 
+/// Most frames in one call of the enqueue script (which hands Redis
+/// commands a few arguments per frame, and Lua unpacks some thousands).
+const FRAMES_PER_CALL: usize = 256;
+
+/// Most seqs of one device in one entry of the ack script's arguments
+/// (Lua unpacks some thousands of values at most); more go in several.
+const SEQS_PER_ENTRY: usize = 1000;
+
 /// How long a pending depth change waits for a pipeline to ride on.
 const IDLE_FLUSH: Duration = Duration::from_millis(20);
 
@@ -213,7 +221,13 @@ impl Writer {
             let mut cmd = evalsha(&SCRIPTS.remove, &[&k.f, &k.w, &k.slots]);
             for &i in &group.ops {
                 let (_, device, seqs, _) = &removes[i];
-                cmd.arg(device.to_string()).arg(seqs.len()).arg(seqs);
+                let device = device.to_string();
+                if seqs.is_empty() {
+                    cmd.arg(&device).arg(0);
+                }
+                for chunk in seqs.chunks(SEQS_PER_ENTRY) {
+                    cmd.arg(&device).arg(chunk.len()).arg(chunk);
+                }
             }
             cmds.push(cmd);
             kinds.push(Kind::Remove(g));
@@ -224,23 +238,16 @@ impl Writer {
         for (g, group) in frame_groups.iter().enumerate() {
             let k = self.names.recipient(&group.recipient);
             let mut cmd = evalsha(&SCRIPTS.enqueue, &[&k.f, &k.w, &k.slots, &k.sess]);
-            cmd.arg(&self.router_id)
-                .arg(&chan)
-                .arg(&at)
-                .arg(self.quota)
-                .arg(&k.hex);
+            cmd.arg(&self.router_id).arg(&chan).arg(self.quota);
             for &(op, i) in &group.frames {
                 let f = &enqueues[op].0[i];
-                let own = f.sender == f.recipient && f.sender_device != CONTROL_DEVICE;
-                let sender_device = if own {
-                    f.sender_device.to_string()
-                } else {
-                    String::new()
+                let sender_device = match own_device(f) {
+                    Some(device) => device.to_string(),
+                    None => String::new(),
                 };
                 cmd.arg(&wire::dedup_key(&f.sender, &f.id)[..])
-                    .arg(f.id.to_string())
                     .arg(sender_device)
-                    .arg(&*f.text);
+                    .arg(wire::record(&at, &f.sender, &f.id, &f.text));
             }
             cmds.push(cmd);
             kinds.push(Kind::Enqueue(g));
@@ -281,11 +288,16 @@ impl Writer {
                 Kind::Depth => depth = Some(wire::int(reply).unwrap_or(0).max(0) as u64),
                 Kind::Remove(g) => {
                     let ops = &remove_groups[*g].1.ops;
-                    match parse_remove(reply, ops.len()) {
+                    let entries: Vec<usize> = ops
+                        .iter()
+                        .map(|&i| removes[i].2.len().div_ceil(SEQS_PER_ENTRY).max(1))
+                        .collect();
+                    match parse_remove(reply, entries.iter().sum()) {
                         Ok((deleted, counts)) => {
                             self.delta -= deleted;
-                            for (&i, n) in ops.iter().zip(counts) {
-                                removed[i] = Ok(n);
+                            let mut counts = counts.into_iter();
+                            for (&i, n) in ops.iter().zip(entries) {
+                                removed[i] = Ok(counts.by_ref().take(n).sum());
                             }
                         }
                         Err(e) => {
@@ -372,21 +384,31 @@ fn frame_groups(enqueues: &[(Vec<NewFrame>, Reply<Vec<Enqueued>>)]) -> Vec<Frame
     let mut groups: Vec<FrameGroup> = Vec::new();
     for (op, (frames, _)) in enqueues.iter().enumerate() {
         for (i, f) in frames.iter().enumerate() {
-            let g = *index.entry(f.recipient).or_insert_with(|| {
+            let mut g = *index.entry(f.recipient).or_insert_with(|| {
                 groups.push(FrameGroup {
                     recipient: f.recipient,
                     frames: Vec::new(),
                 });
                 groups.len() - 1
             });
+            if groups[g].frames.len() == FRAMES_PER_CALL {
+                // A full call: the recipient's next frames go in another,
+                // after it in the pipeline.
+                groups.push(FrameGroup {
+                    recipient: f.recipient,
+                    frames: Vec::new(),
+                });
+                g = groups.len() - 1;
+                index.insert(f.recipient, g);
+            }
             groups[g].frames.push((op, i));
         }
     }
     groups
 }
 
-/// `{deleted, n per op}` from remove.lua.
-fn parse_remove(reply: &Value, ops: usize) -> Result<(i64, Vec<u64>), String> {
+/// `{deleted, n per entry}` from remove.lua.
+fn parse_remove(reply: &Value, entries: usize) -> Result<(i64, Vec<u64>), String> {
     let items = match reply {
         Value::ServerError(e) => return Err(format!("redis: {e:?}")),
         other => wire::array(other).ok_or("unexpected reply to the ack script")?,
@@ -395,10 +417,16 @@ fn parse_remove(reply: &Value, ops: usize) -> Result<(i64, Vec<u64>), String> {
     let deleted = ints.next().flatten().ok_or("no count")?;
     let counts: Option<Vec<u64>> = ints.map(|n| n.map(|n| n.max(0) as u64)).collect();
     let counts = counts.ok_or("bad count")?;
-    if counts.len() != ops {
+    if counts.len() != entries {
         return Err("wrong number of counts from the ack script".into());
     }
     Ok((deleted, counts))
+}
+
+/// The device that sent `f` when it is to the sender's own key (a frame
+/// that does not wait for that device), else `None`.
+fn own_device(f: &NewFrame) -> Option<Uuid> {
+    (f.sender == f.recipient && f.sender_device != CONTROL_DEVICE).then_some(f.sender_device)
 }
 
 /// The outcome of each frame of `group` from enqueue.lua, and whether
@@ -413,52 +441,49 @@ fn parse_enqueue(
         Value::ServerError(e) => return Err(format!("redis: {e:?}")),
         other => wire::array(other).ok_or("unexpected reply to the enqueue script")?,
     };
-    let Some((new, items)) = items.split_last() else {
+    let [new, devices, outcomes @ ..] = items else {
         return Err("no outcomes from the enqueue script".into());
     };
-    if items.len() != group.frames.len() {
+    if outcomes.len() != group.frames.len() {
         return Err("wrong number of outcomes from the enqueue script".into());
     }
-    let mut out = Vec::with_capacity(items.len());
-    for (item, &(op, i)) in items.iter().zip(&group.frames) {
-        let fields = wire::array(item).ok_or("bad outcome")?;
-        let tag = fields
-            .first()
-            .and_then(wire::text)
-            .ok_or("bad outcome tag")?;
-        out.push(match tag {
-            "s" => {
-                let f = &enqueues[op].0[i];
-                let seq = fields.get(1).and_then(wire::int).ok_or("bad seq")?;
-                let devices = fields
-                    .get(2)
-                    .and_then(wire::array)
-                    .ok_or("bad devices")?
-                    .iter()
-                    .map(wire::uuid)
-                    .collect::<Option<Vec<_>>>()
-                    .ok_or("bad device")?;
+    let devices = wire::array(devices)
+        .ok_or("bad devices")?
+        .iter()
+        .map(wire::uuid)
+        .collect::<Option<Vec<_>>>()
+        .ok_or("bad device")?;
+    let mut out = Vec::with_capacity(outcomes.len());
+    for (item, &(op, i)) in outcomes.iter().zip(&group.frames) {
+        let f = &enqueues[op].0[i];
+        out.push(match item {
+            Value::Int(seq) if *seq > 0 => {
+                let own = own_device(f);
                 Enqueued::Stored {
                     frame: Queued {
-                        seq,
+                        seq: *seq,
                         id: f.id,
                         recipient: f.recipient,
                         at: at.to_owned(),
                         text: Arc::clone(&f.text),
                     },
-                    devices,
+                    devices: devices
+                        .iter()
+                        .filter(|d| Some(**d) != own)
+                        .copied()
+                        .collect(),
                 }
             }
-            "d" => Enqueued::Duplicate {
-                at: fields
-                    .get(1)
-                    .and_then(wire::text)
-                    .ok_or("bad time")?
-                    .to_owned(),
+            Value::Int(0) => Enqueued::Unneeded { at: at.to_owned() },
+            Value::Int(-1) => Enqueued::QuotaExceeded,
+            // A duplicate of a frame stored by this very call.
+            Value::Int(-2) => Enqueued::Duplicate { at: at.to_owned() },
+            other => match wire::text(other) {
+                Some(first) => Enqueued::Duplicate {
+                    at: first.to_owned(),
+                },
+                None => return Err(format!("unknown outcome {other:?}")),
             },
-            "u" => Enqueued::Unneeded { at: at.to_owned() },
-            "q" => Enqueued::QuotaExceeded,
-            other => return Err(format!("unknown outcome {other:?}")),
         });
     }
     Ok((out, wire::int(new) == Some(1)))
