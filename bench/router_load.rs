@@ -1,4 +1,4 @@
-//! Load generator for the router (issue 4).
+//! Load generator for the router (issues 4, 9 and 10).
 //!
 //! `cargo bench --bench router_load` starts a real `chat-p2p router`
 //! process (durable SQLite queue) and a bare forwarder process (this
@@ -18,17 +18,37 @@
 //!   same run, with the router's CPU per message; `router_load devices`
 //!   runs only this comparison, alternating 1 and 2 devices.
 //!
+//! - Redis (issue 10): the same two runs (flat out, and at the offered
+//!   rate) against one router on Redis and against two routers on one
+//!   Redis with every frame crossing between them (pair i sends through
+//!   router i % 2 to router (i + 1) % 2, so each delivery is a pub/sub
+//!   message), each with `appendfsync everysec` and `always`, each on a
+//!   fresh `redis-server` (temp dir); besides the routers' CPU, the
+//!   redis-server's CPU, its commands per message (`INFO commandstats`)
+//!   and, when `perf` can count tracepoints, its `fdatasync`s and
+//!   event-loop iterations. A Markdown table of every configuration of the
+//!   run ends it. `router_load redis` runs only these, with the forwarder
+//!   and SQLite baselines, then Redis' memory per queued frame and per
+//!   idle session (see `router_load/redis_compare.rs`).
+//!
 //! `router_load parse` instead times `protocol::parse` on one frame;
 //! `router_load idle` measures only the idle sessions' memory.
 //!
 //! Settings come from the environment: `BENCH_PAIRS` (50), `BENCH_SECS`
 //! (5), `BENCH_RATE` (10000), `BENCH_IDLE` (10000), `BENCH_WINDOW` (128);
-//! `BENCH_ROUTER_WRAP` runs the router under a profiler, e.g.
+//! for Redis `BENCH_REDIS_FSYNC` (`everysec`, `always`, `both`),
+//! `BENCH_REDIS_ROUTERS` (`1,2`), `BENCH_QUEUED` (50000), `BENCH_PERF=0`
+//! (no perf); `BENCH_ROUTER_WRAP` runs the routers under a profiler, e.g.
 //! `valgrind --tool=callgrind`.
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
+
+#[path = "router_load/on_redis.rs"]
+mod on_redis;
+#[path = "router_load/redis_compare.rs"]
+mod redis_compare;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -101,7 +121,16 @@ fn main() {
         // Only the idle sessions' memory (BENCH_IDLE of them).
         let data = tempfile::tempdir().unwrap();
         let router = start_router(data.path());
-        runtime.block_on(idle_sessions(&router, env("BENCH_IDLE", 10_000) as usize));
+        runtime.block_on(idle_sessions(
+            &router,
+            env("BENCH_IDLE", 10_000) as usize,
+            None,
+        ));
+        return;
+    }
+    if first.as_deref() == Some("redis") {
+        nanos();
+        runtime.block_on(redis_only());
         return;
     }
     if first.as_deref() == Some("devices") {
@@ -127,14 +156,14 @@ impl Server {
             .spawn()
             .expect("start server");
         let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
+        BufReader::new(child.stdout.take().expect("server stdout"))
             .read_line(&mut line)
-            .unwrap();
-        let addr = line
-            .trim()
-            .strip_prefix("listening on ")
-            .unwrap()
-            .to_owned();
+            .expect("read the server's first line");
+        let Some(addr) = line.trim().strip_prefix("listening on ") else {
+            let _ = child.kill();
+            panic!("the server did not start (it printed {line:?}; its stderr is above)");
+        };
+        let addr = addr.to_owned();
         Server { child, addr }
     }
 
@@ -152,16 +181,20 @@ impl Server {
 impl Server {
     /// CPU seconds (user + system) the process used so far.
     fn cpu_secs(&self) -> f64 {
-        let stat =
-            std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default();
-        // Fields after the parenthesised command name; utime and stime are
-        // the 14th and 15th fields overall, in clock ticks (100 per second).
-        let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-        let f: Vec<&str> = rest.split_whitespace().collect();
-        let ticks: u64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0)
-            + f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0);
-        ticks as f64 / 100.0
+        cpu_secs_of(self.child.id())
     }
+}
+
+/// CPU seconds (user + system, all threads) process `pid` used so far.
+fn cpu_secs_of(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the parenthesised command name; utime and stime are
+    // the 14th and 15th fields overall, in clock ticks (100 per second).
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0)
+        + f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0);
+    ticks as f64 / 100.0
 }
 
 impl Drop for Server {
@@ -186,25 +219,87 @@ async fn run_all() {
     let forwarder = Server::start(cmd);
     let dur = Duration::from_secs(secs);
 
-    let fwd_tp = load(&forwarder, pairs, None, window, dur, 1).await;
+    let fwd_tp = load(&Target::one(&forwarder), pairs, None, window, dur, 1).await;
     report("forwarder throughput", &fwd_tp);
-    let router_tp = load(&router, pairs, None, window, dur, 1).await;
+    let router_tp = load(&Target::one(&router), pairs, None, window, dur, 1).await;
     report("router throughput   ", &router_tp);
     println!(
         "  router/forwarder = {:.0}% (target >= 50%)",
         100.0 * router_tp.rate / fwd_tp.rate.max(1.0)
     );
-    let two = load(&router, pairs, None, window, dur, 2).await;
+    let two = load(&Target::one(&router), pairs, None, window, dur, 2).await;
     report("router, 2 devices   ", &two);
     compare_devices(&router_tp, &two);
-    let fwd_lat = load(&forwarder, pairs, Some(rate), window, dur, 1).await;
+    let fwd_lat = load(&Target::one(&forwarder), pairs, Some(rate), window, dur, 1).await;
     report("forwarder @ offered ", &fwd_lat);
-    let router_lat = load(&router, pairs, Some(rate), window, dur, 1).await;
+    let router_lat = load(&Target::one(&router), pairs, Some(rate), window, dur, 1).await;
     report("router @ offered    ", &router_lat);
     println!("  router p99 target < 20 ms at {rate} msg/s offered");
 
+    let settings = redis_compare::Settings::from_env();
+    let mut rows = vec![
+        redis_compare::Row {
+            name: "bare forwarder (no storage)".to_owned(),
+            tp: fwd_tp,
+            lat: fwd_lat,
+        },
+        redis_compare::Row {
+            name: "1 router on SQLite".to_owned(),
+            tp: router_tp,
+            lat: router_lat,
+        },
+    ];
+    rows.extend(redis_compare::redis_rows(&settings).await);
+    redis_compare::print_table(&rows, rate);
+
     stalled(&router, pairs.min(20), window, dur).await;
-    idle_sessions(&router, idle).await;
+    idle_sessions(&router, idle, None).await;
+}
+
+/// The Redis comparisons only, with the forwarder and SQLite baselines of
+/// the same run, then what a queued frame and an idle session cost in
+/// Redis (`BENCH_QUEUED` frames, default 50,000; `BENCH_IDLE` sessions,
+/// default 10,000; 0 skips either).
+async fn redis_only() {
+    let s = redis_compare::Settings::from_env();
+    println!(
+        "router_load redis: {} pairs, {} s windows after 1 s warm-up, offered {} msg/s, sender window {}",
+        s.pairs,
+        s.dur.as_secs(),
+        s.rate,
+        s.window
+    );
+    let mut rows = Vec::new();
+    {
+        let mut cmd = Command::new(std::env::current_exe().unwrap());
+        cmd.arg("forwarder");
+        let forwarder = Server::start(cmd);
+        rows.push(
+            redis_compare::measure("bare forwarder (no storage)", &Target::one(&forwarder), &s)
+                .await,
+        );
+    }
+    {
+        let data = tempfile::tempdir().unwrap();
+        let router = start_router(data.path());
+        rows.push(redis_compare::measure("1 router on SQLite", &Target::one(&router), &s).await);
+    }
+    rows.extend(redis_compare::redis_rows(&s).await);
+    redis_compare::print_table(&rows, s.rate);
+
+    let queued = env("BENCH_QUEUED", 50_000) as usize;
+    let idle = env("BENCH_IDLE", 10_000) as usize;
+    if queued > 0 || idle > 0 {
+        let redis =
+            on_redis::BenchRedis::start(chat_p2p::router::backend::redis::local::Fsync::EverySec);
+        let router = on_redis::start_router(&redis.url());
+        if queued > 0 {
+            redis_compare::queued_memory(&router, &redis, 20, queued.div_ceil(20)).await;
+        }
+        if idle > 0 {
+            idle_sessions(&router, idle, Some(&redis)).await;
+        }
+    }
 }
 
 /// One device per key against two, alternating (1, 2, 1, 2) against one
@@ -219,16 +314,16 @@ async fn devices_only() {
     let router = start_router(data.path());
     let dur = Duration::from_secs(secs);
     for round in 1..=2 {
-        let one = load(&router, pairs, None, window, dur, 1).await;
+        let one = load(&Target::one(&router), pairs, None, window, dur, 1).await;
         report(&format!("round {round}, 1 device "), &one);
-        let two = load(&router, pairs, None, window, dur, 2).await;
+        let two = load(&Target::one(&router), pairs, None, window, dur, 2).await;
         report(&format!("round {round}, 2 devices"), &two);
         compare_devices(&one, &two);
     }
     let offered = rate / 2;
-    let one = load(&router, pairs, Some(offered), window, dur, 1).await;
+    let one = load(&Target::one(&router), pairs, Some(offered), window, dur, 1).await;
     report(&format!("1 device  @ {offered}/s"), &one);
-    let two = load(&router, pairs, Some(offered), window, dur, 2).await;
+    let two = load(&Target::one(&router), pairs, Some(offered), window, dur, 2).await;
     report(&format!("2 devices @ {offered}/s"), &two);
     compare_devices(&one, &two);
 }
@@ -253,7 +348,18 @@ fn compare_devices(one: &Outcome, two: &Outcome) {
 /// A real router with its queue in `data`, limits raised so the load is
 /// not throttled.
 fn start_router(data: &std::path::Path) -> Server {
-    // BENCH_ROUTER_WRAP="valgrind --tool=callgrind" profiles the router.
+    let mut cmd = router_command();
+    cmd.args(["router", "--listen", "127.0.0.1:0", "--data"])
+        .arg(data)
+        .args(["--max-rate", "1000000", "--max-queued", "100000000"])
+        .args(["--max-connections", "19000"]);
+    Server::start(cmd)
+}
+
+/// The release `chat-p2p` binary, under `BENCH_ROUTER_WRAP` if set (e.g.
+/// `valgrind --tool=callgrind` profiles the router), with a clean
+/// environment and `RUST_LOG` from `BENCH_ROUTER_LOG` (default `warn`).
+fn router_command() -> Command {
     let wrap = std::env::var("BENCH_ROUTER_WRAP").unwrap_or_default();
     let mut wrap = wrap.split_whitespace();
     let mut cmd = match wrap.next() {
@@ -264,16 +370,11 @@ fn start_router(data: &std::path::Path) -> Server {
         }
         None => Command::new(env!("CARGO_BIN_EXE_chat-p2p")),
     };
-    cmd.env_clear()
-        .env(
-            "RUST_LOG",
-            std::env::var("BENCH_ROUTER_LOG").unwrap_or_else(|_| "warn".to_owned()),
-        )
-        .args(["router", "--listen", "127.0.0.1:0", "--data"])
-        .arg(data)
-        .args(["--max-rate", "1000000", "--max-queued", "100000000"])
-        .args(["--max-connections", "19000"]);
-    Server::start(cmd)
+    cmd.env_clear().env(
+        "RUST_LOG",
+        std::env::var("BENCH_ROUTER_LOG").unwrap_or_else(|_| "warn".to_owned()),
+    );
+    cmd
 }
 
 struct Outcome {
@@ -295,19 +396,91 @@ struct Outcome {
     /// Frames each device received in that span (on average): close to
     /// `accepted` when delivery kept up.
     received_per_device: u64,
+    /// The load generator's own CPU (this process, all threads) per message
+    /// accepted, in microseconds: it shares the cores with the servers.
+    gen_cpu_us_per_msg: f64,
+    /// What the Redis behind the routers did in the span, if any.
+    redis: Option<RedisSpan>,
+}
+
+/// What the Redis server did while a load was measured.
+struct RedisSpan {
+    /// CPU in % of one core.
+    cpu: f64,
+    /// CPU (user + system, all threads) per message accepted, in µs.
+    cpu_us_per_msg: f64,
+    /// Commands run per message accepted, scripts' inner calls included.
+    commands_per_msg: f64,
+    /// Script runs (EVALSHA) per message accepted.
+    scripts_per_msg: f64,
+    /// Every command's calls per message and time per call.
+    breakdown: String,
+    /// `fdatasync`s and event-loop iterations, if perf counted them.
+    syscalls: Option<SyscallRates>,
+}
+
+/// Redis' `fdatasync`s and event-loop iterations (`epoll_wait`s) over a
+/// measured span.
+struct SyscallRates {
+    fsyncs_per_sec: f64,
+    loops_per_sec: f64,
+    reads_per_sec: f64,
+    /// Messages accepted per `fdatasync` (0 when there was none).
+    msgs_per_fsync: f64,
+}
+
+/// What the clients dial, and whose CPU counts as the server's.
+struct Target<'a> {
+    /// Pair i's sender dials `servers[i % n]` and its receivers
+    /// `servers[(i + 1) % n]`: with two routers, half the pairs send
+    /// through router 1 to router 2 and half the other way, so every frame
+    /// crosses routers (through Redis pub/sub).
+    servers: Vec<&'a Server>,
+    /// The Redis behind the routers, measured too.
+    redis: Option<&'a on_redis::BenchRedis>,
+}
+
+impl<'a> Target<'a> {
+    /// One server, no Redis.
+    fn one(server: &'a Server) -> Target<'a> {
+        Target {
+            servers: vec![server],
+            redis: None,
+        }
+    }
+
+    /// CPU seconds the servers (not Redis) used so far.
+    fn cpu_secs(&self) -> f64 {
+        self.servers.iter().map(|s| s.cpu_secs()).sum()
+    }
 }
 
 fn report(name: &str, o: &Outcome) {
     println!(
-        "{name}: {:>8.0} msg/s delivered ({} in window), latency p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms, errors {}, server CPU {:.0}%",
+        "{name}: {:>8.0} msg/s delivered ({} in window), latency p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms, errors {}, server CPU {:.0}% ({:.1} us/msg), generator {:.1} us/msg",
         o.rate,
         o.delivered,
         o.p50_us as f64 / 1000.0,
         o.p99_us as f64 / 1000.0,
         o.max_us as f64 / 1000.0,
         o.errors,
-        o.cpu
+        o.cpu,
+        o.cpu_us_per_msg,
+        o.gen_cpu_us_per_msg,
     );
+    if let Some(r) = &o.redis {
+        let syscalls = match &r.syscalls {
+            Some(c) => format!(
+                "{:.0} fdatasync/s ({:.1} msg each), {:.0} event loops/s, {:.0} reads/s",
+                c.fsyncs_per_sec, c.msgs_per_fsync, c.loops_per_sec, c.reads_per_sec
+            ),
+            None => "fsyncs not counted (perf unavailable or BENCH_PERF=0)".to_owned(),
+        };
+        println!(
+            "    redis-server: CPU {:.0}% ({:.1} us/msg), {:.2} commands/msg ({:.2} scripts), {syscalls}\n    commands per msg: {}",
+            r.cpu, r.cpu_us_per_msg, r.commands_per_msg, r.scripts_per_msg, r.breakdown
+        );
+    }
 }
 
 async fn connect(addr: &str, id: &Identity) -> Ws {
@@ -403,23 +576,25 @@ struct Shared {
 /// its own key received by `devices` devices (sessions of that key with
 /// different device ids, each acking every frame).
 async fn load(
-    server: &Server,
+    target: &Target<'_>,
     pairs: usize,
     offered: Option<u64>,
     window: usize,
     dur: Duration,
     devices: usize,
 ) -> Outcome {
-    let addr = server.addr.as_str();
+    let n = target.servers.len();
     let warmup = Duration::from_secs(1);
     let mut conns = Vec::new();
-    for _ in 0..pairs {
+    for i in 0..pairs {
+        let send_to = target.servers[i % n].addr.as_str();
+        let receive_from = target.servers[(i + 1) % n].addr.as_str();
         let (s, r) = (Identity::generate(), Identity::generate());
         let template = Template::new(&s, &r.public_key());
-        let sws = connect(addr, &s).await;
+        let sws = connect(send_to, &s).await;
         let mut receivers = Vec::new();
         for _ in 0..devices {
-            receivers.push(connect_device(addr, &r, Uuid::new_v4()).await);
+            receivers.push(connect_device(receive_from, &r, Uuid::new_v4()).await);
         }
         conns.push((template, sws, receivers));
     }
@@ -450,15 +625,54 @@ async fn load(
             Arc::clone(&shared),
         )));
     }
-    // CPU and accepted frames over the same span, after the warm-up.
+    // CPU, Redis' commands and accepted frames over the same span, after
+    // the warm-up.
     tokio::time::sleep(warmup).await;
-    let (cpu0, wall0) = (server.cpu_secs(), Instant::now());
+    let redis0 = target.redis.map(|r| {
+        (
+            r.cpu_secs(),
+            r.commands(),
+            on_redis::Syscalls::start(r.pid(), dur.as_secs_f64()),
+        )
+    });
+    let (cpu0, gen0, wall0) = (target.cpu_secs(), own_cpu_secs(), Instant::now());
     shared.measuring.store(true, Ordering::Relaxed);
     tokio::time::sleep(dur).await;
     shared.measuring.store(false, Ordering::Relaxed);
-    let cpu_secs = server.cpu_secs() - cpu0;
-    let cpu = 100.0 * cpu_secs / wall0.elapsed().as_secs_f64();
+    let cpu_secs = target.cpu_secs() - cpu0;
+    let gen_secs = own_cpu_secs() - gen0;
+    let wall = wall0.elapsed().as_secs_f64();
     let accepted = shared.accepted.load(Ordering::Relaxed);
+    let redis = match (target.redis, redis0) {
+        (Some(r), Some((rcpu0, cmds0, syscalls))) => {
+            let rcpu = r.cpu_secs() - rcpu0;
+            let cmds = cmds0.delta(&r.commands());
+            let counted = tokio::task::spawn_blocking(move || syscalls.finish())
+                .await
+                .ok()
+                .flatten();
+            let per_msg = |v: u64| v as f64 / accepted.max(1) as f64;
+            Some(RedisSpan {
+                cpu: 100.0 * rcpu / wall,
+                cpu_us_per_msg: 1e6 * rcpu / accepted.max(1) as f64,
+                commands_per_msg: per_msg(cmds.total()),
+                scripts_per_msg: per_msg(cmds.scripts()),
+                breakdown: cmds.per_frame(accepted),
+                syscalls: counted.map(|c| SyscallRates {
+                    fsyncs_per_sec: c.fsyncs as f64 / wall,
+                    loops_per_sec: c.loops as f64 / wall,
+                    reads_per_sec: c.reads as f64 / wall,
+                    msgs_per_fsync: if c.fsyncs == 0 {
+                        0.0
+                    } else {
+                        accepted as f64 / c.fsyncs as f64
+                    },
+                }),
+            })
+        }
+        _ => None,
+    };
+    let cpu = 100.0 * cpu_secs / wall;
     let received = shared.received.load(Ordering::Relaxed);
     shared.stop_sending.store(true, Ordering::Relaxed);
     tokio::time::sleep(Duration::from_millis(1500)).await;
@@ -488,7 +702,14 @@ async fn load(
         max_us: lat.last().copied().map(u64::from).unwrap_or(0),
         errors: shared.errors.load(Ordering::Relaxed),
         cpu,
+        gen_cpu_us_per_msg: 1e6 * gen_secs / accepted.max(1) as f64,
+        redis,
     }
+}
+
+/// CPU seconds this process (the load generator) used so far.
+fn own_cpu_secs() -> f64 {
+    cpu_secs_of(std::process::id())
 }
 
 async fn sender(
@@ -666,8 +887,11 @@ async fn stalled(router: &Server, pairs: usize, window: usize, dur: Duration) {
     );
 }
 
-async fn idle_sessions(router: &Server, n: usize) {
+/// `n` authenticated idle sessions on `router`: its RSS per session, and
+/// with `redis`, Redis' memory per session (device records, claims).
+async fn idle_sessions(router: &Server, n: usize, redis: Option<&on_redis::BenchRedis>) {
     let before = router.rss_kb();
+    let redis_before = redis.map(redis_compare::Snapshot::take);
     let ids: Vec<Identity> = (0..n).map(|_| Identity::generate()).collect();
     let (tx, mut rx) = mpsc::channel(n.max(1));
     let gate = Arc::new(Semaphore::new(200));
@@ -701,6 +925,9 @@ async fn idle_sessions(router: &Server, n: usize) {
         after as f64 / 1024.0,
         (after.saturating_sub(before)) as f64 / held.len().max(1) as f64
     );
+    if let (Some(r), Some(logins)) = (redis, redis_before) {
+        redis_compare::idle_costs(router, r, held.len(), logins).await;
+    }
 }
 
 /// The baseline: same WebSocket library, same handshake and parsing, no
