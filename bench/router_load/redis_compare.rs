@@ -245,8 +245,10 @@ impl Snapshot {
 /// What `n` idle sessions cost Redis: memory and the logins (since
 /// `before`, taken before they connected), then over one heartbeat
 /// (`BENCH_RECHECK_SECS`, default 31: the router's default ping interval
-/// is 30 s, and on a shared queue every session re-checks its claim and
-/// queue at each one) the router's and Redis' CPU per session.
+/// is 30 s; on a shared queue each session also re-checks its claim and
+/// queue every `--recheck-interval`, 300 s by default, from a random
+/// start, so such a window sees about a tenth of them re-check) the
+/// router's and Redis' CPU per session.
 pub async fn idle_costs(router: &Server, redis: &BenchRedis, n: usize, before: Snapshot) {
     let n = n.max(1) as f64;
     let logged_in = Snapshot::take(redis);
@@ -270,7 +272,7 @@ pub async fn idle_costs(router: &Server, redis: &BenchRedis, n: usize, before: S
     let after = Snapshot::take(redis);
     let idle = logged_in.commands.delta(&after.commands);
     println!(
-        "  idle for {secs} s (one heartbeat): router CPU {:.0} us and Redis CPU {:.0} us per session, {:.2} Redis commands per session ({:.2} scripts): {}",
+        "  idle for {secs} s (one heartbeat, a tenth of the 300 s re-checks): router CPU {:.0} us and Redis CPU {:.0} us per session, {:.2} Redis commands per session ({:.2} scripts): {}",
         1e6 * (router.cpu_secs() - router_cpu) / n,
         1e6 * (after.cpu - logged_in.cpu) / n,
         idle.total() as f64 / n,
