@@ -228,6 +228,34 @@ pub enum BackendError {
     RedisSetup(String),
 }
 
+/// Hands `op` to a backend's writer task and resolves with the reply the
+/// writer sends on `reply`. The op is handed over at once when the
+/// writer's channel has room, so one session's submissions reach the
+/// writer in the order it made them (an ack's removal before a later
+/// frame, say); only when it is full does the future wait to hand it over.
+fn hand_over<O: Send + 'static, T: Send + 'static>(
+    ops: &mpsc::Sender<O>,
+    op: O,
+    reply: tokio::sync::oneshot::Receiver<Result<T, BackendError>>,
+) -> impl Future<Output = Result<T, BackendError>> + Send + 'static {
+    let ops = ops.clone();
+    let waiting = match ops.try_send(op) {
+        Ok(()) => None,
+        Err(mpsc::error::TrySendError::Full(op)) => Some(op),
+        Err(mpsc::error::TrySendError::Closed(_)) => {
+            return futures_util::future::Either::Left(std::future::ready(Err(
+                BackendError::Closed,
+            )))
+        }
+    };
+    futures_util::future::Either::Right(async move {
+        if let Some(op) = waiting {
+            ops.send(op).await.map_err(|_| BackendError::Closed)?;
+        }
+        reply.await.map_err(|_| BackendError::Closed)?
+    })
+}
+
 /// The storage a router queues frames in.
 ///
 /// Implementations must make every write durable before its future

@@ -334,23 +334,8 @@ impl RedisBackend {
         &self,
         make: impl FnOnce(Reply<T>) -> Op,
     ) -> impl std::future::Future<Output = Result<T, BackendError>> + Send + 'static {
-        let ops = self.inner.ops.clone();
         let (tx, rx) = oneshot::channel();
-        let waiting = match ops.try_send(make(tx)) {
-            Ok(()) => None,
-            Err(mpsc::error::TrySendError::Full(op)) => Some(op),
-            Err(mpsc::error::TrySendError::Closed(_)) => {
-                return futures_util::future::Either::Left(std::future::ready(Err(
-                    BackendError::Closed,
-                )))
-            }
-        };
-        futures_util::future::Either::Right(async move {
-            if let Some(op) = waiting {
-                ops.send(op).await.map_err(|_| BackendError::Closed)?;
-            }
-            rx.await.map_err(|_| BackendError::Closed)?
-        })
+        super::hand_over(&self.inner.ops, make(tx), rx)
     }
 
     /// Runs `work` on the connection within [`OP_TIMEOUT`], noting what

@@ -182,26 +182,8 @@ impl SqliteBackend {
         &self,
         make: impl FnOnce(Reply<T>) -> Op,
     ) -> impl std::future::Future<Output = Result<T, BackendError>> + Send + 'static {
-        let ops = self.ops.clone();
         let (tx, rx) = oneshot::channel();
-        // Hand the op over now when there is room, so one session's
-        // submissions reach the writer in the order it made them (an ack's
-        // removal before a later frame, say); wait only when it is full.
-        let waiting = match ops.try_send(make(tx)) {
-            Ok(()) => None,
-            Err(mpsc::error::TrySendError::Full(op)) => Some(op),
-            Err(mpsc::error::TrySendError::Closed(_)) => {
-                return futures_util::future::Either::Left(std::future::ready(Err(
-                    BackendError::Closed,
-                )))
-            }
-        };
-        futures_util::future::Either::Right(async move {
-            if let Some(op) = waiting {
-                ops.send(op).await.map_err(|_| BackendError::Closed)?;
-            }
-            rx.await.map_err(|_| BackendError::Closed)?
-        })
+        super::hand_over(&self.ops, make(tx), rx)
     }
 }
 
