@@ -585,3 +585,34 @@ async fn batches_larger_than_one_script_call_are_split_and_keep_their_order() {
         .unwrap();
     assert!(stored(&out[0]).seq > seqs[1099]);
 }
+
+/// A page larger than one HMGET slice (a large `--delivery-window`) comes
+/// back whole and in order.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_page_of_more_than_a_thousand_frames_is_fetched_whole() {
+    let fresh = Fresh::new();
+    let db = fresh.open(10_000).await;
+    let (alice, bob) = (key(), key());
+    let laptop = Uuid::new_v4();
+    db.register(bob, laptop, "laptop".into()).await.unwrap();
+    let frames = (0..2_500)
+        .map(|i| frame(&bob, &alice, &format!("{i}")))
+        .collect();
+    let stored_seqs: Vec<i64> = db
+        .enqueue(frames)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| stored(e).seq)
+        .collect();
+    let page = db.fetch(bob, laptop, 0, 3_000).await.unwrap();
+    let seqs: Vec<i64> = page.iter().map(|q| q.seq).collect();
+    assert_eq!(seqs, stored_seqs);
+    let after = db
+        .fetch(bob, laptop, stored_seqs[999], 1_200)
+        .await
+        .unwrap();
+    assert_eq!(after.len(), 1_200);
+    assert_eq!(after[0].seq, stored_seqs[1000]);
+    db.close().await;
+}
