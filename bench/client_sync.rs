@@ -130,9 +130,7 @@ async fn fill(url: &ServerUrl, alice: &Identity, bob: &chat_p2p::identity::Publi
     while acked < n {
         let batch: Vec<Frame> = (sent..n.min(acked + WINDOW))
             .map(|i| {
-                let content = Content::Text {
-                    body: format!("message number {i} about the usual things"),
-                };
+                let content = Content::text(format!("message number {i} about the usual things"));
                 let m =
                     protocol::seal(alice, bob, uuid::Uuid::now_v7(), &ts, &content).expect("seal");
                 Frame::Message(m)
@@ -197,9 +195,7 @@ fn crypto_baseline(alice: &Identity, n: usize) -> (f64, f64) {
     let ts = chat_p2p::clock::now();
     let frames: Vec<_> = (0..n)
         .map(|i| {
-            let content = Content::Text {
-                body: format!("message number {i} about the usual things"),
-            };
+            let content = Content::text(format!("message number {i} about the usual things"));
             protocol::seal(
                 alice,
                 &bob.public_key(),

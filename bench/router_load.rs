@@ -538,7 +538,7 @@ impl Template {
             to,
             placeholder,
             &chat_p2p::clock::now(),
-            &Content::Text { body },
+            &Content::text(body),
         )
         .unwrap();
         let text = protocol::to_text(&Frame::Message(m));

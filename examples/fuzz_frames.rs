@@ -173,9 +173,7 @@ impl Gen {
                 let content = match self.rng.gen_range(0..4) {
                     0 => Content::Delivered { ids: vec![id] },
                     1 => Content::Read { ids: vec![id] },
-                    _ => Content::Text {
-                        body: body(&mut self.rng),
-                    },
+                    _ => Content::text(body(&mut self.rng)),
                 };
                 let ts = chat_p2p::clock::now();
                 match protocol::seal(author, &to, id, &ts, &content) {
@@ -264,7 +262,7 @@ impl Gen {
                     &self.recipients[0],
                     id,
                     &chat_p2p::clock::now(),
-                    &Content::Text { body: "x".into() },
+                    &Content::text("x"),
                 ) else {
                     return Vec::new();
                 };
@@ -627,9 +625,7 @@ async fn drive(
             }
         }
         if !closing {
-            let content = Content::Text {
-                body: "barrier".into(),
-            };
+            let content = Content::text("barrier");
             let ts = chat_p2p::clock::now();
             if let Ok(m) = protocol::seal(&id, &id.public_key(), barrier, &ts, &content) {
                 let text = protocol::to_text(&Frame::Message(m));
@@ -655,9 +651,7 @@ async fn still_serves(addr: std::net::SocketAddr) -> bool {
     let Some(mut ws) = connect(addr, &id).await else {
         return false;
     };
-    let content = Content::Text {
-        body: "after the fuzz".into(),
-    };
+    let content = Content::text("after the fuzz");
     let Ok(m) = protocol::seal(
         &id,
         &id.public_key(),

@@ -10,6 +10,7 @@
 #![warn(missing_docs)]
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
 
+pub mod address;
 pub mod archive;
 pub mod cli;
 pub mod client;

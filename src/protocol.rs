@@ -330,6 +330,13 @@ pub enum Content {
     Text {
         /// The text.
         body: String,
+        /// The author's home router (a router URL, see [`crate::address`]):
+        /// where replies and receipts go. Inside the sealed content, so
+        /// the routers carrying the frame never see it; absent from
+        /// clients before home routers, and then "the router this came
+        /// through".
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        home: Option<String>,
     },
     /// The author stored these messages.
     Delivered {
@@ -377,6 +384,17 @@ pub enum Content {
         /// The contact's name (absent for `remove`).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         name: Option<String>,
+        /// The contact's home router, when known (absent: the same router
+        /// as the identity's own).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        router: Option<String>,
+    },
+    /// The author's home router moved: deliver to `router` from now on.
+    /// Sent to every contact when the author runs `home set`; from the
+    /// own key, it tells the identity's other devices.
+    Home {
+        /// The new home router's URL.
+        router: String,
     },
     /// A kind from a newer version of the protocol: stored nowhere, and
     /// acknowledged like any other message.
@@ -385,6 +403,14 @@ pub enum Content {
 }
 
 impl Content {
+    /// A text message with no home router announced.
+    pub fn text(body: impl Into<String>) -> Self {
+        Self::Text {
+            body: body.into(),
+            home: None,
+        }
+    }
+
     /// Whether only the own key may send this kind (to itself).
     pub fn is_self_sync(&self) -> bool {
         matches!(

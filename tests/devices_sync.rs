@@ -267,9 +267,7 @@ fn a_read_on_one_device_is_a_read_on_the_other_and_bob_gets_one_receipt() {
             &alice_key,
             Uuid::now_v7(),
             &chat_p2p::clock::now(),
-            &Content::Text {
-                body: "read me once".into(),
-            },
+            &Content::text("read me once"),
         )
         .unwrap();
         common::send_frame(&mut ws, &Frame::Message(sealed.clone())).await;

@@ -64,9 +64,7 @@ fn valid_frames() -> Vec<String> {
         &bob,
         Uuid::now_v7(),
         "2026-11-25T20:00:00.000Z",
-        &protocol::Content::Text {
-            body: "hello, bob".into(),
-        },
+        &protocol::Content::text("hello, bob"),
     )
     .unwrap();
     let frames = [

@@ -183,7 +183,7 @@ async fn frames_before_auth_are_refused() {
         &alice.public_key(),
         uuid::Uuid::now_v7(),
         "2026-11-25T20:00:00.000Z",
-        &protocol::Content::Text { body: "x".into() },
+        &protocol::Content::text("x"),
     )
     .unwrap();
     send_frame(&mut ws, &Frame::Message(m)).await;
@@ -230,7 +230,7 @@ async fn spoofed_from_is_refused_and_the_session_continues() {
         &bob,
         uuid::Uuid::now_v7(),
         &chat_p2p::clock::now(),
-        &protocol::Content::Text { body: "x".into() },
+        &protocol::Content::text("x"),
     )
     .unwrap();
     send_frame(&mut alice.ws, &Frame::Message(spoofed.clone())).await;
@@ -495,7 +495,7 @@ async fn many_concurrent_sessions_each_get_their_message() {
                     Frame::Ack(a) if a.id == sent.id => acked = true,
                     Frame::Message(m) => {
                         let body = match protocol::open(&c.id, &m).unwrap() {
-                            protocol::Content::Text { body } => body,
+                            protocol::Content::Text { body, .. } => body,
                             other => panic!("{other:?}"),
                         };
                         c.ack(m.id).await;

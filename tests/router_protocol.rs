@@ -154,9 +154,7 @@ async fn one_id_from_two_senders_is_stored_and_delivered_twice() {
         &bob.key(),
         from_alice.id,
         &from_carol.ts,
-        &protocol::Content::Text {
-            body: "from carol".into(),
-        },
+        &protocol::Content::text("from carol"),
     )
     .unwrap();
     send_frame(&mut alice.ws, &Frame::Message(from_alice.clone())).await;

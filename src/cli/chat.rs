@@ -380,6 +380,23 @@ impl Screen for ChatScreen {
                     untrusted_inline(message)
                 )
             }
+            Update::Moved { peer, router } => format!(
+                "… {} now receives at {}",
+                peer.fingerprint(),
+                untrusted_inline(router.short())
+            ),
+            Update::Link {
+                router,
+                problem: Some(problem),
+            } => format!(
+                "… cannot reach {}: {}; messages for it wait and go out when it is back",
+                untrusted_inline(router.short()),
+                untrusted_inline(problem)
+            ),
+            Update::Link {
+                router,
+                problem: None,
+            } => format!("… reached {} again", untrusted_inline(router.short())),
         };
         self.print(text);
     }

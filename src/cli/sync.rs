@@ -342,7 +342,23 @@ fn warn(update: &Update) {
                     .unwrap_or("the router refused it")
             )
         ),
-        Update::Received(_) | Update::Status(_) | Update::Retrying { .. } => {}
+        Update::Link {
+            router,
+            problem: Some(problem),
+        } => errln!(
+            "warning: cannot reach {}: {}; what goes there stays pending",
+            untrusted_inline(router.short()),
+            untrusted_inline(problem)
+        ),
+        Update::Moved { peer, router } => errln!(
+            "note: {} now receives at {}",
+            peer.fingerprint(),
+            untrusted_inline(router.short())
+        ),
+        Update::Received(_)
+        | Update::Status(_)
+        | Update::Retrying { .. }
+        | Update::Link { problem: None, .. } => {}
     }
 }
 

@@ -120,6 +120,16 @@ fn event_json(event: &WatchEvent<'_>, server: &str) -> Value {
                 "code": code.as_str(),
                 "message": message,
             }),
+            Update::Moved { peer, router } => json!({
+                "kind": "moved",
+                "peer": peer.to_base64(),
+                "router": router.as_str(),
+            }),
+            Update::Link { router, problem } => json!({
+                "kind": "link",
+                "router": router.as_str(),
+                "problem": problem,
+            }),
         },
     }
 }
@@ -167,6 +177,23 @@ fn print_text(event: &WatchEvent<'_>, style: &Style, server: &str) -> Result<(),
             code.as_str(),
             untrusted_inline(message)
         ),
+        WatchEvent::Update(Update::Moved { peer, router }) => errln!(
+            "-- {} now receives at {}",
+            peer.fingerprint(),
+            untrusted_inline(router.short())
+        ),
+        WatchEvent::Update(Update::Link {
+            router,
+            problem: Some(problem),
+        }) => errln!(
+            "-- cannot reach {}: {}; what goes there waits",
+            untrusted_inline(router.short()),
+            untrusted_inline(problem)
+        ),
+        WatchEvent::Update(Update::Link {
+            router,
+            problem: None,
+        }) => errln!("-- reached {} again", untrusted_inline(router.short())),
     }
     Ok(())
 }

@@ -21,6 +21,9 @@ use crate::store::device::Device;
 /// The router used when neither `--server` nor `CHAT_SERVER` says otherwise.
 pub const DEFAULT_SERVER: &str = "ws://localhost:8080/ws";
 
+/// The longest router URL accepted, in bytes.
+pub const MAX_URL_LEN: usize = 256;
+
 /// The most frames taken from the socket into one batch: one transaction
 /// and one round of acks for all of them.
 const MAX_BATCH: usize = 512;
@@ -34,37 +37,93 @@ const REPLACED_CLOSE_CODE: u16 = 4000;
 const REMOVED_CLOSE_CODE: u16 = 4001;
 
 /// A router's WebSocket address, `ws://` or `wss://`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ServerUrl(String);
 
 impl ServerUrl {
     /// Checks that `text` is a `ws://` or `wss://` URL with a host. A URL
     /// with no path (`ws://host:8080` or `ws://host:8080/`) is completed
     /// with `/ws`, where a chat-p2p router serves its sessions: without
-    /// it the router can only answer 404.
+    /// it the router can only answer 404. The scheme and host are put in
+    /// lower case, so one router has one spelling (contacts are routed by
+    /// it). Refused: credentials (`ws://user:pass@host`: a router takes
+    /// none, and an address carrying them is a trap), a fragment, white
+    /// space or control characters, anything not ASCII, and more than
+    /// [`MAX_URL_LEN`] bytes.
     pub fn parse(text: &str) -> Result<Self, String> {
+        let shown = crate::render::untrusted_inline(text);
+        if text.len() > MAX_URL_LEN {
+            return Err(format!(
+                "'{}…' is not a router address: longer than {MAX_URL_LEN} bytes",
+                crate::render::untrusted_inline(&text.chars().take(40).collect::<String>())
+            ));
+        }
+        if let Some(c) = text.chars().find(|c| !c.is_ascii_graphic()) {
+            return Err(format!(
+                "'{shown}' is not a router address: it contains {} (a router URL is plain \
+                 ASCII with no spaces or control characters)",
+                crate::render::untrusted_inline(&format!("{c:?}"))
+            ));
+        }
         let uri: Uri = text
             .parse()
-            .map_err(|e| format!("'{text}' is not a URL ({e})"))?;
-        match uri.scheme_str() {
-            Some("ws" | "wss") => {}
+            .map_err(|e| format!("'{shown}' is not a URL ({e})"))?;
+        let scheme = match uri.scheme_str().map(str::to_ascii_lowercase).as_deref() {
+            Some("ws") => "ws",
+            Some("wss") => "wss",
             _ => {
                 return Err(format!(
-                    "'{text}' is not a router address: it must start with ws:// or wss://, \
+                    "'{shown}' is not a router address: it must start with ws:// or wss://, \
                      e.g. {DEFAULT_SERVER}"
                 ))
             }
+        };
+        let Some(authority) = uri.authority() else {
+            return Err(format!("'{shown}' has no host"));
+        };
+        if authority.as_str().contains('@') {
+            return Err(format!(
+                "'{shown}' carries credentials (user:password@): a chat-p2p router takes \
+                 none, so an address with them is refused"
+            ));
         }
         if uri.host().is_none_or(str::is_empty) {
-            return Err(format!("'{text}' has no host"));
+            return Err(format!("'{shown}' has no host"));
         }
-        if uri.path().is_empty() || uri.path() == "/" {
-            if let (Some(scheme), Some(authority)) = (uri.scheme_str(), uri.authority()) {
-                let query = uri.query().map(|q| format!("?{q}")).unwrap_or_default();
-                return Ok(Self(format!("{scheme}://{authority}/ws{query}")));
-            }
+        if text.contains('#') {
+            return Err(format!(
+                "'{shown}' has a fragment (#...): a router address has none"
+            ));
         }
-        Ok(Self(text.to_owned()))
+        let authority = authority.as_str().to_ascii_lowercase();
+        let path = match uri.path() {
+            "" | "/" => "/ws",
+            path => path,
+        };
+        let query = uri.query().map(|q| format!("?{q}")).unwrap_or_default();
+        Ok(Self(format!("{scheme}://{authority}{path}{query}")))
+    }
+
+    /// The built-in default router, [`DEFAULT_SERVER`].
+    pub fn default_router() -> Self {
+        Self(DEFAULT_SERVER.to_owned())
+    }
+
+    /// The URL as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The URL as people write it: without the default `/ws` path
+    /// (`wss://chat.example.org`), which [`ServerUrl::parse`] puts back.
+    pub fn short(&self) -> &str {
+        self.0.strip_suffix("/ws").unwrap_or(&self.0)
+    }
+
+    /// Whether the URL has a query (`?...`), which addresses do not carry:
+    /// `?` and `&` do not survive a shell unquoted.
+    pub fn has_query(&self) -> bool {
+        self.0.contains('?')
     }
 
     /// Whether this is a `wss://` (TLS) address.

@@ -20,7 +20,7 @@ use ed25519_dalek::{Signature, VerifyingKey};
 use rusqlite::Transaction;
 use uuid::Uuid;
 
-use super::ClientError;
+use super::{ClientError, ServerUrl};
 use crate::clock;
 use crate::crypto::{self, MessageKey};
 use crate::identity::{Identity, PublicKey};
@@ -28,6 +28,9 @@ use crate::protocol::{
     self, Ack, Content, ErrorCode, ErrorFrame, Frame, MessageFrame, MAX_FRAME_BYTES,
 };
 use crate::store::fts::FtsBatch;
+use crate::store::home::{
+    note_announced_tx, pending_home_notices_tx, remove_home_notice_tx, Announced, HomeNotice,
+};
 use crate::store::messages::{
     apply_status_tx, insert_incoming_tx, mark_incoming_read_tx, message_tx,
 };
@@ -74,6 +77,23 @@ pub enum Update {
         code: ErrorCode,
         /// The router's explanation.
         message: String,
+    },
+    /// A peer's home router changed (they moved, or told it for the first
+    /// time): messages to them go there now. `peer` is this identity's own
+    /// key when another of its devices moved the home.
+    Moved {
+        /// Whose.
+        peer: PublicKey,
+        /// Where they receive now.
+        router: ServerUrl,
+    },
+    /// A connection to a contact's router (to deliver to them) failed, or
+    /// came back (`problem` is `None`).
+    Link {
+        /// The router.
+        router: ServerUrl,
+        /// What went wrong, if something did.
+        problem: Option<String>,
     },
     /// The router reported an error not tied to one of our frames.
     RouterError {
@@ -137,11 +157,29 @@ pub struct Engine {
     max_frame_bytes: usize,
     /// Changes decided outside [`Engine::handle`], for [`Engine::take_updates`].
     updates: Vec<Update>,
-    /// Whether everything in the outbox is in flight, so topping up the
-    /// send window needs no query.
-    outbox_drained: bool,
+    /// Routers, each with its own send window, whose outbox items are all
+    /// in flight, so topping up their window needs no query.
+    drained: HashSet<usize>,
+    /// Where frames go: [`HOME`] (index 0) is the router this session
+    /// receives at; the others are contacts' home routers, each reached
+    /// through its own connection (see [`super::courier`]).
+    routers: Vec<ServerUrl>,
+    /// Contacts whose home router is not [`HOME`], by key: an index into
+    /// `routers`.
+    routes: HashMap<String, usize>,
+    /// In-flight frames sent to a router other than [`HOME`], and where.
+    away: HashMap<Uuid, usize>,
+    /// The home router announced inside every text (this profile's
+    /// recorded home), so replies and receipts find it.
+    announced_home: Option<String>,
+    /// The last router each peer announced, so a batch of their texts
+    /// costs one look at the contact, not one per text.
+    heard_homes: HashMap<PublicKey, String>,
     tally: Tally,
 }
+
+/// The index of the session's own router in the engine's routers.
+pub const HOME: usize = 0;
 
 impl Engine {
     /// An engine over `store`, speaking as `identity`.
@@ -158,9 +196,156 @@ impl Engine {
             unattributed: Vec::new(),
             max_frame_bytes: MAX_FRAME_BYTES,
             updates: Vec::new(),
-            outbox_drained: false,
+            drained: HashSet::new(),
+            routers: vec![ServerUrl::default_router()],
+            routes: HashMap::new(),
+            away: HashMap::new(),
+            announced_home: None,
+            heard_homes: HashMap::new(),
             tally: Tally::default(),
         }
+    }
+
+    /// Says which router this session receives at (`home`): frames for
+    /// contacts on "the same router as mine", receipts to them and copies
+    /// for the other devices go there; every other contact's go to their
+    /// own router. Loads the contacts' routers and this profile's recorded
+    /// home (announced in texts; `home` if none is recorded).
+    pub fn set_home(&mut self, home: ServerUrl) -> Result<(), ClientError> {
+        self.routers = vec![home];
+        self.announced_home = Some(
+            self.store
+                .home_router()?
+                .unwrap_or_else(|| self.routers[HOME].clone())
+                .as_str()
+                .to_owned(),
+        );
+        self.reload_routes()
+    }
+
+    /// The router this session receives at.
+    pub fn home(&self) -> &ServerUrl {
+        &self.routers[HOME]
+    }
+
+    /// The home router announced in texts.
+    pub(crate) fn home_announced(&self) -> Option<&str> {
+        self.announced_home.as_deref()
+    }
+
+    /// Reads the contacts' routers again (after a contact changed).
+    pub fn reload_routes(&mut self) -> Result<(), ClientError> {
+        let mut routes = HashMap::new();
+        for contact in self.store.contacts()? {
+            if let Some(router) = contact.router {
+                let index = self.router_index(router);
+                if index != HOME {
+                    routes.insert(contact.key.to_base64(), index);
+                }
+            }
+        }
+        self.routes = routes;
+        self.touch();
+        Ok(())
+    }
+
+    /// `router`'s index in `routers`, added if new.
+    fn router_index(&mut self, router: ServerUrl) -> usize {
+        match self.routers.iter().position(|r| *r == router) {
+            Some(index) => index,
+            None => {
+                self.routers.push(router);
+                self.routers.len() - 1
+            }
+        }
+    }
+
+    /// The router frames to `peer` go to (an index into `routers`).
+    fn route_of(&self, peer: &PublicKey) -> usize {
+        if self.routes.is_empty() {
+            return HOME;
+        }
+        self.route_of_text(&peer.to_base64())
+    }
+
+    /// [`Engine::route_of`] for a key as stored (base64).
+    fn route_of_text(&self, peer: &str) -> usize {
+        self.routes.get(peer).copied().unwrap_or(HOME)
+    }
+
+    /// The router with this index.
+    pub fn router(&self, index: usize) -> Option<&ServerUrl> {
+        self.routers.get(index)
+    }
+
+    /// The index of `router`, if frames ever went or go there.
+    pub fn router_index_of(&self, router: &ServerUrl) -> Option<usize> {
+        self.routers.iter().position(|r| r == router)
+    }
+
+    /// Other routers than [`HOME`] that have outbox items not in flight
+    /// (to be reached through their own connections), by index.
+    pub fn routers_waiting(&mut self) -> Result<Vec<usize>, ClientError> {
+        if self.routes.is_empty() && !self.any_home_notice()? {
+            return Ok(Vec::new());
+        }
+        let mut waiting = HashSet::new();
+        for message in self.store.outbox()? {
+            let route = self.route_of_text(&message.peer_key);
+            if route != HOME && !self.in_flight.contains_key(&message.msg_id.uuid()) {
+                waiting.insert(route);
+            }
+        }
+        for receipt in pending_receipts_tx(self.store.conn())? {
+            let route = self.route_of(&receipt.peer);
+            if route != HOME && !self.in_flight.contains_key(&receipt.receipt_id.uuid()) {
+                waiting.insert(route);
+            }
+        }
+        for notice in pending_home_notices_tx(self.store.conn())? {
+            let route = self.router_index(notice.deliver_to.clone());
+            if route != HOME && !self.in_flight.contains_key(&notice.item_id.uuid()) {
+                waiting.insert(route);
+            }
+        }
+        let mut waiting: Vec<usize> = waiting.into_iter().collect();
+        waiting.sort_unstable();
+        Ok(waiting)
+    }
+
+    fn any_home_notice(&self) -> Result<bool, ClientError> {
+        Ok(!pending_home_notices_tx(self.store.conn())?.is_empty())
+    }
+
+    /// How many frames sent to router `index` await its acknowledgement.
+    pub fn in_flight_at(&self, index: usize) -> usize {
+        if index == HOME {
+            self.in_flight.len() - self.away.len()
+        } else {
+            self.away.values().filter(|&&r| r == index).count()
+        }
+    }
+
+    /// Forgets what was in flight to router `index` (not [`HOME`]) on a
+    /// connection that is gone: it is sent again from the database.
+    pub fn route_lost(&mut self, index: usize) {
+        let lost: Vec<Uuid> = self
+            .away
+            .iter()
+            .filter(|(_, &r)| r == index)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in lost {
+            self.away.remove(&id);
+            self.in_flight.remove(&id);
+            self.retrying.remove(&id);
+        }
+        self.touch();
+    }
+
+    /// Something may wait to be sent that was not before.
+    fn touch(&mut self) {
+        self.drained.clear();
     }
 
     /// This profile's device (created on first use), which the router
@@ -198,10 +383,11 @@ impl Engine {
     /// Forgets what was in flight on a connection that is gone: it will be
     /// sent again from the database.
     pub fn connection_lost(&mut self) {
-        self.in_flight.clear();
-        self.retrying.clear();
+        let away = &self.away;
+        self.in_flight.retain(|id, _| away.contains_key(id));
+        self.retrying.retain(|id| away.contains_key(id));
         self.unattributed.clear();
-        self.outbox_drained = false;
+        self.touch();
     }
 
     /// Takes the router's frame limit from its `ready` frame; a router that
@@ -221,7 +407,7 @@ impl Engine {
     /// send: the next [`Engine::outbox_frames`] reads the outbox again
     /// instead of trusting that everything in it is in flight.
     pub fn outbox_changed(&mut self) {
-        self.outbox_drained = false;
+        self.touch();
     }
 
     /// Changes decided while building frames (a pending message too large
@@ -252,7 +438,7 @@ impl Engine {
             }
         }
         let message = self.store.insert_outgoing(peer, body)?;
-        self.outbox_drained = false;
+        self.touch();
         Ok(message)
     }
 
@@ -274,8 +460,15 @@ impl Engine {
     /// flight are not repeated. Call it again as acks arrive: a long outbox
     /// goes out at the pace the router accepts it.
     pub fn outbox_frames(&mut self) -> Result<Vec<Frame>, ClientError> {
-        let room = SEND_WINDOW.saturating_sub(self.in_flight.len());
-        if room == 0 || self.outbox_drained {
+        self.outbox_frames_to(HOME)
+    }
+
+    /// [`Engine::outbox_frames`] for the router with index `route`: what
+    /// waits for it, within its own send window. A router that cannot be
+    /// reached holds back only what goes to it.
+    pub fn outbox_frames_to(&mut self, route: usize) -> Result<Vec<Frame>, ClientError> {
+        let room = SEND_WINDOW.saturating_sub(self.in_flight_at(route));
+        if room == 0 || self.drained.contains(&route) {
             return Ok(Vec::new());
         }
         let mut frames = Vec::new();
@@ -284,7 +477,7 @@ impl Engine {
                 return Ok(frames);
             }
             let id = message.msg_id.uuid();
-            if self.in_flight.contains_key(&id) {
+            if self.in_flight.contains_key(&id) || self.route_of_text(&message.peer_key) != route {
                 continue;
             }
             let frame = self.seal_text(&message)?;
@@ -297,11 +490,28 @@ impl Engine {
             if frames.len() == room {
                 return Ok(frames);
             }
-            if !self.in_flight.contains_key(&receipt.receipt_id.uuid()) {
+            if !self.in_flight.contains_key(&receipt.receipt_id.uuid())
+                && self.route_of(&receipt.peer) == route
+            {
                 frames.push(self.seal_receipt(&receipt)?);
             }
         }
-        let wanted = room - frames.len() + self.in_flight.len();
+        for notice in pending_home_notices_tx(self.store.conn())? {
+            if frames.len() == room {
+                return Ok(frames);
+            }
+            if !self.in_flight.contains_key(&notice.item_id.uuid())
+                && self.router_index(notice.deliver_to.clone()) == route
+            {
+                frames.push(self.seal_home_notice(&notice, route)?);
+            }
+        }
+        if route != HOME {
+            self.drained.insert(route);
+            return Ok(frames);
+        }
+        // What the other devices are told goes to this identity's router.
+        let wanted = room - frames.len() + self.in_flight_at(HOME);
         let items = first_pending_sync_tx(self.store.conn(), wanted)?;
         let more = items.len() == wanted;
         for item in items {
@@ -316,8 +526,8 @@ impl Engine {
             // Some were dropped as they were sealed: look again next time.
             return Ok(frames);
         }
-        // Everything waiting is in flight now.
-        self.outbox_drained = true;
+        // Everything waiting for this router is in flight now.
+        self.drained.insert(route);
         Ok(frames)
     }
 
@@ -408,7 +618,11 @@ impl Engine {
             self.in_flight.remove(&ack.id);
             self.retrying.remove(&ack.id);
             let id = MessageId::from(ack.id);
-            if remove_receipt_tx(&tx, &id)? || remove_sync_tx(&tx, &id)? {
+            self.away.remove(&ack.id);
+            if remove_receipt_tx(&tx, &id)?
+                || remove_sync_tx(&tx, &id)?
+                || remove_home_notice_tx(&tx, &id)?
+            {
                 continue;
             }
             let Some(message) = message_tx(&tx, &id)? else {
@@ -431,7 +645,9 @@ impl Engine {
         let updated = reload(&tx, &changed)?;
         tx.commit().map_err(store::Error::from)?;
         // Copies wait in the outbox now.
-        self.outbox_drained &= !copies;
+        if copies {
+            self.drained.remove(&HOME);
+        }
         self.tally.sent += updated.len();
         reaction
             .updates
@@ -454,13 +670,14 @@ impl Engine {
             return Ok(());
         };
         let ours = self.in_flight.remove(&id).is_some();
+        let route = self.away.remove(&id).unwrap_or(HOME);
         if is_temporary(error.code) {
             // Still pending and still owed: the outbox sends it again
             // after a pause.
             if ours {
                 self.retrying.insert(id);
             }
-            self.outbox_drained = false;
+            self.drained.remove(&route);
             reaction.retry = true;
             reaction.updates.push(Update::Retrying {
                 code: error.code,
@@ -529,7 +746,16 @@ impl Engine {
                         });
                     }
                 }
-                Ok(Content::Text { body }) => {
+                Ok(Content::Text { body, home }) => {
+                    if let Some(home) = home {
+                        Self::heard_home(
+                            &mut self.heard_homes,
+                            &self.me,
+                            &tx,
+                            (&frame.from, home),
+                            &mut reaction.updates,
+                        )?;
+                    }
                     // The store normalizes the author's timestamp.
                     match insert_incoming_tx(&tx, &id, &frame.from, body, &frame.ts)? {
                         Inserted::New(message) => {
@@ -563,6 +789,15 @@ impl Engine {
                         .updates
                         .extend(sync::apply_sync(&tx, &self.me, frame, content)?);
                 }
+                Ok(Content::Home { router }) => {
+                    Self::heard_home(
+                        &mut self.heard_homes,
+                        &self.me,
+                        &tx,
+                        (&frame.from, router),
+                        &mut reaction.updates,
+                    )?;
+                }
                 // A kind from a newer version: acked below, nothing stored.
                 Ok(Content::Unknown) => {}
             }
@@ -575,6 +810,13 @@ impl Engine {
             fts.finish(&tx)?;
         }
         tx.commit().map_err(store::Error::from)?;
+        if reaction
+            .updates
+            .iter()
+            .any(|u| matches!(u, Update::Moved { .. }))
+        {
+            self.reload_routes()?;
+        }
         // Only now, with everything durable, tell the router and the peers.
         self.tally.receipts += updated.len();
         reaction
@@ -587,6 +829,34 @@ impl Engine {
         );
         for receipt in &receipts {
             reaction.send.push(self.seal_receipt(receipt)?);
+        }
+        Ok(())
+    }
+
+    /// Takes note of the home router `from` announced (in a text or a
+    /// notice), once per peer and router: a contact's entry follows it.
+    /// A router URL that is not acceptable is ignored, the message kept.
+    fn heard_home(
+        heard: &mut HashMap<PublicKey, String>,
+        me: &PublicKey,
+        tx: &Transaction<'_>,
+        (from, router): (&PublicKey, &str),
+        updates: &mut Vec<Update>,
+    ) -> Result<(), ClientError> {
+        if heard.get(from).map(String::as_str) == Some(router) {
+            return Ok(());
+        }
+        heard.insert(*from, router.to_owned());
+        let Ok(url) = crate::address::Address::parse_router(router) else {
+            return Ok(());
+        };
+        match note_announced_tx(tx, me, from, &url)? {
+            Announced::Contact(contact) => updates.push(Update::Moved {
+                peer: contact.key,
+                router: url,
+            }),
+            Announced::OwnHome(router) => updates.push(Update::Moved { peer: *me, router }),
+            Announced::Quiet => {}
         }
         Ok(())
     }
@@ -614,6 +884,7 @@ impl Engine {
             PublicKey::parse(&message.peer_key).map_err(|e| ClientError::Corrupt(e.to_string()))?;
         let content = Content::Text {
             body: message.body.clone(),
+            home: self.announced_home.clone(),
         };
         self.seal(&peer, message.msg_id, &message.created_at, &content)
     }
@@ -653,6 +924,36 @@ impl Engine {
         let len = protocol::to_text(&frame).len();
         self.in_flight.insert(id.uuid(), len);
         self.retrying.remove(&id.uuid());
+        let route = if *to == self.me {
+            HOME
+        } else {
+            self.route_of(to)
+        };
+        if route == HOME {
+            self.away.remove(&id.uuid());
+        } else {
+            self.away.insert(id.uuid(), route);
+        }
+        Ok(frame)
+    }
+
+    /// Seals a "home moved" notice; it goes to the router with index
+    /// `route` whoever it is for.
+    fn seal_home_notice(
+        &mut self,
+        notice: &HomeNotice,
+        route: usize,
+    ) -> Result<Frame, ClientError> {
+        let content = Content::Home {
+            router: notice.home.as_str().to_owned(),
+        };
+        let frame = self.seal(&notice.peer, notice.item_id, &notice.created_at, &content)?;
+        let id = notice.item_id.uuid();
+        if route == HOME {
+            self.away.remove(&id);
+        } else {
+            self.away.insert(id, route);
+        }
         Ok(frame)
     }
 }

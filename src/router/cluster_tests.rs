@@ -288,7 +288,7 @@ async fn closed(ws: &mut Ws) -> (u16, String) {
 /// A frame from `from` to `to`, committed as another router would (no
 /// wake-up here): what it stored.
 async fn commit_elsewhere(queue: &TestQueue, from: &Identity, to: &Identity, body: &str) -> Queued {
-    let content = protocol::Content::Text { body: body.into() };
+    let content = protocol::Content::text(body);
     let id = Uuid::now_v7();
     let m = protocol::seal(from, &to.public_key(), id, &crate::clock::now(), &content).unwrap();
     let frame = NewFrame {
@@ -375,9 +375,7 @@ async fn while_the_queue_is_down_sends_and_logins_are_refused_and_sessions_stay(
         "{metrics}"
     );
     // A send is refused: internal, no ack.
-    let content = protocol::Content::Text {
-        body: "hello?".into(),
-    };
+    let content = protocol::Content::text("hello?");
     let id = Uuid::now_v7();
     let m = protocol::seal(
         &alice,

@@ -355,7 +355,7 @@ mod tests {
 
     /// Sends a text from `from` to `to` and waits for its ack.
     pub(super) async fn send_acked(ws: &mut Ws, from: &Identity, to: &Identity, body: &str) {
-        let content = protocol::Content::Text { body: body.into() };
+        let content = protocol::Content::text(body);
         let id = uuid::Uuid::now_v7();
         let m = protocol::seal(from, &to.public_key(), id, &crate::clock::now(), &content);
         send(ws, protocol::to_text(&Frame::Message(m.unwrap()))).await;
@@ -413,9 +413,7 @@ mod tests {
             Identity::generate(),
             Identity::generate(),
         );
-        let content = protocol::Content::Text {
-            body: "queued by v1".into(),
-        };
+        let content = protocol::Content::text("queued by v1");
         let queued: Vec<_> = (0..2)
             .map(|_| {
                 let id = uuid::Uuid::now_v7();

@@ -16,6 +16,7 @@ use unicode_security::confusable_detection::skeleton;
 
 use super::sync::{queue_sync_tx, ContactChange, SyncItem};
 use super::{Error, Result, Store};
+use crate::client::ServerUrl;
 use crate::clock;
 use crate::identity::PublicKey;
 use crate::render;
@@ -109,20 +110,40 @@ pub struct Contact {
     pub key: PublicKey,
     /// When the contact was added (UTC, RFC 3339).
     pub added_at: String,
+    /// The contact's home router, where messages to them go; `None`: the
+    /// same router as this profile's (a bare key, or a contact saved
+    /// before home routers).
+    pub router: Option<ServerUrl>,
 }
 
-const CONTACT_COLUMNS: &str = "id, name, public_key, added_at";
+const CONTACT_COLUMNS: &str = "id, name, public_key, added_at, router";
 
 fn contact_from_row(row: &Row<'_>) -> rusqlite::Result<Contact> {
     let key_text: String = row.get(2)?;
     let key = PublicKey::parse(&key_text).map_err(|e| {
         rusqlite::Error::FromSqlConversionFailure(2, rusqlite::types::Type::Text, Box::new(e))
     })?;
+    let router: Option<String> = row.get(4)?;
+    let router = router
+        .map(|text| {
+            ServerUrl::parse(&text).map_err(|e| {
+                rusqlite::Error::FromSqlConversionFailure(
+                    4,
+                    rusqlite::types::Type::Text,
+                    Box::new(Error::Corrupt {
+                        what: "contact router",
+                        detail: e,
+                    }),
+                )
+            })
+        })
+        .transpose()?;
     Ok(Contact {
         id: row.get(0)?,
         name: row.get(1)?,
         key,
         added_at: row.get(3)?,
+        router,
     })
 }
 
@@ -185,6 +206,18 @@ impl Store {
     /// use (ignoring case) and a key already saved under another name. The
     /// profile's other devices are told (see [`sync_contact_tx`]).
     pub fn add_contact(&mut self, name: &ContactName, key: &PublicKey) -> Result<Contact> {
+        self.add_contact_at(name, key, None)
+    }
+
+    /// [`Store::add_contact`] with the contact's home router. With none
+    /// given, a router the key announced (a stranger who wrote) is used;
+    /// else the contact is on "the same router as mine".
+    pub fn add_contact_at(
+        &mut self,
+        name: &ContactName,
+        key: &PublicKey,
+        router: Option<&ServerUrl>,
+    ) -> Result<Contact> {
         if let Some(own) = self.public_key()? {
             if own == *key {
                 return Err(Error::OwnKey);
@@ -201,10 +234,20 @@ impl Store {
             return Err(look_alike_error(name, existing));
         }
         let now = clock::now();
+        let router = match router {
+            Some(router) => Some(router.clone()),
+            None => super::home::announced_router_tx(&tx, key)?,
+        };
         tx.execute(
-            "INSERT INTO contacts (name, name_key, public_key, added_at)
-             VALUES (?1, ?2, ?3, ?4)",
-            params![name.as_str(), name.key(), key.to_base64(), now],
+            "INSERT INTO contacts (name, name_key, public_key, added_at, router)
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![
+                name.as_str(),
+                name.key(),
+                key.to_base64(),
+                now,
+                router.as_ref().map(ServerUrl::as_str)
+            ],
         )?;
         tell_devices(&tx, ContactChange::Add, key, Some(name), &now)?;
         let contact = find_by_key(&tx, key)?.ok_or(Error::Corrupt {
@@ -528,7 +571,7 @@ fn look_alike_error(name: &ContactName, existing: Contact) -> Error {
     }
 }
 
-fn find_by_key(conn: &rusqlite::Connection, key: &PublicKey) -> Result<Option<Contact>> {
+pub(super) fn find_by_key(conn: &rusqlite::Connection, key: &PublicKey) -> Result<Option<Contact>> {
     Ok(conn
         .query_row(
             &format!("SELECT {CONTACT_COLUMNS} FROM contacts WHERE public_key = ?1"),

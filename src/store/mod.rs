@@ -18,6 +18,7 @@ pub mod conversations;
 pub mod device;
 mod error;
 pub mod fts;
+pub mod home;
 mod identity;
 pub mod ids;
 pub mod link;

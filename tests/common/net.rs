@@ -358,9 +358,7 @@ impl Client {
             to,
             Uuid::now_v7(),
             &chat_p2p::clock::now(),
-            &Content::Text {
-                body: body.to_owned(),
-            },
+            &Content::text(body),
         )
         .expect("seal")
     }
@@ -434,7 +432,7 @@ impl Client {
     pub async fn receive(&mut self) -> (MessageFrame, String) {
         match self.next().await {
             Frame::Message(m) => match protocol::open(&self.id, &m).expect("open") {
-                Content::Text { body } => (m, body),
+                Content::Text { body, .. } => (m, body),
                 other => panic!("expected text, got {other:?}"),
             },
             other => panic!("expected a message, got {other:?}"),

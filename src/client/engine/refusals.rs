@@ -137,6 +137,7 @@ impl Engine {
     ) -> Result<usize, ClientError> {
         let content = Content::Text {
             body: body.to_owned(),
+            home: self.home_announced().map(str::to_owned),
         };
         let frame = protocol::seal(&self.identity, peer, Uuid::nil(), &clock::now(), &content)?;
         Ok(protocol::to_text(&Frame::Message(frame)).len())

@@ -36,6 +36,7 @@ use rusqlite::Transaction;
 
 use super::{receipt_time, Engine, Update};
 use crate::client::ClientError;
+use crate::client::ServerUrl;
 use crate::clock;
 use crate::identity::PublicKey;
 use crate::protocol::{ContactOp, Content, ErrorCode, Frame, MessageFrame};
@@ -78,6 +79,14 @@ impl Engine {
                 },
                 key: *key,
                 name: name.clone(),
+                router: match change {
+                    ContactChange::Remove => None,
+                    _ => self
+                        .store
+                        .contact_by_key(key)?
+                        .and_then(|c| c.router)
+                        .map(|r| r.as_str().to_owned()),
+                },
             },
         };
         let me = self.me;
@@ -193,7 +202,12 @@ pub(super) fn apply_sync(
             }
             Ok(Vec::new())
         }
-        Content::Contact { op, key, name } => {
+        Content::Contact {
+            op,
+            key,
+            name,
+            router,
+        } => {
             let change = match op {
                 ContactOp::Add => ContactChange::Add,
                 ContactOp::Rename => ContactChange::Rename,
@@ -201,9 +215,18 @@ pub(super) fn apply_sync(
                 ContactOp::Unknown => return Ok(Vec::new()),
             };
             sync_contact_tx(tx, Some(me), change, key, name.as_deref(), &at)?;
+            // Where the contact receives travels with the contact: a bad
+            // URL from another device is left out, the contact kept.
+            let router = router.as_deref().and_then(|r| ServerUrl::parse(r).ok());
+            if let (Some(router), false) = (router, change == ContactChange::Remove) {
+                crate::store::home::note_announced_tx(tx, me, key, &router)?;
+            }
             Ok(Vec::new())
         }
-        Content::Text { .. } | Content::Delivered { .. } | Content::Read { .. } => Ok(Vec::new()),
+        Content::Text { .. }
+        | Content::Delivered { .. }
+        | Content::Read { .. }
+        | Content::Home { .. } => Ok(Vec::new()),
         Content::Unknown => Ok(Vec::new()),
     }
 }

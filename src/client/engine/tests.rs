@@ -451,7 +451,7 @@ fn a_long_outbox_goes_out_within_the_send_window() {
     let more = message_frames(&alice.engine.outbox_frames().unwrap());
     assert_eq!(more.len(), 3);
     let body = |f: &MessageFrame| match protocol::open(bob.engine.identity(), f).unwrap() {
-        Content::Text { body } => body,
+        Content::Text { body, .. } => body,
         other => panic!("{other:?}"),
     };
     assert_eq!(body(&more[0]), format!("queued {SEND_WINDOW}"));
@@ -495,9 +495,7 @@ fn the_same_id_from_two_senders_is_two_messages() {
         &bob_key,
         msg.msg_id.uuid(),
         &clock::now(),
-        &Content::Text {
-            body: "from mallory".into(),
-        },
+        &Content::text("from mallory"),
     )
     .unwrap();
     bob.engine.handle(vec![Frame::Message(forged)]).unwrap();

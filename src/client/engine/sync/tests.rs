@@ -358,6 +358,7 @@ fn a_name_taken_on_the_other_device_gets_a_number_there() {
         op: ContactOp::Rename,
         key: erin,
         name: Some("erin".into()),
+        router: None,
     };
     two.take(&[seal_from(&one, &one.me(), &rename)]);
     assert!(names(&two).contains(&("erin".to_owned(), erin)));
@@ -367,6 +368,7 @@ fn a_name_taken_on_the_other_device_gets_a_number_there() {
             op: ContactOp::Add,
             key,
             name: Some(name.into()),
+            router: None,
         };
         let r = two.take(&[seal_from(&one, &one.me(), &add)]);
         assert!(r.updates.is_empty());
@@ -397,6 +399,7 @@ fn sync_kinds_from_another_key_are_refused_and_change_nothing() {
             op: ContactOp::Remove,
             key: bob_key,
             name: None,
+            router: None,
         },
         Content::ReadSync {
             peer: bob_key,
