@@ -67,8 +67,9 @@ pub fn chat(ctx: &super::Context, args: ChatArgs) -> Result<()> {
     if args.target.is_empty() {
         return super::inbox::inbox(ctx, super::inbox::InboxArgs::default());
     }
-    let (server, peer_name) = split_target(&args.target, args.server.server)?;
-    let (store, identity) = ctx.open_with_identity()?;
+    let (given, peer_name) = split_target(&args.target, args.server.server)?;
+    let (mut store, identity) = ctx.open_with_identity()?;
+    let server = super::home_router(given.as_ref(), &mut store)?;
     let peer = resolve_recipient(&store, &identity, &peer_name)?;
     let style = Style::detect();
     let interactive = std::io::stdin().is_terminal();
@@ -118,7 +119,7 @@ pub fn chat(ctx: &super::Context, args: ChatArgs) -> Result<()> {
     }
     let options = ChatOptions {
         peer,
-        server,
+        server: server.clone(),
         connect_timeout: Duration::from_secs(10),
         quit_timeout: Duration::from_secs(args.timeout),
         // Only what was on screen is read.
@@ -126,6 +127,7 @@ pub fn chat(ctx: &super::Context, args: ChatArgs) -> Result<()> {
     };
     let mut lock = SessionLock::open(store.path(), "chat-p2p chat")?;
     let mut engine = Engine::new(store, identity);
+    engine.set_home(server.clone())?;
     runtime()?.block_on(async {
         let (mut input, mut screen) = if interactive {
             let (rx, printer) = spawn_line_editor()?;
@@ -165,12 +167,16 @@ fn unread_separator(unread: u64, shown: usize, style: &Style) -> String {
 
 /// `[SERVER] PEER`: a URL first is the original client's way of naming the
 /// router, and wins over `--server`.
-fn split_target(target: &[String], server: ServerUrl) -> Result<(ServerUrl, String)> {
+fn split_target(
+    target: &[String],
+    server: Option<ServerUrl>,
+) -> Result<(Option<ServerUrl>, String)> {
     match target {
         [peer] => Ok((server, peer.clone())),
-        [url, peer] if ServerUrl::looks_like_url(url) => {
-            Ok((ServerUrl::parse(url).map_err(UsageError)?, peer.clone()))
-        }
+        [url, peer] if ServerUrl::looks_like_url(url) => Ok((
+            Some(ServerUrl::parse(url).map_err(UsageError)?),
+            peer.clone(),
+        )),
         [other, _] => Err(UsageError(format!(
             "'{other}' is not a router URL: use 'chat PEER' or 'chat ws://HOST:PORT/ws PEER'"
         ))
@@ -608,11 +614,14 @@ mod tests {
 
     #[test]
     fn the_legacy_form_names_the_router_first() {
-        let default = ServerUrl::parse("ws://localhost:8080/ws").unwrap();
+        let default = Some(ServerUrl::parse("ws://localhost:8080/ws").unwrap());
         let (s, p) = split_target(&["bob".into()], default.clone()).unwrap();
         assert_eq!((s, p.as_str()), (default.clone(), "bob"));
         let (s, p) = split_target(&["ws://h:1/ws".into(), "bob".into()], default.clone()).unwrap();
-        assert_eq!((s.to_string(), p.as_str()), ("ws://h:1/ws".into(), "bob"));
+        assert_eq!(
+            (s.unwrap().to_string(), p.as_str()),
+            ("ws://h:1/ws".into(), "bob")
+        );
         assert!(split_target(&["alice".into(), "bob".into()], default).is_err());
     }
 

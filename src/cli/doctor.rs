@@ -251,7 +251,14 @@ fn check_database(ctx: &Context, db: &Path, args: &DoctorArgs) -> Vec<Check> {
     match (identity, args.offline) {
         (_, true) => checks.push(ok("router", "not checked (--offline)")),
         (None, false) => {}
-        (Some(id), false) => checks.extend(check_router(&args.server.server, &id, args.timeout)),
+        (Some(id), false) => {
+            let server = match (&args.server.server, store.home_router()) {
+                (Some(given), _) => given.clone(),
+                (None, Ok(Some(home))) => home,
+                (None, _) => crate::client::ServerUrl::default_router(),
+            };
+            checks.extend(check_router(&server, &id, args.timeout));
+        }
     }
     checks
 }

@@ -155,8 +155,12 @@ fn issue(ctx: &Context, args: &LinkArgs) -> Result<()> {
     let (store, _key) = ctx.open_with_key()?;
     let device = store.device()?;
     let catch_up = store.identity().ok().flatten();
+    let server = match (&args.server.server, store.home_router()?) {
+        (Some(given), _) => given.clone(),
+        (None, Some(home)) => home,
+        (None, None) => crate::client::ServerUrl::default_router(),
+    };
     drop(store);
-    let server = args.server.server.clone();
     let options = IssueOptions {
         server: server.clone(),
         expires: Duration::from_secs(args.expires),
@@ -209,12 +213,15 @@ fn join(ctx: &Context, code: &str, args: &LinkArgs) -> Result<()> {
         None => crate::store::device::default_name(),
     };
     let options = JoinOptions {
-        server: args.server.server.clone(),
+        server: super::given_or_default(args.server.server.as_ref()),
         timeout: Duration::from_secs(args.timeout),
         profile: ctx.profile.name.to_string(),
         device_name,
     };
-    let screen = Screen::new(args.json, args.server.server.to_string());
+    let screen = Screen::new(
+        args.json,
+        super::given_or_default(args.server.server.as_ref()).to_string(),
+    );
     let db = ctx.profile.db_path();
     let result = runtime()?.block_on(link::join(&db, &code, &options, &screen));
     screen.finish();

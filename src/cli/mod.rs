@@ -219,15 +219,60 @@ impl Context {
 #[derive(Debug, Args)]
 struct ServerArgs {
     /// The router's WebSocket URL (ws:// or wss://; a URL without a path
-    /// gets /ws) [default: router in config.toml, else the one shown].
+    /// gets /ws) [default: router in config.toml, else this profile's home
+    /// router (see 'chat-p2p home'), else ws://localhost:8080/ws].
     #[arg(
         long,
         env = "CHAT_SERVER",
         value_name = "URL",
-        default_value = crate::client::DEFAULT_SERVER,
         value_parser = ServerUrl::parse
     )]
-    server: ServerUrl,
+    server: Option<ServerUrl>,
+}
+
+impl ServerArgs {
+    /// The router this command receives at: see [`home_router`].
+    fn home(&self, store: &mut Store) -> Result<ServerUrl> {
+        home_router(self.server.as_ref(), store)
+    }
+}
+
+/// The router a profile receives at for this command: the one given
+/// (`--server`, `CHAT_SERVER` or config.toml's `router`), else the home
+/// router recorded in the profile, else [`crate::client::DEFAULT_SERVER`].
+/// A profile with no recorded home records this one: its first router is
+/// its home. A router given that differs from the recorded home is used
+/// for this command only (the home moves with `chat-p2p home set`), and
+/// said so on a terminal.
+fn home_router(given: Option<&ServerUrl>, store: &mut Store) -> Result<ServerUrl> {
+    let recorded = store.home_router()?;
+    let router = match (given, &recorded) {
+        (Some(given), _) => given.clone(),
+        (None, Some(home)) => home.clone(),
+        (None, None) => ServerUrl::default_router(),
+    };
+    match recorded {
+        None => {
+            store.adopt_home(&router)?;
+        }
+        Some(home) if home != router && std::io::IsTerminal::is_terminal(&std::io::stderr()) => {
+            errln!(
+                "note: using {} for this command; this profile's home router (where contacts \
+                 deliver to it) is {}: 'chat-p2p home set {}' moves it",
+                crate::render::untrusted_inline(router.short()),
+                crate::render::untrusted_inline(home.short()),
+                crate::render::untrusted_inline(router.short()),
+            );
+        }
+        Some(_) => {}
+    }
+    Ok(router)
+}
+
+/// The router given, else [`crate::client::DEFAULT_SERVER`]: for commands
+/// run without a profile database (`link --join`).
+fn given_or_default(given: Option<&ServerUrl>) -> ServerUrl {
+    given.cloned().unwrap_or_else(ServerUrl::default_router)
 }
 
 /// A mistake in how a command was called, found after parsing: exits 2.

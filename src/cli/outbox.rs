@@ -267,8 +267,9 @@ fn retry(ctx: &Context, args: RetryArgs) -> Result<()> {
         }
         return Ok(outln!("Nothing to retry: the outbox is empty.")?);
     }
+    let server = args.server.home(&mut store)?;
     let mut engine = Engine::new(store, identity);
-    let server = args.server.server;
+    engine.set_home(server.clone())?;
     let ids: Vec<_> = messages.iter().map(|m| m.msg_id).collect();
     match deliver(
         &mut engine,

@@ -83,9 +83,11 @@ pub fn send(ctx: &Context, args: SendArgs) -> Result<()> {
         )
         .into());
     }
-    let (store, identity) = ctx.open_with_identity()?;
+    let (mut store, identity) = ctx.open_with_identity()?;
     let peer = resolve_recipient(&store, &identity, &args.peer)?;
+    let server = args.server.home(&mut store)?;
     let mut engine = Engine::new(store, identity);
+    engine.set_home(server.clone())?;
     // Stored before anything else can fail: nothing typed is ever lost.
     let message = engine.queue(&peer, &body)?;
     if args.queue {
@@ -100,7 +102,6 @@ pub fn send(ctx: &Context, args: SendArgs) -> Result<()> {
         )
         .done(QUEUED);
     }
-    let server = args.server.server;
     let own = [message.msg_id];
     match deliver(
         &mut engine,
@@ -175,11 +176,12 @@ pub(super) fn resolve_recipient(
 /// Sends the outbox and takes in everything the router holds.
 pub fn sync(ctx: &Context, args: SyncArgs) -> Result<()> {
     if args.watch {
-        return super::watch::watch(ctx, args.server.server, args.timeout, args.json);
+        return super::watch::watch(ctx, args.server.server.as_ref(), args.timeout, args.json);
     }
-    let (store, identity) = ctx.open_with_identity()?;
+    let (mut store, identity) = ctx.open_with_identity()?;
+    let server = args.server.home(&mut store)?;
     let mut engine = Engine::new(store, identity);
-    let server = args.server.server;
+    engine.set_home(server.clone())?;
     let outcome = match deliver(
         &mut engine,
         &server,

@@ -19,10 +19,17 @@ use crate::client::{Engine, ServerUrl, Update};
 use crate::render::untrusted_inline;
 
 /// Runs the watch against `server` until a signal; exit 0 then.
-pub(super) fn watch(ctx: &Context, server: ServerUrl, timeout: u64, json: bool) -> Result<()> {
-    let (store, identity) = ctx.open_with_identity()?;
+pub(super) fn watch(
+    ctx: &Context,
+    given: Option<&ServerUrl>,
+    timeout: u64,
+    json: bool,
+) -> Result<()> {
+    let (mut store, identity) = ctx.open_with_identity()?;
+    let server = super::home_router(given, &mut store)?;
     let mut lock = SessionLock::open(store.path(), "chat-p2p sync --watch")?;
     let mut engine = Engine::new(store, identity);
+    engine.set_home(server.clone())?;
     let options = WatchOptions {
         server,
         connect_timeout: Duration::from_secs(timeout.max(1)),

@@ -357,7 +357,7 @@ mod tests {
 
     fn store() -> (tempfile::TempDir, Store) {
         let dir = tempfile::tempdir().unwrap();
-        let mut store = Store::open(&dir.path().join("p.db")).unwrap();
+        let mut store = Store::create(&dir.path().join("p.db")).unwrap();
         store.set_identity(&Identity::generate(), false).unwrap();
         (dir, store)
     }
