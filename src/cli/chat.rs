@@ -138,6 +138,10 @@ pub fn chat(ctx: &super::Context, args: ChatArgs) -> Result<()> {
                 ChatScreen::new(style, peer, None, notify),
             )
         };
+        if lock.try_take()?.is_none() {
+            // What waits at a home router this profile moved away from.
+            super::sync::drain_previous(&mut engine, options.connect_timeout).await?;
+        }
         let pending = chat::run(&mut engine, &options, &mut lock, &mut input, &mut screen).await?;
         if pending > 0 {
             // As `send` does: a script must not mistake this for delivery.
@@ -395,9 +399,8 @@ impl Screen for ChatScreen {
                 router,
                 problem: Some(problem),
             } => format!(
-                "… cannot reach {}: {}; messages for it wait and go out when it is back",
-                untrusted_inline(router.short()),
-                untrusted_inline(problem)
+                "… {}; messages for that router wait and go out when it is back",
+                untrusted_inline(&crate::client::courier::describe(router, problem))
             ),
             Update::Link {
                 router,

@@ -9,7 +9,7 @@ use serde_json::json;
 
 use super::out::AlreadyDone;
 use super::{print_json, resolve_peer, runtime, Context, ServerArgs, UsageError};
-use crate::client::exchange::{exchange, Until};
+use crate::client::exchange::{drain_previous_home, exchange, Until};
 use crate::client::follow::{await_owner, Handed};
 use crate::client::owner::{Holder, SessionLock};
 use crate::client::{ClientError, Engine, ServerUrl, Tally, Update};
@@ -141,6 +141,15 @@ pub fn send(ctx: &Context, args: SendArgs) -> Result<()> {
                 .failure_reason
                 .as_deref()
                 .unwrap_or("the router refused it")
+        );
+    }
+    if stored.status == Status::Pending {
+        // Its router could not be reached (said above): not an error of
+        // the message, which goes out with the next sync, chat or send.
+        anyhow::bail!(
+            "not sent yet: {}'s router did not take it. Your message is saved as pending and \
+             goes out with the next 'chat-p2p sync', chat or send",
+            untrusted_inline(&args.peer)
         );
     }
     if !args.json {
@@ -318,7 +327,27 @@ pub(super) fn run_exchange(
         Update::Status(m) if Some(m.msg_id) == own => {}
         other => warn(other),
     };
-    Ok(runtime()?.block_on(exchange(engine, server, timeout, until, warn)))
+    Ok(runtime()?.block_on(async {
+        if until == Until::Synced {
+            drain_previous(engine, timeout).await?;
+        }
+        exchange(engine, server, timeout, until, warn).await
+    }))
+}
+
+/// Fetches what waits at the home router the profile moved away from, if
+/// any, and says so on stderr.
+pub(super) async fn drain_previous(
+    engine: &mut Engine,
+    timeout: Duration,
+) -> Result<(), ClientError> {
+    if let Some((router, n)) = drain_previous_home(engine, timeout, warn).await? {
+        errln!(
+            "note: fetched {n} message(s) still waiting at your previous home router {}",
+            untrusted_inline(router.short())
+        );
+    }
+    Ok(())
 }
 
 /// Says on stderr what a person should know about while `send` or `sync`
@@ -348,9 +377,8 @@ fn warn(update: &Update) {
             router,
             problem: Some(problem),
         } => errln!(
-            "warning: cannot reach {}: {}; what goes there stays pending",
-            untrusted_inline(router.short()),
-            untrusted_inline(problem)
+            "warning: {}; what goes to that router stays pending",
+            untrusted_inline(&crate::client::courier::describe(router, problem))
         ),
         Update::Moved { peer, router } => errln!(
             "note: {} now receives at {}",

@@ -62,6 +62,10 @@ pub(super) fn watch(
                 }
             }
         };
+        if lock.try_take()?.is_none() {
+            // What waits at a home router this profile moved away from.
+            super::sync::drain_previous(&mut engine, options.connect_timeout).await?;
+        }
         let outcome = watch::run(&mut engine, &options, &mut lock, stop, on_event).await;
         if let Some(e) = failure.take() {
             return Err(anyhow::Error::new(e));
@@ -193,9 +197,8 @@ fn print_text(event: &WatchEvent<'_>, style: &Style, server: &str) -> Result<(),
             router,
             problem: Some(problem),
         }) => errln!(
-            "-- cannot reach {}: {}; what goes there waits",
-            untrusted_inline(router.short()),
-            untrusted_inline(problem)
+            "-- {}; what goes to that router waits",
+            untrusted_inline(&crate::client::courier::describe(router, problem))
         ),
         WatchEvent::Update(Update::Link {
             router,

@@ -21,6 +21,7 @@ use tokio::time::{sleep_until, Instant};
 
 use super::backoff::Backoff;
 use super::connection::{self, Connection, ServerUrl};
+use super::courier::{Courier, LinkEvent, Persistence};
 use super::follow::{Follower, POLL};
 use super::owner::SessionLock;
 use super::{ClientError, Engine, Update};
@@ -96,12 +97,18 @@ pub async fn run(
     let identity = Arc::new(Identity::from_secret_bytes(
         &engine.identity().secret_bytes(),
     ));
+    let courier = Courier::new(
+        engine.identity(),
+        options.connect_timeout,
+        Persistence::Retry,
+    );
     let mut chat = Chat {
         identity,
         engine,
         options,
         screen,
         backoff: Backoff::default(),
+        courier,
         away_reported: false,
         quit_by: None,
         retry_at: None,
@@ -144,6 +151,8 @@ struct Chat<'a> {
     options: &'a ChatOptions,
     screen: &'a mut dyn Screen,
     backoff: Backoff,
+    /// Connections to contacts' routers, beside the home session.
+    courier: Courier,
     away_reported: bool,
     /// Set when the user asked to leave: the deadline for pending acks.
     quit_by: Option<Instant>,
@@ -206,7 +215,8 @@ impl Chat<'_> {
         self.seen_version = self.engine.store().data_version()?;
         let frames = self.engine.outbox_frames()?;
         self.show_engine_updates();
-        conn.send(&frames).await
+        conn.send(&frames).await?;
+        self.courier.pump(self.engine)
     }
 
     /// Sends what other processes of the profile stored in the outbox
@@ -220,7 +230,8 @@ impl Chat<'_> {
         self.engine.outbox_changed();
         let frames = self.engine.outbox_frames()?;
         self.show_engine_updates();
-        conn.send(&frames).await
+        conn.send(&frames).await?;
+        self.courier.pump(self.engine)
     }
 
     /// Shows what the engine decided outside a batch of frames (a message
@@ -283,6 +294,7 @@ impl Chat<'_> {
                     self.on_input(line, Some(&mut conn)).await
                 }
                 batch = conn.recv_batch() => self.on_frames(batch, &mut conn).await,
+                (index, event) = self.courier.next() => self.on_link(index, event),
                 _ = poll.tick() => self.on_poll(&mut conn).await,
                 () = sleep_until(flush_at.unwrap_or_else(Instant::now)), if flush_at.is_some() => {
                     self.screen.flush();
@@ -323,6 +335,14 @@ impl Chat<'_> {
         }
     }
 
+    /// Something happened on a connection to another router.
+    fn on_link(&mut self, index: usize, event: LinkEvent) -> Result<(), ClientError> {
+        for update in self.courier.handle(self.engine, index, event)? {
+            self.screen.update(&update);
+        }
+        Ok(())
+    }
+
     async fn on_frames(
         &mut self,
         batch: Result<Option<Vec<Frame>>, ClientError>,
@@ -360,6 +380,8 @@ impl Chat<'_> {
         // Shown in the open conversation: read, and said so once.
         let receipts = self.engine.mark_read(&self.options.peer, &shown)?;
         conn.send(&receipts).await?;
+        // Acks, receipts and new messages may be for other routers.
+        self.courier.pump(self.engine)?;
         if reaction.retry && self.retry_at.is_none() {
             self.retry_at = Some(Instant::now() + RETRY_PAUSE);
         }
@@ -374,7 +396,7 @@ impl Chat<'_> {
     ) -> Result<(), ClientError> {
         match line.unwrap_or(Input::Quit) {
             Input::Send(text) => {
-                let (_, frame) = match self.engine.compose(&self.options.peer, &text) {
+                let (_, frame) = match self.engine.write(&self.options.peer, &text) {
                     Ok(composed) => composed,
                     Err(e @ (ClientError::TooLong { .. } | ClientError::FrameTooLarge { .. })) => {
                         self.screen.notice(&format!("not sent: {e}"));
@@ -382,17 +404,22 @@ impl Chat<'_> {
                     }
                     Err(e) => return Err(e),
                 };
-                match conn {
-                    Some(conn) => conn.send(&[frame]).await?,
+                match (conn, frame) {
+                    (Some(conn), Some(frame)) => conn.send(&[frame]).await?,
+                    // For another router: its connection takes it.
+                    (Some(_), None) => self.courier.pump(self.engine)?,
                     // Stored pending; sent from the outbox on reconnect.
-                    None => self.engine.connection_lost(),
+                    (None, _) => self.engine.connection_lost(),
                 }
             }
             Input::Command(command) => {
                 let shown = self.screen.command(&command, self.engine.store());
                 let receipts = self.engine.mark_read(&self.options.peer, &shown)?;
                 match conn {
-                    Some(conn) => conn.send(&receipts).await?,
+                    Some(conn) => {
+                        conn.send(&receipts).await?;
+                        self.courier.pump(self.engine)?;
+                    }
                     // Queued; sent from the outbox on reconnect.
                     None => self.engine.connection_lost(),
                 }

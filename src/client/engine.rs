@@ -32,7 +32,7 @@ use crate::store::home::{
     note_announced_tx, pending_home_notices_tx, remove_home_notice_tx, Announced, HomeNotice,
 };
 use crate::store::messages::{
-    apply_status_tx, insert_incoming_tx, mark_incoming_read_tx, message_tx,
+    apply_status_tx, insert_incoming_tx, mark_incoming_read_tx, message_tx, outbox_after_tx,
 };
 use crate::store::receipts::{
     pending_receipts_tx, queue_receipts_tx, remove_receipt_tx, unread_from_tx, PendingReceipt,
@@ -169,6 +169,14 @@ pub struct Engine {
     routes: HashMap<String, usize>,
     /// In-flight frames sent to a router other than [`HOME`], and where.
     away: HashMap<Uuid, usize>,
+    /// Per router: the local row id of the last pending message looked at
+    /// since the outbox last changed. Messages up to it are in flight or
+    /// go elsewhere, so topping up a window reads on from there: a long
+    /// outbox is read once per router, not once per batch of acks.
+    scanned: HashMap<usize, i64>,
+    /// Routers other than [`HOME`] that may have frames waiting, once
+    /// known (`None` after the outbox changed: look again).
+    waiting: Option<HashSet<usize>>,
     /// The home router announced inside every text (this profile's
     /// recorded home), so replies and receipts find it.
     announced_home: Option<String>,
@@ -200,6 +208,8 @@ impl Engine {
             routers: vec![ServerUrl::default_router()],
             routes: HashMap::new(),
             away: HashMap::new(),
+            scanned: HashMap::new(),
+            waiting: None,
             announced_home: None,
             heard_homes: HashMap::new(),
             tally: Tally::default(),
@@ -221,6 +231,11 @@ impl Engine {
                 .to_owned(),
         );
         self.reload_routes()
+    }
+
+    /// Forgets the previous home router once it has been emptied.
+    pub fn forget_previous_home(&mut self, previous: &ServerUrl) -> Result<(), ClientError> {
+        Ok(self.store.forget_previous_home(previous)?)
     }
 
     /// The router this session receives at.
@@ -286,7 +301,13 @@ impl Engine {
     /// Other routers than [`HOME`] that have outbox items not in flight
     /// (to be reached through their own connections), by index.
     pub fn routers_waiting(&mut self) -> Result<Vec<usize>, ClientError> {
+        if let Some(waiting) = &self.waiting {
+            let mut waiting: Vec<usize> = waiting.iter().copied().collect();
+            waiting.sort_unstable();
+            return Ok(waiting);
+        }
         if self.routes.is_empty() && !self.any_home_notice()? {
+            self.waiting = Some(HashSet::new());
             return Ok(Vec::new());
         }
         let mut waiting = HashSet::new();
@@ -308,6 +329,7 @@ impl Engine {
                 waiting.insert(route);
             }
         }
+        self.waiting = Some(waiting.clone());
         let mut waiting: Vec<usize> = waiting.into_iter().collect();
         waiting.sort_unstable();
         Ok(waiting)
@@ -346,6 +368,19 @@ impl Engine {
     /// Something may wait to be sent that was not before.
     fn touch(&mut self) {
         self.drained.clear();
+        self.scanned.clear();
+        self.waiting = None;
+    }
+
+    /// Something for router `route` waits to be sent again.
+    fn touch_route(&mut self, route: usize) {
+        self.drained.remove(&route);
+        self.scanned.remove(&route);
+        if route != HOME {
+            if let Some(waiting) = &mut self.waiting {
+                waiting.insert(route);
+            }
+        }
     }
 
     /// This profile's device (created on first use), which the router
@@ -443,7 +478,9 @@ impl Engine {
     }
 
     /// Stores a new message to `peer` as `pending` and returns it with its
-    /// frame. The message is committed before the frame exists.
+    /// frame. The message is committed before the frame exists. The frame
+    /// is for `peer`'s router: see [`Engine::write`] for a connection to
+    /// the home router only.
     pub fn compose(
         &mut self,
         peer: &PublicKey,
@@ -452,6 +489,27 @@ impl Engine {
         let message = self.queue(peer, body)?;
         let frame = self.seal_text(&message)?;
         Ok((message, frame))
+    }
+
+    /// [`Engine::compose`] for the home router's connection: a message to
+    /// a contact on another router gets no frame here, and waits in the
+    /// outbox for that router's connection (see [`super::courier`]).
+    pub fn write(
+        &mut self,
+        peer: &PublicKey,
+        body: &str,
+    ) -> Result<(Message, Option<Frame>), ClientError> {
+        match self.route_of(peer) {
+            HOME => {
+                let (message, frame) = self.compose(peer, body)?;
+                Ok((message, Some(frame)))
+            }
+            other => {
+                let message = self.queue(peer, body)?;
+                self.touch_route(other);
+                Ok((message, None))
+            }
+        }
     }
 
     /// Frames for what waits in the outbox (pending messages, oldest first,
@@ -472,18 +530,32 @@ impl Engine {
             return Ok(Vec::new());
         }
         let mut frames = Vec::new();
-        for message in self.store.outbox()? {
-            if frames.len() == room {
-                return Ok(frames);
+        const PAGE: usize = 256;
+        loop {
+            let after = self.scanned.get(&route).copied().unwrap_or(0);
+            let page = outbox_after_tx(self.store.conn(), after, PAGE)?;
+            let full = page.len() == PAGE;
+            for message in page {
+                if frames.len() == room {
+                    return Ok(frames);
+                }
+                self.scanned.insert(route, message.id);
+                let id = message.msg_id.uuid();
+                if self.in_flight.contains_key(&id)
+                    || self.route_of_text(&message.peer_key) != route
+                {
+                    continue;
+                }
+                let frame = self.seal_text(&message)?;
+                match self.in_flight.get(&id) {
+                    Some(&len) if len > self.max_frame_bytes => {
+                        self.set_aside_oversized(id, len)?;
+                    }
+                    _ => frames.push(frame),
+                }
             }
-            let id = message.msg_id.uuid();
-            if self.in_flight.contains_key(&id) || self.route_of_text(&message.peer_key) != route {
-                continue;
-            }
-            let frame = self.seal_text(&message)?;
-            match self.in_flight.get(&id) {
-                Some(&len) if len > self.max_frame_bytes => self.set_aside_oversized(id, len)?,
-                _ => frames.push(frame),
+            if !full {
+                break;
             }
         }
         for receipt in pending_receipts_tx(self.store.conn())? {
@@ -508,6 +580,9 @@ impl Engine {
         }
         if route != HOME {
             self.drained.insert(route);
+            if let Some(waiting) = &mut self.waiting {
+                waiting.remove(&route);
+            }
             return Ok(frames);
         }
         // What the other devices are told goes to this identity's router.
@@ -567,10 +642,14 @@ impl Engine {
         };
         let syncs = queue_sync_tx(&tx, &read, &now)?;
         tx.commit().map_err(store::Error::from)?;
-        let mut frames = receipts
-            .iter()
-            .map(|r| self.seal_receipt(r))
-            .collect::<Result<Vec<_>, _>>()?;
+        let mut frames = Vec::new();
+        for receipt in &receipts {
+            // One for another router waits for the courier.
+            match self.route_of(&receipt.peer) {
+                HOME => frames.push(self.seal_receipt(receipt)?),
+                other => self.touch_route(other),
+            }
+        }
         for item in &syncs {
             frames.extend(self.seal_sync(item)?);
         }
@@ -646,7 +725,7 @@ impl Engine {
         tx.commit().map_err(store::Error::from)?;
         // Copies wait in the outbox now.
         if copies {
-            self.drained.remove(&HOME);
+            self.touch_route(HOME);
         }
         self.tally.sent += updated.len();
         reaction
@@ -677,7 +756,7 @@ impl Engine {
             if ours {
                 self.retrying.insert(id);
             }
-            self.drained.remove(&route);
+            self.touch_route(route);
             reaction.retry = true;
             reaction.updates.push(Update::Retrying {
                 code: error.code,
@@ -828,7 +907,11 @@ impl Engine {
                 .map(|(f, _)| Frame::Ack(Ack { id: f.id, at: None })),
         );
         for receipt in &receipts {
-            reaction.send.push(self.seal_receipt(receipt)?);
+            // One for another router waits for the courier.
+            match self.route_of(&receipt.peer) {
+                HOME => reaction.send.push(self.seal_receipt(receipt)?),
+                other => self.touch_route(other),
+            }
         }
         Ok(())
     }

@@ -6,6 +6,7 @@ use std::time::Duration;
 use tokio::time::{sleep_until, Instant};
 
 use super::connection::{self, ServerUrl};
+use super::courier::{Courier, Persistence};
 use super::follow::POLL;
 use super::{ClientError, Engine, Update};
 use crate::protocol::Frame;
@@ -35,8 +36,15 @@ pub async fn exchange(
     mut on_update: impl FnMut(&Update),
 ) -> Result<(), ClientError> {
     let deadline = Instant::now() + timeout;
+    let mut courier = Courier::new(engine.identity(), timeout, Persistence::Once);
     loop {
-        match session(engine, server, deadline, timeout, until, &mut on_update).await {
+        let run = Run {
+            server,
+            deadline,
+            timeout,
+            until,
+        };
+        match session(engine, &mut courier, &run, &mut on_update).await {
             Err(ClientError::ClosedForSize(reason)) => {
                 let updates = engine.closed_for_size(&reason)?;
                 if updates.is_empty() {
@@ -50,15 +58,28 @@ pub async fn exchange(
     }
 }
 
-/// One connection of [`exchange`].
-async fn session(
-    engine: &mut Engine,
-    server: &ServerUrl,
+/// What an [`exchange`] is asked to do.
+struct Run<'a> {
+    server: &'a ServerUrl,
     deadline: Instant,
     timeout: Duration,
     until: Until,
+}
+
+/// One connection of [`exchange`] to the home router; the courier carries
+/// what goes to other routers meanwhile.
+async fn session(
+    engine: &mut Engine,
+    courier: &mut Courier,
+    run: &Run<'_>,
     on_update: &mut impl FnMut(&Update),
 ) -> Result<(), ClientError> {
+    let Run {
+        server,
+        deadline,
+        timeout,
+        until,
+    } = *run;
     let left = deadline.saturating_duration_since(Instant::now());
     let device = engine.device()?;
     let mut conn = connection::connect(server, engine.identity(), &device, left).await?;
@@ -67,6 +88,7 @@ async fn session(
     let outbox = engine.outbox_frames()?;
     engine.take_updates().iter().for_each(&mut *on_update);
     conn.send(&outbox).await?;
+    courier.pump(engine)?;
     let mut synced = false;
     let mut retry_at: Option<Instant> = None;
     // Other processes of the profile hand their messages to this one while
@@ -75,8 +97,10 @@ async fn session(
     let mut poll = tokio::time::interval(POLL);
     poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        let done =
-            engine.in_flight() == 0 && retry_at.is_none() && (until == Until::Acked || synced);
+        let done = engine.in_flight() == 0
+            && retry_at.is_none()
+            && (until == Until::Acked || synced)
+            && !courier.busy(engine)?;
         if done {
             break;
         }
@@ -95,7 +119,12 @@ async fn session(
                     let frames = engine.outbox_frames()?;
                     engine.take_updates().iter().for_each(&mut *on_update);
                     conn.send(&frames).await?;
+                    courier.pump(engine)?;
                 }
+            }
+            (index, event) = courier.next() => {
+                let updates = courier.handle(engine, index, event)?;
+                updates.iter().for_each(&mut *on_update);
             }
             () = sleep_until(retry_at.unwrap_or(deadline)), if retry_at.is_some() => {
                 retry_at = None;
@@ -117,6 +146,8 @@ async fn session(
                 }
                 reaction.updates.iter().for_each(&mut *on_update);
                 engine.take_updates().iter().for_each(&mut *on_update);
+                // Receipts may go to other routers.
+                courier.pump(engine)?;
                 if reaction.retry {
                     retry_at = Some(Instant::now() + RETRY_PAUSE);
                 }
@@ -125,6 +156,48 @@ async fn session(
     }
     conn.close().await;
     Ok(())
+}
+
+/// Fetches, once, what still waits at the home router this profile moved
+/// away from (`home set`): frames queued there before contacts learnt of
+/// the move. Returns that router and how many messages came from it, or
+/// `None` when there is no previous home. Until a fetch succeeds the
+/// previous home is kept, and tried again by the next session.
+pub async fn drain_previous_home(
+    engine: &mut Engine,
+    timeout: Duration,
+    mut on_update: impl FnMut(&Update),
+) -> Result<Option<(ServerUrl, usize)>, ClientError> {
+    let Some(previous) = engine.store().previous_home()? else {
+        return Ok(None);
+    };
+    let home = engine.home().clone();
+    if previous == home {
+        engine.forget_previous_home(&previous)?;
+        return Ok(None);
+    }
+    let before = engine.tally().received;
+    // Sessions there route as if it were home: its own devices' copies
+    // and contacts pinned to it are delivered on the way.
+    engine.set_home(previous.clone())?;
+    let outcome = exchange(engine, &previous, timeout, Until::Synced, &mut on_update).await;
+    engine.connection_lost();
+    engine.set_home(home)?;
+    match outcome {
+        Ok(()) => {
+            engine.forget_previous_home(&previous)?;
+            Ok(Some((previous, engine.tally().received - before)))
+        }
+        Err(e) => {
+            on_update(&Update::Link {
+                router: previous,
+                problem: Some(format!(
+                    "{e} (what waits at your previous home router is fetched next time)"
+                )),
+            });
+            Ok(None)
+        }
+    }
 }
 
 fn waiting_for(engine: &Engine, synced: bool) -> String {

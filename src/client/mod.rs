@@ -10,6 +10,7 @@
 pub mod backoff;
 pub mod chat;
 pub mod connection;
+pub mod courier;
 pub mod devices;
 pub mod engine;
 pub mod exchange;

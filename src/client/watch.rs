@@ -16,6 +16,7 @@ use tokio::time::{sleep, sleep_until, Instant};
 
 use super::backoff::Backoff;
 use super::connection::{self, Connection, ServerUrl};
+use super::courier::{Courier, Persistence};
 use super::follow::Follower;
 use super::owner::{Holder, SessionLock};
 use super::{ClientError, Engine, Update};
@@ -82,6 +83,11 @@ pub async fn run(
     }
     let mut backoff = Backoff::default();
     let mut replaced = Backoff::new(Duration::from_secs(1), Duration::from_secs(15));
+    let mut courier = Courier::new(
+        engine.identity(),
+        options.connect_timeout,
+        Persistence::Retry,
+    );
     loop {
         let device = engine.device()?;
         let attempt = connection::connect(
@@ -98,7 +104,15 @@ pub async fn run(
             Ok(conn) => {
                 backoff.reset();
                 let started = Instant::now();
-                let outcome = session(engine, options, conn, &mut stop, &mut on_event).await;
+                let outcome = session(
+                    engine,
+                    &mut courier,
+                    options,
+                    conn,
+                    &mut stop,
+                    &mut on_event,
+                )
+                .await;
                 if started.elapsed() >= STABLE_SESSION {
                     replaced.reset();
                 }
@@ -137,6 +151,7 @@ pub async fn run(
 /// One session: `Ok` when stopped, the error that ended it otherwise.
 async fn session(
     engine: &mut Engine,
+    courier: &mut Courier,
     options: &WatchOptions,
     mut conn: Connection,
     stop: &mut std::pin::Pin<&mut impl Future<Output = ()>>,
@@ -145,6 +160,7 @@ async fn session(
     engine.connection_lost();
     engine.set_frame_limit(conn.max_frame_bytes());
     send_outbox(engine, &mut conn, on_event).await?;
+    courier.pump(engine)?;
     on_event(WatchEvent::Connected);
     let mut retry_at: Option<Instant> = None;
     let mut poll = tokio::time::interval(options.poll);
@@ -164,6 +180,12 @@ async fn session(
                     seen_version = version;
                     engine.outbox_changed();
                     send_outbox(engine, &mut conn, on_event).await?;
+                    courier.pump(engine)?;
+                }
+            }
+            (index, event) = courier.next() => {
+                for update in courier.handle(engine, index, event)? {
+                    on_event(WatchEvent::Update(&update));
                 }
             }
             () = sleep_until(retry_at.unwrap_or_else(Instant::now)), if retry_at.is_some() => {
@@ -187,6 +209,8 @@ async fn session(
                 for update in engine.take_updates() {
                     on_event(WatchEvent::Update(&update));
                 }
+                // Receipts may go to other routers.
+                courier.pump(engine)?;
                 if reaction.retry && retry_at.is_none() {
                     retry_at = Some(Instant::now() + RETRY_PAUSE);
                 }

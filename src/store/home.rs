@@ -47,7 +47,7 @@ pub struct HomeNotice {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Announced {
     /// A contact's router is now this one.
-    Contact(Contact),
+    Contact(Box<Contact>),
     /// This identity's home moved (told by another of its devices).
     OwnHome(ServerUrl),
     /// Remembered for a stranger, or already known: nothing to show.
@@ -158,10 +158,10 @@ pub fn note_announced_tx(
                 "UPDATE contacts SET router = ?1 WHERE id = ?2",
                 params![router.as_str(), contact.id],
             )?;
-            Ok(Announced::Contact(Contact {
+            Ok(Announced::Contact(Box::new(Contact {
                 router: Some(router.clone()),
                 ..contact
-            }))
+            })))
         }
         None => {
             conn.execute(

@@ -277,6 +277,23 @@ pub fn outbox_tx(tx: &rusqlite::Connection) -> Result<Vec<Message>> {
     Ok(rows.collect::<rusqlite::Result<_>>()?)
 }
 
+/// Up to `limit` outgoing messages still `pending` with a local row id
+/// above `after`, oldest first: the outbox read a page at a time.
+pub fn outbox_after_tx(
+    tx: &rusqlite::Connection,
+    after: i64,
+    limit: usize,
+) -> Result<Vec<Message>> {
+    let mut stmt = tx.prepare_cached(&format!(
+        "SELECT {MESSAGE_COLUMNS} FROM {MESSAGE_FROM}
+         WHERE m.status = 'pending' AND m.direction = 'out' AND m.id > ?1
+         ORDER BY m.id LIMIT ?2"
+    ))?;
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    let rows = stmt.query_map(rusqlite::params![after, limit], message_from_row)?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
 /// The timeline of our own message `msg_id`, oldest first.
 pub fn events_tx(tx: &rusqlite::Connection, msg_id: &MessageId) -> Result<Vec<Event>> {
     match message_tx(tx, msg_id)? {
