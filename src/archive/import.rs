@@ -256,9 +256,10 @@ impl<'a> Importer<'a> {
     /// record without a router is on the exporting profile's home.
     fn contact_router(&self, record: &ContactRecord) -> Result<Option<ServerUrl>, Fault> {
         let router = match &record.router {
-            Some(text) => Some(Address::parse_router(text).map_err(|e| {
-                Fault::Invalid(format!("contact '{}': {e}", record.name))
-            })?),
+            Some(text) => Some(
+                Address::parse_router(text)
+                    .map_err(|e| Fault::Invalid(format!("contact '{}': {e}", record.name)))?,
+            ),
             None => self.export_home.clone(),
         };
         Ok(router)
@@ -276,10 +277,14 @@ impl<'a> Importer<'a> {
             |r| Ok((r.get(0)?, r.get(1)?)),
         )?;
         let ours = match router {
-            Some(text) => Some(ServerUrl::parse(&text).map_err(|detail| store::Error::Corrupt {
-                what: "contact router",
-                detail,
-            })?),
+            Some(text) => {
+                Some(
+                    ServerUrl::parse(&text).map_err(|detail| store::Error::Corrupt {
+                        what: "contact router",
+                        detail,
+                    })?,
+                )
+            }
             None => self.own_home.clone(),
         };
         if ours.as_ref() != Some(&theirs) {
