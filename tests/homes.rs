@@ -271,11 +271,12 @@ fn a_stranger_on_a_third_router_is_kept_as_unknown_and_can_be_answered() {
 #[test]
 fn a_contact_whose_router_is_down_holds_back_only_their_messages() {
     let mut w = World::new(3);
-    w.person("alice", 0);
+    let alice = w.person("alice", 0);
     let bob = w.person("bob", 1);
     let carol = w.person("carol", 2);
     w.ok("alice", &["add-contact", "bob", &bob]);
     w.ok("alice", &["add-contact", "carol", &carol]);
+    w.ok("carol", &["add-contact", "alice", &alice]);
     let carols = w.routers[2].take().unwrap();
     let carols_addr = carols.addr.clone();
     // Killed: nothing graceful; its queue stays on disk.

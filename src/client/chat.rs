@@ -283,7 +283,10 @@ impl Chat<'_> {
         let mut poll = tokio::time::interval(POLL);
         poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            if self.quit_by.is_some() && self.engine.in_flight() == 0 {
+            if self.quit_by.is_some()
+                && self.engine.in_flight() == 0
+                && !self.courier.busy(self.engine)?
+            {
                 return Ok(Some(conn));
             }
             let quit_by = self.quit_by;

@@ -306,8 +306,9 @@ impl Courier {
     }
 
     /// Whether work with other routers is still under way: a connection
-    /// being opened, frames in flight, or frames waiting for a router that
-    /// has not failed for good in this run.
+    /// being opened, frames in flight, or frames waiting for a router no
+    /// connection was tried to yet. A router that failed is not waited
+    /// for (it was reported; what goes there stays pending).
     pub fn busy(&mut self, engine: &mut Engine) -> Result<bool, ClientError> {
         for (&index, link) in &self.links {
             match link.state {
@@ -319,8 +320,7 @@ impl Courier {
         for index in engine.routers_waiting()? {
             match self.links.get(&index) {
                 Some(Link {
-                    state: State::Down { until: None },
-                    problem: Some(_),
+                    state: State::Down { .. },
                     ..
                 }) => {}
                 _ => return Ok(true),
