@@ -6,7 +6,6 @@
 mod common;
 
 use std::io::Write as _;
-use std::path::PathBuf;
 use std::process::{Command as StdCommand, Stdio};
 
 use chat_p2p::router::backend::redis::local::{Fsync, LocalRedis};
@@ -157,10 +156,6 @@ impl World {
             .find(|c| c["name"] == name)
             .unwrap_or_else(|| panic!("{profile} has no contact {name}: {contacts}"))["router"]
             .clone()
-    }
-
-    fn db(&self, profile: &str) -> PathBuf {
-        self.env.db(profile)
     }
 }
 
