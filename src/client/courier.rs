@@ -274,7 +274,16 @@ impl Courier {
                 }
             }
             LinkEvent::Down(reason) => {
+                let had_work =
+                    engine.in_flight_at(index) > 0 || engine.routers_waiting()?.contains(&index);
                 engine.route_lost(index);
+                if !had_work {
+                    // An idle connection that went away: nothing to tell,
+                    // and the next frame for that router opens a new one.
+                    self.links.remove(&index);
+                    self.pump(engine)?;
+                    return Ok(updates);
+                }
                 if let Some(link) = self.links.get_mut(&index) {
                     let until = match self.persistence {
                         Persistence::Retry => {
