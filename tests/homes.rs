@@ -62,7 +62,11 @@ impl World {
     /// `profile`'s command pointed at its home router.
     fn cmd(&self, profile: &str) -> assert_cmd::Command {
         let mut cmd = self.env.cmd(profile);
-        cmd.env("CHAT_SERVER", self.url(self.home_of(profile)));
+        // A router taken down is no one's to point at: the profile's
+        // recorded home is used then.
+        if let Some(router) = &self.routers[self.home_of(profile)] {
+            cmd.env("CHAT_SERVER", router.url());
+        }
         cmd
     }
 
@@ -398,4 +402,35 @@ fn a_router_on_redis_is_a_home_like_any_other() {
     w.ok("bob", &["sync"]);
     assert_timeline(&w.message("alice", "bob", "to a router on redis"));
     assert_timeline(&w.message("bob", "alice", "from a router on redis"));
+}
+
+#[test]
+fn with_ones_own_router_down_messages_to_other_routers_still_go() {
+    let mut w = World::new(2);
+    w.person("alice", 0);
+    let bob = w.person("bob", 1);
+    w.ok("alice", &["add-contact", "bob", &bob]);
+    let alices = w.routers[0].take().unwrap();
+    let alices_addr = alices.addr.clone();
+    alices.kill();
+    // Pointed at her (dead) home router all the same.
+    let mut cmd = w.env.cmd("alice");
+    cmd.env("CHAT_SERVER", format!("ws://{alices_addr}/ws"));
+    let out = cmd
+        .args(["send", "bob", "my router is down, yours is not"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("home router"), "{stderr}");
+    assert_eq!(
+        w.status("alice", "bob", "my router is down, yours is not"),
+        "sent"
+    );
+    w.ok("bob", &["sync"]);
+    let alice_key = key_of(&w.ok("alice", &["whoami", "--address"]));
+    assert_eq!(
+        w.status("bob", &alice_key, "my router is down, yours is not"),
+        "received"
+    );
 }
