@@ -71,14 +71,7 @@ impl World {
     }
 
     fn ok(&self, profile: &str, args: &[&str]) -> String {
-        let out = self.cmd(profile).args(args).output().unwrap();
-        assert!(
-            out.status.success(),
-            "{profile} {args:?} failed: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
+        String::from_utf8(common::run_ok(self.cmd(profile).args(args)).stdout).unwrap()
     }
 
     /// Runs and returns (exit code, stdout, stderr).
