@@ -270,6 +270,9 @@ pub enum ErrorCode {
     DeviceRemoved,
     /// The key has as many devices as the router allows.
     TooManyDevices,
+    /// The router does not queue frames for this recipient (its operator
+    /// restricted whom it serves): final, deliver to the recipient's home.
+    RecipientNotServed,
     /// A code from a newer version of the protocol.
     #[serde(other)]
     Unknown,
@@ -278,7 +281,7 @@ pub enum ErrorCode {
 impl ErrorCode {
     /// Every code a router of this version sends (not [`Self::Unknown`]),
     /// in the order of the protocol document's table.
-    pub const ALL: [ErrorCode; 16] = [
+    pub const ALL: [ErrorCode; 17] = [
         Self::BadFrame,
         Self::UnknownType,
         Self::TooLarge,
@@ -295,6 +298,7 @@ impl ErrorCode {
         Self::WrongRouter,
         Self::DeviceRemoved,
         Self::TooManyDevices,
+        Self::RecipientNotServed,
     ];
 
     /// The code as it appears on the wire.
@@ -316,6 +320,7 @@ impl ErrorCode {
             Self::WrongRouter => "wrong-router",
             Self::DeviceRemoved => "device-removed",
             Self::TooManyDevices => "too-many-devices",
+            Self::RecipientNotServed => "recipient-not-served",
             Self::Unknown => "unknown",
         }
     }

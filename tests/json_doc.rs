@@ -209,6 +209,13 @@ fn outputs(env: &Env, router: &Router) -> BTreeMap<&'static str, Value> {
     out.insert("devices-remove", env.json("me", &remove));
     let rename = ["devices", "rename", "laptop", "--json"];
     out.insert("devices-rename", env.json("me", &rename));
+    // Carol's home moves: she is no longer needed on the router.
+    let elsewhere = "ws://127.0.0.1:1/ws";
+    let set_router = ["set-contact-router", "me", elsewhere, "--json"];
+    out.insert("set-contact-router", env.json("carol", &set_router));
+    out.insert("home", env.json("carol", &["home", "--json"]));
+    let home_set = ["home", "set", elsewhere, "--json"];
+    out.insert("home-set", env.json("carol", &home_set));
     let (link, join) = link_lines(env, router);
     out.insert("link", link);
     out.insert("link-join", join);

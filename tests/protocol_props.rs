@@ -243,6 +243,30 @@ proptest! {
         check_all(text.as_bytes());
     }
 
+    /// Addresses come from other people (pasted, scanned): anything is
+    /// parsed or refused, never a panic, and whatever is accepted prints
+    /// back to text that parses to the same address with nothing a shell
+    /// or a terminal would act on.
+    #[test]
+    fn addresses_parse_or_are_refused_and_round_trip(
+        prefix in prop::sample::select(vec!["", "chat-p2p:", "CHAT-P2P:", "chat-p2p:x"]),
+        router in "(ws|wss|http|WS)://[a-zA-Z0-9.:@_\\-]{0,30}(/[a-z/]{0,8})?([?#][a-z=&]{0,5})?",
+        noise in ".{0,40}",
+        with_router in any::<bool>(),
+    ) {
+        use chat_p2p::address::Address;
+        let key = Identity::generate().public_key().to_base64();
+        let text = if with_router { format!("{prefix}{key}@{router}") } else { format!("{prefix}{key}") };
+        for candidate in [text.clone(), noise.clone(), format!("{text}{noise}")] {
+            if let Ok(address) = Address::parse(&candidate) {
+                let shown = address.to_string();
+                prop_assert!(shown.chars().all(|c| c.is_ascii_graphic()), "{shown:?}");
+                prop_assert!(!shown.contains(['?', '&', '#', '\'', '"', '`', '$', ';']), "{shown:?}");
+                prop_assert_eq!(Address::parse(&shown), Ok(address));
+            }
+        }
+    }
+
     #[test]
     fn arbitrary_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..300)) {
         check_all(&bytes);

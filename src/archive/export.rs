@@ -320,12 +320,13 @@ fn header(store: &Store, options: &ExportOptions) -> Result<Header, Error> {
         exported_at: Some(clock::now()),
         public_key: public_key.map(|k| k.to_base64()),
         secret_key,
+        home_router: store.home_router()?.map(|r| r.as_str().to_owned()),
     })
 }
 
 fn contacts(conn: &Connection, only: Option<&PublicKey>) -> Result<Vec<ContactRecord>, Error> {
     let mut stmt = conn.prepare(
-        "SELECT name, public_key, added_at FROM contacts
+        "SELECT name, public_key, added_at, router FROM contacts
          WHERE ?1 IS NULL OR public_key = ?1 ORDER BY name_key",
     )?;
     let rows = stmt.query_map([only.map(PublicKey::to_base64)], |r| {
@@ -333,6 +334,7 @@ fn contacts(conn: &Connection, only: Option<&PublicKey>) -> Result<Vec<ContactRe
             name: r.get(0)?,
             public_key: r.get(1)?,
             added_at: r.get(2)?,
+            router: r.get(3)?,
         })
     })?;
     Ok(rows.collect::<rusqlite::Result<_>>()?)

@@ -17,6 +17,8 @@ use rusqlite::{params, Transaction};
 use serde::Serialize;
 
 use super::{ContactRecord, Error, Header, MessageRecord, FORMAT, VERSION};
+use crate::address::Address;
+use crate::client::ServerUrl;
 use crate::clock;
 use crate::identity::{Identity, PublicKey};
 use crate::store::fts;
@@ -64,6 +66,9 @@ pub struct ImportReport {
     pub foreign_export: Option<String>,
     /// Legacy files skipped with `--skip-unknown`: their paths.
     pub skipped_files: Vec<String>,
+    /// The home router this profile took from its own identity's export
+    /// (it had none recorded), if it did.
+    pub home_adopted: Option<String>,
 }
 
 /// A problem with one record: `Invalid` is the input's fault and gets its
@@ -112,6 +117,11 @@ pub(crate) struct Importer<'a> {
     force: bool,
     other_identity: bool,
     own_key: Option<String>,
+    /// This profile's home router, as recorded (or adopted by this import).
+    own_home: Option<ServerUrl>,
+    /// The export's home router: where its contacts on "the same router
+    /// as mine" receive.
+    export_home: Option<ServerUrl>,
     validator: Validator,
     first_new_id: i64,
     saw_header: bool,
@@ -126,12 +136,15 @@ impl<'a> Importer<'a> {
     pub(crate) fn begin(store: &'a mut Store, options: ImportOptions) -> Result<Self, Error> {
         let own_key = store.public_key()?.map(|k| k.to_base64());
         let tx = store.transaction()?;
+        let own_home = store::home::home_tx(&tx)?;
         let first_new_id = fts::suspend(&tx)?;
         Ok(Self {
             tx,
             force: options.force,
             other_identity: options.other_identity,
             own_key,
+            own_home,
+            export_home: None,
             validator: Validator::default(),
             first_new_id,
             saw_header: false,
@@ -197,6 +210,13 @@ impl<'a> Importer<'a> {
                 header.version
             )));
         }
+        self.export_home = header
+            .home_router
+            .as_deref()
+            .map(|text| {
+                ServerUrl::parse(text).map_err(|e| Fault::Invalid(format!("home_router: {e}")))
+            })
+            .transpose()?;
         if let Some(secret) = &header.secret_key {
             let identity = decode_secret(secret)?;
             if header.public_key.as_deref() != Some(&identity.public_key().to_base64()) {
@@ -204,9 +224,80 @@ impl<'a> Importer<'a> {
                     "the secret key does not match the public key".into(),
                 ));
             }
-            return self.identity(&identity);
+            self.identity(&identity)?;
+        } else {
+            self.check_author(header.public_key.clone())?;
         }
-        self.check_author(header.public_key)
+        if header.public_key.is_some() && header.public_key == self.own_key {
+            self.adopt_home()?;
+        }
+        Ok(())
+    }
+
+    /// Records the export's home router as this profile's when the export
+    /// is this identity's own and the profile has no home yet (a profile
+    /// restored from a backup receives where it did).
+    fn adopt_home(&mut self) -> Result<(), Fault> {
+        let (Some(home), None) = (&self.export_home, &self.own_home) else {
+            return Ok(());
+        };
+        self.tx.execute(
+            "INSERT INTO home (only, router, previous, changed_at) VALUES (1, ?1, NULL, ?2)
+             ON CONFLICT (only) DO UPDATE SET router = ?1, changed_at = ?2
+             WHERE home.router IS NULL",
+            params![home.as_str(), clock::now()],
+        )?;
+        self.report.home_adopted = Some(home.as_str().to_owned());
+        self.own_home = Some(home.clone());
+        Ok(())
+    }
+
+    /// Where the contact in `record` receives, if the export says: a
+    /// record without a router is on the exporting profile's home.
+    fn contact_router(&self, record: &ContactRecord) -> Result<Option<ServerUrl>, Fault> {
+        let router = match &record.router {
+            Some(text) => Some(
+                Address::parse_router(text)
+                    .map_err(|e| Fault::Invalid(format!("contact '{}': {e}", record.name)))?,
+            ),
+            None => self.export_home.clone(),
+        };
+        Ok(router)
+    }
+
+    /// A contact saved here already: its router is kept, and a different
+    /// one in the export is noted.
+    fn keep_router(&mut self, key: &PublicKey, theirs: Option<ServerUrl>) -> Result<(), Fault> {
+        let Some(theirs) = theirs else {
+            return Ok(());
+        };
+        let (name, router): (String, Option<String>) = self.tx.query_row(
+            "SELECT name, router FROM contacts WHERE public_key = ?1",
+            [key.to_base64()],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
+        let ours = match router {
+            Some(text) => {
+                Some(
+                    ServerUrl::parse(&text).map_err(|detail| store::Error::Corrupt {
+                        what: "contact router",
+                        detail,
+                    })?,
+                )
+            }
+            None => self.own_home.clone(),
+        };
+        if ours.as_ref() != Some(&theirs) {
+            let ours = ours.map_or("the same router as yours".to_owned(), |r| {
+                r.short().to_owned()
+            });
+            self.report.contact_notes.push(format!(
+                "'{name}' kept its router {ours}; the export says {} \
+                 ('chat-p2p set-contact-router' changes it)",
+                theirs.short()
+            ));
+        }
+        Ok(())
     }
 
     /// Refuses an export written by another identity unless asked: its
@@ -245,6 +336,7 @@ impl<'a> Importer<'a> {
         self.require_header()?;
         let key = PublicKey::parse(&contact.public_key)
             .map_err(|e| Fault::Invalid(format!("contact '{}': {e}", contact.name)))?;
+        let router = self.contact_router(&contact)?;
         let name = match ContactName::parse(&contact.name) {
             Ok(name) => name,
             // A name today's rules refuse (an old export may hold one) is
@@ -267,14 +359,23 @@ impl<'a> Importer<'a> {
         let note = match merge {
             Merge::Added => {
                 self.report.contacts_added += 1;
+                // This profile's own home is stored as "the same router as
+                // mine" (NULL), and moves with it.
+                if let Some(router) = router.filter(|r| Some(r) != self.own_home.as_ref()) {
+                    self.tx.execute(
+                        "UPDATE contacts SET router = ?1 WHERE public_key = ?2",
+                        params![router.as_str(), key.to_base64()],
+                    )?;
+                }
                 return Ok(());
             }
             Merge::Unchanged => {
                 self.report.contacts_known += 1;
-                return Ok(());
+                return self.keep_router(&key, router);
             }
             Merge::KeptName(existing) => {
                 self.report.contacts_known += 1;
+                self.keep_router(&key, router)?;
                 format!("'{name}' is already saved as '{existing}'; kept '{existing}'")
             }
             Merge::NameClash => format!(

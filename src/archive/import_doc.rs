@@ -56,6 +56,7 @@ struct Fields {
     exported_at: Option<String>,
     public_key: Option<String>,
     secret_key: Option<String>,
+    home_router: Option<String>,
     sent: bool,
 }
 
@@ -75,6 +76,7 @@ impl<'de> Visitor<'de> for Document<'_> {
                 "exported_at" => fields.exported_at = map.next_value()?,
                 "public_key" => fields.public_key = map.next_value()?,
                 "secret_key" => fields.secret_key = map.next_value()?,
+                "home_router" => fields.home_router = map.next_value()?,
                 "contacts" => {
                     self.header(&mut fields)?;
                     map.next_value_seed(Each {
@@ -131,6 +133,7 @@ impl Document<'_> {
             exported_at: fields.exported_at.take(),
             public_key: fields.public_key.take(),
             secret_key: fields.secret_key.take(),
+            home_router: fields.home_router.take(),
         };
         send(self.out, self.stopped, Loc::Header, Item::Header(header))
     }

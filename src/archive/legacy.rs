@@ -106,6 +106,7 @@ fn write(
             name: name.clone(),
             public_key: key.clone(),
             added_at: None,
+            router: None,
         };
         importer
             .contact(record)

@@ -124,6 +124,10 @@ pub struct Header {
     /// The 32-byte secret seed, base64; only with `--include-secret`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret_key: Option<String>,
+    /// The profile's home router, if one was recorded (exports from
+    /// before home routers have none).
+    #[serde(default)]
+    pub home_router: Option<String>,
 }
 
 /// A contact as exported.
@@ -136,6 +140,10 @@ pub struct ContactRecord {
     /// When it was added.
     #[serde(default)]
     pub added_at: Option<String>,
+    /// Its home router; `None`: the same as the exporting profile's home
+    /// (the header's `home_router`).
+    #[serde(default)]
+    pub router: Option<String>,
 }
 
 /// A message as imported: every stored field and its events. The `contact`

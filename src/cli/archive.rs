@@ -450,6 +450,12 @@ fn print_report(ctx: &Context, store: &Store, r: &ImportReport) -> Result<()> {
     if let Some(key) = &r.identity_adopted {
         outln!("This profile's identity is now {key}.")?;
     }
+    if let Some(home) = &r.home_adopted {
+        outln!(
+            "This profile's home router is now {}, as in the export.",
+            crate::render::untrusted_inline(home)
+        )?;
+    }
     if let Some(old) = &r.identity_replaced {
         errln!("warning: replaced the identity {old}; its secret key is gone.");
     }

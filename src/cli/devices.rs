@@ -29,16 +29,16 @@ pub struct DevicesArgs {
     #[command(subcommand)]
     action: Option<Action>,
     /// The router's WebSocket URL [default: router in config.toml, else
-    /// the one shown]. Accepted before or after the subcommand.
+    /// this profile's home router, else ws://localhost:8080/ws]. Accepted
+    /// before or after the subcommand.
     #[arg(
         long,
         env = "CHAT_SERVER",
         value_name = "URL",
-        default_value = crate::client::DEFAULT_SERVER,
         value_parser = ServerUrl::parse,
         global = true
     )]
-    server: ServerUrl,
+    server: Option<ServerUrl>,
     /// How many seconds to wait at most for the router.
     #[arg(long, value_name = "SECS", default_value_t = 10, global = true)]
     timeout: u64,
@@ -75,10 +75,10 @@ pub fn run(ctx: &Context, args: DevicesArgs) -> Result<()> {
 }
 
 fn list(ctx: &Context, args: &DevicesArgs) -> Result<()> {
-    let (store, identity) = ctx.open_with_identity()?;
+    let (mut store, identity) = ctx.open_with_identity()?;
     let me = store.device()?;
     let timeout = Duration::from_secs(args.timeout);
-    let server = &args.server;
+    let server = &super::home_router(args.server.as_ref(), &mut store)?;
     let all = runtime()?
         .block_on(devices::list(server, &identity, timeout))
         .with_context(|| format!("cannot list the devices at {server}"))?;
@@ -135,10 +135,10 @@ fn device_json(d: &DeviceInfo, me: &Uuid) -> serde_json::Value {
 }
 
 fn remove(ctx: &Context, args: &DevicesArgs, id: &str) -> Result<()> {
-    let (store, identity) = ctx.open_with_identity()?;
+    let (mut store, identity) = ctx.open_with_identity()?;
     let me = store.device()?;
     let timeout = Duration::from_secs(args.timeout);
-    let server = &args.server;
+    let server = &super::home_router(args.server.as_ref(), &mut store)?;
     let rt = runtime()?;
     let all = rt
         .block_on(devices::list(server, &identity, timeout))

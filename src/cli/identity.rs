@@ -9,7 +9,9 @@ use clap::Args;
 use serde_json::json;
 
 use super::out::{AlreadyDone, StdoutError};
-use super::{print_json, Context, UsageError};
+use super::{print_json, Context, ServerArgs, UsageError};
+use crate::address::Address;
+use crate::client::ServerUrl;
 use crate::identity::{Identity, PublicKey};
 use crate::render::untrusted_inline;
 use crate::store::device::Device;
@@ -43,14 +45,24 @@ pub struct InitArgs {
     /// Print the result as JSON.
     #[arg(long)]
     json: bool,
+    /// The router where you receive, your home router, recorded in the
+    /// profile and shown in your address [default: router in
+    /// config.toml; with none, the first router you use becomes it].
+    #[command(flatten)]
+    server: ServerArgs,
 }
 
 /// Arguments of `whoami`.
 #[derive(Debug, Args)]
 pub struct WhoamiArgs {
     /// Print only the public key (for scripts).
-    #[arg(long, conflicts_with = "json")]
+    #[arg(long, conflicts_with_all = ["json", "address"])]
     key: bool,
+    /// Print only your address, chat-p2p:KEY@ROUTER, to give to people
+    /// (for scripts and QR codes; the bare key while no home router is
+    /// recorded).
+    #[arg(long, conflicts_with = "json")]
+    address: bool,
     /// Print the result as JSON.
     #[arg(long)]
     json: bool,
@@ -60,6 +72,7 @@ pub struct WhoamiArgs {
 fn identity_json(
     ctx: &Context,
     key: &PublicKey,
+    home: Option<&ServerUrl>,
     store: &Store,
     device: Option<&Device>,
 ) -> serde_json::Value {
@@ -67,9 +80,43 @@ fn identity_json(
         "profile": ctx.profile.name.as_str(),
         "public_key": key.to_base64(),
         "fingerprint": key.fingerprint(),
+        "address": Address::new(*key, home.cloned()).to_string(),
+        "home_router": home.map(ServerUrl::as_str),
         "database": store.path(),
         "device": device.map(|d| json!({"id": d.id, "name": d.name})),
     })
+}
+
+/// What to say when no home router is recorded yet.
+pub(super) fn no_home_yet(ctx: &Context) -> String {
+    format!(
+        "none recorded yet: the first router you use becomes it \
+         ('{} home set URL' records one now)",
+        ctx.cli_prefix()
+    )
+}
+
+/// Records the router `init` was given (--server, CHAT_SERVER or
+/// config.toml) as the profile's home, unless one is recorded already
+/// (`init --force` keeps it: 'home set' moves it). Returns the home.
+fn record_home(
+    ctx: &Context,
+    store: &mut Store,
+    given: Option<&ServerUrl>,
+) -> Result<Option<ServerUrl>> {
+    let Some(given) = given else {
+        return Ok(store.home_router()?);
+    };
+    let home = store.adopt_home(given)?;
+    if home != *given {
+        errln!(
+            "note: this profile's home router stays {}: '{} home set {}' moves it",
+            untrusted_inline(home.short()),
+            ctx.cli_prefix(),
+            untrusted_inline(given.short())
+        );
+    }
+    Ok(Some(home))
 }
 
 /// Creates the profile's identity.
@@ -117,15 +164,16 @@ pub fn init(ctx: &Context, args: InitArgs) -> Result<()> {
     // between two keys.
     let default = store::device::default_name();
     let device = store.set_device(uuid::Uuid::new_v4(), name.unwrap_or(&default))?;
+    let home = record_home(ctx, &mut store, args.server.server.as_ref())?;
     let key = identity.public_key();
     let created = format!("the identity of profile '{}' was created", ctx.profile.name);
     if args.json {
-        let mut value = identity_json(ctx, &key, &store, Some(&device));
+        let mut value = identity_json(ctx, &key, home.as_ref(), &store, Some(&device));
         value["replaced"] = json!(replaced.map(|k| k.to_base64()));
         value["backup"] = json!(backup);
         return print_json(&value).done(&created);
     }
-    print_created(ctx, &key, &store, &device).done(&created)
+    print_created(ctx, &key, home.as_ref(), &store, &device).done(&created)
 }
 
 /// Before `init --force` replaces an identity: asks, then backs it up
@@ -210,18 +258,24 @@ fn eprint_prompt(text: &str) {
 fn print_created(
     ctx: &Context,
     key: &PublicKey,
+    home: Option<&ServerUrl>,
     store: &Store,
     device: &Device,
 ) -> Result<(), StdoutError> {
+    let address = Address::new(*key, home.cloned());
     outln!("Created a new identity for profile '{}'.", ctx.profile.name)?;
     outln!()?;
     outln!("  Public key:  {key}")?;
     outln!("  Fingerprint: {}", key.fingerprint())?;
+    match home {
+        Some(home) => outln!("  Home router: {}", untrusted_inline(home.short()))?,
+        None => outln!("  Home router: {}", no_home_yet(ctx))?,
+    }
     outln!("  Device:      {}", untrusted_inline(&device.name))?;
     outln!("  Database:    {}", store.path().display())?;
     outln!()?;
-    outln!("Give your public key to the people you want to talk to; they run:")?;
-    outln!("  chat-p2p add-contact <your-name> {key}")?;
+    outln!("Give your address to the people you want to talk to; they run:")?;
+    outln!("  chat-p2p add-contact <your-name> {address}")?;
     outln!("Compare fingerprints aloud to be sure nobody swapped the key.")
 }
 
@@ -232,19 +286,31 @@ pub fn whoami(ctx: &Context, args: WhoamiArgs) -> Result<()> {
         return Ok(outln!("{key}")?);
     }
     // Read only: whoami must not write (a profile from before devices gets
-    // its device id the first time it connects).
+    // its device id the first time it connects, and its home router the
+    // first time it uses one).
+    let home = store.home_router()?;
+    let address = Address::new(key, home.clone());
+    if args.address {
+        return Ok(outln!("{address}")?);
+    }
     let device = store.device_if_any()?;
     if args.json {
         return Ok(print_json(&identity_json(
             ctx,
             &key,
+            home.as_ref(),
             &store,
             device.as_ref(),
         ))?);
     }
     outln!("Profile:     {}", ctx.profile.name)?;
+    outln!("Address:     {address}")?;
     outln!("Public key:  {key}")?;
     outln!("Fingerprint: {}", key.fingerprint())?;
+    match &home {
+        Some(home) => outln!("Home router: {}", untrusted_inline(home.short()))?,
+        None => outln!("Home router: {}", no_home_yet(ctx))?,
+    }
     if let Some(device) = &device {
         outln!(
             "Device:      {} ({})",

@@ -12,6 +12,7 @@ mod contacts;
 mod devices;
 mod doctor;
 mod history;
+mod home;
 mod identity;
 mod inbox;
 mod link;
@@ -82,9 +83,13 @@ enum Command {
     /// Create this profile's identity (an ed25519 key pair) and print its
     /// public key.
     Init(identity::InitArgs),
-    /// Show this profile's public key, fingerprint and database path.
+    /// Show this profile's address, public key, fingerprint, home router
+    /// and database path.
     Whoami(identity::WhoamiArgs),
-    /// Save someone's public key under a name.
+    /// Show your home router, where contacts deliver to you, or move it
+    /// with 'home set URL'.
+    Home(home::HomeArgs),
+    /// Save someone's address (or public key) under a name.
     AddContact(contacts::AddArgs),
     /// List contacts (the same as `contacts`).
     ListContacts(contacts::ListArgs),
@@ -94,6 +99,8 @@ enum Command {
     RemoveContact(contacts::RemoveArgs),
     /// Give a contact another name.
     RenameContact(contacts::RenameArgs),
+    /// Change a contact's home router, where messages to them go.
+    SetContactRouter(contacts::SetRouterArgs),
     /// Show a conversation's latest messages, or search all of them.
     History(history::HistoryArgs),
     /// Write contacts and every message, with status and events, as JSON.
@@ -315,9 +322,18 @@ fn shell_quote(s: &str) -> String {
     }
 }
 
-/// Parses a public key typed on the command line.
-fn parse_key(text: &str) -> Result<PublicKey, String> {
-    PublicKey::parse(text).map_err(|e| e.to_string())
+/// Parses a router URL typed as someone's home router (`home set`,
+/// `add-contact --router`, `set-contact-router`): one that cannot go in an
+/// address (no query) is bad usage, said with `what` was given.
+fn parse_router_arg(what: &str, text: &str) -> Result<ServerUrl> {
+    use crate::address::{Address, AddressError};
+    Address::parse_router(text).map_err(|e| {
+        let detail = match e {
+            AddressError::BadRouter(detail) => detail,
+            other => other.to_string(),
+        };
+        UsageError(format!("{what}: {detail}")).into()
+    })
 }
 
 /// A contact's key by name, or a public key typed as such; an unknown name
@@ -480,6 +496,8 @@ pub fn run(
         Command::ListContacts(args) | Command::Contacts(args) => contacts::list(&ctx, args),
         Command::RemoveContact(args) => contacts::remove(&ctx, args),
         Command::RenameContact(args) => contacts::rename(&ctx, args),
+        Command::SetContactRouter(args) => contacts::set_router(&ctx, args),
+        Command::Home(args) => home::run(&ctx, args),
         Command::History(args) => history::history(&ctx, args),
         Command::Export(args) => archive::export(&ctx, args),
         Command::Import(args) => archive::import(&ctx, args),

@@ -2,7 +2,8 @@
 
 use std::io::Write as _;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context as _, Result};
@@ -12,6 +13,7 @@ use super::UsageError;
 use crate::router::backend::redis::{redacted, RedisBackend, RedisConfig};
 use crate::router::backend::sqlite::SqliteBackend;
 use crate::router::backend::Backend;
+use crate::router::recipients::{AllowList, Recipients};
 use crate::router::{self, RouterConfig};
 
 /// Arguments of `router`.
@@ -92,12 +94,36 @@ pub struct RouterArgs {
     /// Frames delivered to a client and not yet acknowledged, at most.
     #[arg(long, default_value_t = 256, value_name = "N", value_parser = positive::<usize>)]
     delivery_window: usize,
+    /// Whom the router queues frames for: `any` key (what lets strangers
+    /// reach the people whose home router this is), or only `known` keys,
+    /// those with a device registered here (signed in at least once, and
+    /// not removed or gone for longer than --retention-days). A frame for
+    /// anyone else is refused with `recipient-not-served`, which the
+    /// sender's client reports as a failed message. [default: any, or only
+    /// the listed keys with --recipients-file]
+    #[arg(long, value_enum, value_name = "WHO", env = "CHAT_ROUTER_RECIPIENTS")]
+    recipients: Option<RecipientsArg>,
+    /// Queue frames only for the keys listed in FILE: one public key (as
+    /// `whoami --key` prints it) or address per line, `#` starts a comment.
+    /// With --recipients known, for listed and known keys. Read again on
+    /// SIGHUP (a bad file then keeps the list the router has).
+    #[arg(long, value_name = "FILE", env = "CHAT_ROUTER_RECIPIENTS_FILE")]
+    recipients_file: Option<PathBuf>,
     /// How log lines on stderr are written: `text` for people, `json` (one
     /// object per line) for log collectors. At the default level (info)
     /// clients are named by their key's fingerprint, never by their whole
     /// key or IP address; RUST_LOG=debug adds those.
     #[arg(long, value_enum, default_value_t = LogFormat::Text, value_name = "FORMAT")]
     log_format: LogFormat,
+}
+
+/// `--recipients`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum RecipientsArg {
+    /// Any key.
+    Any,
+    /// Keys with a device registered at this router.
+    Known,
 }
 
 /// The router's log line format.
@@ -229,8 +255,32 @@ impl RouterArgs {
         config.recheck_interval = Duration::from_secs(self.recheck_interval);
         config.delivery_window = self.delivery_window;
         config.public_names = dedup(self.public_urls);
+        config.recipients = recipients(self.recipients, self.recipients_file.as_deref())?;
         Ok((self.listen, config))
     }
+}
+
+/// The recipients policy of `--recipients` and `--recipients-file`; a
+/// bad combination or a bad file is a usage error (exit 2).
+fn recipients(who: Option<RecipientsArg>, file: Option<&Path>) -> Result<Recipients, UsageError> {
+    let list = match file {
+        None => None,
+        Some(path) => {
+            if who == Some(RecipientsArg::Any) {
+                return Err(UsageError(
+                    "--recipients any queues for every key, so --recipients-file would change                      nothing: drop one of them (or use --recipients known to serve listed and                      known keys)"
+                        .to_owned(),
+                ));
+            }
+            Some(Arc::new(
+                AllowList::load(path).map_err(|e| UsageError(e.to_string()))?,
+            ))
+        }
+    };
+    Ok(Recipients {
+        known: who == Some(RecipientsArg::Known),
+        list,
+    })
 }
 
 /// `names` without repeats, in their order.
@@ -276,6 +326,9 @@ pub fn run(args: RouterArgs, home: Option<PathBuf>) -> Result<()> {
 /// Listens on `listen` and serves with `backend` until a signal.
 async fn serve<B: Backend>(listen: SocketAddr, config: RouterConfig, backend: B) -> Result<()> {
     {
+        if let Some(list) = &config.recipients.list {
+            tokio::spawn(reload_on_hangup(Arc::clone(list)));
+        }
         let listener = tokio::net::TcpListener::bind(listen)
             .await
             .with_context(|| format!("cannot listen on {listen}"))?;
@@ -295,6 +348,39 @@ async fn serve<B: Backend>(listen: SocketAddr, config: RouterConfig, backend: B)
         router::serve_with_backend(listener, config, backend, shutdown_signal()).await;
         Ok(())
     }
+}
+
+/// Reads the recipients file again on every SIGHUP, for as long as the
+/// router runs; a file that cannot be used is logged, and the list the
+/// router has is kept.
+async fn reload_on_hangup(list: Arc<AllowList>) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut hangups = match signal(SignalKind::hangup()) {
+            Ok(hangups) => hangups,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGHUP: the recipients file will not be read again");
+                return;
+            }
+        };
+        while hangups.recv().await.is_some() {
+            match list.reload() {
+                Ok(listed) => tracing::info!(
+                    listed,
+                    file = %list.path().display(),
+                    "recipients file read again"
+                ),
+                Err(e) => tracing::warn!(
+                    listed = list.len(),
+                    "{}; keeping the list read before",
+                    crate::render::untrusted(&e.to_string())
+                ),
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = list;
 }
 
 /// Resolves on SIGINT or SIGTERM.

@@ -112,7 +112,20 @@ pub fn send(ctx: &Context, args: SendArgs) -> Result<()> {
         "send",
     )? {
         Delivery::Here(Err(e)) => {
-            return Err(with_pending_hint(e, "Your message is saved as pending"))
+            // To a contact on another router, it may have gone all the same.
+            let went = engine
+                .store()
+                .message(&message.msg_id)?
+                .is_some_and(|m| !matches!(m.status, Status::Pending | Status::Failed));
+            if !went {
+                return Err(with_pending_hint(e, "Your message is saved as pending"));
+            }
+            errln!(
+                "warning: {}",
+                untrusted_inline(&format!(
+                    "{e} (your home router: what comes for you waits there)"
+                ))
+            );
         }
         Delivery::Here(Ok(())) | Delivery::ByOwner(_) => {}
         Delivery::Queued(holder) => {

@@ -190,6 +190,8 @@ impl Chat<'_> {
                 tokio::select! {
                     result = &mut attempt => break result,
                     line = input.recv(), if reading => self.on_input(line, None).await?,
+                    // Contacts on other routers are written to meanwhile.
+                    (index, event) = self.courier.next() => self.on_link(index, event)?,
                 }
             };
             match result {
@@ -269,6 +271,7 @@ impl Chat<'_> {
                         return Ok(());
                     }
                 }
+                (index, event) = self.courier.next() => self.on_link(index, event)?,
             }
         }
     }
@@ -283,7 +286,10 @@ impl Chat<'_> {
         let mut poll = tokio::time::interval(POLL);
         poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            if self.quit_by.is_some() && self.engine.in_flight() == 0 {
+            if self.quit_by.is_some()
+                && self.engine.in_flight() == 0
+                && !self.courier.busy(self.engine)?
+            {
                 return Ok(Some(conn));
             }
             let quit_by = self.quit_by;
@@ -408,8 +414,12 @@ impl Chat<'_> {
                     (Some(conn), Some(frame)) => conn.send(&[frame]).await?,
                     // For another router: its connection takes it.
                     (Some(_), None) => self.courier.pump(self.engine)?,
-                    // Stored pending; sent from the outbox on reconnect.
-                    (None, _) => self.engine.connection_lost(),
+                    // Stored pending; sent from the outbox on reconnect (or
+                    // now, to another router).
+                    (None, _) => {
+                        self.engine.connection_lost();
+                        self.courier.pump(self.engine)?;
+                    }
                 }
             }
             Input::Command(command) => {

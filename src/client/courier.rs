@@ -274,7 +274,16 @@ impl Courier {
                 }
             }
             LinkEvent::Down(reason) => {
+                let had_work =
+                    engine.in_flight_at(index) > 0 || engine.routers_waiting()?.contains(&index);
                 engine.route_lost(index);
+                if !had_work {
+                    // An idle connection that went away: nothing to tell,
+                    // and the next frame for that router opens a new one.
+                    self.links.remove(&index);
+                    self.pump(engine)?;
+                    return Ok(updates);
+                }
                 if let Some(link) = self.links.get_mut(&index) {
                     let until = match self.persistence {
                         Persistence::Retry => {
@@ -306,8 +315,9 @@ impl Courier {
     }
 
     /// Whether work with other routers is still under way: a connection
-    /// being opened, frames in flight, or frames waiting for a router that
-    /// has not failed for good in this run.
+    /// being opened, frames in flight, or frames waiting for a router no
+    /// connection was tried to yet. A router that failed is not waited
+    /// for (it was reported; what goes there stays pending).
     pub fn busy(&mut self, engine: &mut Engine) -> Result<bool, ClientError> {
         for (&index, link) in &self.links {
             match link.state {
@@ -319,8 +329,7 @@ impl Courier {
         for index in engine.routers_waiting()? {
             match self.links.get(&index) {
                 Some(Link {
-                    state: State::Down { until: None },
-                    problem: Some(_),
+                    state: State::Down { .. },
                     ..
                 }) => {}
                 _ => return Ok(true),

@@ -53,9 +53,37 @@ pub async fn exchange(
                 }
                 updates.iter().for_each(&mut on_update);
             }
+            // The home router is away: what goes to other routers still
+            // goes, then the failure is reported.
+            Err(e) if e.is_transient() => {
+                engine.connection_lost();
+                courier_only(engine, &mut courier, deadline, &mut on_update).await?;
+                return Err(e);
+            }
             other => return other,
         }
     }
+}
+
+/// Delivers what waits for other routers while the home router cannot be
+/// reached, until that is done or `deadline`.
+async fn courier_only(
+    engine: &mut Engine,
+    courier: &mut Courier,
+    deadline: Instant,
+    on_update: &mut impl FnMut(&Update),
+) -> Result<(), ClientError> {
+    courier.pump(engine)?;
+    while courier.busy(engine)? {
+        tokio::select! {
+            () = sleep_until(deadline) => return Ok(()),
+            (index, event) = courier.next() => {
+                let updates = courier.handle(engine, index, event)?;
+                updates.iter().for_each(&mut *on_update);
+            }
+        }
+    }
+    Ok(())
 }
 
 /// What an [`exchange`] is asked to do.

@@ -20,6 +20,7 @@ use super::courier::{Courier, Persistence};
 use super::follow::Follower;
 use super::owner::{Holder, SessionLock};
 use super::{ClientError, Engine, Update};
+use crate::identity::Identity;
 
 /// Pause before sending again what the router refused for now.
 const RETRY_PAUSE: Duration = Duration::from_secs(1);
@@ -83,6 +84,9 @@ pub async fn run(
     }
     let mut backoff = Backoff::default();
     let mut replaced = Backoff::new(Duration::from_secs(1), Duration::from_secs(15));
+    // The connection attempt runs while the courier uses the engine: it
+    // gets its own copy of the key pair (zeroized when dropped).
+    let identity = Identity::from_secret_bytes(&engine.identity().secret_bytes());
     let mut courier = Courier::new(
         engine.identity(),
         options.connect_timeout,
@@ -90,15 +94,20 @@ pub async fn run(
     );
     loop {
         let device = engine.device()?;
-        let attempt = connection::connect(
-            &options.server,
-            engine.identity(),
-            &device,
-            options.connect_timeout,
-        );
-        let connected = tokio::select! {
-            () = &mut stop => return Ok(()),
-            result = attempt => result,
+        let attempt =
+            connection::connect(&options.server, &identity, &device, options.connect_timeout);
+        tokio::pin!(attempt);
+        let connected = loop {
+            tokio::select! {
+                () = &mut stop => return Ok(()),
+                result = &mut attempt => break result,
+                // Contacts on other routers are written to meanwhile.
+                (index, event) = courier.next() => {
+                    for update in courier.handle(engine, index, event)? {
+                        on_event(WatchEvent::Update(&update));
+                    }
+                }
+            }
         };
         let outcome = match connected {
             Ok(conn) => {
@@ -141,9 +150,19 @@ pub async fn run(
             error: &error,
             retry_in,
         });
-        tokio::select! {
-            () = &mut stop => return Ok(()),
-            () = sleep(retry_in) => {}
+        courier.pump(engine)?;
+        let retry = sleep(retry_in);
+        tokio::pin!(retry);
+        loop {
+            tokio::select! {
+                () = &mut stop => return Ok(()),
+                () = &mut retry => break,
+                (index, event) = courier.next() => {
+                    for update in courier.handle(engine, index, event)? {
+                        on_event(WatchEvent::Update(&update));
+                    }
+                }
+            }
         }
     }
 }

@@ -15,7 +15,7 @@ const BUCKETS: [f64; 12] = [
 ];
 
 /// Every error code a router sends, in the order they are exposed.
-const CODES: [ErrorCode; 16] = ErrorCode::ALL;
+const CODES: [ErrorCode; ErrorCode::ALL.len()] = ErrorCode::ALL;
 
 /// The router's counters; shared by every connection.
 #[derive(Debug, Default)]

@@ -17,6 +17,7 @@ pub mod backend;
 mod http;
 pub mod hub;
 pub mod metrics;
+pub mod recipients;
 mod session;
 pub mod state;
 
@@ -71,6 +72,9 @@ pub struct RouterConfig {
     /// refused with `wrong-router`. Empty: [`default_names`] of the bound
     /// address.
     pub public_names: Vec<String>,
+    /// Whom frames are queued for (default: any key); a frame for anyone
+    /// else is refused with `recipient-not-served`.
+    pub recipients: recipients::Recipients,
 }
 
 impl RouterConfig {
@@ -90,6 +94,7 @@ impl RouterConfig {
             delivery_window: 256,
             shutdown_grace: Duration::from_secs(5),
             public_names: Vec::new(),
+            recipients: recipients::Recipients::default(),
         }
     }
 }
@@ -137,6 +142,8 @@ struct Shared<B> {
     names: Vec<String>,
     backend: B,
     hub: Hub,
+    /// Whom frames are queued for, with what it remembers.
+    gate: recipients::Gate,
     connections: Arc<Semaphore>,
     stop: watch::Receiver<bool>,
     metrics: Arc<metrics::Metrics>,
@@ -175,8 +182,23 @@ pub async fn serve_with_backend<B: Backend>(
         tracing::warn!("this router has no name: every auth will be refused; pass --public-url");
     }
     tracing::info!(names = %names.join(" "), "answering to");
+    let policy = config.recipients.clone();
+    match &policy.list {
+        Some(list) => tracing::info!(
+            serving = policy.describe(),
+            listed = list.len(),
+            file = %list.path().display(),
+            "queueing frames only for some recipients"
+        ),
+        None if policy.known => tracing::info!(
+            serving = policy.describe(),
+            "queueing frames only for some recipients"
+        ),
+        None => {}
+    }
     let shared = Arc::new(Shared {
         names,
+        gate: recipients::Gate::new(policy),
         connections: Arc::new(Semaphore::new(config.max_connections)),
         config,
         backend,

@@ -27,6 +27,7 @@ use uuid::Uuid;
 use super::backend::{Backend, BackendError, DeviceRecord, Enqueued, NewFrame, Queued};
 use super::http::{self, Request};
 use super::hub::Registration;
+use super::recipients::Decision;
 use super::state::{Delivery, RateLimit, SignedIn};
 use super::Shared;
 use crate::identity::PublicKey;
@@ -298,6 +299,8 @@ struct Session<'a, B, S> {
     /// The session's device ([`protocol::CONTROL_DEVICE`] for a control
     /// session).
     device: Uuid,
+    /// The router's address as this client signed for it.
+    router: String,
     registration: Registration,
     delivery: Delivery,
     rate: RateLimit,
@@ -338,6 +341,7 @@ impl<'a, B: Backend, S: AsyncRead + AsyncWrite + Unpin> Session<'a, B, S> {
             conn,
             key,
             device: who.device,
+            router: who.router,
             registration,
             pending: FuturesUnordered::new(),
             acks: Vec::new(),
@@ -706,10 +710,23 @@ impl<'a, B: Backend, S: AsyncRead + AsyncWrite + Unpin> Session<'a, B, S> {
                     .error(Some(m.id), ErrorCode::SpoofedFrom, msg)
                     .await
             }
-            Inbound::Message(m) => {
-                self.submit(m.id, m.to, text);
-                Ok(())
-            }
+            Inbound::Message(m) => match served(self.conn.shared, self.key, m.to).await {
+                Ok(true) => {
+                    self.submit(m.id, m.to, text);
+                    Ok(())
+                }
+                Ok(false) => {
+                    let msg = self.conn.shared.gate.refusal(&self.router);
+                    self.conn
+                        .error(Some(m.id), ErrorCode::RecipientNotServed, &msg)
+                        .await
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "checking whether a recipient is served failed");
+                    let msg = "the router could not store this frame; send it again later";
+                    self.conn.error(Some(m.id), ErrorCode::Internal, msg).await
+                }
+            },
             Inbound::Ack(ack) => {
                 // An ack for an id not in flight here settles nothing.
                 if let Some(seq) = self.delivery.on_ack(&ack.id) {
@@ -804,6 +821,30 @@ impl<'a, B: Backend, S: AsyncRead + AsyncWrite + Unpin> Session<'a, B, S> {
         let _ = self.conn.flush().await;
         self.conn.close(code, reason).await;
         exit
+    }
+}
+
+/// Whether the router queues frames from `sender` for `recipient`
+/// (`--recipients`). Mostly answered from memory; a recipient not seen
+/// lately is asked of the queue, in the session's loop, so its frames
+/// still reach the queue in the order they came.
+async fn served<B: Backend>(
+    shared: &super::Shared<B>,
+    sender: PublicKey,
+    recipient: [u8; 32],
+) -> Result<bool, BackendError> {
+    match shared.gate.decide(&sender, &recipient) {
+        Decision::Allow => Ok(true),
+        Decision::Refuse => Ok(false),
+        Decision::Ask => {
+            // Nobody signs in as bytes that are not a key.
+            let known = match PublicKey::from_bytes(&recipient) {
+                Ok(key) => shared.backend.knows(key).await?,
+                Err(_) => false,
+            };
+            shared.gate.learn(&recipient, known);
+            Ok(known)
+        }
     }
 }
 

@@ -63,6 +63,7 @@ impl Handshake {
             version: auth.version,
             device: auth.device,
             name: auth.name.clone(),
+            router: auth.router.clone(),
         })
     }
 }
@@ -90,6 +91,9 @@ pub struct SignedIn {
     pub device: Uuid,
     /// The device's name.
     pub name: String,
+    /// The router address the client signed for (one of the router's
+    /// names): how the router names itself to this client.
+    pub router: String,
 }
 
 impl SignedIn {

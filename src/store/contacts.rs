@@ -418,7 +418,7 @@ pub(crate) fn merge_contact_tx(
 }
 
 /// Queues a contact change for the profile's other devices.
-fn tell_devices(
+pub(super) fn tell_devices(
     conn: &rusqlite::Connection,
     change: ContactChange,
     key: &PublicKey,

@@ -10,8 +10,10 @@
 
 use rusqlite::{params, OptionalExtension};
 
-use super::contacts::find_by_key;
+use super::contacts::{find_by_key, tell_devices};
 use super::status::MessageId;
+use super::sync::ContactChange;
+use super::ContactName;
 use super::{Contact, Error, Result, Store};
 use crate::client::ServerUrl;
 use crate::clock;
@@ -322,10 +324,22 @@ impl Store {
         router: Option<&ServerUrl>,
     ) -> Result<Contact> {
         let contact = self.contact(name)?;
-        self.conn.execute(
+        let tx = self.transaction()?;
+        tx.execute(
             "UPDATE contacts SET router = ?1 WHERE id = ?2",
             params![router.map(ServerUrl::as_str), contact.id],
         )?;
+        // The other devices follow: a contact change carries the router.
+        if let (Some(_), Ok(name)) = (router, ContactName::parse(&contact.name)) {
+            tell_devices(
+                &tx,
+                ContactChange::Add,
+                &contact.key,
+                Some(&name),
+                &clock::now(),
+            )?;
+        }
+        tx.commit()?;
         Ok(Contact {
             router: router.cloned(),
             ..contact

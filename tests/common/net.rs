@@ -113,6 +113,21 @@ impl Router {
         }
     }
 
+    /// Sends the router process `signal` (a name `kill` takes: `HUP`...).
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{signal}"), &self.child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{signal} failed");
+    }
+
+    /// What the router logged so far (it logs at debug level to a file
+    /// beside its data directory).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.data.with_extension("log")).unwrap_or_default()
+    }
+
     /// Kills the process at once (no graceful shutdown) and waits for it.
     pub fn kill(mut self) {
         let _ = self.child.kill();

@@ -714,3 +714,115 @@ fn a_close_for_size_fails_the_largest_frame_in_flight() {
         "the small one"
     );
 }
+
+/// Alice (at home on router A) and Bob (at home on router B), each a
+/// contact of the other at their router, both engines told their home.
+fn on_two_routers() -> (Party, Party, ServerUrl, ServerUrl) {
+    let (mut alice, mut bob) = friends();
+    let a = ServerUrl::parse("ws://a.example").unwrap();
+    let b = ServerUrl::parse("ws://b.example").unwrap();
+    alice.engine.store.adopt_home(&a).unwrap();
+    bob.engine.store.adopt_home(&b).unwrap();
+    alice
+        .engine
+        .store
+        .set_contact_router("bob", Some(&b))
+        .unwrap();
+    bob.engine
+        .store
+        .set_contact_router("alice", Some(&a))
+        .unwrap();
+    for p in [&mut alice, &mut bob] {
+        p.engine
+            .store
+            .conn()
+            .execute("DELETE FROM sync_outbox", [])
+            .unwrap();
+    }
+    alice.engine.set_home(a.clone()).unwrap();
+    bob.engine.set_home(b.clone()).unwrap();
+    (alice, bob, a, b)
+}
+
+#[test]
+fn frames_go_to_the_recipients_router_and_receipts_to_the_senders() {
+    let (mut alice, mut bob, a, b) = on_two_routers();
+    let bob_key = *bob.engine.me();
+    let (msg, none) = alice.engine.write(&bob_key, "across").unwrap();
+    assert!(none.is_none(), "not for the home router's connection");
+    assert!(alice.engine.outbox_frames().unwrap().is_empty());
+    let at_b = alice.engine.router_index_of(&b).unwrap();
+    assert_eq!(alice.engine.routers_waiting().unwrap(), [at_b]);
+    let frames = alice.engine.outbox_frames_to(at_b).unwrap();
+    assert_eq!(message_frames(&frames).len(), 1);
+    assert_eq!(alice.engine.in_flight_at(at_b), 1);
+    assert!(alice.engine.outbox_frames_to(at_b).unwrap().is_empty());
+    // The text carries alice's home, sealed.
+    let Content::Text { home, .. } =
+        protocol::open(bob.engine.identity(), &message_frames(&frames)[0]).unwrap()
+    else {
+        panic!("not a text");
+    };
+    assert_eq!(home.as_deref(), Some(a.as_str()));
+    // A connection lost gives the frame back to the outbox.
+    alice.engine.route_lost(at_b);
+    assert_eq!(alice.engine.in_flight_at(at_b), 0);
+    let frames = alice.engine.outbox_frames_to(at_b).unwrap();
+    alice.engine.handle(vec![router_ack(&frames[0])]).unwrap();
+    assert_eq!(status(&alice, &msg.msg_id), Status::Sent);
+    // Bob takes it in at his home: the delivered receipt is not for his
+    // home router's connection but for alice's router.
+    let reaction = bob.engine.handle(frames).unwrap();
+    assert!(
+        message_frames(&reaction.send).is_empty(),
+        "{:?}",
+        reaction.send
+    );
+    let at_a = bob.engine.router_index_of(&a).unwrap();
+    assert_eq!(bob.engine.routers_waiting().unwrap(), [at_a]);
+    let receipts = bob.engine.outbox_frames_to(at_a).unwrap();
+    assert_eq!(message_frames(&receipts).len(), 1);
+    alice.engine.handle(receipts).unwrap();
+    assert_eq!(status(&alice, &msg.msg_id), Status::Delivered);
+}
+
+#[test]
+fn a_moved_contact_is_followed_from_the_home_in_their_text() {
+    let (mut alice, mut bob, _a, _b) = on_two_routers();
+    let c = ServerUrl::parse("ws://c.example").unwrap();
+    alice.engine.store.move_home(&c).unwrap();
+    alice.engine.set_home(c.clone()).unwrap();
+    let bob_key = *bob.engine.me();
+    let (_, frame) = alice.engine.compose(&bob_key, "I moved").unwrap();
+    let reaction = bob.engine.handle(vec![frame]).unwrap();
+    assert!(reaction
+        .updates
+        .iter()
+        .any(|u| matches!(u, Update::Moved { router, .. } if *router == c)));
+    assert_eq!(
+        bob.engine.store().contact("alice").unwrap().router,
+        Some(c.clone())
+    );
+    let at_c = bob.engine.router_index_of(&c).unwrap();
+    assert_eq!(bob.engine.routers_waiting().unwrap(), [at_c]);
+    // A home that is not a router URL is ignored; the message is kept.
+    let alice_key = *alice.engine.me();
+    let bad = protocol::seal(
+        alice.engine.identity(),
+        &bob_key,
+        Uuid::now_v7(),
+        &clock::now(),
+        &Content::Text {
+            body: "odd home".into(),
+            home: Some("https://user:pw@evil.example".into()),
+        },
+    )
+    .unwrap();
+    let reaction = bob.engine.handle(vec![Frame::Message(bad)]).unwrap();
+    assert!(reaction
+        .updates
+        .iter()
+        .any(|u| matches!(u, Update::Received(m) if m.body == "odd home")));
+    assert_eq!(bob.engine.store().contact("alice").unwrap().router, Some(c));
+    assert_eq!(alice_key, *alice.engine.me());
+}

@@ -39,6 +39,7 @@ macro_rules! backend_contract {
             retention_forgets_devices_not_seen,
             devices_are_listed_oldest_first,
             the_device_count_is_capped,
+            keys_are_known_while_they_have_a_live_device,
         );
     };
     (async $setup:expr, $open:expr; $($case:ident),+ $(,)?) => {
@@ -70,6 +71,7 @@ macro_rules! backend_contract {
             retention_forgets_devices_not_seen,
             devices_are_listed_oldest_first,
             the_device_count_is_capped,
+            keys_are_known_while_they_have_a_live_device,
         );
     };
     ($setup:expr, $open:expr; $($case:ident),+ $(,)?) => {
@@ -471,5 +473,33 @@ pub async fn the_device_count_is_capped<B: Backend>(open: impl Fn(u64) -> B) {
     for d in &devices[4..] {
         assert_eq!(waiting(&db, &bob, *d).await.len(), 1);
     }
+    db.close().await;
+}
+
+/// `knows`: a key is known while it has a live device; frames queued for
+/// it or sent by it do not make it known, removal and retention forget it.
+pub async fn keys_are_known_while_they_have_a_live_device<B: Backend>(open: impl Fn(u64) -> B) {
+    let db = open(100);
+    let (alice, bob, carol) = (key(), key(), key());
+    assert!(!db.knows(bob).await.unwrap(), "never seen");
+    // Queued for, and sending from a control session: still unknown.
+    stored(&send(&db, &bob, &alice).await);
+    assert!(!db.knows(bob).await.unwrap());
+    assert!(!db.knows(alice).await.unwrap());
+    let (laptop, phone) = (Uuid::new_v4(), Uuid::new_v4());
+    register(&db, &bob, laptop).await;
+    register(&db, &bob, phone).await;
+    register(&db, &carol, Uuid::new_v4()).await;
+    assert!(db.knows(bob).await.unwrap());
+    assert!(!db.knows(alice).await.unwrap(), "only the keys registered");
+    // Until its last device is removed.
+    assert!(db.remove_device(bob, laptop).await.unwrap());
+    assert!(db.knows(bob).await.unwrap(), "the phone is left");
+    assert!(db.remove_device(bob, phone).await.unwrap());
+    assert!(!db.knows(bob).await.unwrap());
+    // Or forgotten by retention.
+    assert!(db.knows(carol).await.unwrap());
+    db.expire(cutoff_now()).await.unwrap();
+    assert!(!db.knows(carol).await.unwrap());
     db.close().await;
 }

@@ -294,6 +294,19 @@ pub trait Backend: Send + Sync + 'static {
         key: PublicKey,
     ) -> impl Future<Output = Result<Vec<DeviceRecord>, BackendError>> + Send + 'static;
 
+    /// Whether `key` has a live device here: one that registered (signed
+    /// in at least once) and was neither removed nor forgotten by
+    /// [`Backend::expire`]. What `--recipients known` asks about a
+    /// recipient the router has not seen lately. The default lists the
+    /// devices; a backend should answer it cheaper.
+    fn knows(
+        &self,
+        key: PublicKey,
+    ) -> impl Future<Output = Result<bool, BackendError>> + Send + 'static {
+        let devices = self.devices(key);
+        async move { Ok(!devices.await?.is_empty()) }
+    }
+
     /// Stops delivery to `device` of `key`: its waiting frames are released
     /// (deleted when no other device needs them) and its later
     /// registrations are refused. False when the key has no such device.

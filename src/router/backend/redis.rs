@@ -664,6 +664,21 @@ impl Backend for RedisBackend {
         })
     }
 
+    fn knows(
+        &self,
+        key: PublicKey,
+    ) -> impl std::future::Future<Output = Result<bool, BackendError>> + Send + 'static {
+        self.call(move |inner, mut conn| async move {
+            let k = inner.names.recipient(key.as_bytes());
+            // The slots hash holds exactly the live devices.
+            let live: u64 = redis::cmd("HLEN")
+                .arg(&k.slots)
+                .query_async(&mut conn)
+                .await?;
+            Ok(live > 0)
+        })
+    }
+
     fn holds_claim(
         &self,
         key: PublicKey,

@@ -220,6 +220,13 @@ impl Backend for SqliteBackend {
         self.read(move |conn| devices::list(conn, &key))
     }
 
+    fn knows(
+        &self,
+        key: PublicKey,
+    ) -> impl std::future::Future<Output = Result<bool, BackendError>> + Send + 'static {
+        self.read(move |conn| devices::any_live(conn, &key))
+    }
+
     fn remove_device(
         &self,
         key: PublicKey,

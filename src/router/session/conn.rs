@@ -163,6 +163,7 @@ impl<B: Backend, S: AsyncRead + AsyncWrite + Unpin> Conn<'_, B, S> {
             .await;
         let (code, msg) = match registered {
             Ok(Registered::Known | Registered::First | Registered::Added) => {
+                self.shared.gate.signed_in(&key);
                 return self.claim(key, who.device).await;
             }
             Ok(Registered::Removed) => (

@@ -347,6 +347,14 @@ pub(super) fn forget_tx(
 }
 
 /// The key's live devices, oldest first (a read connection's query).
+/// Whether `key` has a live (not removed) device.
+pub(super) fn any_live(conn: &Connection, key: &PublicKey) -> Result<bool, BackendError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT EXISTS (SELECT 1 FROM devices WHERE recipient = ?1 AND removed = 0)",
+    )?;
+    Ok(stmt.query_row([key.as_bytes()], |r| r.get::<_, bool>(0))?)
+}
+
 pub(super) fn list(conn: &Connection, key: &PublicKey) -> Result<Vec<DeviceRecord>, BackendError> {
     let mut stmt = conn.prepare_cached(
         "SELECT device, name, first_seen, last_seen
