@@ -71,13 +71,14 @@ fn main() {
         for run in 1..=runs {
             // Alternate which goes first, so neither always runs on a
             // warmer (or more tired) machine.
-            let order = if run % 2 == 1 { [1, ROUTERS] } else { [ROUTERS, 1] };
+            let order = if run % 2 == 1 {
+                [1, ROUTERS]
+            } else {
+                [ROUTERS, 1]
+            };
             for routers in order {
                 let rate = measure(&rt, case, n, routers);
-                println!(
-                    "  {case:?} run {run}, {routers} router(s): {rate:.0} msg/s",
-                    case = case
-                );
+                println!("  {case:?} run {run}, {routers} router(s): {rate:.0} msg/s");
                 if routers == 1 {
                     one.push(rate);
                 } else {
