@@ -640,3 +640,38 @@ fn kinds_and_contact_ops_from_a_newer_version_are_unknown_not_errors() {
     assert!(serde_json::from_str::<Content>(r#"{"kind":"read-sync"}"#).is_err());
     assert!(serde_json::from_str::<Content>(r#"{"body":"no kind"}"#).is_err());
 }
+
+#[test]
+fn home_router_content_is_as_protocol_md_shows_it() {
+    // §3 "Plaintext" and §10: a text announcing its author's home, and the
+    // `home` notice, exactly as the document prints them.
+    let text = r#"{"kind":"text","body":"hello, bob","home":"wss://chat.example.org/ws"}"#;
+    let notice = r#"{"kind":"home","router":"wss://other.example.net/ws"}"#;
+    let doc = include_str!("../../docs/PROTOCOL.md");
+    for published in [text, notice] {
+        assert!(doc.contains(published), "not in PROTOCOL.md: {published}");
+    }
+    let announced = Content::Text {
+        body: "hello, bob".into(),
+        home: Some("wss://chat.example.org/ws".into()),
+    };
+    assert_eq!(serde_json::from_str::<Content>(text).unwrap(), announced);
+    assert_eq!(serde_json::to_string(&announced).unwrap(), text);
+    let moved = Content::Home {
+        router: "wss://other.example.net/ws".into(),
+    };
+    assert_eq!(serde_json::from_str::<Content>(notice).unwrap(), moved);
+    assert_eq!(serde_json::to_string(&moved).unwrap(), notice);
+    // Without `home` a text is what clients before home routers send.
+    assert_eq!(
+        serde_json::to_string(&Content::text("hello, bob")).unwrap(),
+        r#"{"kind":"text","body":"hello, bob"}"#
+    );
+    // The announced router is the canonical spelling clients send.
+    assert_eq!(
+        crate::client::ServerUrl::parse("WSS://Chat.Example.org")
+            .unwrap()
+            .as_str(),
+        "wss://chat.example.org/ws"
+    );
+}
