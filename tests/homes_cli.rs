@@ -410,15 +410,19 @@ fn a_profile_from_before_home_routers_keeps_its_contacts_on_the_same_router() {
     let me = env.init("me");
     let bob = key();
     env.ok("me", &["add-contact", "bob", &bob]);
+    env.ok("me", &["send", "--queue", "bob", "queued before the upgrade"]);
     // Back to schema 9, as the release before home routers left it.
     let conn = rusqlite::Connection::open(env.db("me")).unwrap();
     conn.execute_batch(
-        "DROP TABLE home; DROP TABLE peer_routers; DROP TABLE home_outbox;
+        "DROP INDEX messages_outbox;
+         DROP TABLE home; DROP TABLE peer_routers; DROP TABLE home_outbox;
          ALTER TABLE contacts DROP COLUMN router;
-         DELETE FROM refinery_schema_history WHERE version = 10;",
+         DELETE FROM refinery_schema_history WHERE version >= 10;",
     )
     .unwrap();
     drop(conn);
+    let outbox = env.ok("me", &["outbox"]);
+    assert!(outbox.contains("queued before the upgrade"), "{outbox}");
 
     let b = contact_of(&env, "me", "bob");
     assert_eq!(b["router"], Value::Null);
