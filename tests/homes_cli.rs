@@ -410,7 +410,10 @@ fn a_profile_from_before_home_routers_keeps_its_contacts_on_the_same_router() {
     let me = env.init("me");
     let bob = key();
     env.ok("me", &["add-contact", "bob", &bob]);
-    env.ok("me", &["send", "--queue", "bob", "queued before the upgrade"]);
+    env.ok(
+        "me",
+        &["send", "--queue", "bob", "queued before the upgrade"],
+    );
     // Back to schema 9, as the release before home routers left it.
     let conn = rusqlite::Connection::open(env.db("me")).unwrap();
     conn.execute_batch(
