@@ -7,7 +7,12 @@
 //! median of the runs.
 //!
 //! Run: `cargo bench --bench client_sync` (or `-- N RUNS`). To profile the
-//! sync, set `CLIENT_SYNC_WRAP="valgrind --tool=callgrind"`.
+//! sync, set `CLIENT_SYNC_WRAP="valgrind --tool=callgrind"`. To compare
+//! with another build in the same run, set `CLIENT_SYNC_BASELINE` to its
+//! `chat-p2p` binary: every run then also syncs a second profile, filled
+//! the same way, with that binary (against the same router).
+//! `CLIENT_SYNC_ROUTER_ARGS="--delivery-window 1024"` passes options to the
+//! router.
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -29,16 +34,18 @@ fn main() {
     let runs: usize = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(3);
     let dir = tempfile::tempdir().expect("temp dir");
     let home = dir.path().join("home");
-    let (mut router, url) = start_router(&dir.path().join("router"), n);
+    let (mut router, url) = start_router(&dir.path().join("router"), 2 * n);
 
     let alice = Identity::generate();
-    cli(&home, &["init"]);
-    cli(
-        &home,
-        &["add-contact", "alice", &alice.public_key().to_base64()],
-    );
-    let bob = chat_p2p::identity::PublicKey::parse(cli(&home, &["whoami", "--key"]).trim())
-        .expect("bob's key");
+    let bob = new_profile(BIN, &home, &alice);
+    let baseline = std::env::var("CLIENT_SYNC_BASELINE")
+        .ok()
+        .filter(|b| !b.is_empty())
+        .map(|bin| {
+            let home = dir.path().join("baseline");
+            let key = new_profile(&bin, &home, &alice);
+            (bin, home, key)
+        });
 
     println!(
         "client_sync: {n} queued messages, {runs} run(s), {} cores",
@@ -47,19 +54,36 @@ fn main() {
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let mut rates = Vec::new();
     let mut rss = Vec::new();
+    let mut base_rates = Vec::new();
+    let mut base_rss = Vec::new();
     for run in 1..=runs {
+        if let Some((bin, home, key)) = &baseline {
+            rt.block_on(fill(&url, &alice, key, n));
+            let (wall, kib, received, cpu) = timed_sync(bin, home, &url);
+            assert_eq!(received, n, "baseline sync received {received} of {n}");
+            let rate = n as f64 / wall.as_secs_f64();
+            println!(
+                "  run {run}, baseline {bin}: sync {:.2}s = {rate:.0} msg/s, {:.1} µs CPU/msg, peak RSS {:.1} MiB",
+                wall.as_secs_f64(),
+                cpu * 1e6 / n as f64,
+                kib as f64 / 1024.0
+            );
+            base_rates.push(rate);
+            base_rss.push(kib as f64);
+        }
         let t = Instant::now();
         rt.block_on(fill(&url, &alice, &bob, n));
         let fill = t.elapsed();
-        let (wall, kib, received) = timed_sync(&home, &url);
+        let (wall, kib, received, cpu) = timed_sync(BIN, &home, &url);
         assert_eq!(received, n, "sync received {received} of {n}");
         let rate = n as f64 / wall.as_secs_f64();
         println!(
-            "  run {run}: filled in {:.2}s ({:.0} msg/s through the router); sync {:.2}s = {:.0} msg/s, peak RSS {:.1} MiB",
+            "  run {run}: filled in {:.2}s ({:.0} msg/s through the router); sync {:.2}s = {:.0} msg/s, {:.1} µs CPU/msg, peak RSS {:.1} MiB",
             fill.as_secs_f64(),
             n as f64 / fill.as_secs_f64(),
             wall.as_secs_f64(),
             rate,
+            cpu * 1e6 / n as f64,
             kib as f64 / 1024.0
         );
         rates.push(rate);
@@ -70,6 +94,13 @@ fn main() {
         median(&mut rates),
         median(&mut rss.iter().map(|&k| k as f64).collect::<Vec<_>>()) / 1024.0
     );
+    if !base_rates.is_empty() {
+        println!(
+            "baseline build, same run: median {:.0} msg/s, peak RSS {:.1} MiB",
+            median(&mut base_rates),
+            median(&mut base_rss) / 1024.0
+        );
+    }
     let (strict, open) = crypto_baseline(&alice, n.min(20_000));
     println!(
         "baseline, same run, in-process on one core: verify_strict alone {strict:.0} msg/s; \
@@ -90,6 +121,11 @@ fn start_router(data: &Path, n: usize) -> (Child, ServerUrl) {
             "--max-rate",
             "1000000",
         ])
+        .args(
+            std::env::var("CLIENT_SYNC_ROUTER_ARGS")
+                .unwrap_or_default()
+                .split_whitespace(),
+        )
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -103,8 +139,21 @@ fn start_router(data: &Path, n: usize) -> (Child, ServerUrl) {
     (child, url)
 }
 
-fn cli(home: &Path, args: &[&str]) -> String {
-    let out = Command::new(BIN)
+/// A fresh profile in `home` (made by `bin`) with alice as a contact;
+/// returns its key.
+fn new_profile(bin: &str, home: &Path, alice: &Identity) -> chat_p2p::identity::PublicKey {
+    cli(bin, home, &["init"]);
+    cli(
+        bin,
+        home,
+        &["add-contact", "alice", &alice.public_key().to_base64()],
+    );
+    chat_p2p::identity::PublicKey::parse(cli(bin, home, &["whoami", "--key"]).trim())
+        .expect("bob's key")
+}
+
+fn cli(bin: &str, home: &Path, args: &[&str]) -> String {
+    let out = Command::new(bin)
         .env("CHAT_HOME", home)
         .env("CHAT_PROFILE", "bob")
         .args(args)
@@ -151,15 +200,16 @@ async fn fill(url: &ServerUrl, alice: &Identity, bob: &chat_p2p::identity::Publi
 }
 
 /// Runs `sync` for bob under `/usr/bin/time`; returns wall time, peak RSS
-/// in KiB and how many messages it received.
-fn timed_sync(home: &Path, url: &ServerUrl) -> (Duration, u64, usize) {
+/// in KiB, how many messages it received and its CPU time (user + system,
+/// all threads) in seconds.
+fn timed_sync(bin: &str, home: &Path, url: &ServerUrl) -> (Duration, u64, usize, f64) {
     let t = Instant::now();
     // CLIENT_SYNC_WRAP="valgrind --tool=callgrind" profiles the sync.
     let wrap = std::env::var("CLIENT_SYNC_WRAP").unwrap_or_default();
     let out = Command::new("/usr/bin/time")
-        .args(["-f", "%M"])
+        .args(["-f", "%U %S %M"])
         .args(wrap.split_whitespace())
-        .arg(BIN)
+        .arg(bin)
         .env("CHAT_HOME", home)
         .env("CHAT_PROFILE", "bob")
         .args([
@@ -178,14 +228,21 @@ fn timed_sync(home: &Path, url: &ServerUrl) -> (Duration, u64, usize) {
         "sync: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let kib = String::from_utf8_lossy(&out.stderr)
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let fields: Vec<f64> = stderr
         .lines()
         .last()
-        .and_then(|l| l.trim().parse().ok())
-        .unwrap_or(0);
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|f| f.parse().ok())
+        .collect();
+    let (cpu, kib) = match fields[..] {
+        [user, sys, kib] => (user + sys, kib as u64),
+        _ => (0.0, 0),
+    };
     let summary: serde_json::Value = serde_json::from_slice(&out.stdout).expect("sync --json");
     let received = summary["received"].as_u64().unwrap_or(0) as usize;
-    (wall, kib, received)
+    (wall, kib, received, cpu)
 }
 
 /// What one core does with one message at a time: `verify_strict`, and

@@ -780,19 +780,9 @@ impl Engine {
         frames: Vec<MessageFrame>,
         reaction: &mut Reaction,
     ) -> Result<(), ClientError> {
-        // Crypto first, outside the transaction.
-        let verified = verify_all(&frames);
-        let opened: Vec<(MessageFrame, Result<Content, String>)> = frames
-            .into_iter()
-            .zip(verified)
-            .map(|(f, verified)| {
-                let content = verified
-                    .and_then(|()| self.open_verified(&f))
-                    .map_err(|e| e.to_string())
-                    .and_then(|c| sync::check_sender(c, &f, &self.me));
-                (f, content)
-            })
-            .collect();
+        // Crypto first, outside the transaction, on both cores.
+        let contents = self.open_all(&frames);
+        let opened: Vec<(MessageFrame, Opened)> = frames.into_iter().zip(contents).collect();
         // Receipts go to contacts only: a stranger probing keys learns
         // nothing about whether this one is in use.
         let contacts: HashSet<PublicKey> =
@@ -946,22 +936,38 @@ impl Engine {
         Ok(())
     }
 
-    /// Decrypts one message whose signature [`verify_all`] accepted.
-    fn open_verified(&mut self, frame: &MessageFrame) -> Result<Content, protocol::ProtocolError> {
-        if frame.to != self.me {
-            return Err(protocol::ProtocolError::NotForMe);
-        }
-        let key = match self.inbound_keys.get(&frame.from) {
-            Some(key) => key,
-            None => {
-                let key = crypto::message_key(&self.identity, &frame.from, &frame.from, &self.me)?;
-                self.inbound_keys.entry(frame.from).or_insert(key)
+    /// Verifies, decrypts and parses every frame, in order: a large batch
+    /// split over two threads. Keys for new peers are derived first, here,
+    /// so the threads only read them; one is kept only for a peer whose
+    /// signature checked out.
+    fn open_all(&mut self, frames: &[MessageFrame]) -> Vec<Opened> {
+        let mut fresh: HashMap<PublicKey, Result<MessageKey, String>> = HashMap::new();
+        for frame in frames {
+            if frame.to == self.me
+                && !self.inbound_keys.contains_key(&frame.from)
+                && !fresh.contains_key(&frame.from)
+            {
+                let key = crypto::message_key(&self.identity, &frame.from, &frame.from, &self.me)
+                    .map_err(|e| protocol::ProtocolError::from(e).to_string());
+                fresh.insert(frame.from, key);
             }
+        }
+        let keys = Keys {
+            me: &self.me,
+            known: &self.inbound_keys,
+            fresh: &fresh,
         };
-        let ad = protocol::message_ad(&frame.id, &frame.from, &frame.to, &frame.ts);
-        let plaintext = crypto::decrypt(key, &frame.payload.nonce, &ad, &frame.payload.ciphertext)?;
-        serde_json::from_slice(&plaintext)
-            .map_err(|e| protocol::ProtocolError::BadContent(e.to_string()))
+        let results = in_parallel(frames, |chunk| open_chunk(chunk, &keys));
+        let mut opened = Vec::with_capacity(results.len());
+        for (frame, (verified, content)) in frames.iter().zip(results) {
+            if verified {
+                if let Some(Ok(key)) = fresh.remove(&frame.from) {
+                    self.inbound_keys.insert(frame.from, key);
+                }
+            }
+            opened.push(content);
+        }
+        opened
     }
 
     fn seal_text(&mut self, message: &Message) -> Result<Frame, ClientError> {
@@ -1043,28 +1049,80 @@ impl Engine {
     }
 }
 
-/// Checks every frame's signature. Frames are checked in batches (ed25519
-/// batch verification costs about half as much per signature), a large
-/// batch split over two threads; only a batch that fails is checked frame
-/// by frame, to find the bad ones.
-fn verify_all(frames: &[MessageFrame]) -> Vec<Result<(), protocol::ProtocolError>> {
+/// What a frame holds once checked: its content, or why it was refused.
+type Opened = Result<Content, String>;
+
+/// The message keys [`open_chunk`] reads: cached ones, and those derived
+/// for this batch (or why a peer's key could not be derived).
+struct Keys<'a> {
+    me: &'a PublicKey,
+    known: &'a HashMap<PublicKey, MessageKey>,
+    fresh: &'a HashMap<PublicKey, Result<MessageKey, String>>,
+}
+
+/// Runs `work` over `frames`, split in two halves on two threads when
+/// there are enough of them to pay for the thread; results in order.
+fn in_parallel<T: Send>(
+    frames: &[MessageFrame],
+    work: impl Fn(&[MessageFrame]) -> Vec<T> + Sync,
+) -> Vec<T> {
     const PARALLEL_MIN: usize = 64;
     if frames.len() < PARALLEL_MIN {
-        return verify_chunk(frames);
+        return work(frames);
     }
     let (first, second) = frames.split_at(frames.len() / 2);
     std::thread::scope(|scope| {
-        let other = scope.spawn(|| verify_chunk(second));
-        let mut results = verify_chunk(first);
+        let other = scope.spawn(|| work(second));
+        let mut results = work(first);
         match other.join() {
             Ok(rest) => results.extend(rest),
-            // Verification does not panic; if it ever did, check here.
-            Err(_) => results.extend(second.iter().map(protocol::verify_message)),
+            // The work does not panic; if it ever did, do it here.
+            Err(_) => results.extend(work(second)),
         }
         results
     })
 }
 
+/// Checks the signatures of `frames` (see [`verify_chunk`]), then decrypts
+/// and parses those that passed. For each frame: whether its signature
+/// checked out, and its content or why it was refused.
+fn open_chunk(frames: &[MessageFrame], keys: &Keys<'_>) -> Vec<(bool, Opened)> {
+    verify_chunk(frames)
+        .into_iter()
+        .zip(frames)
+        .map(|(verified, frame)| match verified {
+            Err(e) => (false, Err(e.to_string())),
+            Ok(()) => (
+                true,
+                open_verified(frame, keys).and_then(|c| sync::check_sender(c, frame, keys.me)),
+            ),
+        })
+        .collect()
+}
+
+/// Decrypts one message whose signature [`verify_chunk`] accepted.
+fn open_verified(frame: &MessageFrame, keys: &Keys<'_>) -> Opened {
+    if frame.to != *keys.me {
+        return Err(protocol::ProtocolError::NotForMe.to_string());
+    }
+    let key = match keys.known.get(&frame.from) {
+        Some(key) => key,
+        None => match keys.fresh.get(&frame.from) {
+            Some(Ok(key)) => key,
+            Some(Err(e)) => return Err(e.clone()),
+            None => return Err(protocol::ProtocolError::NotForMe.to_string()),
+        },
+    };
+    let ad = protocol::message_ad(&frame.id, &frame.from, &frame.to, &frame.ts);
+    let plaintext = crypto::decrypt(key, &frame.payload.nonce, &ad, &frame.payload.ciphertext)
+        .map_err(|e| protocol::ProtocolError::from(e).to_string())?;
+    serde_json::from_slice(&plaintext)
+        .map_err(|e| protocol::ProtocolError::BadContent(e.to_string()).to_string())
+}
+
+/// Checks every frame's signature with ed25519 batch verification (about
+/// half the cost per signature); only a batch that fails is checked frame
+/// by frame, to find the bad ones.
 fn verify_chunk(frames: &[MessageFrame]) -> Vec<Result<(), protocol::ProtocolError>> {
     let signed: Vec<Vec<u8>> = frames
         .iter()

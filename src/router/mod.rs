@@ -63,7 +63,9 @@ pub struct RouterConfig {
     /// How long a write to a client may take before it is dropped as too
     /// slow.
     pub write_timeout: Duration,
-    /// Most frames delivered to a client and not yet acknowledged.
+    /// Most frames delivered to a client and not yet acknowledged. Twice
+    /// the client's batch, so the next batch is on its way while the client
+    /// stores one (see docs/BENCHMARKS.md, "Client drain").
     pub delivery_window: usize,
     /// How long sessions get to finish on shutdown.
     pub shutdown_grace: Duration,
@@ -91,7 +93,7 @@ impl RouterConfig {
             ping_interval: Duration::from_secs(30),
             recheck_interval: Duration::from_secs(300),
             write_timeout: Duration::from_secs(10),
-            delivery_window: 256,
+            delivery_window: 1024,
             shutdown_grace: Duration::from_secs(5),
             public_names: Vec::new(),
             recipients: recipients::Recipients::default(),

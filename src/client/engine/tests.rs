@@ -429,6 +429,106 @@ fn one_forged_frame_in_a_large_batch_is_found_and_the_rest_kept() {
     assert_eq!(acks, 100, "the forged frame is acked too");
 }
 
+/// A large batch is verified, decrypted and parsed on two threads: what
+/// comes out is in the frames' order, and a bad frame in either half is
+/// rejected, recorded and acked without disturbing its neighbours.
+#[test]
+fn a_batch_opened_on_two_threads_keeps_its_order_and_finds_bad_frames() {
+    let (mut alice, mut bob) = friends();
+    let mut carol = party();
+    let bob_key = *bob.engine.me();
+    let mut frames: Vec<Frame> = (0..120)
+        .map(|n| {
+            // Two senders, interleaved: carol's key is derived in this batch.
+            let from = if n % 3 == 0 { &mut carol } else { &mut alice };
+            from.engine.compose(&bob_key, &format!("m{n}")).unwrap().1
+        })
+        .collect();
+    // A bad signature in the first half, a signed frame that does not
+    // decrypt in the second.
+    if let Frame::Message(m) = &mut frames[10] {
+        m.sig[5] ^= 1;
+    }
+    if let Frame::Message(m) = &mut frames[100] {
+        m.payload.ciphertext = vec![7; 40];
+        let signed = protocol::message_signed_bytes(&m.id, &m.from, &m.to, &m.ts, &m.payload);
+        m.sig = alice
+            .engine
+            .identity()
+            .signing_key()
+            .sign(&signed)
+            .to_bytes();
+    }
+    let ids: Vec<Uuid> = frames.iter().map(frame_id).collect();
+    let r = bob.engine.handle(frames).unwrap();
+    let acked: Vec<Uuid> = r
+        .send
+        .iter()
+        .filter_map(|f| match f {
+            Frame::Ack(a) => Some(a.id),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(acked, ids, "every frame acked, in order");
+    let received: Vec<String> = r
+        .updates
+        .iter()
+        .filter_map(|u| match u {
+            Update::Received(m) => Some(m.body.clone()),
+            _ => None,
+        })
+        .collect();
+    let expected: Vec<String> = (0..120)
+        .filter(|n| *n != 10 && *n != 100)
+        .map(|n| format!("m{n}"))
+        .collect();
+    assert_eq!(received, expected, "stored in the frames' order");
+    assert_eq!(bob.engine.tally().rejected, 2);
+    let mut rejected: Vec<String> = bob
+        .engine
+        .store()
+        .rejected()
+        .unwrap()
+        .into_iter()
+        .map(|r| r.reason)
+        .collect();
+    rejected.sort();
+    assert_eq!(rejected.len(), 2);
+    assert!(
+        rejected.iter().any(|r| r.contains("signature")),
+        "{rejected:?}"
+    );
+    assert!(
+        rejected.iter().any(|r| !r.contains("signature")),
+        "{rejected:?}"
+    );
+}
+
+/// A frame whose signature fails leaves no key behind: a stranger cannot
+/// fill the key cache with forged senders.
+#[test]
+fn a_forged_senders_key_is_not_kept() {
+    let mut carol = party();
+    let mut bob = party();
+    let (_, frame) = carol
+        .engine
+        .compose(&bob.engine.me().clone(), "real")
+        .unwrap();
+    let Frame::Message(mut forged) = frame else {
+        unreachable!()
+    };
+    forged.sig[0] ^= 1;
+    bob.engine.handle(vec![Frame::Message(forged)]).unwrap();
+    assert!(bob.engine.inbound_keys.is_empty());
+    let (_, frame) = carol
+        .engine
+        .compose(&bob.engine.me().clone(), "real")
+        .unwrap();
+    bob.engine.handle(vec![frame]).unwrap();
+    assert_eq!(bob.engine.inbound_keys.len(), 1);
+    assert_eq!(bob.engine.tally().received, 1);
+}
+
 #[test]
 fn a_long_outbox_goes_out_within_the_send_window() {
     let (mut alice, bob) = friends();
