@@ -45,8 +45,8 @@
 //! way to `BENCH_IDLE` at which it measures too.
 //!
 //! Idle sessions are held as bare TCP sockets once signed in, bound to
-//! 127.0.0.2, 127.0.0.3, ... (20,000 per source address: one address
-//! has about 28,000 ephemeral ports), and the routers ping once an hour
+//! 127.P.0.2, 127.P.0.3, ... (10,000 per source address: one address
+//! has about 28,000 ephemeral ports; P from the process id), and the routers ping once an hour
 //! (`--ping-interval 3600`) since nothing answers. The bench raises its
 //! own descriptor limit (and so the routers'), beyond the hard limit when
 //! run as root.
@@ -407,10 +407,32 @@ fn start_router(data: &std::path::Path) -> Server {
     Server::start(cmd)
 }
 
-/// Connections the routers allow: every idle session and the pairs', with
-/// room to spare (at least the 19,000 of earlier runs).
-fn max_connections() -> u64 {
+/// Connections the routers should allow: every idle session and the
+/// pairs', with room to spare (at least the 19,000 of earlier runs).
+fn wanted_connections() -> u64 {
     (env("BENCH_IDLE", 10_000) + 4 * env("BENCH_PAIRS", 50) + 1_000).max(19_000)
+}
+
+/// [`wanted_connections`], as far as the descriptor limit allows (the
+/// routers inherit this process's, and refuse a `--max-connections` they
+/// cannot hold).
+fn max_connections() -> u64 {
+    wanted_connections().min(own_fd_limit().saturating_sub(chat_p2p::router::limits::RESERVED_FDS))
+}
+
+/// The descriptors this process may open.
+fn own_fd_limit() -> u64 {
+    rlimit::getrlimit(rlimit::Resource::NOFILE)
+        .map(|(soft, _)| soft)
+        .unwrap_or(u64::MAX)
+}
+
+/// Idle sessions that fit: both ends need a descriptor, the router's
+/// (its `--max-connections`) and this process's, with some left for the
+/// rest of each.
+fn idle_capacity() -> usize {
+    let ours = own_fd_limit().saturating_sub(300);
+    usize::try_from(ours.min(max_connections()).saturating_sub(100)).unwrap_or(usize::MAX)
 }
 
 /// Raises this process's descriptor limit (inherited by the routers it
@@ -418,7 +440,7 @@ fn max_connections() -> u64 {
 /// the soft limit to the hard one, and both beyond when privileged.
 fn raise_own_fds() {
     use rlimit::{getrlimit, setrlimit, Resource};
-    let want = max_connections() + 1_000;
+    let want = wanted_connections() + 1_000;
     let Ok((soft, hard)) = getrlimit(Resource::NOFILE) else {
         return;
     };
@@ -430,7 +452,10 @@ fn raise_own_fds() {
     }
     if let Ok((soft, _)) = getrlimit(Resource::NOFILE) {
         if soft < want {
-            eprintln!("router_load: only {soft} file descriptors (want {want}): idle sessions beyond that will fail; raise `ulimit -n`");
+            eprintln!(
+                "router_load: only {soft} file descriptors (want {want}), and the hard limit cannot be raised \
+                 (that takes root with CAP_SYS_RESOURCE): idle sessions are capped to fit; raise `ulimit -n`"
+            );
         }
     }
 }
@@ -1023,16 +1048,27 @@ async fn idle_steps(router: &Server, steps: &[usize], redis: Option<&on_redis::B
     let redis_before = redis.map(redis_compare::Snapshot::take);
     let mut held: Vec<TcpStream> = Vec::new();
     let started = Instant::now();
-    for &n in steps {
+    let cap = idle_capacity();
+    let mut steps: Vec<usize> = steps.iter().map(|&n| n.min(cap)).collect();
+    steps.dedup();
+    if steps.last().is_some_and(|&n| n == cap) {
+        println!(
+            "idle sessions: capped at {cap} by the file descriptor limit ({} here; each session takes one in the router and one in this process)",
+            own_fd_limit()
+        );
+    }
+    for n in steps {
         let (tx, mut rx) = mpsc::channel(1024);
         let gate = Arc::new(Semaphore::new(200));
         for i in held.len()..n {
             let addr = router.addr.clone();
             let tx = tx.clone();
             let gate = Arc::clone(&gate);
-            // 20,000 sessions per source address, from 127.0.0.2 up.
-            let source =
-                std::net::Ipv4Addr::from(u32::from_be_bytes([127, 0, 0, 2]) + (i / 20_000) as u32);
+            // 10,000 sessions per source address, from 127.P.0.2 up with
+            // P from the process id: the ports of an earlier run's
+            // sockets wait out TIME_WAIT on its own addresses.
+            let base = u32::from_be_bytes([127, (1 + std::process::id() % 250) as u8, 0, 2]);
+            let source = std::net::Ipv4Addr::from(base + (i / 10_000) as u32);
             tokio::spawn(async move {
                 let _p = gate.acquire().await;
                 let id = Identity::generate();
