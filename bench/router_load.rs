@@ -39,7 +39,17 @@
 //! for Redis `BENCH_REDIS_FSYNC` (`everysec`, `always`, `both`),
 //! `BENCH_REDIS_ROUTERS` (`1,2`), `BENCH_QUEUED` (50000), `BENCH_PERF=0`
 //! (no perf); `BENCH_ROUTER_WRAP` runs the routers under a profiler, e.g.
-//! `valgrind --tool=callgrind`.
+//! `valgrind --tool=callgrind`; `BENCH_ROUTER_BIN` runs another
+//! `chat-p2p` binary as the router (a baseline build); `router_load idle`
+//! also takes `BENCH_IDLE_STEPS` (e.g. `10000,50000`): the counts on the
+//! way to `BENCH_IDLE` at which it measures too.
+//!
+//! Idle sessions are held as bare TCP sockets once signed in, bound to
+//! 127.P.0.2, 127.P.0.3, ... (10,000 per source address: one address
+//! has about 28,000 ephemeral ports; P from the process id), and the routers ping once an hour
+//! (`--ping-interval 3600`) since nothing answers. The bench raises its
+//! own descriptor limit (and so the routers'), beyond the hard limit when
+//! run as root.
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
@@ -79,6 +89,7 @@ fn env(name: &str, default: u64) -> u64 {
 }
 
 fn main() {
+    raise_own_fds();
     let mut args = std::env::args().skip(1);
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let first = args.next();
@@ -118,14 +129,19 @@ fn main() {
         return;
     }
     if first.as_deref() == Some("idle") {
-        // Only the idle sessions' memory (BENCH_IDLE of them).
+        // Only the idle sessions' memory: BENCH_IDLE of them, measured on
+        // the way at each count of BENCH_IDLE_STEPS (e.g. 10000,50000).
         let data = tempfile::tempdir().unwrap();
         let router = start_router(data.path());
-        runtime.block_on(idle_sessions(
-            &router,
-            env("BENCH_IDLE", 10_000) as usize,
-            None,
-        ));
+        let mut steps: Vec<usize> = std::env::var("BENCH_IDLE_STEPS")
+            .unwrap_or_default()
+            .split(',')
+            .filter_map(|v| v.trim().parse().ok())
+            .collect();
+        steps.push(env("BENCH_IDLE", 10_000) as usize);
+        steps.sort_unstable();
+        steps.dedup();
+        runtime.block_on(idle_steps(&router, &steps, None));
         return;
     }
     if first.as_deref() == Some("redis") {
@@ -179,6 +195,37 @@ impl Server {
 }
 
 impl Server {
+    /// `/proc/<pid>/smaps_rollup`'s resident figures, in MB: where the
+    /// RSS is (anonymous: heap and stacks; the rest is files mapped).
+    fn smaps_rollup(&self) -> String {
+        let text = std::fs::read_to_string(format!("/proc/{}/smaps_rollup", self.child.id()))
+            .unwrap_or_default();
+        let mut out = Vec::new();
+        for line in text.lines() {
+            let Some((name, value)) = line.split_once(':') else {
+                continue;
+            };
+            if [
+                "Rss",
+                "Anonymous",
+                "Private_Dirty",
+                "Shared_Clean",
+                "Private_Clean",
+            ]
+            .contains(&name)
+            {
+                let kb: f64 = value
+                    .trim()
+                    .trim_end_matches("kB")
+                    .trim()
+                    .parse()
+                    .unwrap_or(0.0);
+                out.push(format!("{name} {:.1} MB", kb / 1024.0));
+            }
+        }
+        out.join(", ")
+    }
+
     /// CPU seconds (user + system) the process used so far.
     fn cpu_secs(&self) -> f64 {
         cpu_secs_of(self.child.id())
@@ -352,8 +399,65 @@ fn start_router(data: &std::path::Path) -> Server {
     cmd.args(["router", "--listen", "127.0.0.1:0", "--data"])
         .arg(data)
         .args(["--max-rate", "1000000", "--max-queued", "100000000"])
-        .args(["--max-connections", "19000"]);
+        .args(["--max-connections", &max_connections().to_string()])
+        // Idle sessions are held without reading, so never answer pings:
+        // heartbeats once an hour keep them from being reaped while tens of
+        // thousands of others sign in.
+        .args(["--ping-interval", "3600"]);
     Server::start(cmd)
+}
+
+/// Connections the routers should allow: every idle session and the
+/// pairs', with room to spare (at least the 19,000 of earlier runs).
+fn wanted_connections() -> u64 {
+    (env("BENCH_IDLE", 10_000) + 4 * env("BENCH_PAIRS", 50) + 1_000).max(19_000)
+}
+
+/// [`wanted_connections`], as far as the descriptor limit allows (the
+/// routers inherit this process's, and refuse a `--max-connections` they
+/// cannot hold).
+fn max_connections() -> u64 {
+    wanted_connections().min(own_fd_limit().saturating_sub(chat_p2p::router::limits::RESERVED_FDS))
+}
+
+/// The descriptors this process may open.
+fn own_fd_limit() -> u64 {
+    rlimit::getrlimit(rlimit::Resource::NOFILE)
+        .map(|(soft, _)| soft)
+        .unwrap_or(u64::MAX)
+}
+
+/// Idle sessions that fit: both ends need a descriptor, the router's
+/// (its `--max-connections`) and this process's, with some left for the
+/// rest of each.
+fn idle_capacity() -> usize {
+    let ours = own_fd_limit().saturating_sub(300);
+    usize::try_from(ours.min(max_connections()).saturating_sub(100)).unwrap_or(usize::MAX)
+}
+
+/// Raises this process's descriptor limit (inherited by the routers it
+/// starts, which raise their own too) for the idle sessions' client ends:
+/// the soft limit to the hard one, and both beyond when privileged.
+fn raise_own_fds() {
+    use rlimit::{getrlimit, setrlimit, Resource};
+    let want = wanted_connections() + 1_000;
+    let Ok((soft, hard)) = getrlimit(Resource::NOFILE) else {
+        return;
+    };
+    if hard < want && setrlimit(Resource::NOFILE, want, want).is_ok() {
+        return;
+    }
+    if soft < hard {
+        let _ = setrlimit(Resource::NOFILE, hard, hard);
+    }
+    if let Ok((soft, _)) = getrlimit(Resource::NOFILE) {
+        if soft < want {
+            eprintln!(
+                "router_load: only {soft} file descriptors (want {want}), and the hard limit cannot be raised \
+                 (that takes root with CAP_SYS_RESOURCE): idle sessions are capped to fit; raise `ulimit -n`"
+            );
+        }
+    }
 }
 
 /// The release `chat-p2p` binary, under `BENCH_ROUTER_WRAP` if set (e.g.
@@ -362,13 +466,17 @@ fn start_router(data: &std::path::Path) -> Server {
 fn router_command() -> Command {
     let wrap = std::env::var("BENCH_ROUTER_WRAP").unwrap_or_default();
     let mut wrap = wrap.split_whitespace();
+    // Another build (e.g. the parent commit's, copied aside) as the
+    // baseline: BENCH_ROUTER_BIN.
+    let bin = std::env::var("BENCH_ROUTER_BIN")
+        .unwrap_or_else(|_| env!("CARGO_BIN_EXE_chat-p2p").to_owned());
     let mut cmd = match wrap.next() {
         Some(program) => {
             let mut cmd = Command::new(program);
-            cmd.args(wrap).arg(env!("CARGO_BIN_EXE_chat-p2p"));
+            cmd.args(wrap).arg(&bin);
             cmd
         }
-        None => Command::new(env!("CARGO_BIN_EXE_chat-p2p")),
+        None => Command::new(&bin),
     };
     cmd.env_clear().env(
         "RUST_LOG",
@@ -489,11 +597,50 @@ async fn connect(addr: &str, id: &Identity) -> Ws {
 
 /// Connects as `device` of `id`.
 async fn connect_device(addr: &str, id: &Identity, device: Uuid) -> Ws {
-    let text = id.public_key().to_base64();
-    let key = percent_encoding::utf8_percent_encode(&text, percent_encoding::NON_ALPHANUMERIC);
-    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/ws?pub={key}"))
+    let (ws, _) = tokio_tungstenite::connect_async(session_url(addr, id))
         .await
         .expect("connect");
+    sign_in(ws, addr, id, device).await
+}
+
+/// The URL a session of `id` opens on the router at `addr`.
+fn session_url(addr: &str, id: &Identity) -> String {
+    let text = id.public_key().to_base64();
+    let key = percent_encoding::utf8_percent_encode(&text, percent_encoding::NON_ALPHANUMERIC);
+    format!("ws://{addr}/ws?pub={key}")
+}
+
+/// An idle session as cheap as the client side can hold it: its socket
+/// bound to `source` (one loopback address gives about 28,000 ephemeral
+/// ports, so 100,000 sessions need several), a 4 KiB read buffer for the
+/// handshake, then only the TCP socket once signed in.
+async fn idle_session(addr: &str, id: &Identity, source: std::net::Ipv4Addr) -> TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket
+        .bind(std::net::SocketAddr::from((source, 0)))
+        .expect("bind a client socket to its source address");
+    let tcp = socket
+        .connect(addr.parse().expect("router address"))
+        .await
+        .expect("connect");
+    let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+        .read_buffer_size(4096)
+        .write_buffer_size(0);
+    let (ws, _) = tokio_tungstenite::client_async_with_config(
+        session_url(addr, id),
+        MaybeTlsStream::Plain(tcp),
+        Some(config),
+    )
+    .await
+    .expect("WebSocket handshake");
+    match sign_in(ws, addr, id, Uuid::new_v4()).await.into_inner() {
+        MaybeTlsStream::Plain(tcp) => tcp,
+        _ => unreachable!("a plain TCP stream was given"),
+    }
+}
+
+/// Signs `ws` in as `device` of `id`: challenge, auth, ready.
+async fn sign_in(mut ws: Ws, addr: &str, id: &Identity, device: Uuid) -> Ws {
     let nonce = loop {
         if let Message::Text(t) = ws.next().await.unwrap().unwrap() {
             match protocol::parse(t.as_str()).unwrap() {
@@ -890,41 +1037,65 @@ async fn stalled(router: &Server, pairs: usize, window: usize, dur: Duration) {
 /// `n` authenticated idle sessions on `router`: its RSS per session, and
 /// with `redis`, Redis' memory per session (device records, claims).
 async fn idle_sessions(router: &Server, n: usize, redis: Option<&on_redis::BenchRedis>) {
+    idle_steps(router, &[n], redis).await;
+}
+
+/// Authenticated idle sessions on `router`, up to each count of `steps` in
+/// turn (ascending; the sessions of one step stay for the next): the
+/// router's RSS and its break-down (`smaps_rollup`) at each.
+async fn idle_steps(router: &Server, steps: &[usize], redis: Option<&on_redis::BenchRedis>) {
     let before = router.rss_kb();
     let redis_before = redis.map(redis_compare::Snapshot::take);
-    let ids: Vec<Identity> = (0..n).map(|_| Identity::generate()).collect();
-    let (tx, mut rx) = mpsc::channel(n.max(1));
-    let gate = Arc::new(Semaphore::new(200));
-    for id in ids {
-        let addr = router.addr.clone();
-        let tx = tx.clone();
-        let gate = Arc::clone(&gate);
-        tokio::spawn(async move {
-            let _p = gate.acquire().await;
-            let ws = connect(&addr, &id).await;
-            let _ = tx.send(ws).await;
-        });
+    let mut held: Vec<TcpStream> = Vec::new();
+    let started = Instant::now();
+    let cap = idle_capacity();
+    let mut steps: Vec<usize> = steps.iter().map(|&n| n.min(cap)).collect();
+    steps.dedup();
+    if steps.last().is_some_and(|&n| n == cap) {
+        println!(
+            "idle sessions: capped at {cap} by the file descriptor limit ({} here; each session takes one in the router and one in this process)",
+            own_fd_limit()
+        );
     }
-    drop(tx);
-    let mut held = HashMap::new();
-    while held.len() < n {
-        match rx.recv().await {
-            Some(ws) => {
-                held.insert(held.len(), ws);
-            }
-            None => break,
+    for n in steps {
+        let (tx, mut rx) = mpsc::channel(1024);
+        let gate = Arc::new(Semaphore::new(200));
+        for i in held.len()..n {
+            let addr = router.addr.clone();
+            let tx = tx.clone();
+            let gate = Arc::clone(&gate);
+            // 10,000 sessions per source address, from 127.P.0.2 up with
+            // P from the process id: the ports of an earlier run's
+            // sockets wait out TIME_WAIT on its own addresses.
+            let base = u32::from_be_bytes([127, (1 + std::process::id() % 250) as u8, 0, 2]);
+            let source = std::net::Ipv4Addr::from(base + (i / 10_000) as u32);
+            tokio::spawn(async move {
+                let _p = gate.acquire().await;
+                let id = Identity::generate();
+                let tcp = idle_session(&addr, &id, source).await;
+                let _ = tx.send(tcp).await;
+            });
         }
+        drop(tx);
+        while held.len() < n {
+            match rx.recv().await {
+                Some(tcp) => held.push(tcp),
+                None => break,
+            }
+        }
+        // Let the router settle (allocator, buffers) before reading RSS.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let after = router.rss_kb();
+        println!(
+            "idle sessions: {} authenticated ({:.0} s in); router RSS {:.1} MB before, {:.1} MB with them ({:.2} KB per session; target: 100,000 under 1.2 GB)",
+            held.len(),
+            started.elapsed().as_secs_f64(),
+            before as f64 / 1024.0,
+            after as f64 / 1024.0,
+            (after.saturating_sub(before)) as f64 / held.len().max(1) as f64
+        );
+        println!("    router smaps_rollup: {}", router.smaps_rollup());
     }
-    // Let the router settle (allocator, buffers) before reading RSS.
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let after = router.rss_kb();
-    println!(
-        "idle sessions: {} authenticated; router RSS {:.1} MB before, {:.1} MB with them ({:.1} KB per session; target: 10,000 under 150 MB)",
-        held.len(),
-        before as f64 / 1024.0,
-        after as f64 / 1024.0,
-        (after.saturating_sub(before)) as f64 / held.len().max(1) as f64
-    );
     if let (Some(r), Some(logins)) = (redis, redis_before) {
         redis_compare::idle_costs(router, r, held.len(), logins).await;
     }

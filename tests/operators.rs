@@ -216,3 +216,68 @@ fn a_redis_nobody_answers_on_is_a_clear_failure_without_the_password() {
     assert!(err.contains("check that it runs"), "{err}");
     assert!(!err.contains("hunter2"), "the password leaked: {err}");
 }
+
+#[test]
+fn a_max_connections_no_descriptor_limit_allows_is_refused_with_the_fix() {
+    // More descriptors than Linux allows any process (fs.nr_open is at
+    // most about 2^30), so even root cannot raise the limit that far.
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_chat-p2p"))
+        .env_clear()
+        .args(["router", "--listen", "127.0.0.1:0", "--data"])
+        .arg(dir.path().join("router"))
+        .args(["--max-connections", "2000000000"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        !String::from_utf8_lossy(&out.stdout).contains("listening"),
+        "it started"
+    );
+    for part in [
+        "--max-connections 2000000000 needs 2000000256 file descriptors",
+        "hard limit",
+        "`ulimit -n 2000000256`",
+        "`LimitNOFILE=2000000256`",
+        "or lower --max-connections to",
+    ] {
+        assert!(err.contains(part), "{part:?} not in:\n{err}");
+    }
+    // Nothing was created: the queue is opened after the check.
+    assert!(!dir.path().join("router").exists());
+}
+
+#[test]
+fn the_router_raises_its_soft_descriptor_limit_and_logs_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("router.log");
+    // A shell lowers the soft limit, then becomes the router.
+    let mut child = Command::new("sh")
+        .env_clear()
+        .arg("-c")
+        .arg(r#"ulimit -Sn 256 && exec "$0" router --listen 127.0.0.1:0 --data "$1" --max-connections 1000"#)
+        .arg(env!("CARGO_BIN_EXE_chat-p2p"))
+        .arg(dir.path().join("router"))
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let _ = child.wait();
+    let log = std::fs::read_to_string(&log).unwrap();
+    assert!(line.starts_with("listening on "), "{line}\n{log}");
+    let limits = log
+        .lines()
+        .find(|l| l.contains("file descriptor limits"))
+        .unwrap_or_else(|| panic!("no limits logged:\n{log}"));
+    assert!(limits.contains("was_soft=256"), "{limits}");
+    assert!(!limits.contains(" soft=256 "), "not raised: {limits}");
+    assert!(limits.contains("max_connections=1000"), "{limits}");
+}

@@ -170,7 +170,8 @@ pub fn start_router(url: &str) -> Server {
     let mut cmd = super::router_command();
     cmd.args(["router", "--listen", "127.0.0.1:0", "--redis", url])
         .args(["--max-rate", "1000000", "--max-queued", "100000000"])
-        .args(["--max-connections", "19000"]);
+        .args(["--max-connections", &super::max_connections().to_string()])
+        .args(["--ping-interval", "3600"]);
     Server::start(cmd)
 }
 

@@ -75,9 +75,13 @@ pub struct RouterArgs {
     /// Frames per second one connection may send.
     #[arg(long, default_value_t = 100, value_name = "N", value_parser = positive::<u32>)]
     max_rate: u32,
-    /// Most simultaneous connections.
-    #[arg(long, default_value_t = 20_000, value_name = "N", value_parser = positive::<usize>)]
-    max_connections: usize,
+    /// Most simultaneous connections [default: 20000, or fewer when the
+    /// file descriptor limit allows fewer]. The router raises its soft
+    /// descriptor limit (`ulimit -n`) to the hard one, and beyond when
+    /// run as root; a number that still does not fit is refused at start,
+    /// with the fix (`ulimit -n`, systemd's `LimitNOFILE=`).
+    #[arg(long, value_name = "N", value_parser = positive::<usize>)]
+    max_connections: Option<usize>,
     /// Seconds a client has to authenticate.
     #[arg(long, default_value_t = 10, value_name = "SECS", value_parser = bounded::<MAX_SECS>)]
     auth_timeout: u64,
@@ -249,7 +253,9 @@ impl RouterArgs {
         config.retention = test_retention()
             .unwrap_or_else(|| Duration::from_secs(self.retention_days.saturating_mul(86_400)));
         config.max_frames_per_sec = self.max_rate;
-        config.max_connections = self.max_connections;
+        if let Some(n) = self.max_connections {
+            config.max_connections = n;
+        }
         config.auth_timeout = Duration::from_secs(self.auth_timeout);
         config.ping_interval = Duration::from_secs(self.ping_interval.max(1));
         config.recheck_interval = Duration::from_secs(self.recheck_interval);
@@ -298,7 +304,9 @@ fn dedup(names: Vec<String>) -> Vec<String> {
 pub fn run(args: RouterArgs, home: Option<PathBuf>) -> Result<()> {
     init_logging(args.log_format);
     let redis = args.redis_config()?;
-    let (listen, config) = args.config(home)?;
+    let explicit = args.max_connections.is_some();
+    let (listen, mut config) = args.config(home)?;
+    config.max_connections = descriptors(config.max_connections, explicit)?;
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     runtime.block_on(async move {
         // Open the queue first: "listening" must mean ready to serve.
@@ -321,6 +329,40 @@ pub fn run(args: RouterArgs, home: Option<PathBuf>) -> Result<()> {
             }
         }
     })
+}
+
+/// Raises the descriptor limit for `max_connections` connections and logs
+/// it; the connections the router may serve (fewer than the default when
+/// the limit allows fewer), or the error saying how to raise the limit
+/// when `--max-connections` (`explicit`) does not fit.
+fn descriptors(max_connections: usize, explicit: bool) -> Result<usize> {
+    use crate::router::limits;
+    let Some(raised) = limits::raise(max_connections, explicit)? else {
+        tracing::info!(max_connections, "file descriptor limits unknown here");
+        return Ok(max_connections);
+    };
+    let (before, after) = (raised.before, raised.after);
+    tracing::info!(
+        soft = after.soft,
+        hard = after.hard,
+        was_soft = before.soft,
+        was_hard = before.hard,
+        max_connections = raised.max_connections,
+        "file descriptor limits"
+    );
+    if raised.max_connections < max_connections {
+        tracing::warn!(
+            "the file descriptor limit ({}) allows only {} connections, not the default {}: \
+             raise it with `ulimit -n {}` or systemd's `LimitNOFILE={}`, or pass \
+             --max-connections",
+            after.soft,
+            raised.max_connections,
+            max_connections,
+            limits::needed(max_connections),
+            limits::needed(max_connections),
+        );
+    }
+    Ok(raised.max_connections)
 }
 
 /// Listens on `listen` and serves with `backend` until a signal.

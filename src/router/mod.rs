@@ -16,6 +16,7 @@
 pub mod backend;
 mod http;
 pub mod hub;
+pub mod limits;
 pub mod metrics;
 pub mod recipients;
 mod session;
