@@ -50,6 +50,9 @@
 //! (`--ping-interval 3600`) since nothing answers. The bench raises its
 //! own descriptor limit (and so the routers'), beyond the hard limit when
 //! run as root.
+//!
+//! `router_load sqlite` runs the SQLite router against the bare forwarder
+//! only (throughput, then `BENCH_RATE` offered): issue 13's comparison.
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
@@ -147,6 +150,11 @@ fn main() {
     if first.as_deref() == Some("redis") {
         nanos();
         runtime.block_on(redis_only());
+        return;
+    }
+    if first.as_deref() == Some("sqlite") {
+        nanos();
+        runtime.block_on(sqlite_only());
         return;
     }
     if first.as_deref() == Some("devices") {
@@ -301,6 +309,34 @@ async fn run_all() {
 
     stalled(&router, pairs.min(20), window, dur).await;
     idle_sessions(&router, idle, None).await;
+}
+
+/// The router on SQLite against the bare forwarder only (issue 13):
+/// throughput of both, then both at `BENCH_RATE` offered, all in one run.
+async fn sqlite_only() {
+    let pairs = env("BENCH_PAIRS", 50) as usize;
+    let secs = env("BENCH_SECS", 5);
+    let rate = env("BENCH_RATE", 10_000);
+    let window = env("BENCH_WINDOW", 128) as usize;
+    println!("router_load sqlite: {pairs} pairs, {secs} s windows, offered {rate} msg/s, sender window {window}");
+    let data = tempfile::tempdir().unwrap();
+    let router = start_router(data.path());
+    let mut cmd = Command::new(std::env::current_exe().unwrap());
+    cmd.arg("forwarder");
+    let forwarder = Server::start(cmd);
+    let dur = Duration::from_secs(secs);
+    let fwd_tp = load(&Target::one(&forwarder), pairs, None, window, dur, 1).await;
+    report("forwarder throughput", &fwd_tp);
+    let router_tp = load(&Target::one(&router), pairs, None, window, dur, 1).await;
+    report("router throughput   ", &router_tp);
+    println!(
+        "  router/forwarder = {:.0}% (target >= 50%)",
+        100.0 * router_tp.rate / fwd_tp.rate.max(1.0)
+    );
+    let fwd_lat = load(&Target::one(&forwarder), pairs, Some(rate), window, dur, 1).await;
+    report("forwarder @ offered ", &fwd_lat);
+    let router_lat = load(&Target::one(&router), pairs, Some(rate), window, dur, 1).await;
+    report("router @ offered    ", &router_lat);
 }
 
 /// The Redis comparisons only, with the forwarder and SQLite baselines of

@@ -56,6 +56,10 @@ const LINGER: Duration = Duration::from_micros(300);
 /// How often the checkpoint thread copies the WAL into the database.
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(250);
 
+/// The writer's page cache, in KiB as `PRAGMA cache_size` takes it
+/// (negative).
+const WRITER_CACHE_KIB: i64 = -32_768;
+
 /// WAL size (pages) at which the writer checkpoints itself, should the
 /// checkpoint thread fall behind.
 const WAL_FALLBACK_PAGES: i64 = 16_384;
@@ -120,6 +124,10 @@ impl SqliteBackend {
         // waits for the database file's copy and fsync; the writer checks
         // in only as a fallback if the WAL grows large anyway.
         conn.pragma_update(None, "wal_autocheckpoint", WAL_FALLBACK_PAGES)?;
+        // A full batch dirties more pages than SQLite's default 2 MB cache
+        // holds: it then spilled pages to the WAL before the commit, and
+        // wrote them again at the commit.
+        conn.pragma_update(None, "cache_size", WRITER_CACHE_KIB)?;
         let checkpointer = connect(&path, false)?;
         let (ops, rx) = mpsc::channel(WRITER_QUEUE);
         let stopped = Arc::new(AtomicBool::new(false));
