@@ -583,7 +583,9 @@ mod raw {
     }
 
     fn truncated() -> Error {
-        Error::Write(std::io::Error::other("the export's row buffer is truncated"))
+        Error::Write(std::io::Error::other(
+            "the export's row buffer is truncated",
+        ))
     }
 }
 
