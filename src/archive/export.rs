@@ -12,15 +12,15 @@ use std::sync::mpsc;
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
-use rusqlite::types::Value;
+use rusqlite::types::Type;
 use rusqlite::{Connection, OpenFlags};
 
+use super::json_out;
 use super::{ContactRecord, Error, Header, Progress, FORMAT, VERSION};
 use crate::clock;
 use crate::identity::PublicKey;
-use crate::store::messages::{message_from_row, Event, MESSAGE_COLUMNS};
-use crate::store::Message;
 use crate::store::Store;
+use crate::store::{Direction, MessageId, Status};
 
 /// One JSON document, or one JSON object per line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -100,14 +100,16 @@ fn export_plain(
         out,
         layout: options.layout,
         buf: Vec::with_capacity(1024),
+        json: Vec::with_capacity(WRITE_BYTES + (1 << 16)),
     };
     writer.header(&header(store, options)?)?;
     let path = store.path().to_path_buf();
     let only = options.contact;
-    let (tx, rx) = mpsc::sync_channel::<Chunk>(16);
+    let (tx, rx) = mpsc::sync_channel::<Chunk>(8);
+    let (recycle_tx, recycle_rx) = mpsc::channel::<Vec<u8>>();
     let summary = std::thread::scope(|scope| {
-        let reader = scope.spawn(move || read_rows(&path, only.as_ref(), &tx));
-        let written = write_rows(&mut writer, &rx, progress);
+        let reader = scope.spawn(move || read_rows(&path, only.as_ref(), &tx, &recycle_rx));
+        let written = write_rows(&mut writer, &rx, &recycle_tx, progress);
         // Stops the reader early if writing failed.
         drop(rx);
         let read = reader
@@ -125,19 +127,27 @@ fn export_plain(
 /// What the reading thread hands over.
 enum Chunk {
     Contacts(Vec<ContactRecord>),
-    Messages(Vec<(Message, Vec<Event>)>),
+    /// Messages with their events, as [`raw`] records, and how many.
+    Messages(Vec<u8>, u64),
 }
 
-/// How many messages travel together between the threads.
-const CHUNK: usize = 256;
+/// How many bytes of rows travel together between the threads.
+const CHUNK_BYTES: usize = 1 << 18;
 
+/// How many bytes of JSON are gathered before one write.
+const WRITE_BYTES: usize = 1 << 20;
+
+/// Formats and writes what the reader sends, handing emptied buffers back
+/// through `recycle` so the reader allocates none after the first few.
 fn write_rows(
     writer: &mut Writer<'_>,
     rx: &mpsc::Receiver<Chunk>,
+    recycle: &mpsc::Sender<Vec<u8>>,
     progress: Progress<'_>,
 ) -> Result<ExportSummary, Error> {
     let mut summary = ExportSummary::default();
     let mut reported = 0;
+    let enums = Enums::new()?;
     for chunk in rx {
         match chunk {
             Chunk::Contacts(contacts) => {
@@ -147,11 +157,14 @@ fn write_rows(
                 }
                 writer.between_sections()?;
             }
-            Chunk::Messages(batch) => {
-                for (message, events) in &batch {
-                    writer.message(message, events, summary.messages == 0)?;
+            Chunk::Messages(bytes, count) => {
+                let mut fields = raw::Fields::new(&bytes);
+                for _ in 0..count {
+                    writer.message(&mut fields, &enums, summary.messages == 0)?;
                     summary.messages += 1;
                 }
+                // The reader may have finished: then the buffer just goes.
+                let _ = recycle.send(bytes);
                 if summary.messages - reported >= PROGRESS_EVERY {
                     reported = summary.messages;
                     progress(reported);
@@ -168,6 +181,7 @@ fn read_rows(
     path: &Path,
     only: Option<&PublicKey>,
     tx: &mpsc::SyncSender<Chunk>,
+    recycle: &mpsc::Receiver<Vec<u8>>,
 ) -> Result<(), Error> {
     let conn = Connection::open_with_flags(
         path,
@@ -176,14 +190,14 @@ fn read_rows(
     conn.busy_timeout(std::time::Duration::from_secs(10))?;
     let snapshot = conn.unchecked_transaction()?;
     let contacts = contacts(&snapshot, only)?;
-    let names: HashMap<String, String> = contacts
+    let names: HashMap<Vec<u8>, String> = contacts
         .iter()
-        .map(|c| (c.public_key.clone(), c.name.clone()))
+        .map(|c| (c.public_key.clone().into_bytes(), c.name.clone()))
         .collect();
     if tx.send(Chunk::Contacts(contacts)).is_err() {
         return Ok(());
     }
-    messages(&snapshot, only, &names, tx)?;
+    messages(&snapshot, only, &names, tx, recycle)?;
     snapshot.finish()?;
     Ok(())
 }
@@ -340,80 +354,299 @@ fn contacts(conn: &Connection, only: Option<&PublicKey>) -> Result<Vec<ContactRe
     Ok(rows.collect::<rusqlite::Result<_>>()?)
 }
 
-/// Reads every message with its events, merging the two cursors, and
-/// sends them in chunks.
+/// The message columns the export reads, in the order of [`raw`] records
+/// (`contact` is not a column: it comes from the contacts read first).
+const FIELDS: [&str; 13] = [
+    "msg_id",
+    "peer_key",
+    "contact",
+    "direction",
+    "body",
+    "status",
+    "created_at",
+    "sent_at",
+    "delivered_at",
+    "read_at",
+    "received_at",
+    "failed_at",
+    "failure_reason",
+];
+
+/// The event columns, in the order of [`raw`] records.
+const EVENT_FIELDS: [&str; 3] = ["status", "at", "detail"];
+
+/// Reads every message with its events, merging two cursors ordered by
+/// message id (no query per message), and sends them as [`raw`] records
+/// in chunks of about [`CHUNK_BYTES`]: the rows' text is copied once, and
+/// the JSON is made on the writing thread.
 fn messages(
     conn: &Connection,
     only: Option<&PublicKey>,
-    names: &HashMap<String, String>,
+    names: &HashMap<Vec<u8>, String>,
     tx: &mpsc::SyncSender<Chunk>,
+    recycle: &mpsc::Receiver<Vec<u8>>,
 ) -> Result<(), Error> {
-    let peer = Value::from(only.map(PublicKey::to_base64));
-    // Contact names come from `names`: a join per row costs more.
-    let columns = MESSAGE_COLUMNS.replace("c.name", "NULL");
-    let mut msg_stmt = conn.prepare(&format!(
-        "SELECT {columns} FROM messages AS m
-         WHERE ?1 IS NULL OR m.peer_key = ?1 ORDER BY m.id"
-    ))?;
-    let mut ev_stmt = conn.prepare(
-        "SELECT e.message_id, e.status, e.at, e.detail
-         FROM message_events AS e
-         WHERE ?1 IS NULL
-            OR e.message_id IN (SELECT id FROM messages WHERE peer_key = ?1)
-         ORDER BY e.message_id, e.seq",
-    )?;
-    let mut msgs = msg_stmt.query([&peer])?;
-    let mut evs = ev_stmt.query([&peer])?;
-    let mut next_event = read_event(evs.next()?)?;
-    let mut batch = Vec::with_capacity(CHUNK);
+    const COLUMNS: &str = "id, msg_id, peer_key, direction, body, status, created_at, sent_at, \
+         delivered_at, read_at, received_at, failed_at, failure_reason";
+    let peer = only.map(PublicKey::to_base64);
+    let (mut msg_stmt, mut ev_stmt) = if peer.is_some() {
+        (
+            conn.prepare(&format!(
+                "SELECT {COLUMNS} FROM messages WHERE peer_key = ?1 ORDER BY id"
+            ))?,
+            conn.prepare(
+                "SELECT message_id, status, at, detail FROM message_events
+                 WHERE message_id IN (SELECT id FROM messages WHERE peer_key = ?1)
+                 ORDER BY message_id, seq",
+            )?,
+        )
+    } else {
+        (
+            conn.prepare(&format!("SELECT {COLUMNS} FROM messages ORDER BY id"))?,
+            conn.prepare(
+                "SELECT message_id, status, at, detail FROM message_events
+                 ORDER BY message_id, seq",
+            )?,
+        )
+    };
+    let (mut msgs, mut evs) = match &peer {
+        Some(peer) => (msg_stmt.query([peer])?, ev_stmt.query([peer])?),
+        None => (msg_stmt.query([])?, ev_stmt.query([])?),
+    };
+    let fresh = || match recycle.try_recv() {
+        Ok(mut used) => {
+            used.clear();
+            used
+        }
+        Err(_) => Vec::with_capacity(CHUNK_BYTES + (1 << 16)),
+    };
+    // The next event not yet placed: its message id, its raw fields in `event`.
+    let mut event = Vec::with_capacity(256);
+    let mut next_event = read_event(&mut evs, &mut event)?;
+    let mut buf = fresh();
+    let mut count = 0u64;
     while let Some(row) = msgs.next()? {
-        let mut message = message_from_row(row)?;
-        message.contact = names.get(&message.peer_key).cloned();
-        let mut events = Vec::new();
+        let id: i64 = row.get(0)?;
+        raw::column(&mut buf, row, 1, FIELDS[0])?;
+        let peer_key = raw::column(&mut buf, row, 2, FIELDS[1])?;
+        raw::put(
+            &mut buf,
+            peer_key.and_then(|k| names.get(k)).map(String::as_bytes),
+        );
+        for (i, name) in FIELDS.iter().enumerate().skip(3) {
+            raw::column(&mut buf, row, i, name)?;
+        }
+        let at = buf.len();
+        buf.extend_from_slice(&0u32.to_le_bytes());
+        let mut events = 0u32;
         // Events of messages not exported are skipped; those of this
-        // message are collected.
-        while let Some((id, event)) = next_event.take() {
-            if id > message.id {
-                next_event = Some((id, event));
+        // message are appended.
+        while let Some(of) = next_event {
+            if of > id {
                 break;
             }
-            if id == message.id {
-                events.push(event);
+            if of == id {
+                buf.extend_from_slice(&event);
+                events += 1;
             }
-            next_event = read_event(evs.next()?)?;
+            next_event = read_event(&mut evs, &mut event)?;
         }
-        batch.push((message, events));
-        if batch.len() == CHUNK {
-            let full = std::mem::replace(&mut batch, Vec::with_capacity(CHUNK));
-            if tx.send(Chunk::Messages(full)).is_err() {
+        buf[at..at + 4].copy_from_slice(&events.to_le_bytes());
+        count += 1;
+        if buf.len() >= CHUNK_BYTES {
+            let full = std::mem::replace(&mut buf, fresh());
+            if tx.send(Chunk::Messages(full, count)).is_err() {
                 return Ok(());
             }
+            count = 0;
         }
     }
     // A closed channel means the writer stopped and reports why.
-    let _ = tx.send(Chunk::Messages(batch));
+    let _ = tx.send(Chunk::Messages(buf, count));
     Ok(())
 }
 
-fn read_event(row: Option<&rusqlite::Row<'_>>) -> rusqlite::Result<Option<(i64, Event)>> {
-    row.map(|r| {
-        Ok((
-            r.get(0)?,
-            Event {
-                status: r.get(1)?,
-                at: r.get(2)?,
-                detail: r.get(3)?,
-            },
+/// Reads the next event into `event` (raw fields) and returns its message
+/// id, or `None` at the end.
+fn read_event(evs: &mut rusqlite::Rows<'_>, event: &mut Vec<u8>) -> Result<Option<i64>, Error> {
+    let Some(row) = evs.next()? else {
+        return Ok(None);
+    };
+    event.clear();
+    let id: i64 = row.get(0)?;
+    for (i, name) in EVENT_FIELDS.iter().enumerate() {
+        raw::column(event, row, i + 1, name)?;
+    }
+    Ok(Some(id))
+}
+
+/// Rows in transit between the threads: each text field as its length
+/// (u32, little-endian; `u32::MAX` for NULL) and its bytes. A message is
+/// its [`FIELDS`], the number of its events (u32), then each event's
+/// [`EVENT_FIELDS`].
+mod raw {
+    use rusqlite::types::{Type, ValueRef};
+    use rusqlite::Row;
+
+    use super::Error;
+
+    const NULL: u32 = u32::MAX;
+
+    /// Appends one field.
+    pub(super) fn put(buf: &mut Vec<u8>, value: Option<&[u8]>) {
+        match value {
+            None => buf.extend_from_slice(&NULL.to_le_bytes()),
+            Some(text) => {
+                // SQLite's text is at most 2^31 - 1 bytes (SQLITE_MAX_LENGTH).
+                let len = u32::try_from(text.len()).unwrap_or(NULL - 1);
+                buf.extend_from_slice(&len.to_le_bytes());
+                buf.extend_from_slice(&text[..len as usize]);
+            }
+        }
+    }
+
+    /// Appends column `i` of `row`, which must be text or NULL, and returns it.
+    pub(super) fn column<'r>(
+        buf: &mut Vec<u8>,
+        row: &'r Row<'_>,
+        i: usize,
+        name: &str,
+    ) -> rusqlite::Result<Option<&'r [u8]>> {
+        let value = match row.get_ref(i)? {
+            ValueRef::Null => None,
+            ValueRef::Text(text) => Some(text),
+            other => {
+                return Err(rusqlite::Error::InvalidColumnType(
+                    i,
+                    name.to_owned(),
+                    other.data_type(),
+                ))
+            }
+        };
+        put(buf, value);
+        Ok(value)
+    }
+
+    /// Reads records back, field by field.
+    pub(super) struct Fields<'a> {
+        rest: &'a [u8],
+    }
+
+    impl<'a> Fields<'a> {
+        pub(super) fn new(bytes: &'a [u8]) -> Self {
+            Self { rest: bytes }
+        }
+
+        fn u32(&mut self) -> Result<u32, Error> {
+            let (head, rest) = self.rest.split_first_chunk::<4>().ok_or_else(truncated)?;
+            self.rest = rest;
+            Ok(u32::from_le_bytes(*head))
+        }
+
+        /// The next field: `None` for NULL.
+        pub(super) fn field(&mut self) -> Result<Option<&'a [u8]>, Error> {
+            let len = self.u32()?;
+            if len == NULL {
+                return Ok(None);
+            }
+            let (text, rest) = self
+                .rest
+                .split_at_checked(len as usize)
+                .ok_or_else(truncated)?;
+            self.rest = rest;
+            Ok(Some(text))
+        }
+
+        /// The next field as text, checked as UTF-8 (as reading a `String`
+        /// column would); `None` for NULL.
+        pub(super) fn text(&mut self, i: usize) -> Result<Option<&'a str>, Error> {
+            self.field()?
+                .map(|bytes| {
+                    std::str::from_utf8(bytes).map_err(|e| {
+                        rusqlite::Error::FromSqlConversionFailure(i, Type::Text, Box::new(e)).into()
+                    })
+                })
+                .transpose()
+        }
+
+        /// The next field as text that must not be NULL.
+        pub(super) fn required(&mut self, i: usize, name: &str) -> Result<&'a str, Error> {
+            self.text(i)?.ok_or_else(|| {
+                rusqlite::Error::InvalidColumnType(i, name.to_owned(), Type::Null).into()
+            })
+        }
+
+        /// A count.
+        pub(super) fn count(&mut self) -> Result<u32, Error> {
+            self.u32()
+        }
+    }
+
+    fn truncated() -> Error {
+        Error::Write(std::io::Error::other(
+            "the export's row buffer is truncated",
         ))
-    })
-    .transpose()
+    }
+}
+
+/// The JSON of each direction and status, as serde writes them.
+struct Enums {
+    direction: Vec<(&'static str, Vec<u8>)>,
+    status: Vec<(&'static str, Vec<u8>)>,
+}
+
+impl Enums {
+    fn new() -> Result<Self, Error> {
+        fn table<T: serde::Serialize + Copy>(
+            all: &[T],
+            text: fn(T) -> &'static str,
+        ) -> Result<Vec<(&'static str, Vec<u8>)>, Error> {
+            all.iter()
+                .map(|v| Ok((text(*v), serde_json::to_vec(v).map_err(json_write)?)))
+                .collect()
+        }
+        Ok(Self {
+            direction: table(Direction::ALL, Direction::as_str)?,
+            status: table(Status::ALL, Status::as_str)?,
+        })
+    }
+
+    /// The JSON of the value stored as `text`, or the error reading it as
+    /// a `T` gives.
+    fn json<'t, T: std::str::FromStr<Err = String>>(
+        table: &'t [(&'static str, Vec<u8>)],
+        text: &str,
+        i: usize,
+    ) -> Result<&'t [u8], Error> {
+        if let Some((_, json)) = table.iter().find(|(stored, _)| *stored == text) {
+            return Ok(json);
+        }
+        let problem = match text.parse::<T>() {
+            Ok(_) => format!("'{text}' has no JSON form"),
+            Err(e) => e,
+        };
+        Err(rusqlite::Error::FromSqlConversionFailure(i, Type::Text, problem.into()).into())
+    }
+}
+
+/// Whether `text` is a UUID as [`MessageId`] writes it (hyphenated, lower
+/// case): then it is written as it is, else parsed and written again.
+fn is_canonical_uuid(text: &[u8]) -> bool {
+    text.len() == 36
+        && text.iter().enumerate().all(|(i, &c)| match i {
+            8 | 13 | 18 | 23 => c == b'-',
+            _ => c.is_ascii_digit() || (b'a'..=b'f').contains(&c),
+        })
 }
 
 /// Lays records out as a document or as lines.
 struct Writer<'a> {
     out: &'a mut dyn Write,
     layout: Layout,
+    /// One header or contact record.
     buf: Vec<u8>,
+    /// Messages' JSON, written out every [`WRITE_BYTES`].
+    json: Vec<u8>,
 }
 
 impl Writer<'_> {
@@ -464,12 +697,91 @@ impl Writer<'_> {
         Ok(())
     }
 
-    fn message(&mut self, message: &Message, events: &[Event], first: bool) -> Result<(), Error> {
-        self.open_object("message", message)?;
-        self.buf.extend_from_slice(b",\"events\":");
-        serde_json::to_writer(&mut self.buf, events).map_err(json_write)?;
-        self.buf.push(b'}');
-        self.emit(self.separator(first))
+    /// Appends the next message of `fields` (a [`raw`] record) as JSON:
+    /// byte for byte what serialising a [`crate::store::Message`] and its
+    /// [`crate::store::messages::Event`]s with serde_json gives.
+    fn message(
+        &mut self,
+        fields: &mut raw::Fields<'_>,
+        enums: &Enums,
+        first: bool,
+    ) -> Result<(), Error> {
+        let separator = self.separator(first);
+        let out = &mut self.json;
+        out.extend_from_slice(separator);
+        out.extend_from_slice(match self.layout {
+            Layout::Json => b"{",
+            Layout::Jsonl => b"{\"kind\":\"message\",",
+        });
+        for (i, name) in FIELDS.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            out.push(b'"');
+            out.extend_from_slice(name.as_bytes());
+            out.extend_from_slice(b"\":");
+            match i {
+                0 => {
+                    let text = fields.required(i, name)?;
+                    if is_canonical_uuid(text.as_bytes()) {
+                        out.push(b'"');
+                        out.extend_from_slice(text.as_bytes());
+                        out.push(b'"');
+                    } else {
+                        let id = MessageId::parse(text).map_err(|e| {
+                            rusqlite::Error::FromSqlConversionFailure(i, Type::Text, Box::new(e))
+                        })?;
+                        json_out::string(out, &id.to_text());
+                    }
+                }
+                3 => out.extend_from_slice(Enums::json::<Direction>(
+                    &enums.direction,
+                    fields.required(i, name)?,
+                    i,
+                )?),
+                5 => out.extend_from_slice(Enums::json::<Status>(
+                    &enums.status,
+                    fields.required(i, name)?,
+                    i,
+                )?),
+                1 | 4 | 6 => json_out::string(out, fields.required(i, name)?),
+                _ => match fields.text(i)? {
+                    Some(text) => json_out::string(out, text),
+                    None => out.extend_from_slice(b"null"),
+                },
+            }
+        }
+        out.extend_from_slice(b",\"events\":[");
+        for n in 0..fields.count()? {
+            if n > 0 {
+                out.push(b',');
+            }
+            out.extend_from_slice(b"{\"status\":");
+            out.extend_from_slice(Enums::json::<Status>(
+                &enums.status,
+                fields.required(1, EVENT_FIELDS[0])?,
+                1,
+            )?);
+            out.extend_from_slice(b",\"at\":");
+            json_out::string(out, fields.required(2, EVENT_FIELDS[1])?);
+            if let Some(detail) = fields.text(3)? {
+                out.extend_from_slice(b",\"detail\":");
+                json_out::string(out, detail);
+            }
+            out.push(b'}');
+        }
+        out.extend_from_slice(b"]}");
+        if out.len() >= WRITE_BYTES {
+            self.flush_json()?;
+        }
+        Ok(())
+    }
+
+    /// Writes the messages' JSON gathered so far.
+    fn flush_json(&mut self) -> Result<(), Error> {
+        self.out.write_all(&self.json).map_err(Error::Write)?;
+        self.json.clear();
+        Ok(())
     }
 
     fn separator(&self, first: bool) -> &'static [u8] {
@@ -481,6 +793,7 @@ impl Writer<'_> {
     }
 
     fn end(&mut self) -> Result<(), Error> {
+        self.flush_json()?;
         let tail: &[u8] = match self.layout {
             Layout::Json => b"\n]}\n",
             Layout::Jsonl => b"\n",

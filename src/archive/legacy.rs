@@ -126,11 +126,15 @@ fn write(
             let record = to_record(&peer, index, m)
                 .map_err(|problem| malformed(&format!("{}, message {index}", at(path)), problem))?;
             let settle = (!m.incoming).then(|| (record.msg_id, record.created_at.clone()));
+            let added_before = importer.messages_added();
             importer
                 .message(record)
                 .map_err(|f| super::import::fault_at(f, &at(path)))?;
-            // Imported as `sent` by an earlier chat-p2p: settled now.
-            if let Some((msg_id, at_time)) = settle {
+            // Imported as `sent` by an earlier chat-p2p: settled now. A
+            // message this import just added is `delivered` already, so
+            // only one that was there before is looked up again.
+            let added = importer.messages_added() > added_before;
+            if let Some((msg_id, at_time)) = settle.filter(|_| !added) {
                 importer
                     .settle_as_delivered(&msg_id, &at_time, ASSUMED)
                     .map_err(|f| super::import::fault_at(f, &at(path)))?;

@@ -8,6 +8,7 @@
 mod export;
 mod import;
 mod import_doc;
+mod json_out;
 mod legacy;
 mod reader;
 pub mod sealed;

@@ -299,6 +299,11 @@ mod tests {
             .pragma_query_value(None, "synchronous", |r| r.get(0))
             .unwrap();
         assert_eq!(sync, 2);
+        let temp: i64 = store
+            .conn()
+            .pragma_query_value(None, "temp_store", |r| r.get(0))
+            .unwrap();
+        assert_eq!(temp, 2);
         // Live inserts are indexed again.
         let peer = Identity::generate().public_key();
         store.insert_outgoing(&peer, "after import").unwrap();
