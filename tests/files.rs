@@ -499,7 +499,7 @@ impl SmallDisk {
     fn mount() -> Option<SmallDisk> {
         let dir = tempfile::tempdir().unwrap();
         let ok = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"])
+            .args(["-t", "tmpfs", "-o", "size=4m", "tmpfs"])
             .arg(dir.path())
             .stderr(Stdio::null())
             .status()
@@ -547,7 +547,8 @@ fn on_disk(disk: &SmallDisk, profile: &str, args: &[&str]) -> (i32, String) {
 
 #[test]
 fn a_full_or_read_only_disk_is_reported_as_such() {
-    // Needs root (here, the test machine runs as root): a 1 MB tmpfs.
+    // Needs root (here, the test machine runs as root): a 4 MB tmpfs, room
+    // for two fresh profiles (16 KiB pages: about 640 KB each) and no more.
     let Some(disk) = SmallDisk::mount() else {
         eprintln!("not run: mounting a tmpfs needs root");
         return;
