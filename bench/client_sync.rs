@@ -14,16 +14,18 @@
 //! `CLIENT_SYNC_ROUTER_ARGS="--delivery-window 1024"` passes options to the
 //! router.
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use chat_p2p::client::connection::{self, ServerUrl};
+use chat_p2p::client::connection::ServerUrl;
 use chat_p2p::identity::Identity;
-use chat_p2p::protocol::{self, Content, Frame};
+use chat_p2p::protocol::{self, Content};
 
-const BIN: &str = env!("CARGO_BIN_EXE_chat-p2p");
+#[path = "common.rs"]
+mod common;
+
+use common::{cores, median, BIN};
 
 fn main() {
     let args: Vec<String> = std::env::args()
@@ -34,7 +36,15 @@ fn main() {
     let runs: usize = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(3);
     let dir = tempfile::tempdir().expect("temp dir");
     let home = dir.path().join("home");
-    let (mut router, url) = start_router(&dir.path().join("router"), 2 * n);
+    let (mut router, url) = common::start_router(
+        &dir.path().join("router"),
+        2 * n,
+        &std::env::var("CLIENT_SYNC_ROUTER_ARGS")
+            .unwrap_or_default()
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect::<Vec<_>>(),
+    );
 
     let alice = Identity::generate();
     let bob = new_profile(BIN, &home, &alice);
@@ -58,7 +68,7 @@ fn main() {
     let mut base_rss = Vec::new();
     for run in 1..=runs {
         if let Some((bin, home, key)) = &baseline {
-            rt.block_on(fill(&url, &alice, key, n));
+            rt.block_on(common::fill(&url, &alice, key, n, None, 2_000));
             let (wall, kib, received, cpu) = timed_sync(bin, home, &url);
             assert_eq!(received, n, "baseline sync received {received} of {n}");
             let rate = n as f64 / wall.as_secs_f64();
@@ -72,7 +82,7 @@ fn main() {
             base_rss.push(kib as f64);
         }
         let t = Instant::now();
-        rt.block_on(fill(&url, &alice, &bob, n));
+        rt.block_on(common::fill(&url, &alice, &bob, n, None, 2_000));
         let fill = t.elapsed();
         let (wall, kib, received, cpu) = timed_sync(BIN, &home, &url);
         assert_eq!(received, n, "sync received {received} of {n}");
@@ -111,34 +121,6 @@ fn main() {
     let _ = router.wait();
 }
 
-fn start_router(data: &Path, n: usize) -> (Child, ServerUrl) {
-    let mut child = Command::new(BIN)
-        .args(["router", "--listen", "127.0.0.1:0", "--data"])
-        .arg(data)
-        .args([
-            "--max-queued",
-            &(n + 1000).to_string(),
-            "--max-rate",
-            "1000000",
-        ])
-        .args(
-            std::env::var("CLIENT_SYNC_ROUTER_ARGS")
-                .unwrap_or_default()
-                .split_whitespace(),
-        )
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start the router");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().expect("stdout"))
-        .read_line(&mut line)
-        .expect("router's first line");
-    let addr = line.trim().trim_start_matches("listening on ");
-    let url = ServerUrl::parse(&format!("ws://{addr}/ws")).expect("url");
-    (child, url)
-}
-
 /// A fresh profile in `home` (made by `bin`) with alice as a contact;
 /// returns its key.
 fn new_profile(bin: &str, home: &Path, alice: &Identity) -> chat_p2p::identity::PublicKey {
@@ -165,38 +147,6 @@ fn cli(bin: &str, home: &Path, args: &[&str]) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// Sends `n` messages from alice to bob, at most a window unacknowledged.
-async fn fill(url: &ServerUrl, alice: &Identity, bob: &chat_p2p::identity::PublicKey, n: usize) {
-    const WINDOW: usize = 2_000;
-    let device = chat_p2p::store::device::Device::control();
-    let mut conn = connection::connect(url, alice, &device, Duration::from_secs(10))
-        .await
-        .expect("connect as alice");
-    let ts = chat_p2p::clock::now();
-    let (mut sent, mut acked) = (0, 0);
-    while acked < n {
-        let batch: Vec<Frame> = (sent..n.min(acked + WINDOW))
-            .map(|i| {
-                let content = Content::text(format!("message number {i} about the usual things"));
-                let m =
-                    protocol::seal(alice, bob, uuid::Uuid::now_v7(), &ts, &content).expect("seal");
-                Frame::Message(m)
-            })
-            .collect();
-        sent += batch.len();
-        conn.send(&batch).await.expect("send");
-        let frames = conn.recv_batch().await.expect("receive").expect("open");
-        for frame in frames {
-            match frame {
-                Frame::Ack(_) => acked += 1,
-                Frame::Error(e) => panic!("router refused: {e:?}"),
-                _ => {}
-            }
-        }
-    }
-    conn.close().await;
 }
 
 /// Runs `sync` for bob under `/usr/bin/time`; returns wall time, peak RSS
@@ -274,13 +224,4 @@ fn crypto_baseline(alice: &Identity, n: usize) -> (f64, f64) {
     }
     let open = n as f64 / t.elapsed().as_secs_f64();
     (strict, open)
-}
-
-fn median(values: &mut [f64]) -> f64 {
-    values.sort_by(f64::total_cmp);
-    values[values.len() / 2]
-}
-
-fn cores() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get())
 }

@@ -23,17 +23,18 @@
 //! To profile a sync, set `CLIENT_SYNC_WRAP="valgrind --tool=callgrind"`
 //! (or `perf record -g`) as for `client_sync`.
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use chat_p2p::client::connection::{self, ServerUrl};
+use chat_p2p::client::connection::ServerUrl;
 use chat_p2p::identity::{Identity, PublicKey};
-use chat_p2p::protocol::{self, Content, Frame};
 use chat_p2p::store::{ContactName, Store};
 
-const BIN: &str = env!("CARGO_BIN_EXE_chat-p2p");
+#[path = "common.rs"]
+mod common;
+
+use common::{cores, median, BIN};
 
 /// How many peers the profile writes to or hears from.
 const PEERS: usize = 20;
@@ -102,7 +103,7 @@ fn measure(rt: &tokio::runtime::Runtime, case: Case, n: usize, routers: usize) -
     let mut children = Vec::new();
     let mut urls = Vec::new();
     for i in 0..routers {
-        let (child, url) = start_router(&dir.path().join(format!("router{i}")), n);
+        let (child, url) = common::start_router(&dir.path().join(format!("router{i}")), n, &[]);
         children.push(child);
         urls.push(url);
     }
@@ -147,7 +148,7 @@ fn measure(rt: &tokio::runtime::Runtime, case: Case, n: usize, routers: usize) -
         rt.block_on(async {
             for (i, peer) in peers.iter().enumerate() {
                 let share = n / PEERS + usize::from(i < n % PEERS);
-                fill(home, peer, peer_home(i), &me, share).await;
+                common::fill(home, peer, &me, share, Some(peer_home(i)), 1_000).await;
             }
         });
     }
@@ -170,29 +171,6 @@ fn measure(rt: &tokio::runtime::Runtime, case: Case, n: usize, routers: usize) -
         let _ = child.wait();
     }
     n as f64 / wall.as_secs_f64()
-}
-
-fn start_router(data: &Path, n: usize) -> (Child, ServerUrl) {
-    let mut child = Command::new(BIN)
-        .args(["router", "--listen", "127.0.0.1:0", "--data"])
-        .arg(data)
-        .args([
-            "--max-queued",
-            &(n + 1000).to_string(),
-            "--max-rate",
-            "1000000",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start the router");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().expect("stdout"))
-        .read_line(&mut line)
-        .expect("router's first line");
-    let addr = line.trim().trim_start_matches("listening on ");
-    let url = ServerUrl::parse(&format!("ws://{addr}/ws")).expect("url");
-    (child, url)
 }
 
 fn cli(home: &Path, args: &[&str]) -> String {
@@ -218,48 +196,6 @@ fn count(db: &Path, sql: &str) -> usize {
         .conn()
         .query_row(sql, [], |r| r.get::<_, i64>(0))
         .expect("count") as usize
-}
-
-/// Sends `n` messages from `peer` (whose home is `peer_home`, announced in
-/// each text) to `to` at `router`, at most a window unacknowledged.
-async fn fill(
-    router: &ServerUrl,
-    peer: &Identity,
-    peer_home: &ServerUrl,
-    to: &PublicKey,
-    n: usize,
-) {
-    const WINDOW: usize = 1_000;
-    let device = chat_p2p::store::device::Device::control();
-    let mut conn = connection::connect(router, peer, &device, Duration::from_secs(10))
-        .await
-        .expect("connect as a peer");
-    let ts = chat_p2p::clock::now();
-    let (mut sent, mut acked) = (0, 0);
-    while acked < n {
-        let batch: Vec<Frame> = (sent..n.min(acked + WINDOW))
-            .map(|i| {
-                let content = Content::Text {
-                    body: format!("message number {i} about the usual things"),
-                    home: Some(peer_home.as_str().to_owned()),
-                };
-                let m =
-                    protocol::seal(peer, to, uuid::Uuid::now_v7(), &ts, &content).expect("seal");
-                Frame::Message(m)
-            })
-            .collect();
-        sent += batch.len();
-        conn.send(&batch).await.expect("send");
-        let frames = conn.recv_batch().await.expect("receive").expect("open");
-        for frame in frames {
-            match frame {
-                Frame::Ack(_) => acked += 1,
-                Frame::Error(e) => panic!("router refused: {e:?}"),
-                _ => {}
-            }
-        }
-    }
-    conn.close().await;
 }
 
 /// Runs `sync` for the profile; returns its wall time and its JSON summary.
@@ -297,13 +233,4 @@ fn timed_sync(home: &Path, url: &ServerUrl) -> (Duration, serde_json::Value) {
     );
     let summary = serde_json::from_slice(&out.stdout).expect("sync --json");
     (wall, summary)
-}
-
-fn median(values: &mut [f64]) -> f64 {
-    values.sort_by(f64::total_cmp);
-    values[values.len() / 2]
-}
-
-fn cores() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get())
 }
