@@ -103,6 +103,19 @@ impl Address {
                 crate::render::untrusted_inline(text)
             )));
         }
+        // What an address promises: nothing a shell acts on. A URL parser
+        // lets `&`, `$`, `;`, quotes and the like through in a host or path.
+        if let Some(c) = url
+            .as_str()
+            .chars()
+            .find(|c| !(c.is_ascii_alphanumeric() || "-._~:/%[]".contains(*c)))
+        {
+            return Err(AddressError::BadRouter(format!(
+                "'{}' contains '{c}', which a router address in chat-p2p cannot hold \
+                 (letters, digits and - . _ ~ : / % [ ] only)",
+                crate::render::untrusted_inline(text)
+            )));
+        }
         Ok(url)
     }
 }
@@ -200,6 +213,8 @@ mod tests {
                 "plain ASCII",
             ),
             (format!("chat-p2p:{k}@"), "router"),
+            (format!("chat-p2p:{k}@ws://a&"), "'&'"),
+            (format!("chat-p2p:{k}@ws://r.example/$(reboot)"), "router"),
             (format!("chat-p2p:{k}@wss://{}", "a".repeat(400)), "longer"),
         ];
         for (text, why) in cases {
