@@ -186,8 +186,45 @@ pub fn insert_incoming_tx(
     body: &str,
     created_at: &str,
 ) -> Result<Inserted> {
-    let now = clock::now();
-    let created_at = clock::normalize(created_at).unwrap_or_else(|| now.clone());
+    let contact: Option<String> = tx
+        .prepare_cached("SELECT name FROM contacts WHERE public_key = ?1")?
+        .query_row([peer.to_base64()], |row| row.get(0))
+        .optional()?;
+    let incoming = Incoming {
+        msg_id,
+        peer,
+        contact: contact.as_deref(),
+        body,
+        created_at,
+    };
+    insert_incoming_at_tx(tx, &incoming, &clock::now())
+}
+
+/// A message received, as [`insert_incoming_at_tx`] stores it.
+#[derive(Debug, Clone, Copy)]
+pub struct Incoming<'a> {
+    /// The sender's id for it.
+    pub msg_id: &'a MessageId,
+    /// Its sender.
+    pub peer: &'a PublicKey,
+    /// The sender's contact name, if a contact.
+    pub contact: Option<&'a str>,
+    /// The text.
+    pub body: &'a str,
+    /// The author's clock (any RFC 3339 form; normalized here).
+    pub created_at: &'a str,
+}
+
+/// [`insert_incoming_tx`] for a batch: the caller knows the sender's
+/// contact name and gives the time of storing (`now`, one for the whole
+/// transaction), so storing a message reads nothing back.
+pub fn insert_incoming_at_tx(
+    tx: &Transaction<'_>,
+    incoming: &Incoming<'_>,
+    now: &str,
+) -> Result<Inserted> {
+    let created_at = clock::normalize(incoming.created_at).unwrap_or_else(|| now.to_owned());
+    let peer_key = incoming.peer.to_base64();
     let added = tx
         .prepare_cached(
             "INSERT INTO messages
@@ -195,12 +232,34 @@ pub fn insert_incoming_tx(
              VALUES (?1, ?2, 'in', ?3, 'received', ?4, ?5)
              ON CONFLICT (peer_key, msg_id) WHERE direction = 'in' DO NOTHING",
         )?
-        .execute(params![msg_id, peer.to_base64(), body, created_at, now])?;
+        .execute(params![
+            incoming.msg_id,
+            peer_key,
+            incoming.body,
+            created_at,
+            now
+        ])?;
     if added == 0 {
         return Ok(Inserted::Duplicate);
     }
-    append_event(tx, tx.last_insert_rowid(), Status::Received, &now, None)?;
-    Ok(Inserted::New(Box::new(require_incoming(tx, peer, msg_id)?)))
+    let id = tx.last_insert_rowid();
+    append_event(tx, id, Status::Received, now, None)?;
+    Ok(Inserted::New(Box::new(Message {
+        id,
+        msg_id: *incoming.msg_id,
+        peer_key,
+        contact: incoming.contact.map(str::to_owned),
+        direction: Direction::In,
+        body: incoming.body.to_owned(),
+        status: Status::Received,
+        created_at,
+        sent_at: None,
+        delivered_at: None,
+        read_at: None,
+        received_at: Some(now.to_owned()),
+        failed_at: None,
+        failure_reason: None,
+    })))
 }
 
 /// Moves our own message `msg_id` (see [`message_tx`]) to `status` at
