@@ -15,6 +15,7 @@
 
 use std::collections::hash_map::Entry;
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
 use ed25519_dalek::{Signature, VerifyingKey};
 use rusqlite::Transaction;
@@ -32,7 +33,8 @@ use crate::store::home::{
     note_announced_tx, pending_home_notices_tx, remove_home_notice_tx, Announced, HomeNotice,
 };
 use crate::store::messages::{
-    apply_status_tx, insert_incoming_tx, mark_incoming_read_tx, message_tx, outbox_after_tx,
+    apply_status_tx, insert_incoming_at_tx, mark_incoming_read_tx, message_tx, outbox_after_tx,
+    Incoming,
 };
 use crate::store::receipts::{
     pending_receipts_tx, queue_receipts_tx, remove_receipt_tx, unread_from_tx, PendingReceipt,
@@ -138,8 +140,9 @@ pub struct Engine {
     identity: Identity,
     me: PublicKey,
     /// Keys for messages from each peer to us: one X25519 + HKDF per peer,
-    /// not per message.
-    inbound_keys: HashMap<PublicKey, MessageKey>,
+    /// not per message. Shared with batches being opened on other threads
+    /// ([`Engine::prepare`]).
+    inbound_keys: HashMap<PublicKey, Arc<MessageKey>>,
     /// Keys for messages from us to each peer (and to our own key, for the
     /// other devices): derived once, as inbound ones.
     outbound_keys: HashMap<PublicKey, MessageKey>,
@@ -658,14 +661,67 @@ impl Engine {
 
     /// Handles frames from the router, in order.
     pub fn handle(&mut self, frames: Vec<Frame>) -> Result<Reaction, ClientError> {
-        let mut reaction = Reaction::default();
+        let opened = self.prepare(frames).open();
+        self.handle_opened(opened)
+    }
+
+    /// The first half of [`Engine::handle`]: sorts `frames` and takes the
+    /// keys their messages need (deriving those of new peers), so that
+    /// [`Prepared::open`] can verify, decrypt and parse them on other
+    /// threads while this engine stores the previous batch. Batches must be
+    /// handed to [`Engine::handle_opened`] in the order they were prepared.
+    pub fn prepare(&self, frames: Vec<Frame>) -> Prepared {
         let mut messages = Vec::new();
-        let mut acks = Vec::new();
+        let mut others = Vec::new();
         for frame in frames {
             match frame {
                 Frame::Message(m) => messages.push(m),
+                other => others.push(other),
+            }
+        }
+        let mut keys: HashMap<PublicKey, Result<Arc<MessageKey>, String>> = HashMap::new();
+        let mut fresh = HashSet::new();
+        for frame in &messages {
+            if frame.to != self.me || keys.contains_key(&frame.from) {
+                continue;
+            }
+            let key = match self.inbound_keys.get(&frame.from) {
+                Some(key) => Ok(Arc::clone(key)),
+                None => {
+                    fresh.insert(frame.from);
+                    crypto::message_key(&self.identity, &frame.from, &frame.from, &self.me)
+                        .map(Arc::new)
+                        .map_err(|e| protocol::ProtocolError::from(e).to_string())
+                }
+            };
+            keys.insert(frame.from, key);
+        }
+        Prepared {
+            others,
+            messages,
+            keys: Keys { me: self.me, keys },
+            fresh,
+        }
+    }
+
+    /// The second half of [`Engine::handle`]: applies a batch that
+    /// [`Prepared::open`] opened.
+    pub fn handle_opened(&mut self, batch: OpenedBatch) -> Result<Reaction, ClientError> {
+        let OpenedBatch {
+            others,
+            messages,
+            results,
+            mut keys,
+            fresh,
+        } = batch;
+        let mut reaction = Reaction::default();
+        let mut acks = Vec::new();
+        for frame in others {
+            match frame {
                 Frame::Ack(ack) => acks.push(ack),
                 Frame::Error(e) => self.on_error(e, &mut reaction)?,
+                // Sorted out by `prepare`.
+                Frame::Message(_) => {}
                 // Handshake frames mid-session mean nothing to us.
                 Frame::Challenge(_) | Frame::Auth(_) | Frame::Ready(_) | Frame::Synced => {}
                 // Device lists are answers to requests the chat never makes.
@@ -679,7 +735,18 @@ impl Engine {
             self.on_acks(&acks, &mut reaction)?;
         }
         if !messages.is_empty() {
-            self.on_messages(messages, &mut reaction)?;
+            // A key derived for this batch is kept only for a peer whose
+            // signature checked out: a forged sender leaves nothing behind.
+            let mut contents = Vec::with_capacity(results.len());
+            for (frame, (verified, content)) in messages.iter().zip(results) {
+                if verified && fresh.contains(&frame.from) {
+                    if let Some(Ok(key)) = keys.keys.remove(&frame.from) {
+                        self.inbound_keys.insert(frame.from, key);
+                    }
+                }
+                contents.push(content);
+            }
+            self.on_messages(messages, contents, &mut reaction)?;
         }
         self.settle_unattributed(&mut reaction)?;
         reaction.updates.append(&mut self.updates);
@@ -773,21 +840,26 @@ impl Engine {
         Ok(())
     }
 
-    /// Verifies, decrypts and stores a batch of messages in one transaction,
-    /// then answers with acks and delivered receipts.
+    /// Stores a batch of opened messages (see [`Engine::prepare`]) in one
+    /// transaction, then answers with acks and delivered receipts.
     fn on_messages(
         &mut self,
         frames: Vec<MessageFrame>,
+        contents: Vec<Opened>,
         reaction: &mut Reaction,
     ) -> Result<(), ClientError> {
-        // Crypto first, outside the transaction, on both cores.
-        let contents = self.open_all(&frames);
         let opened: Vec<(MessageFrame, Opened)> = frames.into_iter().zip(contents).collect();
         // Receipts go to contacts only: a stranger probing keys learns
         // nothing about whether this one is in use.
-        let contacts: HashSet<PublicKey> =
-            self.store.contacts()?.into_iter().map(|c| c.key).collect();
+        let contacts: HashMap<PublicKey, String> = self
+            .store
+            .contacts()?
+            .into_iter()
+            .map(|c| (c.key, c.name))
+            .collect();
         let tx = self.store.transaction()?;
+        // One time of storing for the whole transaction.
+        let now = clock::now();
         // A backlog arrives in batches: index it once per batch, not per row.
         let texts = opened
             .iter()
@@ -828,10 +900,17 @@ impl Engine {
                         )?;
                     }
                     // The store normalizes the author's timestamp.
-                    match insert_incoming_tx(&tx, &id, &frame.from, body, &frame.ts)? {
+                    let incoming = Incoming {
+                        msg_id: &id,
+                        peer: &frame.from,
+                        contact: contacts.get(&frame.from).map(String::as_str),
+                        body,
+                        created_at: &frame.ts,
+                    };
+                    match insert_incoming_at_tx(&tx, &incoming, &now)? {
                         Inserted::New(message) => {
                             self.tally.received += 1;
-                            if contacts.contains(&frame.from) {
+                            if contacts.contains_key(&frame.from) {
                                 delivered.entry(frame.from).or_default().push(id);
                             }
                             let message = if early {
@@ -936,40 +1015,6 @@ impl Engine {
         Ok(())
     }
 
-    /// Verifies, decrypts and parses every frame, in order: a large batch
-    /// split over two threads. Keys for new peers are derived first, here,
-    /// so the threads only read them; one is kept only for a peer whose
-    /// signature checked out.
-    fn open_all(&mut self, frames: &[MessageFrame]) -> Vec<Opened> {
-        let mut fresh: HashMap<PublicKey, Result<MessageKey, String>> = HashMap::new();
-        for frame in frames {
-            if frame.to == self.me
-                && !self.inbound_keys.contains_key(&frame.from)
-                && !fresh.contains_key(&frame.from)
-            {
-                let key = crypto::message_key(&self.identity, &frame.from, &frame.from, &self.me)
-                    .map_err(|e| protocol::ProtocolError::from(e).to_string());
-                fresh.insert(frame.from, key);
-            }
-        }
-        let keys = Keys {
-            me: &self.me,
-            known: &self.inbound_keys,
-            fresh: &fresh,
-        };
-        let results = in_parallel(frames, |chunk| open_chunk(chunk, &keys));
-        let mut opened = Vec::with_capacity(results.len());
-        for (frame, (verified, content)) in frames.iter().zip(results) {
-            if verified {
-                if let Some(Ok(key)) = fresh.remove(&frame.from) {
-                    self.inbound_keys.insert(frame.from, key);
-                }
-            }
-            opened.push(content);
-        }
-        opened
-    }
-
     fn seal_text(&mut self, message: &Message) -> Result<Frame, ClientError> {
         let peer =
             PublicKey::parse(&message.peer_key).map_err(|e| ClientError::Corrupt(e.to_string()))?;
@@ -1052,12 +1097,58 @@ impl Engine {
 /// What a frame holds once checked: its content, or why it was refused.
 type Opened = Result<Content, String>;
 
-/// The message keys [`open_chunk`] reads: cached ones, and those derived
-/// for this batch (or why a peer's key could not be derived).
-struct Keys<'a> {
-    me: &'a PublicKey,
-    known: &'a HashMap<PublicKey, MessageKey>,
-    fresh: &'a HashMap<PublicKey, Result<MessageKey, String>>,
+/// The message keys a batch's messages need, by sender: cached ones, and
+/// those derived for this batch (or why a peer's key could not be
+/// derived).
+#[derive(Debug)]
+struct Keys {
+    me: PublicKey,
+    keys: HashMap<PublicKey, Result<Arc<MessageKey>, String>>,
+}
+
+/// A batch of frames from the router whose messages are not opened yet
+/// (see [`Engine::prepare`]). Owns all it needs, so it can move to another
+/// thread.
+#[derive(Debug)]
+pub struct Prepared {
+    others: Vec<Frame>,
+    messages: Vec<MessageFrame>,
+    keys: Keys,
+    fresh: HashSet<PublicKey>,
+}
+
+impl Prepared {
+    /// How many messages the batch holds.
+    pub fn messages(&self) -> usize {
+        self.messages.len()
+    }
+
+    /// Verifies, decrypts and parses every message, in order: a large
+    /// batch split over two threads. Touches no database.
+    pub fn open(self) -> OpenedBatch {
+        let keys = &self.keys;
+        let results = in_parallel(&self.messages, |chunk| open_chunk(chunk, keys));
+        OpenedBatch {
+            others: self.others,
+            messages: self.messages,
+            results,
+            keys: self.keys,
+            fresh: self.fresh,
+        }
+    }
+}
+
+/// A batch whose messages [`Prepared::open`] opened, for
+/// [`Engine::handle_opened`].
+#[derive(Debug)]
+pub struct OpenedBatch {
+    others: Vec<Frame>,
+    messages: Vec<MessageFrame>,
+    /// Per message: whether its signature checked out, and its content or
+    /// why it was refused.
+    results: Vec<(bool, Opened)>,
+    keys: Keys,
+    fresh: HashSet<PublicKey>,
 }
 
 /// Runs `work` over `frames`, split in two halves on two threads when
@@ -1086,7 +1177,7 @@ fn in_parallel<T: Send>(
 /// Checks the signatures of `frames` (see [`verify_chunk`]), then decrypts
 /// and parses those that passed. For each frame: whether its signature
 /// checked out, and its content or why it was refused.
-fn open_chunk(frames: &[MessageFrame], keys: &Keys<'_>) -> Vec<(bool, Opened)> {
+fn open_chunk(frames: &[MessageFrame], keys: &Keys) -> Vec<(bool, Opened)> {
     verify_chunk(frames)
         .into_iter()
         .zip(frames)
@@ -1094,24 +1185,21 @@ fn open_chunk(frames: &[MessageFrame], keys: &Keys<'_>) -> Vec<(bool, Opened)> {
             Err(e) => (false, Err(e.to_string())),
             Ok(()) => (
                 true,
-                open_verified(frame, keys).and_then(|c| sync::check_sender(c, frame, keys.me)),
+                open_verified(frame, keys).and_then(|c| sync::check_sender(c, frame, &keys.me)),
             ),
         })
         .collect()
 }
 
 /// Decrypts one message whose signature [`verify_chunk`] accepted.
-fn open_verified(frame: &MessageFrame, keys: &Keys<'_>) -> Opened {
-    if frame.to != *keys.me {
+fn open_verified(frame: &MessageFrame, keys: &Keys) -> Opened {
+    if frame.to != keys.me {
         return Err(protocol::ProtocolError::NotForMe.to_string());
     }
-    let key = match keys.known.get(&frame.from) {
-        Some(key) => key,
-        None => match keys.fresh.get(&frame.from) {
-            Some(Ok(key)) => key,
-            Some(Err(e)) => return Err(e.clone()),
-            None => return Err(protocol::ProtocolError::NotForMe.to_string()),
-        },
+    let key = match keys.keys.get(&frame.from) {
+        Some(Ok(key)) => key,
+        Some(Err(e)) => return Err(e.clone()),
+        None => return Err(protocol::ProtocolError::NotForMe.to_string()),
     };
     let ad = protocol::message_ad(&frame.id, &frame.from, &frame.to, &frame.ts);
     let plaintext = crypto::decrypt(key, &frame.payload.nonce, &ad, &frame.payload.ciphertext)

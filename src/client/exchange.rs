@@ -1,18 +1,26 @@
 //! One short session for `send` and `sync`: connect, send the outbox, take
 //! in what arrives, and stop when the work is done or time is up.
 
+use std::collections::VecDeque;
 use std::time::Duration;
 
+use tokio::task::JoinHandle;
 use tokio::time::{sleep_until, Instant};
 
 use super::connection::{self, ServerUrl};
 use super::courier::{Courier, Persistence};
+use super::engine::OpenedBatch;
 use super::follow::POLL;
 use super::{ClientError, Engine, Update};
 use crate::protocol::Frame;
 
 /// Pause before sending again what the router refused for now.
 const RETRY_PAUSE: Duration = Duration::from_secs(1);
+
+/// Batches from the router being opened (verified, decrypted, parsed) on
+/// other threads at once, while the engine stores an earlier one: with two
+/// the next batch is ready when a commit ends, and memory stays bounded.
+const OPENING: usize = 2;
 
 /// When an exchange is done.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -124,8 +132,11 @@ async fn session(
     let mut seen_version = engine.store().data_version()?;
     let mut poll = tokio::time::interval(POLL);
     poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Batches received and being opened, oldest first; handled in order.
+    let mut opening: VecDeque<Opening> = VecDeque::new();
     loop {
-        let done = engine.in_flight() == 0
+        let done = opening.is_empty()
+            && engine.in_flight() == 0
             && retry_at.is_none()
             && (until == Until::Acked || synced)
             && !courier.busy(engine)?;
@@ -133,6 +144,9 @@ async fn session(
             break;
         }
         tokio::select! {
+            // Taking the next batch off the socket comes before storing the
+            // one opened: its opening then overlaps the store and commit.
+            biased;
             () = sleep_until(deadline) => {
                 return Err(ClientError::Timeout {
                     secs: timeout.as_secs(),
@@ -160,12 +174,15 @@ async fn session(
                 engine.take_updates().iter().for_each(&mut *on_update);
                 conn.send(&frames).await?;
             }
-            batch = conn.recv_batch() => {
+            batch = conn.recv_batch(), if opening.len() < OPENING => {
                 let Some(frames) = batch? else {
                     return Err(ClientError::Closed("the router ended the session".into()));
                 };
                 synced |= frames.iter().any(|f| matches!(f, Frame::Synced));
-                let reaction = engine.handle(frames)?;
+                opening.push_back(Opening::start(engine, frames));
+            }
+            opened = next_opened(&mut opening), if !opening.is_empty() => {
+                let reaction = engine.handle_opened(opened?)?;
                 conn.send(&reaction.send).await?;
                 // Acks made room in the send window.
                 if !reaction.retry {
@@ -184,6 +201,51 @@ async fn session(
     }
     conn.close().await;
     Ok(())
+}
+
+/// A batch from the router on its way to the engine.
+enum Opening {
+    /// Opened already (few messages: not worth a thread).
+    Ready(OpenedBatch),
+    /// Being opened on a blocking thread.
+    Running(JoinHandle<OpenedBatch>),
+}
+
+impl Opening {
+    /// Fewer messages than this are opened on the spot.
+    const THREAD_MIN: usize = 32;
+
+    fn start(engine: &Engine, frames: Vec<crate::protocol::Frame>) -> Self {
+        let prepared = engine.prepare(frames);
+        if prepared.messages() < Self::THREAD_MIN {
+            Self::Ready(prepared.open())
+        } else {
+            Self::Running(tokio::task::spawn_blocking(move || prepared.open()))
+        }
+    }
+}
+
+/// The oldest batch of `opening`, once opened. Cancel-safe: a batch leaves
+/// the queue only when this returns it.
+async fn next_opened(opening: &mut VecDeque<Opening>) -> Result<OpenedBatch, ClientError> {
+    if let Some(Opening::Running(job)) = opening.front_mut() {
+        let opened = job
+            .await
+            .map_err(|e| ClientError::Internal(format!("opening a batch of messages failed: {e}")));
+        opening.pop_front();
+        return opened;
+    }
+    match opening.pop_front() {
+        Some(Opening::Ready(batch)) => Ok(batch),
+        // Only a running batch is left at the front (handled above), and
+        // the caller does not wait on an empty queue.
+        other => {
+            if let Some(other) = other {
+                opening.push_front(other);
+            }
+            std::future::pending().await
+        }
+    }
 }
 
 /// Fetches, once, what still waits at the home router this profile moved

@@ -106,6 +106,10 @@ pub enum ClientError {
     /// A frame could not be built.
     #[error(transparent)]
     Protocol(#[from] ProtocolError),
+    /// A worker thread failed (a bug). Nothing it held was acknowledged,
+    /// so the router delivers it again.
+    #[error("internal error: {0}; nothing was lost (the router keeps what was not acknowledged): please report it")]
+    Internal(String),
 }
 
 impl ClientError {

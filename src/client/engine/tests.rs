@@ -529,6 +529,74 @@ fn a_forged_senders_key_is_not_kept() {
     assert_eq!(bob.engine.tally().received, 1);
 }
 
+/// `sync` opens the next batch while the engine stores the previous one:
+/// batches prepared before the earlier ones are handled keep their order,
+/// share a new peer's key, and acks still follow each batch's commit.
+#[test]
+fn batches_prepared_ahead_are_stored_in_order_and_share_new_keys() {
+    let (mut alice, mut bob) = friends();
+    let mut carol = party();
+    let bob_key = *bob.engine.me();
+    let mut batches: Vec<Vec<Frame>> = Vec::new();
+    for b in 0..3 {
+        batches.push(
+            (0..40)
+                .map(|n| {
+                    // carol is new to bob: her key is derived for the first
+                    // two batches, both prepared before either is handled.
+                    let from = if n % 2 == 0 { &mut carol } else { &mut alice };
+                    from.engine
+                        .compose(&bob_key, &format!("b{b} m{n}"))
+                        .unwrap()
+                        .1
+                })
+                .collect(),
+        );
+    }
+    // A forged frame "from carol" in the last batch leaves her key alone.
+    if let Frame::Message(m) = &mut batches[2][0] {
+        m.sig[1] ^= 1;
+    }
+    let ids: Vec<Vec<Uuid>> = batches
+        .iter()
+        .map(|b| b.iter().map(frame_id).collect())
+        .collect();
+    let mut batches = batches.into_iter();
+    let first = bob.engine.prepare(batches.next().unwrap()).open();
+    let second = bob.engine.prepare(batches.next().unwrap()).open();
+    let mut received = Vec::new();
+    for (n, opened) in [first, second].into_iter().enumerate() {
+        let r = bob.engine.handle_opened(opened).unwrap();
+        let acked: Vec<Uuid> = r
+            .send
+            .iter()
+            .filter_map(|f| match f {
+                Frame::Ack(a) => Some(a.id),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(acked, ids[n], "batch {n} acked whole, in order");
+        received.extend(r.updates.iter().filter_map(|u| match u {
+            Update::Received(m) => Some(m.body.clone()),
+            _ => None,
+        }));
+    }
+    assert_eq!(bob.engine.inbound_keys.len(), 2, "alice's and carol's");
+    let third = bob.engine.prepare(batches.next().unwrap()).open();
+    let r = bob.engine.handle_opened(third).unwrap();
+    received.extend(r.updates.iter().filter_map(|u| match u {
+        Update::Received(m) => Some(m.body.clone()),
+        _ => None,
+    }));
+    let expected: Vec<String> = (0..3)
+        .flat_map(|b| (0..40).map(move |n| format!("b{b} m{n}")))
+        .filter(|m| m != "b2 m0")
+        .collect();
+    assert_eq!(received, expected, "stored in the order received");
+    assert_eq!(bob.engine.tally().rejected, 1);
+    assert_eq!(bob.engine.inbound_keys.len(), 2);
+}
+
 #[test]
 fn a_long_outbox_goes_out_within_the_send_window() {
     let (mut alice, bob) = friends();
