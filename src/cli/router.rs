@@ -96,7 +96,7 @@ pub struct RouterArgs {
     #[arg(long, default_value_t = 300, value_name = "SECS", value_parser = bounded::<MAX_SECS>, requires = "redis")]
     recheck_interval: u64,
     /// Frames delivered to a client and not yet acknowledged, at most.
-    #[arg(long, default_value_t = 1024, value_name = "N", value_parser = positive::<usize>)]
+    #[arg(long, default_value_t = crate::router::DEFAULT_DELIVERY_WINDOW, value_name = "N", value_parser = positive::<usize>)]
     delivery_window: usize,
     /// Whom the router queues frames for: `any` key (what lets strangers
     /// reach the people whose home router this is), or only `known` keys,

@@ -25,9 +25,11 @@ pub const DEFAULT_SERVER: &str = "ws://localhost:8080/ws";
 pub const MAX_URL_LEN: usize = 256;
 
 /// The most frames taken from the socket into one batch: one transaction
-/// and one round of acks for all of them. Half the router's default
-/// delivery window, so the next batch arrives while this one is stored.
-const MAX_BATCH: usize = 512;
+/// (one fsync) and one round of acks for all of them. A quarter of the
+/// router's default delivery window, so `sync` can store one batch while
+/// it opens the next two (see `super::exchange`). A router with a smaller
+/// window just sends smaller batches.
+const MAX_BATCH: usize = 1024;
 
 /// The close code a router uses when a newer session of the same key
 /// replaced this one.

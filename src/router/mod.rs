@@ -37,6 +37,14 @@ use self::backend::{Backend, BackendError, ClusterEvent};
 use self::hub::Hub;
 use crate::protocol::{self, MAX_FRAME_BYTES};
 
+/// Frames a session may have delivered and not yet acknowledged, unless
+/// `--delivery-window` says otherwise. Four of the client's batches (1024
+/// frames): while the client stores one, the next two are being verified
+/// and decrypted and one more is on the way, so a backlog drains without
+/// the client and the router taking turns (see docs/BENCHMARKS.md, "Client
+/// drain"). What it costs: the ids of those frames, per draining session.
+pub const DEFAULT_DELIVERY_WINDOW: usize = 4096;
+
 /// Every limit and setting of a router. [`RouterConfig::new`] gives the
 /// defaults.
 #[derive(Debug, Clone)]
@@ -64,9 +72,8 @@ pub struct RouterConfig {
     /// How long a write to a client may take before it is dropped as too
     /// slow.
     pub write_timeout: Duration,
-    /// Most frames delivered to a client and not yet acknowledged. Twice
-    /// the client's batch, so the next batch is on its way while the client
-    /// stores one (see docs/BENCHMARKS.md, "Client drain").
+    /// Most frames delivered to a client and not yet acknowledged
+    /// ([`DEFAULT_DELIVERY_WINDOW`] unless set).
     pub delivery_window: usize,
     /// How long sessions get to finish on shutdown.
     pub shutdown_grace: Duration,
@@ -94,7 +101,7 @@ impl RouterConfig {
             ping_interval: Duration::from_secs(30),
             recheck_interval: Duration::from_secs(300),
             write_timeout: Duration::from_secs(10),
-            delivery_window: 1024,
+            delivery_window: DEFAULT_DELIVERY_WINDOW,
             shutdown_grace: Duration::from_secs(5),
             public_names: Vec::new(),
             recipients: recipients::Recipients::default(),
