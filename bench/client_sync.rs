@@ -10,7 +10,9 @@
 //! sync, set `CLIENT_SYNC_WRAP="valgrind --tool=callgrind"`. To compare
 //! with another build in the same run, set `CLIENT_SYNC_BASELINE` to its
 //! `chat-p2p` binary: every run then also syncs a second profile, filled
-//! the same way, with that binary (against the same router).
+//! the same way, with that binary (against the same router). `BENCH_BIN`
+//! replaces the build under test (and the router) with another binary,
+//! e.g. one built with other profile settings.
 //! `CLIENT_SYNC_ROUTER_ARGS="--delivery-window 1024"` passes options to the
 //! router.
 
@@ -25,7 +27,7 @@ use chat_p2p::protocol::{self, Content};
 #[path = "common.rs"]
 mod common;
 
-use common::{cores, median, BIN};
+use common::{bin, cores, median};
 
 fn main() {
     let args: Vec<String> = std::env::args()
@@ -47,7 +49,7 @@ fn main() {
     );
 
     let alice = Identity::generate();
-    let bob = new_profile(BIN, &home, &alice);
+    let bob = new_profile(&bin(), &home, &alice);
     let baseline = std::env::var("CLIENT_SYNC_BASELINE")
         .ok()
         .filter(|b| !b.is_empty())
@@ -84,7 +86,7 @@ fn main() {
         let t = Instant::now();
         rt.block_on(common::fill(&url, &alice, &bob, n, None, 2_000));
         let fill = t.elapsed();
-        let (wall, kib, received, cpu) = timed_sync(BIN, &home, &url);
+        let (wall, kib, received, cpu) = timed_sync(&bin(), &home, &url);
         assert_eq!(received, n, "sync received {received} of {n}");
         let rate = n as f64 / wall.as_secs_f64();
         println!(

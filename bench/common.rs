@@ -11,13 +11,19 @@ use chat_p2p::client::connection::{self, ServerUrl};
 use chat_p2p::identity::{Identity, PublicKey};
 use chat_p2p::protocol::{self, Content, Frame};
 
-/// The release binary under test.
-pub const BIN: &str = env!("CARGO_BIN_EXE_chat-p2p");
+/// The binary under test: `BENCH_BIN` when set (e.g. a build with other
+/// profile settings, to compare in one run), else the bench's own build.
+pub fn bin() -> String {
+    std::env::var("BENCH_BIN")
+        .ok()
+        .filter(|b| !b.is_empty())
+        .unwrap_or_else(|| env!("CARGO_BIN_EXE_chat-p2p").to_owned())
+}
 
 /// Starts a router on a free loopback port with its queue in `data`, room
 /// for `n` frames per recipient and no rate limit, plus `extra` options.
 pub fn start_router(data: &Path, n: usize, extra: &[String]) -> (Child, ServerUrl) {
-    let mut child = Command::new(BIN)
+    let mut child = Command::new(bin())
         .args(["router", "--listen", "127.0.0.1:0", "--data"])
         .arg(data)
         .args([

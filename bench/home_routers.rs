@@ -34,7 +34,7 @@ use chat_p2p::store::{ContactName, Store};
 #[path = "common.rs"]
 mod common;
 
-use common::{cores, median, BIN};
+use common::{bin, cores, median};
 
 /// How many peers the profile writes to or hears from.
 const PEERS: usize = 20;
@@ -174,7 +174,7 @@ fn measure(rt: &tokio::runtime::Runtime, case: Case, n: usize, routers: usize) -
 }
 
 fn cli(home: &Path, args: &[&str]) -> String {
-    let out = Command::new(BIN)
+    let out = Command::new(bin())
         .env("CHAT_HOME", home)
         .env("CHAT_PROFILE", "me")
         .env("CHAT_CONFIG", home.join("config.toml"))
@@ -205,10 +205,10 @@ fn timed_sync(home: &Path, url: &ServerUrl) -> (Duration, serde_json::Value) {
     let mut cmd = match words.next() {
         Some(program) => {
             let mut cmd = Command::new(program);
-            cmd.args(words).arg(BIN);
+            cmd.args(words).arg(bin());
             cmd
         }
-        None => Command::new(BIN),
+        None => Command::new(bin()),
     };
     let t = Instant::now();
     let out = cmd
