@@ -206,7 +206,7 @@ async fn session(
 /// A batch from the router on its way to the engine.
 enum Opening {
     /// Opened already (few messages: not worth a thread).
-    Ready(OpenedBatch),
+    Ready(Box<OpenedBatch>),
     /// Being opened on a blocking thread.
     Running(JoinHandle<OpenedBatch>),
 }
@@ -218,7 +218,7 @@ impl Opening {
     fn start(engine: &Engine, frames: Vec<crate::protocol::Frame>) -> Self {
         let prepared = engine.prepare(frames);
         if prepared.messages() < Self::THREAD_MIN {
-            Self::Ready(prepared.open())
+            Self::Ready(Box::new(prepared.open()))
         } else {
             Self::Running(tokio::task::spawn_blocking(move || prepared.open()))
         }
@@ -236,7 +236,7 @@ async fn next_opened(opening: &mut VecDeque<Opening>) -> Result<OpenedBatch, Cli
         return opened;
     }
     match opening.pop_front() {
-        Some(Opening::Ready(batch)) => Ok(batch),
+        Some(Opening::Ready(batch)) => Ok(*batch),
         // Only a running batch is left at the front (handled above), and
         // the caller does not wait on an empty queue.
         other => {
