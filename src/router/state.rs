@@ -103,6 +103,10 @@ impl SignedIn {
         self.device == protocol::CONTROL_DEVICE
     }
 }
+/// Most rows one fetch reads into memory for a session, whatever its
+/// window: what a draining session holds at once stays what it was with a
+/// window of this size.
+pub const FETCH_PAGE: usize = 1024;
 
 /// Which frames a session sent its client and may send next.
 ///
@@ -200,14 +204,15 @@ impl Delivery {
 
     /// The `(after, limit)` to fetch next, if a fetch is due and there is
     /// room. A rewound fetch asks for a whole window, since what is in
-    /// flight comes back with it.
+    /// flight comes back with it. No fetch reads more than [`FETCH_PAGE`]
+    /// rows: a full page fetches again, while there is room.
     pub fn fetch_request(&self) -> Option<(i64, usize)> {
         if !self.need_fetch || self.room() == 0 {
             return None;
         }
         Some(match self.rewind {
-            Some(after) => (after, self.window),
-            None => (self.cursor, self.room()),
+            Some(after) => (after, self.window.min(FETCH_PAGE)),
+            None => (self.cursor, self.room().min(FETCH_PAGE)),
         })
     }
 
@@ -359,6 +364,29 @@ mod tests {
             "ws://127.0.0.1:8080/ws".to_owned(),
             "ws://localhost:8080/ws".to_owned(),
         ]
+    }
+
+    #[test]
+    fn a_large_window_is_filled_a_page_at_a_time() {
+        let mut d = Delivery::new(4 * FETCH_PAGE);
+        let page = |from: i64| -> Vec<Queued> { (from..from + FETCH_PAGE as i64).map(q).collect() };
+        assert_eq!(d.fetch_request(), Some((0, FETCH_PAGE)));
+        let first = page(1);
+        assert_eq!(d.on_fetched(&first, FETCH_PAGE).len(), FETCH_PAGE);
+        // A full page: there may be more, and there is room for it.
+        let last = FETCH_PAGE as i64;
+        assert_eq!(d.fetch_request(), Some((last, FETCH_PAGE)));
+        for n in 1..4 {
+            let rows = page(n * last + 1);
+            assert_eq!(d.on_fetched(&rows, FETCH_PAGE).len(), FETCH_PAGE);
+        }
+        assert_eq!(d.fetch_request(), None, "the window is full");
+        // A recheck rewinds a page at a time too, resending nothing.
+        d.on_recheck();
+        assert!(d.fetch_request().is_none(), "no room until acks");
+        d.on_ack(&first[0].id);
+        assert_eq!(d.fetch_request(), Some((0, FETCH_PAGE)));
+        assert!(d.on_fetched(&first[1..], FETCH_PAGE).is_empty());
     }
 
     #[test]
