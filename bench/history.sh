@@ -105,6 +105,11 @@ echo "--- import ($IMPORT_RUNS runs, fresh profile each${BASELINE_BIN:+, interle
 # "rate cpu".
 import_once() { # bin profile label
     "$1" --profile "$2" init >/dev/null
+    # The export just written, and the previous import, leave hundreds of
+    # MB of dirty pages: flushed first, their writeback would slow this
+    # import's own writes and fsyncs (one import right after writing the
+    # file took 21.6 s of CPU, against 15-16 s otherwise).
+    sync
     read -r wall rss cpu < <(time_v "$1" --profile "$2" import --other-identity "$EXPORT")
     rate=$(awk -v n="$N" -v w="$wall" 'BEGIN { printf "%.0f", n / w }')
     echo "$3: ${wall}s, ${rate} messages/s, peak RSS ${rss} KiB, CPU ${cpu}s" >&2

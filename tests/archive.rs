@@ -126,6 +126,40 @@ fn a_second_import_changes_nothing() {
     assert_eq!(env.dump("other"), before);
 }
 
+/// JSON Lines message records take a direct parse (src/archive/reader.rs):
+/// a file failing after good message lines leaves an empty profile as it
+/// was and usable, and importing into a filled profile still dedupes.
+#[test]
+fn jsonl_into_a_filled_profile_dedupes_and_a_failed_one_leaves_it_usable() {
+    let env = Env::new();
+    filled(&env);
+    let jsonl = env.ok("me", &["export", "--jsonl"]);
+    let file = env.path("all.jsonl");
+    fs::write(&file, &jsonl).unwrap();
+    env.ok("other", &["init"]);
+    let before = env.dump("other");
+
+    let bad = env.path("bad_last.jsonl");
+    let bad_line = r#"{"kind":"message","msg_id":"not-an-id"}"#;
+    fs::write(&bad, format!("{}\n{bad_line}\n", jsonl.trim_end())).unwrap();
+    let err = env.fails("other", &["import", "--other-identity", p(&bad)], 1);
+    assert!(err.contains("line 8"), "{err}");
+    assert!(err.contains("Nothing was imported"), "{err}");
+    assert_eq!(env.dump("other"), before);
+
+    let report = env.json("other", &["import", "--other-identity", p(&file), "--json"]);
+    assert_eq!(report["messages_added"], 4);
+    let filled_dump = env.dump("other");
+    let report = env.json("other", &["import", "--other-identity", p(&file), "--json"]);
+    assert_eq!(report["messages_added"], 0);
+    assert_eq!(report["messages_known"], 4);
+    assert_eq!(env.dump("other"), filled_dump);
+    assert_eq!(
+        env.json("other", &["history", "--json"]),
+        env.json("me", &["history", "--json"])
+    );
+}
+
 #[test]
 fn truncated_or_invalid_files_leave_the_database_unchanged() {
     let env = Env::new();

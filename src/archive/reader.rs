@@ -211,7 +211,7 @@ fn read_lines(first: &[u8], mut reader: impl BufRead, out: &mut Batcher) -> Resu
     let mut number = 1usize;
     loop {
         if !line.trim().is_empty() {
-            let record: Line = serde_json::from_str(&line).map_err(|e| {
+            let record = parse_line(&line).map_err(|e| {
                 malformed(
                     &format!("line {number}, column {}", e.column()),
                     strip_position(&e),
@@ -236,6 +236,33 @@ fn read_lines(first: &[u8], mut reader: impl BufRead, out: &mut Batcher) -> Resu
             return Ok(());
         }
     }
+}
+
+/// Parses one JSON Lines record.
+///
+/// `Line` is tagged by `kind`, which serde can only find by first
+/// buffering the whole object into an intermediate tree (the tag may come
+/// last, as it does in our own exports): for the message lines, nearly all
+/// of a large export, that costs more than the parsing itself. So a line
+/// whose `kind` is `message` is parsed straight into its record; anything
+/// else, and any line that fails that way, takes the tagged path, whose
+/// result and error messages are the reference.
+fn parse_line(line: &str) -> serde_json::Result<Line> {
+    if let Ok(KindOnly { kind: Some(kind) }) = serde_json::from_str::<KindOnly<'_>>(line) {
+        if kind == "message" {
+            if let Ok(record) = serde_json::from_str::<MessageRecord>(line) {
+                return Ok(Line::Message(Box::new(record)));
+            }
+        }
+    }
+    serde_json::from_str(line)
+}
+
+/// A line's `kind`, every other field skipped without being stored.
+#[derive(serde::Deserialize)]
+struct KindOnly<'a> {
+    #[serde(borrow, default)]
+    kind: Option<std::borrow::Cow<'a, str>>,
 }
 
 pub(crate) fn read_error(e: io::Error) -> Error {
@@ -311,6 +338,48 @@ mod tests {
             .search("after", &Default::default(), crate::store::Order::Newest, 5)
             .unwrap();
         assert_eq!(hits.len(), 1);
+    }
+
+    /// What the tagged enum alone makes of a line: the reference.
+    fn tagged(line: &str) -> String {
+        format!(
+            "{:?}",
+            serde_json::from_str::<Line>(line).map_err(|e| e.to_string())
+        )
+    }
+
+    #[test]
+    fn a_message_line_parsed_directly_is_what_the_tagged_path_gives() {
+        let message = r#"{"body":"hé \"kind\":\"message\"","created_at":"2025-01-01T07:29:00.418Z","delivered_at":null,"direction":"in","events":[{"at":"2025-01-01T07:29:00.568Z","detail":null,"status":"received"}],"failed_at":null,"failure_reason":null,"kind":"message","msg_id":"019420c4-9002-72ff-b30c-e22ca85b0eac","peer_key":"Ju7tH7cqcEpo7GyKJCJl42JL5MzSiX91W0PoegMmeUg=","read_at":null,"received_at":"2025-01-01T07:29:00.568Z","sent_at":null,"status":"received","contact":"bob"}"#;
+        let direct = format!("{:?}", parse_line(message).map_err(|e| e.to_string()));
+        assert!(direct.starts_with("Ok(Message("), "{direct}");
+        assert_eq!(direct, tagged(message));
+        // The kind first, spaces, no optional fields.
+        let short = r#"{ "kind" : "message", "msg_id":"019420c4-9002-72ff-b30c-e22ca85b0eac","peer_key":"k","direction":"out","body":"b","status":"sent","created_at":"2025-01-01T00:00:00Z"}"#;
+        assert_eq!(
+            format!("{:?}", parse_line(short).map_err(|e| e.to_string())),
+            tagged(short)
+        );
+    }
+
+    #[test]
+    fn other_lines_and_bad_message_lines_keep_the_tagged_path_and_its_errors() {
+        for line in [
+            // Not a message, with a message's kind nested inside.
+            r#"{"kind":"contact","name":"bob","public_key":"k","extra":{"kind":"message"}}"#,
+            r#"{"kind":"header","format":"chat-p2p-export","version":1}"#,
+            // A message missing its body, one with a bad status, one with
+            // its kind twice, one with another kind.
+            r#"{"kind":"message","msg_id":"019420c4-9002-72ff-b30c-e22ca85b0eac","peer_key":"k","direction":"out","status":"sent","created_at":"2025-01-01T00:00:00Z"}"#,
+            r#"{"kind":"message","msg_id":"019420c4-9002-72ff-b30c-e22ca85b0eac","peer_key":"k","direction":"out","body":"b","status":"lost","created_at":"2025-01-01T00:00:00Z"}"#,
+            r#"{"kind":"message","kind":"message","msg_id":"019420c4-9002-72ff-b30c-e22ca85b0eac","peer_key":"k","direction":"out","body":"b","status":"sent","created_at":"2025-01-01T00:00:00Z"}"#,
+            r#"{"kind":"note","msg_id":"019420c4-9002-72ff-b30c-e22ca85b0eac","peer_key":"k","direction":"out","body":"b","status":"sent","created_at":"2025-01-01T00:00:00Z"}"#,
+            r#"{"kind":"message""#,
+            r#"[1, 2]"#,
+        ] {
+            let got = format!("{:?}", parse_line(line).map_err(|e| e.to_string()));
+            assert_eq!(got, tagged(line), "{line}");
+        }
     }
 
     #[test]
