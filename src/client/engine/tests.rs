@@ -461,15 +461,7 @@ fn a_batch_opened_on_two_threads_keeps_its_order_and_finds_bad_frames() {
     }
     let ids: Vec<Uuid> = frames.iter().map(frame_id).collect();
     let r = bob.engine.handle(frames).unwrap();
-    let acked: Vec<Uuid> = r
-        .send
-        .iter()
-        .filter_map(|f| match f {
-            Frame::Ack(a) => Some(a.id),
-            _ => None,
-        })
-        .collect();
-    assert_eq!(acked, ids, "every frame acked, in order");
+    assert_eq!(acked(&r), ids, "every frame acked, in order");
     let received: Vec<String> = r
         .updates
         .iter()
@@ -567,15 +559,7 @@ fn batches_prepared_ahead_are_stored_in_order_and_share_new_keys() {
     let mut received = Vec::new();
     for (n, opened) in [first, second].into_iter().enumerate() {
         let r = bob.engine.handle_opened(opened).unwrap();
-        let acked: Vec<Uuid> = r
-            .send
-            .iter()
-            .filter_map(|f| match f {
-                Frame::Ack(a) => Some(a.id),
-                _ => None,
-            })
-            .collect();
-        assert_eq!(acked, ids[n], "batch {n} acked whole, in order");
+        assert_eq!(acked(&r), ids[n], "batch {n} acked whole, in order");
         received.extend(r.updates.iter().filter_map(|u| match u {
             Update::Received(m) => Some(m.body.clone()),
             _ => None,
@@ -702,6 +686,18 @@ fn refusal(id: Option<Uuid>, code: ErrorCode) -> Frame {
         code,
         message: "refused".into(),
     })
+}
+
+/// The ids a reaction acknowledges, in order.
+fn acked(reaction: &Reaction) -> Vec<Uuid> {
+    reaction
+        .send
+        .iter()
+        .filter_map(|f| match f {
+            Frame::Ack(a) => Some(a.id),
+            _ => None,
+        })
+        .collect()
 }
 
 fn frame_id(frame: &Frame) -> Uuid {
