@@ -118,6 +118,11 @@ fn columns(grapheme: &str) -> usize {
 /// Whether `c` never reaches the terminal as itself: it is shown escaped
 /// wherever it appears (but see [`untrusted`] on joiners and line breaks).
 pub fn is_hidden(c: char) -> bool {
+    // Most text is ASCII, where only controls are hidden: skip the
+    // category tables' binary search (a test checks all 128).
+    if c.is_ascii() {
+        return c.is_ascii_control();
+    }
     c.is_control()
         || matches!(
             c.general_category(),
@@ -182,6 +187,20 @@ fn escape(out: &mut String, c: char) {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn the_ascii_shortcut_agrees_with_the_categories() {
+        for c in (0u8..128).map(char::from) {
+            let by_category = c.is_control()
+                || matches!(
+                    c.general_category(),
+                    GeneralCategory::Format
+                        | GeneralCategory::LineSeparator
+                        | GeneralCategory::ParagraphSeparator
+                );
+            assert_eq!(is_hidden(c), by_category, "{c:?}");
+        }
+    }
 
     #[test]
     fn c0_controls_and_del_use_caret_notation() {

@@ -47,6 +47,11 @@ impl Plan {
 /// the word, and unicode61 folds or keeps them itself).
 fn is_word_char(c: char) -> bool {
     use unicode_properties::{GeneralCategoryGroup as G, UnicodeGeneralCategory as _};
+    // In ASCII the letters and digits are all there is of L*, N* and Co:
+    // skip the tables (a test checks all 128).
+    if c.is_ascii() {
+        return c.is_ascii_alphanumeric();
+    }
     matches!(c.general_category_group(), G::Letter | G::Number | G::Mark)
         || c.general_category() == unicode_properties::GeneralCategory::PrivateUse
 }
@@ -170,6 +175,16 @@ fn trim_punctuation(piece: &str) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_ascii_shortcut_agrees_with_the_categories() {
+        use unicode_properties::{GeneralCategoryGroup as G, UnicodeGeneralCategory as _};
+        for c in (0u8..128).map(char::from) {
+            let by_category = matches!(c.general_category_group(), G::Letter | G::Number | G::Mark)
+                || c.general_category() == unicode_properties::GeneralCategory::PrivateUse;
+            assert_eq!(is_word_char(c), by_category, "{c:?}");
+        }
+    }
 
     fn words(q: &str) -> Option<String> {
         plan(q).words
