@@ -341,19 +341,19 @@ mod tests {
         assert_refused_untouched(&path, |e| matches!(e, Error::TooNew { .. }));
     }
 
-    #[test]
-    fn refuses_a_damaged_history_instead_of_panicking() {
+    /// Opens a fresh profile again after `sql` has changed it.
+    fn reopen_after(sql: &str) -> Result<Store> {
         let (_dir, store) = temp_store();
         let path = store.path().to_path_buf();
-        store
-            .conn()
-            .execute(
-                "UPDATE refinery_schema_history SET applied_on = 'yesterday'",
-                [],
-            )
-            .unwrap();
+        store.conn().execute(sql, []).unwrap();
         drop(store);
-        assert!(matches!(Store::open(&path), Err(Error::NotOurs { .. })));
+        Store::open(&path)
+    }
+
+    #[test]
+    fn refuses_a_damaged_history_instead_of_panicking() {
+        let opened = reopen_after("UPDATE refinery_schema_history SET applied_on = 'yesterday'");
+        assert!(matches!(opened, Err(Error::NotOurs { .. })));
     }
 
     #[test]
@@ -361,17 +361,9 @@ mod tests {
         // The fast path must not let through what refinery would refuse: a
         // migration with our version number but other content (another
         // branch's build wrote it).
-        let (_dir, store) = temp_store();
-        let path = store.path().to_path_buf();
-        store
-            .conn()
-            .execute(
-                "UPDATE refinery_schema_history SET checksum = '1' WHERE version = 3",
-                [],
-            )
-            .unwrap();
-        drop(store);
-        assert!(matches!(Store::open(&path), Err(Error::Migration(_))));
+        let opened =
+            reopen_after("UPDATE refinery_schema_history SET checksum = '1' WHERE version = 3");
+        assert!(matches!(opened, Err(Error::Migration(_))));
     }
 
     #[test]
