@@ -260,6 +260,55 @@ async fn offline_delivery_survives_a_hard_restart() {
     assert_eq!((m2.id, b2.as_str()), (second.id, "two"));
 }
 
+/// A burst sent without waiting for acks, so the writer commits it in
+/// several batches while earlier ones are still being synced: after a
+/// SIGKILL in the middle of it, every frame the router acked is delivered
+/// after the restart (and nothing it was not sent).
+#[tokio::test]
+async fn every_acked_frame_of_a_burst_survives_a_kill() {
+    let (_dir, data) = data();
+    let router = Router::start(&data, &["--max-rate", "100000"]);
+    let bob = Identity::generate();
+    let mut alice = Client::connect(&router.addr, Identity::generate()).await;
+    let mut sent = std::collections::HashSet::new();
+    for i in 0..400 {
+        sent.insert(
+            alice
+                .send(&bob.public_key(), &format!("burst {i}"))
+                .await
+                .id,
+        );
+    }
+    let mut acked = std::collections::HashSet::new();
+    while acked.len() < 150 {
+        match alice.next().await {
+            Frame::Ack(a) => acked.insert(a.id),
+            other => panic!("unexpected {other:?}"),
+        };
+    }
+    // SIGKILL with the rest of the burst in flight.
+    let router = router.restart(&[]);
+    drop(alice);
+    let mut bob = Client::connect(&router.addr, bob).await;
+    let mut delivered = std::collections::HashSet::new();
+    loop {
+        let frames = bob.until_synced_or_one().await;
+        let Some(frame) = frames.into_iter().next() else {
+            break;
+        };
+        match frame {
+            Frame::Message(m) => {
+                bob.ack(m.id).await;
+                delivered.insert(m.id);
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    let lost: Vec<_> = acked.difference(&delivered).collect();
+    assert!(lost.is_empty(), "acked and lost: {lost:?}");
+    assert!(delivered.is_subset(&sent));
+}
+
 #[tokio::test]
 async fn graceful_shutdown_closes_sessions_with_a_reason() {
     let (_dir, data) = data();
