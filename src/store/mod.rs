@@ -26,6 +26,7 @@ pub mod messages;
 pub mod outbox;
 pub mod query;
 pub mod receipts;
+pub mod refill;
 pub mod rejected;
 mod schema;
 pub mod search;
@@ -114,6 +115,13 @@ impl Store {
         &self.conn
     }
 
+    /// Whether any message is stored.
+    pub fn has_messages(&self) -> Result<bool> {
+        Ok(self
+            .conn
+            .query_row("SELECT EXISTS (SELECT 1 FROM messages)", [], |r| r.get(0))?)
+    }
+
     /// The schema version this database is at.
     pub fn schema_version(&self) -> Result<i64> {
         schema::current_version(&self.conn)
@@ -137,6 +145,29 @@ fn connect(path: &Path) -> Result<Connection> {
         });
     }
     conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    conn.pragma_update(None, "temp_store", "MEMORY")?;
+    Ok(conn)
+}
+
+/// Opens the fresh copy an import into an empty profile fills (see
+/// [`refill`]): the journal in memory (the copy is deleted if the import
+/// fails, and the journal only holds the few pages the copy started with),
+/// no syncs until the copy is complete, and no other process may open it.
+fn connect_bulk(path: &Path) -> Result<Connection> {
+    let conn = Connection::open(path)?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    conn.pragma_update(None, "locking_mode", "EXCLUSIVE")?;
+    let mode: String =
+        conn.pragma_update_and_check(None, "journal_mode", "MEMORY", |row| row.get(0))?;
+    if !mode.eq_ignore_ascii_case("memory") {
+        return Err(Error::Pragma {
+            pragma: "journal_mode",
+            wanted: "memory",
+            got: mode,
+        });
+    }
+    conn.pragma_update(None, "synchronous", "OFF")?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
     conn.pragma_update(None, "temp_store", "MEMORY")?;
     Ok(conn)
