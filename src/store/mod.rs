@@ -18,6 +18,7 @@ pub mod conversations;
 pub mod device;
 mod error;
 pub mod fts;
+pub(crate) mod fts_build;
 pub mod home;
 mod identity;
 pub mod ids;
@@ -72,6 +73,9 @@ const PAGE_SIZE: i64 = 16384;
 pub struct Store {
     conn: Connection,
     path: PathBuf,
+    /// The scratch database attached for building the FTS indexes on
+    /// another thread: only on an import's fresh copy (see [`refill`]).
+    fts_scratch: Option<PathBuf>,
 }
 
 impl Store {
@@ -102,6 +106,7 @@ impl Store {
         Ok(Self {
             conn,
             path: path.to_path_buf(),
+            fts_scratch: None,
         })
     }
 
@@ -113,6 +118,12 @@ impl Store {
     /// The underlying connection, for reads that have no helper yet.
     pub fn conn(&self) -> &Connection {
         &self.conn
+    }
+
+    /// The scratch database for building the FTS indexes beside a bulk
+    /// import, when this is an import's fresh copy.
+    pub(crate) fn fts_scratch(&self) -> Option<&Path> {
+        self.fts_scratch.as_deref()
     }
 
     /// Whether any message is stored.
@@ -157,7 +168,9 @@ fn connect(path: &Path) -> Result<Connection> {
 fn connect_bulk(path: &Path) -> Result<Connection> {
     let conn = Connection::open(path)?;
     conn.busy_timeout(BUSY_TIMEOUT)?;
-    conn.pragma_update(None, "locking_mode", "EXCLUSIVE")?;
+    // The copy only: the FTS scratch attached to it stays writable by the
+    // thread that builds the indexes.
+    conn.pragma_update(Some("main"), "locking_mode", "EXCLUSIVE")?;
     let mode: String =
         conn.pragma_update_and_check(None, "journal_mode", "MEMORY", |row| row.get(0))?;
     if !mode.eq_ignore_ascii_case("memory") {

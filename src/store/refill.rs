@@ -92,6 +92,8 @@ impl Refill {
     pub fn commit(mut self) -> Result<()> {
         drop(self.store.take());
         let temp = self.temp.clone();
+        remove_files(&scratch_path(&temp), &["", "-journal"])
+            .map_err(|source| io_error(&temp, source))?;
         to_wal(&temp).map_err(|e| e.at(&temp))?;
         File::open(&temp)
             .and_then(|f| f.sync_all())
@@ -140,9 +142,16 @@ impl Refill {
         self.original()?.execute("VACUUM INTO ?1", [path])?;
         let mut conn = connect_bulk(&self.temp)?;
         schema::migrate(&mut conn)?;
+        let scratch = scratch_path(&self.temp);
+        super::fts_build::create_scratch(&conn, &scratch)?;
+        conn.execute(
+            &format!("ATTACH ?1 AS {}", super::fts_build::SCRATCH_SCHEMA),
+            [scratch.to_str().unwrap_or_default()],
+        )?;
         self.store = Some(Store {
             conn,
             path: self.temp.clone(),
+            fts_scratch: Some(scratch),
         });
         Ok(())
     }
@@ -239,10 +248,24 @@ fn disable(old: &File) {
 #[cfg(not(unix))]
 fn disable(_old: &File) {}
 
-/// Deletes the temporary file and whatever SQLite kept beside it.
+/// `<db>.import-tmp.fts`: where the FTS indexes are built.
+fn scratch_path(temp: &Path) -> PathBuf {
+    let mut name = temp.as_os_str().to_owned();
+    name.push(".fts");
+    PathBuf::from(name)
+}
+
+/// Deletes the temporary file, the FTS scratch and whatever SQLite kept
+/// beside them.
 fn remove_temp(temp: &Path) -> std::io::Result<()> {
-    for suffix in ["", "-journal", "-wal", "-shm"] {
-        let mut name = temp.as_os_str().to_owned();
+    remove_files(&scratch_path(temp), &["", "-journal"])?;
+    remove_files(temp, &["", "-journal", "-wal", "-shm"])
+}
+
+/// Deletes `path` with each suffix, where it exists.
+fn remove_files(path: &Path, suffixes: &[&str]) -> std::io::Result<()> {
+    for suffix in suffixes {
+        let mut name = path.as_os_str().to_owned();
         name.push(suffix);
         match fs::remove_file(PathBuf::from(name)) {
             Ok(()) => {}
