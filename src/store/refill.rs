@@ -10,6 +10,10 @@
 //! rename the profile's file keeps its content, whatever happens (error,
 //! `kill -9`, power cut); after it the profile holds the whole import.
 //!
+//! The copy has the profile's schema, migration history and settings as
+//! they are, and the page size of new profiles (an older profile made with
+//! 4 KiB pages gets 16 KiB ones here).
+//!
 //! Replacing a file under SQLite is only safe when no other connection has
 //! it open: a connection that outlived the swap would go on reading and
 //! writing the old, unlinked file. The guard is SQLite's own: leaving WAL
@@ -137,11 +141,18 @@ impl Refill {
             path: self.temp.clone(),
             source: std::io::Error::new(std::io::ErrorKind::InvalidInput, "not UTF-8"),
         })?;
-        // Schema, migration history, user_version and page size as they
-        // are: the copy is the same database, compacted.
+        // Schema, migration history and user_version as they are: the
+        // copy is the same database, compacted.
         self.original()?.execute("VACUUM INTO ?1", [path])?;
         let mut conn = connect_bulk(&self.temp)?;
         schema::migrate(&mut conn)?;
+        // A profile made before large pages gets them now, as a new one
+        // would: the copy is small, and not in WAL mode, so it can change.
+        let page_size: i64 = conn.query_row("PRAGMA page_size", [], |r| r.get(0))?;
+        if page_size != super::PAGE_SIZE {
+            conn.pragma_update(None, "page_size", super::PAGE_SIZE)?;
+            conn.execute_batch("VACUUM")?;
+        }
         let scratch = scratch_path(&self.temp);
         super::fts_build::create_scratch(&conn, &scratch)?;
         conn.execute(
@@ -315,6 +326,28 @@ mod tests {
         assert_eq!(journal_mode(&path), "wal");
         let store = Store::open(&path).unwrap();
         assert!(!store.has_messages().unwrap());
+    }
+
+    #[test]
+    fn a_profile_with_small_pages_gets_large_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("chat.db");
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch("PRAGMA page_size = 4096; PRAGMA journal_mode = WAL;")
+                .unwrap();
+        }
+        drop(Store::open(&path).unwrap());
+        let refill = Refill::begin(&path).unwrap().unwrap();
+        refill.commit().unwrap();
+        let conn = Connection::open(&path).unwrap();
+        let page: i64 = conn
+            .query_row("PRAGMA page_size", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(page, super::super::PAGE_SIZE);
+        assert_eq!(journal_mode(&path), "wal");
+        drop(conn);
+        assert!(!Store::open(&path).unwrap().has_messages().unwrap());
     }
 
     #[test]
