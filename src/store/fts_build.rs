@@ -51,6 +51,8 @@ pub(crate) fn create_scratch(conn: &Connection, path: &Path) -> Result<()> {
         )?;
         definitions.push(sql);
     }
+    // Readable by the user alone, like the profile: it holds the words.
+    super::create_private_file(path)?;
     let scratch = Connection::open(path)?;
     scratch.execute_batch(&format!("{};", definitions.join(";\n")))?;
     Ok(())
