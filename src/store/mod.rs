@@ -181,9 +181,6 @@ fn connect_bulk(path: &Path) -> Result<Connection> {
         });
     }
     conn.pragma_update(None, "synchronous", "OFF")?;
-    // The deferred indexes are sorted after the rows, when the other core
-    // is idle: SQLite's sorter can use it.
-    conn.pragma_update(None, "threads", 2)?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
     conn.pragma_update(None, "temp_store", "MEMORY")?;
     Ok(conn)

@@ -329,6 +329,30 @@ mod tests {
     }
 
     #[test]
+    fn a_connection_opened_before_the_swap_cannot_use_the_replaced_file() {
+        let (_dir, store) = temp_store();
+        let path = store.path().to_path_buf();
+        drop(store);
+        // Opened (not read yet, so holding no lock) before the import
+        // locked the profile: its descriptor is the old file's.
+        let late = Connection::open(&path).unwrap();
+        let mut refill = Refill::begin(&path).unwrap().unwrap();
+        let peer = crate::identity::Identity::generate().public_key();
+        refill
+            .store()
+            .unwrap()
+            .insert_outgoing(&peer, "new")
+            .unwrap();
+        refill.commit().unwrap();
+        let err = late
+            .query_row("SELECT count(*) FROM messages", [], |r| r.get::<_, i64>(0))
+            .unwrap_err();
+        assert_eq!(err.sqlite_error_code(), Some(ErrorCode::NotADatabase));
+        let store = Store::open(&path).unwrap();
+        assert!(store.has_messages().unwrap());
+    }
+
+    #[test]
     fn a_profile_with_small_pages_gets_large_ones() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("chat.db");
