@@ -182,10 +182,8 @@ impl Drop for Refill {
             let _ = remove_temp(&self.temp);
         }
         if let Some(conn) = self.original.take() {
-            // Back to WAL as every connection leaves it (the next open
-            // would do it too): the failed import changed nothing else.
-            let _ = conn.execute_batch("PRAGMA locking_mode = NORMAL");
-            let _ = conn.query_row("PRAGMA journal_mode = WAL", [], |_| Ok(()));
+            // The failed import changed nothing else.
+            restore_wal(&conn);
         }
     }
 }
@@ -219,11 +217,20 @@ fn lock(db: &Path) -> Result<Option<Connection>> {
     match conn.execute_batch("BEGIN EXCLUSIVE; COMMIT;") {
         Ok(()) => Ok(Some(conn)),
         Err(e) if is_busy(&e) => {
-            drop(conn);
+            // Another process came in between: back to WAL (its next open
+            // would do it too) and import in place.
+            restore_wal(&conn);
             Ok(None)
         }
         Err(e) => Err(e.into()),
     }
+}
+
+/// Puts the profile back in WAL mode as every connection leaves it (the
+/// next open would do it too). Best effort.
+fn restore_wal(conn: &Connection) {
+    let _ = conn.execute_batch("PRAGMA locking_mode = NORMAL");
+    let _ = conn.query_row("PRAGMA journal_mode = WAL", [], |_| Ok(()));
 }
 
 fn is_busy(e: &rusqlite::Error) -> bool {
