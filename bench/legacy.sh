@@ -9,6 +9,8 @@
 # RSS (/usr/bin/time -v). SMALL_PER_PEER gives a second, smaller import of
 # the same shape first (the 1M reference: 100 x 10,000). With LOCK=FILE
 # only the imports hold `flock FILE` (the files are written before).
+# With BASELINE_BIN=/path/to/chat-p2p each import is followed by the same
+# import with that binary (alternated, same files).
 #
 # Usage: bench/legacy.sh                  (PEERS=100 PER_PEER=100000 SMALL_PER_PEER=10000)
 #        PER_PEER=1000 SMALL_PER_PEER= bench/legacy.sh
@@ -19,6 +21,7 @@ PEERS="${PEERS:-100}"
 PER_PEER="${PER_PEER:-100000}"
 SMALL_PER_PEER="${SMALL_PER_PEER-10000}"
 LOCK="${LOCK:-}"
+BASELINE_BIN="${BASELINE_BIN:-}"
 WORK="${WORK:-${TMPDIR:-/tmp}/chat-p2p-legacy-bench}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/work/target}"
 
@@ -60,12 +63,13 @@ for c in keys:
 PY
 }
 
-import_legacy() { # label dir messages
-    "$BIN" --profile "$1" init >/dev/null
+import_legacy() { # label dir messages [bin]
+    local bin="${4:-$BIN}"
+    "$bin" --profile "$1" init >/dev/null
     # The files just written (1.2 GB) are dirty pages: flushed first, so
     # their writeback does not compete with the import's own writes.
     sync
-    ${LOCK:+flock "$LOCK"} /usr/bin/time -v "$BIN" --profile "$1" import --legacy "$2" 2>"$WORK/time.txt" >/dev/null
+    ${LOCK:+flock "$LOCK"} /usr/bin/time -v "$bin" --profile "$1" import --legacy "$2" 2>"$WORK/time.txt" >/dev/null
     local wall rss cpu
     rss=$(awk -F': ' '/Maximum resident set size/ { print $2 }' "$WORK/time.txt")
     cpu=$(awk -F': ' '/User time|System time/ { t += $2 } END { printf "%.2f", t }' "$WORK/time.txt")
@@ -84,7 +88,13 @@ echo "--- files: $PEERS x $PER_PEER, $(du -sm "$WORK/big" | cut -f1) MB"
 echo "load average before the imports: $(cut -d' ' -f1-3 /proc/loadavg)"
 if [ -n "$SMALL_PER_PEER" ]; then
     import_legacy small "$WORK/small" $((PEERS * SMALL_PER_PEER))
+    if [ -n "$BASELINE_BIN" ]; then
+        import_legacy baseline-small "$WORK/small" $((PEERS * SMALL_PER_PEER)) "$BASELINE_BIN"
+    fi
 fi
 import_legacy big "$WORK/big" $((PEERS * PER_PEER))
+if [ -n "$BASELINE_BIN" ]; then
+    import_legacy baseline-big "$WORK/big" $((PEERS * PER_PEER)) "$BASELINE_BIN"
+fi
 echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg)"
 rm -rf "$WORK"

@@ -10,6 +10,7 @@
 //! before the commit.
 
 use std::collections::HashSet;
+use std::path::Path;
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
@@ -22,6 +23,7 @@ use crate::client::ServerUrl;
 use crate::clock;
 use crate::identity::{Identity, PublicKey};
 use crate::store::fts;
+use crate::store::fts_build::{self, ParallelFts};
 use crate::store::messages::Event;
 use crate::store::{self, ContactName, Direction, Merge, Status, Store};
 
@@ -165,16 +167,26 @@ pub(crate) struct Importer<'a> {
     /// The messages' secondary indexes dropped for this import (their
     /// SQL), rebuilt by [`Importer::finish`].
     deferred_indexes: Vec<String>,
+    /// The FTS indexes built on another thread, when this import fills a
+    /// fresh copy of an empty profile.
+    parallel_fts: Option<ParallelFts>,
 }
 
 impl<'a> Importer<'a> {
     /// Opens the transaction and detaches the per-row FTS trigger.
     pub(crate) fn begin(store: &'a mut Store, options: ImportOptions) -> Result<Self, Error> {
         let own_key = store.public_key()?.map(|k| k.to_base64());
-        let tx = store.transaction()?;
+        let scratch = store.fts_scratch().map(Path::to_path_buf);
+        let tx = store.bulk_transaction()?;
         let own_home = store::home::home_tx(&tx)?;
         let first_new_id = fts::suspend(&tx)?;
         let deferred_indexes = defer_indexes(&tx, first_new_id)?;
+        let parallel_fts = match scratch {
+            Some(path) if !deferred_indexes.is_empty() && fts_build::indexes_empty(&tx)? => {
+                Some(ParallelFts::start(&path))
+            }
+            _ => None,
+        };
         Ok(Self {
             tx,
             force: options.force,
@@ -188,16 +200,24 @@ impl<'a> Importer<'a> {
             report: ImportReport::default(),
             events: Vec::with_capacity(EVENT_BATCH + 16),
             deferred_indexes,
+            parallel_fts,
         })
     }
 
     /// Indexes the new rows, restores the trigger and commits.
     pub(crate) fn finish(mut self) -> Result<ImportReport, Error> {
         flush_events(&self.tx, &mut self.events)?;
+        // The builder finishes its last rows while the indexes are built.
+        if let Some(parallel) = &mut self.parallel_fts {
+            parallel.close()?;
+        }
         for sql in &self.deferred_indexes {
             self.tx.execute_batch(sql)?;
         }
-        fts::resume(&self.tx, self.first_new_id)?;
+        match self.parallel_fts.take() {
+            Some(parallel) => parallel.copy_into(&self.tx)?,
+            None => fts::resume(&self.tx, self.first_new_id)?,
+        }
         self.tx.commit()?;
         Ok(self.report)
     }
@@ -496,6 +516,9 @@ impl<'a> Importer<'a> {
         }
         self.report.messages_added += 1;
         let rowid = self.tx.last_insert_rowid();
+        if let Some(parallel) = &mut self.parallel_fts {
+            parallel.push(rowid, m.body)?;
+        }
         self.events.extend(
             m.events
                 .into_iter()

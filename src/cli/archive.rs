@@ -12,6 +12,7 @@ use super::out::{AlreadyDone, StdoutError};
 use super::{print_json, resolve_peer, Context, UsageError};
 use crate::archive::sealed::{self, Key, Seal};
 use crate::archive::{self, ExportOptions, ImportOptions, ImportReport, Layout};
+use crate::store::refill::Refill;
 use crate::store::Store;
 
 /// Arguments of `export`.
@@ -275,9 +276,25 @@ pub fn import(ctx: &Context, args: ImportArgs) -> Result<()> {
     let existed = db.exists();
     let mut store = Store::create(&db)?;
     let was_protected = store.key_protection()?.is_some();
-    let imported = match input {
-        None => archive::import_legacy(&mut store, &args.paths, options).map_err(Into::into),
-        Some(input) => import_input(&mut store, input, options, args.identity.as_deref()),
+    let run = |store: &mut Store| match input {
+        None => archive::import_legacy(store, &args.paths, options).map_err(Into::into),
+        Some(input) => import_input(store, input, options, args.identity.as_deref()),
+    };
+    let imported = if store.has_messages()? {
+        run(&mut store)
+    } else {
+        // Into a profile with no messages: through a fresh file, written
+        // once, when no other process has the profile open.
+        drop(store);
+        let imported = match Refill::begin(&db)? {
+            Some(mut refill) => run(refill.store()?)
+                .and_then(|report| refill.commit().map(|()| report).map_err(Into::into)),
+            None => Store::open(&db)
+                .map_err(Into::into)
+                .and_then(|mut store| run(&mut store)),
+        };
+        store = Store::open(&db)?;
+        imported
     };
     let report = match imported {
         Ok(report) => report,

@@ -388,6 +388,19 @@ impl Store {
             .transaction_with_behavior(TransactionBehavior::Immediate)?)
     }
 
+    /// The transaction of a bulk import. On an import's fresh copy it is
+    /// deferred: no other process can open the copy anyway, and an
+    /// immediate one would also lock the FTS scratch attached to it, which
+    /// another thread is filling (see [`super::fts_build`]).
+    pub(crate) fn bulk_transaction(&mut self) -> Result<Transaction<'_>> {
+        let behavior = if self.fts_scratch.is_some() {
+            TransactionBehavior::Deferred
+        } else {
+            TransactionBehavior::Immediate
+        };
+        Ok(self.conn.transaction_with_behavior(behavior)?)
+    }
+
     /// See [`insert_outgoing_tx`].
     pub fn insert_outgoing(&mut self, peer: &PublicKey, body: &str) -> Result<Message> {
         let tx = self.transaction()?;

@@ -18,6 +18,7 @@ pub mod conversations;
 pub mod device;
 mod error;
 pub mod fts;
+pub(crate) mod fts_build;
 pub mod home;
 mod identity;
 pub mod ids;
@@ -26,6 +27,7 @@ pub mod messages;
 pub mod outbox;
 pub mod query;
 pub mod receipts;
+pub mod refill;
 pub mod rejected;
 mod schema;
 pub mod search;
@@ -71,6 +73,9 @@ const PAGE_SIZE: i64 = 16384;
 pub struct Store {
     conn: Connection,
     path: PathBuf,
+    /// The scratch database attached for building the FTS indexes on
+    /// another thread: only on an import's fresh copy (see [`refill`]).
+    fts_scratch: Option<PathBuf>,
 }
 
 impl Store {
@@ -101,6 +106,7 @@ impl Store {
         Ok(Self {
             conn,
             path: path.to_path_buf(),
+            fts_scratch: None,
         })
     }
 
@@ -112,6 +118,19 @@ impl Store {
     /// The underlying connection, for reads that have no helper yet.
     pub fn conn(&self) -> &Connection {
         &self.conn
+    }
+
+    /// The scratch database for building the FTS indexes beside a bulk
+    /// import, when this is an import's fresh copy.
+    pub(crate) fn fts_scratch(&self) -> Option<&Path> {
+        self.fts_scratch.as_deref()
+    }
+
+    /// Whether any message is stored.
+    pub fn has_messages(&self) -> Result<bool> {
+        Ok(self
+            .conn
+            .query_row("SELECT EXISTS (SELECT 1 FROM messages)", [], |r| r.get(0))?)
     }
 
     /// The schema version this database is at.
@@ -137,6 +156,31 @@ fn connect(path: &Path) -> Result<Connection> {
         });
     }
     conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    conn.pragma_update(None, "temp_store", "MEMORY")?;
+    Ok(conn)
+}
+
+/// Opens the fresh copy an import into an empty profile fills (see
+/// [`refill`]): the journal in memory (the copy is deleted if the import
+/// fails, and the journal only holds the few pages the copy started with),
+/// no syncs until the copy is complete, and no other process may open it.
+fn connect_bulk(path: &Path) -> Result<Connection> {
+    let conn = Connection::open(path)?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    // The copy only: the FTS scratch attached to it stays writable by the
+    // thread that builds the indexes.
+    conn.pragma_update(Some("main"), "locking_mode", "EXCLUSIVE")?;
+    let mode: String =
+        conn.pragma_update_and_check(None, "journal_mode", "MEMORY", |row| row.get(0))?;
+    if !mode.eq_ignore_ascii_case("memory") {
+        return Err(Error::Pragma {
+            pragma: "journal_mode",
+            wanted: "memory",
+            got: mode,
+        });
+    }
+    conn.pragma_update(None, "synchronous", "OFF")?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
     conn.pragma_update(None, "temp_store", "MEMORY")?;
     Ok(conn)
