@@ -119,8 +119,19 @@ impl ServerUrl {
 
     /// The URL as people write it: without the default `/ws` path
     /// (`wss://chat.example.org`), which [`ServerUrl::parse`] puts back.
+    /// Only a path of exactly `/ws` is left out: `ws://a//ws` or
+    /// `ws://a/chat/ws` shortened would parse back as another URL.
     pub fn short(&self) -> &str {
-        self.0.strip_suffix("/ws").unwrap_or(&self.0)
+        match self.0.strip_suffix("/ws") {
+            Some(base)
+                if base
+                    .split_once("://")
+                    .is_some_and(|(_, host)| !host.contains('/')) =>
+            {
+                base
+            }
+            _ => &self.0,
+        }
     }
 
     /// Whether the URL has a query (`?...`), which addresses do not carry:
@@ -477,6 +488,22 @@ fn lost(e: tokio_tungstenite::tungstenite::Error) -> ClientError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_short_form_leaves_out_only_a_path_of_exactly_ws_and_parses_back() {
+        for (url, short) in [
+            ("wss://chat.example.org/ws", "wss://chat.example.org"),
+            ("ws://h:1/ws", "ws://h:1"),
+            // Found by the address round-trip property test.
+            ("ws://A//ws", "ws://a//ws"),
+            ("ws://h/chat/ws", "ws://h/chat/ws"),
+            ("ws://h/other", "ws://h/other"),
+        ] {
+            let parsed = ServerUrl::parse(url).unwrap();
+            assert_eq!(parsed.short(), short, "{url}");
+            assert_eq!(ServerUrl::parse(parsed.short()).unwrap(), parsed, "{url}");
+        }
+    }
 
     #[test]
     fn accepts_ws_and_wss_urls_only() {
