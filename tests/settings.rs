@@ -426,6 +426,42 @@ fn doctor_fails_on_a_damaged_database_and_a_damaged_index() {
 }
 
 #[test]
+fn doctor_warns_of_the_copy_an_interrupted_import_left() {
+    let env = Env::new();
+    env.init("a");
+    let (_, v) = doctor(&env, "a", &["--offline"]);
+    assert!(
+        !v["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["name"] == "leftovers"),
+        "{v:#}"
+    );
+    // What a killed import into an empty profile leaves: its copy and the
+    // FTS scratch beside the profile.
+    let mut copy = env.db("a").into_os_string();
+    copy.push(".import-tmp");
+    fs::write(&copy, vec![0u8; 100_000]).unwrap();
+    let mut scratch = copy.clone();
+    scratch.push(".fts");
+    fs::write(&scratch, b"x").unwrap();
+    let (code, v) = doctor(&env, "a", &["--offline"]);
+    assert_eq!(code, 0, "a warning alone: {v:#}");
+    let c = check(&v, "leftovers");
+    assert_eq!(c["status"], "warn");
+    let detail = c["detail"].as_str().unwrap();
+    assert!(detail.contains("2 file(s), 0.1 MB"), "{c}");
+    assert!(detail.contains("chat.db.import-tmp.fts"), "{c}");
+    assert!(c["fix"].as_str().unwrap().contains("rm -f "), "{c}");
+    // The next import deletes them.
+    let export = env.path("export.json");
+    env.ok("a", &["export", "--json", "-o", export.to_str().unwrap()]);
+    env.ok("a", &["import", export.to_str().unwrap()]);
+    assert!(!std::path::Path::new(&copy).exists() && !std::path::Path::new(&scratch).exists());
+}
+
+#[test]
 fn doctor_says_when_there_is_no_profile() {
     let env = Env::new();
     let (code, v) = doctor(&env, "nobody", &["--offline"]);

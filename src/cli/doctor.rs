@@ -24,9 +24,9 @@ const MAX_SKEW_SECS: u64 = 10;
 #[command(after_help = "\
 Checks: configuration file, database file and permissions (directory 0700, \
 files 0600), schema version, database integrity, full-text index, identity, \
-outbox (pending and failed messages), the router (reachable and accepting this \
-key), clock skew against the router, and other chat-p2p processes using this \
-profile. Exits 1 when a check fails; warnings alone exit 0.")]
+outbox (pending and failed messages), files an interrupted import left, the \
+router (reachable and accepting this key), clock skew against the router, and \
+other chat-p2p processes using this profile. Exits 1 when a check fails; warnings alone exit 0.")]
 pub struct DoctorArgs {
     #[command(flatten)]
     server: ServerArgs,
@@ -105,6 +105,7 @@ pub fn doctor(ctx: &Context, args: DoctorArgs) -> Result<()> {
         checks.push(ok("database", db.display().to_string()));
         checks.extend(check_permissions(&ctx.profile.dir, &db));
         checks.extend(check_database(ctx, &db, &args));
+        checks.extend(check_leftovers(&db));
     }
     checks.push(check_processes(&db));
     report(&checks, args.json)
@@ -195,6 +196,37 @@ fn check_permissions(dir: &Path, db: &Path) -> Vec<Check> {
 #[cfg(not(unix))]
 fn check_permissions(_dir: &Path, _db: &Path) -> Vec<Check> {
     vec![ok("permissions", "not checked on this platform")]
+}
+
+/// The copy an import into an empty profile fills, when it is there: an
+/// import is running, or one was killed and left it (up to the size of the
+/// whole import) until the next import deletes it.
+fn check_leftovers(db: &Path) -> Option<Check> {
+    let files = store::refill::leftovers(db);
+    if files.is_empty() {
+        return None;
+    }
+    let bytes: u64 = files
+        .iter()
+        .filter_map(|f| std::fs::metadata(f).ok())
+        .map(|m| m.len())
+        .sum();
+    let names: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
+    let quoted: Vec<String> = names.iter().map(|n| shell_quote(n)).collect();
+    Some(bad(
+        "leftovers",
+        Level::Warn,
+        format!(
+            "an import into this profile is running, or was interrupted and left {} file(s), {:.1} MB: {}",
+            files.len(),
+            bytes as f64 / 1e6,
+            untrusted_inline(&names.join(", "))
+        ),
+        format!(
+            "the next import deletes them; if no import is running, 'rm -f {}' does now",
+            quoted.join(" ")
+        ),
+    ))
 }
 
 /// Schema, integrity, index, identity, outbox, then the router.

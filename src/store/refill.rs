@@ -72,7 +72,7 @@ impl Refill {
         }
         // A copy left by an import that was killed: this one holds the
         // lock, so no other import is filling it.
-        remove_temp(&refill.temp).map_err(|source| io_error(&refill.temp, source))?;
+        remove_temp(&refill.db).map_err(|source| io_error(&refill.temp, source))?;
         refill.copy().map_err(|e| e.at(&refill.temp))?;
         Ok(Some(refill))
     }
@@ -96,8 +96,7 @@ impl Refill {
     pub fn commit(mut self) -> Result<()> {
         drop(self.store.take());
         let temp = self.temp.clone();
-        remove_files(&scratch_path(&temp), &["", "-journal"])
-            .map_err(|source| io_error(&temp, source))?;
+        remove_all(scratch_files(&temp)).map_err(|source| io_error(&temp, source))?;
         to_wal(&temp).map_err(|e| e.at(&temp))?;
         File::open(&temp)
             .and_then(|f| f.sync_all())
@@ -179,7 +178,7 @@ impl Drop for Refill {
     fn drop(&mut self) {
         drop(self.store.take());
         if !self.temp.as_os_str().is_empty() {
-            let _ = remove_temp(&self.temp);
+            let _ = remove_temp(&self.db);
         }
         if let Some(conn) = self.original.take() {
             // The failed import changed nothing else.
@@ -273,19 +272,46 @@ fn scratch_path(temp: &Path) -> PathBuf {
     PathBuf::from(name)
 }
 
-/// Deletes the temporary file, the FTS scratch and whatever SQLite kept
-/// beside them.
-fn remove_temp(temp: &Path) -> std::io::Result<()> {
-    remove_files(&scratch_path(temp), &["", "-journal"])?;
-    remove_files(temp, &["", "-journal", "-wal", "-shm"])
-}
-
-/// Deletes `path` with each suffix, where it exists.
-fn remove_files(path: &Path, suffixes: &[&str]) -> std::io::Result<()> {
-    for suffix in suffixes {
+/// `path` with each of `suffixes` appended.
+fn with_suffixes(
+    path: PathBuf,
+    suffixes: &'static [&'static str],
+) -> impl Iterator<Item = PathBuf> {
+    suffixes.iter().map(move |suffix| {
         let mut name = path.as_os_str().to_owned();
         name.push(suffix);
-        match fs::remove_file(PathBuf::from(name)) {
+        PathBuf::from(name)
+    })
+}
+
+/// The FTS scratch of the copy `temp`, and its journal.
+fn scratch_files(temp: &Path) -> impl Iterator<Item = PathBuf> {
+    with_suffixes(scratch_path(temp), &["", "-journal"])
+}
+
+/// Every file an import into an empty profile may leave beside `db`: the
+/// copy, its FTS scratch and what SQLite keeps beside each.
+fn temp_files(db: &Path) -> impl Iterator<Item = PathBuf> {
+    let temp = temp_path(db);
+    scratch_files(&temp).chain(with_suffixes(temp, &["", "-journal", "-wal", "-shm"]))
+}
+
+/// The files an import into this profile has beside it: while it runs, or
+/// after it was killed (the next import deletes them first).
+pub fn leftovers(db: &Path) -> Vec<PathBuf> {
+    temp_files(db).filter(|p| p.exists()).collect()
+}
+
+/// Deletes the copy of `db`, its FTS scratch and whatever SQLite kept
+/// beside them.
+fn remove_temp(db: &Path) -> std::io::Result<()> {
+    remove_all(temp_files(db))
+}
+
+/// Deletes each of `files` that exists.
+fn remove_all(files: impl Iterator<Item = PathBuf>) -> std::io::Result<()> {
+    for file in files {
+        match fs::remove_file(&file) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(e),
