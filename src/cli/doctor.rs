@@ -223,7 +223,7 @@ fn check_leftovers(db: &Path) -> Option<Check> {
             untrusted_inline(&names.join(", "))
         ),
         format!(
-            "the next import deletes them; if no import is running, 'rm -f {}' does now",
+            "the next import deletes them; if no import is running, delete them now: rm -f {}",
             quoted.join(" ")
         ),
     ))
