@@ -291,7 +291,12 @@ fn the_chat_header_shows_who_is_verified() {
     for _ in 0..200 {
         screen = String::from_utf8_lossy(&tmux(&["capture-pane", "-p", "-t", "chat"]).stdout)
             .into_owned();
-        if screen.contains("Chat with") {
+        // The whole header line, not its first words: the terminal may
+        // show it half written (CI once captured just "Chat with").
+        if screen
+            .lines()
+            .any(|l| l.starts_with("Chat with") && l.contains(" via "))
+        {
             break;
         }
         std::thread::sleep(Duration::from_millis(50));
