@@ -146,19 +146,8 @@ fn connect(path: &Path) -> Result<Connection> {
     // Before anything writes the file (setting WAL does): a no-op on a
     // database that already has pages.
     conn.pragma_update(None, "page_size", PAGE_SIZE)?;
-    let mode: String =
-        conn.pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))?;
-    if !mode.eq_ignore_ascii_case("wal") {
-        return Err(Error::Pragma {
-            pragma: "journal_mode",
-            wanted: "wal",
-            got: mode,
-        });
-    }
-    conn.pragma_update(None, "synchronous", "FULL")?;
-    conn.pragma_update(None, "foreign_keys", "ON")?;
-    conn.pragma_update(None, "temp_store", "MEMORY")?;
-    Ok(conn)
+    set_journal_mode(&conn, "wal")?;
+    settle(conn, "FULL")
 }
 
 /// Opens the fresh copy an import into an empty profile fills (see
@@ -171,19 +160,32 @@ fn connect_bulk(path: &Path) -> Result<Connection> {
     // The copy only: the FTS scratch attached to it stays writable by the
     // thread that builds the indexes.
     conn.pragma_update(Some("main"), "locking_mode", "EXCLUSIVE")?;
-    let mode: String =
-        conn.pragma_update_and_check(None, "journal_mode", "MEMORY", |row| row.get(0))?;
-    if !mode.eq_ignore_ascii_case("memory") {
-        return Err(Error::Pragma {
-            pragma: "journal_mode",
-            wanted: "memory",
-            got: mode,
-        });
-    }
-    conn.pragma_update(None, "synchronous", "OFF")?;
+    set_journal_mode(&conn, "memory")?;
+    settle(conn, "OFF")
+}
+
+/// The settings every connection shares after its journal mode.
+fn settle(conn: Connection, synchronous: &str) -> Result<Connection> {
+    conn.pragma_update(None, "synchronous", synchronous)?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
     conn.pragma_update(None, "temp_store", "MEMORY")?;
     Ok(conn)
+}
+
+/// Sets the journal mode and checks that SQLite took it: it answers with
+/// the mode in force, and keeps the old one when it cannot change (a
+/// read-only file, another connection in the way).
+fn set_journal_mode(conn: &Connection, wanted: &'static str) -> Result<()> {
+    let mode: String =
+        conn.pragma_update_and_check(None, "journal_mode", wanted, |row| row.get(0))?;
+    if !mode.eq_ignore_ascii_case(wanted) {
+        return Err(Error::Pragma {
+            pragma: "journal_mode",
+            wanted,
+            got: mode,
+        });
+    }
+    Ok(())
 }
 
 /// Creates the database file, readable by the user alone, inside a

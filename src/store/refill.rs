@@ -241,16 +241,7 @@ fn is_busy(e: &rusqlite::Error) -> bool {
 
 /// Records WAL mode in the filled copy's header, as every profile has it.
 fn to_wal(temp: &Path) -> Result<()> {
-    let conn = Connection::open(temp)?;
-    let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
-    if !mode.eq_ignore_ascii_case("wal") {
-        return Err(Error::Pragma {
-            pragma: "journal_mode",
-            wanted: "wal",
-            got: mode,
-        });
-    }
-    Ok(())
+    super::set_journal_mode(&Connection::open(temp)?, "wal")
 }
 
 /// Overwrites the replaced file's header, so a process that opened it
