@@ -176,16 +176,22 @@ fn an_import_into_an_empty_profile_replaces_its_file_with_the_same_content() {
     assert_eq!(inode(&db), filled);
 }
 
-#[test]
-fn a_failed_import_into_an_empty_profile_leaves_it_as_it_was() {
-    let env = Env::new();
+/// Profile "me" with one contact and no messages: its database, its dump
+/// and the database's inode, to show an import left it as it was.
+fn profile_with_a_contact(env: &Env) -> (PathBuf, Vec<String>, u64) {
     env.ok("me", &["init"]);
     let contacts = env.path("contacts.jsonl");
     write_jsonl(&contacts, &[header(None), contact("dora", &key())]);
     env.ok("me", &["import", "--other-identity", p(&contacts)]);
     let db = env.db("me");
-    let before = env.dump("me");
     let node = inode(&db);
+    (db, env.dump("me"), node)
+}
+
+#[test]
+fn a_failed_import_into_an_empty_profile_leaves_it_as_it_was() {
+    let env = Env::new();
+    let (db, before, node) = profile_with_a_contact(&env);
 
     let good = history_file(&env, "h.jsonl", 50);
     let text = fs::read_to_string(&good).unwrap();
@@ -215,13 +221,7 @@ fn a_failed_import_into_an_empty_profile_leaves_it_as_it_was() {
 #[test]
 fn an_import_killed_midway_leaves_the_profile_as_it_was_and_the_next_one_works() {
     let env = Env::new();
-    env.ok("me", &["init"]);
-    let contacts = env.path("contacts.jsonl");
-    write_jsonl(&contacts, &[header(None), contact("dora", &key())]);
-    env.ok("me", &["import", "--other-identity", p(&contacts)]);
-    let db = env.db("me");
-    let before = env.dump("me");
-    let node = inode(&db);
+    let (db, before, node) = profile_with_a_contact(&env);
     let big = history_file(&env, "big.jsonl", 60_000);
 
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_chat-p2p"))
