@@ -268,3 +268,70 @@ fn an_import_killed_midway_leaves_the_profile_as_it_was_and_the_next_one_works()
     assert_eq!(history.as_array().unwrap().len(), 20);
     assert_normal_profile(&db);
 }
+
+/// Into an empty profile the import fills a fresh file with its secondary
+/// indexes built after the rows: a file that repeats messages gives the
+/// same report and rows there as into a profile that already holds
+/// messages (imported in place), every index is back afterwards, and they
+/// deduplicate the next import.
+#[test]
+fn a_file_that_repeats_messages_imports_each_once_into_an_empty_profile() {
+    let env = Env::new();
+    let (bob, carol) = (key(), key());
+    let at = "2026-01-02T10:00:00.000Z";
+    let mut records = vec![header(None), contact("bob", &bob), contact("carol", &carol)];
+    records.extend([
+        outgoing(&id(1), &bob, "ours to bob", at, "read"),
+        // Ours: one id is one message, whoever it went to.
+        outgoing(&id(1), &carol, "ours again, to carol", at, "read"),
+        incoming(&id(2), &bob, "from bob", at),
+        // Theirs: the same id from another sender is another message.
+        incoming(&id(2), &carol, "from carol, same id", at),
+        incoming(&id(2), &bob, "from bob again", at),
+        outgoing(&id(2), &bob, "ours, same id as theirs", at, "delivered"),
+    ]);
+    for i in 3..40 {
+        records.push(incoming(&id(i), &carol, &format!("filler {i}"), at));
+    }
+    records.push(incoming(&id(10), &carol, "filler 10 again", at));
+    let file = env.path("repeats.jsonl");
+    write_jsonl(&file, &records);
+
+    env.ok("fresh", &["init"]);
+    let empty_schema = schema(&env.db("fresh"));
+    let fresh = env.json("fresh", &["import", "--other-identity", p(&file), "--json"]);
+    assert_eq!(fresh["messages_added"], 4 + 37);
+    assert_eq!(fresh["messages_known"], 3);
+    assert_eq!(schema(&env.db("fresh")), empty_schema, "indexes rebuilt");
+    assert_normal_profile(&env.db("fresh"));
+
+    // The same file into a profile that holds a message: no deferral.
+    env.ok("filled", &["init"]);
+    let seed = env.path("seed.jsonl");
+    write_jsonl(
+        &seed,
+        &[header(None), incoming(&id(99), &key(), "seed", at)],
+    );
+    env.ok("filled", &["import", "--other-identity", p(&seed)]);
+    let filled = env.json(
+        "filled",
+        &["import", "--other-identity", p(&file), "--json"],
+    );
+    assert_eq!(filled["messages_added"], fresh["messages_added"]);
+    assert_eq!(filled["messages_known"], fresh["messages_known"]);
+    let bodies = |profile: &str| -> Vec<String> {
+        let conn = rusqlite::Connection::open(env.db(profile)).unwrap();
+        let mut stmt = conn
+            .prepare("SELECT body FROM messages WHERE body != 'seed' ORDER BY id")
+            .unwrap();
+        let rows = stmt.query_map([], |r| r.get(0)).unwrap();
+        rows.collect::<rusqlite::Result<_>>().unwrap()
+    };
+    assert_eq!(bodies("fresh"), bodies("filled"));
+    assert!(!bodies("fresh").iter().any(|b| b.contains("again")));
+
+    // The rebuilt indexes deduplicate the next import.
+    let again = env.json("fresh", &["import", "--other-identity", p(&file), "--json"]);
+    assert_eq!(again["messages_added"], 0);
+    assert_eq!(again["messages_known"], 44);
+}
