@@ -26,13 +26,17 @@ fn an_arriving_message_does_not_garble_the_line_being_typed() {
         .args(["send", "alice", "arriving meanwhile"])
         .assert()
         .success();
-    let screen = tmux.wait_for("bob: arriving meanwhile");
+    tmux.wait_for("bob: arriving meanwhile");
+    // The line editor prints the message, then redraws the prompt: a
+    // capture may fall between the two (seen under load), so wait for the
+    // redraw. A garbled line never gets there, and the wait panics with
+    // the screen.
+    let typed_last = |screen: &str| {
+        let last = screen.lines().rfind(|l| !l.trim().is_empty());
+        last.map(str::trim_end) == Some("> half typed")
+    };
+    let screen = tmux.wait_until("the typed line below the message", typed_last);
     let lines: Vec<&str> = screen.lines().filter(|l| !l.trim().is_empty()).collect();
-    assert_eq!(
-        lines.last().map(|l| l.trim_end()),
-        Some("> half typed"),
-        "the typed line moved or broke:\n{screen}"
-    );
     let arrived = lines
         .iter()
         .position(|l| l.contains("bob: arriving meanwhile"))
