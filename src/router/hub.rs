@@ -204,19 +204,18 @@ impl Hub {
     /// Hands a committed frame to the sessions of those of `devices` (the
     /// devices it waits for) that are online.
     pub fn notify(&self, frame: Queued, devices: &[Uuid]) {
-        let sessions = self.lock();
-        let Some(online) = sessions.get(&frame.recipient) else {
+        if devices.is_empty() {
             return;
-        };
-        let mut targets = online.iter().filter(|h| devices.contains(&h.device));
-        let Some(first) = targets.next() else {
-            return;
-        };
-        let frame = Box::new(frame);
-        for handle in targets {
-            hand_over(handle, frame.clone());
         }
-        hand_over(first, frame);
+        notify_locked(&self.lock(), frame, devices);
+    }
+
+    /// [`Hub::notify`] for many frames, under one lock.
+    pub fn notify_all(&self, frames: Vec<(Queued, Vec<Uuid>)>) {
+        let sessions = self.lock();
+        for (frame, devices) in frames {
+            notify_locked(&sessions, frame, &devices);
+        }
     }
 
     /// Tells the live session of `device` of `key`, if any, that the
@@ -275,6 +274,22 @@ impl Hub {
 }
 
 /// Hands `frame` to one session without waiting, or raises its `lagged`.
+/// Hands `frame` to the sessions of those of `devices` that are online.
+fn notify_locked(sessions: &HashMap<[u8; 32], Vec<Handle>>, frame: Queued, devices: &[Uuid]) {
+    let Some(online) = sessions.get(&frame.recipient) else {
+        return;
+    };
+    let mut targets = online.iter().filter(|h| devices.contains(&h.device));
+    let Some(first) = targets.next() else {
+        return;
+    };
+    let frame = Box::new(frame);
+    for handle in targets {
+        hand_over(handle, frame.clone());
+    }
+    hand_over(first, frame);
+}
+
 fn hand_over(handle: &Handle, frame: Box<Queued>) {
     if handle.deliver.try_send(frame).is_err() {
         handle.signals.lagged.store(true, Ordering::Release);

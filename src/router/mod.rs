@@ -282,6 +282,7 @@ async fn cluster_events<B: Backend>(
 fn apply(hub: &Hub, event: ClusterEvent) {
     match event {
         ClusterEvent::Frame { frame, devices } => hub.notify(frame, &devices),
+        ClusterEvent::Staged(frames) => hub.notify_all(frames),
         ClusterEvent::Replaced { key, device, claim } => hub.replace_older(&key, &device, claim),
         ClusterEvent::DeviceRemoved { key, device } => hub.remove_device(&key, &device),
         ClusterEvent::Recheck => {

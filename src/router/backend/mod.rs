@@ -2,8 +2,11 @@
 //! later issue) plugs in without touching session code.
 //!
 //! Every accepted frame goes through [`Backend::enqueue`], online recipient
-//! or not: the sender's `ack` waits for the commit, and the recipient's
-//! sessions are told about the frame only after it.
+//! or not: the sender's `ack` waits for the commit. The recipient's
+//! sessions are told about the frame after it, except where the backend
+//! hands frames over before their commit ([`ClusterEvent::Staged`], the
+//! SQLite queue): it then writes only what their devices have not
+//! acknowledged by the time it commits.
 //!
 //! **Devices** (protocol v2, docs/PROTOCOL.md §2.1). A key has any number of
 //! devices (up to [`MAX_DEVICES`]), each registered by its first session
@@ -76,8 +79,10 @@ pub enum Enqueued {
     Stored {
         /// The frame as stored.
         frame: Queued,
-        /// The devices it waits for (to hand it to those online); empty
-        /// for a key without devices (its first device fetches it).
+        /// The devices to hand it to now (those online get it); empty for
+        /// a key without devices (its first device fetches it), and when
+        /// the queue handed it over before its commit
+        /// ([`ClusterEvent::Staged`]).
         devices: Vec<Uuid>,
     },
     /// A frame to the sender's own key that no other device of it needs:
@@ -152,9 +157,10 @@ pub struct Queued {
     pub text: Arc<str>,
 }
 
-/// What another router sharing the queue tells this one. Every event is a
-/// hint (it may be lost, late or repeated): sessions act on it at once and
-/// re-check on their heartbeat anyway.
+/// What another router sharing the queue tells this one (every such event
+/// is a hint: it may be lost, late or repeated, so sessions act on it at
+/// once and re-check on their heartbeat anyway), or this router's own
+/// queue ([`ClusterEvent::Staged`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ClusterEvent {
     /// A frame another router committed, for `devices` whose sessions this
@@ -186,6 +192,11 @@ pub enum ClusterEvent {
     /// Events may have been lost (the router was cut off from the store
     /// and is back): every session re-checks its queue and claim now.
     Recheck,
+    /// Frames this router's own queue will commit next, each for the
+    /// devices it waits for: hand them over now, so the recipients can
+    /// acknowledge them before they are written (the SQLite queue's
+    /// staging, `sqlite/staging.rs`). Their `seq`s come in order.
+    Staged(Vec<(Queued, Vec<Uuid>)>),
 }
 
 /// Why the queue failed.
@@ -368,8 +379,10 @@ pub trait Backend: Send + Sync + 'static {
         false
     }
 
-    /// The events other routers send this one; `None` for a queue one
-    /// router owns. Taken once, when the router starts serving.
+    /// What the queue tells the router's hub: the events other routers
+    /// send this one, or frames handed over before their commit
+    /// ([`ClusterEvent::Staged`]); `None` when there is neither. Taken
+    /// once, when the router starts serving.
     fn events(&self) -> Option<mpsc::UnboundedReceiver<ClusterEvent>> {
         None
     }

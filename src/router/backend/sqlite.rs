@@ -7,24 +7,34 @@
 //! from many sessions costs one fsync, not one each, and no `ack` precedes
 //! its commit. Reads (delivery) use separate connections, which WAL lets
 //! run beside the writer.
+//!
+//! Once a router takes [`Backend::events`], new frames are handed to their
+//! recipients' sessions a few batches before they are written, and those
+//! their devices acknowledge meanwhile are never written ([`staging`]).
 
+use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use rusqlite::{Connection, OpenFlags, Transaction};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use uuid::Uuid;
 
 use self::devices::Keys;
 use self::queue::{enqueue_tx, expire_tx, fetch_rows, remove_tx};
-use super::{Backend, BackendError, DeviceRecord, Enqueued, Expired, NewFrame, Queued, Registered};
+use self::staging::Staged;
+use super::{
+    Backend, BackendError, ClusterEvent, DeviceRecord, Enqueued, Expired, NewFrame, Queued,
+    Registered,
+};
 use crate::clock;
 use crate::identity::PublicKey;
 
 mod devices;
 mod queue;
+mod staging;
 
 mod embedded {
     refinery::embed_migrations!("src/router/backend/migrations");
@@ -53,6 +63,14 @@ const LINGER_BELOW: usize = 64;
 /// How long a small batch waits for company before it commits.
 const LINGER: Duration = Duration::from_micros(300);
 
+/// How many batches of frames stay staged (handed over, not yet written)
+/// while their acks come back: each turn commits the oldest beyond these.
+const GENERATIONS: usize = 3;
+
+/// The longest a batch stays staged when no others come after it: what an
+/// idle router adds to a sender's `ack`.
+const HOLD: Duration = Duration::from_millis(1);
+
 /// How often the checkpoint thread copies the WAL into the database.
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(250);
 
@@ -64,7 +82,7 @@ const WRITER_CACHE_KIB: i64 = -32_768;
 /// checkpoint thread fall behind.
 const WAL_FALLBACK_PAGES: i64 = 16_384;
 
-type Reply<T> = oneshot::Sender<Result<T, BackendError>>;
+pub(super) type Reply<T> = oneshot::Sender<Result<T, BackendError>>;
 
 /// One unit of work for the writer.
 enum Op {
@@ -72,10 +90,17 @@ enum Op {
     Register(PublicKey, Uuid, String, Reply<Registered>),
     Seen(Vec<(PublicKey, Uuid)>, Reply<()>),
     RemoveDevice(PublicKey, Uuid, Reply<bool>),
-    Remove(PublicKey, Uuid, Vec<i64>, Reply<u64>),
+    /// A device's acks: the seqs still to remove, and how many of its
+    /// seqs already settled frames that were staged (see [`staging`]).
+    Remove(PublicKey, Uuid, Vec<i64>, u64, Reply<u64>),
     Expire(String, Reply<Expired>),
     Close(oneshot::Sender<()>),
 }
+
+/// Where to hand frames over before their commit: set once the router
+/// takes [`Backend::events`]; until then (a queue used without a hub, as
+/// in tests) every batch is applied at once.
+type Handoff = Arc<OnceLock<mpsc::UnboundedSender<ClusterEvent>>>;
 
 /// The SQLite implementation of [`Backend`].
 #[derive(Clone)]
@@ -83,6 +108,13 @@ pub struct SqliteBackend {
     ops: mpsc::Sender<Op>,
     readers: Arc<Mutex<Vec<Connection>>>,
     path: Arc<PathBuf>,
+    handoff: Handoff,
+    /// The newest `seq` handed over before its commit.
+    staged: Arc<AtomicI64>,
+    /// The newest `seq` whose batch is done (committed or failed): a fetch
+    /// waits until it reaches `staged`, so it finds every frame handed
+    /// over before it.
+    done: watch::Receiver<i64>,
 }
 
 impl std::fmt::Debug for SqliteBackend {
@@ -97,6 +129,12 @@ impl SqliteBackend {
     /// Opens (creating if needed) the queue in `dir`, migrates it and starts
     /// its writer thread. `quota` caps the frames queued per recipient.
     pub fn open(dir: &Path, quota: u64) -> Result<Self, BackendError> {
+        Self::open_holding(dir, quota, HOLD)
+    }
+
+    /// [`SqliteBackend::open`] with staged batches held up to `hold`
+    /// when idle (tests hold them until something else commits them).
+    fn open_holding(dir: &Path, quota: u64, hold: Duration) -> Result<Self, BackendError> {
         create_private_dir(dir).map_err(|source| BackendError::Io {
             path: dir.to_path_buf(),
             source,
@@ -131,6 +169,9 @@ impl SqliteBackend {
         let checkpointer = connect(&path, false)?;
         let (ops, rx) = mpsc::channel(WRITER_QUEUE);
         let stopped = Arc::new(AtomicBool::new(false));
+        let handoff = Handoff::default();
+        let staged = Arc::new(AtomicI64::new(next_seq - 1));
+        let (done_tx, done) = watch::channel(next_seq - 1);
         let writer = Writer {
             _lock: lock,
             conn,
@@ -139,6 +180,10 @@ impl SqliteBackend {
             quota,
             next_seq,
             stopped: Arc::clone(&stopped),
+            handoff: Arc::clone(&handoff),
+            staged: Arc::clone(&staged),
+            done: done_tx,
+            hold,
         };
         let spawn_error = |source| BackendError::Io {
             path: path.clone(),
@@ -156,6 +201,9 @@ impl SqliteBackend {
             ops,
             readers: Arc::new(Mutex::new(Vec::new())),
             path: Arc::new(path),
+            handoff,
+            staged,
+            done,
         })
     }
 
@@ -250,7 +298,19 @@ impl Backend for SqliteBackend {
         after: i64,
         limit: usize,
     ) -> impl std::future::Future<Output = Result<Vec<Queued>, BackendError>> + Send + 'static {
-        self.read(move |conn| fetch_rows(conn, &recipient, &device, after, limit))
+        // Every frame handed over so far must be readable first: the
+        // session may have been offered one it had no room for.
+        let need = self.staged.load(Ordering::Acquire);
+        let mut done = self.done.clone();
+        let read = self.read(move |conn| fetch_rows(conn, &recipient, &device, after, limit));
+        async move {
+            if *done.borrow() < need {
+                done.wait_for(|d| *d >= need)
+                    .await
+                    .map_err(|_| BackendError::Closed)?;
+            }
+            read.await
+        }
     }
 
     fn depth(
@@ -268,7 +328,7 @@ impl Backend for SqliteBackend {
         device: Uuid,
         seqs: Vec<i64>,
     ) -> impl std::future::Future<Output = Result<u64, BackendError>> + Send + 'static {
-        self.submit(move |reply| Op::Remove(recipient, device, seqs, reply))
+        self.submit(move |reply| Op::Remove(recipient, device, seqs, 0, reply))
     }
 
     fn remove_detached(
@@ -282,13 +342,13 @@ impl Backend for SqliteBackend {
         let (reply, _) = oneshot::channel();
         match self
             .ops
-            .try_send(Op::Remove(recipient, device, seqs, reply))
+            .try_send(Op::Remove(recipient, device, seqs, 0, reply))
         {
             Ok(()) => None,
             Err(mpsc::error::TrySendError::Closed(_)) => {
                 Some(Box::pin(std::future::ready(Err(BackendError::Closed))))
             }
-            Err(mpsc::error::TrySendError::Full(Op::Remove(recipient, device, seqs, _))) => {
+            Err(mpsc::error::TrySendError::Full(Op::Remove(recipient, device, seqs, _, _))) => {
                 Some(Box::pin(self.remove(recipient, device, seqs)))
             }
             // Only a removal was sent: nothing else can come back.
@@ -301,6 +361,14 @@ impl Backend for SqliteBackend {
         before: String,
     ) -> impl std::future::Future<Output = Result<Expired, BackendError>> + Send + 'static {
         self.submit(move |reply| Op::Expire(before, reply))
+    }
+
+    /// The frames the writer hands over before their commit (see
+    /// [`staging`]); taken once. From then on the writer stages.
+    fn events(&self) -> Option<mpsc::UnboundedReceiver<ClusterEvent>> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        self.handoff.set(tx).ok()?;
+        Some(rx)
     }
 
     fn close(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
@@ -417,10 +485,10 @@ fn drain(rx: &mut mpsc::Receiver<Op>, batch: &mut Vec<Op>) {
 
 /// A reply to send once the batch's transaction committed (`None`) or
 /// failed (the error's text).
-type Pending = Box<dyn FnOnce(Option<&str>) + Send>;
+pub(super) type Pending = Box<dyn FnOnce(Option<&str>) + Send>;
 
 /// The answer `value` for `reply`, to send after the commit.
-fn pending<T: Send + 'static>(reply: Reply<T>, value: T) -> Pending {
+pub(super) fn pending<T: Send + 'static>(reply: Reply<T>, value: T) -> Pending {
     Box::new(move |failed: Option<&str>| {
         let answer = match failed {
             None => Ok(value),
@@ -446,22 +514,47 @@ struct Writer {
     next_seq: i64,
     /// Raised when the writer exits, to stop the checkpoint thread.
     stopped: Arc<AtomicBool>,
+    /// Where staged frames go (see [`staging`]).
+    handoff: Handoff,
+    /// The newest `seq` handed over (see [`SqliteBackend::done`]).
+    staged: Arc<AtomicI64>,
+    /// The newest `seq` whose batch is done.
+    done: watch::Sender<i64>,
+    /// [`HOLD`], but for tests.
+    hold: Duration,
 }
 
 impl Writer {
     fn run(mut self, mut rx: mpsc::Receiver<Op>) {
+        let mut staged = VecDeque::new();
         let mut closers = Vec::new();
-        while let Some(first) = rx.blocking_recv() {
-            let mut batch = vec![first];
+        loop {
+            let mut batch = Vec::new();
+            // With frames staged, the writer does not wait for more work:
+            // they are committed next, with whatever came meanwhile.
+            if staged.is_empty() {
+                match rx.blocking_recv() {
+                    Some(op) => batch.push(op),
+                    None => break,
+                }
+            }
             drain(&mut rx, &mut batch);
             if batch.len() < LINGER_BELOW {
                 // A commit costs an fsync (milliseconds here) whatever its
                 // size: waiting a fraction of that for company makes the
-                // batches, and so the throughput, much larger.
+                // batches, and so the throughput, much larger. With frames
+                // staged, it is also the acks' time to come back.
                 std::thread::sleep(LINGER);
                 drain(&mut rx, &mut batch);
             }
-            closers = self.apply(batch);
+            let mut ops = Vec::with_capacity(batch.len());
+            for op in batch {
+                match op {
+                    Op::Close(done) => closers.push(done),
+                    other => ops.push(other),
+                }
+            }
+            self.cycle(&mut staged, ops, closers.is_empty());
             if !closers.is_empty() {
                 break;
             }
@@ -484,24 +577,105 @@ impl Writer {
         tracing::debug!("queue writer stopped");
     }
 
-    /// Applies a batch in one transaction; returns who asked to stop (to
-    /// answer once the writer is done).
-    fn apply(&mut self, batch: Vec<Op>) -> Vec<oneshot::Sender<()>> {
-        let mut closers = Vec::new();
-        let mut ops = Vec::with_capacity(batch.len());
+    /// One turn: stages `batch`'s frames where it can (see [`staging`]),
+    /// and commits, with `batch`'s other ops, the staged generations that
+    /// have waited long enough for their acks (all of them when `batch`
+    /// cannot be staged).
+    fn cycle(&mut self, staged: &mut VecDeque<Staged>, batch: Vec<Op>, may_stage: bool) {
+        let handoff = self.handoff.get().filter(|_| may_stage).cloned();
+        let stageable = batch
+            .iter()
+            .all(|op| matches!(op, Op::Enqueue(..) | Op::Remove(..)));
+        let Some(handoff) = handoff.filter(|_| stageable) else {
+            // Anything else (a device registering, retention, shutdown)
+            // is applied in order, after what was staged before it.
+            let older: Vec<Staged> = staged.drain(..).collect();
+            if !older.is_empty() || !batch.is_empty() {
+                self.commit(older, batch);
+            }
+            self.publish(self.next_seq - 1);
+            return;
+        };
+        let mut submissions = Vec::new();
+        let mut rest = Vec::with_capacity(batch.len());
         for op in batch {
             match op {
-                Op::Close(done) => closers.push(done),
-                other => ops.push(other),
+                Op::Enqueue(frames, reply) => submissions.push((frames, reply)),
+                Op::Remove(key, device, mut seqs, mut settled, reply) => {
+                    for generation in staged.iter_mut() {
+                        settled +=
+                            generation.cancel(&mut self.keys, key.as_bytes(), &device, &mut seqs);
+                    }
+                    rest.push(Op::Remove(key, device, seqs, settled, reply));
+                }
+                other => rest.push(other),
             }
         }
-        if !ops.is_empty() {
-            self.commit(ops);
+        if !submissions.is_empty() {
+            let next = self.stage(submissions, staged, &handoff);
+            staged.push_back(next);
         }
-        closers
+        let beyond = staged.len().saturating_sub(GENERATIONS);
+        let due = beyond.max(staged.iter().take_while(|g| g.age() >= self.hold).count());
+        let older: Vec<Staged> = staged.drain(..due).collect();
+        let nothing = older.is_empty() && rest.is_empty();
+        if !nothing && !self.commit(older, rest) {
+            // The reload read what the database holds: count what is
+            // still staged again.
+            for generation in staged.iter() {
+                generation.recount(&mut self.keys);
+            }
+        }
+        // (A batch whose frames all needed no row has no seq.)
+        let oldest = staged.iter().find_map(Staged::first_seq);
+        self.publish(oldest.unwrap_or(self.next_seq) - 1);
     }
 
-    fn commit(&mut self, ops: Vec<Op>) {
+    /// Stages new frames and hands them to their recipients' sessions.
+    fn stage(
+        &mut self,
+        submissions: Vec<(Vec<NewFrame>, Reply<Vec<Enqueued>>)>,
+        older: &VecDeque<Staged>,
+        handoff: &mpsc::UnboundedSender<ClusterEvent>,
+    ) -> Staged {
+        let now = clock::now();
+        // One read snapshot for the batch's lookups of copies.
+        let read = self.conn.unchecked_transaction();
+        let (next, handoffs) = Staged::stage(
+            submissions,
+            &self.conn,
+            older,
+            &mut self.keys,
+            &mut self.next_seq,
+            self.quota,
+            now,
+        );
+        drop(read);
+        // Before the hand-over: a session offered one of these frames
+        // and fetching instead waits for its commit.
+        self.staged.store(self.next_seq - 1, Ordering::Release);
+        if !handoffs.is_empty() {
+            // No receiver only while the router shuts down: the frames
+            // are committed and fetched as any other.
+            let _ = handoff.send(ClusterEvent::Staged(handoffs));
+        }
+        next
+    }
+
+    /// Tells waiting fetches that every `seq` up to `upto` is settled.
+    fn publish(&self, upto: i64) {
+        self.done.send_if_modified(|done| {
+            let newer = upto > *done;
+            if newer {
+                *done = upto;
+            }
+            newer
+        });
+    }
+
+    /// Applies `staged` then `ops` in one transaction and answers them;
+    /// false when the commit failed (and `keys` was reloaded).
+    fn commit(&mut self, staged: Vec<Staged>, ops: Vec<Op>) -> bool {
         let started = std::time::Instant::now();
         let count = ops.len();
         let mut replies: Vec<Pending> = Vec::with_capacity(ops.len());
@@ -517,13 +691,25 @@ impl Writer {
         let result = (|| -> Result<(), BackendError> {
             let tx = conn.transaction()?;
             let now = clock::now();
+            let staged_rows: usize = staged.iter().map(Staged::rows).sum();
+            let stored: usize = staged.iter().map(Staged::waiting).sum();
+            for generation in staged {
+                replies.extend(generation.insert_tx(&tx, state.keys)?);
+            }
             for op in ops {
                 let answer = state.apply(&tx, op, &now)?;
                 replies.push(answer);
             }
             let applied = started.elapsed();
             tx.commit()?;
-            tracing::trace!(ops = count, ?applied, total = ?started.elapsed(), "queue batch committed");
+            tracing::trace!(
+                staged = staged_rows,
+                stored,
+                ops = count,
+                ?applied,
+                total = ?started.elapsed(),
+                "queue batch committed"
+            );
             Ok(())
         })();
         match result {
@@ -531,6 +717,7 @@ impl Writer {
                 for answer in replies {
                     answer(None);
                 }
+                true
             }
             Err(e) => {
                 tracing::error!(error = %e, "queue commit failed; the batch is refused");
@@ -541,6 +728,7 @@ impl Writer {
                 for answer in replies {
                     answer(Some(&e));
                 }
+                false
             }
         }
     }
@@ -588,9 +776,13 @@ impl State<'_> {
                 let removed = devices::remove_device_tx(tx, keys, &key, &device, now)?;
                 pending(reply, removed)
             }
-            Op::Remove(recipient, device, seqs, reply) => {
-                let n = remove_tx(tx, keys, &recipient, &device, &seqs)?;
-                pending(reply, n)
+            Op::Remove(recipient, device, seqs, settled, reply) => {
+                let n = if seqs.is_empty() {
+                    0
+                } else {
+                    remove_tx(tx, keys, &recipient, &device, &seqs)?
+                };
+                pending(reply, settled + n)
             }
             Op::Expire(before, reply) => {
                 let frames = expire_tx(tx, keys, &before)?;
