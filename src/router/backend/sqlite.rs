@@ -65,11 +65,12 @@ const LINGER: Duration = Duration::from_micros(300);
 
 /// How many batches of frames stay staged (handed over, not yet written)
 /// while their acks come back: each turn commits the oldest beyond these.
-const GENERATIONS: usize = 3;
+const GENERATIONS: usize = 8;
 
-/// The longest a batch stays staged when no others come after it: what an
-/// idle router adds to a sender's `ack`.
-const HOLD: Duration = Duration::from_millis(1);
+/// How long a batch stays staged once no more frames come: what an idle
+/// router adds to a sender's `ack`, and the time its recipients have to
+/// acknowledge it (a client acks after its own commit, milliseconds).
+const HOLD: Duration = Duration::from_millis(5);
 
 /// How often the checkpoint thread copies the WAL into the database.
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(250);
@@ -611,12 +612,20 @@ impl Writer {
                 other => rest.push(other),
             }
         }
-        if !submissions.is_empty() {
+        let submissions_staged = !submissions.is_empty();
+        if submissions_staged {
             let next = self.stage(submissions, staged, &handoff);
             staged.push_back(next);
         }
+        // Under load every turn stages a batch, and a batch waits for
+        // GENERATIONS more; once frames stop coming, for its hold.
         let beyond = staged.len().saturating_sub(GENERATIONS);
-        let due = beyond.max(staged.iter().take_while(|g| g.age() >= self.hold).count());
+        let aged = if submissions_staged {
+            0
+        } else {
+            staged.iter().take_while(|g| g.age() >= self.hold).count()
+        };
+        let due = beyond.max(aged);
         let older: Vec<Staged> = staged.drain(..due).collect();
         let nothing = older.is_empty() && rest.is_empty();
         if !nothing && !self.commit(older, rest) {
@@ -638,6 +647,7 @@ impl Writer {
         older: &VecDeque<Staged>,
         handoff: &mpsc::UnboundedSender<ClusterEvent>,
     ) -> Staged {
+        let started = std::time::Instant::now();
         let now = clock::now();
         // One read snapshot for the batch's lookups of copies.
         let read = self.conn.unchecked_transaction();
@@ -651,6 +661,7 @@ impl Writer {
             now,
         );
         drop(read);
+        tracing::trace!(frames = next.rows(), took = ?started.elapsed(), "batch staged");
         // Before the hand-over: a session offered one of these frames
         // and fetching instead waits for its commit.
         self.staged.store(self.next_seq - 1, Ordering::Release);

@@ -101,6 +101,11 @@ impl KeyState {
         self.waiting.get(slot as usize).copied().unwrap_or(0)
     }
 
+    /// Whether no frame (queued or staged) waits for any of its slots.
+    pub(super) fn nothing_waiting(&self) -> bool {
+        self.waiting.iter().all(|n| *n == 0)
+    }
+
     fn is_idle(&self) -> bool {
         self.devices.is_empty() && self.waiting.iter().all(|n| *n == 0)
     }

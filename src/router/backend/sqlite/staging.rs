@@ -129,7 +129,7 @@ impl Staged {
         for (frames, reply) in submissions {
             let mut outcomes = Vec::with_capacity(frames.len());
             for frame in frames {
-                let outcome = match staged.copy_of(conn, older, &frame) {
+                let outcome = match staged.copy_of(conn, older, keys, &frame) {
                     Some(at) => Outcome::Decided(Enqueued::Duplicate { at }),
                     None => staged.stage_one(frame, keys, next_seq, quota, &mut handoffs),
                 };
@@ -146,11 +146,20 @@ impl Staged {
         &self,
         conn: &Connection,
         older: &VecDeque<Staged>,
+        keys: &Keys,
         frame: &NewFrame,
     ) -> Option<String> {
         let id = (frame.recipient, frame.sender, frame.id);
         if let Some(g) = older.iter().chain([self]).find(|g| g.ids.contains_key(&id)) {
             return Some(g.at.clone());
+        }
+        // Nothing queued or staged for the recipient (as for most online
+        // ones): no copy to look up.
+        if keys
+            .get(&frame.recipient)
+            .is_none_or(|s| s.nothing_waiting())
+        {
+            return None;
         }
         let queued = conn
             .prepare_cached(
