@@ -12,11 +12,11 @@
 //! recipients' sessions a few batches before they are written, and those
 //! their devices acknowledge meanwhile are never written ([`staging`]).
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, OpenFlags, Transaction};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -71,6 +71,10 @@ const GENERATIONS: usize = 8;
 /// router adds to a sender's `ack`, and the time its recipients have to
 /// acknowledge it (a client acks after its own commit, milliseconds).
 const HOLD: Duration = Duration::from_millis(5);
+
+/// How long a recipient counts as acknowledging (online) after its last
+/// ack: a batch with frames for none of them is not held.
+const ACTIVE_FOR: Duration = Duration::from_secs(2);
 
 /// How often the checkpoint thread copies the WAL into the database.
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(250);
@@ -185,6 +189,8 @@ impl SqliteBackend {
             staged: Arc::clone(&staged),
             done: done_tx,
             hold,
+            active: HashMap::new(),
+            pruned: Instant::now(),
         };
         let spawn_error = |source| BackendError::Io {
             path: path.clone(),
@@ -523,6 +529,12 @@ struct Writer {
     done: watch::Sender<i64>,
     /// [`HOLD`], but for tests.
     hold: Duration,
+    /// Recipients that acknowledged frames lately, with when they last
+    /// did (see [`ACTIVE_FOR`]): frames for anyone else are written
+    /// without waiting for acks that will not come.
+    active: HashMap<[u8; 32], Instant>,
+    /// When `active` was last pruned.
+    pruned: Instant,
 }
 
 impl Writer {
@@ -597,12 +609,15 @@ impl Writer {
             self.publish(self.next_seq - 1);
             return;
         };
+        let now = Instant::now();
+        self.prune_active(now);
         let mut submissions = Vec::new();
         let mut rest = Vec::with_capacity(batch.len());
         for op in batch {
             match op {
                 Op::Enqueue(frames, reply) => submissions.push((frames, reply)),
                 Op::Remove(key, device, mut seqs, mut settled, reply) => {
+                    self.active.insert(*key.as_bytes(), now);
                     for generation in staged.iter_mut() {
                         settled +=
                             generation.cancel(&mut self.keys, key.as_bytes(), &device, &mut seqs);
@@ -618,14 +633,17 @@ impl Writer {
             staged.push_back(next);
         }
         // Under load every turn stages a batch, and a batch waits for
-        // GENERATIONS more; once frames stop coming, for its hold.
+        // GENERATIONS more; once frames stop coming, for its hold. A
+        // batch for recipients that do not ack (offline) does not wait.
         let beyond = staged.len().saturating_sub(GENERATIONS);
-        let aged = if submissions_staged {
-            0
-        } else {
-            staged.iter().take_while(|g| g.age() >= self.hold).count()
-        };
-        let due = beyond.max(aged);
+        let idle = !submissions_staged;
+        let due = staged
+            .iter()
+            .enumerate()
+            .take_while(|(i, g)| {
+                *i < beyond || (idle && g.age() >= self.hold) || !g.is_for_any(&self.active)
+            })
+            .count();
         let older: Vec<Staged> = staged.drain(..due).collect();
         let nothing = older.is_empty() && rest.is_empty();
         if !nothing && !self.commit(older, rest) {
@@ -671,6 +689,16 @@ impl Writer {
             let _ = handoff.send(ClusterEvent::Staged(handoffs));
         }
         next
+    }
+
+    /// Forgets recipients that have not acknowledged anything lately, at
+    /// most once per [`ACTIVE_FOR`].
+    fn prune_active(&mut self, now: Instant) {
+        if now.duration_since(self.pruned) >= ACTIVE_FOR {
+            self.active
+                .retain(|_, last| now.duration_since(*last) < ACTIVE_FOR);
+            self.pruned = now;
+        }
     }
 
     /// Tells waiting fetches that every `seq` up to `upto` is settled.

@@ -84,6 +84,15 @@ pub(super) struct Staged {
 pub(super) type Handoff = (Queued, Vec<Uuid>);
 
 impl Staged {
+    /// Whether any of its frames is for one of `keys` (recipients that
+    /// acknowledged something lately): only then can acks be expected
+    /// before its commit.
+    pub(super) fn is_for_any(&self, keys: &HashMap<[u8; 32], Instant>) -> bool {
+        self.rows
+            .iter()
+            .any(|r| keys.contains_key(&r.frame.recipient))
+    }
+
     /// How long ago the batch was staged.
     pub(super) fn age(&self) -> Duration {
         self.born.map_or(Duration::MAX, |b| b.elapsed())
@@ -389,6 +398,13 @@ mod tests {
         }
     }
 
+    /// Makes `device` of `key` count as online: a recipient whose device
+    /// acknowledged something lately, so batches for it are held for
+    /// acks (an empty ack does).
+    async fn online(db: &SqliteBackend, key: PublicKey, device: Uuid) {
+        db.remove(key, device, Vec::new()).await.unwrap();
+    }
+
     /// Commits whatever is staged (a `seen` is never staged).
     async fn flush(db: &SqliteBackend) {
         db.seen(Vec::new()).await.unwrap();
@@ -405,6 +421,7 @@ mod tests {
         let (db, mut events) = holding(dir.path());
         let (alice, bob, laptop) = (key(), key(), Uuid::new_v4());
         db.register(bob, laptop, "laptop".into()).await.unwrap();
+        online(&db, bob, laptop).await;
         let sent = send(&db, &bob, &alice, Uuid::now_v7());
         let (q, devices) = handed(&mut events).await;
         assert_eq!(devices, [laptop]);
@@ -429,6 +446,7 @@ mod tests {
         let (laptop, phone) = (Uuid::new_v4(), Uuid::new_v4());
         db.register(bob, laptop, "laptop".into()).await.unwrap();
         db.register(bob, phone, "phone".into()).await.unwrap();
+        online(&db, bob, laptop).await;
         let sent = send(&db, &bob, &alice, Uuid::now_v7());
         let (q, devices) = handed(&mut events).await;
         assert_eq!(sorted(devices), sorted(vec![laptop, phone]));
@@ -452,6 +470,7 @@ mod tests {
         let (db, mut events) = holding(dir.path());
         let (alice, bob, laptop) = (key(), key(), Uuid::new_v4());
         db.register(bob, laptop, "laptop".into()).await.unwrap();
+        online(&db, bob, laptop).await;
         let sent = send(&db, &bob, &alice, Uuid::now_v7());
         let (q, _) = handed(&mut events).await;
         // A session offered the frame without room for it fetches later:
@@ -473,6 +492,7 @@ mod tests {
         let (db, mut events) = holding(dir.path());
         let (alice, bob, laptop) = (key(), key(), Uuid::new_v4());
         db.register(bob, laptop, "laptop".into()).await.unwrap();
+        online(&db, bob, laptop).await;
         let id = Uuid::now_v7();
         let first = send(&db, &bob, &alice, id);
         let (q, _) = handed(&mut events).await;
@@ -528,11 +548,32 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn frames_for_a_recipient_that_acks_nothing_are_written_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let (db, mut events) = holding(dir.path());
+        let (alice, bob, laptop) = (key(), key(), Uuid::new_v4());
+        db.register(bob, laptop, "laptop".into()).await.unwrap();
+        // Handed over all the same (the device may be online), but nobody
+        // waits for acks from a recipient that sent none lately.
+        let sent = send(&db, &bob, &alice, Uuid::now_v7());
+        let (q, _) = handed(&mut events).await;
+        let out = tokio::time::timeout(Duration::from_secs(10), sent)
+            .await
+            .expect("held for acks from a recipient that sends none")
+            .unwrap();
+        assert!(matches!(&out[..], [Enqueued::Stored { .. }]));
+        let rows = db.fetch(bob, laptop, 0, 10).await.unwrap();
+        assert_eq!(rows.iter().map(|r| r.seq).collect::<Vec<_>>(), [q.seq]);
+        db.close().await;
+    }
+
+    #[tokio::test]
     async fn close_commits_what_is_staged() {
         let dir = tempfile::tempdir().unwrap();
         let (db, mut events) = holding(dir.path());
         let (alice, bob, laptop) = (key(), key(), Uuid::new_v4());
         db.register(bob, laptop, "laptop".into()).await.unwrap();
+        online(&db, bob, laptop).await;
         let sent = send(&db, &bob, &alice, Uuid::now_v7());
         let (q, _) = handed(&mut events).await;
         db.close().await;
@@ -553,6 +594,7 @@ mod tests {
         let mut events = db.events().unwrap();
         let (alice, bob, laptop) = (key(), key(), Uuid::new_v4());
         db.register(bob, laptop, "laptop".into()).await.unwrap();
+        online(&db, bob, laptop).await;
         let sent = send(&db, &bob, &alice, Uuid::now_v7());
         handed(&mut events).await;
         // Nothing else comes: the hold runs out and the batch commits.
