@@ -74,7 +74,7 @@ const HOLD: Duration = Duration::from_millis(5);
 
 /// How long a recipient counts as acknowledging (online) after its last
 /// ack: a batch with frames for none of them is not held.
-const ACTIVE_FOR: Duration = Duration::from_secs(2);
+const ACTIVE_FOR: Duration = Duration::from_millis(250);
 
 /// How often the checkpoint thread copies the WAL into the database.
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(250);
