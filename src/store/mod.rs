@@ -198,6 +198,12 @@ fn create_private_file(path: &Path) -> Result<()> {
     if let Some(dir) = path.parent() {
         create_private_dir(dir).map_err(io_err)?;
     }
+    create_private_file_alone(path).map_err(io_err)
+}
+
+/// Creates `path` readable by the user alone if it does not exist; an
+/// existing file is left as it is.
+pub(crate) fn create_private_file_alone(path: &Path) -> io::Result<()> {
     let mut options = fs::OpenOptions::new();
     options.write(true).create_new(true);
     #[cfg(unix)]
@@ -209,8 +215,36 @@ fn create_private_file(path: &Path) -> Result<()> {
         Ok(_) => Ok(()),
         // Another process created it between our check and now: fine.
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
-        Err(e) => Err(io_err(e)),
+        Err(e) => Err(e),
     }
+}
+
+/// Makes a database of ours and its `-wal` and `-shm` files readable by
+/// the user alone, where an older release left them readable by others.
+pub(crate) fn make_database_private(path: &Path) -> io::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mut files = vec![path.to_path_buf()];
+        for suffix in ["-wal", "-shm"] {
+            let mut name = path.as_os_str().to_owned();
+            name.push(suffix);
+            files.push(name.into());
+        }
+        for file in files {
+            match fs::metadata(&file) {
+                Ok(meta) if meta.permissions().mode() & 0o077 != 0 => {
+                    fs::set_permissions(&file, fs::Permissions::from_mode(0o600))?;
+                }
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = path;
+    Ok(())
 }
 
 pub(crate) fn create_private_dir(dir: &Path) -> io::Result<()> {

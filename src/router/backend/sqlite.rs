@@ -154,8 +154,17 @@ impl SqliteBackend {
             }
             other => other,
         };
+        // The queue shows who writes to whom: readable by this user only,
+        // a new file from the start, an older release's once it is known
+        // to be ours (a foreign file is refused untouched).
+        let io = |source| BackendError::Io {
+            path: path.clone(),
+            source,
+        };
+        crate::store::create_private_file_alone(&path).map_err(io)?;
         let mut conn = connect(&path, false).map_err(not_ours)?;
         check_ours(&conn, &path).map_err(not_ours)?;
+        crate::store::make_database_private(&path).map_err(io)?;
         embedded::migrations::runner().run(&mut conn)?;
         conn.pragma_update(None, "application_id", APPLICATION_ID)?;
         let keys = Keys::load(&conn)?;

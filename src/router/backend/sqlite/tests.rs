@@ -151,6 +151,33 @@ async fn seq_never_reuses_a_deleted_maximum() {
     db.close().await;
 }
 
+#[cfg(unix)]
+#[tokio::test]
+async fn the_queue_files_are_readable_by_their_user_only() {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("router");
+    let db = SqliteBackend::open(&data, 10).unwrap();
+    let (alice, bob) = (
+        Identity::generate().public_key(),
+        Identity::generate().public_key(),
+    );
+    db.enqueue(vec![frame(&bob, &alice, Uuid::now_v7())])
+        .await
+        .unwrap();
+    assert_eq!(mode(&data), 0o700);
+    for name in [FILE_NAME, "queue.sqlite3-wal", "queue.sqlite3-shm"] {
+        assert_eq!(mode(&data.join(name)), 0o600, "{name}");
+    }
+    db.close().await;
+    // A queue an older release left readable by others is tightened.
+    std::fs::set_permissions(data.join(FILE_NAME), std::fs::Permissions::from_mode(0o644)).unwrap();
+    let db = SqliteBackend::open(&data, 10).unwrap();
+    assert_eq!(mode(&data.join(FILE_NAME)), 0o600);
+    db.close().await;
+}
+
 #[test]
 fn refuses_a_foreign_database() {
     let dir = tempfile::tempdir().unwrap();
@@ -158,10 +185,17 @@ fn refuses_a_foreign_database() {
     conn.execute_batch("CREATE TABLE other (x INTEGER)")
         .unwrap();
     drop(conn);
+    let before = std::fs::metadata(dir.path().join(FILE_NAME))
+        .unwrap()
+        .permissions();
     assert!(matches!(
         SqliteBackend::open(dir.path(), 10),
         Err(BackendError::NotOurs(_))
     ));
+    let after = std::fs::metadata(dir.path().join(FILE_NAME))
+        .unwrap()
+        .permissions();
+    assert_eq!(before, after, "a foreign file's mode is left as it was");
 }
 
 #[tokio::test]
