@@ -55,6 +55,36 @@ pub(super) fn fetch_rows(
     Ok(out)
 }
 
+/// Stores a frame waiting on `?7` (its mask); a copy is not stored twice.
+pub(super) const INSERT: &str =
+    "INSERT INTO queue (seq, recipient, id, sender, received_at, frame, waiting)
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+     ON CONFLICT (id, recipient, sender) DO NOTHING";
+
+/// When the frame `(recipient ?1, id ?2, sender ?3)` was first stored.
+pub(super) const FIRST_STORED: &str = "SELECT received_at FROM queue
+     WHERE recipient = ?1 AND id = ?2 AND sender = ?3";
+
+/// The mask a new frame waits on, or the answer when it is not stored: no
+/// device needs it (a frame to one's own key, not back to the device that
+/// wrote it), or one of its devices is over `quota`.
+pub(super) fn admit(keys: &Keys, f: &NewFrame, quota: u64, now: &str) -> Result<i64, Enqueued> {
+    let state = keys.get(&f.recipient);
+    let mut mask = state.map_or(1, |s| s.mask());
+    if f.sender == f.recipient {
+        if let Some(slot) = state.and_then(|s| s.slot_of(&f.sender_device)) {
+            mask &= !bit(slot);
+        }
+    }
+    if mask == 0 {
+        return Err(Enqueued::Unneeded { at: now.to_owned() });
+    }
+    if state.is_some_and(|s| s.over_quota(mask, quota)) {
+        return Err(Enqueued::QuotaExceeded);
+    }
+    Ok(mask)
+}
+
 /// Inserts frames, deduplicating and enforcing the per-device quota.
 pub(super) fn enqueue_tx(
     tx: &Transaction,
@@ -64,34 +94,18 @@ pub(super) fn enqueue_tx(
     keys: &mut Keys,
     quota: u64,
 ) -> Result<Vec<Enqueued>, BackendError> {
-    let mut insert = tx.prepare_cached(
-        "INSERT INTO queue (seq, recipient, id, sender, received_at, frame, waiting)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
-         ON CONFLICT (id, recipient, sender) DO NOTHING",
-    )?;
-    let mut existing = tx.prepare_cached(
-        "SELECT received_at FROM queue
-         WHERE recipient = ?1 AND id = ?2 AND sender = ?3",
-    )?;
+    let mut insert = tx.prepare_cached(INSERT)?;
+    let mut existing = tx.prepare_cached(FIRST_STORED)?;
     let mut out = Vec::with_capacity(frames.len());
     for f in frames {
         let key = f.recipient;
-        let state = keys.get(&key);
-        let mut mask = state.map_or(1, |s| s.mask());
-        if f.sender == f.recipient {
-            // Not back to the device that wrote it.
-            if let Some(slot) = state.and_then(|s| s.slot_of(&f.sender_device)) {
-                mask &= !bit(slot);
+        let mask = match admit(keys, f, quota, now) {
+            Ok(mask) => mask,
+            Err(answer) => {
+                out.push(answer);
+                continue;
             }
-        }
-        if mask == 0 {
-            out.push(Enqueued::Unneeded { at: now.to_owned() });
-            continue;
-        }
-        if state.is_some_and(|s| s.over_quota(mask, quota)) {
-            out.push(Enqueued::QuotaExceeded);
-            continue;
-        }
+        };
         let seq = *next_seq;
         let args = params![seq, key, f.id.as_bytes(), f.sender, now, &*f.text, mask];
         match insert.execute(args)? {

@@ -41,6 +41,7 @@ use uuid::Uuid;
 
 use super::super::{BackendError, Enqueued, NewFrame, Queued};
 use super::devices::{bit, Keys};
+use super::queue::{admit, FIRST_STORED, INSERT};
 use super::{pending, Pending, Reply};
 
 /// A staged frame, waiting for its insert.
@@ -170,15 +171,10 @@ impl Staged {
         {
             return None;
         }
-        let queued = conn
-            .prepare_cached(
-                "SELECT received_at FROM queue
-                 WHERE recipient = ?1 AND id = ?2 AND sender = ?3",
-            )
-            .and_then(|mut stmt| {
-                let args = params![frame.recipient, frame.id.as_bytes(), frame.sender];
-                stmt.query_row(args, |r| r.get(0)).optional()
-            });
+        let queued = conn.prepare_cached(FIRST_STORED).and_then(|mut stmt| {
+            let args = params![frame.recipient, frame.id.as_bytes(), frame.sender];
+            stmt.query_row(args, |r| r.get(0)).optional()
+        });
         // A failed lookup only risks a copy delivered twice, which the
         // recipient drops; the insert still deduplicates.
         queued.unwrap_or_else(|e| {
@@ -196,21 +192,10 @@ impl Staged {
         handoffs: &mut Vec<Handoff>,
     ) -> Outcome {
         let key = frame.recipient;
-        let state = keys.get(&key);
-        let mut mask = state.map_or(1, |s| s.mask());
-        if frame.sender == frame.recipient {
-            // Not back to the device that wrote it.
-            if let Some(slot) = state.and_then(|s| s.slot_of(&frame.sender_device)) {
-                mask &= !bit(slot);
-            }
-        }
-        if mask == 0 {
-            let at = self.at.clone();
-            return Outcome::Decided(Enqueued::Unneeded { at });
-        }
-        if state.is_some_and(|s| s.over_quota(mask, quota)) {
-            return Outcome::Decided(Enqueued::QuotaExceeded);
-        }
+        let mask = match admit(keys, &frame, quota, &self.at) {
+            Ok(mask) => mask,
+            Err(answer) => return Outcome::Decided(answer),
+        };
         let seq = *next_seq;
         *next_seq += 1;
         let state = keys.entry(key);
@@ -290,15 +275,8 @@ impl Staged {
         tx: &Transaction,
         keys: &mut Keys,
     ) -> Result<Vec<Pending>, BackendError> {
-        let mut insert = tx.prepare_cached(
-            "INSERT INTO queue (seq, recipient, id, sender, received_at, frame, waiting)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
-             ON CONFLICT (id, recipient, sender) DO NOTHING",
-        )?;
-        let mut existing = tx.prepare_cached(
-            "SELECT received_at FROM queue
-             WHERE recipient = ?1 AND id = ?2 AND sender = ?3",
-        )?;
+        let mut insert = tx.prepare_cached(INSERT)?;
+        let mut existing = tx.prepare_cached(FIRST_STORED)?;
         let mut decided = Vec::with_capacity(self.rows.len());
         for row in &self.rows {
             let f = &row.frame;
