@@ -383,6 +383,20 @@ mod tests {
         db.remove(key, device, Vec::new()).await.unwrap();
     }
 
+    /// A sender and a recipient whose one device (returned third) is
+    /// registered and counts as online.
+    async fn one_device_online(db: &SqliteBackend) -> (PublicKey, PublicKey, Uuid) {
+        let (alice, bob, laptop) = (key(), key(), Uuid::new_v4());
+        db.register(bob, laptop, "laptop".into()).await.unwrap();
+        online(db, bob, laptop).await;
+        (alice, bob, laptop)
+    }
+
+    /// The queue positions of `rows`.
+    fn seqs(rows: Vec<Queued>) -> Vec<i64> {
+        rows.iter().map(|r| r.seq).collect()
+    }
+
     /// Commits whatever is staged (a `seen` is never staged).
     async fn flush(db: &SqliteBackend) {
         db.seen(Vec::new()).await.unwrap();
@@ -397,9 +411,7 @@ mod tests {
     async fn a_frame_its_device_acks_before_the_commit_is_never_written() {
         let dir = tempfile::tempdir().unwrap();
         let (db, mut events) = holding(dir.path());
-        let (alice, bob, laptop) = (key(), key(), Uuid::new_v4());
-        db.register(bob, laptop, "laptop".into()).await.unwrap();
-        online(&db, bob, laptop).await;
+        let (alice, bob, laptop) = one_device_online(&db).await;
         let sent = send(&db, &bob, &alice, Uuid::now_v7());
         let (q, devices) = handed(&mut events).await;
         assert_eq!(devices, [laptop]);
@@ -434,7 +446,6 @@ mod tests {
         db.close().await;
         // What was written survives a restart, without the phone's bit.
         let (db, _events) = holding(dir.path());
-        let seqs = |rows: Vec<Queued>| rows.iter().map(|r| r.seq).collect::<Vec<_>>();
         assert_eq!(seqs(db.fetch(bob, laptop, 0, 10).await.unwrap()), [q.seq]);
         assert!(db.fetch(bob, phone, 0, 10).await.unwrap().is_empty());
         assert_eq!(db.remove(bob, laptop, vec![q.seq]).await.unwrap(), 1);
@@ -446,9 +457,7 @@ mod tests {
     async fn a_fetch_waits_for_the_commit_of_what_was_handed_over() {
         let dir = tempfile::tempdir().unwrap();
         let (db, mut events) = holding(dir.path());
-        let (alice, bob, laptop) = (key(), key(), Uuid::new_v4());
-        db.register(bob, laptop, "laptop".into()).await.unwrap();
-        online(&db, bob, laptop).await;
+        let (alice, bob, laptop) = one_device_online(&db).await;
         let sent = send(&db, &bob, &alice, Uuid::now_v7());
         let (q, _) = handed(&mut events).await;
         // A session offered the frame without room for it fetches later:
@@ -459,7 +468,7 @@ mod tests {
         assert!(!fetched.is_finished(), "the fetch read before the commit");
         flush(&db).await;
         let rows = fetched.await.unwrap().unwrap();
-        assert_eq!(rows.iter().map(|r| r.seq).collect::<Vec<_>>(), [q.seq]);
+        assert_eq!(seqs(rows), [q.seq]);
         sent.await.unwrap();
         db.close().await;
     }
@@ -468,9 +477,7 @@ mod tests {
     async fn a_copy_of_a_staged_or_queued_frame_is_neither_handed_over_nor_stored() {
         let dir = tempfile::tempdir().unwrap();
         let (db, mut events) = holding(dir.path());
-        let (alice, bob, laptop) = (key(), key(), Uuid::new_v4());
-        db.register(bob, laptop, "laptop".into()).await.unwrap();
-        online(&db, bob, laptop).await;
+        let (alice, bob, _laptop) = one_device_online(&db).await;
         let id = Uuid::now_v7();
         let first = send(&db, &bob, &alice, id);
         let (q, _) = handed(&mut events).await;
@@ -541,7 +548,7 @@ mod tests {
             .unwrap();
         assert!(matches!(&out[..], [Enqueued::Stored { .. }]));
         let rows = db.fetch(bob, laptop, 0, 10).await.unwrap();
-        assert_eq!(rows.iter().map(|r| r.seq).collect::<Vec<_>>(), [q.seq]);
+        assert_eq!(seqs(rows), [q.seq]);
         db.close().await;
     }
 
@@ -549,9 +556,7 @@ mod tests {
     async fn close_commits_what_is_staged() {
         let dir = tempfile::tempdir().unwrap();
         let (db, mut events) = holding(dir.path());
-        let (alice, bob, laptop) = (key(), key(), Uuid::new_v4());
-        db.register(bob, laptop, "laptop".into()).await.unwrap();
-        online(&db, bob, laptop).await;
+        let (alice, bob, laptop) = one_device_online(&db).await;
         let sent = send(&db, &bob, &alice, Uuid::now_v7());
         let (q, _) = handed(&mut events).await;
         db.close().await;
@@ -561,7 +566,7 @@ mod tests {
         ));
         let (db, _events) = holding(dir.path());
         let rows = db.fetch(bob, laptop, 0, 10).await.unwrap();
-        assert_eq!(rows.iter().map(|r| r.seq).collect::<Vec<_>>(), [q.seq]);
+        assert_eq!(seqs(rows), [q.seq]);
         db.close().await;
     }
 
@@ -570,9 +575,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let db = SqliteBackend::open(dir.path(), 100).unwrap();
         let mut events = db.events().unwrap();
-        let (alice, bob, laptop) = (key(), key(), Uuid::new_v4());
-        db.register(bob, laptop, "laptop".into()).await.unwrap();
-        online(&db, bob, laptop).await;
+        let (alice, bob, _laptop) = one_device_online(&db).await;
         let sent = send(&db, &bob, &alice, Uuid::now_v7());
         handed(&mut events).await;
         // Nothing else comes: the hold runs out and the batch commits.
